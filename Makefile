@@ -1,0 +1,34 @@
+# Two entry points: `make demo` (the whole job on the embedded synthetic data) and `make test`.
+# Each creates .venv with the project installed if it is missing, so a fresh machine needs only Python 3.11+ and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= .embedrec-demo
+
+.PHONY: demo test venv clean bench
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "embedrec needs Python >= 3.11 (found " + sys.version.split()[0] + "); run: make PYTHON=python3.11")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	rm -rf $(DEMO_DIR)
+	$(BIN)/embedrec prepare --workdir $(DEMO_DIR)
+	$(BIN)/embedrec train --workdir $(DEMO_DIR)
+	$(BIN)/embedrec evaluate --workdir $(DEMO_DIR)
+	$(BIN)/embedrec recommend --workdir $(DEMO_DIR) --user 42
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .embedrec

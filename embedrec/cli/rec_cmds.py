@@ -1,0 +1,2 @@
+"""Placeholder: commands land here."""
+from embedrec.cli.common import app  # noqa: F401
