@@ -1,0 +1,240 @@
+"""Rating and ranking metrics as pure numpy functions.
+
+Synopsis::
+
+    import numpy as np
+    from embedrec.metrics import ItemSets, ranking_metrics, rmse, top_k
+
+    rmse(np.array([4.0, 3.0]), np.array([3.5, 3.0]))              # 0.3535...
+    scores = np.array([[0.9, 0.1, 0.5, 0.7]])
+    seen = ItemSets.from_lists([[0]], n_items=4)                  # item 0 was rated in train
+    topk = top_k(scores, 2, exclude=seen.mask(np.array([0])))     # [[3, 2]]
+    relevant = ItemSets.from_lists([[2]], n_items=4)
+    ranking_metrics(topk, relevant, ks=(2,))["ndcg@2"]            # 1 / log2(3) = 0.6309...
+
+Definitions (one user; ``hits`` are the top-K positions holding a relevant item, ``R`` the relevant set):
+
+- ``precision@K = |hits| / K`` (a short list still divides by K).
+- ``recall@K = |hits| / |R|`` (not ``min(|R|, K)``: recall stays below 1 when ``|R| > K``, which is the usual
+  definition and what published MovieLens tables report).
+- ``ndcg@K``: binary gains, ``1 / log2(position + 1)`` discount with positions from 1; the ideal DCG puts
+  ``min(|R|, K)`` relevant items first, so a perfect list scores 1.
+- ``hr@K``: 1 if any hit, else 0.
+- ``map@K``: sum over hit positions ``i`` of ``precision@i``, divided by ``min(|R|, K)``.
+- ``coverage@K``: distinct items in any user's top-K divided by the catalogue size; a property of the whole list
+  set, not a per-user mean.
+
+The per-user metrics are means over users with at least one relevant item: a user with none has an undefined recall
+and NDCG, and counting them as zero would punish a model for the split rather than its ranking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+RANKING_METRICS: tuple[str, ...] = ("precision", "recall", "ndcg", "hr", "map", "coverage")
+"""Metric names in the order :func:`ranking_metrics` reports them, each keyed as ``f"{name}@{k}"``."""
+
+
+def rmse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Root mean squared error, computed in float64 so that a million float32 ratings do not lose digits."""
+    err = _errors(y_true, y_pred)
+    return float(np.sqrt(np.mean(err * err)))
+
+
+def mae(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean absolute error, in float64 like :func:`rmse`."""
+    return float(np.mean(np.abs(_errors(y_true, y_pred))))
+
+
+def _errors(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    y_true = np.asarray(y_true, dtype=np.float64).ravel()
+    y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has {y_true.size} values but y_pred has {y_pred.size}")
+    if y_true.size == 0:
+        raise ValueError("cannot compute an error over zero ratings")
+    return y_pred - y_true
+
+
+@dataclass(frozen=True)
+class ItemSets:
+    """One set of item indices per row, stored as CSR (``indptr``, ``indices``), indices sorted and unique per row.
+
+    This is the one representation of "which items belong to which user" used across evaluation: the train items
+    to mask out of a ranking, the relevant test items to score it against, and the binary interaction matrix EASE
+    is fitted on. CSR keeps 20M interactions in two flat arrays and lets a batch of rows become a dense mask with
+    one fancy-indexed assignment.
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    n_items: int
+
+    def __post_init__(self) -> None:
+        if self.indptr.ndim != 1 or self.indptr.size == 0 or self.indptr[0] != 0:
+            raise ValueError("indptr must be a 1-D array starting at 0")
+        if self.indptr[-1] != self.indices.size:
+            raise ValueError(f"indptr ends at {self.indptr[-1]} but there are {self.indices.size} indices")
+
+    @classmethod
+    def from_pairs(cls, rows: np.ndarray, items: np.ndarray, *, n_rows: int, n_items: int) -> ItemSets:
+        """Group ``(row, item)`` pairs by row; duplicate pairs collapse to one, order of the input does not matter."""
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        items = np.asarray(items, dtype=np.int64).ravel()
+        if rows.shape != items.shape:
+            raise ValueError(f"{rows.size} rows but {items.size} items")
+        if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
+            raise ValueError(f"row index out of range [0, {n_rows})")
+        if items.size and (items.min() < 0 or items.max() >= n_items):
+            raise ValueError(f"item index out of range [0, {n_items})")
+        keys = np.unique(rows * n_items + items)
+        counts = np.bincount(keys // n_items, minlength=n_rows)
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        return cls(indptr=indptr, indices=(keys % n_items).astype(np.int32), n_items=int(n_items))
+
+    @classmethod
+    def from_lists(cls, lists: Iterable[Sequence[int]], *, n_items: int) -> ItemSets:
+        """Build from one list of item indices per row; meant for tests and small hand-made cases."""
+        lists = [list(items) for items in lists]
+        rows = np.repeat(np.arange(len(lists)), [len(items) for items in lists])
+        items = np.fromiter((i for items in lists for i in items), dtype=np.int64, count=int(rows.size))
+        return cls.from_pairs(rows, items, n_rows=len(lists), n_items=n_items)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.indptr.size - 1)
+
+    def lengths(self) -> np.ndarray:
+        """Number of items in each row."""
+        return np.diff(self.indptr)
+
+    def take(self, rows: np.ndarray) -> ItemSets:
+        """The sets of the given rows, in that order, as a new ``ItemSets``."""
+        _, cols = self._gather(rows)
+        lengths = self.lengths()[np.asarray(rows, dtype=np.int64)]
+        indptr = np.zeros(lengths.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        return ItemSets(indptr=indptr, indices=cols, n_items=self.n_items)
+
+    def mask(self, rows: np.ndarray) -> np.ndarray:
+        """A ``(len(rows), n_items)`` boolean matrix, True where the row's set holds the item."""
+        flat_rows, cols = self._gather(rows)
+        out = np.zeros((len(rows), self.n_items), dtype=bool)
+        out[flat_rows, cols] = True
+        return out
+
+    def dense(self, rows: np.ndarray, *, dtype: np.dtype | type = np.float32) -> np.ndarray:
+        """The binary interaction rows as a dense ``(len(rows), n_items)`` matrix of ``dtype``."""
+        flat_rows, cols = self._gather(rows)
+        out = np.zeros((len(rows), self.n_items), dtype=dtype)
+        out[flat_rows, cols] = 1
+        return out
+
+    def _gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Position within ``rows`` and item index of every member of the requested rows, without a Python loop."""
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        starts = self.indptr[rows]
+        lengths = self.indptr[rows + 1] - starts
+        total = int(lengths.sum())
+        flat_rows = np.repeat(np.arange(rows.size), lengths)
+        offsets = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return flat_rows, self.indices[np.repeat(starts, lengths) + offsets]
+
+
+def top_k(scores: np.ndarray, k: int, *, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the ``k`` highest scores per row, best first, as an ``(n_rows, k)`` int32 matrix.
+
+    ``exclude`` is a boolean matrix shaped like ``scores``; excluded items (a user's train ratings) are never
+    returned. When a row has fewer than ``k`` eligible items the tail is padded with -1, which the ranking
+    metrics treat as a miss: a user who has rated almost everything gets a short list, not seen items.
+    ``argpartition`` finds the top ``k`` in linear time and only those ``k`` are sorted. Ties are broken
+    arbitrarily. NaN scores raise ``ValueError``: they mean the model is broken, and ranking them silently would
+    hide that.
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be 2-D (users, items), got shape {scores.shape}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if not np.issubdtype(scores.dtype, np.floating):
+        scores = scores.astype(np.float64)
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN")
+    if exclude is not None:
+        if exclude.shape != scores.shape:
+            raise ValueError(f"exclude has shape {exclude.shape} but scores have {scores.shape}")
+        scores = np.where(exclude, -np.inf, scores)
+    n_rows, n_items = scores.shape
+    kk = min(k, n_items)
+    if kk < n_items:
+        part = np.argpartition(scores, n_items - kk, axis=1)[:, n_items - kk :]
+    else:
+        part = np.broadcast_to(np.arange(n_items), (n_rows, n_items))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    out = np.full((n_rows, k), -1, dtype=np.int32)
+    out[:, :kk] = np.take_along_axis(part, order, axis=1)
+    out[:, :kk][np.take_along_axis(part_scores, order, axis=1) == -np.inf] = -1
+    return out
+
+
+def ranking_metrics(topk: np.ndarray, relevant: ItemSets, *, ks: Sequence[int]) -> dict[str, float]:
+    """Precision, recall, NDCG, HR, MAP and coverage at each ``k`` in ``ks`` (see the module docstring).
+
+    ``topk`` is an ``(n_users, K)`` matrix of item indices, best first (-1 pads a short list), with
+    ``K >= max(ks)``; row ``u`` is scored against ``relevant`` row ``u``. Users whose relevant set is empty are
+    skipped, for the metrics and for coverage alike. Keys are ``f"{name}@{k}"`` for the names in
+    :data:`RANKING_METRICS`, e.g. ``"ndcg@10"``. Everything is vectorised over users: membership of every
+    ``(user, item)`` in the relevant sets is one ``searchsorted`` over sorted ``user * n_items + item`` keys.
+    """
+    topk = np.asarray(topk)
+    if topk.ndim != 2 or topk.shape[0] != relevant.n_rows:
+        raise ValueError(f"topk has shape {topk.shape} but there are {relevant.n_rows} relevant sets")
+    ks = _check_ks(ks, max_k=topk.shape[1])
+    n_rel_all = relevant.lengths()
+    users = np.flatnonzero(n_rel_all > 0)
+    if users.size == 0:
+        raise ValueError("no user has a relevant item; ranking metrics are undefined")
+    topk = topk[users, : max(ks)].astype(np.int64)
+    relevant = relevant.take(users)
+    n_rel = n_rel_all[users].astype(np.float64)
+    n_users, n_items = users.size, relevant.n_items
+
+    rel_keys = np.repeat(np.arange(n_users, dtype=np.int64), relevant.lengths()) * n_items + relevant.indices
+    cand_keys = np.arange(n_users, dtype=np.int64)[:, None] * n_items + topk
+    pos = np.minimum(np.searchsorted(rel_keys, cand_keys), rel_keys.size - 1)
+    hits = (rel_keys[pos] == cand_keys) & (topk >= 0)
+
+    discount = 1.0 / np.log2(np.arange(2, max(ks) + 2))
+    cum_hits = np.cumsum(hits, axis=1)
+    precision_at_i = cum_hits / np.arange(1, max(ks) + 1)
+    out: dict[str, float] = {}
+    for k in ks:
+        h = hits[:, :k]
+        n_hits = cum_hits[:, k - 1]
+        ideal = np.minimum(n_rel, k).astype(np.int64)
+        idcg = np.cumsum(discount[:k])[ideal - 1]
+        shown = topk[:, :k]
+        out[f"precision@{k}"] = float(np.mean(n_hits / k))
+        out[f"recall@{k}"] = float(np.mean(n_hits / n_rel))
+        out[f"ndcg@{k}"] = float(np.mean((h @ discount[:k]) / idcg))
+        out[f"hr@{k}"] = float(np.mean(n_hits > 0))
+        out[f"map@{k}"] = float(np.mean((precision_at_i[:, :k] * h).sum(axis=1) / ideal))
+        out[f"coverage@{k}"] = float(np.unique(shown[shown >= 0]).size / n_items)
+    return out
+
+
+def _check_ks(ks: Sequence[int], *, max_k: int) -> list[int]:
+    ks = [int(k) for k in ks]
+    if not ks:
+        raise ValueError("ks is empty")
+    if min(ks) < 1:
+        raise ValueError(f"every k must be at least 1, got {ks}")
+    if max(ks) > max_k:
+        raise ValueError(f"k={max(ks)} is larger than the {max_k} ranked items given")
+    return sorted(set(ks))

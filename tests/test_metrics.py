@@ -1,0 +1,123 @@
+"""Metrics on tiny cases whose values are worked out by hand in the comments."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from embedrec.metrics import ItemSets, mae, ranking_metrics, rmse, top_k
+
+INV_LOG2_3 = 1.0 / math.log2(3)  # the discount at position 2
+
+
+def test_rmse_and_mae_by_hand() -> None:
+    # errors 1, 0, 0, -2: MSE = (1 + 4) / 4 = 1.25, MAE = 3 / 4
+    y_true = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
+    y_pred = np.array([2.0, 2.0, 3.0, 2.0], dtype=np.float32)
+    assert rmse(y_true, y_pred) == pytest.approx(math.sqrt(1.25))
+    assert mae(y_true, y_pred) == pytest.approx(0.75)
+
+
+def test_rmse_rejects_mismatched_or_empty_input() -> None:
+    with pytest.raises(ValueError, match="y_pred has 1"):
+        rmse(np.array([1.0, 2.0]), np.array([1.0]))
+    with pytest.raises(ValueError, match="zero ratings"):
+        mae(np.array([]), np.array([]))
+
+
+def test_item_sets_group_sort_and_dedupe_pairs() -> None:
+    sets = ItemSets.from_pairs(np.array([2, 0, 2, 0, 2]), np.array([4, 1, 0, 1, 3]), n_rows=3, n_items=5)
+    assert sets.indptr.tolist() == [0, 1, 1, 4]
+    assert sets.indices.tolist() == [1, 0, 3, 4]
+    assert sets.take(np.array([2, 1, 0])).indices.tolist() == [0, 3, 4, 1]
+    assert sets.take(np.array([2, 1, 0])).lengths().tolist() == [3, 0, 1]
+    assert sets.mask(np.array([0, 2])).tolist() == [
+        [False, True, False, False, False],
+        [True, False, False, True, True],
+    ]
+    assert sets.dense(np.array([2]), dtype=np.float64).tolist() == [[1.0, 0.0, 0.0, 1.0, 1.0]]
+
+
+def test_item_sets_reject_out_of_range_items() -> None:
+    with pytest.raises(ValueError, match="item index out of range"):
+        ItemSets.from_pairs(np.array([0]), np.array([5]), n_rows=1, n_items=5)
+
+
+def test_top_k_orders_best_first_and_excludes_masked_items() -> None:
+    scores = np.array([[0.1, 0.9, 0.5, 0.7], [4.0, 3.0, 2.0, 1.0]])
+    assert top_k(scores, 3).tolist() == [[1, 3, 2], [0, 1, 2]]
+    exclude = np.array([[False, True, False, False], [True, False, False, False]])
+    assert top_k(scores, 2, exclude=exclude).tolist() == [[3, 2], [1, 2]]
+
+
+def test_top_k_pads_with_minus_one_rather_than_return_excluded_items() -> None:
+    scores = np.array([[5.0, 4.0, 3.0]])
+    exclude = np.array([[True, False, True]])
+    assert top_k(scores, 3, exclude=exclude).tolist() == [[1, -1, -1]]
+    assert top_k(scores, 5).tolist() == [[0, 1, 2, -1, -1]]
+
+
+def test_top_k_accepts_integer_scores_and_rejects_nan() -> None:
+    assert top_k(np.array([[3, 7, 5]]), 2).tolist() == [[1, 2]]
+    with pytest.raises(ValueError, match="NaN"):
+        top_k(np.array([[1.0, np.nan]]), 1)
+
+
+def test_ranking_metrics_by_hand() -> None:
+    # 6 items, K = 3.
+    # user 0: list [0, 1, 2], relevant {1, 4}: one hit at position 2.
+    #   precision 1/3, recall 1/2, DCG = 1/log2(3), IDCG (min(2, 3) = 2 items) = 1 + 1/log2(3),
+    #   hr 1, AP = precision@2 / min(2, 3) = (1/2) / 2 = 1/4.
+    # user 1: list [3, 5, 4], relevant {3}: hit at position 1.
+    #   precision 1/3, recall 1, NDCG 1, hr 1, AP 1.
+    # user 2: list [5, 4, 3], no relevant item: skipped, also for coverage.
+    topk = np.array([[0, 1, 2], [3, 5, 4], [5, 4, 3]])
+    relevant = ItemSets.from_lists([[1, 4], [3], []], n_items=6)
+    got = ranking_metrics(topk, relevant, ks=(1, 3))
+
+    ndcg_user0 = INV_LOG2_3 / (1.0 + INV_LOG2_3)  # 0.38685
+    assert got["precision@3"] == pytest.approx(1 / 3)
+    assert got["recall@3"] == pytest.approx((1 / 2 + 1) / 2)
+    assert got["ndcg@3"] == pytest.approx((ndcg_user0 + 1.0) / 2)
+    assert got["hr@3"] == pytest.approx(1.0)
+    assert got["map@3"] == pytest.approx((1 / 4 + 1) / 2)
+    assert got["coverage@3"] == pytest.approx(6 / 6)  # {0, 1, 2} and {3, 5, 4}
+
+    # K = 1: user 0 shows [0] (miss), user 1 shows [3] (hit). IDCG of user 0 covers min(2, 1) = 1 item.
+    assert got["precision@1"] == pytest.approx(0.5)
+    assert got["recall@1"] == pytest.approx(0.5)
+    assert got["ndcg@1"] == pytest.approx(0.5)
+    assert got["hr@1"] == pytest.approx(0.5)
+    assert got["map@1"] == pytest.approx(0.5)
+    assert got["coverage@1"] == pytest.approx(2 / 6)  # {0, 3}; user 2's item 5 does not count
+
+    assert set(got) == {f"{m}@{k}" for m in ("precision", "recall", "ndcg", "hr", "map", "coverage") for k in (1, 3)}
+
+
+def test_recall_divides_by_all_relevant_and_map_by_min_relevant_k() -> None:
+    # relevant {0, 1, 2, 3}, list [0, 1]: two hits out of four relevant.
+    # recall@2 = 2/4, precision 1, NDCG 1 (IDCG over min(4, 2) = 2), AP = (1 + 1) / min(4, 2) = 1.
+    got = ranking_metrics(np.array([[0, 1]]), ItemSets.from_lists([[0, 1, 2, 3]], n_items=5), ks=(2,))
+    assert got["recall@2"] == pytest.approx(0.5)
+    assert got["precision@2"] == pytest.approx(1.0)
+    assert got["ndcg@2"] == pytest.approx(1.0)
+    assert got["map@2"] == pytest.approx(1.0)
+
+
+def test_padding_counts_as_miss() -> None:
+    # list [2, -1, -1], relevant {0, 2}: a hit at 1 only; precision 1/3, NDCG 1 / (1 + 1/log2 3), AP 1/2.
+    got = ranking_metrics(np.array([[2, -1, -1]]), ItemSets.from_lists([[0, 2]], n_items=3), ks=(3,))
+    assert got["precision@3"] == pytest.approx(1 / 3)
+    assert got["ndcg@3"] == pytest.approx(1.0 / (1.0 + INV_LOG2_3))
+    assert got["map@3"] == pytest.approx(0.5)
+    assert got["coverage@3"] == pytest.approx(1 / 3)
+
+
+def test_ranking_metrics_reject_k_beyond_the_lists_and_no_relevant_users() -> None:
+    relevant = ItemSets.from_lists([[0]], n_items=3)
+    with pytest.raises(ValueError, match="k=3"):
+        ranking_metrics(np.array([[0, 1]]), relevant, ks=(3,))
+    with pytest.raises(ValueError, match="no user has a relevant item"):
+        ranking_metrics(np.array([[0, 1]]), ItemSets.from_lists([[]], n_items=3), ks=(1,))
