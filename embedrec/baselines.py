@@ -1,0 +1,234 @@
+"""Baselines that a trained model must beat on the same split, so that its numbers mean something.
+
+Synopsis::
+
+    from embedrec.baselines import EASE, BiasBaseline
+
+    bias = BiasBaseline().fit(user_idx, movie_idx, rating, n_users=n_users, n_movies=n_movies)
+    bias.predict(test_user_idx, test_movie_idx)              # one predicted rating per pair
+    ease = EASE(lambda_=300.0).fit(user_idx, movie_idx, rating, n_users=n_users, n_movies=n_movies)
+    ease.score(np.array([0, 1, 2]))                          # (3, n_movies) scores, higher is better
+
+Rating baselines (``GlobalMean``, ``BiasBaseline``) have ``predict(user_idx, movie_idx)``; ranking baselines
+(``MostPopular``, ``TopRated``, ``EASE``) have ``score(user_idx) -> (len(user_idx), n_movies)`` in the shape
+:func:`embedrec.evaluation.evaluate_ranking` takes. All fit on the train split's arrays only (internal indices)
+and are deterministic. Pure numpy.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from embedrec.errors import ConfigError
+from embedrec.metrics import ItemSets
+
+
+_EASE_FLOAT64_MAX_ITEMS = 4_096
+
+
+class RatingBaseline(Protocol):
+    def fit(
+        self, user_idx: np.ndarray, movie_idx: np.ndarray, rating: np.ndarray, *, n_users: int, n_movies: int
+    ) -> RatingBaseline: ...
+
+    def predict(self, user_idx: np.ndarray, movie_idx: np.ndarray) -> np.ndarray: ...
+
+
+class RankingBaseline(Protocol):
+    def fit(
+        self, user_idx: np.ndarray, movie_idx: np.ndarray, rating: np.ndarray, *, n_users: int, n_movies: int
+    ) -> RankingBaseline: ...
+
+    def score(self, user_idx: np.ndarray) -> np.ndarray: ...
+
+
+class GlobalMean:
+    """Predicts the mean train rating for every pair: the floor any rating model has to clear."""
+
+    mean_: float
+
+    def fit(
+        self, user_idx: np.ndarray, movie_idx: np.ndarray, rating: np.ndarray, *, n_users: int, n_movies: int
+    ) -> GlobalMean:
+        rating = _check_fit_arrays(user_idx, movie_idx, rating, n_users=n_users, n_movies=n_movies)[2]
+        self.mean_ = float(rating.mean(dtype=np.float64))
+        return self
+
+    def predict(self, user_idx: np.ndarray, movie_idx: np.ndarray) -> np.ndarray:
+        return np.full(np.shape(user_idx), self.mean_, dtype=np.float32)
+
+
+class BiasBaseline:
+    """``mean + b_user + b_movie``, with biases shrunk towards zero, fitted by alternating least squares.
+
+    Each sweep sets every movie bias to the regularised mean residual of its ratings,
+    ``sum(r - mean - b_user) / (reg_movie + n_ratings)``, then every user bias likewise; this is Surprise's
+    ``BaselineOnly`` ALS. The shrinkage keeps a movie with two 5-star ratings from outranking one with a thousand
+    4.5s. The defaults were picked by measurement on MovieLens-100K (random 80/20, mean of 3 seeds): test RMSE
+    is 0.943 at ``reg_user = reg_movie`` in 2..5, 0.946 at 10 and Surprise's (15, 10), 0.954 at (20, 25); 3 sweeps
+    are within 0.001 of 30. We keep some shrinkage (5, not 2) because sparser data sets have more users with a
+    handful of ratings. Users and movies without train ratings get a zero bias. Predictions are clipped to the train rating range, since no
+    rating outside it exists.
+    """
+
+    def __init__(self, *, reg_user: float = 5.0, reg_movie: float = 5.0, n_sweeps: int = 10) -> None:
+        if reg_user < 0 or reg_movie < 0:
+            raise ConfigError(f"bias regularisation must be >= 0, got reg_user={reg_user}, reg_movie={reg_movie}")
+        if n_sweeps < 1:
+            raise ConfigError(f"n_sweeps must be >= 1, got {n_sweeps}")
+        self.reg_user = reg_user
+        self.reg_movie = reg_movie
+        self.n_sweeps = n_sweeps
+
+    def fit(
+        self, user_idx: np.ndarray, movie_idx: np.ndarray, rating: np.ndarray, *, n_users: int, n_movies: int
+    ) -> BiasBaseline:
+        user_idx, movie_idx, rating = _check_fit_arrays(
+            user_idx, movie_idx, rating, n_users=n_users, n_movies=n_movies
+        )
+        r = rating.astype(np.float64)
+        self.mean_ = float(r.mean())
+        self.min_rating_, self.max_rating_ = float(r.min()), float(r.max())
+        n_per_user = np.bincount(user_idx, minlength=n_users)
+        n_per_movie = np.bincount(movie_idx, minlength=n_movies)
+        b_user = np.zeros(n_users)
+        b_movie = np.zeros(n_movies)
+        residual = r - self.mean_
+        movie_denom = self.reg_movie + n_per_movie
+        user_denom = self.reg_user + n_per_user
+        for _ in range(self.n_sweeps):
+            movie_sum = np.bincount(movie_idx, residual - b_user[user_idx], minlength=n_movies)
+            b_movie = np.divide(movie_sum, movie_denom, out=np.zeros(n_movies), where=movie_denom > 0)
+            user_sum = np.bincount(user_idx, residual - b_movie[movie_idx], minlength=n_users)
+            b_user = np.divide(user_sum, user_denom, out=np.zeros(n_users), where=user_denom > 0)
+        self.user_bias_ = b_user
+        self.movie_bias_ = b_movie
+        return self
+
+    def predict(self, user_idx: np.ndarray, movie_idx: np.ndarray) -> np.ndarray:
+        pred = self.mean_ + self.user_bias_[user_idx] + self.movie_bias_[movie_idx]
+        return np.clip(pred, self.min_rating_, self.max_rating_).astype(np.float32)
+
+
+class MostPopular:
+    """Ranks movies by their number of train ratings, the same list for every user.
+
+    Popularity alone is a strong ranking baseline under full ranking because test interactions are popular too;
+    a model that does not beat it has learned nothing personal.
+    """
+
+    def fit(
+        self, user_idx: np.ndarray, movie_idx: np.ndarray, rating: np.ndarray, *, n_users: int, n_movies: int
+    ) -> MostPopular:
+        movie_idx = _check_fit_arrays(user_idx, movie_idx, rating, n_users=n_users, n_movies=n_movies)[1]
+        self.scores_ = np.bincount(movie_idx, minlength=n_movies).astype(np.float32)
+        return self
+
+    def score(self, user_idx: np.ndarray) -> np.ndarray:
+        """The popularity row repeated for each user (a read-only broadcast view, no copy)."""
+        return np.broadcast_to(self.scores_, (len(user_idx), self.scores_.size))
+
+
+class TopRated:
+    """Ranks movies by the Bayesian average of their train ratings, the same list for every user.
+
+    ``score = (C * m + sum_of_ratings) / (C + n_ratings)`` with ``m`` the global mean rating and ``C`` a prior
+    count: each movie starts with ``C`` phantom ratings at the global mean, so a movie needs many good ratings to
+    rise, and a single 5-star rating barely moves it. ``prior_count=None`` uses the mean number of ratings per
+    rated movie, which adapts to the data set's density (about 48 on an 80% split of MovieLens-100K); a movie
+    without ratings scores ``m``.
+    """
+
+    def __init__(self, *, prior_count: float | None = None) -> None:
+        if prior_count is not None and prior_count < 0:
+            raise ConfigError(f"prior_count must be >= 0, got {prior_count}")
+        self.prior_count = prior_count
+
+    def fit(
+        self, user_idx: np.ndarray, movie_idx: np.ndarray, rating: np.ndarray, *, n_users: int, n_movies: int
+    ) -> TopRated:
+        _, movie_idx, rating = _check_fit_arrays(user_idx, movie_idx, rating, n_users=n_users, n_movies=n_movies)
+        counts = np.bincount(movie_idx, minlength=n_movies).astype(np.float64)
+        sums = np.bincount(movie_idx, rating.astype(np.float64), minlength=n_movies)
+        mean = sums.sum() / counts.sum()
+        c = float(counts[counts > 0].mean()) if self.prior_count is None else float(self.prior_count)
+        self.prior_count_ = c
+        with np.errstate(invalid="ignore"):
+            self.scores_ = np.where(counts + c > 0, (c * mean + sums) / (c + counts), mean).astype(np.float32)
+        return self
+
+    def score(self, user_idx: np.ndarray) -> np.ndarray:
+        """The Bayesian-average row repeated for each user (a read-only broadcast view, no copy)."""
+        return np.broadcast_to(self.scores_, (len(user_idx), self.scores_.size))
+
+
+class EASE:
+    """Steck's EASE (2019): a closed-form item-item linear model, the strongest cheap top-K baseline.
+
+    With ``X`` the binary user x movie train matrix (any rating counts as an interaction) and
+    ``P = (X^T X + lambda_ I)^-1``, the weights are ``B = I - P / diag(P)`` (column ``j`` divided by ``P_jj``),
+    whose diagonal is exactly zero so that an item cannot recommend itself. A user's scores are ``X[user] @ B``.
+
+    Cost: ``X^T X`` is accumulated over dense batches of users, then inverted, so time is about
+    ``n_users * n_movies^2 + n_movies^3`` and peak memory about three ``n_movies^2`` matrices: about 5 GB at
+    20,000 movies. Up to 4,096 movies the algebra runs in float64 because it is cheap there; above, in float32,
+    which on MovieLens-100K gives the same NDCG@10 to four decimals at lambda_ 100..500.
+    Above ``max_items`` movies ``fit`` raises :class:`~embedrec.errors.ConfigError` instead of exhausting memory;
+    raise the limit deliberately if the machine has the room.
+    """
+
+    def __init__(self, *, lambda_: float = 300.0, max_items: int = 20_000) -> None:
+        if lambda_ <= 0:
+            raise ConfigError(f"EASE lambda_ must be > 0, got {lambda_}")
+        self.lambda_ = lambda_
+        self.max_items = max_items
+
+    def fit(
+        self, user_idx: np.ndarray, movie_idx: np.ndarray, rating: np.ndarray, *, n_users: int, n_movies: int
+    ) -> EASE:
+        user_idx, movie_idx, _ = _check_fit_arrays(user_idx, movie_idx, rating, n_users=n_users, n_movies=n_movies)
+        if n_movies > self.max_items:
+            gb = 3 * n_movies * n_movies * 4 / 1e9
+            raise ConfigError(
+                f"EASE needs about {gb:.1f} GB for {n_movies} movies, above its max_items={self.max_items}; "
+                "raise max_items if the machine has the memory, or skip EASE"
+            )
+        dtype = np.float64 if n_movies <= _EASE_FLOAT64_MAX_ITEMS else np.float32
+        self.interactions_ = ItemSets.from_pairs(user_idx, movie_idx, n_rows=n_users, n_items=n_movies)
+        gram = np.zeros((n_movies, n_movies), dtype=dtype)
+        rows_per_batch = max(1, (1 << 24) // max(n_movies, 1))
+        for start in range(0, n_users, rows_per_batch):
+            x = self.interactions_.dense(np.arange(start, min(start + rows_per_batch, n_users)), dtype=dtype)
+            gram += x.T @ x
+        gram[np.diag_indices(n_movies)] += self.lambda_
+        p = np.linalg.inv(gram)
+        del gram
+        p /= -np.diag(p)[None, :]
+        p[np.diag_indices(n_movies)] = 0.0
+        self.weights_ = p
+        return self
+
+    def score(self, user_idx: np.ndarray) -> np.ndarray:
+        x = self.interactions_.dense(np.asarray(user_idx), dtype=self.weights_.dtype)
+        return (x @ self.weights_).astype(np.float32, copy=False)
+
+
+def _check_fit_arrays(
+    user_idx: np.ndarray, movie_idx: np.ndarray, rating: np.ndarray, *, n_users: int, n_movies: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One boundary check for every ``fit``: equal lengths, indices in range, at least one rating."""
+    user_idx, movie_idx, rating = np.asarray(user_idx), np.asarray(movie_idx), np.asarray(rating)
+    if not (user_idx.shape == movie_idx.shape == rating.shape) or user_idx.ndim != 1:
+        raise ValueError(
+            f"user_idx, movie_idx and rating must be 1-D of equal length, got shapes "
+            f"{user_idx.shape}, {movie_idx.shape}, {rating.shape}"
+        )
+    if user_idx.size == 0:
+        raise ValueError("cannot fit a baseline on zero ratings")
+    if user_idx.min() < 0 or user_idx.max() >= n_users:
+        raise ValueError(f"user_idx out of range [0, {n_users})")
+    if movie_idx.min() < 0 or movie_idx.max() >= n_movies:
+        raise ValueError(f"movie_idx out of range [0, {n_movies})")
+    return user_idx, movie_idx, rating

@@ -1,0 +1,124 @@
+"""Baselines on small matrices whose right answer is known: hand-computed values, direct formulas, planted biases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embedrec.baselines import EASE, BiasBaseline, GlobalMean, MostPopular, TopRated
+from embedrec.errors import ConfigError
+from embedrec.metrics import rmse
+
+
+def _arrays(triples: list[tuple[int, int, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    u, m, r = zip(*triples, strict=True)
+    return np.array(u, dtype=np.int32), np.array(m, dtype=np.int32), np.array(r, dtype=np.float32)
+
+
+def test_global_mean_predicts_the_train_mean() -> None:
+    u, m, r = _arrays([(0, 0, 5.0), (0, 1, 3.0), (1, 0, 4.0), (1, 1, 2.0)])
+    model = GlobalMean().fit(u, m, r, n_users=2, n_movies=2)
+    assert model.predict(np.array([0, 1, 1]), np.array([1, 0, 1])).tolist() == [3.5, 3.5, 3.5]
+
+
+def test_bias_one_sweep_by_hand() -> None:
+    # mean = 4; residuals (u0,m0) +1, (u0,m1) -1, (u1,m0) 0; reg 1 for both.
+    # movies first: b_m0 = (1 + 0) / (1 + 2) = 1/3, b_m1 = -1 / (1 + 1) = -1/2
+    # then users:   b_u0 = ((1 - 1/3) + (-1 + 1/2)) / (1 + 2) = 1/18, b_u1 = (0 - 1/3) / (1 + 1) = -1/6
+    u, m, r = _arrays([(0, 0, 5.0), (0, 1, 3.0), (1, 0, 4.0)])
+    model = BiasBaseline(reg_user=1.0, reg_movie=1.0, n_sweeps=1).fit(u, m, r, n_users=2, n_movies=2)
+    np.testing.assert_allclose(model.movie_bias_, [1 / 3, -1 / 2])
+    np.testing.assert_allclose(model.user_bias_, [1 / 18, -1 / 6])
+    assert model.predict(np.array([1]), np.array([1]))[0] == pytest.approx(4 - 1 / 6 - 1 / 2, abs=1e-6)
+
+
+def test_bias_clips_to_the_train_range_and_gives_cold_items_zero_bias() -> None:
+    u, m, r = _arrays([(0, 0, 5.0), (0, 1, 5.0), (1, 0, 5.0), (1, 2, 1.0)])
+    model = BiasBaseline(reg_user=0.0, reg_movie=0.0).fit(u, m, r, n_users=3, n_movies=4)
+    pred = model.predict(np.array([0, 2]), np.array([0, 3]))
+    assert np.all((pred >= 1.0) & (pred <= 5.0))
+    assert model.movie_bias_[3] == 0.0 and model.user_bias_[2] == 0.0  # never rated: no NaN from 0 / 0
+    assert pred[1] == pytest.approx(model.mean_)
+
+
+def test_bias_recovers_planted_biases_and_beats_global_mean() -> None:
+    rng = np.random.default_rng(0)
+    n_users, n_movies, n = 300, 200, 12_000
+    b_user = rng.normal(0, 0.5, n_users)
+    b_movie = rng.normal(0, 0.5, n_movies)
+    u = rng.integers(0, n_users, n).astype(np.int32)
+    m = rng.integers(0, n_movies, n).astype(np.int32)
+    r = (3.5 + b_user[u] + b_movie[m] + rng.normal(0, 0.3, n)).astype(np.float32)
+    train = rng.random(n) < 0.8
+    test = ~train
+    sizes = {"n_users": n_users, "n_movies": n_movies}
+    bias = BiasBaseline().fit(u[train], m[train], r[train], **sizes)
+    mean = GlobalMean().fit(u[train], m[train], r[train], **sizes)
+    bias_rmse = rmse(r[test], bias.predict(u[test], m[test]))
+    assert bias_rmse < 0.45  # noise 0.3 plus estimation error from ~32 ratings per user
+    assert bias_rmse < rmse(r[test], mean.predict(u[test], m[test])) - 0.3
+    assert np.corrcoef(bias.movie_bias_, b_movie)[0, 1] > 0.95
+    assert np.corrcoef(bias.user_bias_, b_user)[0, 1] > 0.95
+
+
+def test_most_popular_ranks_by_count_for_every_user() -> None:
+    u, m, r = _arrays([(0, 2, 1.0), (1, 2, 1.0), (2, 2, 1.0), (0, 0, 5.0), (1, 0, 5.0), (2, 1, 5.0)])
+    scores = MostPopular().fit(u, m, r, n_users=3, n_movies=4).score(np.array([0, 2]))
+    assert scores.tolist() == [[2.0, 1.0, 3.0, 0.0], [2.0, 1.0, 3.0, 0.0]]
+
+
+def test_top_rated_uses_a_bayesian_average() -> None:
+    # movie 0: one 5; movie 1: 4,5,4,5,4,5 (mean 4.5, six ratings); movie 2: 1, 2; movie 3: unrated.
+    # m = 35 / 9; with C = 2: movie 0 = (2m + 5) / 3 = 4.259, movie 1 = (2m + 27) / 8 = 4.347, movie 2 = 2.694.
+    # The many 4.5s outrank the single 5; the unrated movie scores m.
+    triples = [(0, 0, 5.0)] + [(i, 1, 4.0 + i % 2) for i in range(6)] + [(0, 2, 1.0), (1, 2, 2.0)]
+    u, m, r = _arrays(triples)
+    model = TopRated(prior_count=2.0).fit(u, m, r, n_users=6, n_movies=4)
+    mean = 35 / 9
+    np.testing.assert_allclose(
+        model.score(np.array([0]))[0], [(2 * mean + 5) / 3, (2 * mean + 27) / 8, (2 * mean + 3) / 4, mean], rtol=1e-6
+    )
+    assert np.argsort(-model.scores_).tolist() == [1, 0, 3, 2]
+    assert TopRated().fit(u, m, r, n_users=6, n_movies=4).prior_count_ == pytest.approx(9 / 3)
+
+
+def test_ease_matches_the_closed_form_and_has_zero_diagonal() -> None:
+    rng = np.random.default_rng(1)
+    n_users, n_movies, lam = 30, 8, 5.0
+    x = (rng.random((n_users, n_movies)) < 0.4).astype(np.float64)
+    u, m = np.nonzero(x)
+    r = np.full(u.size, 4.0, dtype=np.float32)  # the rating value is ignored: any rating is an interaction
+    model = EASE(lambda_=lam).fit(u, m, r, n_users=n_users, n_movies=n_movies)
+
+    p = np.linalg.inv(x.T @ x + lam * np.eye(n_movies))
+    expected = np.eye(n_movies) - p @ np.diag(1.0 / np.diag(p))
+    np.testing.assert_allclose(model.weights_, expected, atol=1e-12)
+    assert np.all(np.diag(model.weights_) == 0.0)
+    users = np.array([3, 0, 7])
+    np.testing.assert_allclose(model.score(users), x[users] @ expected, rtol=1e-5, atol=1e-6)
+
+
+def test_ease_recommends_the_co_occurring_item() -> None:
+    # items 0 and 1 always come together, 2 and 3 likewise; a user holding only item 0 should get item 1 first.
+    pairs = [(user, item) for user in range(20) for item in ((0, 1) if user < 10 else (2, 3))] + [(20, 0)]
+    u, m = (np.array(a) for a in zip(*pairs, strict=True))
+    model = EASE(lambda_=1.0).fit(u, m, np.ones(u.size), n_users=21, n_movies=4)
+    scores = model.score(np.array([20]))[0]
+    assert int(np.argmax(np.where(np.arange(4) == 0, -np.inf, scores))) == 1
+
+
+def test_ease_refuses_catalogues_above_max_items() -> None:
+    u, m, r = _arrays([(0, 0, 4.0), (0, 5, 4.0)])
+    with pytest.raises(ConfigError, match="max_items=5"):
+        EASE(max_items=5).fit(u, m, r, n_users=1, n_movies=6)
+
+
+def test_options_are_validated() -> None:
+    with pytest.raises(ConfigError):
+        EASE(lambda_=0.0)
+    with pytest.raises(ConfigError):
+        BiasBaseline(reg_user=-1.0)
+    with pytest.raises(ConfigError):
+        TopRated(prior_count=-1.0)
+    with pytest.raises(ValueError, match="movie_idx out of range"):
+        GlobalMean().fit(np.array([0]), np.array([3]), np.array([4.0]), n_users=1, n_movies=3)
