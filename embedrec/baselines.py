@@ -69,8 +69,8 @@ class BiasBaseline:
     4.5s. The defaults were picked by measurement on MovieLens-100K (random 80/20, mean of 3 seeds): test RMSE
     is 0.943 at ``reg_user = reg_movie`` in 2..5, 0.946 at 10 and Surprise's (15, 10), 0.954 at (20, 25); 3 sweeps
     are within 0.001 of 30. We keep some shrinkage (5, not 2) because sparser data sets have more users with a
-    handful of ratings. Users and movies without train ratings get a zero bias. Predictions are clipped to the train rating range, since no
-    rating outside it exists.
+    handful of ratings. Users and movies without train ratings get a zero bias. Predictions are clipped to the
+    train rating range, since no rating outside it exists.
     """
 
     def __init__(self, *, reg_user: float = 5.0, reg_movie: float = 5.0, n_sweeps: int = 10) -> None:

@@ -1,0 +1,156 @@
+"""Evaluation over arrays: masking, skipping, batching, subsampling, the baselines bundle, and real MovieLens-100K."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedrec.errors import ConfigError, DataError
+from embedrec.evaluation import evaluate_baselines, evaluate_ranking, evaluate_ratings
+
+N_MOVIES = 5
+# user 0: train {0}, test {1: 5.0, 2: 2.0}  -> relevant {1}
+# user 1: train {2}, test {3: 3.0}          -> no relevant item: skipped
+# user 2: train {},  test {4: 4.0}          -> relevant {4} (the threshold is inclusive)
+TRAIN = {"train_user_idx": np.array([0, 1]), "train_movie_idx": np.array([0, 2])}
+EVAL = {
+    "eval_user_idx": np.array([0, 0, 1, 2]),
+    "eval_movie_idx": np.array([1, 2, 3, 4]),
+    "eval_rating": np.array([5.0, 2.0, 3.0, 4.0], dtype=np.float32),
+}
+SIZES = {"n_users": 3, "n_movies": N_MOVIES}
+
+
+def _fixed_scores(row: list[float]):
+    def score_fn(users: np.ndarray) -> np.ndarray:
+        return np.tile(np.array(row, dtype=np.float32), (len(users), 1))
+
+    return score_fn
+
+
+def test_evaluate_ratings() -> None:
+    rating = np.array([4.0, 2.0, 5.0], dtype=np.float32)
+    got = evaluate_ratings(
+        lambda u, m: np.full(len(u), 3.0), user_idx=np.array([0, 1, 2]), movie_idx=np.array([0, 0, 1]), rating=rating
+    )
+    # errors -1, 1, -2: RMSE sqrt(6 / 3), MAE 4 / 3
+    assert got == pytest.approx({"rmse": np.sqrt(2.0), "mae": 4 / 3})
+    with pytest.raises(DataError):
+        evaluate_ratings(lambda u, m: u, user_idx=np.array([]), movie_idx=np.array([]), rating=np.array([]))
+
+
+def test_train_items_are_masked_and_users_without_relevant_items_skipped() -> None:
+    # item 0 scores highest but is user 0's train item, so user 0's list is [1, 4, 3, ...]: a hit at 1.
+    # User 2 has no train item; their list is [0, 1, 4]: the relevant item 4 sits at position 3.
+    scores = _fixed_scores([10.0, 9.0, 1.0, 2.0, 3.0])
+    got = evaluate_ranking(scores, **TRAIN, **EVAL, **SIZES, ks=(1, 3))
+    assert got["n_users"] == 2
+    assert got["hr@1"] == pytest.approx(0.5)  # user 0 hits, user 2 does not
+    assert got["ndcg@3"] == pytest.approx((1.0 + 1.0 / np.log2(4)) / 2)
+    assert got["coverage@1"] == pytest.approx(2 / N_MOVIES)  # {1} for user 0, {0} for user 2
+
+
+def test_a_higher_threshold_skips_more_users_and_none_left_raises() -> None:
+    got = evaluate_ranking(_fixed_scores([0, 1, 2, 3, 4]), **TRAIN, **EVAL, **SIZES, ks=(3,), relevance=4.5)
+    assert got["n_users"] == 1
+    with pytest.raises(DataError, match="no user"):
+        evaluate_ranking(_fixed_scores([0, 1, 2, 3, 4]), **TRAIN, **EVAL, **SIZES, ks=(3,), relevance=5.5)
+
+
+def _random_problem(seed: int = 0, n_users: int = 60, n_movies: int = 40, n: int = 1500):
+    rng = np.random.default_rng(seed)
+    u = rng.integers(0, n_users, n)
+    m = rng.integers(0, n_movies, n)
+    r = rng.integers(1, 6, n).astype(np.float32)
+    split = np.where(rng.random(n) < 0.8, 0, 2).astype(np.int8)
+    return u, m, r, split, n_users, n_movies
+
+
+def _ranking_kwargs(u, m, r, split, n_users, n_movies) -> dict:
+    train, test = split == 0, split == 2
+    return {
+        "train_user_idx": u[train],
+        "train_movie_idx": m[train],
+        "eval_user_idx": u[test],
+        "eval_movie_idx": m[test],
+        "eval_rating": r[test],
+        "n_users": n_users,
+        "n_movies": n_movies,
+    }
+
+
+def test_batch_size_does_not_change_results_and_progress_is_reported() -> None:
+    u, m, r, split, n_users, n_movies = _random_problem()
+    table = np.random.default_rng(1).random((n_users, n_movies))
+    kwargs = _ranking_kwargs(u, m, r, split, n_users, n_movies)
+    calls: list[tuple[int, int]] = []
+    one = evaluate_ranking(
+        lambda b: table[b], **kwargs, ks=(5, 10), batch_size=7, on_progress=lambda d, t: calls.append((d, t))
+    )
+    big = evaluate_ranking(lambda b: table[b], **kwargs, ks=(5, 10), batch_size=512)
+    assert one == big
+    assert calls[-1] == (one["n_users"], one["n_users"]) and len(calls) == -(-one["n_users"] // 7)
+
+
+def test_max_users_draws_a_seeded_subset() -> None:
+    u, m, r, split, n_users, n_movies = _random_problem()
+    table = np.random.default_rng(1).random((n_users, n_movies))
+    kwargs = _ranking_kwargs(u, m, r, split, n_users, n_movies)
+    seen: list[np.ndarray] = []
+
+    def score_fn(users: np.ndarray) -> np.ndarray:
+        seen.append(users)
+        return table[users]
+
+    a = evaluate_ranking(score_fn, **kwargs, max_users=10, seed=3)
+    b = evaluate_ranking(score_fn, **kwargs, max_users=10, seed=3)
+    assert a == b and a["n_users"] == 10
+    assert np.array_equal(seen[0], seen[1]) and seen[0].size == 10
+
+
+def test_bad_options_and_bad_scores_are_rejected() -> None:
+    with pytest.raises(ConfigError):
+        evaluate_ranking(_fixed_scores([0] * 5), **TRAIN, **EVAL, **SIZES, ks=(6,))
+    with pytest.raises(ConfigError):
+        evaluate_ranking(_fixed_scores([0] * 5), **TRAIN, **EVAL, **SIZES, ks=(3,), batch_size=0)
+    with pytest.raises(ValueError, match="shape"):
+        evaluate_ranking(_fixed_scores([0] * 4), **TRAIN, **EVAL, **SIZES, ks=(3,))
+
+
+def test_evaluate_baselines_reports_every_baseline_and_skips_ease_when_too_large() -> None:
+    u, m, r, split, n_users, n_movies = _random_problem()
+    got = evaluate_baselines(
+        user_idx=u, movie_idx=m, rating=r, split=split, n_users=n_users, n_movies=n_movies, ks=(5, 10)
+    )
+    assert set(got) == {"global_mean", "bias", "popular", "top_rated", "ease"}
+    assert set(got["bias"]) == {"rmse", "mae"}
+    assert {"ndcg@10", "coverage@5", "map@5", "n_users"} <= set(got["ease"])
+    assert got["popular"]["n_users"] == got["ease"]["n_users"]
+
+    small = evaluate_baselines(
+        user_idx=u, movie_idx=m, rating=r, split=split, n_users=n_users, n_movies=n_movies, ease_max_items=10
+    )
+    assert "max_items=10" in small["ease"]["skipped"]
+    assert small["popular"] == {k: v for k, v in got["popular"].items() if not k.endswith("@5")}
+
+
+@pytest.mark.realdata
+def test_baselines_on_ml100k(ml100k_prepared: Path) -> None:
+    from embedrec.data import load_prepared
+
+    data = load_prepared(ml100k_prepared)
+    got = evaluate_baselines(
+        user_idx=data.user_idx,
+        movie_idx=data.movie_idx,
+        rating=data.rating,
+        split=data.split,
+        n_users=data.n_users,
+        n_movies=data.n_movies,
+        ks=(10,),
+    )
+    # reference (random 80/20): global mean 1.13, bias 0.95, popular NDCG@10 0.18, EASE 0.36
+    assert got["bias"]["rmse"] < got["global_mean"]["rmse"] - 0.1
+    assert got["popular"]["ndcg@10"] > 0.12
+    assert got["ease"]["ndcg@10"] > got["popular"]["ndcg@10"] + 0.1
