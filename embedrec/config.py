@@ -1,0 +1,224 @@
+"""Frozen, validated settings for the model and its training, with presets and a JSON/TOML round trip.
+
+Synopsis::
+
+    from embedrec.config import preset, load_config_file
+    model_cfg, train_cfg = preset("seed")
+    train_cfg = train_cfg.replace(epochs=3, batch_size=8192)
+
+``ModelConfig`` holds the architecture only (sizes that do not depend on the data); the data-dependent sizes
+(users, movies, genres, rating range) live in :class:`DataShape`, filled in from a prepared data set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from embedrec.errors import ConfigError
+
+GenreMode = Literal["string", "bag"]
+OptimizerName = Literal["adam", "lazy_adam"]
+Sampling = Literal["uniform", "popularity"]
+PRESETS = ("seed", "default")
+
+
+def _check(cond: bool, option: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{option}: {message}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network's architecture.
+
+    ``genre_mode="string"`` is the original's input (one category per whole pipe-joined genre string);
+    ``"bag"`` averages the embeddings of the movie's single genres. ``biases`` adds user and movie bias terms to
+    the rating logit. ``watch_head`` adds the second output, the logit of "this user watches this movie", scored as a
+    dot product of the shared user embedding with the movie (+ genre) embedding plus a movie bias.
+    """
+
+    embedding_dim: int = 50
+    hidden: tuple[int, ...] = (64, 10)
+    dropout: float = 0.2
+    genre_mode: GenreMode = "string"
+    biases: bool = False
+    watch_head: bool = False
+    init: Literal["keras", "scaled"] = "keras"
+
+    def __post_init__(self) -> None:
+        _check(self.embedding_dim >= 1, "--embedding-dim", f"must be >= 1, got {self.embedding_dim}")
+        _check(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "--hidden",
+               f"needs one or more positive layer sizes like 64,10, got {self.hidden}")
+        _check(0.0 <= self.dropout < 1.0, "--dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(self.genre_mode in ("string", "bag"), "--genre-mode", f"must be string or bag, got {self.genre_mode}")
+        _check(self.init in ("keras", "scaled"), "init", f"must be keras or scaled, got {self.init}")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the network is trained. ``weight_decay`` is a per-row L2 penalty on the embedding rows in each batch."""
+
+    lr: float = 1e-3
+    batch_size: int = 1024
+    epochs: int = 5
+    weight_decay: float = 0.0
+    optimizer: OptimizerName = "lazy_adam"
+    lr_decay: float = 1.0
+    patience: int = 0
+    seed: int = 42
+    negatives: int = 0
+    watch_weight: float = 1.0
+    sampling: Sampling = "uniform"
+    sampling_alpha: float = 0.5
+    val_users: int = 2000
+    steps_per_call: int = 200
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0 and math.isfinite(self.lr), "--lr", f"must be a positive number, got {self.lr}")
+        _check(self.batch_size >= 1, "--batch-size", f"must be >= 1, got {self.batch_size}")
+        _check(self.epochs >= 1, "--epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.weight_decay >= 0, "--weight-decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.optimizer in ("adam", "lazy_adam"), "--optimizer",
+               f"must be adam or lazy_adam, got {self.optimizer}")
+        _check(0 < self.lr_decay <= 1, "--lr-decay", f"must be in (0, 1], got {self.lr_decay}")
+        _check(self.patience >= 0, "--patience", f"must be >= 0, got {self.patience}")
+        _check(self.negatives >= 0, "--negatives", f"must be >= 0, got {self.negatives}")
+        _check(self.watch_weight >= 0, "--watch-weight", f"must be >= 0, got {self.watch_weight}")
+        _check(self.sampling in ("uniform", "popularity"), "--sampling",
+               f"must be uniform or popularity, got {self.sampling}")
+        _check(self.val_users >= 0, "--val-users", f"must be >= 0, got {self.val_users}")
+        _check(self.steps_per_call >= 1, "steps_per_call", f"must be >= 1, got {self.steps_per_call}")
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """The data-dependent sizes of a network: vocabulary sizes and the rating range."""
+
+    n_users: int
+    n_movies: int
+    n_genres: int
+    rating_min: float
+    rating_max: float
+    max_genres_per_movie: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.n_users >= 1 and self.n_movies >= 1 and self.n_genres >= 1, "data",
+               "needs at least one user, one movie and one genre")
+        _check(self.rating_max > self.rating_min, "data",
+               f"rating range is empty ({self.rating_min}..{self.rating_max}); every rating is the same value")
+
+
+@dataclass(frozen=True)
+class Preset:
+    model: ModelConfig
+    train: TrainConfig
+    description: str = field(default="")
+
+
+def preset(name: str) -> tuple[ModelConfig, TrainConfig]:
+    """The named preset's configs. ``seed`` is the original network; ``default`` is the measured best."""
+    if name == "seed":
+        return (
+            ModelConfig(embedding_dim=50, hidden=(64, 10), dropout=0.2, genre_mode="string", biases=False,
+                        watch_head=False, init="keras"),
+            TrainConfig(lr=1e-3, batch_size=1024, epochs=5, weight_decay=0.0, optimizer="lazy_adam", negatives=0),
+        )
+    if name == "default":
+        return (
+            ModelConfig(embedding_dim=64, hidden=(64, 16), dropout=0.1, genre_mode="bag", biases=True,
+                        watch_head=True, init="scaled"),
+            TrainConfig(lr=2e-3, batch_size=1024, epochs=30, weight_decay=0.05, optimizer="lazy_adam",
+                        lr_decay=0.9, patience=3, negatives=4, watch_weight=1.0, sampling="uniform"),
+        )
+    raise ConfigError(f"--preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+
+
+def to_dict(cfg: ModelConfig | TrainConfig | DataShape) -> dict[str, Any]:
+    out = dataclasses.asdict(cfg)
+    if "hidden" in out:
+        out["hidden"] = list(out["hidden"])
+    return out
+
+
+def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
+    return _from_dict(ModelConfig, d, "model config")
+
+
+def train_config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    return _from_dict(TrainConfig, d, "train config")
+
+
+def data_shape_from_dict(d: dict[str, Any]) -> DataShape:
+    return _from_dict(DataShape, d, "data shape")
+
+
+def _from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"{what}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    values = dict(d)
+    if "hidden" in values:
+        values["hidden"] = tuple(values["hidden"])
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read hyperparameters from a JSON or TOML file: a flat table of option names (``lr``, ``hidden``, ...).
+
+    Keys may use dashes or underscores (``batch-size`` or ``batch_size``). Returns the flat dict; the caller splits
+    it between the model and training configs with :func:`split_overrides`.
+    """
+    if not path.is_file():
+        raise ConfigError(f"--config: {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            raw = tomllib.loads(text)
+        else:
+            raw = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config: {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config: {path} must hold one table of settings")
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict) and key in ("model", "train"):
+            flat.update({k.replace("-", "_"): v for k, v in value.items()})
+        else:
+            flat[key.replace("-", "_")] = value
+    return flat
+
+
+def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a flat dict of settings into (model changes, train changes); unknown keys are a ConfigError."""
+    model_names = {f.name for f in dataclasses.fields(ModelConfig)}
+    train_names = {f.name for f in dataclasses.fields(TrainConfig)}
+    model_changes: dict[str, Any] = {}
+    train_changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key in model_names:
+            model_changes[key] = tuple(value) if key == "hidden" else value
+        elif key in train_names:
+            train_changes[key] = value
+        elif key != "preset":
+            known = ", ".join(sorted(model_names | train_names))
+            raise ConfigError(f"unknown setting {key!r}; known settings: {known}")
+    return model_changes, train_changes

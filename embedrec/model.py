@@ -1,0 +1,213 @@
+"""The embedding-concat network (Flax NNX): indices in, ratings (and watch logits) out. No optimiser, no disk.
+
+Synopsis::
+
+    from flax import nnx
+    from embedrec.config import DataShape, preset
+    from embedrec.model import EmbeddingConcat
+    model_cfg, _ = preset("seed")
+    shape = DataShape(n_users=20_510, n_movies=25_448, n_genres=1_357, rating_min=0.5, rating_max=5.0)
+    model = EmbeddingConcat(model_cfg, shape, rngs=nnx.Rngs(0))
+    model.n_params()   # 2_376_075, the original's count
+
+The network: user, movie and genre embeddings are concatenated, then Dropout, Dense+ReLU (per ``hidden``), Dropout
+after each, and a final Dense 1 whose sigmoid is scaled to the rating range. Optional user/movie bias terms are added
+to the final logit. Genres come as a (B, G) index matrix with (B, G) weights: the original's whole genre string is
+G = 1 with weight 1; the "bag" mode averages the movie's single genres.
+
+The embedding tables are :class:`Table` variables kept outside the dense :class:`Head`, so a training step can gather
+the rows of a batch, differentiate with respect to those rows only, and update the tables row-sparsely. Every forward
+path is a pure function of (head, rows), so the training step, the evaluation code and the numpy fast path in
+``recommender`` all compute the same thing.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from embedrec.config import DataShape, ModelConfig
+
+# Which tables are indexed by which id: the training step gathers and updates each group with one index array.
+TABLE_GROUPS: dict[str, tuple[str, ...]] = {
+    "user": ("user_embedding", "user_bias"),
+    "movie": ("movie_embedding", "movie_bias", "watch_bias"),
+    "genre": ("genre_embedding",),
+}
+
+
+class Table(nnx.Param):
+    """An embedding table (rows indexed by user, movie or genre). Updated row-sparsely by lazy Adam."""
+
+
+def _hash_u32(x: jax.Array) -> jax.Array:
+    """A fast 32-bit integer mix (lowbias32): good enough randomness for dropout masks at a few ops per element."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def dropout(x: jax.Array, rate: float, seed: jax.Array | None, salt: int) -> jax.Array:
+    """Inverted dropout with a counter-based hash mask; identity when ``seed`` is None or ``rate`` is 0.
+
+    Threefry bits cost a large share of the backward pass for a network this small; one integer hash per element
+    is several times cheaper and is deterministic for a given (seed, salt, position).
+    """
+    if seed is None or rate <= 0.0:
+        return x
+    n = x.size
+    counter = jax.lax.iota(jnp.uint32, n).reshape(x.shape)
+    mixed_seed = _hash_u32(seed.astype(jnp.uint32) ^ jnp.uint32((salt * 0x9E3779B1) & 0xFFFFFFFF))
+    bits = _hash_u32(counter ^ mixed_seed)
+    threshold = jnp.uint32(min(int(rate * 2**32), 2**32 - 1))
+    keep = bits >= threshold
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def _glorot_uniform() -> nnx.Initializer:
+    return nnx.initializers.glorot_uniform()
+
+
+class Head(nnx.Module):
+    """The dense part: Dropout, [Dense + ReLU, Dropout] per hidden size, Dense 1 (the rating logit)."""
+
+    def __init__(self, in_features: int, hidden: tuple[int, ...], dropout_rate: float, *, rngs: nnx.Rngs) -> None:
+        sizes = (in_features, *hidden)
+        self.layers = nnx.List(
+            [nnx.Linear(a, b, kernel_init=_glorot_uniform(), rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])]
+        )
+        self.out = nnx.Linear(sizes[-1], 1, kernel_init=_glorot_uniform(), rngs=rngs)
+        self.dropout_rate = dropout_rate
+
+    def __call__(self, x: jax.Array, *, dropout_seed: jax.Array | None = None) -> jax.Array:
+        x = dropout(x, self.dropout_rate, dropout_seed, salt=0)
+        for i, layer in enumerate(self.layers):
+            x = jax.nn.relu(layer(x))
+            x = dropout(x, self.dropout_rate, dropout_seed, salt=i + 1)
+        return self.out(x)[..., 0]
+
+
+class EmbeddingConcat(nnx.Module):
+    """User, movie and genre embeddings, concatenated, through :class:`Head`; sigmoid scaled to the rating range."""
+
+    def __init__(self, cfg: ModelConfig, shape: DataShape, *, rngs: nnx.Rngs) -> None:
+        self.cfg = cfg
+        self.shape = shape
+        d = cfg.embedding_dim
+        if cfg.init == "keras":  # Keras' Embedding default, as in the original
+            def init(key: jax.Array, n: int) -> jax.Array:
+                return jax.random.uniform(key, (n, d), jnp.float32, -0.05, 0.05)
+        else:  # small normal rows, so the watch dot product starts near zero whatever d is
+            def init(key: jax.Array, n: int) -> jax.Array:
+                return jax.random.normal(key, (n, d), jnp.float32) * (0.1 / jnp.sqrt(d / 16.0))
+        self.user_embedding = Table(init(rngs.params(), shape.n_users))
+        self.movie_embedding = Table(init(rngs.params(), shape.n_movies))
+        self.genre_embedding = Table(init(rngs.params(), shape.n_genres))
+        if cfg.biases:
+            self.user_bias = Table(jnp.zeros((shape.n_users, 1), jnp.float32))
+            self.movie_bias = Table(jnp.zeros((shape.n_movies, 1), jnp.float32))
+        if cfg.watch_head:
+            self.watch_bias = Table(jnp.zeros((shape.n_movies, 1), jnp.float32))
+        self.head = Head(3 * d, cfg.hidden, cfg.dropout, rngs=rngs)
+
+    # -- tables -------------------------------------------------------------------------------------------------
+    def tables(self) -> dict[str, jax.Array]:
+        """The embedding tables as plain arrays, keyed by attribute name."""
+        return {name: getattr(self, name)[...] for group in TABLE_GROUPS.values() for name in group
+                if hasattr(self, name)}
+
+    def set_tables(self, tables: Mapping[str, jax.Array]) -> None:
+        for name, value in tables.items():
+            getattr(self, name).set_value(value)
+
+    def n_params(self) -> int:
+        """Trainable parameter count (tables + dense layers)."""
+        return int(sum(x.size for x in jax.tree.leaves(nnx.state(self, nnx.Param))))
+
+    def summary(self) -> list[tuple[str, str, int]]:
+        """Keras-style rows (layer, output shape, parameters), as the original printed."""
+        d = self.cfg.embedding_dim
+        g = "genre_input (B, 1)" if self.cfg.genre_mode == "string" else f"genre_input (B, {self.shape.max_genres_per_movie})"
+        rows: list[tuple[str, str, int]] = [
+            ("user_input (InputLayer)", "(None, 1)", 0),
+            ("movie_input (InputLayer)", "(None, 1)", 0),
+            (g.split(" ")[0] + " (InputLayer)", "(None, 1)" if self.cfg.genre_mode == "string"
+             else f"(None, {self.shape.max_genres_per_movie})", 0),
+            ("user_embedding (Embedding)", f"(None, 1, {d})", self.shape.n_users * d),
+            ("movie_embedding (Embedding)", f"(None, 1, {d})", self.shape.n_movies * d),
+            ("genre_embedding (Embedding)" if self.cfg.genre_mode == "string" else "genre_embedding (mean bag)",
+             f"(None, 1, {d})", self.shape.n_genres * d),
+            ("concatenate (Concatenate)", f"(None, {3 * d})", 0),
+            ("dropout (Dropout)", f"(None, {3 * d})", 0),
+        ]
+        for i, layer in enumerate(self.head.layers):
+            suffix = "" if i == 0 else f"_{i}"
+            rows.append((f"dense{suffix} (Dense)", f"(None, {layer.out_features})",
+                         layer.in_features * layer.out_features + layer.out_features))
+            rows.append((f"dropout_{i + 1} (Dropout)", f"(None, {layer.out_features})", 0))
+        out = self.head.out
+        rows.append((f"dense_{len(self.head.layers)} (Dense)", "(None, 1)", out.in_features + 1))
+        if self.cfg.biases:
+            rows.append(("user_bias (Embedding)", "(None, 1)", self.shape.n_users))
+            rows.append(("movie_bias (Embedding)", "(None, 1)", self.shape.n_movies))
+        if self.cfg.watch_head:
+            rows.append(("watch_bias (Embedding)", "(None, 1)", self.shape.n_movies))
+            rows.append(("watch (Dot)", "(None, 1)", 0))
+        return rows
+
+    # -- forward ------------------------------------------------------------------------------------------------
+    def __call__(self, user_idx: jax.Array, movie_idx: jax.Array, genre_idx: jax.Array,
+                 genre_w: jax.Array) -> jax.Array:
+        """Predicted ratings (deterministic: no dropout)."""
+        rows = gather_rows(self.tables(), user_idx, movie_idx, genre_idx)
+        return rating_from_rows(self.head, rows, genre_w, cfg=self.cfg, shape=self.shape)
+
+    def watch_logit(self, user_idx: jax.Array, movie_idx: jax.Array, genre_idx: jax.Array,
+                    genre_w: jax.Array) -> jax.Array:
+        """Logit of "the user watches (rates) this movie"; needs ``watch_head``."""
+        rows = gather_rows(self.tables(), user_idx, movie_idx, genre_idx)
+        return watch_logit_from_rows(rows, genre_w)
+
+
+def gather_rows(tables: Mapping[str, jax.Array], user_idx: jax.Array, movie_idx: jax.Array,
+                genre_idx: jax.Array) -> dict[str, jax.Array]:
+    """Look up every table's rows for a batch: {table name: rows}, genre rows shaped (B, G, d)."""
+    index = {"user": user_idx, "movie": movie_idx, "genre": genre_idx}
+    return {name: tables[name][index[group]] for group, names in TABLE_GROUPS.items()
+            for name in names if name in tables}
+
+
+def pool_genres(genre_rows: jax.Array, genre_w: jax.Array) -> jax.Array:
+    """Weighted sum over a movie's genre slots: (B, G, d), (B, G) -> (B, d)."""
+    return jnp.einsum("bgd,bg->bd", genre_rows, genre_w)
+
+
+def rating_logit_from_rows(head: Head, rows: Mapping[str, jax.Array], genre_w: jax.Array, *,
+                           dropout_seed: jax.Array | None = None) -> jax.Array:
+    g = pool_genres(rows["genre_embedding"], genre_w)
+    x = jnp.concatenate([rows["user_embedding"], rows["movie_embedding"], g], axis=-1)
+    logit = head(x, dropout_seed=dropout_seed)
+    if "user_bias" in rows:
+        logit = logit + rows["user_bias"][..., 0] + rows["movie_bias"][..., 0]
+    return logit
+
+
+def scale_rating(logit: jax.Array, shape: DataShape) -> jax.Array:
+    return shape.rating_min + (shape.rating_max - shape.rating_min) * jax.nn.sigmoid(logit)
+
+
+def rating_from_rows(head: Head, rows: Mapping[str, jax.Array], genre_w: jax.Array, *, cfg: ModelConfig,
+                     shape: DataShape, dropout_seed: jax.Array | None = None) -> jax.Array:
+    del cfg
+    return scale_rating(rating_logit_from_rows(head, rows, genre_w, dropout_seed=dropout_seed), shape)
+
+
+def watch_logit_from_rows(rows: Mapping[str, jax.Array], genre_w: jax.Array) -> jax.Array:
+    """The watch output: user . (movie + genres) + movie watch bias. Cheap, so many sampled negatives stay cheap."""
+    item = rows["movie_embedding"] + pool_genres(rows["genre_embedding"], genre_w)
+    return jnp.sum(rows["user_embedding"] * item, axis=-1) + rows["watch_bias"][..., 0]

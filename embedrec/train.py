@@ -1,0 +1,629 @@
+"""Training: the loss, one jitted block of steps, the epoch loop with validation, early stopping and checkpoints.
+
+Synopsis::
+
+    from embedrec.train import train
+    result = train(prepared, model_cfg, train_cfg)           # PreparedData from embedrec.data.load_prepared
+    result.model, result.history
+
+Speed comes from four things, each measured (see benchmarks/train_throughput.py):
+
+* the training split lives on the device and a whole block of steps (``steps_per_call``) runs in one ``lax.scan``,
+  so Python is touched once per block, not once per batch;
+* lazy (row-sparse) Adam for the embedding tables: only the rows in the batch get their moments and weights updated,
+  instead of a dense update of all ~2.4M table entries every step. Bias correction uses the global step, as in
+  TensorFlow's LazyAdam. ``optimizer="adam"`` gives the dense Optax update for comparison;
+* dropout masks from a counter-based integer hash instead of Threefry bits;
+* static shapes: the last partial batch of an epoch is padded and masked, so nothing recompiles.
+
+Determinism: the epoch's permutation comes from (seed, epoch), dropout and negative samples from (seed, epoch,
+step), so a run resumed from a checkpoint ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable, Mapping, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from embedrec.config import DataShape, ModelConfig, TrainConfig
+from embedrec.errors import ArtifactError, ConfigError, TrainingDiverged
+from embedrec.model import (
+    TABLE_GROUPS,
+    EmbeddingConcat,
+    gather_rows,
+    rating_from_rows,
+    watch_logit_from_rows,
+)
+
+B1, B2, EPS = 0.9, 0.999, 1e-7  # Keras' Adam defaults, as the original used
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GenreInputs:
+    """Per-movie genre slots: (n_movies, G) indices into the genre table and (n_movies, G) weights."""
+
+    idx: np.ndarray
+    weight: np.ndarray
+    n_genres: int
+
+
+def genre_inputs(prepared: Any, genre_mode: str) -> GenreInputs:
+    """The genre input of every movie: the whole genre string (G = 1) or the mean over its single genres."""
+    if genre_mode == "string":
+        idx = np.asarray(prepared.movie_genre_str_idx(), dtype=np.int32)[:, None]
+        return GenreInputs(idx, np.ones_like(idx, dtype=np.float32), max(prepared.n_genre_strings, 1))
+    multi_hot = np.asarray(prepared.movie_genre_multi_hot(), dtype=np.float32)
+    counts = multi_hot.sum(axis=1)
+    g = max(int(counts.max(initial=0)), 1)
+    order = np.argsort(-multi_hot, axis=1, kind="stable")[:, :g].astype(np.int32)
+    present = np.take_along_axis(multi_hot, order, axis=1) > 0
+    weight = np.where(present, 1.0 / np.maximum(counts[:, None], 1.0), 0.0).astype(np.float32)
+    idx = np.where(present, order, 0).astype(np.int32)
+    return GenreInputs(idx, weight, max(prepared.n_genres, 1))
+
+
+def data_shape(prepared: Any, model_cfg: ModelConfig) -> DataShape:
+    genres = genre_inputs(prepared, model_cfg.genre_mode)
+    summary = prepared.summary
+    return DataShape(n_users=prepared.n_users, n_movies=prepared.n_movies, n_genres=genres.n_genres,
+                     rating_min=float(summary["rating_min"]), rating_max=float(summary["rating_max"]),
+                     max_genres_per_movie=int(genres.idx.shape[1]))
+
+
+def user_item_csr(user_idx: np.ndarray, movie_idx: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's movies, sorted, as (indptr (n_users + 1,), movies): the "seen" sets used to mask negatives."""
+    order = np.lexsort((movie_idx, user_idx))
+    counts = np.bincount(user_idx, minlength=n_users)
+    indptr = np.zeros(n_users + 1, dtype=np.int32)
+    np.cumsum(counts, out=indptr[1:])
+    return indptr, movie_idx[order].astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The step
+# ---------------------------------------------------------------------------------------------------------------
+Layout = tuple[tuple[str, tuple[tuple[str, int], ...]], ...]  # ((group, ((table, width), ...)), ...)
+
+
+def slab_layout(tables: Mapping[str, Any]) -> Layout:
+    """Which tables share a slab, in order: one slab per index group (user, movie, genre)."""
+    out = []
+    for group, names in TABLE_GROUPS.items():
+        present = tuple((n, int(np.prod(tables[n].shape[1:]))) for n in names if n in tables)
+        if present:
+            out.append((group, present))
+    return tuple(out)
+
+
+def tables_to_slabs(tables: Mapping[str, jax.Array], layout: Layout) -> dict[str, jax.Array]:
+    """Pack each group's tables with their Adam moments into one (n_rows, 3 * width) array: [params | mu | nu].
+
+    One gather per group then serves the forward pass and the optimiser, and one scatter writes a row back,
+    instead of three gathers and three scatters per table.
+    """
+    slabs = {}
+    for group, members in layout:
+        params = jnp.concatenate([jnp.reshape(tables[n], (tables[n].shape[0], w)) for n, w in members], axis=1)
+        slabs[group] = jnp.concatenate([params, jnp.zeros_like(params), jnp.zeros_like(params)], axis=1)
+    return slabs
+
+
+def slabs_to_tables(slabs: Mapping[str, jax.Array], layout: Layout) -> dict[str, jax.Array]:
+    tables = {}
+    for group, members in layout:
+        off = 0
+        for name, width in members:
+            tables[name] = slabs[group][:, off:off + width]
+            off += width
+    return tables
+
+
+def _row_views(gathered: jax.Array, members: tuple[tuple[str, int], ...], lead: tuple[int, ...]
+               ) -> dict[str, jax.Array]:
+    out = {}
+    off = 0
+    for name, width in members:
+        out[name] = gathered[:, off:off + width].reshape(*lead, width)
+        off += width
+    return out
+
+
+def _dedup(idx: jax.Array, n_rows: int) -> tuple[jax.Array, jax.Array]:
+    """For each slot, the slot that represents its row (first-class duplicates share one), and which slots lead.
+
+    Sort-free: every slot writes its position into a row-sized scratch array and reads back the winner, so all
+    duplicates of a row agree on one representative. Slots with index >= n_rows are ignored.
+    """
+    n = idx.shape[0]
+    slot = jnp.arange(n, dtype=jnp.int32)
+    owner = jnp.zeros((n_rows,), jnp.int32).at[idx].set(slot, mode="drop")
+    valid = idx < n_rows
+    rep = jnp.where(valid, owner.at[idx].get(mode="fill", fill_value=0), slot)
+    return rep, valid & (rep == slot)
+
+
+def _adam_rows(gathered: jax.Array, grad: jax.Array, lr_t: jax.Array, width: int) -> jax.Array:
+    p, m, v = gathered[:, :width], gathered[:, width:2 * width], gathered[:, 2 * width:]
+    m = B1 * m + (1 - B1) * grad
+    v = B2 * v + (1 - B2) * grad * grad
+    p = p - lr_t * m / (jnp.sqrt(v) + EPS)
+    return jnp.concatenate([p, m, v], axis=1)
+
+
+def _is_seen(indptr: jax.Array, items: jax.Array, users: jax.Array, movies: jax.Array, max_degree: int) -> jax.Array:
+    """Whether each (user, movie) pair is a training positive: a vectorised binary search in the user's row."""
+    lo = indptr[users]
+    hi = indptr[users + 1]
+    for _ in range(max(1, int(math.ceil(math.log2(max_degree + 1))) + 1)):
+        mid = (lo + hi) // 2
+        go_right = items[jnp.clip(mid, 0, items.shape[0] - 1)] < movies
+        active = lo < hi
+        lo = jnp.where(active & go_right, mid + 1, lo)
+        hi = jnp.where(active & ~go_right, mid, hi)
+    found = items[jnp.clip(lo, 0, items.shape[0] - 1)] == movies
+    return found & (lo < indptr[users + 1])
+
+
+def _mix_seed(*parts: jax.Array | int) -> jax.Array:
+    x = jnp.uint32(0x243F6A88)
+    for p in parts:
+        x = (x ^ jnp.asarray(p).astype(jnp.uint32)) * jnp.uint32(0x01000193)
+        x = x ^ (x >> 15)
+    return x
+
+
+@dataclass(frozen=True)
+class StepStatic:
+    """Everything about the step that is fixed for a run (hashable, so it can be a static jit argument)."""
+
+    batch_size: int
+    steps_in_block: int
+    n_train: int
+    negatives: int
+    watch_weight: float
+    weight_decay: float
+    lazy: bool
+    sampling: str
+    max_degree: int
+    n_devices: int
+
+
+def make_block_fn(graphdef: Any, layout: Layout, model_cfg: ModelConfig, shape: DataShape, static: StepStatic,
+                  tx: optax.GradientTransformation, mesh: Any = None) -> Callable[..., Any]:
+    """Build the jitted function that runs ``static.steps_in_block`` training steps in one ``lax.scan``."""
+    bsz = static.batch_size
+    k_neg = static.negatives
+
+    def constrain(x: jax.Array) -> jax.Array:
+        if mesh is None:
+            return x
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P("data", *([None] * (x.ndim - 1)))))
+
+    def loss_fn(head_state: Any, rows: dict[str, jax.Array], genre_w: jax.Array, rating: jax.Array,
+                weight: jax.Array, neg_weight: jax.Array, seed: jax.Array) -> tuple[jax.Array, jax.Array]:
+        head = nnx.merge(graphdef, head_state)
+        pos_rows = {name: (r[:bsz] if r.shape[0] > bsz else r) for name, r in rows.items()}
+        pred = rating_from_rows(head, pos_rows, genre_w[:bsz], cfg=model_cfg, shape=shape, dropout_seed=seed)
+        n_valid = jnp.maximum(weight.sum(), 1.0)
+        sq_sum = jnp.sum(weight * (pred - rating) ** 2)
+        loss = sq_sum / n_valid
+        if static.weight_decay > 0:
+            reg = 0.0
+            for name, r in rows.items():
+                w = weight if r.shape[0] == bsz else jnp.concatenate([weight, neg_weight])
+                if r.ndim == 3:  # genre slots: weight each slot by its pooling weight
+                    reg = reg + jnp.sum(w[:, None] * jnp.sum(r * r, axis=-1) * genre_w)
+                else:
+                    reg = reg + jnp.sum(w * jnp.sum(r * r, axis=-1))
+            loss = loss + static.weight_decay * reg / n_valid
+        watch_sum = jnp.float32(0.0)
+        if k_neg > 0:
+            users = rows["user_embedding"]
+            # order the rows as [positives; negatives] for both users and movies
+            all_rows = {
+                "user_embedding": jnp.concatenate([users, jnp.repeat(users, k_neg, axis=0)]),
+                "movie_embedding": rows["movie_embedding"],
+                "genre_embedding": rows["genre_embedding"],
+                "watch_bias": rows["watch_bias"],
+            }
+            logits = watch_logit_from_rows(all_rows, genre_w)
+            pos_logit, neg_logit = logits[:bsz], logits[bsz:]
+            watch_sum = jnp.sum(weight * jax.nn.softplus(-pos_logit)) + jnp.sum(
+                neg_weight * jax.nn.softplus(neg_logit)) / k_neg
+            loss = loss + static.watch_weight * watch_sum / n_valid
+        return loss, jnp.stack([sq_sum, weight.sum(), watch_sum])
+
+    grad_fn = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)
+
+    def one_step(state: dict[str, Any], data: dict[str, jax.Array], perm: jax.Array, step: jax.Array,
+                 lr: jax.Array, run_seed: jax.Array, epoch: jax.Array) -> tuple[dict[str, Any], jax.Array]:
+        pos = step * bsz + jnp.arange(bsz, dtype=jnp.int32)
+        valid = pos < static.n_train
+        sample = jax.lax.dynamic_slice(perm, (step * bsz,), (bsz,))
+        u = constrain(data["user"][sample])
+        m = constrain(data["movie"][sample])
+        r = constrain(data["rating"][sample])
+        weight = constrain(valid.astype(jnp.float32))
+        step_seed = _mix_seed(run_seed, epoch, step)
+        if k_neg > 0:
+            if static.sampling == "popularity":
+                draws = jax.random.uniform(jax.random.key(step_seed), (bsz * k_neg,))
+                neg = jnp.searchsorted(data["neg_cdf"], draws).astype(jnp.int32)
+                neg = jnp.minimum(neg, shape.n_movies - 1)
+            else:
+                neg = jax.random.randint(jax.random.key(step_seed), (bsz * k_neg,), 0, shape.n_movies, jnp.int32)
+            users_rep = jnp.repeat(u, k_neg)
+            seen = _is_seen(data["seen_indptr"], data["seen_items"], users_rep, neg, static.max_degree)
+            neg_weight = jnp.repeat(weight, k_neg) * (1.0 - seen.astype(jnp.float32))
+            movies = jnp.concatenate([m, neg])
+        else:
+            neg_weight = jnp.zeros((0,), jnp.float32)
+            movies = m
+        genre_idx = data["genre_idx"][movies]
+        genre_w = data["genre_w"][movies]
+        keep_m = jnp.concatenate([valid, jnp.repeat(valid, k_neg)]) if k_neg > 0 else valid
+        n_slots = {"user": bsz, "movie": movies.shape[0], "genre": genre_idx.size}
+        lookup = {"user": u, "movie": movies, "genre": genre_idx.reshape(-1)}
+        # rows that take an update: real samples only (and genre slots that carry weight)
+        update_idx = {
+            "user": jnp.where(valid, u, shape.n_users),
+            "movie": jnp.where(keep_m, movies, shape.n_movies),
+            "genre": jnp.where(keep_m[:, None] & (genre_w > 0), genre_idx, shape.n_genres).reshape(-1),
+        }
+        lead = {"user": (bsz,), "movie": (movies.shape[0],), "genre": genre_idx.shape}
+        slabs = state["slabs"]
+        gathered = {g: slabs[g][lookup[g]] for g, _ in layout}
+        rows: dict[str, jax.Array] = {}
+        for g, members in layout:
+            rows.update(_row_views(gathered[g], members, lead[g]))
+        (g_head, g_rows), stats = grad_fn(state["head"], rows, genre_w, r, weight, neg_weight, step_seed)
+
+        count = state["count"] + 1
+        t = count.astype(jnp.float32)
+        lr_t = lr * jnp.sqrt(1 - B2 ** t) / (1 - B1 ** t)
+        new_state = dict(state)
+        updates, opt = tx.update(g_head, state["opt"], state["head"])
+        new_state["head"] = jax.tree.map(lambda p, d: p - lr * d, state["head"], updates)
+        new_state["opt"] = opt
+        new_slabs = dict(slabs)
+        for g, members in layout:
+            width = sum(w for _, w in members)
+            grad = jnp.concatenate([g_rows[name].reshape(n_slots[g], w) for name, w in members], axis=1)
+            n_rows = slabs[g].shape[0]
+            if static.lazy:
+                rep, lead_slot = _dedup(update_idx[g], n_rows)
+                grad = jax.ops.segment_sum(grad, rep, num_segments=n_slots[g])
+                new_rows = _adam_rows(gathered[g], grad, lr_t, width)
+                target = jnp.where(lead_slot, update_idx[g], n_rows)
+                new_slabs[g] = slabs[g].at[target].set(new_rows, mode="drop")
+            else:  # dense Adam: every row's moments move every step (the Keras/Optax behaviour)
+                dense_grad = jnp.zeros((n_rows, width), jnp.float32).at[update_idx[g]].add(grad, mode="drop")
+                new_slabs[g] = _adam_rows(slabs[g], dense_grad, lr_t, width)
+        new_state["slabs"] = new_slabs
+        new_state["count"] = count
+        return new_state, stats
+
+    @partial(jax.jit, donate_argnums=(0,))
+    def run_block(state: dict[str, Any], data: dict[str, jax.Array], perm: jax.Array, first_step: jax.Array,
+                  lr: jax.Array, run_seed: jax.Array, epoch: jax.Array) -> tuple[dict[str, Any], jax.Array]:
+        def body(carry: dict[str, Any], i: jax.Array) -> tuple[dict[str, Any], jax.Array]:
+            return one_step(carry, data, perm, first_step + i, lr, run_seed, epoch)
+
+        return jax.lax.scan(body, state, jnp.arange(static.steps_in_block, dtype=jnp.int32))
+
+    return run_block
+
+
+def make_optimizer() -> optax.GradientTransformation:
+    """Adam's moment estimates (the learning rate is applied in the step, so it can change per epoch)."""
+    return optax.scale_by_adam(b1=B1, b2=B2, eps=EPS)
+
+
+def init_state(model: EmbeddingConcat, tx: optax.GradientTransformation) -> tuple[Any, Layout, dict[str, Any]]:
+    """(head graphdef, slab layout, the train state pytree) for a freshly built model."""
+    graphdef, head_state = nnx.split(model.head)
+    tables = model.tables()
+    layout = slab_layout(tables)
+    state: dict[str, Any] = {"head": head_state, "opt": tx.init(head_state), "slabs": tables_to_slabs(tables, layout),
+                             "count": jnp.zeros((), jnp.int32)}
+    return graphdef, layout, state
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation helpers (jitted, batched, fixed shapes)
+# ---------------------------------------------------------------------------------------------------------------
+def make_predict_fn(graphdef: Any, model_cfg: ModelConfig, shape: DataShape) -> Callable[..., jax.Array]:
+    @jax.jit
+    def predict(head_state: Any, tables: dict[str, jax.Array], u: jax.Array, m: jax.Array, genre_idx: jax.Array,
+                genre_w: jax.Array) -> jax.Array:
+        head = nnx.merge(graphdef, head_state)
+        rows = gather_rows(tables, u, m, genre_idx[m])
+        return rating_from_rows(head, rows, genre_w[m], cfg=model_cfg, shape=shape)
+
+    return predict
+
+
+def predict_in_batches(predict: Callable[..., jax.Array], head_state: Any, tables: dict[str, jax.Array],
+                       users: np.ndarray, movies: np.ndarray, genre_idx: jax.Array, genre_w: jax.Array,
+                       batch_size: int = 65_536) -> np.ndarray:
+    """Ratings for many pairs with one compiled shape (the last batch is padded)."""
+    n = len(users)
+    out = np.empty(n, dtype=np.float32)
+    size = min(batch_size, max(n, 1))
+    for start in range(0, n, size):
+        u = users[start:start + size]
+        m = movies[start:start + size]
+        k = len(u)
+        if k < size:
+            u = np.pad(u, (0, size - k))
+            m = np.pad(m, (0, size - k))
+        out[start:start + k] = np.asarray(predict(head_state, tables, u, m, genre_idx, genre_w))[:k]
+    return out
+
+
+def watch_item_matrix(tables: Mapping[str, jax.Array], genre_idx: jax.Array, genre_w: jax.Array) -> jax.Array:
+    """Each movie's watch-side vector: movie embedding + pooled genre embedding, (n_movies, d)."""
+    g = jnp.einsum("mgd,mg->md", tables["genre_embedding"][genre_idx], genre_w)
+    return tables["movie_embedding"] + g
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------------
+class Callbacks:
+    """Hooks the loop reports through; the CLI renders them. All optional."""
+
+    def on_start(self, info: dict[str, Any]) -> None: ...
+    def on_block(self, epoch: int, step: int, steps: int, loss: float, samples_per_s: float) -> None: ...
+    def on_epoch(self, record: dict[str, Any]) -> None: ...
+
+
+class Checkpointer(Protocol):
+    """Where checkpoints go (``artifacts.CheckpointDir`` on disk)."""
+
+    def save(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None: ...
+    def load(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None: ...
+
+
+@dataclass
+class TrainResult:
+    model: EmbeddingConcat
+    shape: DataShape
+    history: list[dict[str, Any]]
+    best_epoch: int
+    stopped_early: bool = False
+    interrupted: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _flatten(tree: Any, prefix: str) -> dict[str, np.ndarray]:
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {prefix + jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def _unflatten(template: Any, arrays: Mapping[str, np.ndarray], prefix: str) -> Any:
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    out = []
+    for path, leaf in leaves:
+        key = prefix + jax.tree_util.keystr(path)
+        if key not in arrays:
+            raise ArtifactError(f"checkpoint is missing {key}: it was written by a different model; retrain")
+        value = arrays[key]
+        if tuple(value.shape) != tuple(np.shape(leaf)):
+            raise ArtifactError(f"checkpoint entry {key} has shape {value.shape}, the model needs {np.shape(leaf)}:"
+                                " the data or settings changed since it was written; retrain or pass the same --data")
+        out.append(jnp.asarray(value, dtype=np.asarray(leaf).dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
+          callbacks: Callbacks | None = None, checkpointer: Checkpointer | None = None, resume: bool = False,
+          stop_requested: Callable[[], bool] | None = None, score_users: Callable[..., Any] | None = None,
+          ) -> TrainResult:
+    """Train on the prepared data's train split, validating on its val split after every epoch.
+
+    ``checkpointer`` receives a full checkpoint after every epoch (and when ``stop_requested`` turns true between
+    blocks); with ``resume`` the loop continues from the checkpointer's latest one. ``score_users``, when given, is
+    called as ``score_users(result_so_far_fn)`` ... (reserved for the ranking metrics; see ``validation_ndcg``).
+    Raises :class:`TrainingDiverged` on a NaN/Inf loss, naming epoch and step; the last checkpoint is kept.
+    """
+    cb = callbacks or Callbacks()
+    stop_requested = stop_requested or (lambda: False)
+    lazy = train_cfg.optimizer == "lazy_adam"
+    genres = genre_inputs(prepared, model_cfg.genre_mode)
+    shape = data_shape(prepared, model_cfg)
+    if model_cfg.watch_head is False and train_cfg.negatives > 0:
+        raise ConfigError("--negatives needs a model with the watch output (the default preset); the seed preset is "
+                          "rating-only")
+
+    train_mask = prepared.split == 0
+    val_mask = prepared.split == 1
+    tr_u = prepared.user_idx[train_mask].astype(np.int32)
+    tr_m = prepared.movie_idx[train_mask].astype(np.int32)
+    tr_r = prepared.rating[train_mask].astype(np.float32)
+    n_train = int(train_mask.sum())
+    if n_train == 0:
+        raise ConfigError("the prepared data has no training ratings; prepare it again with smaller --test-frac")
+
+    devices = jax.devices()
+    n_dev = len(devices)
+    mesh = None
+    if n_dev > 1:
+        from jax.sharding import Mesh
+
+        if train_cfg.batch_size % n_dev:
+            raise ConfigError(f"--batch-size {train_cfg.batch_size} must be divisible by the {n_dev} devices")
+        mesh = Mesh(np.array(devices), ("data",))
+
+    bsz = train_cfg.batch_size
+    steps_per_epoch = -(-n_train // bsz)
+    n_blocks = -(-steps_per_epoch // train_cfg.steps_per_call)
+    steps_in_block = -(-steps_per_epoch // n_blocks)
+    padded = n_blocks * steps_in_block * bsz
+
+    indptr, items = user_item_csr(tr_u, tr_m, prepared.n_users)
+    max_degree = int(np.diff(indptr).max(initial=1))
+    data: dict[str, Any] = {
+        "user": tr_u, "movie": tr_m, "rating": tr_r,
+        "genre_idx": genres.idx, "genre_w": genres.weight,
+    }
+    if train_cfg.negatives > 0:
+        data["seen_indptr"] = indptr
+        data["seen_items"] = items
+        counts = np.bincount(tr_m, minlength=prepared.n_movies).astype(np.float64) ** train_cfg.sampling_alpha
+        data["neg_cdf"] = (np.cumsum(counts) / counts.sum()).astype(np.float32)
+
+    model = EmbeddingConcat(model_cfg, shape, rngs=nnx.Rngs(train_cfg.seed))
+    tx = make_optimizer()
+    graphdef, layout, state = init_state(model, tx)
+    static = StepStatic(batch_size=bsz, steps_in_block=steps_in_block, n_train=n_train,
+                        negatives=train_cfg.negatives, watch_weight=train_cfg.watch_weight,
+                        weight_decay=train_cfg.weight_decay, lazy=lazy, sampling=train_cfg.sampling,
+                        max_degree=max_degree, n_devices=n_dev)
+    run_block = make_block_fn(graphdef, layout, model_cfg, shape, static, tx, mesh)
+    predict = make_predict_fn(graphdef, model_cfg, shape)
+
+    if mesh is not None:
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        replicated = NamedSharding(mesh, P())
+        data = jax.device_put(data, replicated)
+        state = jax.device_put(state, replicated)
+    else:
+        data = jax.device_put(data)
+    genre_idx_dev, genre_w_dev = data["genre_idx"], data["genre_w"]
+    val_u = prepared.user_idx[val_mask].astype(np.int32)
+    val_m = prepared.movie_idx[val_mask].astype(np.int32)
+    val_r = prepared.rating[val_mask].astype(np.float64)
+
+    history: list[dict[str, Any]] = []
+    best = {"rmse": math.inf, "epoch": 0, "state": None, "bad_epochs": 0}
+    start_epoch, start_step = 1, 0
+    carried = np.zeros(3, dtype=np.float64)
+
+    if resume:
+        if checkpointer is None:
+            raise ConfigError("--resume needs a run folder with checkpoints")
+        loaded = checkpointer.load()
+        if loaded is None:
+            raise ArtifactError("no complete checkpoint to resume from; start a new run without --resume")
+        arrays, meta = loaded
+        if meta.get("fingerprint") != prepared.fingerprint:
+            raise ArtifactError(
+                f"checkpoint was trained on data {meta.get('fingerprint')} but {prepared.path} is "
+                f"{prepared.fingerprint}: the data was re-prepared; resume with the same --data or start a new run")
+        state = _unflatten(state, arrays, "state")
+        if mesh is not None:
+            state = jax.device_put(state, replicated)
+        history = list(meta["history"])
+        best.update(rmse=meta["best_rmse"], epoch=meta["best_epoch"], bad_epochs=meta["bad_epochs"])
+        if any(k.startswith("best") for k in arrays):
+            best["state"] = {k[len("best"):]: v for k, v in arrays.items() if k.startswith("best")}
+        start_epoch, start_step = int(meta["epoch"]), int(meta["step"])
+        carried = np.asarray(meta.get("carried", [0.0, 0.0, 0.0]), dtype=np.float64)
+        if start_step >= steps_per_epoch:
+            start_epoch, start_step, carried = start_epoch + 1, 0, np.zeros(3)
+
+    cb.on_start({"n_params": model.n_params(), "n_train": n_train, "n_val": int(val_mask.sum()),
+                 "steps_per_epoch": steps_per_epoch, "devices": [str(d) for d in devices],
+                 "start_epoch": start_epoch, "summary": model.summary()})
+
+    def checkpoint(epoch: int, step: int, sums: np.ndarray) -> None:
+        if checkpointer is None:
+            return
+        arrays = _flatten(state, "state")
+        if best["state"] is not None:
+            arrays.update({"best" + k: v for k, v in best["state"].items()})
+        checkpointer.save(arrays, {
+            "epoch": epoch, "step": step, "carried": [float(x) for x in sums], "history": history,
+            "best_rmse": best["rmse"], "best_epoch": best["epoch"], "bad_epochs": best["bad_epochs"],
+            "fingerprint": prepared.fingerprint,
+        })
+
+    interrupted = False
+    stopped_early = False
+    epoch = start_epoch
+    for epoch in range(start_epoch, train_cfg.epochs + 1):
+        lr = jnp.float32(train_cfg.lr * train_cfg.lr_decay ** (epoch - 1))
+        perm = np.zeros(padded, dtype=np.int32)
+        perm[:n_train] = np.random.default_rng([train_cfg.seed, epoch]).permutation(n_train)
+        sums = carried if epoch == start_epoch else np.zeros(3, dtype=np.float64)
+        first = start_step if epoch == start_epoch else 0
+        t0 = time.perf_counter()
+        samples_done = 0
+        for block_start in range(first, steps_per_epoch, steps_in_block):
+            state, stats = run_block(state, data, perm, jnp.int32(block_start), lr,
+                                     jnp.uint32(train_cfg.seed & 0xFFFFFFFF), jnp.int32(epoch))
+            stats = np.asarray(stats, dtype=np.float64)
+            if not np.all(np.isfinite(stats)):
+                bad = int(np.argmax(~np.all(np.isfinite(stats), axis=1)))
+                raise TrainingDiverged(
+                    f"loss became NaN/Inf at epoch {epoch}, step {block_start + bad + 1}; the last good checkpoint "
+                    "is kept. Lower --lr (or raise --weight-decay) and train again")
+            sums = sums + stats.sum(axis=0)
+            steps_done = min(block_start + steps_in_block, steps_per_epoch)
+            samples_done = min(steps_done * bsz, n_train) - first * bsz
+            elapsed = time.perf_counter() - t0
+            cb.on_block(epoch, steps_done, steps_per_epoch, float(sums[0] / max(sums[1], 1)),
+                        samples_done / max(elapsed, 1e-9))
+            if stop_requested() and steps_done < steps_per_epoch:
+                checkpoint(epoch, steps_done, sums)
+                interrupted = True
+                break
+        if interrupted:
+            break
+        seconds = time.perf_counter() - t0
+        pred = predict_in_batches(predict, state["head"], slabs_to_tables(state["slabs"], layout), val_u, val_m, genre_idx_dev, genre_w_dev)
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": float(sums[0] / max(sums[1], 1)),
+            "val_rmse": float(np.sqrt(np.mean((pred - val_r) ** 2))) if len(val_r) else float("nan"),
+            "val_mae": float(np.mean(np.abs(pred - val_r))) if len(val_r) else float("nan"),
+            "seconds": round(seconds, 3),
+            "samples_per_s": round(samples_done / max(seconds, 1e-9), 1),
+            "lr": float(lr),
+        }
+        if train_cfg.negatives > 0:
+            record["train_watch_loss"] = float(sums[2] / max(sums[1], 1))
+        if score_users is not None:
+            record.update(score_users(graphdef, state, genre_idx_dev, genre_w_dev, epoch))
+        history.append(record)
+        improved = record["val_rmse"] < best["rmse"] or not len(val_r)
+        if improved:
+            best.update(rmse=record["val_rmse"], epoch=epoch, bad_epochs=0,
+                        state=_flatten({"head": state["head"], "tables": slabs_to_tables(state["slabs"], layout)}, ""))
+        else:
+            best["bad_epochs"] += 1
+        cb.on_epoch(record)
+        if train_cfg.patience and best["bad_epochs"] >= train_cfg.patience:
+            stopped_early = True
+            checkpoint(epoch, steps_per_epoch, sums)
+            break
+        checkpoint(epoch, steps_per_epoch, sums)
+        if stop_requested():
+            interrupted = epoch < train_cfg.epochs
+            break
+
+    final = {"head": state["head"], "tables": slabs_to_tables(state["slabs"], layout)}
+    if best["state"] is not None and (train_cfg.patience or stopped_early) and not interrupted:
+        final = _unflatten(final, best["state"], "")
+    model.set_tables(final["tables"])
+    nnx.update(model.head, final["head"])
+    return TrainResult(model=model, shape=shape, history=history, best_epoch=int(best["epoch"]),
+                       stopped_early=stopped_early, interrupted=interrupted,
+                       info={"n_params": model.n_params(), "n_train": n_train, "devices": n_dev,
+                             "steps_per_epoch": steps_per_epoch})
