@@ -1,0 +1,210 @@
+"""Fetch official MovieLens releases from GroupLens into a cache folder.
+
+Synopsis::
+
+    result = download("ml-latest-small", cache_dir=Path(".embedrec/downloads"))
+    result.folder      # .embedrec/downloads/ml-latest-small  (extracted; `embedrec prepare ml-latest-small` finds it)
+
+The archive is streamed into ``<name>.zip.part`` and resumed with an HTTP ``Range`` request when a previous attempt
+was interrupted. GroupLens publishes ``<name>.zip.md5`` next to most archives; when it exists the archive is checked
+against it, and a mismatch deletes the archive. The base URL can be overridden (``$EMBEDREC_DOWNLOAD_URL`` or
+``base_url=``), which is how the tests serve a small archive from a local HTTP server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from embedrec.errors import ConfigError, DownloadError
+
+DEFAULT_BASE_URL = "https://files.grouplens.org/datasets/movielens"
+URL_ENV = "EMBEDREC_DOWNLOAD_URL"
+DATASETS: dict[str, str] = {
+    "ml-100k": "100,000 ratings, 943 users, 1,682 movies (1998)",
+    "ml-1m": "1 million ratings, 6,040 users, 3,706 movies (2003)",
+    "ml-10m": "10 million ratings, 69,878 users, 10,677 movies (2009)",
+    "ml-20m": "20 million ratings, 138,493 users, 26,744 movies (2016)",
+    "ml-25m": "25 million ratings, 162,541 users, 59,047 movies (2019)",
+    "ml-32m": "32 million ratings, 200,948 users, 87,585 movies (2024)",
+    "ml-latest-small": "100,836 ratings, 610 users, 9,742 movies (changes over time)",
+    "ml-latest": "the full latest release, about 33 million ratings (changes over time)",
+}
+CHUNK = 1 << 20
+ProgressFn = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    name: str
+    zip_path: Path
+    folder: Path
+    downloaded: bool  # False when the cache already had it
+    verified: bool  # True when a published checksum matched
+    url: str
+
+
+def base_url(override: str | None = None) -> str:
+    return (override or os.environ.get(URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
+
+
+def check_name(name: str) -> None:
+    if name not in DATASETS:
+        raise ConfigError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")
+
+
+def cached_folder(name: str, cache_dir: Path) -> Path | None:
+    """The extracted folder of a downloaded release, if present."""
+    folder = cache_dir / name
+    return folder if folder.is_dir() else None
+
+
+def _offline(url: str, reason: object, name: str) -> DownloadError:
+    return DownloadError(
+        f"cannot reach {url} ({reason}): check the network connection, or fetch the archive by hand and run "
+        f"`embedrec prepare path/to/{name}.zip`"
+    )
+
+
+def _fetch(url: str, part: Path, *, name: str, timeout: float, on_progress: ProgressFn | None) -> None:
+    """Stream ``url`` into ``part``, resuming from its current size with a Range request."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    start = part.stat().st_size if part.exists() else 0
+    req = urllib.request.Request(url, headers={"User-Agent": "embedrec"})
+    if start:
+        req.add_header("Range", f"bytes={start}-")
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and start:  # nothing left to fetch: the part file is complete
+            return
+        raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise _offline(url, getattr(exc, "reason", exc), name) from None
+    with resp:
+        status = getattr(resp, "status", 200)
+        length = resp.headers.get("Content-Length")
+        if status == 206:
+            mode, done = "ab", start
+            total = start + int(length) if length else None
+        else:
+            mode, done = "wb", 0
+            total = int(length) if length else None
+        if on_progress:
+            on_progress(done, total)
+        try:
+            with open(part, mode) as fh:
+                while True:
+                    chunk = resp.read(CHUNK)
+                    if not chunk:
+                        break
+                    fh.write(chunk)
+                    done += len(chunk)
+                    if on_progress:
+                        on_progress(done, total)
+        except (OSError, http.client.HTTPException) as exc:
+            raise DownloadError(
+                f"download of {url} interrupted after {done / 1e6:.1f} MB ({exc}): run the same command again to resume"
+            ) from None
+    if total is not None and done < total:
+        raise DownloadError(
+            f"download of {url} stopped at {done / 1e6:.1f} of {total / 1e6:.1f} MB: run the same command again to resume"
+        )
+
+
+def _published_md5(url: str, *, timeout: float) -> str | None:
+    """The checksum GroupLens publishes as ``<zip>.md5``, or None when there is none (or it cannot be fetched)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url + ".md5", headers={"User-Agent": "embedrec"}),
+                                    timeout=timeout) as resp:
+            text = resp.read(4096).decode("ascii", "replace")
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    m = re.search(r"\b([0-9a-fA-F]{32})\b", text)
+    return m.group(1).lower() if m else None
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def extract(zip_path: Path, folder: Path) -> Path:
+    """Unpack ``zip_path`` into ``folder`` atomically; a single top-level folder in the archive is unwrapped."""
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            zf.extractall(tmp)
+        entries = [p for p in tmp.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+        root = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(root, folder)
+    except zipfile.BadZipFile:
+        raise DownloadError(f"{zip_path} is not a valid zip archive: run `embedrec download` again with --force") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def download(
+    name: str,
+    *,
+    cache_dir: Path,
+    force: bool = False,
+    url: str | None = None,
+    timeout: float = 30.0,
+    on_progress: ProgressFn | None = None,
+) -> DownloadResult:
+    """Download (or reuse) release ``name`` into ``cache_dir`` and extract it to ``cache_dir/name``."""
+    check_name(name)
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    zip_url = f"{base_url(url)}/{name}.zip"
+    zip_path = cache_dir / f"{name}.zip"
+    part = cache_dir / f"{name}.zip.part"
+    folder = cache_dir / name
+    if force:
+        for p in (zip_path, part):
+            p.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+    if zip_path.is_file() and folder.is_dir():
+        return DownloadResult(name, zip_path, folder, downloaded=False, verified=False, url=zip_url)
+    verified = False
+    downloaded = False
+    if not zip_path.is_file():
+        _fetch(zip_url, part, name=name, timeout=timeout, on_progress=on_progress)
+        expected = _published_md5(zip_url, timeout=timeout)
+        if expected is not None:
+            actual = _md5(part)
+            if actual != expected:
+                part.unlink(missing_ok=True)
+                raise DownloadError(
+                    f"{zip_url}: checksum mismatch (md5 {actual}, published {expected}); the partial file was "
+                    "deleted: run the command again"
+                )
+            verified = True
+        os.replace(part, zip_path)
+        downloaded = True
+    try:
+        extract(zip_path, folder)
+    except DownloadError:
+        zip_path.unlink(missing_ok=True)
+        raise
+    return DownloadResult(name, zip_path, folder, downloaded=downloaded, verified=verified, url=zip_url)

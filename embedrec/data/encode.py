@@ -1,0 +1,74 @@
+"""Raw ids -> dense indices, in O(n) when the ids are small non-negative integers (as in MovieLens).
+
+Synopsis::
+
+    idx, uniques = dense_index(np.array([10, 3, 10, 7]))   # idx [2, 0, 2, 1], uniques [3, 7, 10]
+    new_idx, kept = compact(idx, n=3, keep=np.array([True, False, True, True]))
+
+Indices follow the sorted raw ids, so they are deterministic whatever the row order. A lookup table replaces the
+sort-based ``np.unique`` when the id range is small enough; both give identical results.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LOOKUP_MAX_ID = 1 << 25  # ids below this use a lookup table (at most 128 MB of int32)
+
+
+def dense_index(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(idx int32, uniques int64)`` with ``uniques[idx] == ids`` and ``uniques`` sorted."""
+    if len(ids) == 0:
+        return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo >= 0 and hi < LOOKUP_MAX_ID:
+        present = np.zeros(hi + 1, dtype=bool)
+        present[ids] = True
+        uniques = np.flatnonzero(present).astype(np.int64)
+        table = np.full(hi + 1, -1, dtype=np.int32)
+        table[uniques] = np.arange(len(uniques), dtype=np.int32)
+        return table[ids], uniques
+    uniques, inverse = np.unique(ids, return_inverse=True)
+    return inverse.astype(np.int32).reshape(-1), uniques.astype(np.int64)
+
+
+def lookup_index(ids: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Position of each id in the sorted array ``known``, or -1 when absent (int32)."""
+    if len(ids) == 0 or len(known) == 0:
+        return np.full(len(ids), -1, dtype=np.int32)
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo >= 0 and hi < LOOKUP_MAX_ID and int(known.min()) >= 0:
+        size = max(hi, int(known.max())) + 1
+        table = np.full(size, -1, dtype=np.int32)
+        table[known] = np.arange(len(known), dtype=np.int32)
+        return table[ids]
+    pos = np.searchsorted(known, ids)
+    pos_c = np.minimum(pos, len(known) - 1)
+    return np.where(known[pos_c] == ids, pos_c, -1).astype(np.int32)
+
+
+def compact(idx: np.ndarray, *, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber ``idx`` (values in 0..n-1) densely, keeping order: ``(new_idx int32, old index of each new one)``."""
+    present = np.bincount(idx, minlength=n) > 0
+    old = np.flatnonzero(present)
+    if len(old) == n:
+        return idx.astype(np.int32, copy=False), old
+    table = np.full(n, -1, dtype=np.int32)
+    table[old] = np.arange(len(old), dtype=np.int32)
+    return table[idx], old
+
+
+def genre_vocab(genre_strings_per_movie: list[str], *, none: str) -> tuple[list[str], np.ndarray, list[list[str]], list[str]]:
+    """Whole genre strings and single genres of the movies.
+
+    Returns ``(genre_strings sorted, genre_str_idx per movie int32, genre list per movie, single genres sorted)``;
+    the string ``none`` (``(no genres listed)``) is a genre string with an empty genre list.
+    """
+    strings = sorted(set(genre_strings_per_movie))
+    pos = {s: i for i, s in enumerate(strings)}
+    str_idx = np.fromiter((pos[s] for s in genre_strings_per_movie), dtype=np.int32,
+                          count=len(genre_strings_per_movie))
+    split = {s: ([] if s == none else s.split("|")) for s in strings}
+    lists = [list(split[s]) for s in genre_strings_per_movie]
+    singles = sorted({g for s in strings for g in split[s]})
+    return strings, str_idx, lists, singles

@@ -1,0 +1,406 @@
+"""MovieLens layouts: detect which one a folder holds, and read it into one common shape.
+
+Synopsis::
+
+    layout = detect_layout(Path("ml-latest-small"), config=PrepareConfig())
+    raw = read_layout(layout, config=PrepareConfig())
+    raw.format, raw.ratings.user_id, raw.movies  # "ml-csv", int64 array, DataFrame[movie_id,title,year,genres]
+
+Formats (the ``--format`` names):
+
+- ``ml-100k``: ``u.data`` (tab-separated user, item, rating, time; no header) and ``u.item`` (pipe-separated, latin-1,
+  19 genre flags). Scale 1..5.
+- ``ml-1m`` / ``ml-10m``: ``ratings.dat`` and ``movies.dat`` with ``::`` separators; ml-1m also has ``users.dat``.
+  Scales 1..5 and 0.5..5.
+- ``ml-csv``: ml-20m, ml-25m, ml-32m, ml-latest, ml-latest-small: ``ratings.csv`` and ``movies.csv`` (quoted titles).
+  Scale 0.5..5.
+- ``recbole``: RecBole atomic files ``*.inter`` + ``*.item`` (tab-separated, ``name:type`` headers). Scale 1..5.
+- ``csv``: any rating file, with column names, delimiter and scale from the config; movies file optional.
+
+Every reader returns genres as one pipe-joined string per movie (``(no genres listed)`` when none) and the title
+without its `` (YEAR)`` suffix, the year in its own nullable column.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from embedrec.data.config import PrepareConfig
+from embedrec.data.readers import (
+    RatingArrays,
+    RatingColumns,
+    check_text_file,
+    header_fields,
+    missing_column_error,
+    read_rating_columns,
+    read_text,
+)
+from embedrec.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+NO_GENRES = "(no genres listed)"
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
+    "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)
+SCALES: dict[str, tuple[float, float]] = {
+    "ml-100k": (1.0, 5.0),
+    "ml-1m": (1.0, 5.0),
+    "ml-10m": (0.5, 5.0),
+    "ml-csv": (0.5, 5.0),
+    "recbole": (1.0, 5.0),
+}
+_TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})(?:\s*[-\u2013]\s*(?:\d{4})?)?\)\s*$")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which files of a source to read, and as what."""
+
+    format: str
+    ratings: Path
+    movies: Path | None
+    folder: Path
+
+
+@dataclass
+class RawData:
+    """A source read into memory, before validation: ratings as arrays, movies as a small table."""
+
+    format: str
+    ratings: RatingArrays
+    movies: "pd.DataFrame"  # movie_id int64, title str, year Int32, genres str
+    movies_file: str
+    rating_scale: tuple[float, float] | None
+
+
+# ---------------------------------------------------------------------------------------------------------- detection
+def _find(folder: Path, *names: str) -> Path | None:
+    """The folder itself or one sub-folder (archives wrap their files in one) holding all ``names``."""
+    candidates = [folder] + sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for cand in candidates:
+        if all((cand / n).is_file() for n in names):
+            return cand
+    return None
+
+
+def _find_recbole(folder: Path) -> tuple[Path, Path] | None:
+    candidates = [folder] + sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for cand in candidates:
+        inters = sorted(cand.glob("*.inter"))
+        for inter in inters:
+            item = inter.with_suffix(".item")
+            if item.is_file():
+                return inter, item
+        items = sorted(cand.glob("*.item"))
+        if inters and items:
+            return inters[0], items[0]
+    return None
+
+
+def detect_layout(folder: Path, *, config: PrepareConfig) -> Layout:
+    """Find the layout of ``folder`` (``config.format`` forces one); a clear error when nothing matches."""
+    fmt = config.format
+    if fmt == "csv":
+        return _generic_layout(folder, config)
+    if not folder.is_dir():
+        raise DataError(f"source {folder} is not a folder, a .zip or a rating file")
+    checks: list[tuple[str, tuple[str, ...]]] = [
+        ("ml-100k", ("u.data", "u.item")),
+        ("ml-dat", ("ratings.dat", "movies.dat")),
+        ("ml-csv", ("ratings.csv", "movies.csv")),
+    ]
+    for name, files in checks:
+        if fmt not in ("auto", name) and not (name == "ml-dat" and fmt in ("ml-1m", "ml-10m")):
+            continue
+        where = _find(folder, *files)
+        if where is None:
+            continue
+        if name == "ml-dat":
+            name = fmt if fmt != "auto" else ("ml-1m" if (where / "users.dat").is_file() else "ml-10m")
+        return Layout(format=name, ratings=where / files[0], movies=where / files[1], folder=where)
+    if fmt in ("auto", "recbole"):
+        found = _find_recbole(folder)
+        if found is not None:
+            return Layout(format="recbole", ratings=found[0], movies=found[1], folder=found[0].parent)
+    if fmt != "auto":
+        want = {
+            "ml-100k": "u.data + u.item", "ml-1m": "ratings.dat + movies.dat", "ml-10m": "ratings.dat + movies.dat",
+            "ml-csv": "ratings.csv + movies.csv", "recbole": "*.inter + *.item",
+        }[fmt]
+        raise DataError(f"{folder} does not hold the {fmt} layout (expected {want})")
+    present = ", ".join(sorted(p.name for p in folder.iterdir())[:10]) or "nothing"
+    raise DataError(
+        f"{folder}: no MovieLens layout found (looked for u.data + u.item, ratings.dat + movies.dat, "
+        f"ratings.csv + movies.csv, *.inter + *.item; found {present}); for other data use --format csv "
+        "--ratings-file FILE"
+    )
+
+
+def _generic_layout(source: Path, config: PrepareConfig) -> Layout:
+    base = source if source.is_dir() else source.parent
+    if config.ratings_file:
+        ratings = Path(config.ratings_file)
+        if not ratings.is_absolute() and not ratings.exists() and (base / ratings).exists():
+            ratings = base / ratings
+    elif source.is_file():
+        ratings = source
+    else:
+        raise DataError(f"--format csv needs --ratings-file FILE (or SOURCE as the rating file); got folder {source}")
+    movies = None
+    if config.movies_file:
+        movies = Path(config.movies_file)
+        if not movies.is_absolute() and not movies.exists() and (base / movies).exists():
+            movies = base / movies
+    return Layout(format="csv", ratings=ratings, movies=movies, folder=ratings.parent)
+
+
+# ------------------------------------------------------------------------------------------------------------ helpers
+def split_title_year(titles: "pd.Series") -> tuple["pd.Series", "pd.Series"]:
+    """``"Heat (1995)"`` -> (``"Heat"``, 1995); titles without a year keep their text and get a null year."""
+    import pandas as pd
+
+    titles = titles.fillna("").astype(str).str.strip()
+    parts = titles.str.extract(_TITLE_YEAR)
+    has = parts["year"].notna()
+    title = titles.where(~has, parts["title"].astype(str))
+    year = pd.to_numeric(parts["year"], errors="coerce").astype("Int32")
+    return title, year
+
+
+def normalise_genres(genres: "pd.Series", *, sep: str = "|", drop: tuple[str, ...] = ()) -> "pd.Series":
+    """Any genre separator -> pipe-joined string; empty -> ``(no genres listed)``. Order is kept as given."""
+    drop_set = set(drop) | {NO_GENRES, ""}
+
+    def one(text: object) -> str:
+        if not isinstance(text, str):
+            return NO_GENRES
+        items = [g.strip() for g in text.split(sep)]
+        kept = [g for g in items if g and g not in drop_set]
+        return "|".join(dict.fromkeys(kept)) or NO_GENRES
+
+    import pandas as pd
+
+    return pd.Series([one(g) for g in genres], index=genres.index, dtype=object).astype(str)
+
+
+def _movies_frame(movie_id: np.ndarray, title: "pd.Series", year: "pd.Series", genres: "pd.Series") -> "pd.DataFrame":
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "movie_id": np.asarray(movie_id, dtype=np.int64),
+            "title": title.to_numpy(dtype=object),
+            "year": pd.array(year, dtype="Int32"),
+            "genres": genres.to_numpy(dtype=object),
+        }
+    ).astype({"title": str, "genres": str})
+
+
+def _int_ids(values: list[str], *, path: Path, first_line: int, lines: list[int] | None = None) -> np.ndarray:
+    out = np.empty(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        try:
+            out[i] = int(v.strip())
+        except ValueError:
+            line = lines[i] if lines is not None else i + first_line
+            raise DataError(f"{path}, line {line}: movie id {v!r} is not an integer") from None
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ movie readers
+def read_movies_csv(path: Path, *, id_col: str = "movieId", delimiter: str = ",") -> "pd.DataFrame":
+    """``movies.csv`` (movieId,title,genres; quoted titles may hold commas), UTF-8."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    head = check_text_file(path, what="movies")
+    found = header_fields(head, path=path, delimiter=delimiter)
+    for col in (id_col, "title"):
+        if col not in found:
+            raise missing_column_error(path, col, found, delimiter, None)
+    types = {id_col: pa.string(), "title": pa.string()}
+    if "genres" in found:
+        types["genres"] = pa.string()
+    try:
+        table = pacsv.read_csv(
+            str(path),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types),
+                                                 strings_can_be_null=False),
+        )
+    except pa.ArrowInvalid as exc:
+        if "invalid UTF8" in str(exc):
+            raise DataError(f"{path} is not valid UTF-8 text: re-save it as UTF-8") from None
+        raise DataError(f"{path}: cannot parse ({str(exc).splitlines()[0]})") from None
+    df = table.to_pandas()
+    if df.empty:
+        raise DataError(f"{path} has a header but no movie rows")
+    ids = _int_ids(list(df[id_col]), path=path, first_line=2)
+    title, year = split_title_year(df["title"])
+    genres = normalise_genres(df["genres"]) if "genres" in df else normalise_genres(df["title"].map(lambda _: ""))
+    return _movies_frame(ids, title, year, genres)
+
+
+def read_movies_dat(path: Path) -> "pd.DataFrame":
+    """``movies.dat`` (``MovieID::Title::Genres``): UTF-8, or latin-1 as in ml-1m."""
+    import pandas as pd
+
+    text = read_text(path, what="movies", encodings=("utf-8", "latin-1"))
+    ids, titles, genres, lines = [], [], [], []
+    for no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split("::")
+        if len(parts) != 3:
+            raise DataError(f"{path}, line {no}: expected MovieID::Title::Genres, got {line[:60]!r}")
+        ids.append(parts[0])
+        titles.append(parts[1])
+        genres.append(parts[2])
+        lines.append(no)
+    ids_arr = _int_ids(ids, path=path, first_line=1, lines=lines)
+    title, year = split_title_year(pd.Series(titles, dtype=object))
+    return _movies_frame(ids_arr, title, year, normalise_genres(pd.Series(genres, dtype=object)))
+
+
+def read_movies_u_item(path: Path) -> "pd.DataFrame":
+    """ml-100k ``u.item``: pipe-separated latin-1, id|title|release date|video date|url|19 genre flags."""
+    import pandas as pd
+
+    text = read_text(path, what="movies", encodings=("latin-1",))
+    ids, titles, dates, genres, lines = [], [], [], [], []
+    for no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split("|")
+        if len(parts) < 5 + len(ML100K_GENRES):
+            raise DataError(
+                f"{path}, line {no}: expected {5 + len(ML100K_GENRES)} '|'-separated fields, got {len(parts)}"
+            )
+        flags = parts[5 : 5 + len(ML100K_GENRES)]
+        ids.append(parts[0])
+        titles.append(parts[1])
+        dates.append(parts[2])
+        genres.append("|".join(g for g, f in zip(ML100K_GENRES, flags) if f.strip() == "1" and g != "unknown"))
+        lines.append(no)
+    ids_arr = _int_ids(ids, path=path, first_line=1, lines=lines)
+    title, year = split_title_year(pd.Series(titles, dtype=object))
+    release = pd.to_numeric(pd.Series(dates, dtype=object).str.extract(r"(\d{4})\s*$")[0], errors="coerce")
+    year = year.fillna(release.astype("Int32"))
+    return _movies_frame(ids_arr, title, year, normalise_genres(pd.Series(genres, dtype=object)))
+
+
+def read_movies_recbole(path: Path) -> "pd.DataFrame":
+    """RecBole ``.item``: tab-separated with ``name:type`` headers; ``class`` holds space-separated genres."""
+    import pandas as pd
+
+    text = read_text(path, what="movies", encodings=("utf-8", "latin-1"))
+    rows = text.splitlines()
+    header = [h.split(":", 1)[0].strip() for h in rows[0].split("\t")]
+    for col in ("item_id", "movie_title"):
+        if col not in header:
+            raise missing_column_error(path, col, header, "\t", None)
+    pos = {name: header.index(name) for name in header}
+    ids, titles, years, genres, lines = [], [], [], [], []
+    for no, line in enumerate(rows[1:], start=2):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != len(header):
+            raise DataError(f"{path}, line {no}: expected {len(header)} tab-separated fields, got {len(parts)}")
+        ids.append(parts[pos["item_id"]])
+        titles.append(parts[pos["movie_title"]])
+        years.append(parts[pos["release_year"]] if "release_year" in pos else "")
+        genres.append(parts[pos["class"]] if "class" in pos else "")
+        lines.append(no)
+    if not ids:
+        raise DataError(f"{path} has a header but no item rows")
+    ids_arr = _int_ids(ids, path=path, first_line=2, lines=lines)
+    title, title_year = split_title_year(pd.Series(titles, dtype=object))
+    year = pd.to_numeric(pd.Series(years, dtype=object), errors="coerce").astype("Int32").fillna(title_year)
+    return _movies_frame(ids_arr, title, year, normalise_genres(pd.Series(genres, dtype=object), sep=" ",
+                                                                   drop=("unknown",)))
+
+
+def placeholder_movies(movie_ids: np.ndarray) -> "pd.DataFrame":
+    """Metadata for a generic rating file without a movies file: ``movie <id>``, no year, no genres."""
+    import pandas as pd
+
+    ids = np.unique(movie_ids)
+    title = pd.Series([f"movie {i}" for i in ids], dtype=object)
+    return _movies_frame(ids, title, pd.Series([None] * len(ids), dtype="Int32"),
+                         pd.Series([NO_GENRES] * len(ids), dtype=object))
+
+
+# ------------------------------------------------------------------------------------------------------------ reading
+def read_layout(layout: Layout, *, config: PrepareConfig) -> RawData:
+    """Read ratings and movies of ``layout``; errors name the file and line."""
+    fmt = layout.format
+    nrows = config.nrows
+    if fmt == "ml-100k":
+        ratings = read_rating_columns(
+            layout.ratings, columns=RatingColumns("user", "item", "rating", "time"), delimiter="\t", header=False,
+            names=["user", "item", "rating", "time"], nrows=nrows, quoting=False,
+        )
+        movies = read_movies_u_item(layout.movies)  # type: ignore[arg-type]
+    elif fmt in ("ml-1m", "ml-10m"):
+        check_text_file(layout.ratings, what="ratings")
+        data = layout.ratings.read_bytes().replace(b"::", b"\t")
+        ratings = read_rating_columns(
+            layout.ratings, columns=RatingColumns("user", "item", "rating", "time"), delimiter="\t", header=False,
+            names=["user", "item", "rating", "time"], nrows=nrows, data=data, quoting=False,
+        )
+        del data
+        movies = read_movies_dat(layout.movies)  # type: ignore[arg-type]
+    elif fmt == "ml-csv":
+        ratings = read_rating_columns(
+            layout.ratings, columns=RatingColumns("userId", "movieId", "rating", "timestamp"), delimiter=",",
+            header=True, nrows=nrows,
+        )
+        movies = read_movies_csv(layout.movies)  # type: ignore[arg-type]
+    elif fmt == "recbole":
+        head = check_text_file(layout.ratings, what="ratings")
+        raw_names = header_fields(head, path=layout.ratings, delimiter="\t")
+        names = [h.split(":", 1)[0] for h in raw_names]
+        for col in ("user_id", "item_id", "rating"):
+            if col not in names:
+                raise missing_column_error(layout.ratings, col, names, "\t", None)
+        data = layout.ratings.read_bytes().split(b"\n", 1)[1] if b"\n" in head else b""
+        ratings = read_rating_columns(
+            layout.ratings, columns=RatingColumns("user_id", "item_id", "rating",
+                                                  "timestamp" if "timestamp" in names else None),
+            delimiter="\t", header=False, names=names, nrows=nrows, data=data, quoting=False, time_as_float=True,
+        )
+        ratings.first_line = 2
+        movies = read_movies_recbole(layout.movies)  # type: ignore[arg-type]
+    elif fmt == "csv":
+        opts = {"user": "--user-col", "movie": "--movie-col", "rating": "--rating-col", "time": "--time-col"}
+        ratings = read_rating_columns(
+            layout.ratings, columns=RatingColumns(config.user_col, config.movie_col, config.rating_col,
+                                                  config.time_col or None),
+            delimiter=config.delimiter, header=True, nrows=nrows, options=opts,
+        )
+        if layout.movies is not None:
+            movies = read_movies_csv(layout.movies, id_col=_movie_id_col(layout.movies, config),
+                                     delimiter=config.delimiter)
+        else:
+            movies = placeholder_movies(ratings.movie_id)
+        return RawData(format=fmt, ratings=ratings, movies=movies,
+                       movies_file=str(layout.movies or layout.ratings), rating_scale=config.rating_scale)
+    else:  # pragma: no cover - detect_layout only returns the formats above
+        raise DataError(f"unknown format {fmt!r}")
+    return RawData(format=fmt, ratings=ratings, movies=movies, movies_file=str(layout.movies),
+                   rating_scale=SCALES[fmt])
+
+
+def _movie_id_col(path: Path, config: PrepareConfig) -> str:
+    head = check_text_file(path, what="movies")
+    found = header_fields(head, path=path, delimiter=config.delimiter)
+    return config.movie_col if config.movie_col in found else "movieId"

@@ -1,0 +1,315 @@
+"""Low-level, fast reading of delimited rating files into numpy arrays, with one-line errors.
+
+Synopsis::
+
+    cols = read_rating_columns(path, columns=RatingColumns("userId", "movieId", "rating", "timestamp"),
+                               delimiter=",", header=True, nrows=None)
+    cols.user_id, cols.movie_id, cols.rating, cols.timestamp, cols.bad_timestamp
+
+pyarrow's multi-threaded CSV reader parses with explicit column types (int64 ids, float32 ratings, int64 times);
+only when that fails do we re-read the failing column as text to find the row to name, so the good path stays fast.
+An unparsable timestamp is not fatal: the row is flagged in ``bad_timestamp`` and dropped later by validation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from embedrec.errors import DataError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+SNIFF_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class RatingColumns:
+    """Column names of one rating file (``time`` None: the file has no timestamps)."""
+
+    user: str
+    movie: str
+    rating: str
+    time: str | None
+
+
+@dataclass
+class RatingArrays:
+    """The rating rows of one file, as read. ``first_line`` is the 1-based line of row 0 (for error messages)."""
+
+    user_id: np.ndarray
+    movie_id: np.ndarray
+    rating: np.ndarray
+    timestamp: np.ndarray
+    bad_timestamp: np.ndarray | None
+    file: str
+    first_line: int
+
+    def __len__(self) -> int:
+        return len(self.user_id)
+
+
+def check_text_file(path: Path, *, what: str) -> bytes:
+    """Fail clearly on a missing, empty or non-text file; returns the first bytes for layout sniffing."""
+    if not path.exists():
+        raise DataError(f"{what} file not found: {path}")
+    if not path.is_file():
+        raise DataError(f"{what} path is not a file: {path}")
+    with open(path, "rb") as fh:
+        head = fh.read(SNIFF_BYTES)
+    if not head.strip():
+        raise DataError(f"{path} is empty: expected {what} rows")
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
+        raise DataError(
+            f"{path} is not readable as text (it looks like UTF-16 or a binary file): save it as UTF-8 text"
+        )
+    return head
+
+
+def header_fields(head: bytes, *, path: Path, delimiter: str, encoding: str = "utf-8") -> list[str]:
+    """The column names on the first line, unquoted, with a RecBole ``name:type`` suffix kept as is."""
+    first = head.split(b"\n", 1)[0].rstrip(b"\r")
+    if first.startswith(b"\xef\xbb\xbf"):
+        first = first[3:]
+    try:
+        text = first.decode(encoding)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: the header line is not valid {encoding}: save the file as UTF-8") from None
+    return [f.strip().strip('"').strip() for f in text.split(delimiter)]
+
+
+def missing_column_error(path: Path, missing: str, found: list[str], delimiter: str, option: str | None) -> DataError:
+    """A missing column, with a hint when the real problem is the delimiter."""
+    shown = ", ".join(repr(f) for f in found[:8]) + (", ..." if len(found) > 8 else "")
+    hint = ""
+    if len(found) == 1:
+        guess = next((d for d in (",", ";", "\t", "|", ":") if d != delimiter and d in found[0]), None)
+        if guess is not None:
+            hint = f"; the file seems to use {guess!r} as delimiter: pass --delimiter {guess!r}"
+    elif option:
+        hint = f"; pass {option} to name the right column"
+    return DataError(f"{path} has no column {missing!r} (found {shown}){hint}")
+
+
+def _arrow_error(path: Path, exc: Exception) -> DataError:
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "invalid UTF8" in msg:
+        return DataError(f"{path} is not valid UTF-8 text: re-save it as UTF-8")
+    if "Expected" in msg and "columns" in msg:
+        return DataError(f"{path}: malformed row ({msg.removeprefix('CSV parse error: ')}); check --delimiter")
+    return DataError(f"{path}: cannot parse ({msg})")
+
+
+def _conversion_column(exc: Exception) -> int | None:
+    m = re.search(r"In CSV column #(\d+): CSV conversion error", str(exc))
+    return int(m.group(1)) if m else None
+
+
+def _read_table(
+    source: Any,
+    *,
+    path: Path,
+    names: list[str] | None,
+    delimiter: str,
+    quoting: bool,
+    types: dict[str, Any],
+    nrows: int | None,
+) -> "pa.Table":
+    """One pyarrow read (streaming when ``nrows`` is set so we stop early)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    read_opts = pacsv.ReadOptions(column_names=names, block_size=1 << 24)
+    parse_opts = pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoting else False)
+    conv_opts = pacsv.ConvertOptions(column_types=types, include_columns=list(types), strings_can_be_null=False)
+    if nrows is None:
+        return pacsv.read_csv(source, read_options=read_opts, parse_options=parse_opts, convert_options=conv_opts)
+    batches = []
+    got = 0
+    with pacsv.open_csv(source, read_options=read_opts, parse_options=parse_opts, convert_options=conv_opts) as rd:
+        for batch in rd:
+            batches.append(batch)
+            got += batch.num_rows
+            if got >= nrows:
+                break
+        schema = rd.schema
+    return pa.Table.from_batches(batches, schema=schema).slice(0, nrows)
+
+
+def _source(path: Path, data: bytes | None) -> Any:
+    if data is None:
+        return str(path)
+    import pyarrow as pa
+
+    return pa.BufferReader(data)
+
+
+def _first_bad_value(
+    path: Path, data: bytes | None, *, names: list[str] | None, delimiter: str, quoting: bool, column: str,
+    nrows: int | None, integer: bool,
+) -> tuple[int, str] | None:
+    """Re-read one column as text and return (row, value) of its first non-numeric (or non-integer) entry."""
+    import pandas as pd
+    import pyarrow as pa
+
+    table = _read_table(
+        _source(path, data), path=path, names=names, delimiter=delimiter, quoting=quoting,
+        types={column: pa.string()}, nrows=nrows,
+    )
+    text = table.column(column).to_pandas()
+    num = pd.to_numeric(text, errors="coerce")
+    bad = num.isna().to_numpy() & (text.str.strip() != "").to_numpy()
+    if integer:
+        vals = num.to_numpy(dtype="float64", na_value=np.nan)
+        bad |= np.isfinite(vals) & (vals != np.round(vals))
+    rows = np.flatnonzero(bad)
+    if len(rows) == 0:
+        return None
+    return int(rows[0]), str(text.iloc[rows[0]])
+
+
+def read_rating_columns(
+    path: Path,
+    *,
+    columns: RatingColumns,
+    delimiter: str,
+    header: bool,
+    nrows: int | None = None,
+    names: list[str] | None = None,
+    data: bytes | None = None,
+    quoting: bool = True,
+    time_as_float: bool = False,
+    options: dict[str, str] | None = None,
+) -> RatingArrays:
+    """Read the four rating columns of ``path`` (or of ``data``, its already-transformed bytes).
+
+    ``header`` False means ``names`` gives the column names. ``options`` maps a role (``user`` ...) to the CLI flag
+    that renames it, for the missing-column hint. Non-integer ids and non-numeric ratings raise DataError naming the
+    line; a NaN/empty rating becomes NaN (dropped later); a bad timestamp is flagged in ``bad_timestamp``.
+    """
+    import pyarrow as pa
+
+    head = check_text_file(path, what="ratings") if data is None else data[:SNIFF_BYTES]
+    if data is not None and not data.strip():
+        raise DataError(f"{path} has no rating rows")
+    if header:
+        found = header_fields(head, path=path, delimiter=delimiter)
+        for role in ("user", "movie", "rating", "time"):
+            col = getattr(columns, role)
+            if col is not None and col not in found:
+                raise missing_column_error(path, col, found, delimiter, (options or {}).get(role))
+    first_line = 2 if header else 1
+    time_type = pa.float64() if time_as_float else pa.int64()
+    types: dict[str, Any] = {columns.user: pa.int64(), columns.movie: pa.int64(), columns.rating: pa.float32()}
+    if columns.time is not None:
+        types[columns.time] = time_type
+    kw = dict(path=path, names=names, delimiter=delimiter, quoting=quoting, nrows=nrows)
+    time_text = False
+    try:
+        table = _read_table(_source(path, data), types=types, **kw)
+    except (pa.ArrowInvalid, pa.ArrowKeyError) as exc:
+        table = None
+        col_no = _conversion_column(exc)
+        order = names if names is not None else header_fields(head, path=path, delimiter=delimiter)
+        failed = order[col_no] if col_no is not None and col_no < len(order) else None
+        if failed is not None and failed == columns.time:
+            types[columns.time] = pa.string()
+            time_text = True
+            try:
+                table = _read_table(_source(path, data), types=types, **kw)
+            except (pa.ArrowInvalid, pa.ArrowKeyError) as exc2:
+                exc = exc2
+                col_no = _conversion_column(exc2)
+                failed = order[col_no] if col_no is not None and col_no < len(order) else None
+        if table is None:
+            if failed in (columns.user, columns.movie, columns.rating):
+                integer = failed != columns.rating
+                hit = _first_bad_value(
+                    path, data, names=names, delimiter=delimiter, quoting=quoting, column=failed, nrows=nrows,
+                    integer=integer,
+                )
+                kind = "an integer id" if integer else "a number"
+                if hit is not None:
+                    row, value = hit
+                    raise DataError(
+                        f"{path}, line {row + first_line}: column {failed!r} has {value!r}, expected {kind}"
+                    ) from None
+                raise DataError(f"{path}: column {failed!r} has a value that is not {kind}") from None
+            raise _arrow_error(path, exc) from None
+    n = table.num_rows
+    if n == 0:
+        raise DataError(f"{path} has a header but no rating rows")
+    cols = {name: table.column(name) for name in types}
+    del table
+    for role in ("user", "movie"):
+        name = getattr(columns, role)
+        if cols[name].null_count:
+            row = int(np.flatnonzero(cols[name].is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(f"{path}, line {row + first_line}: empty {role} id in column {name!r}")
+    user_id = cols.pop(columns.user).to_numpy()
+    movie_id = cols.pop(columns.movie).to_numpy()
+    rating_col = cols.pop(columns.rating)
+    if rating_col.null_count:
+        import pyarrow.compute as pc
+
+        rating_col = pc.fill_null(rating_col, float("nan"))
+    rating = rating_col.to_numpy()
+    del rating_col
+    bad_ts: np.ndarray | None = None
+    if columns.time is None:
+        timestamp = np.zeros(n, dtype=np.int64)
+    else:
+        tcol = cols.pop(columns.time)
+        if time_text:
+            import pandas as pd
+
+            num = pd.to_numeric(tcol.to_pandas(), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+            bad_ts = ~np.isfinite(num)
+            timestamp = np.where(bad_ts, 0, num).astype(np.int64)
+        elif time_as_float or tcol.null_count:
+            if tcol.null_count:
+                import pyarrow.compute as pc
+
+                bad_ts = tcol.is_null().to_numpy(zero_copy_only=False)
+                tcol = pc.fill_null(tcol, 0)
+            vals = tcol.to_numpy()
+            if time_as_float:
+                fin = np.isfinite(vals)
+                bad_ts = ~fin if bad_ts is None else (bad_ts | ~fin)
+                vals = np.where(fin, vals, 0)
+            timestamp = vals.astype(np.int64, copy=False)
+        else:
+            timestamp = tcol.to_numpy()
+        del tcol
+        if bad_ts is not None and not bad_ts.any():
+            bad_ts = None
+    return RatingArrays(
+        user_id=np.ascontiguousarray(user_id, dtype=np.int64),
+        movie_id=np.ascontiguousarray(movie_id, dtype=np.int64),
+        rating=np.ascontiguousarray(rating, dtype=np.float32),
+        timestamp=np.ascontiguousarray(timestamp, dtype=np.int64),
+        bad_timestamp=bad_ts,
+        file=str(path),
+        first_line=first_line,
+    )
+
+
+def read_text(path: Path, *, what: str, encodings: tuple[str, ...] = ("utf-8",)) -> str:
+    """A whole (small) text file, trying ``encodings`` in order; a clear error when none fits."""
+    check_text_file(path, what=what)
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    for enc in encodings:
+        try:
+            return raw.decode(enc)
+        except UnicodeDecodeError as exc:
+            last = exc
+    raise DataError(
+        f"{path} is not valid {' or '.join(encodings)} (bad byte at offset {last.start}): re-save it as UTF-8"
+    )

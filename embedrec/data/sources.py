@@ -1,0 +1,82 @@
+"""Resolve ``embedrec prepare SOURCE``: a folder, a ``.zip`` of one, a rating file, or a downloaded release name.
+
+Synopsis::
+
+    with open_source("ml-latest-small.zip", config=cfg, cache_dir=Path(".embedrec/downloads")) as (layout, name):
+        raw = read_layout(layout, config=cfg)
+
+From an archive only the rating and movie files are extracted (into a temporary folder removed afterwards), so the
+large tag and genome files of the big releases cost nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+from embedrec.data.config import PrepareConfig
+from embedrec.data.downloads import DATASETS, cached_folder
+from embedrec.data.layouts import Layout, detect_layout
+from embedrec.errors import DataError
+
+_WANTED = {"u.data", "u.item", "ratings.dat", "movies.dat", "users.dat", "ratings.csv", "movies.csv"}
+
+
+def _wanted(member: str, config: PrepareConfig) -> bool:
+    base = PurePosixPath(member).name
+    extra = {Path(f).name for f in (config.ratings_file, config.movies_file) if f}
+    return base in _WANTED or base in extra or base.endswith((".inter", ".item"))
+
+
+@contextmanager
+def _unzipped(path: Path, config: PrepareConfig) -> Iterator[Path]:
+    tmp = Path(tempfile.mkdtemp(prefix="embedrec-src-"))
+    try:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                members = [m for m in zf.namelist() if not m.endswith("/") and _wanted(m, config)
+                           and "__MACOSX" not in m]
+                for m in members:
+                    zf.extract(m, tmp)
+        except zipfile.BadZipFile:
+            raise DataError(f"{path} is not a valid zip archive") from None
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def open_source(source: str | Path, *, config: PrepareConfig, cache_dir: Path | None) -> Iterator[tuple[Layout, str]]:
+    """Yield the detected layout of ``source`` and a display name for it (e.g. ``ml-latest-small``)."""
+    path = Path(source)
+    if path.exists():
+        if path.is_file() and path.suffix.lower() == ".zip":
+            with _unzipped(path, config) as folder:
+                layout = detect_layout(folder, config=config)
+                yield layout, path.stem
+            return
+        if path.is_file():
+            if config.format not in ("auto", "csv"):
+                yield detect_layout(path.parent, config=config), path.parent.resolve().name
+                return
+            yield detect_layout(path, config=replace(config, format="csv")), path.name
+            return
+        yield detect_layout(path, config=config), path.resolve().name
+        return
+    name = str(source)
+    if name in DATASETS:
+        folder = cached_folder(name, cache_dir) if cache_dir is not None else None
+        if folder is None:
+            where = f" (looked in {cache_dir})" if cache_dir is not None else ""
+            raise DataError(f"{name} is not downloaded{where}: run `embedrec download {name}` first")
+        yield detect_layout(folder, config=config), name
+        return
+    raise DataError(
+        f"source {name!r} not found: pass a folder, a .zip, a rating file, or a release name "
+        f"({', '.join(DATASETS)}) fetched with `embedrec download`"
+    )

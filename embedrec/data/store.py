@@ -1,0 +1,334 @@
+"""The prepared data set on disk: the only code that writes or reads it.
+
+Synopsis::
+
+    from embedrec.data import load_prepared
+    data = load_prepared(".embedrec/data")
+    train = data.split_mask("train")
+    data.user_idx[train], data.movie_idx[train], data.rating[train]
+    data.user_index(42), data.movie_indices(np.array([1, 2, 999999]))   # -> int, array([...,-1])
+
+Folder layout (schema_version 1; this is the contract ``train`` and the recommender code against):
+
+- ``ratings.parquet``: ``user_idx`` int32, ``movie_idx`` int32, ``rating`` float32, ``timestamp`` int64 (unix seconds;
+  0 when the source has none), ``split`` int8 (0 = train, 1 = val, 2 = test). Rows in source order after filtering.
+- ``movies.parquet``: one row per ``movie_idx`` in order 0..n_movies-1: ``movie_idx`` int32, ``movie_id`` int64 (raw),
+  ``title`` string (no year suffix), ``year`` Int32 (null when unknown), ``genres`` string (pipe-joined;
+  ``(no genres listed)`` when none), ``genre_str_idx`` int32 (index of the whole genre string), ``genre_list``
+  list<string> (single genres; empty for none).
+- ``users.parquet``: ``user_idx`` int32, ``user_id`` int64, in index order.
+- ``vocab.json``: ``{"schema_version": 1, "genres": [single genres, sorted], "genre_strings": [whole strings in
+  genre_str_idx order, sorted]}``.
+- ``summary.json``: ``schema_version``, ``format``, ``source``, ``n_ratings``, ``n_users``, ``n_movies``,
+  ``n_genre_strings``, ``n_genres``, ``rating_min``, ``rating_max``, ``rating_mean``, ``n_train``, ``n_val``, ``n_test``,
+  ``split`` {method, test_frac, val_frac, seed}, ``dropped`` {reason: count}, ``filtered`` {filter: count},
+  ``fingerprint``, ``created`` (ISO time), ``n_read`` (rating rows read).
+
+Indices are dense and follow the sorted raw ids; only users and movies with kept ratings are present. The
+``fingerprint`` is a blake2b digest (16 hex) of the five rating arrays and the four vocabulary sizes: training stores
+it and refuses to resume on different data.
+
+Writing is atomic: everything goes to a hidden sibling folder that replaces ``out`` by rename only when complete, and
+``summary.json`` is written last, so an interrupted prepare never leaves a folder that :func:`load_prepared` accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+
+from embedrec.data.split import SPLIT_CODES
+from embedrec.errors import ArtifactError, ConfigError, UnknownIdError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SCHEMA_VERSION = 1
+FILES = ("ratings.parquet", "movies.parquet", "users.parquet", "vocab.json", "summary.json")
+_HOW = "run `embedrec prepare` (or pass the folder it wrote)"
+
+
+def fingerprint(
+    user_idx: np.ndarray, movie_idx: np.ndarray, rating: np.ndarray, timestamp: np.ndarray, split: np.ndarray,
+    *, n_users: int, n_movies: int, n_genres: int, n_genre_strings: int,
+) -> str:
+    """Short digest identifying the encoded ratings (the data a model was trained on)."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(json.dumps([len(user_idx), n_users, n_movies, n_genres, n_genre_strings]).encode())
+    for arr, dtype in ((user_idx, np.int32), (movie_idx, np.int32), (rating, np.float32), (timestamp, np.int64),
+                       (split, np.int8)):
+        h.update(memoryview(np.ascontiguousarray(arr, dtype=dtype)).cast("B"))
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------------------ writing
+def _is_replaceable(out: Path) -> bool:
+    """Only an absent or empty folder, or an earlier prepared data set, may be replaced."""
+    if not out.exists():
+        return True
+    if not out.is_dir():
+        return False
+    names = {p.name for p in out.iterdir()}
+    return not names or "summary.json" in names or names <= set(FILES)
+
+
+def write_prepared(
+    out: Path,
+    *,
+    user_idx: np.ndarray,
+    movie_idx: np.ndarray,
+    rating: np.ndarray,
+    timestamp: np.ndarray,
+    split: np.ndarray,
+    user_ids: np.ndarray,
+    movies: "pd.DataFrame",
+    genres: list[str],
+    genre_strings: list[str],
+    summary: dict[str, Any],
+) -> dict[str, Any]:
+    """Write one prepared data set atomically; returns the completed summary.
+
+    ``movies`` needs ``movie_id``, ``title``, ``year``, ``genres``, ``genre_str_idx`` and ``genre_list`` in index order.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    if not _is_replaceable(out):
+        raise ConfigError(
+            f"--out {out} exists and is not a prepared data set: choose an empty or new folder"
+        )
+    n_users, n_movies = len(user_ids), len(movies)
+    summary = dict(summary)
+    summary["fingerprint"] = fingerprint(
+        user_idx, movie_idx, rating, timestamp, split, n_users=n_users, n_movies=n_movies,
+        n_genres=len(genres), n_genre_strings=len(genre_strings),
+    )
+    summary["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    summary = {"schema_version": SCHEMA_VERSION, **summary}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        ratings = pa.table(
+            {
+                "user_idx": pa.array(user_idx, pa.int32()),
+                "movie_idx": pa.array(movie_idx, pa.int32()),
+                "rating": pa.array(rating, pa.float32()),
+                "timestamp": pa.array(timestamp, pa.int64()),
+                "split": pa.array(split, pa.int8()),
+            }
+        )
+        pq.write_table(
+            ratings, tmp / "ratings.parquet", compression="snappy",
+            use_dictionary=["rating", "split"], row_group_size=1 << 22,
+        )
+        del ratings
+        year = movies["year"].astype("Int32")
+        movie_table = pa.table(
+            {
+                "movie_idx": pa.array(np.arange(n_movies, dtype=np.int32)),
+                "movie_id": pa.array(movies["movie_id"].to_numpy(np.int64)),
+                "title": pa.array(movies["title"].astype(str).tolist(), pa.string()),
+                "year": pa.array(year.to_numpy(dtype="float64", na_value=np.nan), pa.float64(),
+                                 from_pandas=True).cast(pa.int32()),
+                "genres": pa.array(movies["genres"].astype(str).tolist(), pa.string()),
+                "genre_str_idx": pa.array(movies["genre_str_idx"].to_numpy(np.int32)),
+                "genre_list": pa.array([list(g) for g in movies["genre_list"]], pa.list_(pa.string())),
+            }
+        )
+        pq.write_table(movie_table, tmp / "movies.parquet")
+        users = pa.table(
+            {"user_idx": pa.array(np.arange(n_users, dtype=np.int32)), "user_id": pa.array(user_ids, pa.int64())}
+        )
+        pq.write_table(users, tmp / "users.parquet")
+        vocab = {"schema_version": SCHEMA_VERSION, "genres": list(genres), "genre_strings": list(genre_strings)}
+        (tmp / "vocab.json").write_text(json.dumps(vocab, indent=1) + "\n", encoding="utf-8")
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` to ``out``; an older ``out`` is moved aside first and then deleted."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------------------ reading
+@dataclass(frozen=True, eq=False)
+class PreparedData:
+    """A loaded prepared data set: rating arrays, id maps and the movie table. See the module docstring."""
+
+    path: Path
+    summary: dict[str, Any]
+    user_idx: np.ndarray
+    movie_idx: np.ndarray
+    rating: np.ndarray
+    timestamp: np.ndarray
+    split: np.ndarray
+    user_ids: np.ndarray
+    movies: "pd.DataFrame"
+    genres: list[str]
+    genre_strings: list[str]
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_movies(self) -> int:
+        return len(self.movies)
+
+    @property
+    def n_genres(self) -> int:
+        return len(self.genres)
+
+    @property
+    def n_genre_strings(self) -> int:
+        return len(self.genre_strings)
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.summary["fingerprint"])
+
+    @cached_property
+    def movie_ids(self) -> np.ndarray:
+        """Raw movie id per movie_idx (int64, sorted)."""
+        return self.movies["movie_id"].to_numpy(dtype=np.int64)
+
+    def movie_genre_str_idx(self) -> np.ndarray:
+        """Whole-genre-string index per movie_idx, shape (n_movies,), int32."""
+        return self.movies["genre_str_idx"].to_numpy(dtype=np.int32)
+
+    def movie_genre_multi_hot(self) -> np.ndarray:
+        """One row per movie, one float32 column per single genre (``self.genres`` order): 1.0 when it has it."""
+        pos = {g: i for i, g in enumerate(self.genres)}
+        out = np.zeros((self.n_movies, self.n_genres), dtype=np.float32)
+        for m, glist in enumerate(self.movies["genre_list"]):
+            for g in glist:
+                out[m, pos[g]] = 1.0
+        return out
+
+    def user_index(self, user_id: int) -> int:
+        """The user_idx of a raw user id; UnknownIdError when the data set has no such user."""
+        idx = int(self.user_indices(np.asarray([user_id]))[0])
+        if idx < 0:
+            raise UnknownIdError(f"user id {user_id} is not in the prepared data ({self.n_users} users, "
+                                 f"ids {int(self.user_ids[0])}..{int(self.user_ids[-1])})")
+        return idx
+
+    def movie_index(self, movie_id: int) -> int:
+        """The movie_idx of a raw movie id; UnknownIdError when the data set has no ratings for it."""
+        idx = int(self.movie_indices(np.asarray([movie_id]))[0])
+        if idx < 0:
+            raise UnknownIdError(f"movie id {movie_id} is not in the prepared data (no kept ratings for it)")
+        return idx
+
+    def user_indices(self, ids: Iterable[int] | np.ndarray) -> np.ndarray:
+        """Vectorised :meth:`user_index`: int32 array, -1 for unknown ids."""
+        return _positions(self.user_ids, ids)
+
+    def movie_indices(self, ids: Iterable[int] | np.ndarray) -> np.ndarray:
+        """Vectorised :meth:`movie_index`: int32 array, -1 for unknown ids."""
+        return _positions(self.movie_ids, ids)
+
+    def split_mask(self, name: str) -> np.ndarray:
+        """Boolean mask of the ratings in ``"train"``, ``"val"`` or ``"test"``."""
+        if name not in SPLIT_CODES:
+            raise ValueError(f"split must be one of {', '.join(SPLIT_CODES)}, got {name!r}")
+        return self.split == SPLIT_CODES[name]
+
+
+def _positions(known: np.ndarray, ids: Iterable[int] | np.ndarray) -> np.ndarray:
+    arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids)
+    if arr.size == 0 or len(known) == 0:
+        return np.full(arr.shape, -1, dtype=np.int32)
+    if arr.dtype.kind not in "iu":
+        try:
+            as_int = arr.astype(np.int64)
+        except (TypeError, ValueError):
+            return np.full(arr.shape, -1, dtype=np.int32)
+        ok = as_int == arr
+        arr = np.where(ok, as_int, np.iinfo(np.int64).min)
+    arr = arr.astype(np.int64, copy=False)
+    pos = np.minimum(np.searchsorted(known, arr), len(known) - 1)
+    return np.where(known[pos] == arr, pos, -1).astype(np.int32)
+
+
+def load_prepared(path: str | os.PathLike[str]) -> PreparedData:
+    """Load a folder written by ``embedrec prepare``; ArtifactError (one line) when missing, partial or outdated."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"no prepared data at {path}: {_HOW}")
+    missing = [f for f in FILES if not (path / f).is_file()]
+    if missing:
+        raise ArtifactError(f"prepared data at {path} is incomplete (missing {', '.join(missing)}): {_HOW}")
+    try:
+        summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+        vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"prepared data at {path} has an unreadable JSON file ({exc}): {_HOW}") from None
+    for name, meta in (("summary.json", summary), ("vocab.json", vocab)):
+        version = meta.get("schema_version") if isinstance(meta, dict) else None
+        if version != SCHEMA_VERSION:
+            raise ArtifactError(
+                f"{path / name} has schema_version {version!r}, this embedrec reads {SCHEMA_VERSION}: "
+                "prepare the data again with this version"
+            )
+    try:
+        ratings = pq.read_table(path / "ratings.parquet")
+        movies = pq.read_table(path / "movies.parquet").to_pandas()
+        users = pq.read_table(path / "users.parquet")
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise ArtifactError(f"prepared data at {path} has an unreadable Parquet file ({exc}): {_HOW}") from None
+    need = {"user_idx", "movie_idx", "rating", "timestamp", "split"}
+    if not need <= set(ratings.column_names) or ratings.num_rows != summary.get("n_ratings"):
+        raise ArtifactError(f"{path / 'ratings.parquet'} does not match summary.json: {_HOW}")
+    if len(movies) != summary.get("n_movies") or users.num_rows != summary.get("n_users"):
+        raise ArtifactError(f"movies/users tables in {path} do not match summary.json: {_HOW}")
+    movies["year"] = movies["year"].astype("Int32")
+    movies["genre_list"] = [list(g) for g in movies["genre_list"]]
+
+    def col(name: str, dtype: Any) -> np.ndarray:
+        return np.ascontiguousarray(ratings.column(name).to_numpy(), dtype=dtype)
+
+    return PreparedData(
+        path=path,
+        summary=summary,
+        user_idx=col("user_idx", np.int32),
+        movie_idx=col("movie_idx", np.int32),
+        rating=col("rating", np.float32),
+        timestamp=col("timestamp", np.int64),
+        split=col("split", np.int8),
+        user_ids=np.ascontiguousarray(users.column("user_id").to_numpy(), dtype=np.int64),
+        movies=movies,
+        genres=list(vocab["genres"]),
+        genre_strings=list(vocab["genre_strings"]),
+    )
