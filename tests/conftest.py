@@ -1,0 +1,50 @@
+"""Shared fixtures: real MovieLens-100K (from the RecBole wheel), prepared data sets, and MovieLens file writers.
+
+Fixtures other test modules rely on (keep the names):
+
+- ``ml100k_dir``: folder with ``ml-100k.inter`` + ``ml-100k.item`` (skips when PyPI is unreachable).
+- ``ml100k_prepared``: that data prepared once per session (random split, test 0.2, val 0.1, seed 42).
+- ``synthetic_prepared``: a small synthetic data set (300 users, 400 movies, 20,000 ratings) prepared with defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    from embedrec.data.recbole import fetch_ml100k
+    from embedrec.errors import DownloadError
+
+    try:
+        return fetch_ml100k()
+    except DownloadError as exc:
+        pytest.skip(f"MovieLens-100K unavailable (needs the recbole wheel from PyPI): {exc}")
+
+
+@pytest.fixture(scope="session")
+def ml100k_prepared(ml100k_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from embedrec.data import PrepareConfig, prepare
+
+    out = tmp_path_factory.mktemp("ml100k") / "data"
+    prepare(ml100k_dir, out=out, config=PrepareConfig(split="random", test_frac=0.2, val_frac=0.1, seed=42))
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from embedrec.data import PrepareConfig, prepare_synthetic
+
+    out = tmp_path_factory.mktemp("synthetic") / "data"
+    prepare_synthetic(out=out, n_users=300, n_movies=400, n_ratings=20_000, seed=0, config=PrepareConfig())
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the user's work folder, download cache or download URL by accident."""
+    for var in ("EMBEDREC_WORKDIR", "EMBEDREC_CACHE", "EMBEDREC_DOWNLOAD_URL"):
+        monkeypatch.delenv(var, raising=False)
