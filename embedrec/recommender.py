@@ -733,18 +733,23 @@ def _check_k(k: int) -> None:
         raise ConfigError(f"-k must be at least 1, got {k}")
 
 
+def _as_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def _lookup(known: np.ndarray, ids: Sequence[int] | np.ndarray) -> np.ndarray:
     from embedrec.data.encode import lookup_index
 
     arr = np.asarray(ids)
-    if arr.dtype.kind not in "iu":
-        try:
-            as_int = arr.astype(np.int64)
-        except (TypeError, ValueError):
-            return np.full(arr.shape, -1, dtype=np.int32)
-        valid = as_int == arr
+    if arr.dtype.kind not in "iu":  # floats or text: only integral numbers can be ids
+        if arr.dtype.kind != "f":
+            arr = np.array([_as_float(v) for v in arr.ravel()], dtype=np.float64).reshape(arr.shape)
+        valid = np.isfinite(arr) & (np.mod(arr, 1) == 0) & (np.abs(arr) < 2.0**62)
         out = np.full(arr.shape, -1, dtype=np.int32)
-        out[valid] = lookup_index(as_int[valid], known)
+        out[valid] = _lookup(known, arr[valid].astype(np.int64))
         return out
     arr = arr.astype(np.int64, copy=False)
     if arr.size and (arr.min() < 0 or arr.max() >= (1 << 40)):  # no lookup table sized by an absurd id
