@@ -54,10 +54,12 @@ class CleanRatings:
     n_read: int = 0
 
 
-def _strict_error(reason: str, count: int, file: str, line: int | None) -> DataError:
+def _strict_error(reason: str, count: int, file: str, line: int | None, detail: str = "") -> DataError:
     where = f"{file}, line {line}" if line is not None else file
     more = f" ({count} such rows in all)" if count > 1 else ""
-    return DataError(f"{where}: {_DESCRIBE[reason]}{more}; fix the data or run without --strict to drop such rows")
+    return DataError(
+        f"{where}: {_DESCRIBE[reason]}{detail}{more}; fix the data or run without --strict to drop such rows"
+    )
 
 
 def _dedupe_movies(movies: "pd.DataFrame", *, strict: bool, file: str) -> tuple["pd.DataFrame", int]:
@@ -113,7 +115,10 @@ def clean_ratings(raw: RawData, *, config: PrepareConfig) -> CleanRatings:
             bad |= (r.rating < lo) | (r.rating > hi)
     dropped["bad_rating"] = int(bad.sum())
     if dropped["bad_rating"] and config.strict:
-        raise _strict_error("bad_rating", dropped["bad_rating"], r.file, line_of(int(np.argmax(bad))))
+        pos = int(np.argmax(bad))
+        scale = f", scale {raw.rating_scale[0]:g}..{raw.rating_scale[1]:g}" if raw.rating_scale else ""
+        raise _strict_error("bad_rating", dropped["bad_rating"], r.file, line_of(pos),
+                            f" ({float(r.rating[pos]):g}{scale})")
     keep = ~bad
     del bad
     if r.bad_timestamp is not None:

@@ -1,0 +1,250 @@
+"""Bad input: a clear one-line DataError naming the file (and line), exit code 2; bad rows dropped and counted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from embedrec.cli import app
+from embedrec.data import PrepareConfig, load_prepared, prepare
+from embedrec.errors import ArtifactError, ConfigError, DataError
+
+HEADER = "userId,movieId,rating,timestamp\n"
+MOVIES = 'movieId,title,genres\n1,Toy Story (1995),Animation|Comedy\n2,"Heat, The (1995)",Action\n3,Casino (1995),Drama\n'
+
+
+def make(folder: Path, ratings: str, movies: str = MOVIES) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ratings.csv").write_text(ratings)
+    (folder / "movies.csv").write_text(movies)
+    return folder
+
+
+def run_error(src: Path, tmp_path: Path, config: PrepareConfig | None = None) -> str:
+    with pytest.raises(DataError) as info:
+        prepare(src, out=tmp_path / "out", config=config or PrepareConfig())
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert not (tmp_path / "out").exists()
+    return msg
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    src = make(tmp_path / "src", HEADER + "1,1,4,100\n")
+    (src / "movies.csv").unlink()
+    # without movies.csv the folder is no MovieLens layout at all
+    assert "no MovieLens layout" in run_error(src, tmp_path)
+    with pytest.raises(DataError, match=r"movies file not found: .*movies\.csv"):
+        prepare(tmp_path / "src" / "ratings.csv", out=tmp_path / "o",
+                config=PrepareConfig(format="csv", movies_file=str(src / "movies.csv")))
+
+
+def test_missing_column_names_file_and_column(tmp_path: Path) -> None:
+    src = make(tmp_path / "src", "userId,movieId,stars,timestamp\n1,1,4,100\n")
+    msg = run_error(src, tmp_path)
+    assert "ratings.csv" in msg and "'rating'" in msg and "'stars'" in msg
+
+
+def test_wrong_delimiter_is_diagnosed(tmp_path: Path) -> None:
+    src = make(tmp_path / "src", "userId;movieId;rating;timestamp\n1;1;4;100\n")
+    msg = run_error(src, tmp_path)
+    assert "ratings.csv" in msg and "--delimiter ';'" in msg
+
+
+def test_empty_files(tmp_path: Path) -> None:
+    src = make(tmp_path / "a", "")
+    assert "ratings.csv is empty" in run_error(src, tmp_path)
+    src = make(tmp_path / "b", HEADER)
+    assert "no rating rows" in run_error(src, tmp_path)
+    src = make(tmp_path / "c", HEADER + "1,1,4,100\n", movies="")
+    assert "movies.csv is empty" in run_error(src, tmp_path)
+
+
+def test_unreadable_encoding(tmp_path: Path) -> None:
+    src = make(tmp_path / "a", HEADER)
+    (src / "ratings.csv").write_bytes((HEADER + "1,1,4,100\n").encode("utf-16"))
+    assert "UTF-16" in run_error(src, tmp_path)
+    src = make(tmp_path / "b", HEADER + "1,1,4,100\n")
+    (src / "movies.csv").write_bytes("movieId,title,genres\n1,Caf\xe9 (1995),Drama\n".encode("latin-1"))
+    msg = run_error(src, tmp_path)
+    assert "movies.csv" in msg and "UTF-8" in msg
+
+
+def test_non_numeric_rating_names_the_line(tmp_path: Path) -> None:
+    src = make(tmp_path / "src", HEADER + "1,1,4,100\n1,2,good,101\n")
+    msg = run_error(src, tmp_path)
+    assert "ratings.csv, line 3" in msg and "'good'" in msg and "rating" in msg
+
+
+def test_non_integer_id_names_the_line(tmp_path: Path) -> None:
+    src = make(tmp_path / "src", HEADER + "1,1,4,100\n2,1,4,100\nu3,1,4,100\n")
+    msg = run_error(src, tmp_path)
+    assert "ratings.csv, line 4" in msg and "'u3'" in msg and "integer" in msg
+    src = make(tmp_path / "s2", HEADER + "1,1.5,4,100\n")
+    assert "line 2" in run_error(src, tmp_path / "x")
+    src = make(tmp_path / "s3", HEADER + "1,1,4,100\n", movies="movieId,title,genres\nabc,X (1990),Drama\n")
+    msg = run_error(src, tmp_path / "y")
+    assert "movies.csv, line 2" in msg and "'abc'" in msg
+
+
+def test_empty_id_names_the_line(tmp_path: Path) -> None:
+    src = make(tmp_path / "src", HEADER + "1,1,4,100\n,2,4,100\n")
+    assert "line 3" in run_error(src, tmp_path)
+
+
+def test_malformed_row(tmp_path: Path) -> None:
+    src = make(tmp_path / "src", HEADER + "1,1,4,100\n1,2\n")
+    msg = run_error(src, tmp_path)
+    assert "ratings.csv" in msg and "malformed" in msg
+
+
+def test_bad_rows_are_dropped_and_counted(tmp_path: Path) -> None:
+    rows = [
+        "1,1,4.0,100",  # kept
+        "1,2,NaN,101",  # NaN rating
+        "1,3,7.0,102",  # out of scale (0.5..5)
+        "1,3,0.0,102",  # out of scale
+        "2,99,3.0,103",  # unknown movie
+        "2,1,3.0,not-a-time",  # unparsable timestamp
+        "2,2,2.0,200",  # duplicate, older -> dropped
+        "2,2,5.0,300",  # duplicate, latest -> kept
+        "2,2,1.0,250",  # duplicate, older -> dropped
+        "3,3,,104",  # missing rating
+        "3,1,3.5,105",  # kept
+    ]
+    src = make(tmp_path / "src", HEADER + "\n".join(rows) + "\n")
+    s = prepare(src, out=tmp_path / "out", config=PrepareConfig(test_frac=0.0, val_frac=0.0))
+    assert s["dropped"] == {"bad_rating": 4, "bad_timestamp": 1, "unknown_movie": 1, "duplicate": 2}
+    assert s["n_ratings"] == 3 and s["n_read"] == len(rows)
+    data = load_prepared(tmp_path / "out")
+    got = sorted(zip(data.user_ids[data.user_idx].tolist(), data.movies["movie_id"].to_numpy()[data.movie_idx].tolist(),
+                     data.rating.tolist(), data.timestamp.tolist()))
+    assert got == [(1, 1, 4.0, 100), (2, 2, 5.0, 300), (3, 1, 3.5, 105)]
+    # movie 3 only had bad ratings: it is not in the data; user 3 is
+    assert data.movies["movie_id"].tolist() == [1, 2]
+
+
+def test_duplicates_with_equal_time_keep_the_later_row(tmp_path: Path) -> None:
+    src = make(tmp_path / "src", HEADER + "1,1,2.0,100\n1,2,3.0,100\n1,1,4.5,100\n")
+    s = prepare(src, out=tmp_path / "out", config=PrepareConfig(test_frac=0.0, val_frac=0.0))
+    assert s["dropped"]["duplicate"] == 1
+    data = load_prepared(tmp_path / "out")
+    assert data.rating.tolist() == [3.0, 4.5]
+
+
+@pytest.mark.parametrize(
+    ("row", "words"),
+    [
+        ("1,2,NaN,101", "line 3: a missing, non-finite or out-of-scale rating"),
+        ("1,2,9,101", "line 3: a missing, non-finite or out-of-scale rating"),
+        ("1,99,3,101", "line 3: movie id 99 has no row in"),
+        ("1,2,3,yesterday", "line 3: an unparsable timestamp"),
+        ("1,1,3,101", "line 2: a repeated (user, movie) pair"),
+    ],
+)
+def test_strict_turns_bad_rows_into_errors(tmp_path: Path, row: str, words: str) -> None:
+    src = make(tmp_path / "src", HEADER + "1,1,4,100\n" + row + "\n")
+    msg = run_error(src, tmp_path, PrepareConfig(strict=True))
+    assert "ratings.csv, " + words in msg and "--strict" in msg
+    # without --strict the same file prepares fine
+    prepare(src, out=tmp_path / "ok", config=PrepareConfig(test_frac=0.0, val_frac=0.0))
+
+
+def test_everything_dropped_is_an_error(tmp_path: Path) -> None:
+    src = make(tmp_path / "src", HEADER + "1,99,4,100\n")
+    assert "no valid ratings left" in run_error(src, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "option"),
+    [
+        ({"split": "sideways"}, "--split"),
+        ({"test_frac": 1.2}, "--test-frac"),
+        ({"val_frac": -0.1}, "--val-frac"),
+        ({"test_frac": 0.6, "val_frac": 0.5}, "--test-frac + --val-frac"),
+        ({"nrows": 0}, "--nrows"),
+        ({"min_user_ratings": 0}, "--min-user-ratings"),
+        ({"format": "ml-7m"}, "--format"),
+        ({"delimiter": "::"}, "--delimiter"),
+        ({"rating_scale": (5.0, 1.0)}, "--rating-scale"),
+        ({"seed": -1}, "--seed"),
+    ],
+)
+def test_bad_options_name_the_option(kwargs: dict, option: str) -> None:
+    with pytest.raises(ConfigError, match=option.replace("+", r"\+")):
+        PrepareConfig(**kwargs)
+
+
+def test_failed_prepare_keeps_the_previous_data_set(tmp_path: Path) -> None:
+    good = make(tmp_path / "good", HEADER + "1,1,4,100\n2,2,3,101\n")
+    out = tmp_path / "out"
+    first = prepare(good, out=out, config=PrepareConfig())
+    bad = make(tmp_path / "bad", HEADER + "1,1,x,100\n")
+    with pytest.raises(DataError):
+        prepare(bad, out=out, config=PrepareConfig())
+    assert load_prepared(out).fingerprint == first["fingerprint"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_interrupted_write_leaves_no_data_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import embedrec.data.store as store
+
+    good = make(tmp_path / "good", HEADER + "1,1,4,100\n2,2,3,101\n")
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "_replace_dir", boom)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(good, out=tmp_path / "out", config=PrepareConfig())
+    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == [tmp_path / "good"]  # the temp folder was removed
+
+
+def test_out_folder_with_other_files_is_not_replaced(tmp_path: Path) -> None:
+    good = make(tmp_path / "good", HEADER + "1,1,4,100\n")
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    with pytest.raises(ConfigError, match="--out"):
+        prepare(good, out=out, config=PrepareConfig())
+    assert (out / "thesis.tex").read_text() == "precious"
+
+
+def test_load_prepared_errors(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="embedrec prepare"):
+        load_prepared(tmp_path / "nothing")
+    good = make(tmp_path / "good", HEADER + "1,1,4,100\n2,2,3,101\n")
+    out = tmp_path / "out"
+    prepare(good, out=out, config=PrepareConfig())
+    (out / "users.parquet").unlink()
+    with pytest.raises(ArtifactError, match="incomplete.*users.parquet"):
+        load_prepared(out)
+    prepare(good, out=out, config=PrepareConfig())
+    summary = json.loads((out / "summary.json").read_text())
+    summary["schema_version"] = 99
+    (out / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ArtifactError, match="schema_version 99"):
+        load_prepared(out)
+
+
+def test_cli_reports_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    src = make(tmp_path / "src", HEADER + "1,1,4,100\n1,2,good,101\n")
+    result = CliRunner().invoke(app, ["prepare", str(src), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    assert "error:" in text and "line 3" in text and "'good'" in text
+    result = CliRunner().invoke(app, ["prepare", str(src), "--test-frac", "1.5"])
+    assert result.exit_code == 2 and "--test-frac" in result.output
+
+
+def test_ratings_are_float32_exact_for_half_stars(tmp_path: Path) -> None:
+    src = make(tmp_path / "src", HEADER + "1,1,0.5,100\n1,2,5.0,100\n2,1,3.5,100\n")
+    prepare(src, out=tmp_path / "out", config=PrepareConfig())
+    r = load_prepared(tmp_path / "out").rating
+    assert r.dtype == np.float32 and sorted(r.tolist()) == [0.5, 3.5, 5.0]

@@ -1,0 +1,105 @@
+"""The prepared-folder contract other modules code against: files, columns, dtypes, vocabularies, lookups."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from embedrec.data import load_prepared
+from embedrec.errors import UnknownIdError
+
+SUMMARY_KEYS = {
+    "schema_version", "format", "source", "n_ratings", "n_users", "n_movies", "n_genre_strings", "n_genres",
+    "rating_min", "rating_max", "rating_mean", "n_train", "n_val", "n_test", "split", "dropped", "fingerprint",
+    "created",
+}
+
+
+def test_files_and_schemas(synthetic_prepared: Path) -> None:
+    p = synthetic_prepared
+    assert pq.read_schema(p / "ratings.parquet").remove_metadata() == pa.schema(
+        [("user_idx", pa.int32()), ("movie_idx", pa.int32()), ("rating", pa.float32()),
+         ("timestamp", pa.int64()), ("split", pa.int8())]
+    )
+    assert pq.read_schema(p / "movies.parquet").remove_metadata() == pa.schema(
+        [("movie_idx", pa.int32()), ("movie_id", pa.int64()), ("title", pa.string()), ("year", pa.int32()),
+         ("genres", pa.string()), ("genre_str_idx", pa.int32()), ("genre_list", pa.list_(pa.string()))]
+    )
+    assert pq.read_schema(p / "users.parquet").remove_metadata() == pa.schema(
+        [("user_idx", pa.int32()), ("user_id", pa.int64())]
+    )
+    vocab = json.loads((p / "vocab.json").read_text())
+    assert vocab["schema_version"] == 1
+    assert vocab["genres"] == sorted(vocab["genres"]) and vocab["genre_strings"] == sorted(vocab["genre_strings"])
+    summary = json.loads((p / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["schema_version"] == 1 and summary["format"] == "synthetic"
+    assert summary["split"] == {"method": "random", "test_frac": 0.2, "val_frac": 0.1, "seed": 42}
+    assert summary["n_train"] + summary["n_val"] + summary["n_test"] == summary["n_ratings"] == 20_000
+    assert len(summary["fingerprint"]) == 16 and int(summary["fingerprint"], 16) >= 0
+
+
+def test_loaded_arrays_and_counts(synthetic_prepared: Path) -> None:
+    d = load_prepared(synthetic_prepared)
+    s = d.summary
+    for arr, dtype in ((d.user_idx, np.int32), (d.movie_idx, np.int32), (d.rating, np.float32),
+                       (d.timestamp, np.int64), (d.split, np.int8), (d.user_ids, np.int64)):
+        assert arr.dtype == dtype
+    assert (d.n_users, d.n_movies, d.n_genres, d.n_genre_strings) == (
+        s["n_users"], s["n_movies"], s["n_genres"], s["n_genre_strings"])
+    # dense indices: every index used, none out of range
+    assert np.array_equal(np.unique(d.user_idx), np.arange(d.n_users))
+    assert np.array_equal(np.unique(d.movie_idx), np.arange(d.n_movies))
+    # indices follow sorted raw ids
+    assert (np.diff(d.user_ids) > 0).all() and (np.diff(d.movies["movie_id"].to_numpy()) > 0).all()
+    assert d.movies["movie_idx"].tolist() == list(range(d.n_movies))
+    assert (float(d.rating.min()), float(d.rating.max())) == (s["rating_min"], s["rating_max"])
+    assert abs(float(d.rating.mean()) - s["rating_mean"]) < 1e-4
+    assert d.fingerprint == s["fingerprint"]
+
+
+def test_movie_table_and_genre_vocab(synthetic_prepared: Path) -> None:
+    d = load_prepared(synthetic_prepared)
+    m = d.movies
+    assert str(m["year"].dtype) == "Int32"
+    assert not m["title"].str.contains(r"\(\d{4}\)$").any()  # the year suffix was split off
+    idx = d.movie_genre_str_idx()
+    assert idx.dtype == np.int32 and idx.shape == (d.n_movies,)
+    assert [d.genre_strings[i] for i in idx] == m["genres"].tolist()
+    assert set(m["genres"]) == set(d.genre_strings)  # only genre strings of kept movies
+    hot = d.movie_genre_multi_hot()
+    assert hot.shape == (d.n_movies, d.n_genres) and hot.dtype == np.float32
+    for row, genres, glist in zip(hot[:50], m["genres"][:50], m["genre_list"][:50]):
+        expected = [] if genres == "(no genres listed)" else genres.split("|")
+        assert list(glist) == expected
+        assert sorted(d.genres[i] for i in np.flatnonzero(row)) == sorted(expected)
+
+
+def test_id_lookups(synthetic_prepared: Path) -> None:
+    d = load_prepared(synthetic_prepared)
+    uid = int(d.user_ids[17])
+    assert d.user_index(uid) == 17
+    mid = int(d.movies["movie_id"].iloc[5])
+    assert d.movie_index(mid) == 5
+    with pytest.raises(UnknownIdError, match="user id 999999"):
+        d.user_index(999_999)
+    with pytest.raises(UnknownIdError, match="movie id -4"):
+        d.movie_index(-4)
+    assert d.user_indices(np.array([uid, 999_999, int(d.user_ids[0])])).tolist() == [17, -1, 0]
+    assert d.movie_indices([mid, 10**12]).tolist() == [5, -1]
+    assert d.user_indices(np.array([], dtype=np.int64)).shape == (0,)
+
+
+def test_ml100k_ids_are_raw_movielens_ids(ml100k_prepared: Path) -> None:
+    d = load_prepared(ml100k_prepared)
+    assert d.user_index(1) == 0 and d.movie_index(1) == 0
+    toy = d.movies.iloc[d.movie_index(1)]
+    assert (toy["title"], int(toy["year"]), list(toy["genre_list"])) == (
+        "Toy Story", 1995, ["Animation", "Children's", "Comedy"])
+    assert pd.isna(d.movies.iloc[d.movie_index(267)]["year"])
