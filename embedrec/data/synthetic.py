@@ -11,12 +11,15 @@ How genres drive tastes (what a model should recover, and what the tests check):
 - Each movie has 0..6 of the 19 MovieLens genres (frequencies and genre counts shaped like MovieLens, tuned so the
   seed-scale size 20,510 x 25,448 x 2M has about 1,357 distinct genre strings); about 2% have none.
 - Each user has a taste per genre: small noise, plus one or two *favourite* genres (+``FAVOURITE_BOOST``) and often
-  one *disliked* genre (-``DISLIKE_PENALTY``). A movie's affinity for a user is the mean taste over its genres.
+  one *disliked* genre (-``DISLIKE_PENALTY``). A movie's affinity for a user is the sum of the user's tastes for
+  its k genres divided by sqrt(k).
 - Affinity moves both *which* movies a user rates (candidates are accepted with a probability rising with affinity)
   and *how* they rate them (``AFFINITY_WEIGHT`` stars per unit of affinity). So a Sci-Fi lover rates Sci-Fi about
-  ``FAVOURITE_BOOST * AFFINITY_WEIGHT`` stars above their average and is predictably recommended Sci-Fi.
+  ``FAVOURITE_BOOST * AFFINITY_WEIGHT`` (1.8) stars above their average when it is Sci-Fi only, a share of that
+  when it has other genres too, and is predictably recommended Sci-Fi.
 - Rating = a constant + user bias + movie bias (slightly higher for popular movies) + affinity + noise, rounded
-  to half stars (about a third of users use whole stars only) and clipped to 0.5..5.0; the constant is set so the mean is about 3.5.
+  to half stars (about a third of users use whole stars only) and clipped to 0.5..5.0; the constant is set so the
+  mean is about 3.5.
 - Popularity and activity are heavy-tailed (Zipf-like movies, log-normal users, capped so nobody rates more than
   half the catalogue). Each (user, movie) pair appears once; rows are ordered by user then movie, like ml-latest.
 - Timestamps: each user is active over a period between 1996 and 2023; no rating predates its movie's release year.
@@ -58,7 +61,7 @@ FULL_SCALE = {"n_users": 280_000, "n_movies": 86_000, "n_ratings": 27_000_000}
 TARGET_MEAN = 3.55
 FAVOURITE_BOOST = 1.2
 DISLIKE_PENALTY = 1.2
-AFFINITY_WEIGHT = 1.0
+AFFINITY_WEIGHT = 1.5
 TASTE_NOISE = 0.25
 NOISE_SD = 0.65
 CHUNK = 1 << 21
@@ -73,7 +76,7 @@ _T1 = 1_704_067_199  # 2023-12-31
 class World:
     """The hidden parameters behind a generated data set (for tests and demos that check recovered structure)."""
 
-    genre_matrix: np.ndarray  # (n_movies, 19) float32, 1/k for each of a movie's k genres
+    genre_matrix: np.ndarray  # (n_movies, 19) float32, 1/sqrt(k) for each of a movie's k genres
     taste: np.ndarray  # (n_users, 19) float32
     favourites: np.ndarray  # (n_users, 19) bool
     user_bias: np.ndarray
@@ -162,7 +165,9 @@ class _GenreStrings:
 
 
 def _affinity(taste: np.ndarray, gs: _GenreStrings, users: np.ndarray, movies: np.ndarray) -> np.ndarray:
-    """Mean taste of each (user, movie) pair over the movie's genres. ``users`` must be sorted.
+    """Affinity of each (user, movie) pair: the user's tastes over the movie's genres, summed / sqrt(k).
+
+    ``users`` must be sorted.
 
     For a block of users, one small matmul gives their affinity to every genre combination; each pair is then a
     single lookup, much cheaper than gathering two 19-wide rows per pair.
@@ -224,7 +229,7 @@ def _draw_pairs(
             u = users[s : s + CHUNK]
             m = _sample_movies(rng, len(u), rank_to_movie)
             aff = _affinity(taste, gs, u, m)
-            accept = rng.random(len(u)) < np.clip(0.45 + 0.45 * aff, 0.08, 1.0)
+            accept = rng.random(len(u)) < np.clip(0.4 + 0.6 * aff, 0.05, 1.0)
             parts.append(u[accept].astype(np.int64) * n_movies + m[accept])
         del users
         before = len(keys)
@@ -264,10 +269,10 @@ def generate_world(
 
     has = _movie_genres(rng, n_movies)
     k = has.sum(axis=1)
-    gmat = (has / np.maximum(k, 1)[:, None]).astype(np.float32)
+    gmat = (has / np.sqrt(np.maximum(k, 1))[:, None]).astype(np.float32)
     combos, movie_str = np.unique(has, axis=0, return_inverse=True)
     gs = _GenreStrings(
-        smat=(combos / np.maximum(combos.sum(axis=1), 1)[:, None]).astype(np.float32),
+        smat=(combos / np.sqrt(np.maximum(combos.sum(axis=1), 1))[:, None]).astype(np.float32),
         movie_str=movie_str.reshape(-1).astype(np.int32),
     )
     years = _years(rng, n_movies)
