@@ -530,7 +530,10 @@ class Recommender:
         ratings, reasons = self.predict_known(user_ids, movie_ids)
         bad = np.flatnonzero(reasons != "")
         if bad.size:
-            raise UnknownIdError(f"cannot predict row {int(bad[0])}: {reasons[bad[0]]}")
+            i = int(bad[0])
+            raise UnknownIdError(f"cannot predict user {np.asarray(user_ids)[i]}, movie {np.asarray(movie_ids)[i]}: "
+                                 f"{reasons[i]} (the model knows {len(self.user_ids):,} users and "
+                                 f"{len(self.movie_ids):,} movies)")
         return ratings
 
     def predict_known(self, user_ids: Sequence[int] | np.ndarray,

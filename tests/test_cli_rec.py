@@ -1,0 +1,158 @@
+"""``embedrec evaluate / predict / recommend / similar`` through Typer's CliRunner, on a planted model (no training)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from embedrec.cli import app
+from test_recommender import write_planted_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def workdir(synthetic_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A work folder laid out as `embedrec prepare` + `embedrec train` leave it."""
+    from embedrec.data import load_prepared
+    from embedrec.workdir import data_dir, models_dir, set_latest_run
+
+    wd = tmp_path_factory.mktemp("wd")
+    shutil.copytree(synthetic_prepared, data_dir(wd))
+    prepared = load_prepared(data_dir(wd))
+    run = write_planted_model(prepared, models_dir(wd) / "run-1", ranking={"score": "blend", "beta": 0.2})
+    set_latest_run(wd, run)
+    return wd
+
+
+@pytest.fixture(scope="module")
+def ids(workdir: Path) -> dict:
+    from embedrec.data import load_prepared
+
+    p = load_prepared(workdir / "data")
+    return {"user": int(p.user_ids[4]), "movie": int(p.movie_ids[0]), "movies": p.movie_ids, "prepared": p}
+
+
+def run(*args: str) -> object:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_recommend_defaults_to_the_workdir(workdir: Path, ids: dict) -> None:
+    res = run("recommend", "--user", ids["user"], "--workdir", workdir, "--format", "json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert len(rows) == 10
+    assert set(rows[0]) == {"movieId", "title", "year", "genres", "score", "rating"}
+    p = ids["prepared"]
+    seen = set(p.movie_ids[p.movie_idx[p.user_idx == 4]].tolist())
+    assert not seen & {r["movieId"] for r in rows}
+    res = run("recommend", "--user", ids["user"], "--workdir", workdir, "-k", "3", "--genre", "Drama")
+    assert res.exit_code == 0 and "Drama" in res.stdout
+    res = run("recommend", "--user", ids["user"], "--workdir", workdir, "--k", "4", "--format", "csv")
+    assert res.exit_code == 0 and len(res.stdout.strip().splitlines()) == 5
+
+
+def test_recommend_cold_start_and_fold_in(workdir: Path, ids: dict, tmp_path: Path) -> None:
+    res = run("recommend", "--user", 10**9, "--workdir", workdir, "--format", "json", "-k", "5")
+    assert res.exit_code == 0
+    assert "not known" in res.stderr
+    assert len(json.loads(res.stdout)) == 5
+    mine = tmp_path / "mine.csv"
+    mine.write_text("movieId,rating\n" + "".join(f"{m},{r}\n" for m, r in zip(ids["movies"][:4], [5, 4.5, 1, 3])))
+    res = run("recommend", "--ratings", mine, "--workdir", workdir, "--format", "json")
+    assert res.exit_code == 0, res.output
+    assert not {r["movieId"] for r in json.loads(res.stdout)} & set(ids["movies"][:4].tolist())
+    bad = tmp_path / "bad.csv"
+    bad.write_text("movieId,rating\n999999999,4\n")
+    res = run("recommend", "--ratings", bad, "--workdir", workdir)
+    assert res.exit_code == 2 and "not known" in res.stderr
+
+
+def test_recommend_batch_writes_csv_and_parquet(workdir: Path, ids: dict, tmp_path: Path) -> None:
+    import pandas as pd
+
+    users = tmp_path / "users.txt"
+    users.write_text(f"{ids['user']}\n{10**9}\n1\n")
+    out = tmp_path / "recs.csv"
+    res = run("recommend", "--users-file", users, "--output", out, "--workdir", workdir, "-k", "3")
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["userId", "rank", "movieId", "title", "score", "rating"]
+    assert sorted(set(table["userId"])) == sorted({ids["user"], 1}) and len(table) == 6
+    out = tmp_path / "all.parquet"
+    res = run("recommend", "--all-users", "--output", out, "--workdir", workdir, "-k", "2")
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_parquet(out)) == 2 * ids["prepared"].n_users
+    assert run("recommend", "--all-users", "--workdir", workdir).exit_code == 2  # needs --output
+
+
+def test_predict_single_and_batch(workdir: Path, ids: dict, tmp_path: Path) -> None:
+    res = run("predict", "--user", ids["user"], "--movie", ids["movie"], "--workdir", workdir, "--json")
+    assert res.exit_code == 0, res.output
+    rating = json.loads(res.stdout)["rating"]
+    assert 0.5 <= rating <= 5.0
+    res = run("predict", "--user", ids["user"], "--movie", 10**9, "--workdir", workdir)
+    assert res.exit_code == 2 and "movie 1000000000" in res.stderr
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"userId,movieId\n{ids['user']},{ids['movie']}\n{10**9},{ids['movie']}\n{ids['user']},abc\n")
+    out = tmp_path / "preds.csv"
+    res = run("predict", "--input", pairs, "--output", out, "--workdir", workdir)
+    assert res.exit_code == 0, res.output
+    assert "2 left empty" in res.stderr
+    lines = out.read_text().strip().splitlines()
+    assert lines[0] == "userId,movieId,prediction,reason"
+    assert float(lines[1].split(",")[2]) == pytest.approx(rating, abs=1e-3)
+    assert lines[2].endswith(",,unknown user") and lines[3].endswith(",,unknown movie")
+
+
+def test_evaluate_json_and_table(workdir: Path) -> None:
+    res = run("evaluate", "--workdir", workdir, "--json", "--k", "5,10")
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    for key in ("rmse", "mae", "precision@10", "recall@10", "ndcg@10", "hr@10", "map@10", "coverage@10", "ndcg@5"):
+        assert key in got
+    assert set(got["baselines"]) == {"global_mean", "bias", "popular", "top_rated", "ease"}
+    assert "rmse" in got["baselines"]["bias"] and "ndcg@10" in got["baselines"]["popular"]
+    res = run("evaluate", "--workdir", workdir, "--split", "val", "--no-baselines")
+    assert res.exit_code == 0, res.output
+    assert "ndcg@10" in res.stdout
+
+
+def test_evaluate_refuses_other_data(workdir: Path, tmp_path: Path) -> None:
+    from embedrec.data import PrepareConfig, prepare_synthetic
+
+    other = tmp_path / "other"
+    prepare_synthetic(out=other, n_users=300, n_movies=400, n_ratings=20_000, seed=0,
+                      config=PrepareConfig(seed=7))
+    res = run("evaluate", "--workdir", workdir, "--data", other)
+    assert res.exit_code == 2 and "leak" in res.stderr
+    res = run("recommend", "--user", 1, "--workdir", workdir, "--data", other, "-k", "2")
+    assert res.exit_code == 0 and "warning" in res.stderr
+
+
+def test_similar_by_id_and_title(workdir: Path, ids: dict) -> None:
+    res = run("similar", "--movie", ids["movie"], "--workdir", workdir, "--json", "-k", "4")
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert got["movieId"] == ids["movie"] and len(got["similar"]) == 4
+    title = got["title"]
+    res = run("similar", "--movie", title, "--workdir", workdir, "--json")
+    assert res.exit_code == 0
+    out = json.loads(res.stdout)
+    assert out.get("movieId") == ids["movie"] or ids["movie"] in [c["movieId"] for c in out["candidates"]]
+    word = title.split()[-1]
+    res = run("similar", "--movie", word, "--workdir", workdir)
+    assert res.exit_code == 0
+    res = run("similar", "--movie", "qqqq zzzz", "--workdir", workdir)
+    assert res.exit_code == 2
+
+
+def test_missing_model_is_one_clear_line(tmp_path: Path) -> None:
+    res = run("recommend", "--user", 1, "--workdir", tmp_path)
+    assert res.exit_code == 2 and "embedrec train" in res.stderr
+    assert "Traceback" not in res.output
