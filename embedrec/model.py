@@ -55,18 +55,20 @@ def _hash_u32(x: jax.Array) -> jax.Array:
 def dropout(x: jax.Array, rate: float, seed: jax.Array | None, salt: int) -> jax.Array:
     """Inverted dropout with a counter-based hash mask; identity when ``seed`` is None or ``rate`` is 0.
 
-    Threefry bits cost a large share of the backward pass for a network this small; one integer hash per element
-    is several times cheaper and is deterministic for a given (seed, salt, position).
+    Threefry bits cost a large share of the backward pass for a network this small; one integer hash gives two
+    16-bit draws, several times cheaper, and deterministic for a given (seed, salt, position). The rate is applied
+    at 1/65536 resolution.
     """
     if seed is None or rate <= 0.0:
         return x
     n = x.size
-    counter = jax.lax.iota(jnp.uint32, n).reshape(x.shape)
+    half = (n + 1) // 2
     mixed_seed = _hash_u32(seed.astype(jnp.uint32) ^ jnp.uint32((salt * 0x9E3779B1) & 0xFFFFFFFF))
-    bits = _hash_u32(counter ^ mixed_seed)
-    threshold = jnp.uint32(min(int(rate * 2**32), 2**32 - 1))
-    keep = bits >= threshold
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+    words = _hash_u32(jax.lax.iota(jnp.uint32, half) ^ mixed_seed)
+    draws = jnp.concatenate([words & jnp.uint32(0xFFFF), words >> 16])[:n].reshape(x.shape)
+    threshold = min(int(round(rate * 65536)), 65535)
+    keep = draws >= jnp.uint32(threshold)
+    return jnp.where(keep, x * (65536.0 / (65536 - threshold)), jnp.zeros_like(x))
 
 
 def _glorot_uniform() -> nnx.Initializer:

@@ -94,50 +94,57 @@ def user_item_csr(user_idx: np.ndarray, movie_idx: np.ndarray, n_users: int) -> 
 # ---------------------------------------------------------------------------------------------------------------
 # The step
 # ---------------------------------------------------------------------------------------------------------------
-Layout = tuple[tuple[str, tuple[tuple[str, int], ...]], ...]  # ((group, ((table, width), ...)), ...)
+@dataclass(frozen=True)
+class SlabLayout:
+    """How every embedding table lives in one packed array during training.
 
-
-def slab_layout(tables: Mapping[str, Any]) -> Layout:
-    """Which tables share a slab, in order: one slab per index group (user, movie, genre)."""
-    out = []
-    for group, names in TABLE_GROUPS.items():
-        present = tuple((n, int(np.prod(tables[n].shape[1:]))) for n in names if n in tables)
-        if present:
-            out.append((group, present))
-    return tuple(out)
-
-
-def tables_to_slabs(tables: Mapping[str, jax.Array], layout: Layout) -> dict[str, jax.Array]:
-    """Pack each group's tables with their Adam moments into one (n_rows, 3 * width) array: [params | mu | nu].
-
-    One gather per group then serves the forward pass and the optimiser, and one scatter writes a row back,
-    instead of three gathers and three scatters per table.
+    All tables share a single (rows, 3 * width) slab: user rows first, then movie rows, then genre rows, each row
+    holding [params | Adam mu | Adam nu]; tables of one index group sit side by side in the params block (e.g. a
+    movie's embedding, bias and watch bias), and narrower groups are zero-padded to the widest. A training step then
+    does one gather, one de-duplication, one Adam update and one scatter for all tables together: on a CPU the
+    number of operations per step, not their size, is what costs at batch 1024.
     """
-    slabs = {}
-    for group, members in layout:
-        params = jnp.concatenate([jnp.reshape(tables[n], (tables[n].shape[0], w)) for n, w in members], axis=1)
-        slabs[group] = jnp.concatenate([params, jnp.zeros_like(params), jnp.zeros_like(params)], axis=1)
-    return slabs
+
+    groups: tuple[tuple[str, int, int, tuple[tuple[str, int], ...]], ...]  # (group, row offset, n_rows, members)
+    width: int
+    n_rows: int
+
+    def offset(self, group: str) -> int:
+        return next(off for g, off, _, _ in self.groups if g == group)
 
 
-def slabs_to_tables(slabs: Mapping[str, jax.Array], layout: Layout) -> dict[str, jax.Array]:
+def slab_layout(tables: Mapping[str, Any]) -> SlabLayout:
+    groups = []
+    offset = 0
+    width = 0
+    for group, names in TABLE_GROUPS.items():
+        members = tuple((n, int(np.prod(tables[n].shape[1:]))) for n in names if n in tables)
+        if not members:
+            continue
+        n_rows = int(tables[members[0][0]].shape[0])
+        groups.append((group, offset, n_rows, members))
+        offset += n_rows
+        width = max(width, sum(w for _, w in members))
+    return SlabLayout(groups=tuple(groups), width=width, n_rows=offset)
+
+
+def tables_to_slab(tables: Mapping[str, jax.Array], layout: SlabLayout) -> jax.Array:
+    blocks = []
+    for _, _, n_rows, members in layout.groups:
+        params = jnp.concatenate([jnp.reshape(tables[n], (n_rows, w)) for n, w in members], axis=1)
+        blocks.append(jnp.pad(params, ((0, 0), (0, layout.width - params.shape[1]))))
+    params = jnp.concatenate(blocks, axis=0)
+    return jnp.concatenate([params, jnp.zeros_like(params), jnp.zeros_like(params)], axis=1)
+
+
+def slab_to_tables(slab: jax.Array, layout: SlabLayout) -> dict[str, jax.Array]:
     tables = {}
-    for group, members in layout:
-        off = 0
+    for _, offset, n_rows, members in layout.groups:
+        col = 0
         for name, width in members:
-            tables[name] = slabs[group][:, off:off + width]
-            off += width
+            tables[name] = slab[offset:offset + n_rows, col:col + width]
+            col += width
     return tables
-
-
-def _row_views(gathered: jax.Array, members: tuple[tuple[str, int], ...], lead: tuple[int, ...]
-               ) -> dict[str, jax.Array]:
-    out = {}
-    off = 0
-    for name, width in members:
-        out[name] = gathered[:, off:off + width].reshape(*lead, width)
-        off += width
-    return out
 
 
 def _dedup(idx: jax.Array, n_rows: int) -> tuple[jax.Array, jax.Array]:
@@ -200,7 +207,7 @@ class StepStatic:
     n_devices: int
 
 
-def make_block_fn(graphdef: Any, layout: Layout, model_cfg: ModelConfig, shape: DataShape, static: StepStatic,
+def make_block_fn(graphdef: Any, layout: SlabLayout, model_cfg: ModelConfig, shape: DataShape, static: StepStatic,
                   tx: optax.GradientTransformation, mesh: Any = None) -> Callable[..., Any]:
     """Build the jitted function that runs ``static.steps_in_block`` training steps in one ``lax.scan``."""
     bsz = static.batch_size
@@ -276,20 +283,24 @@ def make_block_fn(graphdef: Any, layout: Layout, model_cfg: ModelConfig, shape: 
         genre_idx = data["genre_idx"][movies]
         genre_w = data["genre_w"][movies]
         keep_m = jnp.concatenate([valid, jnp.repeat(valid, k_neg)]) if k_neg > 0 else valid
-        n_slots = {"user": bsz, "movie": movies.shape[0], "genre": genre_idx.size}
         lookup = {"user": u, "movie": movies, "genre": genre_idx.reshape(-1)}
-        # rows that take an update: real samples only (and genre slots that carry weight)
-        update_idx = {
-            "user": jnp.where(valid, u, shape.n_users),
-            "movie": jnp.where(keep_m, movies, shape.n_movies),
-            "genre": jnp.where(keep_m[:, None] & (genre_w > 0), genre_idx, shape.n_genres).reshape(-1),
-        }
+        # rows that take an update: real samples only (and genre slots that carry weight); the rest point past the end
+        keep = {"user": valid, "movie": keep_m, "genre": (keep_m[:, None] & (genre_w > 0)).reshape(-1)}
         lead = {"user": (bsz,), "movie": (movies.shape[0],), "genre": genre_idx.shape}
-        slabs = state["slabs"]
-        gathered = {g: slabs[g][lookup[g]] for g, _ in layout}
+        slab = state["slab"]
+        R, W = layout.n_rows, layout.width
+        idx = jnp.concatenate([lookup[g] + off for g, off, _, _ in layout.groups])
+        upd_idx = jnp.concatenate([jnp.where(keep[g], lookup[g] + off, R) for g, off, _, _ in layout.groups])
+        gathered = slab[idx]
         rows: dict[str, jax.Array] = {}
-        for g, members in layout:
-            rows.update(_row_views(gathered[g], members, lead[g]))
+        start = 0
+        for g, _, _, members in layout.groups:
+            n = lookup[g].shape[0]
+            col = 0
+            for name, width in members:
+                rows[name] = gathered[start:start + n, col:col + width].reshape(*lead[g], width)
+                col += width
+            start += n
         (g_head, g_rows), stats = grad_fn(state["head"], rows, genre_w, r, weight, neg_weight, step_seed)
 
         count = state["count"] + 1
@@ -299,21 +310,20 @@ def make_block_fn(graphdef: Any, layout: Layout, model_cfg: ModelConfig, shape: 
         updates, opt = tx.update(g_head, state["opt"], state["head"])
         new_state["head"] = jax.tree.map(lambda p, d: p - lr * d, state["head"], updates)
         new_state["opt"] = opt
-        new_slabs = dict(slabs)
-        for g, members in layout:
-            width = sum(w for _, w in members)
-            grad = jnp.concatenate([g_rows[name].reshape(n_slots[g], w) for name, w in members], axis=1)
-            n_rows = slabs[g].shape[0]
-            if static.lazy:
-                rep, lead_slot = _dedup(update_idx[g], n_rows)
-                grad = jax.ops.segment_sum(grad, rep, num_segments=n_slots[g])
-                new_rows = _adam_rows(gathered[g], grad, lr_t, width)
-                target = jnp.where(lead_slot, update_idx[g], n_rows)
-                new_slabs[g] = slabs[g].at[target].set(new_rows, mode="drop")
-            else:  # dense Adam: every row's moments move every step (the Keras/Optax behaviour)
-                dense_grad = jnp.zeros((n_rows, width), jnp.float32).at[update_idx[g]].add(grad, mode="drop")
-                new_slabs[g] = _adam_rows(slabs[g], dense_grad, lr_t, width)
-        new_state["slabs"] = new_slabs
+        grads = []
+        for g, _, _, members in layout.groups:
+            n = lookup[g].shape[0]
+            block = jnp.concatenate([g_rows[name].reshape(n, w) for name, w in members], axis=1)
+            grads.append(jnp.pad(block, ((0, 0), (0, W - block.shape[1]))))
+        grad = jnp.concatenate(grads, axis=0)
+        if static.lazy:
+            rep, lead_slot = _dedup(upd_idx, R)
+            grad = jax.ops.segment_sum(grad, rep, num_segments=idx.shape[0])
+            new_rows = _adam_rows(gathered, grad, lr_t, W)
+            new_state["slab"] = slab.at[jnp.where(lead_slot, upd_idx, R)].set(new_rows, mode="drop")
+        else:  # dense Adam: every row's moments move every step (the Keras/Optax behaviour)
+            dense_grad = jnp.zeros((R, W), jnp.float32).at[upd_idx].add(grad, mode="drop")
+            new_state["slab"] = _adam_rows(slab, dense_grad, lr_t, W)
         new_state["count"] = count
         return new_state, stats
 
@@ -333,12 +343,12 @@ def make_optimizer() -> optax.GradientTransformation:
     return optax.scale_by_adam(b1=B1, b2=B2, eps=EPS)
 
 
-def init_state(model: EmbeddingConcat, tx: optax.GradientTransformation) -> tuple[Any, Layout, dict[str, Any]]:
+def init_state(model: EmbeddingConcat, tx: optax.GradientTransformation) -> tuple[Any, SlabLayout, dict[str, Any]]:
     """(head graphdef, slab layout, the train state pytree) for a freshly built model."""
     graphdef, head_state = nnx.split(model.head)
     tables = model.tables()
     layout = slab_layout(tables)
-    state: dict[str, Any] = {"head": head_state, "opt": tx.init(head_state), "slabs": tables_to_slabs(tables, layout),
+    state: dict[str, Any] = {"head": head_state, "opt": tx.init(head_state), "slab": tables_to_slab(tables, layout),
                              "count": jnp.zeros((), jnp.int32)}
     return graphdef, layout, state
 
@@ -375,10 +385,74 @@ def predict_in_batches(predict: Callable[..., jax.Array], head_state: Any, table
     return out
 
 
-def watch_item_matrix(tables: Mapping[str, jax.Array], genre_idx: jax.Array, genre_w: jax.Array) -> jax.Array:
-    """Each movie's watch-side vector: movie embedding + pooled genre embedding, (n_movies, d)."""
-    g = jnp.einsum("mgd,mg->md", tables["genre_embedding"][genre_idx], genre_w)
-    return tables["movie_embedding"] + g
+def make_user_scorer(graphdef: Any, shape: DataShape, genre_idx: jax.Array, genre_w: jax.Array,
+                     *, chunk: int = 64) -> Callable[..., np.ndarray]:
+    """``score(head_state, tables, users, beta) -> (B, n_movies)``: watch logit + beta * predicted rating.
+
+    Models without the watch output score by predicted rating alone. The first Dense layer is split into its user,
+    movie and genre parts so each movie's share is computed once per call, not once per (user, movie) pair.
+    """
+
+    @partial(jax.jit, static_argnames=("with_rating", "with_watch"))
+    def score_chunk(head_state: Any, tables: dict[str, jax.Array], users: jax.Array, beta: jax.Array,
+                    with_rating: bool, with_watch: bool) -> jax.Array:
+        head = nnx.merge(graphdef, head_state)
+        g = jnp.einsum("mgd,mg->md", tables["genre_embedding"][genre_idx], genre_w)
+        u = tables["user_embedding"][users]
+        out = jnp.zeros((users.shape[0], shape.n_movies), jnp.float32)
+        if with_rating:
+            d = u.shape[1]
+            first = head.layers[0]
+            w1 = first.kernel[...]
+            movie_part = tables["movie_embedding"] @ w1[d:2 * d] + g @ w1[2 * d:] + first.bias[...]
+            h = jax.nn.relu((u @ w1[:d])[:, None, :] + movie_part[None, :, :])
+            for layer in head.layers[1:]:
+                h = jax.nn.relu(layer(h))
+            logit = head.out(h)[..., 0]
+            if "user_bias" in tables:
+                logit = logit + tables["user_bias"][users] + tables["movie_bias"][:, 0][None, :]
+            out = out + beta * (shape.rating_min + (shape.rating_max - shape.rating_min) * jax.nn.sigmoid(logit))
+        if with_watch:
+            out = out + u @ (tables["movie_embedding"] + g).T + tables["watch_bias"][:, 0][None, :]
+        return out
+
+    def score(head_state: Any, tables: dict[str, jax.Array], users: np.ndarray, beta: float) -> np.ndarray:
+        with_watch = "watch_bias" in tables
+        with_rating = (not with_watch) or beta != 0.0
+        if not with_watch:
+            beta = 1.0
+        parts = []
+        for start in range(0, len(users), chunk):
+            part = np.asarray(users[start:start + chunk], dtype=np.int32)
+            k = len(part)
+            if k < chunk:
+                part = np.pad(part, (0, chunk - k))
+            parts.append(np.asarray(score_chunk(head_state, tables, part, jnp.float32(beta),
+                                                with_rating=with_rating, with_watch=with_watch))[:k])
+        return np.concatenate(parts) if parts else np.zeros((0, shape.n_movies), np.float32)
+
+    return score
+
+
+def rank_on_split(scorer: Callable[..., np.ndarray], head_state: Any, tables: dict[str, jax.Array], beta: float,
+                  *, prepared: Any, split_code: int, max_users: int | None, ks: tuple[int, ...] = (10,)
+                  ) -> dict[str, float]:
+    """Full-ranking metrics of ``watch + beta * rating`` on one split, on sampled users.
+
+    Candidates are the movies the user has not rated in an earlier split: train for val; train and val for test
+    (a val rating is a known watch, not a recommendation to credit or blame).
+    """
+    from embedrec.evaluation import evaluate_ranking
+
+    train_mask = prepared.split < split_code
+    eval_mask = prepared.split == split_code
+    return evaluate_ranking(
+        lambda users: scorer(head_state, tables, users, beta),
+        train_user_idx=prepared.user_idx[train_mask], train_movie_idx=prepared.movie_idx[train_mask],
+        eval_user_idx=prepared.user_idx[eval_mask], eval_movie_idx=prepared.movie_idx[eval_mask],
+        eval_rating=prepared.rating[eval_mask], n_users=prepared.n_users, n_movies=prepared.n_movies,
+        ks=ks, max_users=max_users, seed=0, batch_size=256,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -405,6 +479,7 @@ class TrainResult:
     shape: DataShape
     history: list[dict[str, Any]]
     best_epoch: int
+    scorer: Callable[[np.ndarray, float], np.ndarray] | None = None  # (users, beta) -> (B, n_movies) scores
     stopped_early: bool = False
     interrupted: bool = False
     info: dict[str, Any] = field(default_factory=dict)
@@ -432,13 +507,12 @@ def _unflatten(template: Any, arrays: Mapping[str, np.ndarray], prefix: str) -> 
 
 def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
           callbacks: Callbacks | None = None, checkpointer: Checkpointer | None = None, resume: bool = False,
-          stop_requested: Callable[[], bool] | None = None, score_users: Callable[..., Any] | None = None,
-          ) -> TrainResult:
+          stop_requested: Callable[[], bool] | None = None) -> TrainResult:
     """Train on the prepared data's train split, validating on its val split after every epoch.
 
     ``checkpointer`` receives a full checkpoint after every epoch (and when ``stop_requested`` turns true between
-    blocks); with ``resume`` the loop continues from the checkpointer's latest one. ``score_users``, when given, is
-    called as ``score_users(result_so_far_fn)`` ... (reserved for the ranking metrics; see ``validation_ndcg``).
+    blocks); with ``resume`` the loop continues from the checkpointer's latest one. Models with the watch output
+    also get val NDCG@10 (full ranking by watch logit) on ``train_cfg.val_users`` sampled users every epoch.
     Raises :class:`TrainingDiverged` on a NaN/Inf loss, naming epoch and step; the last checkpoint is kept.
     """
     cb = callbacks or Callbacks()
@@ -509,6 +583,11 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     val_u = prepared.user_idx[val_mask].astype(np.int32)
     val_m = prepared.movie_idx[val_mask].astype(np.int32)
     val_r = prepared.rating[val_mask].astype(np.float64)
+
+    scorer = make_user_scorer(graphdef, shape, genre_idx_dev, genre_w_dev)
+    rank_val = None
+    if model_cfg.watch_head and train_cfg.val_users > 0 and val_mask.any():
+        rank_val = partial(rank_on_split, scorer, prepared=prepared, split_code=1, max_users=train_cfg.val_users)
 
     history: list[dict[str, Any]] = []
     best = {"rmse": math.inf, "epoch": 0, "state": None, "bad_epochs": 0}
@@ -587,7 +666,7 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
         if interrupted:
             break
         seconds = time.perf_counter() - t0
-        pred = predict_in_batches(predict, state["head"], slabs_to_tables(state["slabs"], layout), val_u, val_m, genre_idx_dev, genre_w_dev)
+        pred = predict_in_batches(predict, state["head"], slab_to_tables(state["slab"], layout), val_u, val_m, genre_idx_dev, genre_w_dev)
         record: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": float(sums[0] / max(sums[1], 1)),
@@ -599,13 +678,13 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
         }
         if train_cfg.negatives > 0:
             record["train_watch_loss"] = float(sums[2] / max(sums[1], 1))
-        if score_users is not None:
-            record.update(score_users(graphdef, state, genre_idx_dev, genre_w_dev, epoch))
+        if rank_val is not None:
+            record["val_ndcg@10"] = rank_val(state["head"], slab_to_tables(state["slab"], layout), 0.0)["ndcg@10"]
         history.append(record)
         improved = record["val_rmse"] < best["rmse"] or not len(val_r)
         if improved:
             best.update(rmse=record["val_rmse"], epoch=epoch, bad_epochs=0,
-                        state=_flatten({"head": state["head"], "tables": slabs_to_tables(state["slabs"], layout)}, ""))
+                        state=_flatten({"head": state["head"], "tables": slab_to_tables(state["slab"], layout)}, ""))
         else:
             best["bad_epochs"] += 1
         cb.on_epoch(record)
@@ -618,12 +697,13 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
             interrupted = epoch < train_cfg.epochs
             break
 
-    final = {"head": state["head"], "tables": slabs_to_tables(state["slabs"], layout)}
+    final = {"head": state["head"], "tables": slab_to_tables(state["slab"], layout)}
     if best["state"] is not None and (train_cfg.patience or stopped_early) and not interrupted:
         final = _unflatten(final, best["state"], "")
     model.set_tables(final["tables"])
     nnx.update(model.head, final["head"])
     return TrainResult(model=model, shape=shape, history=history, best_epoch=int(best["epoch"]),
+                       scorer=partial(scorer, final["head"], final["tables"]),
                        stopped_early=stopped_early, interrupted=interrupted,
                        info={"n_params": model.n_params(), "n_train": n_train, "devices": n_dev,
                              "steps_per_epoch": steps_per_epoch})

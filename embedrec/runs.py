@@ -1,0 +1,187 @@
+"""A training run: settings, a run folder, training with checkpoints, the ranking-score choice, the model artifact.
+
+Synopsis::
+
+    from embedrec.runs import train_run
+    run_dir = train_run(Path(".embedrec/data"), workdir=Path(".embedrec"), preset="default")
+
+The run folder is created first with ``run.json`` (the resolved settings and the data fingerprint), so that
+``--resume`` continues with exactly the settings it started with. The finished model (``model.json`` and friends,
+see :mod:`embedrec.artifacts`) is written at the end, and only then does the run become the work folder's ``latest``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from embedrec.artifacts import SCHEMA_VERSION, CheckpointDir, read_json, save_model, write_json
+from embedrec.config import (
+    ModelConfig,
+    TrainConfig,
+    model_config_from_dict,
+    preset as preset_configs,
+    split_overrides,
+    to_dict,
+    train_config_from_dict,
+)
+from embedrec.errors import ArtifactError, ConfigError
+from embedrec.workdir import models_dir, set_latest_run
+
+BETAS = (0.0, 0.25, 0.5, 1.0, 2.0)  # blends of watch logit + beta * predicted rating tried on the val split
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    history: list[dict[str, Any]]
+    interrupted: bool
+    stopped_early: bool
+    best_epoch: int
+    n_params: int
+    ranking: dict[str, Any]
+    summary_rows: list[tuple[str, str, int]]
+
+
+def resolve_configs(preset: str, overrides: dict[str, Any] | None) -> tuple[ModelConfig, TrainConfig]:
+    """The preset's configs with ``overrides`` (flat option names) applied and validated."""
+    model_cfg, train_cfg = preset_configs(preset)
+    model_changes, train_changes = split_overrides(dict(overrides or {}))
+    return model_cfg.replace(**model_changes), train_cfg.replace(**train_changes)
+
+
+def new_run_dir(workdir: Path, preset: str) -> Path:
+    base = models_dir(workdir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{preset}"
+    run = base
+    i = 1
+    while run.exists():
+        i += 1
+        run = base.with_name(f"{base.name}-{i}")
+    return run
+
+
+def latest_checkpointed_run(workdir: Path) -> Path:
+    """The most recently checkpointed run folder of the work folder (what a bare ``--resume`` continues)."""
+    runs = [p.parent.parent for p in models_dir(workdir).glob("*/checkpoints/LATEST")]
+    if not runs:
+        raise ArtifactError(f"no run with checkpoints under {models_dir(workdir)}: start one with `embedrec train`")
+    return max(runs, key=lambda p: (p / "checkpoints" / "LATEST").stat().st_mtime)
+
+
+def choose_ranking(result: Any, prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, Any]:
+    """Pick the recommend score by val NDCG@10: watch logit + beta * rating for beta in BETAS; rating-only models
+    rank by rating."""
+    if not model_cfg.watch_head or result.scorer is None:
+        return {"score": "rating"}
+    if not (prepared.split == 1).any():
+        return {"score": "blend", "beta": 0.0, "chosen_by": "default (no val split)"}
+    from embedrec.train import rank_on_split
+
+    scores = {}
+    for beta in BETAS:
+        metrics = rank_on_split(lambda _h, _t, users, b: result.scorer(users, b), None, None, beta,
+                                prepared=prepared, split_code=1, max_users=train_cfg.val_users or None)
+        scores[beta] = metrics["ndcg@10"]
+    best = max(BETAS, key=lambda b: (round(scores[b], 6), -b))
+    return {"score": "blend", "beta": best, "chosen_by": "val ndcg@10",
+            "val_ndcg@10": {str(b): round(v, 5) for b, v in scores.items()}}
+
+
+def train_run(data_dir: Path, *, out: Path | None = None, workdir: Path | None = None, preset: str = "default",
+              overrides: dict[str, Any] | None = None, callbacks: Any = None, resume: bool = False,
+              stop_requested: Callable[[], bool] | None = None) -> RunResult:
+    """Train a model on a prepared data set and write its run folder; returns where and how it went.
+
+    ``out`` names the run folder (default: a new one under ``<workdir>/models``). With ``resume`` the run continues
+    from its last checkpoint (``out``, else the work folder's most recently checkpointed run) with the settings it
+    was started with; only ``epochs`` may be raised.
+    """
+    from embedrec.data import load_prepared
+    from embedrec.train import genre_inputs, train
+
+    workdir = Path(workdir) if workdir is not None else Path(data_dir).parent
+    prepared = load_prepared(data_dir)
+    if resume:
+        run_dir = Path(out) if out is not None else latest_checkpointed_run(workdir)
+        run_meta = read_json(run_dir / "run.json")
+        model_cfg = model_config_from_dict(run_meta["model"])
+        train_cfg = train_config_from_dict(run_meta["train"])
+        extra = dict(overrides or {})
+        if "epochs" in extra:
+            train_cfg = train_cfg.replace(epochs=int(extra.pop("epochs")))
+        if any(k != "preset" for k in extra):
+            raise ConfigError(f"--resume continues with the settings in {run_dir / 'run.json'}; drop "
+                              f"{', '.join('--' + k.replace('_', '-') for k in extra)} (only --epochs may change)")
+        preset = run_meta.get("preset", preset)
+    else:
+        model_cfg, train_cfg = resolve_configs(preset, overrides)
+        run_dir = Path(out) if out is not None else new_run_dir(workdir, preset)
+        if (run_dir / "model.json").exists() or (run_dir / "checkpoints").exists():
+            raise ConfigError(f"--out {run_dir} already holds a run; choose a new folder, or add --resume")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "run.json", {
+            "schema_version": SCHEMA_VERSION, "preset": preset, "model": to_dict(model_cfg),
+            "train": to_dict(train_cfg), "data": {"path": str(Path(data_dir).resolve()),
+                                                  "fingerprint": prepared.fingerprint},
+        })
+
+    result = train(prepared, model_cfg, train_cfg, callbacks=callbacks,
+                   checkpointer=CheckpointDir(run_dir / "checkpoints"), resume=resume,
+                   stop_requested=stop_requested)
+    summary_rows = result.model.summary()
+    ranking: dict[str, Any] = {}
+    if not result.interrupted:
+        ranking = choose_ranking(result, prepared, model_cfg, train_cfg)
+        gi = genre_inputs(prepared, model_cfg.genre_mode)
+        final = dict(result.history[result.best_epoch - 1]) if result.history and result.best_epoch else {}
+        save_model(run_dir, module=result.model, model_cfg=model_cfg, train_cfg=train_cfg, shape=result.shape,
+                   genre_idx=gi.idx, genre_w=gi.weight, prepared=prepared, history=result.history,
+                   extra_meta={"preset": preset, "ranking": ranking, "best_epoch": result.best_epoch,
+                               "stopped_early": result.stopped_early, "epochs_run": len(result.history),
+                               "metrics": {k: v for k, v in final.items() if k.startswith("val_")}})
+        write_learning_curve(run_dir / "learning_curve.png", result.history, title=f"embedrec {preset}")
+        set_latest_run(workdir, run_dir)
+    return RunResult(run_dir=run_dir, history=result.history, interrupted=result.interrupted,
+                     stopped_early=result.stopped_early, best_epoch=result.best_epoch,
+                     n_params=int(result.info["n_params"]), ranking=ranking, summary_rows=summary_rows)
+
+
+def write_learning_curve(path: Path, history: list[dict[str, Any]], *, title: str) -> None:
+    """Train loss (MSE) and val RMSE² per epoch (same units), plus val NDCG@10 when present; written atomically."""
+    if not history:
+        return
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    has_ndcg = any("val_ndcg@10" in h for h in history)
+    fig, axes = plt.subplots(1, 2 if has_ndcg else 1, figsize=(10 if has_ndcg else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train MSE")
+    ax.plot(epochs, [h["val_rmse"] ** 2 for h in history], marker="o", label="val MSE (RMSE²)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean squared error")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if has_ndcg:
+        ax2 = axes[0][1]
+        ax2.plot(epochs, [h.get("val_ndcg@10", np.nan) for h in history], marker="o", color="tab:green",
+                 label="val NDCG@10")
+        ax2.set_xlabel("epoch")
+        ax2.set_ylabel("NDCG@10 (sampled val users)")
+        ax2.grid(alpha=0.3)
+        ax2.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
