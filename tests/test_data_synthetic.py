@@ -81,6 +81,7 @@ def test_genre_tastes_are_planted(default_world) -> None:
     assert is_scifi[is_fan].mean() > 1.5 * is_scifi[~is_fan].mean()
 
 
+@pytest.mark.slow
 def test_seed_scale_genre_strings_near_the_original() -> None:
     ratings, movies = generate(seed=0, **SEED_SCALE)
     assert len(ratings) == 2_000_000

@@ -1,0 +1,181 @@
+"""`embedrec download` against a local HTTP server: extraction, checksum, resume, offline and HTTP errors."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import socket
+import threading
+import zipfile
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from embedrec.cli import app
+from embedrec.data import PrepareConfig, download, prepare
+from embedrec.errors import ConfigError, DataError, DownloadError
+
+RATINGS = "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,2,3.5,964981247\n2,1,5.0,964982224\n"
+MOVIES = 'movieId,title,genres\n1,Toy Story (1995),Animation|Comedy\n2,"Heat, The (1995)",Action|Crime\n'
+
+
+def make_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("ml-latest-small/ratings.csv", RATINGS + "".join(f"3,{i % 2 + 1},3.0,{i}\n" for i in range(2000)))
+        zf.writestr("ml-latest-small/movies.csv", MOVIES)
+        zf.writestr("ml-latest-small/README.txt", "test archive")
+    return buf.getvalue()
+
+
+class Server:
+    """Serves ``files`` on 127.0.0.1 with Range support; can cut the first transfer short to test resuming."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.cut_first_after: int | None = None
+        self.requests: list[tuple[str, str | None]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                rng = self.headers.get("Range")
+                outer.requests.append((self.path, rng))
+                body = outer.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                if rng:
+                    start = int(rng.removeprefix("bytes=").split("-")[0])
+                    if start >= len(body):
+                        self.send_error(416)
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                payload = body[start:]
+                if outer.cut_first_after is not None and path_is_zip(self.path):
+                    payload = payload[: outer.cut_first_after]
+                    outer.cut_first_after = None
+                    self.wfile.write(payload)
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/movielens"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def path_is_zip(path: str) -> bool:
+    return path.endswith(".zip")
+
+
+@pytest.fixture()
+def server() -> Iterator[Server]:
+    s = Server()
+    archive = make_zip()
+    s.files["/movielens/ml-latest-small.zip"] = archive
+    s.files["/movielens/ml-latest-small.zip.md5"] = (
+        f"MD5 (ml-latest-small.zip) = {hashlib.md5(archive).hexdigest()}\n".encode()
+    )
+    yield s
+    s.close()
+
+
+def test_download_verifies_extracts_and_prepare_finds_it(server: Server, tmp_path: Path) -> None:
+    seen: list[tuple[int, int | None]] = []
+    res = download("ml-latest-small", cache_dir=tmp_path / "cache", url=server.url,
+                   on_progress=lambda d, t: seen.append((d, t)))
+    assert res.downloaded and res.verified
+    assert (res.folder / "ratings.csv").is_file() and res.folder == tmp_path / "cache" / "ml-latest-small"
+    assert not (tmp_path / "cache" / "ml-latest-small.zip.part").exists()
+    assert seen[-1][0] == seen[-1][1] == len(server.files["/movielens/ml-latest-small.zip"])
+    s = prepare("ml-latest-small", out=tmp_path / "data", config=PrepareConfig(), cache_dir=tmp_path / "cache")
+    assert (s["source"], s["format"], s["n_movies"]) == ("ml-latest-small", "ml-csv", 2)
+    # a second call uses the cache and needs no network
+    server.close()
+    again = download("ml-latest-small", cache_dir=tmp_path / "cache", url=server.url)
+    assert not again.downloaded
+
+
+def test_interrupted_download_resumes_with_range(server: Server, tmp_path: Path) -> None:
+    server.cut_first_after = 1000
+    cache = tmp_path / "cache"
+    with pytest.raises(DownloadError, match="run the same command again to resume"):
+        download("ml-latest-small", cache_dir=cache, url=server.url)
+    part = cache / "ml-latest-small.zip.part"
+    assert part.stat().st_size == 1000
+    res = download("ml-latest-small", cache_dir=cache, url=server.url)
+    assert res.verified
+    assert ("/movielens/ml-latest-small.zip", "bytes=1000-") in server.requests
+    assert (cache / "ml-latest-small.zip").read_bytes() == server.files["/movielens/ml-latest-small.zip"]
+
+
+def test_checksum_mismatch_deletes_the_file(server: Server, tmp_path: Path) -> None:
+    server.files["/movielens/ml-latest-small.zip.md5"] = b"0123456789abcdef0123456789abcdef  ml-latest-small.zip\n"
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        download("ml-latest-small", cache_dir=tmp_path, url=server.url)
+    assert not any(p.name.startswith("ml-latest-small.zip") for p in tmp_path.iterdir())
+
+
+def test_missing_checksum_file_is_not_fatal(server: Server, tmp_path: Path) -> None:
+    del server.files["/movielens/ml-latest-small.zip.md5"]
+    res = download("ml-latest-small", cache_dir=tmp_path, url=server.url)
+    assert res.downloaded and not res.verified
+
+
+def test_http_error_and_corrupt_archive(server: Server, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        download("ml-1m", cache_dir=tmp_path, url=server.url)
+    server.files["/movielens/ml-100k.zip"] = b"this is not a zip"
+    with pytest.raises(DownloadError, match="not a valid zip"):
+        download("ml-100k", cache_dir=tmp_path, url=server.url)
+    assert not (tmp_path / "ml-100k.zip").exists()
+
+
+def test_offline_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(DownloadError, match="cannot reach .*check the network"):
+        download("ml-latest-small", cache_dir=tmp_path, url=f"http://127.0.0.1:{port}", timeout=5)
+
+
+def test_unknown_name_and_undownloaded_source(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="ml-latest-small"):
+        download("ml-99m", cache_dir=tmp_path)
+    with pytest.raises(DataError, match="embedrec download ml-1m"):
+        prepare("ml-1m", out=tmp_path / "d", config=PrepareConfig(), cache_dir=tmp_path / "empty")
+
+
+def test_cli_download_then_prepare_by_name(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBEDREC_DOWNLOAD_URL", server.url)
+    wd = str(tmp_path / "wd")
+    runner = CliRunner()
+    result = runner.invoke(app, ["download", "ml-latest-small", "--workdir", wd])
+    assert result.exit_code == 0, result.output
+    assert "checksum verified" in result.output
+    result = runner.invoke(app, ["prepare", "ml-latest-small", "--workdir", wd, "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"source": "ml-latest-small"' in result.output
+    assert (tmp_path / "wd" / "data" / "summary.json").is_file()
+    result = runner.invoke(app, ["download", "ml-7m", "--workdir", wd])
+    assert result.exit_code == 2 and "unknown data set" in result.output
