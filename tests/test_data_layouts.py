@@ -256,3 +256,14 @@ def test_filters_that_remove_everything_are_an_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no ratings left.*--min-user-ratings"):
         prepare(src, out=tmp_path / "out", config=PrepareConfig(min_user_ratings=2, min_movie_ratings=2))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_layout_file_as_source_reads_its_folder(tmp_path: Path) -> None:
+    src = write_ml_csv(tmp_path / "ml-latest-small")
+    s = prepare(src / "ratings.csv", out=tmp_path / "out", config=NO_SPLIT)
+    assert (s["format"], s["source"], s["n_movies"]) == ("ml-csv", "ml-latest-small", 5)
+    # a lone ratings.csv without movies.csv is read as a generic CSV
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,5\n")
+    assert prepare(lone / "ratings.csv", out=tmp_path / "o2", config=NO_SPLIT)["format"] == "csv"

@@ -64,6 +64,15 @@ def open_source(source: str | Path, *, config: PrepareConfig, cache_dir: Path | 
             if config.format not in ("auto", "csv"):
                 yield detect_layout(path.parent, config=config), path.parent.resolve().name
                 return
+            if config.format == "auto" and (path.name in _WANTED or path.suffix == ".inter"):
+                # a file of a MovieLens layout (e.g. ml-latest-small/ratings.csv): read its whole folder
+                try:
+                    layout = detect_layout(path.parent, config=config)
+                except DataError:
+                    layout = None
+                if layout is not None:
+                    yield layout, path.parent.resolve().name
+                    return
             yield detect_layout(path, config=replace(config, format="csv")), path.name
             return
         yield detect_layout(path, config=config), path.resolve().name
