@@ -14,7 +14,9 @@ from embedrec.data import PrepareConfig, load_prepared, prepare
 from embedrec.errors import ArtifactError, ConfigError, DataError
 
 HEADER = "userId,movieId,rating,timestamp\n"
-MOVIES = 'movieId,title,genres\n1,Toy Story (1995),Animation|Comedy\n2,"Heat, The (1995)",Action\n3,Casino (1995),Drama\n'
+MOVIES = (
+    'movieId,title,genres\n1,Toy Story (1995),Animation|Comedy\n2,"Heat, The (1995)",Action\n3,Casino (1995),Drama\n'
+)
 
 
 def make(folder: Path, ratings: str, movies: str = MOVIES) -> Path:

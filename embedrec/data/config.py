@@ -74,17 +74,20 @@ class PrepareConfig:
             raise ConfigError(f"--seed must be a non-negative integer, got {self.seed!r}")
         if self.nrows is not None and (not isinstance(self.nrows, int) or self.nrows < 1):
             raise ConfigError(f"--nrows must be a positive integer, got {self.nrows!r}")
-        for name, value in (("--min-user-ratings", self.min_user_ratings), ("--min-movie-ratings", self.min_movie_ratings)):
+        mins = (("--min-user-ratings", self.min_user_ratings), ("--min-movie-ratings", self.min_movie_ratings))
+        for name, value in mins:
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         if self.format not in FORMATS:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if len(self.delimiter) != 1 or self.delimiter in "\r\n\"":
             raise ConfigError(f"--delimiter must be one character (e.g. ',' ';' or a tab), got {self.delimiter!r}")
-        for name, value in (("--user-col", self.user_col), ("--movie-col", self.movie_col), ("--rating-col", self.rating_col)):
+        cols = (("--user-col", self.user_col), ("--movie-col", self.movie_col), ("--rating-col", self.rating_col))
+        for name, value in cols:
             if not value:
                 raise ConfigError(f"{name} must name a column")
-        if len({self.user_col, self.movie_col, self.rating_col, self.time_col or ""} - {""}) < (4 if self.time_col else 3):
+        named = [self.user_col, self.movie_col, self.rating_col] + ([self.time_col] if self.time_col else [])
+        if len(set(named)) < len(named):
             raise ConfigError("--user-col, --movie-col, --rating-col and --time-col must name different columns")
         if self.rating_scale is not None:
             lo, hi = self.rating_scale

@@ -118,7 +118,8 @@ def _fetch(url: str, part: Path, *, name: str, timeout: float, on_progress: Prog
             ) from None
     if total is not None and done < total:
         raise DownloadError(
-            f"download of {url} stopped at {done / 1e6:.1f} of {total / 1e6:.1f} MB: run the same command again to resume"
+            f"download of {url} stopped at {done / 1e6:.1f} of {total / 1e6:.1f} MB: "
+            "run the same command again to resume"
         )
 
 
@@ -157,7 +158,9 @@ def extract(zip_path: Path, folder: Path) -> Path:
             shutil.rmtree(folder)
         os.replace(root, folder)
     except zipfile.BadZipFile:
-        raise DownloadError(f"{zip_path} is not a valid zip archive: run `embedrec download` again with --force") from None
+        raise DownloadError(
+            f"{zip_path} is not a valid zip archive: run `embedrec download` again with --force"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -58,7 +58,9 @@ def compact(idx: np.ndarray, *, n: int) -> tuple[np.ndarray, np.ndarray]:
     return table[idx], old
 
 
-def genre_vocab(genre_strings_per_movie: list[str], *, none: str) -> tuple[list[str], np.ndarray, list[list[str]], list[str]]:
+def genre_vocab(
+    genre_strings_per_movie: list[str], *, none: str
+) -> tuple[list[str], np.ndarray, list[list[str]], list[str]]:
     """Whole genre strings and single genres of the movies.
 
     Returns ``(genre_strings sorted, genre_str_idx per movie int32, genre list per movie, single genres sorted)``;

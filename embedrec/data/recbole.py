@@ -47,7 +47,9 @@ def fetch_ml100k(cache_dir: Path | None = None, *, timeout: float = 180.0) -> Pa
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise DownloadError(f"pip download of recbole=={RECBOLE_VERSION} failed ({exc}): is PyPI reachable?") from None
+            raise DownloadError(
+                f"pip download of recbole=={RECBOLE_VERSION} failed ({exc}): is PyPI reachable?"
+            ) from None
         if proc.returncode != 0 or not wheel.is_file():
             last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise DownloadError(

@@ -20,8 +20,8 @@ Folder layout (schema_version 1; this is the contract ``train`` and the recommen
 - ``vocab.json``: ``{"schema_version": 1, "genres": [single genres, sorted], "genre_strings": [whole strings in
   genre_str_idx order, sorted]}``.
 - ``summary.json``: ``schema_version``, ``format``, ``source``, ``n_ratings``, ``n_users``, ``n_movies``,
-  ``n_genre_strings``, ``n_genres``, ``rating_min``, ``rating_max``, ``rating_mean``, ``n_train``, ``n_val``, ``n_test``,
-  ``split`` {method, test_frac, val_frac, seed}, ``dropped`` {reason: count}, ``filtered`` {filter: count},
+  ``n_genre_strings``, ``n_genres``, ``rating_min``, ``rating_max``, ``rating_mean``, ``n_train``, ``n_val``,
+  ``n_test``, ``split`` {method, test_frac, val_frac, seed}, ``dropped`` {reason: count}, ``filtered`` {filter: count},
   ``fingerprint``, ``created`` (ISO time), ``n_read`` (rating rows read).
 
 Indices are dense and follow the sorted raw ids; only users and movies with kept ratings are present. The
