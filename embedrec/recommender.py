@@ -366,56 +366,93 @@ class FoldedUser:
     steps: int
 
 
+_FOLD_NEGATIVES = 4096
+
+
+@dataclass(frozen=True)
+class _FoldProblem:
+    """What one fold-in reads every step, gathered once in float64."""
+
+    w_user: np.ndarray
+    movie_part: np.ndarray  # (n, h1) of the rated movies
+    layers: list[tuple[np.ndarray, np.ndarray]]
+    movie_bias: np.ndarray | float
+    rating: np.ndarray
+    watch_pos: np.ndarray | None  # (n, d) watch vectors of the rated movies
+    watch_pos_bias: np.ndarray | None
+    watch_neg: np.ndarray | None  # (n_neg, d) of unrated movies (all, or a seeded sample)
+    watch_neg_bias: np.ndarray | None
+
+
+def _fold_problem(scorer: Scorer, movie_idx: np.ndarray, rating: np.ndarray, *, seed: int = 0) -> _FoldProblem:
+    f64 = np.float64
+    movie_idx = np.asarray(movie_idx, dtype=np.int64)
+    watch = [None] * 4
+    if scorer.has_watch:
+        unrated = np.ones(scorer.n_movies, dtype=bool)
+        unrated[movie_idx] = False
+        neg = np.flatnonzero(unrated)
+        if len(neg) > _FOLD_NEGATIVES:  # an unbiased sample of the mean over every unrated movie
+            neg = np.sort(np.random.default_rng(seed).choice(neg, _FOLD_NEGATIVES, replace=False))
+        watch = [scorer.watch_item[movie_idx].astype(f64), scorer.watch_bias[movie_idx].astype(f64),
+                 scorer.watch_item[neg].astype(f64), scorer.watch_bias[neg].astype(f64)]
+    return _FoldProblem(
+        w_user=scorer.w_user.astype(f64), movie_part=scorer.movie_part[movie_idx].astype(f64),
+        layers=[(k.astype(f64), b.astype(f64)) for k, b in scorer.layers[1:]],
+        movie_bias=scorer.movie_bias[movie_idx].astype(f64) if scorer.movie_bias is not None else 0.0,
+        rating=np.asarray(rating, dtype=f64), watch_pos=watch[0], watch_pos_bias=watch[1], watch_neg=watch[2],
+        watch_neg_bias=watch[3])
+
+
 def fold_in_loss(scorer: Scorer, u: np.ndarray, b: float, movie_idx: np.ndarray, rating: np.ndarray, *,
                  weight_decay: float, watch_weight: float) -> tuple[float, np.ndarray, float]:
     """(loss, d loss / d u, d loss / d b) of one user's fold-in objective (see :func:`fold_in`), in float64."""
-    lo, hi = scorer.shape.rating_min, scorer.shape.rating_max
-    n = len(movie_idx)
-    layers = scorer.layers
-    h = u @ scorer.w_user + scorer.movie_part[movie_idx].astype(np.float64)  # (n, h1) pre-activation
+    problem = _fold_problem(scorer, movie_idx, rating)
+    return _fold_loss(problem, scorer.shape, u, b, weight_decay=weight_decay, watch_weight=watch_weight)
+
+
+def _fold_loss(p: _FoldProblem, shape: DataShape, u: np.ndarray, b: float, *, weight_decay: float,
+               watch_weight: float) -> tuple[float, np.ndarray, float]:
+    lo, hi = shape.rating_min, shape.rating_max
+    n = len(p.rating)
+    h = u @ p.w_user + p.movie_part  # (n, h1) pre-activation
     pre_acts = []
-    for kernel, bias in layers[1:]:
+    for kernel, bias in p.layers:
         pre_acts.append(h)
         h = np.maximum(h, 0.0) @ kernel + bias
-    mbias = scorer.movie_bias[movie_idx] if scorer.movie_bias is not None else 0.0
-    logit = h[:, 0] + b + mbias
+    logit = h[:, 0] + b + p.movie_bias
     sig = 1.0 / (1.0 + np.exp(-logit))
-    err = lo + (hi - lo) * sig - rating
+    err = lo + (hi - lo) * sig - p.rating
     loss = float(np.mean(err * err) + weight_decay * (u @ u + b * b))
     g_logit = 2.0 * err / n * (hi - lo) * sig * (1.0 - sig)
     g = g_logit[:, None]
-    for pre, (kernel, _) in zip(reversed(pre_acts), reversed(layers[1:])):
+    for pre, (kernel, _) in zip(reversed(pre_acts), reversed(p.layers)):
         g = (g @ kernel.T) * (pre > 0)
-    grad_u = (g @ scorer.w_user.T).sum(axis=0) + 2.0 * weight_decay * u
+    grad_u = (g @ p.w_user.T).sum(axis=0) + 2.0 * weight_decay * u
     grad_b = float(g_logit.sum()) + 2.0 * weight_decay * b
-    if scorer.has_watch and watch_weight > 0:
-        w_all = scorer.watch_item @ u + scorer.watch_bias
-        neg_mask = np.ones(scorer.n_movies, dtype=bool)
-        neg_mask[movie_idx] = False
-        n_neg = max(int(neg_mask.sum()), 1)
-        pos, neg = w_all[movie_idx], w_all[neg_mask]
-        loss += watch_weight * float(np.mean(_softplus(-pos)) + np.sum(_softplus(neg)) / n_neg)
-        g_w = np.zeros(scorer.n_movies)
-        g_w[neg_mask] = _sigmoid(neg) / n_neg
-        np.add.at(g_w, movie_idx, -_sigmoid(-pos) / n)
-        grad_u = grad_u + watch_weight * (g_w @ scorer.watch_item)
+    if p.watch_pos is not None and watch_weight > 0 and len(p.watch_neg):
+        pos = p.watch_pos @ u + p.watch_pos_bias
+        neg = p.watch_neg @ u + p.watch_neg_bias
+        loss += watch_weight * float(np.mean(_softplus(-pos)) + np.mean(_softplus(neg)))
+        grad_u = grad_u + watch_weight * ((-_sigmoid(-pos) / n) @ p.watch_pos
+                                          + (_sigmoid(neg) / len(neg)) @ p.watch_neg)
     return loss, grad_u, grad_b
 
 
 def fold_in(scorer: Scorer, movie_idx: np.ndarray, rating: np.ndarray, *, weight_decay: float = 0.05,
-            watch_weight: float = 1.0, steps: int = 300, lr: float = 0.05) -> FoldedUser:
+            watch_weight: float = 1.0, steps: int = 300, lr: float = 0.05, seed: int = 0) -> FoldedUser:
     """Fit a user embedding (and rating bias) to ``rating`` of ``movie_idx``, the rest of the model frozen.
 
     The loss is the training loss for one user: mean squared rating error + ``weight_decay * (|u|^2 + b^2)`` and,
-    with a watch head, ``watch_weight`` times the watch cross-entropy with the rated movies as positives and every
-    other movie as a negative (the expectation of training's uniform negatives). Gradients are written out by hand
-    through the small MLP (:func:`fold_in_loss`); Adam runs ``steps`` full-batch steps from the mean user. Each step
-    is one pass over the rated movies plus one (n_movies, d) product: about 0.1 s in all at 25k movies.
+    with a watch head, ``watch_weight`` times the watch cross-entropy with the rated movies as positives and the
+    unrated movies as negatives (all of them, or a seeded sample of 4,096 in larger catalogues: the expectation of
+    training's uniform negatives). Gradients are written out by hand through the small MLP
+    (:func:`fold_in_loss`); Adam runs ``steps`` full-batch steps from the mean user: tens of milliseconds.
     """
     movie_idx = np.asarray(movie_idx, dtype=np.int64)
-    rating = np.asarray(rating, dtype=np.float64)
     if movie_idx.size == 0:
         raise DataError("fold-in needs at least one rating")
+    problem = _fold_problem(scorer, movie_idx, rating, seed=seed)
     u = scorer.user_embedding.mean(axis=0).astype(np.float64)
     use_bias = scorer.user_bias is not None
     b = float(scorer.user_bias.mean()) if use_bias else 0.0
@@ -424,8 +461,8 @@ def fold_in(scorer: Scorer, movie_idx: np.ndarray, rating: np.ndarray, *, weight
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     loss = float("inf")
     for t in range(1, steps + 1):
-        loss, grad_u, grad_b = fold_in_loss(scorer, u, b, movie_idx, rating, weight_decay=weight_decay,
-                                            watch_weight=watch_weight)
+        loss, grad_u, grad_b = _fold_loss(problem, scorer.shape, u, b, weight_decay=weight_decay,
+                                          watch_weight=watch_weight)
         grad = np.append(grad_u, grad_b if use_bias else 0.0)
         m1 = beta1 * m1 + (1 - beta1) * grad
         m2 = beta2 * m2 + (1 - beta2) * grad * grad
@@ -457,6 +494,7 @@ class Recommender:
         self.movie_ids = self.movies["movie_id"].to_numpy(np.int64)
         self.prepared = prepared
         self._seen: ItemSets | None = None
+        self._rated: tuple[np.ndarray, np.ndarray] | None = None
         self._counts: np.ndarray | None = None
         self._popularity: np.ndarray | None = None
         if prepared is not None:
@@ -494,12 +532,32 @@ class Recommender:
             keep = (u >= 0) & (m >= 0)
             u, m, r = u[keep], m[keep], prepared.rating[keep]
         n_users, n_movies = len(self.user_ids), len(self.movie_ids)
-        self._seen = ItemSets.from_pairs(u, m, n_rows=n_users, n_items=n_movies)
+        self._rated = (np.asarray(u, dtype=np.int32), np.asarray(m, dtype=np.int32))
         self._counts = np.bincount(m, minlength=n_movies)
         if len(u):
             self._popularity = TopRated().fit(u, m, r, n_users=n_users, n_movies=n_movies).scores_
         else:
             self._popularity = np.zeros(n_movies, np.float32)
+
+    def _seen_sets(self) -> ItemSets | None:
+        """Every user's rated movies (all splits) as CSR, built on first use by a counting sort (no 2M-key sort)."""
+        if self._seen is None and self._rated is not None:
+            u, m = self._rated
+            counts = np.bincount(u, minlength=len(self.user_ids))
+            indptr = np.zeros(len(counts) + 1, dtype=np.int64)
+            np.cumsum(counts, out=indptr[1:])
+            self._seen = ItemSets(indptr=indptr, indices=m[np.argsort(u, kind="stable")], n_items=len(self.movie_ids))
+        return self._seen
+
+    def seen_mask(self, user_idx: int) -> np.ndarray:
+        """(n_movies,) True where the user rated the movie in the prepared data; all False without it."""
+        out = np.zeros(len(self.movie_ids), dtype=bool)
+        if self._seen is not None:
+            out[self._seen.indices[self._seen.indptr[user_idx]:self._seen.indptr[user_idx + 1]]] = True
+        elif self._rated is not None:
+            u, m = self._rated
+            out[m[u == user_idx]] = True
+        return out
 
     # -- ids --------------------------------------------------------------------------------------------------
     def user_index(self, user_id: int) -> int:
@@ -588,8 +646,8 @@ class Recommender:
         u = self.user_index(user_id)
         emb, bias = self.scorer.user_rows(np.array([u]))
         exclude = ~self._candidates(genre=genre, min_ratings=min_ratings)
-        if filter_seen and self._seen is not None:
-            exclude = exclude | self._seen.mask(np.array([u]))[0]
+        if filter_seen:
+            exclude = exclude | self.seen_mask(u)
         scores = self.scorer.scores(emb, bias)
         return self._table(scores[0], exclude, k, emb[0], float(bias[0]))
 
@@ -656,8 +714,9 @@ class Recommender:
             batch = idx[s:s + _USER_BLOCK]
             scores = self.scorer.score_users(batch, workers=workers)
             exclude = np.broadcast_to(~candidates, scores.shape)
-            if filter_seen and self._seen is not None:
-                exclude = exclude | self._seen.mask(batch)
+            seen = self._seen_sets() if filter_seen else None
+            if seen is not None:
+                exclude = exclude | seen.mask(batch)
             top[s:s + len(batch)] = top_k(scores, k, exclude=exclude)
             if on_progress is not None:
                 on_progress(s + len(batch), len(idx))

@@ -236,7 +236,8 @@ def test_unknown_ids_and_cold_start(rec) -> None:
         rec.recommend(999_999_999)
     with pytest.raises(UnknownIdError, match="movie"):
         rec.predict([int(rec.user_ids[0])], [10**9])
-    ratings, reasons = rec.predict_known([int(rec.user_ids[0]), 10**9, 10**9], [int(rec.movie_ids[0]), 1, 10**9])
+    ratings, reasons = rec.predict_known([int(rec.user_ids[0]), 10**9, 10**9],
+                                        [int(rec.movie_ids[0]), int(rec.movie_ids[1]), 10**9])
     assert np.isfinite(ratings[0]) and np.isnan(ratings[1:]).all()
     assert list(reasons) == ["", "unknown user", "unknown user and movie"]
     popular = rec.popular(k=5)
