@@ -13,7 +13,8 @@ How genres drive tastes (what a model should recover, and what the tests check):
 - Each user has a taste per genre: small noise, plus one or two *favourite* genres (+``FAVOURITE_BOOST``) and often
   one *disliked* genre (-``DISLIKE_PENALTY``). A movie's affinity for a user is the sum of the user's tastes for
   its k genres divided by sqrt(k).
-- Affinity moves both *which* movies a user rates (candidates are accepted with a probability rising with affinity)
+- Tastes move both *which* movies a user rates (a candidate with a favourite genre is kept with probability
+  ``ACCEPT_FAVOURITE``, others with ``ACCEPT_BASE``, times ``ACCEPT_DISLIKE_FACTOR`` with the disliked genre)
   and *how* they rate them (``AFFINITY_WEIGHT`` stars per unit of affinity). So a Sci-Fi lover rates Sci-Fi about
   ``FAVOURITE_BOOST * AFFINITY_WEIGHT`` (1.8) stars above their average when it is Sci-Fi only, a share of that
   when it has other genres too, and is predictably recommended Sci-Fi.
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -63,6 +64,7 @@ FAVOURITE_BOOST = 1.2
 DISLIKE_PENALTY = 1.2
 AFFINITY_WEIGHT = 1.5
 TASTE_NOISE = 0.25
+ACCEPT_BASE, ACCEPT_FAVOURITE, ACCEPT_DISLIKE_FACTOR = 0.4, 0.95, 0.2  # selection: who watches what
 NOISE_SD = 0.65
 CHUNK = 1 << 21
 POP_SHIFT, POP_EXP = 8.0, 0.95  # movie of popularity rank r is drawn with probability ~ (r + 8) ** -0.95
@@ -175,14 +177,16 @@ def _affinity(taste: np.ndarray, gs: _GenreStrings, users: np.ndarray, movies: n
     out = np.empty(len(users), dtype=np.float32)
     if len(users) == 0:
         return out
-    block = max(1, (1 << 20) // max(len(gs.smat), 1))
+    block = max(1, (1 << 23) // max(len(gs.smat), 1))
     first, last = int(users[0]) // block, int(users[-1]) // block
     bounds = np.searchsorted(users, np.arange(first, last + 2) * block)
+    buf = np.empty((block, len(gs.smat)), dtype=np.float32)
     for i, b in enumerate(range(first, last + 1)):
         s, e = bounds[i], bounds[i + 1]
         if s == e:
             continue
-        table = taste[b * block : (b + 1) * block] @ gs.smat.T
+        rows = taste[b * block : (b + 1) * block]
+        table = np.matmul(rows, gs.smat.T, out=buf[: len(rows)])
         out[s:e] = table[users[s:e] - b * block, gs.movie_str[movies[s:e]]]
     return out
 
@@ -204,10 +208,13 @@ def _sorted_unique(a: np.ndarray) -> np.ndarray:
 
 
 def _draw_pairs(
-    rng: np.random.Generator, n_ratings: int, user_w: np.ndarray, rank_to_movie: np.ndarray, taste: np.ndarray,
-    gs: _GenreStrings,
+    rng: np.random.Generator, n_ratings: int, user_w: np.ndarray, rank_to_movie: np.ndarray,
+    accept_p: Callable[[np.ndarray, np.ndarray], np.ndarray],
 ) -> np.ndarray:
-    """Unique keys ``user * n_movies + movie`` (sorted), exactly ``n_ratings`` of them."""
+    """Unique keys ``user * n_movies + movie`` (sorted), exactly ``n_ratings`` of them.
+
+    Candidates come from user activity x movie popularity and are kept with probability ``accept_p(users, movies)``.
+    """
     n_movies = len(rank_to_movie)
     n_users = len(user_w)
     if n_ratings >= n_users:  # every user gets at least one rating, so the data has exactly n_users users
@@ -228,8 +235,7 @@ def _draw_pairs(
         for s in range(0, want, CHUNK):
             u = users[s : s + CHUNK]
             m = _sample_movies(rng, len(u), rank_to_movie)
-            aff = _affinity(taste, gs, u, m)
-            accept = rng.random(len(u)) < np.clip(0.4 + 0.6 * aff, 0.05, 1.0)
+            accept = rng.random(len(u)) < accept_p(u, m)
             parts.append(u[accept].astype(np.int64) * n_movies + m[accept])
         del users
         before = len(keys)
@@ -296,7 +302,17 @@ def generate_world(
 
     activity = rng.lognormal(0.0, 1.1, size=n_users)
     user_w = _capped_weights(activity, n_ratings, cap=0.5 * n_movies)
-    keys = _draw_pairs(rng, n_ratings, user_w, rank_to_movie, taste, gs)
+    bits = (1 << np.arange(n_g, dtype=np.uint32)).astype(np.uint32)
+    movie_mask = (has.astype(np.uint32) * bits).sum(axis=1).astype(np.uint32)
+    fav_mask = (favourites.astype(np.uint32) * bits).sum(axis=1).astype(np.uint32)
+    dislike_mask = (dislike.astype(np.uint32) * bits).sum(axis=1).astype(np.uint32)
+
+    def accept_p(u: np.ndarray, m: np.ndarray) -> np.ndarray:
+        mm = movie_mask[m]
+        p = np.where((fav_mask[u] & mm) != 0, ACCEPT_FAVOURITE, ACCEPT_BASE)
+        return np.where((dislike_mask[u] & mm) != 0, p * ACCEPT_DISLIKE_FACTOR, p)
+
+    keys = _draw_pairs(rng, n_ratings, user_w, rank_to_movie, accept_p)
     users = (keys // n_movies).astype(np.int32)
     movies = (keys % n_movies).astype(np.int32)
     del keys
