@@ -5,7 +5,7 @@ Synopsis::
     codes = assign_split(user_idx, timestamp, method="random", test_frac=0.2, val_frac=0.1, seed=42)
 
 - ``random`` (the original's 80/20): exactly ``round(test_frac * n)`` test and ``round(val_frac * n)`` validation
-  ratings, chosen by a seeded permutation.
+  ratings, chosen by a seeded shuffle.
 - ``temporal``: one global time cut-off; the latest ``test_frac`` of ratings (by timestamp, then row) are test, the
   ``val_frac`` before them validation, so no test rating predates a training rating.
 - ``leave-last-out``: each user's latest rating is test (users with at least 2 ratings) and, when ``val_frac > 0``,
@@ -35,9 +35,9 @@ def random_split(n: int, *, test_frac: float, val_frac: float, seed: int) -> np.
     n_test, n_val = _counts(n, test_frac, val_frac)
     if n_test + n_val == 0:
         return codes
-    perm = np.random.default_rng(seed).permutation(n)
-    codes[perm[:n_test]] = TEST
-    codes[perm[n_test : n_test + n_val]] = VAL
+    codes[:n_test] = TEST
+    codes[n_test : n_test + n_val] = VAL
+    np.random.default_rng(seed).shuffle(codes)  # shuffling 1-byte codes: no n-sized int64 permutation
     return codes
 
 
