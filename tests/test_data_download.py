@@ -114,6 +114,12 @@ def test_download_verifies_extracts_and_prepare_finds_it(server: Server, tmp_pat
     server.close()
     again = download("ml-latest-small", cache_dir=tmp_path / "cache", url=server.url)
     assert not again.downloaded
+    # with only the archive left in the cache, prepare reads the archive
+    import shutil
+
+    shutil.rmtree(res.folder)
+    s = prepare("ml-latest-small", out=tmp_path / "data", config=PrepareConfig(), cache_dir=tmp_path / "cache")
+    assert (s["source"], s["n_movies"]) == ("ml-latest-small", 2)
 
 
 def test_interrupted_download_resumes_with_range(server: Server, tmp_path: Path) -> None:

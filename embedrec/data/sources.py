@@ -80,11 +80,16 @@ def open_source(source: str | Path, *, config: PrepareConfig, cache_dir: Path | 
     name = str(source)
     if name in DATASETS:
         folder = cached_folder(name, cache_dir) if cache_dir is not None else None
-        if folder is None:
-            where = f" (looked in {cache_dir})" if cache_dir is not None else ""
-            raise DataError(f"{name} is not downloaded{where}: run `embedrec download {name}` first")
-        yield detect_layout(folder, config=config), name
-        return
+        if folder is not None:
+            yield detect_layout(folder, config=config), name
+            return
+        archive = cache_dir / f"{name}.zip" if cache_dir is not None else None
+        if archive is not None and archive.is_file():
+            with _unzipped(archive, config) as unpacked:
+                yield detect_layout(unpacked, config=config), name
+            return
+        where = f" (looked in {cache_dir})" if cache_dir is not None else ""
+        raise DataError(f"{name} is not downloaded{where}: run `embedrec download {name}` first")
     raise DataError(
         f"source {name!r} not found: pass a folder, a .zip, a rating file, or a release name "
         f"({', '.join(DATASETS)}) fetched with `embedrec download`"
