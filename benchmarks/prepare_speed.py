@@ -39,15 +39,15 @@ def ensure_csv(cache: Path, scale: str, seed: int) -> tuple[Path, dict[str, floa
     marker = folder / ".complete"
     if marker.is_file():
         return folder, json.loads(marker.read_text())
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     ratings, movies = synthetic.generate(seed=seed, **sizes)
-    t_gen = time.perf_counter() - t0
+    t_gen, c_gen = time.perf_counter() - t0, time.process_time() - c0
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
     synthetic.write_ml_latest(tmp, ratings, movies)
     t_csv = time.perf_counter() - t0
-    info = {"generate_s": round(t_gen, 2), "write_csv_s": round(t_csv, 2),
+    info = {"generate_s": round(t_gen, 2), "generate_cpu_s": round(c_gen, 2), "write_csv_s": round(t_csv, 2),
             "csv_mb": round((tmp / "ratings.csv").stat().st_size / 1e6, 1)}
     (tmp / ".complete").write_text(json.dumps(info))
     shutil.rmtree(folder, ignore_errors=True)
@@ -77,7 +77,8 @@ def measured_prepare(folder: Path, out: Path) -> dict[str, float]:
         "import json, resource, sys; sys.path.insert(0, sys.argv[1]); "
         "from benchmarks.prepare_speed import run_prepare; from pathlib import Path; "
         "r = run_prepare(Path(sys.argv[2]), Path(sys.argv[3])); "
-        "r['peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1); "
+        "ru = resource.getrusage(resource.RUSAGE_CHILDREN); "
+        "r['peak_rss_mb'] = round(ru.ru_maxrss / 1024, 1); r['cpu_s'] = round(ru.ru_utime + ru.ru_stime, 2); "
         "print(json.dumps(r))"
     )
     proc = subprocess.run([sys.executable, "-c", code, str(ROOT), str(folder), str(out)], capture_output=True,
@@ -104,8 +105,9 @@ def main() -> None:
         results[scale] = {**gen, **res}
         if not args.json:
             print(f"{scale:>4}: {res['n_ratings']:,} ratings ({gen['csv_mb']} MB CSV; generated in "
-                  f"{gen['generate_s']} s, CSV written in {gen['write_csv_s']} s): prepare {res['wall_s']} s, "
-                  f"peak RSS {res['peak_rss_mb']:.0f} MB, {res['n_genre_strings']} genre strings", flush=True)
+                  f"{gen['generate_s']} s, CSV written in {gen['write_csv_s']} s): prepare {res['wall_s']} s wall "
+                  f"({res['cpu_s']} s CPU), peak RSS {res['peak_rss_mb']:.0f} MB, {res['n_genre_strings']} genre "
+                  f"strings; load average {os.getloadavg()[0]:.1f}", flush=True)
     if args.json:
         print(json.dumps(results))
 

@@ -101,6 +101,9 @@ def test_synthetic_goes_through_the_same_pipeline_as_csv(tmp_path: Path) -> None
     direct = prepare_synthetic(out=tmp_path / "direct", seed=2, config=PrepareConfig(), **sizes)
     ratings, movies = generate(seed=2, **sizes)
     write_ml_latest(tmp_path / "csv", ratings, movies)
+    lines = (tmp_path / "csv" / "ratings.csv").read_text().splitlines()
+    assert lines[0] == "userId,movieId,rating,timestamp"
+    assert all(re.fullmatch(r"\d+,\d+,[0-5]\.[05],\d+", line) for line in lines[1:])
     via_csv = prepare(tmp_path / "csv", out=tmp_path / "via", config=PrepareConfig())
     assert via_csv["format"] == "ml-csv" and direct["format"] == "synthetic"
     assert via_csv["fingerprint"] == direct["fingerprint"]

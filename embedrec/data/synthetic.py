@@ -366,14 +366,19 @@ def write_ml_latest(folder: Path, ratings: "pd.DataFrame", movies: "pd.DataFrame
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    # half stars written as GroupLens does ("4.0", "3.5"): a dictionary of the ten strings, no float formatting
+    half = np.rint(ratings["rating"].to_numpy(np.float64) * 2).astype(np.int8)
+    stars = pa.DictionaryArray.from_arrays(pa.array(half), pa.array([f"{i / 2:.1f}" for i in range(11)]))
     table = pa.table(
         {
             "userId": pa.array(ratings["userId"].to_numpy()),
             "movieId": pa.array(ratings["movieId"].to_numpy()),
-            "rating": pa.array(ratings["rating"].to_numpy().astype(np.float64)),
+            "rating": stars,
             "timestamp": pa.array(ratings["timestamp"].to_numpy()),
         }
     )
-    pacsv.write_csv(table, folder / "ratings.csv", pacsv.WriteOptions(quoting_style="none"))
+    with open(folder / "ratings.csv", "wb") as fh:
+        fh.write(b"userId,movieId,rating,timestamp\n")
+        pacsv.write_csv(table, fh, pacsv.WriteOptions(include_header=False, quoting_style="none"))
     movies.to_csv(folder / "movies.csv", index=False)
     return folder
