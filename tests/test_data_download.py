@@ -185,3 +185,20 @@ def test_cli_download_then_prepare_by_name(server: Server, tmp_path: Path, monke
     assert (tmp_path / "wd" / "data" / "summary.json").is_file()
     result = runner.invoke(app, ["download", "ml-7m", "--workdir", wd])
     assert result.exit_code == 2 and "unknown data set" in result.output
+
+
+def test_fetch_without_registry_is_a_download_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from embedrec.data.recbole import fetch_ml100k
+    from embedrec.errors import DownloadError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{port}/simple")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    with pytest.raises(DownloadError, match="recbole==1.2.1.*is PyPI reachable"):
+        fetch_ml100k(tmp_path)
+    assert not (tmp_path / "ml-100k").exists()

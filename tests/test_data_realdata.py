@@ -47,3 +47,4 @@ def test_ml100k_written_as_u_data_reads_identically(ml100k_dir: Path, ml100k_pre
     s = prepare(src, out=tmp_path / "out", config=PrepareConfig(seed=42))
     assert s["format"] == "ml-100k"
     assert s["fingerprint"] == load_prepared(ml100k_prepared).fingerprint
+
