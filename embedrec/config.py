@@ -77,6 +77,7 @@ class TrainConfig:
     seed: int = 42
     negatives: int = 0
     watch_weight: float = 1.0
+    watch_loss: Literal["bce", "softmax"] = "softmax"
     sampling: Sampling = "uniform"
     sampling_alpha: float = 0.5
     val_users: int = 2000
@@ -93,6 +94,8 @@ class TrainConfig:
         _check(self.patience >= 0, "--patience", f"must be >= 0, got {self.patience}")
         _check(self.negatives >= 0, "--negatives", f"must be >= 0, got {self.negatives}")
         _check(self.watch_weight >= 0, "--watch-weight", f"must be >= 0, got {self.watch_weight}")
+        _check(self.watch_loss in ("bce", "softmax"), "--watch-loss",
+               f"must be bce or softmax, got {self.watch_loss}")
         _check(self.sampling in ("uniform", "popularity"), "--sampling",
                f"must be uniform or popularity, got {self.sampling}")
         _check(self.val_users >= 0, "--val-users", f"must be >= 0, got {self.val_users}")

@@ -12,6 +12,7 @@ see :mod:`embedrec.artifacts`) is written at the end, and only then does the run
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,10 @@ class RunResult:
     n_params: int
     ranking: dict[str, Any]
     summary_rows: list[tuple[str, str, int]]
+
+
+def _as_json(value: Any) -> str:
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
 def resolve_configs(preset: str, overrides: dict[str, Any] | None) -> tuple[ModelConfig, TrainConfig]:
@@ -110,12 +115,14 @@ def train_run(data_dir: Path, *, out: Path | None = None, workdir: Path | None =
         run_meta = read_json(run_dir / "run.json")
         model_cfg = model_config_from_dict(run_meta["model"])
         train_cfg = train_config_from_dict(run_meta["train"])
-        extra = dict(overrides or {})
+        extra = {k: v for k, v in (overrides or {}).items() if k != "preset"}
         if "epochs" in extra:
             train_cfg = train_cfg.replace(epochs=int(extra.pop("epochs")))
-        if any(k != "preset" for k in extra):
+        stored = {**to_dict(model_cfg), **to_dict(train_cfg)}
+        changed = [k for k, v in extra.items() if k not in stored or _as_json(stored[k]) != _as_json(v)]
+        if changed:
             raise ConfigError(f"--resume continues with the settings in {run_dir / 'run.json'}; drop "
-                              f"{', '.join('--' + k.replace('_', '-') for k in extra)} (only --epochs may change)")
+                              f"{', '.join('--' + k.replace('_', '-') for k in changed)} (only --epochs may change)")
         preset = run_meta.get("preset", preset)
     else:
         model_cfg, train_cfg = resolve_configs(preset, overrides)

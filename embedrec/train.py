@@ -200,6 +200,7 @@ class StepStatic:
     n_train: int
     negatives: int
     watch_weight: float
+    watch_loss: str
     weight_decay: float
     lazy: bool
     sampling: str
@@ -229,13 +230,13 @@ def make_block_fn(graphdef: Any, layout: SlabLayout, model_cfg: ModelConfig, sha
         sq_sum = jnp.sum(weight * (pred - rating) ** 2)
         loss = sq_sum / n_valid
         if static.weight_decay > 0:
+            # per observed rating, as in regularised matrix factorisation; sampled negatives are not penalised
             reg = 0.0
-            for name, r in rows.items():
-                w = weight if r.shape[0] == bsz else jnp.concatenate([weight, neg_weight])
+            for name, r in pos_rows.items():
                 if r.ndim == 3:  # genre slots: weight each slot by its pooling weight
-                    reg = reg + jnp.sum(w[:, None] * jnp.sum(r * r, axis=-1) * genre_w)
+                    reg = reg + jnp.sum(weight[:, None] * jnp.sum(r * r, axis=-1) * genre_w[:bsz])
                 else:
-                    reg = reg + jnp.sum(w * jnp.sum(r * r, axis=-1))
+                    reg = reg + jnp.sum(weight * jnp.sum(r * r, axis=-1))
             loss = loss + static.weight_decay * reg / n_valid
         watch_sum = jnp.float32(0.0)
         if k_neg > 0:
@@ -249,8 +250,14 @@ def make_block_fn(graphdef: Any, layout: SlabLayout, model_cfg: ModelConfig, sha
             }
             logits = watch_logit_from_rows(all_rows, genre_w)
             pos_logit, neg_logit = logits[:bsz], logits[bsz:]
-            watch_sum = jnp.sum(weight * jax.nn.softplus(-pos_logit)) + jnp.sum(
-                neg_weight * jax.nn.softplus(neg_logit)) / k_neg
+            if static.watch_loss == "softmax":
+                # sampled softmax: the positive against its k negatives (seen ones masked out)
+                neg = jnp.where(neg_weight > 0, neg_logit, -1e9).reshape(bsz, k_neg)
+                lse = jax.nn.logsumexp(jnp.concatenate([pos_logit[:, None], neg], axis=1), axis=1)
+                watch_sum = jnp.sum(weight * (lse - pos_logit))
+            else:
+                watch_sum = jnp.sum(weight * jax.nn.softplus(-pos_logit)) + jnp.sum(
+                    neg_weight * jax.nn.softplus(neg_logit)) / k_neg
             loss = loss + static.watch_weight * watch_sum / n_valid
         return loss, jnp.stack([sq_sum, weight.sum(), watch_sum])
 
@@ -498,6 +505,8 @@ def _unflatten(template: Any, arrays: Mapping[str, np.ndarray], prefix: str) -> 
         if key not in arrays:
             raise ArtifactError(f"checkpoint is missing {key}: it was written by a different model; retrain")
         value = arrays[key]
+        if value.size == 1 and np.ndim(leaf) == 0:  # safetensors stores scalars as shape (1,)
+            value = value.reshape(())
         if tuple(value.shape) != tuple(np.shape(leaf)):
             raise ArtifactError(f"checkpoint entry {key} has shape {value.shape}, the model needs {np.shape(leaf)}:"
                                 " the data or settings changed since it was written; retrain or pass the same --data")
@@ -566,6 +575,7 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     graphdef, layout, state = init_state(model, tx)
     static = StepStatic(batch_size=bsz, steps_in_block=steps_in_block, n_train=n_train,
                         negatives=train_cfg.negatives, watch_weight=train_cfg.watch_weight,
+                        watch_loss=train_cfg.watch_loss,
                         weight_decay=train_cfg.weight_decay, lazy=lazy, sampling=train_cfg.sampling,
                         max_degree=max_degree, n_devices=n_dev)
     run_block = make_block_fn(graphdef, layout, model_cfg, shape, static, tx, mesh)

@@ -1,0 +1,5 @@
+"""``python -m embedrec``: the same as the ``embedrec`` command."""
+
+from embedrec.cli import main
+
+main()

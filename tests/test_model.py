@@ -1,0 +1,103 @@
+"""The network: the original's exact parameter count, shapes, dropout, and the pure forward paths."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from embedrec.config import DataShape, ModelConfig, preset
+from embedrec.errors import ConfigError
+from embedrec.model import EmbeddingConcat, dropout, gather_rows, rating_from_rows, watch_logit_from_rows
+
+SEED_SHAPE = DataShape(n_users=20_510, n_movies=25_448, n_genres=1_357, rating_min=0.5, rating_max=5.0)
+
+
+def test_seed_preset_has_the_originals_parameter_count() -> None:
+    model_cfg, _ = preset("seed")
+    model = EmbeddingConcat(model_cfg, SEED_SHAPE, rngs=nnx.Rngs(0))
+    assert model.n_params() == 2_376_075
+    rows = model.summary()
+    assert sum(n for _, _, n in rows) == 2_376_075
+    assert ("dense (Dense)", "(None, 64)", 150 * 64 + 64) in rows
+    assert ("dense_1 (Dense)", "(None, 10)", 64 * 10 + 10) in rows
+    assert ("dense_2 (Dense)", "(None, 1)", 11) in rows
+
+
+def test_keras_initialisation_of_the_seed_preset() -> None:
+    model = EmbeddingConcat(preset("seed")[0], SEED_SHAPE, rngs=nnx.Rngs(0))
+    table = np.asarray(model.user_embedding[...])
+    assert table.min() >= -0.05 and table.max() <= 0.05 and table.std() > 0.02
+    assert float(jnp.abs(model.head.layers[0].bias[...]).max()) == 0.0
+
+
+def test_predictions_stay_inside_the_rating_range() -> None:
+    shape = DataShape(n_users=5, n_movies=7, n_genres=3, rating_min=1.0, rating_max=5.0)
+    model = EmbeddingConcat(ModelConfig(embedding_dim=4, hidden=(8,)), shape, rngs=nnx.Rngs(1))
+    model.set_tables({"user_embedding": jnp.full((5, 4), 30.0)})  # saturate the sigmoid
+    u = jnp.arange(5)
+    m = jnp.arange(5)
+    out = np.asarray(model(u, m, jnp.zeros((5, 1), jnp.int32), jnp.ones((5, 1))))
+    assert out.shape == (5,)
+    assert np.all(out >= 1.0) and np.all(out <= 5.0)
+
+
+def test_bag_genres_and_watch_head_forward_paths_agree_with_the_module() -> None:
+    shape = DataShape(n_users=6, n_movies=9, n_genres=4, rating_min=0.5, rating_max=5.0, max_genres_per_movie=2)
+    cfg = ModelConfig(embedding_dim=8, hidden=(16, 4), genre_mode="bag", biases=True, watch_head=True, init="scaled")
+    model = EmbeddingConcat(cfg, shape, rngs=nnx.Rngs(2))
+    u = jnp.array([0, 1, 5])
+    m = jnp.array([3, 8, 0])
+    gi = jnp.array([[0, 1], [2, 0], [3, 3]])
+    gw = jnp.array([[0.5, 0.5], [1.0, 0.0], [0.5, 0.5]])
+    rows = gather_rows(model.tables(), u, m, gi)
+    assert rows["genre_embedding"].shape == (3, 2, 8)
+    np.testing.assert_allclose(rating_from_rows(model.head, rows, gw, cfg=cfg, shape=shape), model(u, m, gi, gw),
+                               rtol=1e-6)
+    expected = jnp.sum(model.user_embedding[...][u] * (model.movie_embedding[...][m]
+                       + jnp.einsum("bgd,bg->bd", model.genre_embedding[...][gi], gw)), axis=-1)
+    expected = expected + model.watch_bias[...][m, 0]
+    np.testing.assert_allclose(model.watch_logit(u, m, gi, gw), expected, rtol=1e-5)
+
+
+def test_hash_dropout_rate_scaling_and_determinism() -> None:
+    x = jnp.ones((400, 250))
+    a = dropout(x, 0.2, jnp.uint32(7), salt=1)
+    b = dropout(x, 0.2, jnp.uint32(7), salt=1)
+    c = dropout(x, 0.2, jnp.uint32(8), salt=1)
+    d = dropout(x, 0.2, jnp.uint32(7), salt=2)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c) and not np.array_equal(a, d)
+    dropped = float(jnp.mean(a == 0))
+    assert abs(dropped - 0.2) < 0.01
+    assert abs(float(a.mean()) - 1.0) < 0.02  # inverted dropout keeps the expectation
+    np.testing.assert_array_equal(dropout(x, 0.2, None, salt=0), x)
+    # masks are not correlated between neighbouring positions
+    flat = np.asarray(a == 0).ravel().astype(float)
+    assert abs(np.corrcoef(flat[:-1], flat[1:])[0, 1]) < 0.02
+
+
+@pytest.mark.parametrize(("kwargs", "option"), [
+    ({"embedding_dim": 0}, "--embedding-dim"),
+    ({"hidden": ()}, "--hidden"),
+    ({"dropout": 1.0}, "--dropout"),
+    ({"genre_mode": "words"}, "--genre-mode"),
+])
+def test_bad_model_settings_name_the_option(kwargs: dict, option: str) -> None:
+    with pytest.raises(ConfigError, match=option):
+        ModelConfig(**kwargs)
+
+
+def test_jit_and_grad_through_the_module() -> None:
+    shape = DataShape(n_users=4, n_movies=4, n_genres=2, rating_min=0.5, rating_max=5.0)
+    model = EmbeddingConcat(preset("seed")[0], shape, rngs=nnx.Rngs(0))
+
+    @nnx.jit
+    def loss(model: EmbeddingConcat) -> jax.Array:
+        pred = model(jnp.arange(4), jnp.arange(4), jnp.zeros((4, 1), jnp.int32), jnp.ones((4, 1)))
+        return jnp.mean((pred - 4.0) ** 2)
+
+    grads = nnx.grad(loss)(model)
+    assert float(jnp.abs(grads.head.out.kernel[...]).sum()) > 0
