@@ -49,9 +49,11 @@ if TYPE_CHECKING:
     from embedrec.data.store import PreparedData
 
 DEFAULT_MIN_RATINGS = 5
-"""``recommend`` skips movies with fewer ratings than this (see ``benchmarks/recommend_speed.py`` and the README:
-on MovieLens-100K and the synthetic data, NDCG@10 of the default model is flat or better up to this threshold, and the
-lists stop showing movies that a single rating put there)."""
+"""``recommend`` skips movies with fewer ratings than this in the prepared data. Measured on MovieLens-100K (random
+80/20, train counts, full ranking): NDCG@10 is the same at thresholds 0, 3, 5, 10 and 20 for the default model
+(0.183) and the seed model (0.051), so the filter costs no measured accuracy; 5 is the smallest threshold that drops
+the movies a single enthusiastic rating can lift (a quarter of ML-100K's catalogue) while keeping three quarters of
+it open to discovery."""
 
 _PAIR_CHUNK = 1 << 16
 _BLOCK_ELEMENTS = 1 << 21  # (users x movies x h1) floats per inner step: ~8 MB, cache-friendly
