@@ -47,7 +47,11 @@ def ensure_csv(cache: Path, scale: str, seed: int) -> tuple[Path, dict[str, floa
     t0 = time.perf_counter()
     synthetic.write_ml_latest(tmp, ratings, movies)
     t_csv = time.perf_counter() - t0
-    info = {"generate_s": round(t_gen, 2), "generate_cpu_s": round(c_gen, 2), "write_csv_s": round(t_csv, 2),
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    info = {"generate_s": round(t_gen, 2), "generate_cpu_s": round(c_gen, 2),
+            "generate_peak_rss_mb": round(peak, 1), "write_csv_s": round(t_csv, 2),
             "csv_mb": round((tmp / "ratings.csv").stat().st_size / 1e6, 1)}
     (tmp / ".complete").write_text(json.dumps(info))
     shutil.rmtree(folder, ignore_errors=True)
@@ -104,10 +108,14 @@ def main() -> None:
             res = measured_prepare(folder, Path(tmp) / "data")
         results[scale] = {**gen, **res}
         if not args.json:
-            print(f"{scale:>4}: {res['n_ratings']:,} ratings ({gen['csv_mb']} MB CSV; generated in "
-                  f"{gen['generate_s']} s, CSV written in {gen['write_csv_s']} s): prepare {res['wall_s']} s wall "
-                  f"({res['cpu_s']} s CPU), peak RSS {res['peak_rss_mb']:.0f} MB, {res['n_genre_strings']} genre "
-                  f"strings; load average {os.getloadavg()[0]:.1f}", flush=True)
+            print(
+                f"{scale:>4}: {res['n_ratings']:,} ratings ({gen['csv_mb']} MB CSV), generated in {gen['generate_s']} s "
+                f"({gen.get('generate_cpu_s')} s CPU, peak RSS {gen.get('generate_peak_rss_mb')} MB), CSV written in "
+                f"{gen['write_csv_s']} s; prepare {res['wall_s']} s wall ({res['cpu_s']} s CPU), peak RSS "
+                f"{res['peak_rss_mb']:.0f} MB, {res['n_genre_strings']} genre strings; load average "
+                f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
+                flush=True,
+            )
     if args.json:
         print(json.dumps(results))
 
