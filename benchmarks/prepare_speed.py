@@ -110,7 +110,8 @@ def main() -> None:
         if not args.json:
             print(
                 f"{scale:>4}: {res['n_ratings']:,} ratings ({gen['csv_mb']} MB CSV), generated in "
-                f"{gen['generate_s']} s ({gen.get('generate_cpu_s')} s CPU, peak RSS {gen.get('generate_peak_rss_mb')} MB), CSV written in "
+                f"{gen['generate_s']} s ({gen.get('generate_cpu_s')} s CPU, peak RSS "
+                f"{gen.get('generate_peak_rss_mb')} MB), CSV written in "
                 f"{gen['write_csv_s']} s; prepare {res['wall_s']} s wall ({res['cpu_s']} s CPU), peak RSS "
                 f"{res['peak_rss_mb']:.0f} MB, {res['n_genre_strings']} genre strings; load average "
                 f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
