@@ -31,7 +31,7 @@ WorkdirOpt = Annotated[
     Path | None,
     typer.Option(
         "--workdir",
-        help="Work folder holding data/ and models/ [default: $EMBEDREC_WORKDIR or ./.embedrec].",
+        help="Work folder holding data/ and models/ \\[default: $EMBEDREC_WORKDIR or ./.embedrec].",
         show_default=False,
     ),
 ]
