@@ -87,7 +87,7 @@ def time_process(args: list[str], repeats: int, cpu: list[float] | None = None) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cache", type=Path, default=ROOT / ".bench-cache")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "embedrec" / "bench")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--skip-cli-all", action="store_true", help="skip the all-users CLI run (in-process only)")
