@@ -407,14 +407,16 @@ def _fold_problem(scorer: Scorer, movie_idx: np.ndarray, rating: np.ndarray, *, 
 
 
 def fold_in_loss(scorer: Scorer, u: np.ndarray, b: float, movie_idx: np.ndarray, rating: np.ndarray, *,
-                 weight_decay: float, watch_weight: float) -> tuple[float, np.ndarray, float]:
+                 weight_decay: float, watch_weight: float, watch_loss: str = "bce",
+                 negatives: int = 4) -> tuple[float, np.ndarray, float]:
     """(loss, d loss / d u, d loss / d b) of one user's fold-in objective (see :func:`fold_in`), in float64."""
     problem = _fold_problem(scorer, movie_idx, rating)
-    return _fold_loss(problem, scorer.shape, u, b, weight_decay=weight_decay, watch_weight=watch_weight)
+    return _fold_loss(problem, scorer.shape, u, b, weight_decay=weight_decay, watch_weight=watch_weight,
+                      watch_loss=watch_loss, negatives=negatives)
 
 
 def _fold_loss(p: _FoldProblem, shape: DataShape, u: np.ndarray, b: float, *, weight_decay: float,
-               watch_weight: float) -> tuple[float, np.ndarray, float]:
+               watch_weight: float, watch_loss: str = "bce", negatives: int = 4) -> tuple[float, np.ndarray, float]:
     lo, hi = shape.rating_min, shape.rating_max
     n = len(p.rating)
     h = u @ p.w_user + p.movie_part  # (n, h1) pre-activation
@@ -435,20 +437,34 @@ def _fold_loss(p: _FoldProblem, shape: DataShape, u: np.ndarray, b: float, *, we
     if p.watch_pos is not None and watch_weight > 0 and len(p.watch_neg):
         pos = p.watch_pos @ u + p.watch_pos_bias
         neg = p.watch_neg @ u + p.watch_neg_bias
-        loss += watch_weight * float(np.mean(_softplus(-pos)) + np.mean(_softplus(neg)))
-        grad_u = grad_u + watch_weight * ((-_sigmoid(-pos) / n) @ p.watch_pos
-                                          + (_sigmoid(neg) / len(neg)) @ p.watch_neg)
+        if watch_loss == "softmax":
+            # each positive against `negatives` average unrated movies: log(e^pos + k * mean(e^neg)) - pos
+            neg_max = float(neg.max())
+            neg_exp = np.exp(neg - neg_max)
+            log_s = np.log(negatives) + neg_max + np.log(neg_exp.mean())
+            lse = np.logaddexp(pos, log_s)
+            loss += watch_weight * float(np.mean(lse - pos))
+            share = np.exp(pos - lse)  # softmax weight of each positive
+            neg_soft = neg_exp / neg_exp.sum()
+            grad_u = grad_u + watch_weight * (((share - 1.0) / n) @ p.watch_pos
+                                              + float(np.sum(1.0 - share) / n) * (neg_soft @ p.watch_neg))
+        else:
+            loss += watch_weight * float(np.mean(_softplus(-pos)) + np.mean(_softplus(neg)))
+            grad_u = grad_u + watch_weight * ((-_sigmoid(-pos) / n) @ p.watch_pos
+                                              + (_sigmoid(neg) / len(neg)) @ p.watch_neg)
     return loss, grad_u, grad_b
 
 
 def fold_in(scorer: Scorer, movie_idx: np.ndarray, rating: np.ndarray, *, weight_decay: float = 0.05,
-            watch_weight: float = 1.0, steps: int = 300, lr: float = 0.05, seed: int = 0) -> FoldedUser:
+            watch_weight: float = 1.0, watch_loss: str = "bce", negatives: int = 4, steps: int = 300,
+            lr: float = 0.05, seed: int = 0) -> FoldedUser:
     """Fit a user embedding (and rating bias) to ``rating`` of ``movie_idx``, the rest of the model frozen.
 
     The loss is the training loss for one user: mean squared rating error + ``weight_decay * (|u|^2 + b^2)`` and,
-    with a watch head, ``watch_weight`` times the watch cross-entropy with the rated movies as positives and the
-    unrated movies as negatives (all of them, or a seeded sample of 4,096 in larger catalogues: the expectation of
-    training's uniform negatives). Gradients are written out by hand through the small MLP
+    with a watch head, ``watch_weight`` times the watch loss the model was trained with (``watch_loss``): binary
+    cross-entropy with the rated movies as positives and the unrated movies as negatives, or the sampled softmax of
+    each positive against ``negatives`` unrated movies, in expectation. "Unrated movies" are all of them, or a seeded
+    sample of 4,096 in larger catalogues (an unbiased estimate of the same mean). Gradients are written out by hand through the small MLP
     (:func:`fold_in_loss`); Adam runs ``steps`` full-batch steps from the mean user: tens of milliseconds.
     """
     movie_idx = np.asarray(movie_idx, dtype=np.int64)
@@ -464,7 +480,7 @@ def fold_in(scorer: Scorer, movie_idx: np.ndarray, rating: np.ndarray, *, weight
     loss = float("inf")
     for t in range(1, steps + 1):
         loss, grad_u, grad_b = _fold_loss(problem, scorer.shape, u, b, weight_decay=weight_decay,
-                                          watch_weight=watch_weight)
+                                          watch_weight=watch_weight, watch_loss=watch_loss, negatives=negatives)
         grad = np.append(grad_u, grad_b if use_bias else 0.0)
         m1 = beta1 * m1 + (1 - beta1) * grad
         m2 = beta2 * m2 + (1 - beta2) * grad * grad
@@ -762,6 +778,8 @@ class Recommender:
         train = self.artifact.train
         options.setdefault("weight_decay", max(train.weight_decay, 0.05))
         options.setdefault("watch_weight", train.watch_weight)
+        options.setdefault("watch_loss", getattr(train, "watch_loss", "bce"))
+        options.setdefault("negatives", max(int(train.negatives), 1))
         return fold_in(self.scorer, idx, values, **options)
 
     # -- similar ----------------------------------------------------------------------------------------------

@@ -266,7 +266,8 @@ def test_fold_in_sci_fi_fan_gets_sci_fi(rec, prepared) -> None:
     assert np.mean(["Sci-Fi" in g.split("|") for g in top["genres"]]) > 3 * is_scifi.mean()
 
 
-def test_fold_in_gradient_matches_finite_differences(rec) -> None:
+@pytest.mark.parametrize("watch_loss", ["bce", "softmax"])
+def test_fold_in_gradient_matches_finite_differences(rec, watch_loss: str) -> None:
     from embedrec.recommender import fold_in_loss
 
     scorer = rec.scorer
@@ -275,7 +276,7 @@ def test_fold_in_gradient_matches_finite_differences(rec) -> None:
     ratings = rng.uniform(1, 5, 7)
     u = rng.normal(0, 0.3, scorer.user_embedding.shape[1])
     b = 0.1
-    opts = {"weight_decay": 0.03, "watch_weight": 0.7}
+    opts = {"weight_decay": 0.03, "watch_weight": 0.7, "watch_loss": watch_loss, "negatives": 4}
     _, grad_u, grad_b = fold_in_loss(scorer, u, b, movies, ratings, **opts)
     eps = 1e-5
     for j in (0, 5, len(u) - 1):
