@@ -13,8 +13,10 @@ How genres drive tastes (what a model should recover, and what the tests check):
 - Each user has a taste per genre: small noise, plus one or two *favourite* genres (+``FAVOURITE_BOOST``) and often
   one *disliked* genre (-``DISLIKE_PENALTY``). A movie's affinity for a user is the sum of the user's tastes for
   its k genres divided by sqrt(k).
-- Tastes move both *which* movies a user rates (a candidate with a favourite genre is kept with probability
-  ``ACCEPT_FAVOURITE``, others with ``ACCEPT_BASE``, times ``ACCEPT_DISLIKE_FACTOR`` with the disliked genre)
+- Tastes move both *which* movies a user rates (``FAVOURITE_SHARE`` of a user's candidates are drawn, by
+  popularity, from the movies of one of their favourite genres, the rest from the whole catalogue; a candidate with
+  a favourite genre is kept with probability ``ACCEPT_FAVOURITE``, others with ``ACCEPT_BASE``, times
+  ``ACCEPT_DISLIKE_FACTOR`` with the disliked genre; so a Sci-Fi lover's ratings are mostly Sci-Fi)
   and *how* they rate them (``AFFINITY_WEIGHT`` stars per unit of affinity). So a Sci-Fi lover rates Sci-Fi about
   ``FAVOURITE_BOOST * AFFINITY_WEIGHT`` (1.8) stars above their average when it is Sci-Fi only, a share of that
   when it has other genres too, and is predictably recommended Sci-Fi.
@@ -65,9 +67,11 @@ DISLIKE_PENALTY = 1.2
 AFFINITY_WEIGHT = 1.5
 TASTE_NOISE = 0.25
 ACCEPT_BASE, ACCEPT_FAVOURITE, ACCEPT_DISLIKE_FACTOR = 0.4, 0.95, 0.2  # selection: who watches what
+FAVOURITE_SHARE = 0.6  # share of a user's candidate draws taken from their favourite genres' movies
 NOISE_SD = 0.65
 CHUNK = 1 << 21
 POP_SHIFT, POP_EXP = 8.0, 0.95  # movie of popularity rank r is drawn with probability ~ (r + 8) ** -0.95
+GENRE_POP_EXP = 1.5  # the same within a genre's list, for taste-driven draws
 
 _YEAR_MIN, _YEAR_MAX = 1920, 2023
 _T0 = 820_454_400  # 1996-01-01
@@ -199,6 +203,35 @@ def _sample_movies(rng: np.random.Generator, size: int, rank_to_movie: np.ndarra
     return rank_to_movie[np.clip(rank.astype(np.int64), 0, len(rank_to_movie) - 1)]
 
 
+@dataclass(frozen=True)
+class _GenreLists:
+    """Each genre's movies in popularity order, flattened: genre g's list is ``flat[start[g]:start[g] + size[g]]``."""
+
+    flat: np.ndarray
+    start: np.ndarray
+    size: np.ndarray
+
+
+def _genre_lists(has: np.ndarray, pop_rank: np.ndarray) -> _GenreLists:
+    order = np.argsort(pop_rank)  # movies, most popular first
+    lists = [order[has[order, g]] for g in range(has.shape[1])]
+    size = np.array([len(x) for x in lists], dtype=np.int64)
+    start = np.concatenate([[0], np.cumsum(size)[:-1]]).astype(np.int64)
+    flat = np.concatenate(lists).astype(np.int32) if size.sum() else np.zeros(0, np.int32)
+    return _GenreLists(flat=flat, start=start, size=size)
+
+
+def _sample_in_genre(rng: np.random.Generator, genres: np.ndarray, gl: _GenreLists) -> np.ndarray:
+    """For each genre, one of its movies drawn by popularity (a steeper power law within the genre's shorter list, so
+    the catalogue-wide popularity stays as heavy-tailed as without taste-driven draws)."""
+    a = 1.0 - GENRE_POP_EXP
+    n = gl.size[genres].astype(np.float64)
+    lo, hi = POP_SHIFT**a, (n + POP_SHIFT) ** a
+    rank = (lo + rng.random(len(genres)) * (hi - lo)) ** (1.0 / a) - POP_SHIFT
+    rank = np.clip(rank.astype(np.int64), 0, np.maximum(gl.size[genres] - 1, 0))
+    return gl.flat[np.minimum(gl.start[genres] + rank, max(len(gl.flat) - 1, 0))]  # empty genres: caller redraws
+
+
 def _sorted_unique(a: np.ndarray) -> np.ndarray:
     a.sort()
     keep = np.empty(len(a), dtype=bool)
@@ -210,6 +243,7 @@ def _sorted_unique(a: np.ndarray) -> np.ndarray:
 def _draw_pairs(
     rng: np.random.Generator, n_ratings: int, user_w: np.ndarray, rank_to_movie: np.ndarray,
     accept_p: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    favourite_draw: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Unique keys ``user * n_movies + movie`` (sorted), exactly ``n_ratings`` of them.
 
@@ -235,6 +269,9 @@ def _draw_pairs(
         for s in range(0, want, CHUNK):
             u = users[s : s + CHUNK]
             m = _sample_movies(rng, len(u), rank_to_movie)
+            if favourite_draw is not None:
+                fav = np.flatnonzero(rng.random(len(u)) < FAVOURITE_SHARE)
+                m[fav] = favourite_draw(u[fav])
             accept = rng.random(len(u)) < accept_p(u, m)
             parts.append(u[accept].astype(np.int64) * n_movies + m[accept])
         del users
@@ -300,7 +337,7 @@ def generate_world(
     user_bias = rng.normal(0.0, 0.35, size=n_users).astype(np.float32)
     whole_stars = rng.random(n_users) < 0.35
 
-    activity = rng.lognormal(0.0, 1.1, size=n_users)
+    activity = rng.lognormal(0.0, 1.3, size=n_users)
     user_w = _capped_weights(activity, n_ratings, cap=0.5 * n_movies)
     bits = (1 << np.arange(n_g, dtype=np.uint32)).astype(np.uint32)
     movie_mask = (has.astype(np.uint32) * bits).sum(axis=1).astype(np.uint32)
@@ -312,7 +349,19 @@ def generate_world(
         p = np.where((fav_mask[u] & mm) != 0, ACCEPT_FAVOURITE, ACCEPT_BASE)
         return np.where((dislike_mask[u] & mm) != 0, p * ACCEPT_DISLIKE_FACTOR, p)
 
-    keys = _draw_pairs(rng, n_ratings, user_w, rank_to_movie, accept_p)
+    lists = _genre_lists(has, pop_rank)
+    fav_genres = np.argsort(fav_rank, axis=1)[:, :2].astype(np.int16)  # each user's favourites, in rank order
+
+    def favourite_draw(u: np.ndarray) -> np.ndarray:
+        pick = (rng.random(len(u)) * n_fav[u]).astype(np.int64)  # one of the user's 1 or 2 favourites
+        genre = fav_genres[u, pick].astype(np.int64)
+        movie = _sample_in_genre(rng, genre, lists)
+        empty = lists.size[genre] == 0
+        if empty.any():
+            movie[empty] = _sample_movies(rng, int(empty.sum()), rank_to_movie)
+        return movie
+
+    keys = _draw_pairs(rng, n_ratings, user_w, rank_to_movie, accept_p, favourite_draw)
     users = (keys // n_movies).astype(np.int32)
     movies = (keys % n_movies).astype(np.int32)
     del keys
