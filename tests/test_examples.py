@@ -42,12 +42,17 @@ def _run(cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.Completed
 
 
 def make_ml_latest_small(folder: Path) -> Path:
-    """A small ``ml-latest-small.zip`` (synthetic ratings, GroupLens layout) with Toy Story as one of its movies."""
+    """A small ``ml-latest-small.zip`` (synthetic ratings, GroupLens layout) holding Toy Story and Toy Story 2.
+
+    Like the real release, "toy story" then matches two titles, and the walk-through's ``similar --movie "toy story"``
+    must still pick the exact one.
+    """
     from embedrec.data.synthetic import generate, write_ml_latest
 
     ratings, movies = generate(n_users=150, n_movies=200, n_ratings=8_000, seed=0)
-    most_rated = ratings["movieId"].value_counts().idxmax()
-    movies.loc[movies["movieId"] == most_rated, "title"] = "Toy Story (1995)"
+    most_rated = ratings["movieId"].value_counts().index
+    movies.loc[movies["movieId"] == most_rated[0], "title"] = "Toy Story (1995)"
+    movies.loc[movies["movieId"] == most_rated[1], "title"] = "Toy Story 2 (1999)"
     src = write_ml_latest(folder / "src" / "ml-latest-small", ratings, movies)
     archive = folder / "ml-latest-small.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
