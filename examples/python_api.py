@@ -39,7 +39,7 @@ def main(workdir: Path) -> None:
     # 2. Training. train_run resolves the preset ("default": the measured best settings, with the watch output used
     #    for ranking), applies overrides (the CLI's flag names, with underscores) and writes a run folder under
     #    <workdir>/models (here: models/example) that becomes the work folder's latest run. Three epochs keep the
-    #    example quick; the preset trains for up to 30, with early stopping on the validation split.
+    #    example quick; the preset trains for many more, stopping early once the validation RMSE stops improving.
     t0 = time.perf_counter()
     run = train_run(data_dir, workdir=workdir, out=workdir / "models" / "example", preset="default",
                     overrides={"epochs": 3})
