@@ -143,7 +143,7 @@ def preset(name: str) -> tuple[ModelConfig, TrainConfig]:
         return (
             ModelConfig(embedding_dim=64, hidden=(64, 16), dropout=0.2, genre_mode="bag", biases=True,
                         watch_head=True, init="scaled"),
-            TrainConfig(lr=6e-3, batch_size=1024, epochs=40, weight_decay=0.01, optimizer="lazy_adam",
+            TrainConfig(lr=3e-3, batch_size=256, epochs=40, weight_decay=0.01, optimizer="lazy_adam",
                         lr_decay=1.0, patience=3, negatives=16, watch_weight=1.0, watch_loss="softmax",
                         sampling="uniform"),
         )

@@ -18,7 +18,8 @@ Synopsis::
     evaluate_baselines(user_idx=user_idx, movie_idx=movie_idx, rating=rating, split=split,
                        n_users=n_users, n_movies=n_movies)
 
-Ranking is full ranking: every movie the user has not rated in train is a candidate, with no sampled negatives,
+Ranking is full ranking: every movie the user has not already rated (the ``train_*`` pairs given; the baselines
+pass train, plus val when evaluating test) is a candidate, with no sampled negatives,
 because sampled metrics overstate quality and can even reorder models (Krichene & Rendle, 2020). The relevant
 items of a user are their eval-split ratings at or above ``relevance``; users with none are skipped, and metrics
 are means over the users that remain (reported as ``n_users``). Metric definitions are in
@@ -135,6 +136,9 @@ def evaluate_baselines(
 ) -> dict[str, dict[str, float | str]]:
     """Fit every baseline on the train split and evaluate it on ``eval_split`` (``embedrec.data.split`` codes).
 
+    Ranking candidates exclude what the user rated in any earlier split (train, and val when evaluating test): a
+    val rating is a known watch, neither a hit nor a miss for a recommender.
+
     Returns ``{"global_mean": {"rmse", "mae"}, "bias": {"rmse", "mae"}, "popular": {...}, "top_rated": {...},
     "ease": {...}}``, the ranking entries keyed like :func:`evaluate_ranking`. When the catalogue has more than
     ``ease_max_items`` movies, EASE is not fitted and its entry is ``{"skipped": "<reason>"}``, so one
@@ -148,6 +152,8 @@ def evaluate_baselines(
     if not test.any():
         raise DataError(f"split {eval_split} is empty")
     fit_args = (user_idx[train], movie_idx[train], rating[train])
+    # candidates: movies the user has not rated in an earlier split (train for val; train and val for test)
+    seen = split < eval_split
     sizes = {"n_users": n_users, "n_movies": n_movies}
     test_rows = {"user_idx": user_idx[test], "movie_idx": movie_idx[test], "rating": rating[test]}
 
@@ -160,8 +166,8 @@ def evaluate_baselines(
         return dict(
             evaluate_ranking(
                 score_fn,
-                train_user_idx=fit_args[0],
-                train_movie_idx=fit_args[1],
+                train_user_idx=user_idx[seen],
+                train_movie_idx=movie_idx[seen],
                 eval_user_idx=test_rows["user_idx"],
                 eval_movie_idx=test_rows["movie_idx"],
                 eval_rating=test_rows["rating"],

@@ -113,20 +113,21 @@ def test_checkpoint_survives_a_crash_mid_save(tmp_path: Path, monkeypatch: pytes
     assert meta["epoch"] == 1
 
 
-def _cli(args: list[str], env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(EMBEDREC + args, capture_output=True, text=True, env={**os.environ, **(env or {})}, **kw)
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run the real CLI in ``cwd`` (its default work folder, ./.embedrec, lands there, not in the repo)."""
+    return subprocess.run(EMBEDREC + args, capture_output=True, text=True, cwd=cwd)
 
 
 def test_resume_after_a_kill_ends_with_the_same_weights(synthetic_prepared: Path, tmp_path: Path) -> None:
     common = ["train", "--data", str(synthetic_prepared), "--preset", "seed", "--epochs", "6", "--batch-size",
               "256", "--quiet"]
     straight = tmp_path / "straight"
-    done = _cli(common + ["--out", str(straight)])
+    done = _cli(common + ["--out", str(straight)], tmp_path)
     assert done.returncode == 0, done.stderr
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(EMBEDREC + common + ["--out", str(killed)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, cwd=tmp_path)
     marker = killed / "checkpoints" / "LATEST"
     deadline = time.time() + 120
     while time.time() < deadline and not marker.exists():
@@ -137,7 +138,7 @@ def test_resume_after_a_kill_ends_with_the_same_weights(synthetic_prepared: Path
     assert marker.exists(), "training never wrote a checkpoint"
     assert not (killed / "model.json").exists(), "the run finished before it could be killed; make it longer"
 
-    resumed = _cli(common + ["--out", str(killed), "--resume"])
+    resumed = _cli(common + ["--out", str(killed), "--resume"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     a = load_arrays(straight / "weights.safetensors")
     b = load_arrays(killed / "weights.safetensors")
@@ -152,7 +153,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(synthetic_prepared: Path, tmp_p
     run = tmp_path / "run"
     proc = subprocess.Popen(EMBEDREC + ["train", "--data", str(synthetic_prepared), "--preset", "seed", "--epochs",
                                         "200", "--batch-size", "128", "--out", str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "checkpoints" / "LATEST").exists():
         time.sleep(0.05)
@@ -169,11 +170,11 @@ def test_resume_refuses_re_prepared_data(synthetic_prepared: Path, tmp_path: Pat
 
     run = tmp_path / "run"
     first = _cli(["train", "--data", str(synthetic_prepared), "--preset", "seed", "--epochs", "1", "--out", str(run),
-                  "--quiet"])
+                  "--quiet"], tmp_path)
     assert first.returncode == 0, first.stderr
     other = tmp_path / "other"
     prepare_synthetic(out=other, n_users=300, n_movies=400, n_ratings=20_000, seed=0, config=PrepareConfig(seed=1))
-    again = _cli(["train", "--data", str(other), "--out", str(run), "--resume", "--epochs", "2"])
+    again = _cli(["train", "--data", str(other), "--out", str(run), "--resume", "--epochs", "2"], tmp_path)
     assert again.returncode == 2
     assert "re-prepared" in again.stderr and "Traceback" not in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
@@ -236,9 +237,10 @@ def test_config_file_and_info_json(synthetic_prepared: Path, tmp_path: Path) -> 
     cfg = tmp_path / "hp.toml"
     cfg.write_text('preset = "seed"\nepochs = 1\nhidden = [32, 8]\nbatch-size = 256\n')
     run = tmp_path / "run"
-    done = _cli(["train", "--data", str(synthetic_prepared), "--config", str(cfg), "--out", str(run), "--quiet"])
+    done = _cli(["train", "--data", str(synthetic_prepared), "--config", str(cfg), "--out", str(run), "--quiet"],
+                tmp_path)
     assert done.returncode == 0, done.stderr
-    info = _cli(["info", str(run), "--json"])
+    info = _cli(["info", str(run), "--json"], tmp_path)
     assert info.returncode == 0, info.stderr
     meta = json.loads(info.stdout)
     assert meta["model"]["hidden"] == [32, 8] and meta["train"]["batch_size"] == 256
@@ -248,5 +250,6 @@ def test_config_file_and_info_json(synthetic_prepared: Path, tmp_path: Path) -> 
     assert meta["n_params"] == expected
     bad = tmp_path / "bad.json"
     bad.write_text('{"learning_rate": 0.1}')
-    fail = _cli(["train", "--data", str(synthetic_prepared), "--config", str(bad), "--out", str(tmp_path / "x")])
+    fail = _cli(["train", "--data", str(synthetic_prepared), "--config", str(bad), "--out", str(tmp_path / "x")],
+                tmp_path)
     assert fail.returncode == 2 and "learning_rate" in fail.stderr and "Traceback" not in fail.stderr

@@ -26,11 +26,11 @@ if TYPE_CHECKING:
 
 ModelOpt = Annotated[
     Path | None,
-    typer.Option("--model", help="Model folder [default: the work folder's latest run].", show_default=False),
+    typer.Option("--model", help="Model folder \\[default: the work folder's latest run].", show_default=False),
 ]
 DataOpt = Annotated[
     Path | None,
-    typer.Option("--data", help="Prepared data folder [default: the work folder's data, else the one the model "
+    typer.Option("--data", help="Prepared data folder \\[default: the work folder's data, else the one the model "
                                 "was trained on].", show_default=False),
 ]
 KOpt = Annotated[int, typer.Option("-k", "--k", help="How many movies to list.", min=1)]
@@ -177,27 +177,31 @@ class _nullcontext:
 
 def _evaluate_table(result: dict[str, Any], *, ks: list[int], split: str, relevance: float, ranking: str) -> Any:
     """One row per metric, one column per model or baseline, so many K still fit a terminal."""
+    from rich import box
     from rich.table import Table
 
     from embedrec.metrics import RANKING_METRICS
 
     columns: list[tuple[str, dict[str, Any]]] = [("model", result)]
-    columns += [(name.replace("_only", "-only").replace("_", " "), m) for name, m in result.get("variants", {}).items()]
-    labels = {"global_mean": "global mean", "bias": "bias", "popular": "popular", "top_rated": "top rated",
-              "ease": "EASE"}
+    # short headers and a light box keep all nine columns inside an 80-column terminal or CI log
+    columns += [(name.replace("_only", ""), m) for name, m in result.get("variants", {}).items()]
+    labels = {"global_mean": "mean", "bias": "bias", "popular": "pop", "top_rated": "rated", "ease": "EASE"}
     columns += [(labels.get(name, name), m) for name, m in result.get("baselines", {}).items()]
     table = Table(title=f"{split} split, {result.get('n_users', 0):,} users ranked (relevant: rating >= {relevance:g}; "
-                        f"candidates: every movie not rated in train). The model ranks by {ranking}.",
-                  title_justify="left")
-    table.add_column("metric", style="bold")
+                        f"candidates: every movie not rated in an earlier split). The model ranks by {ranking}.",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+                  caption="rating / watch: the model ranking by one output alone. Baselines on the same split: mean "
+                          "(global mean), bias (user + movie), pop (most popular), rated (top rated, Bayesian "
+                          "average), EASE (item-item, closed form)", caption_justify="left")
+    table.add_column("metric", style="bold", no_wrap=True)
     for name, _ in columns:
-        table.add_column(name, justify="right", style="green" if name == "model" else None)
+        table.add_column(name, justify="right", style="green" if name == "model" else None, no_wrap=True)
     for metric in ["rmse", "mae"] + [f"{m}@{k}" for k in ks for m in RANKING_METRICS]:
         cells = [f"{m[metric]:.4f}" if metric in m else ("skip" if "skipped" in m else "") for _, m in columns]
         table.add_row(metric, *cells)
     skipped = [f"{name}: {m['skipped']}" for name, m in columns if "skipped" in m]
     if skipped:
-        table.caption = "; ".join(skipped)
+        table.caption = f"{table.caption}; " + "; ".join(skipped)
     return table
 
 
@@ -331,7 +335,8 @@ def recommend_cmd(
         err_console.print(f"[yellow]note:[/] user {user} is not known to the model: showing the most popular "
                           "well-rated movies instead (pass --ratings FILE for personal picks)", highlight=False)
         table = rec.popular(k=k, genre=genre, min_ratings=min_ratings)
-        title = f"Top {k} by Bayesian average rating (cold start)"
+        _render_recs(table, fmt=fmt, title=f"Top {k} by Bayesian average rating (cold start)")
+        return
     _render_recs(table, fmt=fmt, title=f"{title}, ranked by {rec.ranking.describe()}")
 
 

@@ -131,7 +131,8 @@ def train_cmd(
                                                  "better val RMSE and keep the best weights (0 = off).",
                                                  rich_help_panel=_HP, show_default=False)] = None,
     seed: Annotated[int | None, typer.Option("--seed", rich_help_panel=_HP, show_default=False)] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final line.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No model summary, progress bar or epoch lines: "
+                                        "only the closing summary.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train the embedding-concat network on prepared data; writes a run folder and makes it the latest."""

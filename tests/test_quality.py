@@ -1,0 +1,80 @@
+"""Model quality on real runs: the default preset on MovieLens-100K against the baselines, and planted tastes.
+
+These train the real default model (no mocks) and so take tens of seconds; the numbers they guard are the README's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedrec.data import load_prepared
+from embedrec.recommender import Recommender, evaluate_model
+
+
+@pytest.fixture(scope="module")
+def ml100k_default(ml100k_prepared: Path, tmp_path_factory: pytest.TempPathFactory):
+    from embedrec.runs import train_run
+
+    work = tmp_path_factory.mktemp("ml100k-default")
+    result = train_run(ml100k_prepared, out=work / "run", workdir=work, preset="default")
+    rec = Recommender.load(result.run_dir, ml100k_prepared)
+    return result, evaluate_model(rec.scorer, load_prepared(ml100k_prepared), split="test", variants=True)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_default_model_beats_the_bias_baseline_on_rmse(ml100k_default) -> None:
+    _, metrics = ml100k_default
+    bias = metrics["baselines"]["bias"]["rmse"]
+    assert metrics["rmse"] < bias - 0.02, (metrics["rmse"], bias)
+    assert metrics["rmse"] <= 0.915  # the train issue's target: better than Surprise's SVD++ (0.927)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_default_model_ranks_far_better_than_most_popular(ml100k_default) -> None:
+    result, metrics = ml100k_default
+    popular = metrics["baselines"]["popular"]["ndcg@10"]
+    assert metrics["ndcg@10"] >= 0.30  # the ranking issue's target (most-popular is about 0.18)
+    assert metrics["ndcg@10"] > popular + 0.1
+    assert metrics["recall@10"] > metrics["baselines"]["popular"]["recall@10"]
+    # the rating output alone ranks obscure movies first: that is why recommend uses the watch output
+    assert metrics["variants"]["rating_only"]["ndcg@10"] < popular
+    assert result.ranking["score"] == "blend"
+    history = result.history
+    assert all("val_ndcg@10" in h for h in history)
+
+
+@pytest.mark.slow
+def test_planted_tastes_show_up_in_the_top_10(tmp_path: Path) -> None:
+    """A Sci-Fi lover (Sci-Fi their only favourite genre) gets mostly Sci-Fi, while Sci-Fi is ~6% of the catalogue.
+
+    Only fans with at least 20 unrated Sci-Fi movies left count: a heavy fan of the small demo catalogue has
+    already rated nearly every Sci-Fi movie there is.
+    """
+    from embedrec.data import PrepareConfig, prepare_synthetic
+    from embedrec.data import synthetic
+    from embedrec.runs import train_run
+
+    sizes = {"n_users": 600, "n_movies": 900, "n_ratings": 60_000}
+    prepare_synthetic(out=tmp_path / "data", seed=42, config=PrepareConfig(), **sizes)
+    result = train_run(tmp_path / "data", workdir=tmp_path, preset="default")
+    _, _, world = synthetic.generate_world(seed=42, **sizes)
+    scifi = synthetic.GENRES.index("Sci-Fi")
+    fans = np.flatnonzero((world.favourites.sum(axis=1) == 1) & world.favourites[:, scifi]) + 1  # raw user ids
+    prepared = load_prepared(tmp_path / "data")
+    is_scifi = prepared.movies["genres"].str.contains("Sci-Fi").to_numpy()
+    rec = Recommender.load(result.run_dir, tmp_path / "data")
+    shares = []
+    for user_id in fans:
+        seen = prepared.movie_idx[prepared.user_idx == prepared.user_index(int(user_id))]
+        if is_scifi.sum() - is_scifi[seen].sum() < 20:
+            continue
+        top = rec.recommend(int(user_id), k=10, min_ratings=0)
+        shares.append(np.mean(["Sci-Fi" in g for g in top["genres"]]))
+    assert len(shares) >= 5
+    assert np.mean(shares) >= 0.6, shares
+    assert np.mean(shares) > 5 * is_scifi.mean()
