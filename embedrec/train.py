@@ -8,7 +8,8 @@ Synopsis::
 
 Speed comes from four things, each measured (see benchmarks/train_throughput.py):
 
-* the training split lives on the device and a whole block of steps (``steps_per_call``) runs in one ``lax.scan``,
+* the training split lives on the device, shuffled once per epoch on the host so a batch is a contiguous slice, and
+  a whole block of steps (``steps_per_call``) runs in one ``lax.scan``,
   so Python is touched once per block, not once per batch;
 * lazy (row-sparse) Adam for the embedding tables: only the rows in the batch get their moments and weights updated,
   instead of a dense update of all ~2.4M table entries every step. Bias correction uses the global step, as in
@@ -263,14 +264,15 @@ def make_block_fn(graphdef: Any, layout: SlabLayout, model_cfg: ModelConfig, sha
 
     grad_fn = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)
 
-    def one_step(state: dict[str, Any], data: dict[str, jax.Array], perm: jax.Array, step: jax.Array,
-                 lr: jax.Array, run_seed: jax.Array, epoch: jax.Array) -> tuple[dict[str, Any], jax.Array]:
+    def one_step(state: dict[str, Any], data: dict[str, jax.Array], epoch_data: dict[str, jax.Array],
+                 step: jax.Array, lr: jax.Array, run_seed: jax.Array, epoch: jax.Array
+                 ) -> tuple[dict[str, Any], jax.Array]:
         pos = step * bsz + jnp.arange(bsz, dtype=jnp.int32)
         valid = pos < static.n_train
-        sample = jax.lax.dynamic_slice(perm, (step * bsz,), (bsz,))
-        u = constrain(data["user"][sample])
-        m = constrain(data["movie"][sample])
-        r = constrain(data["rating"][sample])
+        # the epoch's ratings arrive shuffled, so a batch is a contiguous slice, not a random gather
+        u = constrain(jax.lax.dynamic_slice(epoch_data["user"], (step * bsz,), (bsz,)))
+        m = constrain(jax.lax.dynamic_slice(epoch_data["movie"], (step * bsz,), (bsz,)))
+        r = constrain(jax.lax.dynamic_slice(epoch_data["rating"], (step * bsz,), (bsz,)))
         weight = constrain(valid.astype(jnp.float32))
         step_seed = _mix_seed(run_seed, epoch, step)
         if k_neg > 0:
@@ -327,7 +329,10 @@ def make_block_fn(graphdef: Any, layout: SlabLayout, model_cfg: ModelConfig, sha
             rep, lead_slot = _dedup(upd_idx, R)
             grad = jax.ops.segment_sum(grad, rep, num_segments=idx.shape[0])
             new_rows = _adam_rows(gathered, grad, lr_t, W)
-            new_state["slab"] = slab.at[jnp.where(lead_slot, upd_idx, R)].set(new_rows, mode="drop")
+            # every target is distinct (non-leading slots point to distinct rows past the end, then dropped), so
+            # XLA may write them in parallel
+            target = jnp.where(lead_slot, upd_idx, R + jnp.arange(idx.shape[0], dtype=upd_idx.dtype))
+            new_state["slab"] = slab.at[target].set(new_rows, mode="drop", unique_indices=True)
         else:  # dense Adam: every row's moments move every step (the Keras/Optax behaviour)
             dense_grad = jnp.zeros((R, W), jnp.float32).at[upd_idx].add(grad, mode="drop")
             new_state["slab"] = _adam_rows(slab, dense_grad, lr_t, W)
@@ -335,10 +340,11 @@ def make_block_fn(graphdef: Any, layout: SlabLayout, model_cfg: ModelConfig, sha
         return new_state, stats
 
     @partial(jax.jit, donate_argnums=(0,))
-    def run_block(state: dict[str, Any], data: dict[str, jax.Array], perm: jax.Array, first_step: jax.Array,
+    def run_block(state: dict[str, Any], data: dict[str, jax.Array], epoch_data: dict[str, jax.Array],
+                  first_step: jax.Array,
                   lr: jax.Array, run_seed: jax.Array, epoch: jax.Array) -> tuple[dict[str, Any], jax.Array]:
         def body(carry: dict[str, Any], i: jax.Array) -> tuple[dict[str, Any], jax.Array]:
-            return one_step(carry, data, perm, first_step + i, lr, run_seed, epoch)
+            return one_step(carry, data, epoch_data, first_step + i, lr, run_seed, epoch)
 
         return jax.lax.scan(body, state, jnp.arange(static.steps_in_block, dtype=jnp.int32))
 
@@ -561,7 +567,6 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     indptr, items = user_item_csr(tr_u, tr_m, prepared.n_users)
     max_degree = int(np.diff(indptr).max(initial=1))
     data: dict[str, Any] = {
-        "user": tr_u, "movie": tr_m, "rating": tr_r,
         "genre_idx": genres.idx, "genre_w": genres.weight,
     }
     if train_cfg.negatives > 0:
@@ -648,14 +653,17 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     epoch = start_epoch
     for epoch in range(start_epoch, train_cfg.epochs + 1):
         lr = jnp.float32(train_cfg.lr * train_cfg.lr_decay ** (epoch - 1))
-        perm = np.zeros(padded, dtype=np.int32)
-        perm[:n_train] = np.random.default_rng([train_cfg.seed, epoch]).permutation(n_train)
+        perm = np.random.default_rng([train_cfg.seed, epoch]).permutation(n_train)
+        epoch_data = {name: np.pad(arr[perm], (0, padded - n_train)) for name, arr in
+                      (("user", tr_u), ("movie", tr_m), ("rating", tr_r))}
+        if mesh is not None:
+            epoch_data = jax.device_put(epoch_data, replicated)
         sums = carried if epoch == start_epoch else np.zeros(3, dtype=np.float64)
         first = start_step if epoch == start_epoch else 0
         t0 = time.perf_counter()
         samples_done = 0
         for block_start in range(first, steps_per_epoch, steps_in_block):
-            state, stats = run_block(state, data, perm, jnp.int32(block_start), lr,
+            state, stats = run_block(state, data, epoch_data, jnp.int32(block_start), lr,
                                      jnp.uint32(train_cfg.seed & 0xFFFFFFFF), jnp.int32(epoch))
             stats = np.asarray(stats, dtype=np.float64)
             if not np.all(np.isfinite(stats)):
