@@ -33,9 +33,12 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "seed-b1024": ("seed", {"batch_size": 1024}),
     "seed-b8192": ("seed", {"batch_size": 8192}),
     "seed-b1024-dense-adam": ("seed", {"batch_size": 1024, "optimizer": "adam"}),
-    "default-b1024-no-negatives": ("default", {"batch_size": 1024, "negatives": 0, "val_users": 0}),
-    "default-b1024": ("default", {"batch_size": 1024, "val_users": 0}),
     "default": ("default", {"val_users": 0}),
+    "default-no-negatives": ("default", {"negatives": 0, "val_users": 0}),
+    "default-64-negatives": ("default", {"negatives": 64, "val_users": 0}),
+    "default-256-negatives": ("default", {"negatives": 256, "val_users": 0}),
+    "default-b1024": ("default", {"batch_size": 1024, "val_users": 0}),
+    "default-b1024-no-negatives": ("default", {"batch_size": 1024, "negatives": 0, "val_users": 0}),
 }
 
 CHILD = r"""

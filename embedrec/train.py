@@ -41,8 +41,8 @@ from embedrec.model import (
     TABLE_GROUPS,
     EmbeddingConcat,
     gather_rows,
+    pool_genres,
     rating_from_rows,
-    watch_logit_from_rows,
 )
 
 B1, B2, EPS = 0.9, 0.999, 1e-7  # Keras' Adam defaults, as the original used
@@ -83,13 +83,29 @@ def data_shape(prepared: Any, model_cfg: ModelConfig) -> DataShape:
                      max_genres_per_movie=int(genres.idx.shape[1]))
 
 
-def user_item_csr(user_idx: np.ndarray, movie_idx: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each user's movies, sorted, as (indptr (n_users + 1,), movies): the "seen" sets used to mask negatives."""
-    order = np.lexsort((movie_idx, user_idx))
-    counts = np.bincount(user_idx, minlength=n_users)
-    indptr = np.zeros(n_users + 1, dtype=np.int32)
-    np.cumsum(counts, out=indptr[1:])
-    return indptr, movie_idx[order].astype(np.int32)
+def _pair_hash_np(users: np.ndarray, movies: np.ndarray) -> np.ndarray:
+    """The (user, movie) hash of :func:`_pair_hash`, in numpy (uint32 arithmetic wraps the same way)."""
+    with np.errstate(over="ignore"):
+        x = users.astype(np.uint32) * np.uint32(0x9E3779B1) ^ movies.astype(np.uint32) * np.uint32(0x85EBCA77)
+        x ^= x >> np.uint32(16)
+        x *= np.uint32(0x7FEB352D)
+        x ^= x >> np.uint32(15)
+        x *= np.uint32(0x846CA68B)
+        return x ^ (x >> np.uint32(16))
+
+
+def seen_filter(user_idx: np.ndarray, movie_idx: np.ndarray) -> np.ndarray:
+    """A one-hash Bloom filter of the training pairs: a uint32 bitset with at least 64 bits per pair.
+
+    The training step asks it whether a sampled negative is one of the user's rated movies. It never says no for a
+    rated pair, so no positive is ever used as a negative; a false "seen" (about 1 in 64) only drops that negative
+    from the loss. One memory access per pair, where a binary search in the user's sorted row costs ~15.
+    """
+    n_bits = 1 << max(10, int(np.ceil(np.log2(max(len(user_idx), 1) * 64))))
+    h = _pair_hash_np(user_idx, movie_idx) & np.uint32(n_bits - 1)
+    words = np.zeros(n_bits // 32, dtype=np.uint32)
+    np.bitwise_or.at(words, h >> np.uint32(5), np.uint32(1) << (h & np.uint32(31)))
+    return words
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -114,13 +130,13 @@ class SlabLayout:
         return next(off for g, off, _, _ in self.groups if g == group)
 
 
-def slab_layout(tables: Mapping[str, Any]) -> SlabLayout:
+def slab_layout(tables: Mapping[str, Any], *, exclude: tuple[str, ...] = ()) -> SlabLayout:
     groups = []
     offset = 0
     width = 0
     for group, names in TABLE_GROUPS.items():
         members = tuple((n, int(np.prod(tables[n].shape[1:]))) for n in names if n in tables)
-        if not members:
+        if not members or group in exclude:
             continue
         n_rows = int(tables[members[0][0]].shape[0])
         groups.append((group, offset, n_rows, members))
@@ -170,18 +186,19 @@ def _adam_rows(gathered: jax.Array, grad: jax.Array, lr_t: jax.Array, width: int
     return jnp.concatenate([p, m, v], axis=1)
 
 
-def _is_seen(indptr: jax.Array, items: jax.Array, users: jax.Array, movies: jax.Array, max_degree: int) -> jax.Array:
-    """Whether each (user, movie) pair is a training positive: a vectorised binary search in the user's row."""
-    lo = indptr[users]
-    hi = indptr[users + 1]
-    for _ in range(max(1, int(math.ceil(math.log2(max_degree + 1))) + 1)):
-        mid = (lo + hi) // 2
-        go_right = items[jnp.clip(mid, 0, items.shape[0] - 1)] < movies
-        active = lo < hi
-        lo = jnp.where(active & go_right, mid + 1, lo)
-        hi = jnp.where(active & ~go_right, mid, hi)
-    found = items[jnp.clip(lo, 0, items.shape[0] - 1)] == movies
-    return found & (lo < indptr[users + 1])
+def _pair_hash(users: jax.Array, movies: jax.Array) -> jax.Array:
+    x = users.astype(jnp.uint32) * jnp.uint32(0x9E3779B1) ^ movies.astype(jnp.uint32) * jnp.uint32(0x85EBCA77)
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _maybe_seen(words: jax.Array, users: jax.Array, movies: jax.Array) -> jax.Array:
+    """True for every training pair (and ~1/64 of the others): see :func:`seen_filter`."""
+    h = _pair_hash(users, movies) & jnp.uint32(words.shape[0] * 32 - 1)
+    return ((words[(h >> 5).astype(jnp.int32)] >> (h & 31)) & 1) == 1
 
 
 def _mix_seed(*parts: jax.Array | int) -> jax.Array:
@@ -205,8 +222,9 @@ class StepStatic:
     weight_decay: float
     lazy: bool
     sampling: str
-    max_degree: int
     n_devices: int
+    genre_table: bool = False  # the genre table is small: pooled by matmul and updated densely, outside the slab
+    genre_width: int = 0
 
 
 def make_block_fn(graphdef: Any, layout: SlabLayout, model_cfg: ModelConfig, shape: DataShape, static: StepStatic,
@@ -222,9 +240,22 @@ def make_block_fn(graphdef: Any, layout: SlabLayout, model_cfg: ModelConfig, sha
 
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P("data", *([None] * (x.ndim - 1)))))
 
-    def loss_fn(head_state: Any, rows: dict[str, jax.Array], genre_w: jax.Array, rating: jax.Array,
+    def loss_fn(head_state: Any, rows: dict[str, jax.Array], genre_in: jax.Array, rating: jax.Array,
                 weight: jax.Array, neg_weight: jax.Array, seed: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """MSE on the batch's ratings (+ per-row L2) + the watch loss of each positive against the shared negatives.
+
+        ``rows`` holds the batch's user rows (B), movie rows (B positives, then K shared negatives) and either
+        genre slot rows (B + K, G, d) with ``genre_in`` their (B + K, G) weights, or the whole small genre table
+        (``genre_table``) with ``genre_in`` the (B + K, n_genres) weight matrix (pooling is then one matmul).
+        """
         head = nnx.merge(graphdef, head_state)
+        rows = dict(rows)
+        if "genre_table" in rows:
+            table = rows.pop("genre_table")
+            rows["genre_embedding"] = (genre_in @ table)[:, None, :]
+            genre_w = jnp.ones((genre_in.shape[0], 1), jnp.float32)
+        else:
+            genre_w = genre_in
         pos_rows = {name: (r[:bsz] if r.shape[0] > bsz else r) for name, r in rows.items()}
         pred = rating_from_rows(head, pos_rows, genre_w[:bsz], cfg=model_cfg, shape=shape, dropout_seed=seed)
         n_valid = jnp.maximum(weight.sum(), 1.0)
@@ -234,26 +265,23 @@ def make_block_fn(graphdef: Any, layout: SlabLayout, model_cfg: ModelConfig, sha
             # per observed rating, as in regularised matrix factorisation; sampled negatives are not penalised
             reg = 0.0
             for name, r in pos_rows.items():
-                if r.ndim == 3:  # genre slots: weight each slot by its pooling weight
+                if name == "genre_embedding" and static.genre_table:
+                    reg = reg + jnp.sum(weight * (genre_in[:bsz] @ jnp.sum(table * table, axis=-1)))
+                elif r.ndim == 3:  # genre slots: weight each slot by its pooling weight
                     reg = reg + jnp.sum(weight[:, None] * jnp.sum(r * r, axis=-1) * genre_w[:bsz])
                 else:
                     reg = reg + jnp.sum(weight * jnp.sum(r * r, axis=-1))
             loss = loss + static.weight_decay * reg / n_valid
         watch_sum = jnp.float32(0.0)
         if k_neg > 0:
+            item = rows["movie_embedding"] + pool_genres(rows["genre_embedding"], genre_w)
+            bias = rows["watch_bias"][..., 0]
             users = rows["user_embedding"]
-            # order the rows as [positives; negatives] for both users and movies
-            all_rows = {
-                "user_embedding": jnp.concatenate([users, jnp.repeat(users, k_neg, axis=0)]),
-                "movie_embedding": rows["movie_embedding"],
-                "genre_embedding": rows["genre_embedding"],
-                "watch_bias": rows["watch_bias"],
-            }
-            logits = watch_logit_from_rows(all_rows, genre_w)
-            pos_logit, neg_logit = logits[:bsz], logits[bsz:]
+            pos_logit = jnp.sum(users * item[:bsz], axis=-1) + bias[:bsz]
+            neg_logit = users @ item[bsz:].T + bias[bsz:][None, :]  # (B, K): every positive vs every negative
             if static.watch_loss == "softmax":
-                # sampled softmax: the positive against its k negatives (seen ones masked out)
-                neg = jnp.where(neg_weight > 0, neg_logit, -1e9).reshape(bsz, k_neg)
+                # sampled softmax: the positive against the shared negatives (its own rated movies masked out)
+                neg = jnp.where(neg_weight > 0, neg_logit, -1e9)
                 lse = jax.nn.logsumexp(jnp.concatenate([pos_logit[:, None], neg], axis=1), axis=1)
                 watch_sum = jnp.sum(weight * (lse - pos_logit))
             else:
@@ -275,30 +303,40 @@ def make_block_fn(graphdef: Any, layout: SlabLayout, model_cfg: ModelConfig, sha
         r = constrain(jax.lax.dynamic_slice(epoch_data["rating"], (step * bsz,), (bsz,)))
         weight = constrain(valid.astype(jnp.float32))
         step_seed = _mix_seed(run_seed, epoch, step)
+        live = valid.any()  # false only for the padding steps at the end of an epoch's last block
         if k_neg > 0:
+            # K negatives shared by the whole batch: every positive is scored against all of them with one matmul,
+            # and only B + K movie rows are gathered and updated (not B * K)
+            key = jax.random.key(step_seed)
             if static.sampling == "popularity":
-                draws = jax.random.uniform(jax.random.key(step_seed), (bsz * k_neg,))
-                neg = jnp.searchsorted(data["neg_cdf"], draws).astype(jnp.int32)
+                neg = jnp.searchsorted(data["neg_cdf"], jax.random.uniform(key, (k_neg,))).astype(jnp.int32)
                 neg = jnp.minimum(neg, shape.n_movies - 1)
             else:
-                neg = jax.random.randint(jax.random.key(step_seed), (bsz * k_neg,), 0, shape.n_movies, jnp.int32)
-            users_rep = jnp.repeat(u, k_neg)
-            seen = _is_seen(data["seen_indptr"], data["seen_items"], users_rep, neg, static.max_degree)
-            neg_weight = jnp.repeat(weight, k_neg) * (1.0 - seen.astype(jnp.float32))
+                neg = jax.random.randint(key, (k_neg,), 0, shape.n_movies, jnp.int32)
+            seen = _maybe_seen(data["seen_bits"], u[:, None], neg[None, :])  # (B, K)
+            neg_weight = weight[:, None] * (1.0 - seen.astype(jnp.float32))
             movies = jnp.concatenate([m, neg])
+            keep_m = jnp.concatenate([valid, jnp.broadcast_to(live, (k_neg,))])
         else:
-            neg_weight = jnp.zeros((0,), jnp.float32)
+            neg_weight = jnp.zeros((bsz, 0), jnp.float32)
             movies = m
-        genre_idx = data["genre_idx"][movies]
-        genre_w = data["genre_w"][movies]
-        keep_m = jnp.concatenate([valid, jnp.repeat(valid, k_neg)]) if k_neg > 0 else valid
-        lookup = {"user": u, "movie": movies, "genre": genre_idx.reshape(-1)}
-        # rows that take an update: real samples only (and genre slots that carry weight); the rest point past the end
-        keep = {"user": valid, "movie": keep_m, "genre": (keep_m[:, None] & (genre_w > 0)).reshape(-1)}
-        lead = {"user": (bsz,), "movie": (movies.shape[0],), "genre": genre_idx.shape}
+            keep_m = valid
+        lookup = {"user": u, "movie": movies}
+        keep = {"user": valid, "movie": keep_m}
+        lead = {"user": (bsz,), "movie": (movies.shape[0],)}
+        if static.genre_table:
+            genre_in = data["genre_wmat"][movies]
+        else:
+            genre_idx = data["genre_idx"][movies]
+            genre_in = data["genre_w"][movies]
+            lookup["genre"] = genre_idx.reshape(-1)
+            # genre slots that carry no weight take no update
+            keep["genre"] = (keep_m[:, None] & (genre_in > 0)).reshape(-1)
+            lead["genre"] = genre_idx.shape
         slab = state["slab"]
         R, W = layout.n_rows, layout.width
         idx = jnp.concatenate([lookup[g] + off for g, off, _, _ in layout.groups])
+        # rows that take an update: real samples only; the rest point past the end and are dropped
         upd_idx = jnp.concatenate([jnp.where(keep[g], lookup[g] + off, R) for g, off, _, _ in layout.groups])
         gathered = slab[idx]
         rows: dict[str, jax.Array] = {}
@@ -310,15 +348,21 @@ def make_block_fn(graphdef: Any, layout: SlabLayout, model_cfg: ModelConfig, sha
                 rows[name] = gathered[start:start + n, col:col + width].reshape(*lead[g], width)
                 col += width
             start += n
-        (g_head, g_rows), stats = grad_fn(state["head"], rows, genre_w, r, weight, neg_weight, step_seed)
+        if static.genre_table:
+            rows["genre_table"] = state["genre"][:, :static.genre_width]
+        (g_head, g_rows), stats = grad_fn(state["head"], rows, genre_in, r, weight, neg_weight, step_seed)
 
-        count = state["count"] + 1
-        t = count.astype(jnp.float32)
+        count = state["count"] + live.astype(jnp.int32)
+        t = jnp.maximum(count, 1).astype(jnp.float32)
         lr_t = lr * jnp.sqrt(1 - B2 ** t) / (1 - B1 ** t)
         new_state = dict(state)
         updates, opt = tx.update(g_head, state["opt"], state["head"])
-        new_state["head"] = jax.tree.map(lambda p, d: p - lr * d, state["head"], updates)
-        new_state["opt"] = opt
+        dense_new = {"head": jax.tree.map(lambda p, d: p - lr * d, state["head"], updates), "opt": opt}
+        if static.genre_table:
+            dense_new["genre"] = _adam_rows(state["genre"], g_rows["genre_table"], lr_t, static.genre_width)
+        # a padding step leaves every dense parameter and moment as it was
+        new_state.update(jax.tree.map(lambda new, old: jnp.where(live, new, old), dense_new,
+                                      {k: state[k] for k in dense_new}))
         grads = []
         for g, _, _, members in layout.groups:
             n = lookup[g].shape[0]
@@ -335,7 +379,7 @@ def make_block_fn(graphdef: Any, layout: SlabLayout, model_cfg: ModelConfig, sha
             new_state["slab"] = slab.at[target].set(new_rows, mode="drop", unique_indices=True)
         else:  # dense Adam: every row's moments move every step (the Keras/Optax behaviour)
             dense_grad = jnp.zeros((R, W), jnp.float32).at[upd_idx].add(grad, mode="drop")
-            new_state["slab"] = _adam_rows(slab, dense_grad, lr_t, W)
+            new_state["slab"] = jnp.where(live, _adam_rows(slab, dense_grad, lr_t, W), slab)
         new_state["count"] = count
         return new_state, stats
 
@@ -356,14 +400,29 @@ def make_optimizer() -> optax.GradientTransformation:
     return optax.scale_by_adam(b1=B1, b2=B2, eps=EPS)
 
 
-def init_state(model: EmbeddingConcat, tx: optax.GradientTransformation) -> tuple[Any, SlabLayout, dict[str, Any]]:
-    """(head graphdef, slab layout, the train state pytree) for a freshly built model."""
+def init_state(model: EmbeddingConcat, tx: optax.GradientTransformation, *, genre_table: bool
+               ) -> tuple[Any, SlabLayout, dict[str, Any]]:
+    """(head graphdef, slab layout, the train state pytree) for a freshly built model.
+
+    With ``genre_table`` the (small) genre table lives outside the slab as ``state["genre"]``, [params | mu | nu].
+    """
     graphdef, head_state = nnx.split(model.head)
     tables = model.tables()
-    layout = slab_layout(tables)
+    layout = slab_layout(tables, exclude=("genre",) if genre_table else ())
     state: dict[str, Any] = {"head": head_state, "opt": tx.init(head_state), "slab": tables_to_slab(tables, layout),
                              "count": jnp.zeros((), jnp.int32)}
+    if genre_table:
+        g = tables["genre_embedding"]
+        state["genre"] = jnp.concatenate([g, jnp.zeros_like(g), jnp.zeros_like(g)], axis=1)
     return graphdef, layout, state
+
+
+def state_tables(state: Mapping[str, Any], layout: SlabLayout) -> dict[str, jax.Array]:
+    """Every embedding table of a train state, by name."""
+    tables = slab_to_tables(state["slab"], layout)
+    if "genre" in state:
+        tables["genre_embedding"] = state["genre"][:, :state["genre"].shape[1] // 3]
+    return tables
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -564,25 +623,30 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     steps_in_block = -(-steps_per_epoch // n_blocks)
     padded = n_blocks * steps_in_block * bsz
 
-    indptr, items = user_item_csr(tr_u, tr_m, prepared.n_users)
-    max_degree = int(np.diff(indptr).max(initial=1))
     data: dict[str, Any] = {
         "genre_idx": genres.idx, "genre_w": genres.weight,
     }
+    # a small genre vocabulary (single genres, "bag" mode) is pooled by a matmul and updated densely; the original's
+    # thousands of genre strings stay row-sparse in the slab
+    genre_table = model_cfg.genre_mode == "bag"
+    if genre_table:
+        wmat = np.zeros((prepared.n_movies, genres.n_genres), np.float32)
+        np.add.at(wmat, (np.arange(prepared.n_movies)[:, None], genres.idx), genres.weight)
+        data["genre_wmat"] = wmat
     if train_cfg.negatives > 0:
-        data["seen_indptr"] = indptr
-        data["seen_items"] = items
+        data["seen_bits"] = seen_filter(tr_u, tr_m)
         counts = np.bincount(tr_m, minlength=prepared.n_movies).astype(np.float64) ** train_cfg.sampling_alpha
         data["neg_cdf"] = (np.cumsum(counts) / counts.sum()).astype(np.float32)
 
     model = EmbeddingConcat(model_cfg, shape, rngs=nnx.Rngs(train_cfg.seed))
     tx = make_optimizer()
-    graphdef, layout, state = init_state(model, tx)
+    graphdef, layout, state = init_state(model, tx, genre_table=genre_table)
     static = StepStatic(batch_size=bsz, steps_in_block=steps_in_block, n_train=n_train,
                         negatives=train_cfg.negatives, watch_weight=train_cfg.watch_weight,
                         watch_loss=train_cfg.watch_loss,
                         weight_decay=train_cfg.weight_decay, lazy=lazy, sampling=train_cfg.sampling,
-                        max_degree=max_degree, n_devices=n_dev)
+                        n_devices=n_dev, genre_table=genre_table,
+                        genre_width=int(model_cfg.embedding_dim))
     run_block = make_block_fn(graphdef, layout, model_cfg, shape, static, tx, mesh)
     predict = make_predict_fn(graphdef, model_cfg, shape)
 
@@ -684,7 +748,7 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
         if interrupted:
             break
         seconds = time.perf_counter() - t0
-        pred = predict_in_batches(predict, state["head"], slab_to_tables(state["slab"], layout), val_u, val_m, genre_idx_dev, genre_w_dev)
+        pred = predict_in_batches(predict, state["head"], state_tables(state, layout), val_u, val_m, genre_idx_dev, genre_w_dev)
         record: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": float(sums[0] / max(sums[1], 1)),
@@ -697,12 +761,12 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
         if train_cfg.negatives > 0:
             record["train_watch_loss"] = float(sums[2] / max(sums[1], 1))
         if rank_val is not None:
-            record["val_ndcg@10"] = rank_val(state["head"], slab_to_tables(state["slab"], layout), 0.0)["ndcg@10"]
+            record["val_ndcg@10"] = rank_val(state["head"], state_tables(state, layout), 0.0)["ndcg@10"]
         history.append(record)
         improved = record["val_rmse"] < best["rmse"] or not len(val_r)
         if improved:
             best.update(rmse=record["val_rmse"], epoch=epoch, bad_epochs=0,
-                        state=_flatten({"head": state["head"], "tables": slab_to_tables(state["slab"], layout)}, ""))
+                        state=_flatten({"head": state["head"], "tables": state_tables(state, layout)}, ""))
         else:
             best["bad_epochs"] += 1
         cb.on_epoch(record)
@@ -715,7 +779,7 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
             interrupted = epoch < train_cfg.epochs
             break
 
-    final = {"head": state["head"], "tables": slab_to_tables(state["slab"], layout)}
+    final = {"head": state["head"], "tables": state_tables(state, layout)}
     if best["state"] is not None and (train_cfg.patience or stopped_early) and not interrupted:
         final = _unflatten(final, best["state"], "")
     model.set_tables(final["tables"])

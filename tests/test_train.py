@@ -253,3 +253,24 @@ def test_config_file_and_info_json(synthetic_prepared: Path, tmp_path: Path) -> 
     fail = _cli(["train", "--data", str(synthetic_prepared), "--config", str(bad), "--out", str(tmp_path / "x")],
                 tmp_path)
     assert fail.returncode == 2 and "learning_rate" in fail.stderr and "Traceback" not in fail.stderr
+
+
+def test_sampled_negatives_never_include_a_rated_movie(prepared) -> None:
+    """The Bloom filter the step uses flags every training pair, so no positive is ever scored as a negative; the
+    few unrated pairs it also flags (about 1 in 64) are only dropped from the loss."""
+    import jax.numpy as jnp
+
+    from embedrec.train import _maybe_seen, seen_filter
+
+    train_rows = prepared.split == 0
+    u, m = prepared.user_idx[train_rows], prepared.movie_idx[train_rows]
+    bits = jnp.asarray(seen_filter(u, m))
+    assert bool(np.asarray(_maybe_seen(bits, jnp.asarray(u), jnp.asarray(m))).all())
+    rng = np.random.default_rng(0)
+    cu = rng.integers(0, prepared.n_users, 50_000)
+    cm = rng.integers(0, prepared.n_movies, 50_000)
+    rated = set(zip(u.tolist(), m.tolist()))
+    unrated = np.array([(a, b) not in rated for a, b in zip(cu.tolist(), cm.tolist())])
+    flagged = np.asarray(_maybe_seen(bits, jnp.asarray(cu), jnp.asarray(cm)))
+    assert flagged[~unrated].all()
+    assert flagged[unrated].mean() < 0.03
