@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping
 import numpy as np
 
 from embedrec.config import DataShape, ModelConfig
+from embedrec.data.encode import lookup_ids
 from embedrec.errors import ArtifactError, ConfigError, DataError, UnknownIdError
 from embedrec.metrics import ItemSets, top_k
 
@@ -592,10 +593,10 @@ class Recommender:
 
     def user_indices(self, user_ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """int32 indices, -1 for unknown ids."""
-        return _lookup(self.user_ids, user_ids)
+        return lookup_ids(self.user_ids, user_ids)
 
     def movie_indices(self, movie_ids: Sequence[int] | np.ndarray) -> np.ndarray:
-        return _lookup(self.movie_ids, movie_ids)
+        return lookup_ids(self.movie_ids, movie_ids)
 
     def known_user(self, user_id: int) -> bool:
         return int(self.user_indices([user_id])[0]) >= 0
@@ -813,31 +814,6 @@ class Recommender:
 def _check_k(k: int) -> None:
     if k < 1:
         raise ConfigError(f"-k must be at least 1, got {k}")
-
-
-def _as_float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def _lookup(known: np.ndarray, ids: Sequence[int] | np.ndarray) -> np.ndarray:
-    from embedrec.data.encode import lookup_index
-
-    arr = np.asarray(ids)
-    if arr.dtype.kind not in "iu":  # floats or text: only integral numbers can be ids
-        if arr.dtype.kind != "f":
-            arr = np.array([_as_float(v) for v in arr.ravel()], dtype=np.float64).reshape(arr.shape)
-        valid = np.isfinite(arr) & (np.mod(arr, 1) == 0) & (np.abs(arr) < 2.0**62)
-        out = np.full(arr.shape, -1, dtype=np.int32)
-        out[valid] = _lookup(known, arr[valid].astype(np.int64))
-        return out
-    arr = arr.astype(np.int64, copy=False)
-    if arr.size and (arr.min() < 0 or arr.max() >= (1 << 40)):  # no lookup table sized by an absurd id
-        pos = np.minimum(np.searchsorted(known, arr), max(len(known) - 1, 0))
-        return np.where(known[pos] == arr, pos, -1).astype(np.int32)
-    return lookup_index(arr, known)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -103,3 +103,15 @@ def test_ml100k_ids_are_raw_movielens_ids(ml100k_prepared: Path) -> None:
     assert (toy["title"], int(toy["year"]), list(toy["genre_list"])) == (
         "Toy Story", 1995, ["Animation", "Children's", "Comedy"])
     assert pd.isna(d.movies.iloc[d.movie_index(267)]["year"])
+
+
+def test_raw_id_lookup_accepts_any_array_like() -> None:
+    import numpy as np
+
+    from embedrec.data.encode import lookup_ids
+
+    known = np.array([1, 5, 42, 10**12])  # a huge id must not size a lookup table
+    got = lookup_ids(known, [42, "42", 42.0, "abc", 4.5, float("nan"), 10**12, -3])
+    assert got.tolist() == [2, 2, 2, -1, -1, -1, 3, -1]
+    assert lookup_ids(known, np.array([[1, 5], [7, 42]])).tolist() == [[0, 1], [-1, 2]]
+    assert lookup_ids(known, []).shape == (0,)

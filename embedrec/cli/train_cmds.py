@@ -79,12 +79,13 @@ class _Progress:
     def on_epoch(self, record: dict[str, Any]) -> None:
         if self.quiet:
             return
-        extra = ""
-        if "val_ndcg@10" in record:
-            extra = f"  val NDCG@10 {record['val_ndcg@10']:.4f}"
+        extra = f"  NDCG@10 {record['val_ndcg@10']:.4f}" if "val_ndcg@10" in record else ""
+        speed = record["samples_per_s"]
+        speed_text = f"{speed / 1000:,.0f}k/s" if speed >= 10_000 else f"{speed:,.0f}/s"
+        # one line within 80 columns: train loss, then the val metrics, then time and throughput
         self.progress.console.print(
-            f"epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f}  val RMSE {record['val_rmse']:.4f}  "
-            f"MAE {record['val_mae']:.4f}{extra}  {record['seconds']:.1f}s  {record['samples_per_s']:,.0f} samples/s")
+            f"epoch {record['epoch']:>3}  loss {record['train_loss']:.4f}  val RMSE {record['val_rmse']:.4f}  "
+            f"MAE {record['val_mae']:.4f}{extra}  {record['seconds']:.1f}s {speed_text}", highlight=False)
 
     def stop(self) -> None:
         self.progress.stop()

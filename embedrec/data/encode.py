@@ -11,6 +11,8 @@ sort-based ``np.unique`` when the id range is small enough; both give identical 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 LOOKUP_MAX_ID = 1 << 25  # ids below this use a lookup table (at most 128 MB of int32)
@@ -37,7 +39,7 @@ def lookup_index(ids: np.ndarray, known: np.ndarray) -> np.ndarray:
     if len(ids) == 0 or len(known) == 0:
         return np.full(len(ids), -1, dtype=np.int32)
     lo, hi = int(ids.min()), int(ids.max())
-    if lo >= 0 and hi < LOOKUP_MAX_ID and int(known.min()) >= 0:
+    if lo >= 0 and hi < LOOKUP_MAX_ID and int(known.min()) >= 0 and int(known.max()) < LOOKUP_MAX_ID:
         size = max(hi, int(known.max())) + 1
         table = np.full(size, -1, dtype=np.int32)
         table[known] = np.arange(len(known), dtype=np.int32)
@@ -45,6 +47,31 @@ def lookup_index(ids: np.ndarray, known: np.ndarray) -> np.ndarray:
     pos = np.searchsorted(known, ids)
     pos_c = np.minimum(pos, len(known) - 1)
     return np.where(known[pos_c] == ids, pos_c, -1).astype(np.int32)
+
+
+def lookup_ids(known: np.ndarray, ids: Any) -> np.ndarray:
+    """Index of each raw id (any array-like) in the sorted ``known`` ids; -1 for unknown or non-integral values.
+
+    The one raw-id -> index lookup that the prepared data and the recommender share: ``"42"`` and ``42.0`` find
+    movie 42, ``"abc"``, ``4.5`` and NaN find nothing.
+    """
+    arr = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids) if not np.isscalar(ids) else [ids])
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind != "f":
+            arr = np.array([_as_float(v) for v in arr.ravel()], dtype=np.float64).reshape(arr.shape)
+        valid = np.isfinite(arr) & (np.mod(arr, 1) == 0) & (np.abs(arr) < 2.0**62)
+        out = np.full(arr.shape, -1, dtype=np.int32)
+        out[valid] = lookup_index(arr[valid].astype(np.int64), known)
+        return out
+    flat = arr.astype(np.int64, copy=False).ravel()
+    return lookup_index(flat, known).reshape(arr.shape)
+
+
+def _as_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def compact(idx: np.ndarray, *, n: int) -> tuple[np.ndarray, np.ndarray]:

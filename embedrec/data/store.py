@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
+from embedrec.data.encode import lookup_ids
 from embedrec.data.split import SPLIT_CODES
 from embedrec.errors import ArtifactError, ConfigError, UnknownIdError
 
@@ -251,33 +252,17 @@ class PreparedData:
 
     def user_indices(self, ids: Iterable[int] | np.ndarray) -> np.ndarray:
         """Vectorised :meth:`user_index`: int32 array, -1 for unknown ids."""
-        return _positions(self.user_ids, ids)
+        return lookup_ids(self.user_ids, ids)
 
     def movie_indices(self, ids: Iterable[int] | np.ndarray) -> np.ndarray:
         """Vectorised :meth:`movie_index`: int32 array, -1 for unknown ids."""
-        return _positions(self.movie_ids, ids)
+        return lookup_ids(self.movie_ids, ids)
 
     def split_mask(self, name: str) -> np.ndarray:
         """Boolean mask of the ratings in ``"train"``, ``"val"`` or ``"test"``."""
         if name not in SPLIT_CODES:
             raise ValueError(f"split must be one of {', '.join(SPLIT_CODES)}, got {name!r}")
         return self.split == SPLIT_CODES[name]
-
-
-def _positions(known: np.ndarray, ids: Iterable[int] | np.ndarray) -> np.ndarray:
-    arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids)
-    if arr.size == 0 or len(known) == 0:
-        return np.full(arr.shape, -1, dtype=np.int32)
-    if arr.dtype.kind not in "iu":
-        try:
-            as_int = arr.astype(np.int64)
-        except (TypeError, ValueError):
-            return np.full(arr.shape, -1, dtype=np.int32)
-        ok = as_int == arr
-        arr = np.where(ok, as_int, np.iinfo(np.int64).min)
-    arr = arr.astype(np.int64, copy=False)
-    pos = np.minimum(np.searchsorted(known, arr), len(known) - 1)
-    return np.where(known[pos] == arr, pos, -1).astype(np.int32)
 
 
 def load_prepared(path: str | os.PathLike[str]) -> PreparedData:
