@@ -22,6 +22,7 @@ starts quickly. No pickle anywhere: JSON, safetensors and Parquet only.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -84,8 +85,25 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
         raise ArtifactError(f"{path} is unreadable ({exc}): the file is corrupt; retrain") from None
 
 
+def json_text(obj: Any, *, indent: int | None = 2) -> str:
+    """Strict JSON (NaN and Inf become null, which every parser accepts); numpy scalars and arrays allowed."""
+    return json.dumps(_finite(obj), indent=indent, default=_json_default, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.floating):
+        return _finite(float(obj))
+    return obj
+
+
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    atomic_write_text(path, json_text(obj) + "\n")
 
 
 def _json_default(obj: Any) -> Any:
@@ -285,6 +303,15 @@ def load_model(run_dir: Path) -> ModelArtifact:
         raise ArtifactError(f"{run_dir} has model schema {meta.get('schema_version')}, this embedrec reads "
                             f"{SCHEMA_VERSION}: retrain with this version")
     weights = load_arrays(run_dir / "weights.safetensors")
+    needed = ["user_embedding", "movie_embedding", "genre_embedding", "head.out.kernel", "genre_idx", "genre_w"]
+    if meta.get("model", {}).get("biases"):
+        needed += ["user_bias", "movie_bias"]
+    if meta.get("model", {}).get("watch_head"):
+        needed += ["watch_bias"]
+    lacking = [name for name in needed if name not in weights]
+    if lacking:
+        raise ArtifactError(f"{run_dir / 'weights.safetensors'} lacks {', '.join(lacking)}: the folder is damaged; "
+                            "retrain")
     import pyarrow.parquet as pq
 
     try:

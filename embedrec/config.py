@@ -32,6 +32,37 @@ def _check(cond: bool, option: str, message: str) -> None:
         raise ConfigError(f"{option}: {message}")
 
 
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """``value`` as the type of the field's default (ints accepted for floats), or None when it is not one."""
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return None
+    if isinstance(default, int):
+        return value if isinstance(value, int) else None
+    if isinstance(default, float):
+        return float(value) if isinstance(value, (int, float)) else None
+    if isinstance(default, str):
+        return value if isinstance(value, str) else None
+    if isinstance(default, tuple):
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        return tuple(value) if ok else None
+    return value
+
+
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", tuple: "a list of whole numbers"}
+
+
+def _check_types(cfg: Any) -> None:
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        coerced = _coerce(f.name, value, f.default)
+        if coerced is None:
+            kind = _KINDS.get(type(f.default), type(f.default).__name__)
+            raise ConfigError(f"--{f.name.replace('_', '-')}: expected {kind}, got {value!r}")
+        object.__setattr__(cfg, f.name, coerced)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The network's architecture.
@@ -51,13 +82,13 @@ class ModelConfig:
     init: Literal["keras", "scaled"] = "keras"
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check(self.embedding_dim >= 1, "--embedding-dim", f"must be >= 1, got {self.embedding_dim}")
         _check(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "--hidden",
                f"needs one or more positive layer sizes like 64,10, got {self.hidden}")
         _check(0.0 <= self.dropout < 1.0, "--dropout", f"must be in [0, 1), got {self.dropout}")
         _check(self.genre_mode in ("string", "bag"), "--genre-mode", f"must be string or bag, got {self.genre_mode}")
         _check(self.init in ("keras", "scaled"), "init", f"must be keras or scaled, got {self.init}")
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -84,6 +115,7 @@ class TrainConfig:
     steps_per_call: int = 200
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check(self.lr > 0 and math.isfinite(self.lr), "--lr", f"must be a positive number, got {self.lr}")
         _check(self.batch_size >= 1, "--batch-size", f"must be >= 1, got {self.batch_size}")
         _check(self.epochs >= 1, "--epochs", f"must be >= 1, got {self.epochs}")
@@ -203,12 +235,21 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"--config: {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"--config: {path} must hold one table of settings")
+    defaults = {f.name: f.default for cls in (ModelConfig, TrainConfig) for f in dataclasses.fields(cls)}
     flat: dict[str, Any] = {}
     for key, value in raw.items():
         if isinstance(value, dict) and key in ("model", "train"):
             flat.update({k.replace("-", "_"): v for k, v in value.items()})
         else:
             flat[key.replace("-", "_")] = value
+    for key, value in flat.items():
+        if key == "preset":
+            continue
+        if key not in defaults:
+            raise ConfigError(f"--config: {path} sets unknown {key!r}; known settings: {', '.join(sorted(defaults))}")
+        if _coerce(key, value, defaults[key]) is None:
+            kind = _KINDS.get(type(defaults[key]), type(defaults[key]).__name__)
+            raise ConfigError(f"--config: {path}: {key} must be {kind}, got {value!r}")
     return flat
 
 

@@ -31,7 +31,7 @@ from embedrec.config import (
     train_config_from_dict,
 )
 from embedrec.errors import ArtifactError, ConfigError
-from embedrec.workdir import models_dir, set_latest_run
+from embedrec.workdir import data_dir as data_dir_of, models_dir, set_latest_run
 
 BETAS = (0.0, 0.25, 0.5, 1.0, 2.0)  # blends of watch logit + beta * predicted rating tried on the val split
 
@@ -56,7 +56,11 @@ def resolve_configs(preset: str, overrides: dict[str, Any] | None) -> tuple[Mode
     """The preset's configs with ``overrides`` (flat option names) applied and validated."""
     model_cfg, train_cfg = preset_configs(preset)
     model_changes, train_changes = split_overrides(dict(overrides or {}))
-    return model_cfg.replace(**model_changes), train_cfg.replace(**train_changes)
+    model_cfg, train_cfg = model_cfg.replace(**model_changes), train_cfg.replace(**train_changes)
+    if train_cfg.negatives > 0 and not model_cfg.watch_head:
+        raise ConfigError("--negatives needs a model with the watch output (the default preset); the seed preset is "
+                          "rating-only")
+    return model_cfg, train_cfg
 
 
 def new_run_dir(workdir: Path, preset: str) -> Path:
@@ -77,47 +81,69 @@ def latest_checkpointed_run(workdir: Path) -> Path:
     return max(runs, key=lambda p: (p / "checkpoints" / "LATEST").stat().st_mtime)
 
 
+def _check_resumable(run_dir: Path, train_cfg: TrainConfig) -> None:
+    """A finished run (all epochs done, or stopped early) has nothing to resume unless --epochs goes beyond it."""
+    if not (run_dir / "model.json").is_file():
+        return
+    meta = read_json(run_dir / "model.json")
+    done = int(meta.get("epochs_run", 0))
+    if meta.get("stopped_early"):
+        raise ConfigError(f"{run_dir} stopped early at epoch {done} (best epoch {meta.get('best_epoch')}): there is "
+                          "nothing to resume; train a new run instead")
+    if train_cfg.epochs <= done:
+        raise ConfigError(f"{run_dir} already finished its {done} epochs: pass --epochs N with N > {done} to train "
+                          "it further")
+
+
 def choose_ranking(result: Any, prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, Any]:
     """Pick the recommend score by val NDCG@10: watch logit + beta * rating for beta in BETAS; rating-only models
     rank by rating."""
-    if not model_cfg.watch_head or result.scorer is None:
-        return {"score": "rating"}
-    if not (prepared.split == 1).any():
-        return {"score": "blend", "beta": 0.0, "chosen_by": "default (no val split)"}
+    if not model_cfg.watch_head or result.scorer is None or train_cfg.negatives == 0:
+        return {"score": "rating"}  # without sampled negatives the watch output never learned anything
     from embedrec.train import rank_on_split
 
     scores = {}
     for beta in BETAS:
-        metrics = rank_on_split(lambda _h, _t, users, b: result.scorer(users, b), None, None, beta,
-                                prepared=prepared, split_code=1, max_users=train_cfg.val_users or None)
-        scores[beta] = metrics["ndcg@10"]
+        ndcg = rank_on_split(lambda _h, _t, users, b: result.scorer(users, b), None, None, beta,
+                             prepared=prepared, split_code=1, max_users=train_cfg.val_users or None)
+        if ndcg is None:
+            return {"score": "blend", "beta": 0.0, "chosen_by": "default (no relevant rating in the val split)"}
+        scores[beta] = ndcg
     best = max(BETAS, key=lambda b: (round(scores[b], 6), -b))
     return {"score": "blend", "beta": best, "chosen_by": "val ndcg@10",
             "val_ndcg@10": {str(b): round(v, 5) for b, v in scores.items()}}
 
 
-def train_run(data_dir: Path, *, out: Path | None = None, workdir: Path | None = None, preset: str = "default",
+def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path | None = None, preset: str = "default",
               overrides: dict[str, Any] | None = None, callbacks: Any = None, resume: bool = False,
               stop_requested: Callable[[], bool] | None = None) -> RunResult:
     """Train a model on a prepared data set and write its run folder; returns where and how it went.
 
-    ``out`` names the run folder (default: a new one under ``<workdir>/models``). With ``resume`` the run continues
-    from its last checkpoint (``out``, else the work folder's most recently checkpointed run) with the settings it
-    was started with; only ``epochs`` may be raised.
+    ``data_dir`` defaults to ``<workdir>/data`` (with ``resume``: the data the run started on). ``out`` names the
+    run folder (default: a new one under ``<workdir>/models``). With ``resume`` the run continues from its last
+    checkpoint (``out``, else the work folder's most recently checkpointed run) with the settings it was started
+    with; only ``epochs`` may be raised, and a finished run is refused unless it is.
     """
     from embedrec.data import load_prepared
     from embedrec.train import genre_inputs, train
 
-    workdir = Path(workdir) if workdir is not None else Path(data_dir).parent
-    prepared = load_prepared(data_dir)
+    if workdir is None:
+        if data_dir is None:
+            raise ConfigError("train_run needs data_dir or workdir")
+        workdir = Path(data_dir).parent
+    workdir = Path(workdir)
     if resume:
         run_dir = Path(out) if out is not None else latest_checkpointed_run(workdir)
         run_meta = read_json(run_dir / "run.json")
+        if data_dir is None:  # the data the run started on
+            data_dir = Path(run_meta["data"]["path"])
+        prepared = load_prepared(data_dir)
         model_cfg = model_config_from_dict(run_meta["model"])
         train_cfg = train_config_from_dict(run_meta["train"])
         extra = {k: v for k, v in (overrides or {}).items() if k != "preset"}
         if "epochs" in extra:
             train_cfg = train_cfg.replace(epochs=int(extra.pop("epochs")))
+        _check_resumable(run_dir, train_cfg)
         stored = {**to_dict(model_cfg), **to_dict(train_cfg)}
         changed = [k for k, v in extra.items() if k not in stored or _as_json(stored[k]) != _as_json(v)]
         if changed:
@@ -125,6 +151,8 @@ def train_run(data_dir: Path, *, out: Path | None = None, workdir: Path | None =
                               f"{', '.join('--' + k.replace('_', '-') for k in changed)} (only --epochs may change)")
         preset = run_meta.get("preset", preset)
     else:
+        data_dir = Path(data_dir) if data_dir is not None else data_dir_of(workdir)
+        prepared = load_prepared(data_dir)
         model_cfg, train_cfg = resolve_configs(preset, overrides)
         run_dir = Path(out) if out is not None else new_run_dir(workdir, preset)
         if (run_dir / "model.json").exists() or (run_dir / "checkpoints").exists():

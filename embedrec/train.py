@@ -501,25 +501,36 @@ def make_user_scorer(graphdef: Any, shape: DataShape, genre_idx: jax.Array, genr
     return score
 
 
+def training_relevance(prepared: Any) -> float:
+    """The "relevant" threshold used during training: 4 stars on a 5-star scale, the same share of other scales."""
+    lo, hi = float(prepared.summary["rating_min"]), float(prepared.summary["rating_max"])
+    return 4.0 if (lo, hi) in ((0.5, 5.0), (1.0, 5.0)) else lo + 0.75 * (hi - lo)
+
+
 def rank_on_split(scorer: Callable[..., np.ndarray], head_state: Any, tables: dict[str, jax.Array], beta: float,
-                  *, prepared: Any, split_code: int, max_users: int | None, ks: tuple[int, ...] = (10,)
-                  ) -> dict[str, float]:
-    """Full-ranking metrics of ``watch + beta * rating`` on one split, on sampled users.
+                  *, prepared: Any, split_code: int, max_users: int | None) -> float | None:
+    """NDCG@10 (full ranking) of ``watch + beta * rating`` on one split, on sampled users; None when undefined.
 
     Candidates are the movies the user has not rated in an earlier split: train for val; train and val for test
-    (a val rating is a known watch, not a recommendation to credit or blame).
+    (a val rating is a known watch, not a recommendation to credit or blame). Relevant: :func:`training_relevance`.
+    With no relevant rating in the split the metric is undefined, and training goes on without it.
     """
     from embedrec.evaluation import evaluate_ranking
 
     train_mask = prepared.split < split_code
     eval_mask = prepared.split == split_code
-    return evaluate_ranking(
+    k = min(10, prepared.n_movies)
+    relevance = training_relevance(prepared)
+    if not (prepared.rating[eval_mask] >= relevance).any():
+        return None
+    got = evaluate_ranking(
         lambda users: scorer(head_state, tables, users, beta),
         train_user_idx=prepared.user_idx[train_mask], train_movie_idx=prepared.movie_idx[train_mask],
         eval_user_idx=prepared.user_idx[eval_mask], eval_movie_idx=prepared.movie_idx[eval_mask],
         eval_rating=prepared.rating[eval_mask], n_users=prepared.n_users, n_movies=prepared.n_movies,
-        ks=ks, max_users=max_users, seed=0, batch_size=256,
+        ks=(k,), relevance=relevance, max_users=max_users, seed=0, batch_size=256,
     )
+    return float(got[f"ndcg@{k}"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -753,8 +764,14 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
         }
         if train_cfg.negatives > 0:
             record["train_watch_loss"] = float(sums[2] / max(sums[1], 1))
+        if len(val_r) and not np.isfinite(record["val_rmse"]):  # the epoch's last update can still blow up
+            raise TrainingDiverged(
+                f"val predictions became NaN/Inf after epoch {epoch}; the last good checkpoint is kept. Lower --lr "
+                "(or raise --weight-decay) and train again")
         if rank_val is not None:
-            record["val_ndcg@10"] = rank_val(state["head"], state_tables(state, layout), 0.0)["ndcg@10"]
+            ndcg = rank_val(state["head"], state_tables(state, layout), 0.0)
+            if ndcg is not None:
+                record["val_ndcg@10"] = ndcg
         history.append(record)
         improved = record["val_rmse"] < best["rmse"] or not len(val_r)
         if improved:
@@ -773,8 +790,11 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
             break
 
     final = {"head": state["head"], "tables": state_tables(state, layout)}
-    if best["state"] is not None and (train_cfg.patience or stopped_early) and not interrupted:
+    restore = best["state"] is not None and (train_cfg.patience or stopped_early) and not interrupted
+    if restore:
         final = _unflatten(final, best["state"], "")
+    elif history:  # without early stopping the last epoch's weights are the model (as in the original)
+        best["epoch"] = history[-1]["epoch"]
     model.set_tables(final["tables"])
     nnx.update(model.head, final["head"])
     return TrainResult(model=model, shape=shape, history=history, best_epoch=int(best["epoch"]),

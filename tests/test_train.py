@@ -274,3 +274,46 @@ def test_sampled_negatives_never_include_a_rated_movie(prepared) -> None:
     flagged = np.asarray(_maybe_seen(bits, jnp.asarray(cu), jnp.asarray(cm)))
     assert flagged[~unrated].all()
     assert flagged[unrated].mean() < 0.03
+
+
+def test_without_early_stopping_the_reported_epoch_is_the_saved_one(synthetic_prepared: Path, tmp_path: Path) -> None:
+    from embedrec.runs import train_run
+
+    result = train_run(synthetic_prepared, out=tmp_path / "run", workdir=tmp_path, preset="seed",
+                       overrides={"epochs": 4, "lr": 0.05})
+    assert result.best_epoch == 4  # patience 0: the last epoch's weights are the model, as in the original
+    meta = json.loads((result.run_dir / "model.json").read_text())
+    assert meta["metrics"]["val_rmse"] == result.history[-1]["val_rmse"]
+    resumed = _cli(["train", "--resume", "--out", str(result.run_dir)], tmp_path)
+    assert resumed.returncode == 2 and "already finished its 4 epochs" in resumed.stderr
+
+
+def test_other_rating_scales_and_no_val_split_train_and_print_strict_json(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    n = 3000
+    csv = tmp_path / "ratings.csv"
+    users = rng.integers(1, 80, n)
+    movies = rng.integers(1, 60, n)
+    stars = rng.integers(1, 4, n)  # a 1..3 scale
+    csv.write_text("userId,movieId,rating\n" + "".join(f"{u},{m},{r}\n" for u, m, r in zip(users, movies, stars)))
+    work = tmp_path / "w"
+    prep = _cli(["prepare", str(csv), "--workdir", str(work), "--time-col", "", "--val-frac", "0", "--json"],
+                tmp_path)
+    assert prep.returncode == 0, prep.stderr
+    done = _cli(["train", "--workdir", str(work), "--epochs", "2", "--json"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)  # strict JSON: no bare NaN for the missing val metrics
+    assert out["final"]["val_rmse"] is None
+    info = _cli(["info", "--workdir", str(work), "--json"], tmp_path)
+    assert info.returncode == 0 and json.loads(info.stdout)["shape"]["rating_max"] == 3.0
+
+
+def test_config_values_of_the_wrong_type_are_one_line_errors(synthetic_prepared: Path, tmp_path: Path) -> None:
+    for text, key in (('{"lr": "0.1"}', "lr"), ('{"hidden": 64}', "hidden"), ('{"batch_size": 1.5}', "batch_size")):
+        cfg = tmp_path / "hp.json"
+        cfg.write_text(text)
+        fail = _cli(["train", "--data", str(synthetic_prepared), "--config", str(cfg), "--out", str(tmp_path / "x")],
+                    tmp_path)
+        assert fail.returncode == 2, fail.stderr
+        assert str(cfg) in fail.stderr and key in fail.stderr and "Traceback" not in fail.stderr
+        assert not (tmp_path / "x").exists()  # nothing half-made is left behind

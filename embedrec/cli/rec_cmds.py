@@ -157,7 +157,9 @@ def evaluate_cmd(
         result = evaluate_model(scorer, prepared, split=split, ks=ks, relevance=relevance,
                                 baselines=not no_baselines, max_users=max_users)
     if json_out:
-        console.print_json(json.dumps(result, default=_clean))
+        from embedrec.artifacts import json_text
+
+        console.print_json(json_text(result))
         return
     console.print(_evaluate_table(result, ks=ks, split=split, relevance=relevance, ranking=scorer.ranking.describe()))
     base = result.get("baselines", {}).get("bias", {})

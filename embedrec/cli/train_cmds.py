@@ -5,7 +5,6 @@ JAX and Flax load inside the commands, so ``embedrec --help`` and ``embedrec tra
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,7 +13,7 @@ import typer
 
 from embedrec.cli.common import JsonOpt, WorkdirOpt, app, console, err_console, handle_errors
 from embedrec.errors import ConfigError
-from embedrec.workdir import data_dir, latest_run, resolve_workdir
+from embedrec.workdir import latest_run, resolve_workdir
 
 _HP = "Hyperparameters (override the preset)"
 
@@ -94,7 +93,8 @@ class _Progress:
 @app.command("train")
 @handle_errors
 def train_cmd(
-    data: Annotated[Path | None, typer.Option("--data", help="Prepared data folder \\[default: <workdir>/data].",
+    data: Annotated[Path | None, typer.Option("--data", help="Prepared data folder \\[default: <workdir>/data; "
+                                              "with --resume, the data the run started on].",
                                               show_default=False)] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run folder \\[default: a new one under "
                                              "<workdir>/models].", show_default=False)] = None,
@@ -141,7 +141,6 @@ def train_cmd(
     from embedrec.runs import train_run
 
     wd = resolve_workdir(workdir)
-    data_path = data if data is not None else data_dir(wd)
     overrides: dict[str, Any] = load_config_file(config) if config is not None else {}
     if "preset" in overrides and preset == "default":
         preset = str(overrides["preset"])
@@ -163,7 +162,7 @@ def train_cmd(
     previous = signal.signal(signal.SIGINT, on_sigint)
     view = _Progress(quiet=quiet or as_json, preset=preset)
     try:
-        result = train_run(data_path, out=out, workdir=wd, preset=preset, overrides=overrides, callbacks=view,
+        result = train_run(data, out=out, workdir=wd, preset=preset, overrides=overrides, callbacks=view,
                            resume=resume, stop_requested=lambda: stop["requested"])
     finally:
         view.stop()
@@ -173,11 +172,13 @@ def train_cmd(
         done = result.history[-1]["epoch"] if result.history else 0
         err_console.print(f"[yellow]interrupted after epoch {done}; checkpoint saved in "
                           f"{result.run_dir / 'checkpoints'}[/]\nresume with: [bold]embedrec train --resume "
-                          f"--out {result.run_dir}" + (f" --data {data_path}" if data is not None else "") + "[/]")
+                          f"--out {result.run_dir}[/]")
         raise typer.Exit(130)
     last = result.history[result.best_epoch - 1] if result.best_epoch else result.history[-1]
     if as_json:
-        console.print_json(json.dumps({"run_dir": str(result.run_dir), "n_params": result.n_params,
+        from embedrec.artifacts import json_text
+
+        console.print_json(json_text({"run_dir": str(result.run_dir), "n_params": result.n_params,
                                        "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
                                        "ranking": result.ranking, "final": last}))
         return
@@ -187,7 +188,9 @@ def train_cmd(
                   f"MAE {last['val_mae']:.4f}{ndcg}{note}")
     if result.ranking.get("score") == "blend":
         console.print(f"recommend ranks by watch logit + {result.ranking['beta']:g} x predicted rating "
-                      "(chosen on val NDCG@10)")
+                      f"(chosen by {result.ranking.get('chosen_by', 'val ndcg@10')})")
+    elif result.ranking.get("score") == "rating":
+        console.print("recommend ranks by predicted rating (this model has no trained watch output)")
     console.print(f"model: {result.run_dir}  (now the latest; next: [bold]embedrec evaluate[/], "
                   "[bold]embedrec recommend --user ID[/])")
 
@@ -213,7 +216,9 @@ def info_cmd(
             "epochs_run": meta.get("epochs_run", len(history)), "metrics": meta.get("metrics", {}),
             "created": meta.get("created"), "schema_version": meta.get("schema_version")}
     if as_json:
-        console.print_json(json.dumps(info))
+        from embedrec.artifacts import json_text
+
+        console.print_json(json_text(info))
         return
     from rich.table import Table
 

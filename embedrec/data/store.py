@@ -275,18 +275,24 @@ def load_prepared(path: str | os.PathLike[str]) -> PreparedData:
     missing = [f for f in FILES if not (path / f).is_file()]
     if missing:
         raise ArtifactError(f"prepared data at {path} is incomplete (missing {', '.join(missing)}): {_HOW}")
-    try:
-        summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
-        vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"prepared data at {path} has an unreadable JSON file ({exc}): {_HOW}") from None
-    for name, meta in (("summary.json", summary), ("vocab.json", vocab)):
+    loaded = {}
+    for name in ("summary.json", "vocab.json"):
+        try:
+            loaded[name] = json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{path / name} is unreadable JSON ({exc}): {_HOW}") from None
+        meta = loaded[name]
         version = meta.get("schema_version") if isinstance(meta, dict) else None
         if version != SCHEMA_VERSION:
             raise ArtifactError(
                 f"{path / name} has schema_version {version!r}, this embedrec reads {SCHEMA_VERSION}: "
                 "prepare the data again with this version"
             )
+    summary, vocab = loaded["summary.json"], loaded["vocab.json"]
+    numbers = ("n_ratings", "n_users", "n_movies", "n_genres", "n_genre_strings", "rating_min", "rating_max")
+    bad = [k for k in numbers if isinstance(summary.get(k), bool) or not isinstance(summary.get(k), (int, float))]
+    if bad or not isinstance(summary.get("fingerprint"), str):
+        raise ArtifactError(f"{path / 'summary.json'} lacks or garbles {', '.join(bad) or 'fingerprint'}: {_HOW}")
     try:
         ratings = pq.read_table(path / "ratings.parquet")
         movies = pq.read_table(path / "movies.parquet").to_pandas()
