@@ -93,3 +93,18 @@ def test_same_seed_same_output_different_seed_different_split(tmp_path: Path) ->
 def test_zero_fractions_keep_everything_in_train(tmp_path: Path) -> None:
     data = _prepare(tmp_path, "z", test_frac=0.0, val_frac=0.0)
     assert (data.split == TRAIN).all()
+
+
+def test_time_based_splits_refuse_data_without_timestamps() -> None:
+    import numpy as np
+    import pytest
+
+    from embedrec.data.split import assign_split
+    from embedrec.errors import ConfigError
+
+    users = np.array([0, 0, 1, 1], dtype=np.int32)
+    for method in ("temporal", "leave-last-out"):
+        with pytest.raises(ConfigError, match="needs timestamps"):
+            assign_split(users, np.zeros(4, dtype=np.int64), method=method, test_frac=0.25, val_frac=0.0, seed=0)
+    codes = assign_split(users, np.array([1, 2, 3, 4]), method="temporal", test_frac=0.25, val_frac=0.0, seed=0)
+    assert codes.tolist() == [0, 0, 0, 2]

@@ -87,7 +87,16 @@ def assign_split(
     val_frac: float,
     seed: int,
 ) -> np.ndarray:
-    """Split codes (int8) for each rating; see the module docstring for the methods."""
+    """Split codes (int8) for each rating; see the module docstring for the methods.
+
+    The time-based methods refuse data without timestamps (all zero): ordering by row would look like a temporal
+    split and silently not be one.
+    """
+    if method in ("temporal", "leave-last-out") and len(timestamp) and not np.any(timestamp):
+        from embedrec.errors import ConfigError
+
+        raise ConfigError(f"--split {method} needs timestamps, and this data has none: use --split random, or name "
+                          "the time column with --time-col")
     if method == "random":
         return random_split(len(user_idx), test_frac=test_frac, val_frac=val_frac, seed=seed)
     if method == "temporal":
