@@ -46,7 +46,7 @@ def test_generic_csv_options(tmp_path: Path) -> None:
     result = runner.invoke(app, [
         "prepare", "--ratings-file", str(f), "--delimiter", "\\t", "--user-col", "who", "--movie-col", "what",
         "--rating-col", "stars", "--time-col", "", "--rating-scale", "1,5", "--out", str(tmp_path / "o"),
-        "--split", "temporal", "--test-frac", "0.25", "--val-frac", "0",
+        "--split", "random", "--test-frac", "0.25", "--val-frac", "0",
     ])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
