@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -153,13 +153,6 @@ class DataShape:
                "needs at least one user, one movie and one genre")
         _check(self.rating_max > self.rating_min, "data",
                f"rating range is empty ({self.rating_min}..{self.rating_max}); every rating is the same value")
-
-
-@dataclass(frozen=True)
-class Preset:
-    model: ModelConfig
-    train: TrainConfig
-    description: str = field(default="")
 
 
 def preset(name: str) -> tuple[ModelConfig, TrainConfig]:

@@ -10,7 +10,7 @@ from flax import nnx
 
 from embedrec.config import DataShape, ModelConfig, preset
 from embedrec.errors import ConfigError
-from embedrec.model import EmbeddingConcat, dropout, gather_rows, rating_from_rows, watch_logit_from_rows
+from embedrec.model import EmbeddingConcat, dropout, gather_rows, rating_from_rows
 
 SEED_SHAPE = DataShape(n_users=20_510, n_movies=25_448, n_genres=1_357, rating_min=0.5, rating_max=5.0)
 
