@@ -6,14 +6,17 @@ Synopsis::
     result = train(prepared, model_cfg, train_cfg)           # PreparedData from embedrec.data.load_prepared
     result.model, result.history
 
-Speed comes from four things, each measured (see benchmarks/train_throughput.py):
+Speed comes from these, each measured (see benchmarks/train_throughput.py and the README):
 
 * the training split lives on the device, shuffled once per epoch on the host so a batch is a contiguous slice, and
-  a whole block of steps (``steps_per_call``) runs in one ``lax.scan``,
-  so Python is touched once per block, not once per batch;
+  a whole block of steps (``steps_per_call``) runs in one ``lax.scan``, so Python is touched once per block;
 * lazy (row-sparse) Adam for the embedding tables: only the rows in the batch get their moments and weights updated,
   instead of a dense update of all ~2.4M table entries every step. Bias correction uses the global step, as in
-  TensorFlow's LazyAdam. ``optimizer="adam"`` gives the dense Optax update for comparison;
+  TensorFlow's LazyAdam. All user and movie tables share one packed slab (:class:`SlabLayout`), so a step does one
+  gather, one de-duplication and one scatter. ``optimizer="adam"`` gives the dense update for comparison;
+* a genre table no larger than about a step's genre slots is updated densely instead (cheaper than the slots);
+* the watch output's negatives are shared by the batch: one (B, K) matmul, B + K movie rows, and a Bloom filter of
+  the training pairs (:func:`seen_filter`) to mask rated movies;
 * dropout masks from a counter-based integer hash instead of Threefry bits;
 * static shapes: the last partial batch of an epoch is padded and masked, so nothing recompiles.
 
