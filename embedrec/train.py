@@ -149,13 +149,15 @@ def slab_layout(tables: Mapping[str, Any], *, exclude: tuple[str, ...] = ()) -> 
     return SlabLayout(groups=tuple(groups), width=width, n_rows=offset)
 
 
-def tables_to_slab(tables: Mapping[str, jax.Array], layout: SlabLayout) -> jax.Array:
+def tables_to_slab(tables: Mapping[str, jax.Array], layout: SlabLayout, *, rowwise: bool = False) -> jax.Array:
+    """Pack the tables with zeroed moments: [params | mu | nu], nu one column per row with ``rowwise``."""
     blocks = []
     for _, _, n_rows, members in layout.groups:
         params = jnp.concatenate([jnp.reshape(tables[n], (n_rows, w)) for n, w in members], axis=1)
         blocks.append(jnp.pad(params, ((0, 0), (0, layout.width - params.shape[1]))))
     params = jnp.concatenate(blocks, axis=0)
-    return jnp.concatenate([params, jnp.zeros_like(params), jnp.zeros_like(params)], axis=1)
+    nu = jnp.zeros_like(params[:, :1]) if rowwise else jnp.zeros_like(params)
+    return jnp.concatenate([params, jnp.zeros_like(params), nu], axis=1)
 
 
 def slab_to_tables(slab: jax.Array, layout: SlabLayout) -> dict[str, jax.Array]:
@@ -182,10 +184,14 @@ def _dedup(idx: jax.Array, n_rows: int) -> tuple[jax.Array, jax.Array]:
     return rep, valid & (rep == slot)
 
 
-def _adam_rows(gathered: jax.Array, grad: jax.Array, lr_t: jax.Array, width: int) -> jax.Array:
+def _adam_rows(gathered: jax.Array, grad: jax.Array, lr_t: jax.Array, width: int, *, rowwise: bool = False
+               ) -> jax.Array:
+    """Adam on [params | mu | nu] rows. ``rowwise`` keeps one second moment per row (the mean of the squared
+    gradient over the row), as row-wise Adagrad does for embeddings: a third fewer bytes to move per row."""
     p, m, v = gathered[:, :width], gathered[:, width:2 * width], gathered[:, 2 * width:]
     m = B1 * m + (1 - B1) * grad
-    v = B2 * v + (1 - B2) * grad * grad
+    sq = grad * grad
+    v = B2 * v + (1 - B2) * (jnp.mean(sq, axis=1, keepdims=True) if rowwise else sq)
     p = p - lr_t * m / (jnp.sqrt(v) + EPS)
     return jnp.concatenate([p, m, v], axis=1)
 
@@ -225,6 +231,7 @@ class StepStatic:
     watch_loss: str
     weight_decay: float
     lazy: bool
+    rowwise: bool
     sampling: str
     n_devices: int
     genre_table: bool = False  # the genre table is small: updated densely, outside the slab
@@ -370,7 +377,7 @@ def make_block_fn(graphdef: Any, layout: SlabLayout, model_cfg: ModelConfig, sha
         if static.lazy:
             rep, lead_slot = _dedup(upd_idx, R)
             grad = jax.ops.segment_sum(grad, rep, num_segments=idx.shape[0])
-            new_rows = _adam_rows(gathered, grad, lr_t, W)
+            new_rows = _adam_rows(gathered, grad, lr_t, W, rowwise=static.rowwise)
             # every target is distinct (non-leading slots point to distinct rows past the end, then dropped), so
             # XLA may write them in parallel
             target = jnp.where(lead_slot, upd_idx, R + jnp.arange(idx.shape[0], dtype=upd_idx.dtype))
@@ -398,8 +405,8 @@ def make_optimizer() -> optax.GradientTransformation:
     return optax.scale_by_adam(b1=B1, b2=B2, eps=EPS)
 
 
-def init_state(model: EmbeddingConcat, tx: optax.GradientTransformation, *, genre_table: bool
-               ) -> tuple[Any, SlabLayout, dict[str, Any]]:
+def init_state(model: EmbeddingConcat, tx: optax.GradientTransformation, *, genre_table: bool,
+               rowwise: bool = False) -> tuple[Any, SlabLayout, dict[str, Any]]:
     """(head graphdef, slab layout, the train state pytree) for a freshly built model.
 
     With ``genre_table`` the (small) genre table lives outside the slab as ``state["genre"]``, [params | mu | nu].
@@ -407,8 +414,8 @@ def init_state(model: EmbeddingConcat, tx: optax.GradientTransformation, *, genr
     graphdef, head_state = nnx.split(model.head)
     tables = model.tables()
     layout = slab_layout(tables, exclude=("genre",) if genre_table else ())
-    state: dict[str, Any] = {"head": head_state, "opt": tx.init(head_state), "slab": tables_to_slab(tables, layout),
-                             "count": jnp.zeros((), jnp.int32)}
+    state: dict[str, Any] = {"head": head_state, "opt": tx.init(head_state),
+                             "slab": tables_to_slab(tables, layout, rowwise=rowwise), "count": jnp.zeros((), jnp.int32)}
     if genre_table:
         g = tables["genre_embedding"]
         state["genre"] = jnp.concatenate([g, jnp.zeros_like(g), jnp.zeros_like(g)], axis=1)
@@ -600,7 +607,8 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     """
     cb = callbacks or Callbacks()
     stop_requested = stop_requested or (lambda: False)
-    lazy = train_cfg.optimizer == "lazy_adam"
+    lazy = train_cfg.optimizer in ("lazy_adam", "rowwise_adam")
+    rowwise = train_cfg.optimizer == "rowwise_adam"
     genres = genre_inputs(prepared, model_cfg.genre_mode)
     shape = data_shape(prepared, model_cfg)
     if model_cfg.watch_head is False and train_cfg.negatives > 0:
@@ -648,11 +656,11 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
 
     model = EmbeddingConcat(model_cfg, shape, rngs=nnx.Rngs(train_cfg.seed))
     tx = make_optimizer()
-    graphdef, layout, state = init_state(model, tx, genre_table=genre_table)
+    graphdef, layout, state = init_state(model, tx, genre_table=genre_table, rowwise=rowwise)
     static = StepStatic(batch_size=bsz, steps_in_block=steps_in_block, n_train=n_train,
                         negatives=train_cfg.negatives, watch_weight=train_cfg.watch_weight,
                         watch_loss=train_cfg.watch_loss,
-                        weight_decay=train_cfg.weight_decay, lazy=lazy, sampling=train_cfg.sampling,
+                        weight_decay=train_cfg.weight_decay, lazy=lazy, rowwise=rowwise, sampling=train_cfg.sampling,
                         n_devices=n_dev, genre_table=genre_table,
                         genre_width=int(model_cfg.embedding_dim))
     run_block = make_block_fn(graphdef, layout, model_cfg, shape, static, tx, mesh)

@@ -55,12 +55,13 @@ def test_same_seed_same_numbers_other_seed_other_numbers(prepared) -> None:
     assert a.history[0]["train_loss"] != c.history[0]["train_loss"]
 
 
-def test_lazy_adam_learns_as_well_as_dense_adam(prepared) -> None:
+def test_sparse_adams_learn_as_well_as_dense_adam(prepared) -> None:
     model_cfg, train_cfg = _seed_cfg(epochs=3, lr=3e-3)
-    lazy = train(prepared, model_cfg, train_cfg.replace(optimizer="lazy_adam"))
     dense = train(prepared, model_cfg, train_cfg.replace(optimizer="adam"))
-    for lz, dn in zip(lazy.history, dense.history):
-        assert lz["val_rmse"] <= dn["val_rmse"] + 0.01
+    for name in ("lazy_adam", "rowwise_adam"):
+        sparse = train(prepared, model_cfg, train_cfg.replace(optimizer=name))
+        for sp, dn in zip(sparse.history, dense.history):
+            assert sp["val_rmse"] <= dn["val_rmse"] + 0.01, name
 
 
 def test_early_stopping_restores_the_best_epoch(prepared) -> None:

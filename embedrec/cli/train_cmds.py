@@ -119,7 +119,9 @@ def train_cmd(
     epochs: Annotated[int | None, typer.Option("--epochs", rich_help_panel=_HP, show_default=False)] = None,
     weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="Per-row L2 on embedding rows.",
                                                        rich_help_panel=_HP, show_default=False)] = None,
-    optimizer: Annotated[str | None, typer.Option("--optimizer", help="lazy_adam (row-sparse) or adam (dense).",
+    optimizer: Annotated[str | None, typer.Option("--optimizer", help="rowwise_adam (row-sparse, one second "
+                                                  "moment per embedding row), lazy_adam (row-sparse) or adam "
+                                                  "(dense).",
                                                   rich_help_panel=_HP, show_default=False)] = None,
     negatives: Annotated[int | None, typer.Option("--negatives", help="Sampled negatives per rating for the "
                                                   "watch output (0 = rating only).", rich_help_panel=_HP,
