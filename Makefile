@@ -28,7 +28,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/prepare_speed.py --scale both
+	$(BIN)/python benchmarks/recommend_speed.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .embedrec
