@@ -58,9 +58,9 @@ def ensure_model(data: Path, cache: Path, preset_name: str, ranking: dict) -> Pa
 
     prepared = load_prepared(data)
     model_cfg, train_cfg = preset(preset_name)
-    shape = data_shape(prepared, model_cfg)
-    module = EmbeddingConcat(model_cfg, shape, rngs=nnx.Rngs(0))
     gi = genre_inputs(prepared, model_cfg.genre_mode)
+    shape = data_shape(prepared, gi)
+    module = EmbeddingConcat(model_cfg, shape, rngs=nnx.Rngs(0))
     artifacts.save_model(out, module=module, model_cfg=model_cfg, train_cfg=train_cfg, shape=shape,
                          genre_idx=gi.idx, genre_w=gi.weight, prepared=prepared, history=[],
                          extra_meta={"ranking": ranking})

@@ -155,6 +155,12 @@ class DataShape:
                f"rating range is empty ({self.rating_min}..{self.rating_max}); every rating is the same value")
 
 
+def check_settings(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    """Settings that are valid alone but not together."""
+    _check(train_cfg.negatives == 0 or model_cfg.watch_head, "--negatives",
+           "needs a model with the watch output (the default preset); the seed preset is rating-only")
+
+
 def preset(name: str) -> tuple[ModelConfig, TrainConfig]:
     """The named preset's configs. ``seed`` is the original network; ``default`` is the measured best."""
     if name == "seed":

@@ -24,6 +24,7 @@ from embedrec.artifacts import SCHEMA_VERSION, CheckpointDir, read_json, save_mo
 from embedrec.config import (
     ModelConfig,
     TrainConfig,
+    check_settings,
     model_config_from_dict,
     preset as preset_configs,
     split_overrides,
@@ -57,9 +58,7 @@ def resolve_configs(preset: str, overrides: dict[str, Any] | None) -> tuple[Mode
     model_cfg, train_cfg = preset_configs(preset)
     model_changes, train_changes = split_overrides(dict(overrides or {}))
     model_cfg, train_cfg = model_cfg.replace(**model_changes), train_cfg.replace(**train_changes)
-    if train_cfg.negatives > 0 and not model_cfg.watch_head:
-        raise ConfigError("--negatives needs a model with the watch output (the default preset); the seed preset is "
-                          "rating-only")
+    check_settings(model_cfg, train_cfg)
     return model_cfg, train_cfg
 
 
@@ -125,7 +124,7 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
     with; only ``epochs`` may be raised, and a finished run is refused unless it is.
     """
     from embedrec.data import load_prepared
-    from embedrec.train import genre_inputs, train
+    from embedrec.train import train
 
     if workdir is None:
         if data_dir is None:
@@ -171,7 +170,7 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
     ranking: dict[str, Any] = {}
     if not result.interrupted:
         ranking = choose_ranking(result, prepared, model_cfg, train_cfg)
-        gi = genre_inputs(prepared, model_cfg.genre_mode)
+        gi = result.genres
         final = dict(result.history[result.best_epoch - 1]) if result.history and result.best_epoch else {}
         save_model(run_dir, module=result.model, model_cfg=model_cfg, train_cfg=train_cfg, shape=result.shape,
                    genre_idx=gi.idx, genre_w=gi.weight, prepared=prepared, history=result.history,

@@ -38,11 +38,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from embedrec.config import DataShape, ModelConfig, TrainConfig
+from embedrec.config import DataShape, ModelConfig, TrainConfig, check_settings
 from embedrec.errors import ArtifactError, ConfigError, TrainingDiverged
 from embedrec.model import (
     TABLE_GROUPS,
     EmbeddingConcat,
+    _hash_u32,
     gather_rows,
     pool_genres,
     rating_from_rows,
@@ -79,8 +80,7 @@ def genre_inputs(prepared: Any, genre_mode: str) -> GenreInputs:
     return GenreInputs(idx, weight, max(prepared.n_genres, 1))
 
 
-def data_shape(prepared: Any, model_cfg: ModelConfig) -> DataShape:
-    genres = genre_inputs(prepared, model_cfg.genre_mode)
+def data_shape(prepared: Any, genres: GenreInputs) -> DataShape:
     summary = prepared.summary
     return DataShape(n_users=prepared.n_users, n_movies=prepared.n_movies, n_genres=genres.n_genres,
                      rating_min=float(summary["rating_min"]), rating_max=float(summary["rating_max"]),
@@ -197,12 +197,8 @@ def _adam_rows(gathered: jax.Array, grad: jax.Array, lr_t: jax.Array, width: int
 
 
 def _pair_hash(users: jax.Array, movies: jax.Array) -> jax.Array:
-    x = users.astype(jnp.uint32) * jnp.uint32(0x9E3779B1) ^ movies.astype(jnp.uint32) * jnp.uint32(0x85EBCA77)
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = x * jnp.uint32(0x846CA68B)
-    return x ^ (x >> 16)
+    mixed = users.astype(jnp.uint32) * jnp.uint32(0x9E3779B1) ^ movies.astype(jnp.uint32) * jnp.uint32(0x85EBCA77)
+    return _hash_u32(mixed)
 
 
 def _maybe_seen(words: jax.Array, users: jax.Array, movies: jax.Array) -> jax.Array:
@@ -233,7 +229,6 @@ class StepStatic:
     lazy: bool
     rowwise: bool
     sampling: str
-    n_devices: int
     genre_table: bool = False  # the genre table is small: updated densely, outside the slab
     genre_width: int = 0
 
@@ -567,6 +562,7 @@ class TrainResult:
     shape: DataShape
     history: list[dict[str, Any]]
     best_epoch: int
+    genres: GenreInputs
     scorer: Callable[[np.ndarray, float], np.ndarray] | None = None  # (users, beta) -> (B, n_movies) scores
     stopped_early: bool = False
     interrupted: bool = False
@@ -609,11 +605,9 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     stop_requested = stop_requested or (lambda: False)
     lazy = train_cfg.optimizer in ("lazy_adam", "rowwise_adam")
     rowwise = train_cfg.optimizer == "rowwise_adam"
+    check_settings(model_cfg, train_cfg)
     genres = genre_inputs(prepared, model_cfg.genre_mode)
-    shape = data_shape(prepared, model_cfg)
-    if model_cfg.watch_head is False and train_cfg.negatives > 0:
-        raise ConfigError("--negatives needs a model with the watch output (the default preset); the seed preset is "
-                          "rating-only")
+    shape = data_shape(prepared, genres)
 
     train_mask = prepared.split == 0
     val_mask = prepared.split == 1
@@ -661,7 +655,7 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
                         negatives=train_cfg.negatives, watch_weight=train_cfg.watch_weight,
                         watch_loss=train_cfg.watch_loss,
                         weight_decay=train_cfg.weight_decay, lazy=lazy, rowwise=rowwise, sampling=train_cfg.sampling,
-                        n_devices=n_dev, genre_table=genre_table,
+                        genre_table=genre_table,
                         genre_width=int(model_cfg.embedding_dim))
     run_block = make_block_fn(graphdef, layout, model_cfg, shape, static, tx, mesh)
     predict = make_predict_fn(graphdef, model_cfg, shape)
@@ -809,7 +803,7 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
         best["epoch"] = history[-1]["epoch"]
     model.set_tables(final["tables"])
     nnx.update(model.head, final["head"])
-    return TrainResult(model=model, shape=shape, history=history, best_epoch=int(best["epoch"]),
+    return TrainResult(model=model, shape=shape, history=history, best_epoch=int(best["epoch"]), genres=genres,
                        scorer=partial(scorer, final["head"], final["tables"]),
                        stopped_early=stopped_early, interrupted=interrupted,
                        info={"n_params": model.n_params(), "n_train": n_train, "devices": n_dev,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -103,6 +103,12 @@ def _arrow_error(path: Path, exc: Exception) -> DataError:
     if "Expected" in msg and "columns" in msg:
         return DataError(f"{path}: malformed row ({msg.removeprefix('CSV parse error: ')}); check --delimiter")
     return DataError(f"{path}: cannot parse ({msg})")
+
+
+def _failed_column(exc: Exception, order: Sequence[str]) -> str | None:
+    """The name of the column a pyarrow conversion error names, when it names one."""
+    col_no = _conversion_column(exc)
+    return order[col_no] if col_no is not None and col_no < len(order) else None
 
 
 def _conversion_column(exc: Exception) -> int | None:
@@ -214,9 +220,8 @@ def read_rating_columns(
         table = _read_table(_source(path, data), types=types, **kw)
     except (pa.ArrowInvalid, pa.ArrowKeyError) as exc:
         table = None
-        col_no = _conversion_column(exc)
         order = names if names is not None else header_fields(head, path=path, delimiter=delimiter)
-        failed = order[col_no] if col_no is not None and col_no < len(order) else None
+        failed = _failed_column(exc, order)
         if failed is not None and failed == columns.time:
             types[columns.time] = pa.string()
             time_text = True
@@ -224,8 +229,7 @@ def read_rating_columns(
                 table = _read_table(_source(path, data), types=types, **kw)
             except (pa.ArrowInvalid, pa.ArrowKeyError) as exc2:
                 exc = exc2
-                col_no = _conversion_column(exc2)
-                failed = order[col_no] if col_no is not None and col_no < len(order) else None
+                failed = _failed_column(exc2, order)
         if table is None:
             if failed in (columns.user, columns.movie, columns.rating):
                 integer = failed != columns.rating
