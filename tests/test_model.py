@@ -79,6 +79,21 @@ def test_hash_dropout_rate_scaling_and_determinism() -> None:
     assert abs(np.corrcoef(flat[:-1], flat[1:])[0, 1]) < 0.02
 
 
+def test_hash_dropout_backward_uses_the_forward_mask() -> None:
+    """The mask is computed once and shared: the gradient is the scale exactly where the forward pass kept x."""
+    x = jnp.linspace(1.0, 2.0, 37 * 13).reshape(37, 13)  # an odd size: the last 32-bit word is half used
+    seed = jnp.uint32(11)
+    out = dropout(x, 0.3, seed, salt=3)
+    grad = jax.grad(lambda v: jnp.sum(dropout(v, 0.3, seed, salt=3)))(x)
+    kept = np.asarray(out) != 0
+    scale = 65536.0 / (65536 - round(0.3 * 65536))
+    np.testing.assert_allclose(np.asarray(grad), np.where(kept, scale, 0.0), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(out)[kept], np.asarray(x)[kept] * scale, rtol=1e-6)
+    assert 0.25 < 1 - kept.mean() < 0.35
+    # inside jit (where the mask is a separate computation on CPU) the mask is the same
+    np.testing.assert_array_equal(jax.jit(lambda v: dropout(v, 0.3, seed, salt=3))(x), out)
+
+
 @pytest.mark.parametrize(("kwargs", "option"), [
     ({"embedding_dim": 0}, "--embedding-dim"),
     ({"hidden": ()}, "--hidden"),
