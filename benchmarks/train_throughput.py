@@ -31,6 +31,7 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "seed-b1024": ("seed", {"batch_size": 1024}),
     "seed-b8192": ("seed", {"batch_size": 8192}),
     "seed-b256": ("seed", {"batch_size": 256}),
+    "seed-b1024-lazy-adam": ("seed", {"batch_size": 1024, "optimizer": "lazy_adam"}),
     "seed-b1024-dense-adam": ("seed", {"batch_size": 1024, "optimizer": "adam"}),
     "default": ("default", {"val_users": 0}),
     "default-no-negatives": ("default", {"negatives": 0, "val_users": 0}),
