@@ -141,12 +141,24 @@ def test_similar_by_id_and_title(workdir: Path, ids: dict) -> None:
     assert got["movieId"] == ids["movie"] and len(got["similar"]) == 4
     title = got["title"]
     res = run("similar", "--movie", title, "--workdir", workdir, "--json")
-    assert res.exit_code == 0
-    out = json.loads(res.stdout)
-    assert out.get("movieId") == ids["movie"] or ids["movie"] in [c["movieId"] for c in out["candidates"]]
-    word = title.split()[-1]
+    assert res.exit_code == 0  # an exact title picks its movie even when other titles contain it
+    assert json.loads(res.stdout)["movieId"] == ids["movie"]
+
+
+def test_similar_with_an_ambiguous_title_lists_candidates_and_fails(workdir: Path, ids: dict) -> None:
+    titles = ids["prepared"].movies["title"].astype(str).str.lower()
+    word = titles.str.split().explode().value_counts().index[0]  # the commonest title word: many movies hold it
+    matching = titles.str.contains(word, regex=False)
+    assert matching.sum() >= 2
     res = run("similar", "--movie", word, "--workdir", workdir)
-    assert res.exit_code == 0
+    assert res.exit_code == 2
+    assert "titles; pass one of the listed movie ids" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    listed = [int(line.split()[0]) for line in res.stdout.splitlines()[1:] if line.split() and line.split()[0].isdigit()]
+    assert len(listed) == min(int(matching.sum()), 50)
+    res = run("similar", "--movie", word, "--workdir", workdir, "--json")
+    assert res.exit_code == 2
+    got = json.loads(res.stdout)
+    assert got["n_candidates"] == int(matching.sum()) and {"movieId", "title", "year"} <= set(got["candidates"][0])
     res = run("similar", "--movie", "qqqq zzzz", "--workdir", workdir)
     assert res.exit_code == 2
 

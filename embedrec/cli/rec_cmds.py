@@ -474,9 +474,9 @@ def similar_cmd(
         found = rec.find_movies(query)
         if found.empty:
             raise UnknownIdError(f"no movie title contains {query!r}")
-        if len(found) > 1:
+        if len(found) > 1:  # list them, then fail: a script must not take the candidates for the answer
             _render_candidates(found, query, json_out)
-            return
+            raise UnknownIdError(f"--movie {query!r} matches {len(found)} titles; pass one of the listed movie ids")
         movie_id = int(found["movie_id"].iloc[0])
     table = rec.similar(movie_id, k=k)
     anchor = rec.movies.iloc[rec.movie_index(movie_id)]
@@ -502,7 +502,7 @@ def _render_candidates(found: pd.DataFrame, query: str, json_out: bool) -> None:
     if json_out:
         console.print_json(json.dumps({"query": query, "candidates": records, "n_candidates": len(found)}))
         return
-    console.print(f"{len(found)} movies match {query!r}; pass one of these ids with --movie:", highlight=False)
+    console.print(f"{len(found)} movies match {query!r}:", highlight=False)
     for r in records:
         year = "" if r["year"] is None else f" ({r['year']})"
         console.print(f"  {r['movieId']:>8}  {r['title']}{year}", highlight=False)
