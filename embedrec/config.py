@@ -177,7 +177,7 @@ def preset(name: str) -> tuple[ModelConfig, TrainConfig]:
             ModelConfig(embedding_dim=64, hidden=(64, 16), dropout=0.2, genre_mode="bag", biases=True,
                         watch_head=True, init="scaled"),
             TrainConfig(lr=3e-3, batch_size=256, epochs=40, weight_decay=0.01, optimizer="lazy_adam",
-                        # 64 shared negatives: test NDCG@10 0.340 against 0.317 with 16 (mean of four seeds), 11% slower
+                        # 64 shared negatives: test NDCG@10 0.340 against 0.317 with 16 (mean of four seeds), 13% slower
                         lr_decay=1.0, patience=3, negatives=64, watch_weight=1.0, watch_loss="softmax",
                         sampling="uniform"),
         )
