@@ -71,8 +71,8 @@ def dropout(x: jax.Array, rate: float, seed: jax.Array | None, salt: int) -> jax
 
     Threefry bits cost a large share of the backward pass for a network this small; one integer hash gives two
     16-bit draws, several times cheaper, and deterministic for a given (seed, salt, position). The rate is applied
-    at 1/65536 resolution. The mask is computed once per call and shared by the forward and backward passes
-    (on CPU this takes :func:`_computed_once`).
+    at 1/65536 resolution. On CPU the mask is computed once per call and read by both the forward and the backward
+    pass (:func:`_computed_once`); elsewhere the compiler decides.
     """
     if seed is None or rate <= 0.0:
         return x

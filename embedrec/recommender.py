@@ -785,14 +785,14 @@ class Recommender:
 
     # -- similar ----------------------------------------------------------------------------------------------
     def find_movies(self, query: str) -> pd.DataFrame:
-        """Movies whose title holds every word of ``query`` (case-insensitive); an exact title match alone if any."""
+        """Movies whose title holds every word of ``query`` (case-insensitive); only the exact title matches if any."""
         words = query.lower().split()
         titles = self.movies["title"].astype(str).str.lower()
         hit = np.ones(len(titles), dtype=bool)
         for w in words:
             hit &= titles.str.contains(w, regex=False).to_numpy()
         exact = hit & (titles == query.strip().lower()).to_numpy()
-        chosen = exact if exact.sum() == 1 else hit
+        chosen = exact if exact.any() else hit
         return self._movie_rows(np.flatnonzero(chosen))
 
     def similar(self, movie_id: int, *, k: int = 10) -> pd.DataFrame:

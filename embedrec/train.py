@@ -17,8 +17,8 @@ Speed comes from these, each measured (see benchmarks/train_throughput.py and th
 * a genre table no larger than about a step's genre slots is updated densely instead (cheaper than the slots);
 * the watch output's negatives are shared by the batch: one (B, K) matmul, B + K movie rows, and a Bloom filter of
   the training pairs (:func:`seen_filter`) to mask rated movies;
-* dropout masks from a counter-based integer hash instead of Threefry bits, computed once per step and shared by the
-  forward and backward passes (see :func:`embedrec.model.dropout`);
+* dropout masks from a counter-based integer hash instead of Threefry bits, on CPU computed once per step and read
+  by both the forward and the backward pass (see :func:`embedrec.model.dropout`);
 * static shapes: the last partial batch of an epoch is padded and masked, so nothing recompiles.
 
 Determinism: the epoch's permutation comes from (seed, epoch), dropout and negative samples from (seed, epoch,

@@ -147,18 +147,22 @@ def test_similar_by_id_and_title(workdir: Path, ids: dict) -> None:
 
 def test_similar_with_an_ambiguous_title_lists_candidates_and_fails(workdir: Path, ids: dict) -> None:
     titles = ids["prepared"].movies["title"].astype(str).str.lower()
-    word = titles.str.split().explode().value_counts().index[0]  # the commonest title word: many movies hold it
-    matching = titles.str.contains(word, regex=False)
-    assert matching.sum() >= 2
-    res = run("similar", "--movie", word, "--workdir", workdir)
-    assert res.exit_code == 2
-    assert "titles; pass one of the listed movie ids" in res.stderr and len(res.stderr.strip().splitlines()) == 1
-    listed = [int(line.split()[0]) for line in res.stdout.splitlines()[1:] if line.split() and line.split()[0].isdigit()]
-    assert len(listed) == min(int(matching.sum()), 50)
-    res = run("similar", "--movie", word, "--workdir", workdir, "--json")
-    assert res.exit_code == 2
-    got = json.loads(res.stdout)
-    assert got["n_candidates"] == int(matching.sum()) and {"movieId", "title", "year"} <= set(got["candidates"][0])
+    words = titles.str.split().explode().value_counts().index
+    n_match = {w: int(titles.str.contains(w, regex=False).sum()) for w in words}
+    few = next(w for w in words if w.isalpha() and 2 <= n_match[w] <= 50 and not (titles == w).any())
+    many = next(w for w in words if w.isalpha())  # the commonest title word
+    assert n_match[many] > 50
+    for word, hint in ((few, "pass one of the listed movie ids"), (many, "add title words or pass a movie id")):
+        res = run("similar", "--movie", word, "--workdir", workdir)
+        assert res.exit_code == 2
+        assert res.stderr.strip().endswith(f"matches {n_match[word]} titles; {hint}"), res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+        listed = [line.split()[0] for line in res.stdout.splitlines()[1:] if line.split() and line.split()[0].isdigit()]
+        assert len(listed) == min(n_match[word], 50)
+        res = run("similar", "--movie", word, "--workdir", workdir, "--json")
+        assert res.exit_code == 2
+        got = json.loads(res.stdout)
+        assert got["n_candidates"] == n_match[word] and len(got["candidates"]) == min(n_match[word], 50)
     res = run("similar", "--movie", "qqqq zzzz", "--workdir", workdir)
     assert res.exit_code == 2
 

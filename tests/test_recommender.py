@@ -310,6 +310,18 @@ def test_similar_and_title_search(rec) -> None:
     assert rec.find_movies("zzzz no such words").empty
 
 
+def test_title_search_prefers_exact_titles_even_when_several_share_one(rec) -> None:
+    saved = rec.movies["title"].copy()
+    try:
+        rec.movies.loc[rec.movies.index[[3, 7]], "title"] = "Hamlet"  # MovieLens has several films titled so
+        rec.movies.loc[rec.movies.index[5], "title"] = "Hamlet 2"
+        assert set(rec.find_movies("hamlet")["movie_id"]) == {int(rec.movie_ids[3]), int(rec.movie_ids[7])}
+        assert set(rec.find_movies("Hamlet 2")["movie_id"]) == {int(rec.movie_ids[5])}
+        assert len(rec.find_movies("haml")) == 3  # no exact title: every title holding the words
+    finally:
+        rec.movies["title"] = saved
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------------------------------------------

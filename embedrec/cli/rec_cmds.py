@@ -35,6 +35,7 @@ DataOpt = Annotated[
 ]
 KOpt = Annotated[int, typer.Option("-k", "--k", help="How many movies to list.", min=1)]
 MIN_RATINGS_DEFAULT = 5  # kept equal to embedrec.recommender.DEFAULT_MIN_RATINGS (not imported: --help stays instant)
+MAX_CANDIDATES = 50  # titles listed when --movie words match several movies
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -476,7 +477,9 @@ def similar_cmd(
             raise UnknownIdError(f"no movie title contains {query!r}")
         if len(found) > 1:  # list them, then fail: a script must not take the candidates for the answer
             _render_candidates(found, query, json_out)
-            raise UnknownIdError(f"--movie {query!r} matches {len(found)} titles; pass one of the listed movie ids")
+            listed_all = len(found) <= MAX_CANDIDATES
+            hint = "pass one of the listed movie ids" if listed_all else "add title words or pass a movie id"
+            raise UnknownIdError(f"--movie {query!r} matches {len(found)} titles; {hint}")
         movie_id = int(found["movie_id"].iloc[0])
     table = rec.similar(movie_id, k=k)
     anchor = rec.movies.iloc[rec.movie_index(movie_id)]
@@ -498,11 +501,11 @@ def similar_cmd(
 
 def _render_candidates(found: pd.DataFrame, query: str, json_out: bool) -> None:
     records = [{"movieId": _clean(r.movie_id), "title": _clean(r.title), "year": _clean(r.year)}
-               for r in found.head(50).itertuples(index=False)]
+               for r in found.head(MAX_CANDIDATES).itertuples(index=False)]
     if json_out:
         console.print_json(json.dumps({"query": query, "candidates": records, "n_candidates": len(found)}))
         return
-    console.print(f"{len(found)} movies match {query!r}:", highlight=False)
+    console.print(f"{len(found)} titles match {query!r}:", highlight=False)
     for r in records:
         year = "" if r["year"] is None else f" ({r['year']})"
         console.print(f"  {r['movieId']:>8}  {r['title']}{year}", highlight=False)
