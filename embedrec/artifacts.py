@@ -314,9 +314,11 @@ def load_model(run_dir: Path) -> ModelArtifact:
                             "retrain")
     import pyarrow.parquet as pq
 
+    from embedrec.data.store import movies_frame
+
     try:
         users = pq.read_table(run_dir / "users.parquet").to_pandas()
-        movies = pq.read_table(run_dir / "movies.parquet").to_pandas()
+        movies = movies_frame(pq.read_table(run_dir / "movies.parquet").to_pandas())
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{run_dir}: vocabulary files are missing or corrupt ({exc}); retrain") from None
     vocab = read_json(run_dir / "vocab.json") if (run_dir / "vocab.json").is_file() else {}

@@ -167,6 +167,28 @@ def test_similar_with_an_ambiguous_title_lists_candidates_and_fails(workdir: Pat
     assert res.exit_code == 2
 
 
+def test_years_print_as_integers_when_some_are_unknown(workdir: Path, ids: dict, tmp_path: Path) -> None:
+    """Parquet's nullable int32 year reads back as float64 once one year is missing (ML-100K has such a movie)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run_dir = tmp_path / "run-null-year"
+    shutil.copytree(workdir / "models" / "run-1", run_dir)
+    table = pq.read_table(run_dir / "movies.parquet")
+    years = table.column("year").to_pylist()
+    years[0] = None
+    table = table.set_column(table.schema.get_field_index("year"), "year", pa.array(years, pa.int32()))
+    pq.write_table(table, run_dir / "movies.parquet")
+    res = run("recommend", "--user", ids["user"], "--workdir", workdir, "--model", run_dir, "--format", "json",
+              "--include-seen", "--min-ratings", "0", "-k", "400")
+    assert res.exit_code == 0, res.output
+    got = {r["movieId"]: r["year"] for r in json.loads(res.stdout)}
+    assert got[ids["movie"]] is None  # movies.parquet row 0
+    assert all(isinstance(y, int) for m, y in got.items() if m != ids["movie"])
+    res = run("recommend", "--user", ids["user"], "--workdir", workdir, "--model", run_dir, "-k", "5")
+    assert res.exit_code == 0 and ".0 " not in res.stdout
+
+
 def test_missing_model_is_one_clear_line(tmp_path: Path) -> None:
     res = run("recommend", "--user", 1, "--workdir", tmp_path)
     assert res.exit_code == 2 and "embedrec train" in res.stderr

@@ -265,6 +265,16 @@ class PreparedData:
         return self.split == SPLIT_CODES[name]
 
 
+def movies_frame(movies: "pd.DataFrame") -> "pd.DataFrame":
+    """A ``movies.parquet`` table as read by pyarrow, with the dtypes it was written with: Parquet's nullable int32
+    year arrives as float64 whenever a year is missing (1995.0), and the genre lists as arrays."""
+    if "year" in movies:
+        movies["year"] = movies["year"].astype("Int32")
+    if "genre_list" in movies:
+        movies["genre_list"] = [list(g) for g in movies["genre_list"]]
+    return movies
+
+
 def load_prepared(path: str | os.PathLike[str]) -> PreparedData:
     """Load a folder written by ``embedrec prepare``; ArtifactError (one line) when missing, partial or outdated."""
     import pyarrow.parquet as pq
@@ -304,8 +314,7 @@ def load_prepared(path: str | os.PathLike[str]) -> PreparedData:
         raise ArtifactError(f"{path / 'ratings.parquet'} does not match summary.json: {_HOW}")
     if len(movies) != summary.get("n_movies") or users.num_rows != summary.get("n_users"):
         raise ArtifactError(f"movies/users tables in {path} do not match summary.json: {_HOW}")
-    movies["year"] = movies["year"].astype("Int32")
-    movies["genre_list"] = [list(g) for g in movies["genre_list"]]
+    movies = movies_frame(movies)
 
     def col(name: str, dtype: Any) -> np.ndarray:
         return np.ascontiguousarray(ratings.column(name).to_numpy(), dtype=dtype)
