@@ -165,6 +165,8 @@ def test_similar_with_an_ambiguous_title_lists_candidates_and_fails(workdir: Pat
         assert got["n_candidates"] == n_match[word] and len(got["candidates"]) == min(n_match[word], 50)
     res = run("similar", "--movie", "qqqq zzzz", "--workdir", workdir)
     assert res.exit_code == 2
+    res = run("similar", "--movie", "  ", "--workdir", workdir)
+    assert res.exit_code == 2 and "--movie is empty" in res.stderr
 
 
 def test_years_print_as_integers_when_some_are_unknown(workdir: Path, ids: dict, tmp_path: Path) -> None:

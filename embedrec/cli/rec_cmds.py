@@ -469,6 +469,8 @@ def similar_cmd(
 
     rec = Recommender(load_model(_model_dir(workdir, model)))
     query = movie.strip()
+    if not query:
+        raise ConfigError("--movie is empty: pass a movie id or words of its title")
     if query.lstrip("-").isdigit():
         movie_id = int(query)
     else:
