@@ -12,6 +12,7 @@ import pytest
 
 from embedrec.data import PrepareConfig, load_prepared, prepare
 from embedrec.data.layouts import ML100K_GENRES, detect_layout, split_title_year
+from embedrec.errors import ConfigError, DataError
 
 # (movie id, title, year, genres); a comma and a latin-1 character in titles, a movie without year or genres
 MOVIES = [
@@ -164,8 +165,6 @@ def test_zip_with_top_folder_and_nested_folder(tmp_path: Path) -> None:
 
 
 def test_forced_format_that_does_not_match_is_an_error(tmp_path: Path) -> None:
-    from embedrec.errors import DataError
-
     src = write_ml_csv(tmp_path / "src")
     with pytest.raises(DataError, match="ml-100k layout"):
         prepare(src, out=tmp_path / "out", config=PrepareConfig(format="ml-100k"))
@@ -191,6 +190,17 @@ def test_generic_csv_without_time_column_gets_zero_timestamps(tmp_path: Path) ->
     cfg = PrepareConfig(format="csv", user_col="u", movie_col="m", rating_col="r", time_col=None)
     prepare(f, out=tmp_path / "out", config=cfg)
     assert load_prepared(tmp_path / "out").timestamp.tolist() == [0, 0]
+
+
+def test_generic_csv_may_lack_the_default_time_column_but_not_a_named_one(tmp_path: Path) -> None:
+    f = tmp_path / "r.csv"
+    f.write_text("userId,movieId,rating\n1,1,3\n2,1,4\n2,2,5\n")
+    prepare(f, out=tmp_path / "out", config=PrepareConfig(format="csv", test_frac=0.0, val_frac=0.0))
+    assert load_prepared(tmp_path / "out").timestamp.tolist() == [0, 0, 0]
+    with pytest.raises(DataError, match="no column 'when'.*--time-col"):
+        prepare(f, out=tmp_path / "out2", config=PrepareConfig(format="csv", time_col="when"))
+    with pytest.raises(ConfigError, match="--split temporal needs timestamps"):
+        prepare(f, out=tmp_path / "out3", config=PrepareConfig(format="csv", split="temporal"))
 
 
 def test_generic_csv_with_movies_file(tmp_path: Path) -> None:
@@ -250,8 +260,6 @@ def test_min_rating_filters_are_applied_until_stable(tmp_path: Path) -> None:
 
 
 def test_filters_that_remove_everything_are_an_error(tmp_path: Path) -> None:
-    from embedrec.errors import DataError
-
     src = write_ml_csv(tmp_path / "src")  # removing the sparse rows cascades until nothing is left
     with pytest.raises(DataError, match="no ratings left.*--min-user-ratings"):
         prepare(src, out=tmp_path / "out", config=PrepareConfig(min_user_ratings=2, min_movie_ratings=2))

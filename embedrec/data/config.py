@@ -33,6 +33,9 @@ def parse_rating_scale(text: str | None) -> tuple[float, float] | None:
     return (lo, hi)
 
 
+DEFAULT_TIME_COL = "timestamp"
+
+
 @dataclass(frozen=True)
 class PrepareConfig:
     """How to read, filter and split the ratings.
@@ -56,7 +59,7 @@ class PrepareConfig:
     user_col: str = "userId"
     movie_col: str = "movieId"
     rating_col: str = "rating"
-    time_col: str | None = "timestamp"
+    time_col: str | None = DEFAULT_TIME_COL  # the default is optional: a file without it has no timestamps
     rating_scale: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
