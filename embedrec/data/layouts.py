@@ -382,13 +382,11 @@ def read_layout(layout: Layout, *, config: PrepareConfig) -> RawData:
         movies = read_movies_recbole(layout.movies)  # type: ignore[arg-type]
     elif fmt == "csv":
         opts = {"user": "--user-col", "movie": "--movie-col", "rating": "--rating-col", "time": "--time-col"}
-        time_col = config.time_col or None
-        if time_col == DEFAULT_TIME_COL:  # not asked for by name: a file without it simply has no timestamps
-            names = header_fields(check_text_file(layout.ratings, what="ratings"), path=layout.ratings,
-                                  delimiter=config.delimiter)
-            time_col = time_col if time_col in names else None
+        # the default time column is not asked for by name: a file without it simply has no timestamps
+        columns = RatingColumns(config.user_col, config.movie_col, config.rating_col, config.time_col or None,
+                                time_optional=config.time_col == DEFAULT_TIME_COL)
         ratings = read_rating_columns(
-            layout.ratings, columns=RatingColumns(config.user_col, config.movie_col, config.rating_col, time_col),
+            layout.ratings, columns=columns,
             delimiter=config.delimiter, header=True, nrows=nrows, options=opts,
         )
         if layout.movies is not None:

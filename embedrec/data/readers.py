@@ -14,7 +14,7 @@ An unparsable timestamp is not fatal: the row is flagged in ``bad_timestamp`` an
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -30,12 +30,14 @@ SNIFF_BYTES = 1 << 16
 
 @dataclass(frozen=True)
 class RatingColumns:
-    """Column names of one rating file (``time`` None: the file has no timestamps)."""
+    """Column names of one rating file (``time`` None: the file has no timestamps; ``time_optional``: a header
+    without the ``time`` column means the same)."""
 
     user: str
     movie: str
     rating: str
     time: str | None
+    time_optional: bool = False
 
 
 @dataclass
@@ -205,6 +207,8 @@ def read_rating_columns(
         raise DataError(f"{path} has no rating rows")
     if header:
         found = header_fields(head, path=path, delimiter=delimiter)
+        if columns.time_optional and columns.time not in found:
+            columns = replace(columns, time=None)
         for role in ("user", "movie", "rating", "time"):
             col = getattr(columns, role)
             if col is not None and col not in found:
