@@ -265,12 +265,11 @@ def save_model(run_dir: Path, *, module: Any, model_cfg: ModelConfig, train_cfg:
     weights.update(head_weights(nnx.state(module.head)))
     weights["genre_idx"] = np.asarray(genre_idx, dtype=np.int32)
     weights["genre_w"] = np.asarray(genre_w, dtype=np.float32)
-    for name in VOCAB_FILES:
-        src = Path(prepared.path) / name
-        if src.is_file():
-            tmp = run_dir / f".{name}.tmp-{os.getpid()}"
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, run_dir / name)
+    from embedrec.data.store import write_vocabulary
+
+    # from the data in memory (what was trained on), never copied from the data folder a prepare may have replaced
+    write_vocabulary(run_dir, user_ids=prepared.user_ids, movies=prepared.movies, genres=prepared.genres,
+                     genre_strings=prepared.genre_strings)
     save_arrays(run_dir / "weights.safetensors", weights)
     write_json(run_dir / "history.json", history)
     summary = dict(prepared.summary)
@@ -324,14 +323,31 @@ def load_model(run_dir: Path) -> ModelArtifact:
     vocab = read_json(run_dir / "vocab.json") if (run_dir / "vocab.json").is_file() else {}
     users = users.sort_values("user_idx")
     movies = movies.sort_values("movie_idx").reset_index(drop=True)
+    shape = data_shape_from_dict(meta["shape"])
+    _check_vocabulary_fits(run_dir, weights, shape, n_users=len(users), n_movies=len(movies))
     return ModelArtifact(
         path=run_dir,
         model=model_config_from_dict(meta["model"]),
         train=train_config_from_dict(meta["train"]),
-        shape=data_shape_from_dict(meta["shape"]),
+        shape=shape,
         weights=weights,
         meta=meta,
         user_ids=users["user_id"].to_numpy(np.int64),
         movies=movies,
         genre_vocab=vocab,
     )
+
+
+def _check_vocabulary_fits(run_dir: Path, weights: dict[str, np.ndarray], shape: DataShape, *, n_users: int,
+                           n_movies: int) -> None:
+    """The id maps beside the weights must be the ones they were trained with: one embedding row per user and per
+    movie. A mismatch (a vocabulary from another data set) would map ids to the wrong rows and answer silently
+    wrong, so the folder is refused."""
+    rows = {"user_embedding": (n_users, shape.n_users, "users.parquet"),
+            "movie_embedding": (n_movies, shape.n_movies, "movies.parquet")}
+    for table, (n_vocab, n_shape, file) in rows.items():
+        n_rows = int(weights[table].shape[0]) if weights[table].ndim == 2 else -1
+        if not n_rows == n_vocab == n_shape:
+            raise ArtifactError(f"{run_dir}: {file} lists {n_vocab:,} ids but {table} has {n_rows:,} rows "
+                                f"(model.json says {n_shape:,}): the vocabulary does not belong to these weights; "
+                                "retrain")

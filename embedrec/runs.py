@@ -80,6 +80,20 @@ def latest_checkpointed_run(workdir: Path) -> Path:
     return max(runs, key=lambda p: (p / "checkpoints" / "LATEST").stat().st_mtime)
 
 
+def _check_new_run_dir(run_dir: Path) -> None:
+    """A new run goes into a new or empty folder only: a run writes several files, and none may replace a user's."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file, not a folder: choose a new or empty folder")
+    if (run_dir / "model.json").exists() or (run_dir / "checkpoints").exists():
+        raise ConfigError(f"--out {run_dir} already holds a run; choose a new folder, or add --resume")
+    names = sorted(p.name for p in run_dir.iterdir())
+    if names:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise ConfigError(f"--out {run_dir} is not empty ({shown}): choose a new or empty folder for the run")
+
+
 def _check_resumable(run_dir: Path, train_cfg: TrainConfig) -> None:
     """A finished run (all epochs done, or stopped early) has nothing to resume unless --epochs goes beyond it."""
     if not (run_dir / "model.json").is_file():
@@ -154,8 +168,7 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
         prepared = load_prepared(data_dir)
         model_cfg, train_cfg = resolve_configs(preset, overrides)
         run_dir = Path(out) if out is not None else new_run_dir(workdir, preset)
-        if (run_dir / "model.json").exists() or (run_dir / "checkpoints").exists():
-            raise ConfigError(f"--out {run_dir} already holds a run; choose a new folder, or add --resume")
+        _check_new_run_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "run.json", {
             "schema_version": SCHEMA_VERSION, "preset": preset, "model": to_dict(model_cfg),

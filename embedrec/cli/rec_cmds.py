@@ -287,9 +287,11 @@ def _title_suffix(rec: Recommender, movie_id: int) -> str:
     idx = int(rec.movie_indices([movie_id])[0])
     if idx < 0:
         return ""
+    import pandas as pd
+
     row = rec.movies.iloc[idx]
     year = row.get("year")
-    return f" ({row['title']}{'' if year is None or year != year else f', {int(year)}'})"
+    return f" ({row['title']}{'' if year is None or pd.isna(year) else f', {int(year)}'})"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ import numpy as np
 from embedrec.data.encode import lookup_ids
 from embedrec.data.split import SPLIT_CODES
 from embedrec.errors import ArtifactError, ConfigError, UnknownIdError
+from embedrec.locks import folder_lock
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,14 +74,42 @@ def fingerprint(
 
 
 # ------------------------------------------------------------------------------------------------------------ writing
-def _is_replaceable(out: Path) -> bool:
-    """Only an absent or empty folder, or an earlier prepared data set, may be replaced."""
-    if not out.exists():
-        return True
-    if not out.is_dir():
+KIND = "embedrec-prepared-data"  # written into summary.json: the marker that lets a later prepare replace the folder
+
+
+def _is_ours(summary_path: Path) -> bool:
+    """Whether ``summary.json`` was written by embedrec's prepare (this version's marker, or an earlier version's
+    schema and fingerprint)."""
+    try:
+        meta = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return False
-    names = {p.name for p in out.iterdir()}
-    return not names or "summary.json" in names or names <= set(FILES)
+    if not isinstance(meta, dict):
+        return False
+    if meta.get("kind") == KIND:
+        return True
+    return meta.get("schema_version") == SCHEMA_VERSION and isinstance(meta.get("fingerprint"), str) \
+        and "n_ratings" in meta and "split" in meta
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse (ConfigError, one line) to replace ``out`` unless it is absent, empty, or a data set embedrec prepared
+    that holds nothing else: a user's folder is never deleted because it happens to contain a ``summary.json``."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder: choose a new or empty folder")
+    names = sorted(p.name for p in out.iterdir())
+    if not names:
+        return
+    foreign = [n for n in names if n not in FILES]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ConfigError(f"--out {out} holds files embedrec did not write ({shown}): choose a new or empty folder "
+                          "(prepare replaces only a data set it wrote itself)")
+    if not _is_ours(out / "summary.json"):
+        raise ConfigError(f"--out {out} is not a data set embedrec prepared (no embedrec summary.json): choose a "
+                          "new or empty folder")
 
 
 def write_prepared(
@@ -105,10 +134,7 @@ def write_prepared(
     import pyarrow.parquet as pq
 
     out = Path(out)
-    if not _is_replaceable(out):
-        raise ConfigError(
-            f"--out {out} exists and is not a prepared data set: choose an empty or new folder"
-        )
+    check_replaceable(out)
     n_users, n_movies = len(user_ids), len(movies)
     summary = dict(summary)
     summary["fingerprint"] = fingerprint(
@@ -116,7 +142,7 @@ def write_prepared(
         n_genres=len(genres), n_genre_strings=len(genre_strings),
     )
     summary["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    summary = {"schema_version": SCHEMA_VERSION, **summary}
+    summary = {"schema_version": SCHEMA_VERSION, "kind": KIND, **summary}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -136,26 +162,7 @@ def write_prepared(
             use_dictionary=["rating", "split"], row_group_size=1 << 22,
         )
         del ratings
-        year = movies["year"].astype("Int32")
-        movie_table = pa.table(
-            {
-                "movie_idx": pa.array(np.arange(n_movies, dtype=np.int32)),
-                "movie_id": pa.array(movies["movie_id"].to_numpy(np.int64)),
-                "title": pa.array(movies["title"].astype(str).tolist(), pa.string()),
-                "year": pa.array(year.to_numpy(dtype="float64", na_value=np.nan), pa.float64(),
-                                 from_pandas=True).cast(pa.int32()),
-                "genres": pa.array(movies["genres"].astype(str).tolist(), pa.string()),
-                "genre_str_idx": pa.array(movies["genre_str_idx"].to_numpy(np.int32)),
-                "genre_list": pa.array([list(g) for g in movies["genre_list"]], pa.list_(pa.string())),
-            }
-        )
-        pq.write_table(movie_table, tmp / "movies.parquet")
-        users = pa.table(
-            {"user_idx": pa.array(np.arange(n_users, dtype=np.int32)), "user_id": pa.array(user_ids, pa.int64())}
-        )
-        pq.write_table(users, tmp / "users.parquet")
-        vocab = {"schema_version": SCHEMA_VERSION, "genres": list(genres), "genre_strings": list(genre_strings)}
-        (tmp / "vocab.json").write_text(json.dumps(vocab, indent=1) + "\n", encoding="utf-8")
+        write_vocabulary(tmp, user_ids=user_ids, movies=movies, genres=genres, genre_strings=genre_strings)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         _replace_dir(tmp, out)
     except BaseException:
@@ -164,18 +171,62 @@ def write_prepared(
     return summary
 
 
+def write_vocabulary(folder: Path, *, user_ids: np.ndarray, movies: "pd.DataFrame", genres: list[str],
+                     genre_strings: list[str]) -> None:
+    """Write ``users.parquet``, ``movies.parquet`` and ``vocab.json`` into ``folder``, each atomically: the id maps a
+    prepared data set and every model folder trained on it carry (a model folder gets them from the data in memory,
+    so a ``prepare`` running meanwhile can never hand a model another data set's vocabulary)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n_users, n_movies = len(user_ids), len(movies)
+    year = movies["year"].astype("Int32")
+    movie_table = pa.table(
+        {
+            "movie_idx": pa.array(np.arange(n_movies, dtype=np.int32)),
+            "movie_id": pa.array(movies["movie_id"].to_numpy(np.int64)),
+            "title": pa.array(movies["title"].astype(str).tolist(), pa.string()),
+            "year": pa.array(year.to_numpy(dtype="float64", na_value=np.nan), pa.float64(),
+                             from_pandas=True).cast(pa.int32()),
+            "genres": pa.array(movies["genres"].astype(str).tolist(), pa.string()),
+            "genre_str_idx": pa.array(movies["genre_str_idx"].to_numpy(np.int32)),
+            "genre_list": pa.array([list(g) for g in movies["genre_list"]], pa.list_(pa.string())),
+        }
+    )
+    users = pa.table(
+        {"user_idx": pa.array(np.arange(n_users, dtype=np.int32)), "user_id": pa.array(user_ids, pa.int64())}
+    )
+    vocab = {"schema_version": SCHEMA_VERSION, "genres": list(genres), "genre_strings": list(genre_strings)}
+    suffix = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    for name, write in (("movies.parquet", lambda f: pq.write_table(movie_table, f)),
+                        ("users.parquet", lambda f: pq.write_table(users, f)),
+                        ("vocab.json", lambda f: Path(f).write_text(json.dumps(vocab, indent=1) + "\n",
+                                                                     encoding="utf-8"))):
+        tmp = folder / f".{name}{suffix}"
+        try:
+            write(tmp)
+            os.replace(tmp, folder / name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` to ``out``; an older ``out`` is moved aside first and then deleted."""
+    """Move the finished ``tmp`` to ``out``; an older ``out`` (checked again: only embedrec's own data) is moved
+    aside first and then deleted. The two renames happen under the parent's exclusive lock, so a concurrent
+    :func:`load_prepared` sees either the old or the new data set, never a mix."""
     old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
+    with folder_lock(out.parent, exclusive=True):
+        check_replaceable(out)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if old is not None:
+                os.replace(old, out)
+            raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -276,10 +327,20 @@ def movies_frame(movies: "pd.DataFrame") -> "pd.DataFrame":
 
 
 def load_prepared(path: str | os.PathLike[str]) -> PreparedData:
-    """Load a folder written by ``embedrec prepare``; ArtifactError (one line) when missing, partial or outdated."""
+    """Load a folder written by ``embedrec prepare``; ArtifactError (one line) when missing, partial or outdated.
+
+    The files are read under a shared lock on the parent folder, so a ``prepare`` replacing the folder meanwhile
+    waits for the read to finish: the result is always one complete version."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ArtifactError(f"no prepared data at {path}: {_HOW}")
+    with folder_lock(path.parent, exclusive=False):
+        return _read_prepared(path)
+
+
+def _read_prepared(path: Path) -> PreparedData:
     import pyarrow.parquet as pq
 
-    path = Path(path)
     if not path.is_dir():
         raise ArtifactError(f"no prepared data at {path}: {_HOW}")
     missing = [f for f in FILES if not (path / f).is_file()]

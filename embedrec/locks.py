@@ -1,0 +1,31 @@
+"""Advisory locks that keep two embedrec commands on one work folder from seeing each other's half-done work.
+
+A prepared data folder is replaced by renaming a finished sibling over it; a reader that opens its five files one by
+one could still straddle that rename and mix two versions. So the rename happens under an exclusive ``flock`` on the
+*parent* folder and every complete read under a shared one: readers never wait for a ``prepare`` to finish writing
+(only for the two renames), and nothing is created on disk for the lock. Where ``fcntl`` is missing (Windows) the
+lock is a no-op and the atomic renames alone protect writers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def folder_lock(folder: Path, *, exclusive: bool) -> Iterator[None]:
+    """Hold a shared or exclusive advisory lock on ``folder`` (which must exist) for the ``with`` block."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
