@@ -146,7 +146,8 @@ def evaluate_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """RMSE/MAE and full-ranking top-K metrics of the model, beside the baselines on the same split."""
-    from embedrec.recommender import Scorer, evaluate_model
+    from embedrec.evaluation import evaluate_model
+    from embedrec.scoring import Scorer
 
     ks = _parse_ks(k or ["10"])
     if split not in ("val", "test"):
@@ -284,7 +285,7 @@ def _numeric_ids(values: pd.Series) -> Any:
 
 
 def _title_suffix(rec: Recommender, movie_id: int) -> str:
-    idx = int(rec.movie_indices([movie_id])[0])
+    idx = int(rec.movie_vocab.indices([movie_id])[0])
     if idx < 0:
         return ""
     row = rec.movies.iloc[idx]
@@ -331,7 +332,7 @@ def recommend_cmd(
         folded = rec.fold_in(_read_user_ratings(ratings_file))
         table = rec.recommend_for(folded, **options)
         title = f"Top {k} for your {len(folded.movie_idx)} ratings"
-    elif rec.known_user(user):
+    elif user in rec.user_vocab:
         table = rec.recommend(user, **options)
         title = f"Top {k} for user {user}"
     else:
@@ -429,7 +430,7 @@ def _recommend_batch(workdir: Path | None, model: Path | None, data: Path | None
         raise ConfigError(f"--output must end in .csv or .parquet, got {output.name}")
     rec = _recommender(workdir, model, data)
     user_ids = rec.user_ids if users_file is None else _read_user_ids(users_file)
-    known = rec.user_indices(user_ids) >= 0
+    known = rec.user_vocab.indices(user_ids) >= 0
     if not known.all():
         err_console.print(f"[yellow]note:[/] {int((~known).sum()):,} unknown user id(s) skipped, e.g. "
                           f"{int(user_ids[~known][0])}", highlight=False)
@@ -484,7 +485,7 @@ def similar_cmd(
             raise UnknownIdError(f"--movie {query!r} matches {len(found)} titles; {hint}")
         movie_id = int(found["movie_id"].iloc[0])
     table = rec.similar(movie_id, k=k)
-    anchor = rec.movies.iloc[rec.movie_index(movie_id)]
+    anchor = rec.movies.iloc[rec.movie_vocab.index(movie_id)]
     records = [{"movieId": _clean(r.movie_id), "title": _clean(r.title), "year": _clean(r.year),
                 "genres": _clean(r.genres), "similarity": _clean(r.similarity)} for r in table.itertuples(index=False)]
     if json_out:
