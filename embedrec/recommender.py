@@ -34,6 +34,7 @@ from embedrec.errors import ConfigError, DataError, UnknownIdError
 from embedrec.fold_in import FoldedUser, fold_in
 from embedrec.metrics import ItemSets, top_k
 from embedrec.scoring import PAIR_CHUNK, Ranking, Scorer
+from embedrec.serving import DEFAULT_MIN_RATINGS
 from embedrec.vocab import Vocabulary
 
 if TYPE_CHECKING:
@@ -41,13 +42,6 @@ if TYPE_CHECKING:
 
     from embedrec.artifacts import ModelArtifact
     from embedrec.data.store import PreparedData
-
-DEFAULT_MIN_RATINGS = 5
-"""``recommend`` skips movies with fewer ratings than this in the prepared data. Measured on MovieLens-100K (random
-80/20, train counts, full ranking): NDCG@10 is the same at thresholds 0, 3, 5, 10 and 20 for the default model
-(0.183) and the seed model (0.051), so the filter costs no measured accuracy; 5 is the smallest threshold that drops
-the movies a single enthusiastic rating can lift (a quarter of ML-100K's catalogue) while keeping three quarters of
-it open to discovery."""
 
 USER_BLOCK = 256  # users per block of batch top-K: (256, n_movies) float32 scores at a time
 

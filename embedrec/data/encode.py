@@ -66,14 +66,14 @@ def lookup_ids(known: np.ndarray, ids: Any) -> np.ndarray:
         valid = np.isfinite(arr) & (np.mod(arr, 1) == 0) & (np.abs(arr) < 2.0**62)
         out[valid] = lookup_index(arr[valid].astype(np.int64), known)
         return out
-    exact = [_exact_int(v) for v in arr.ravel()]
+    exact = [exact_int(v) for v in arr.ravel()]
     valid = np.array([v is not None and -(2**63) <= v < 2**63 for v in exact], dtype=bool).reshape(arr.shape)
     values = np.array([v for v in exact if v is not None and -(2**63) <= v < 2**63], dtype=np.int64)
     out[valid] = lookup_index(values, known)
     return out
 
 
-def _exact_int(value: Any) -> int | None:
+def exact_int(value: Any) -> int | None:
     """``value`` as an exact integer id (42, "42", " 42 ", "42.0", 42.0), or None when it is not one."""
     if isinstance(value, (bool, np.bool_)):
         return None
