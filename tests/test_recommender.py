@@ -125,3 +125,29 @@ def test_recommend_path_never_imports_jax(planted: Path, synthetic_prepared: Pat
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)) == 10
+
+
+def test_fold_in_and_predict_never_import_jax(planted: Path, synthetic_prepared: Path, tmp_path: Path) -> None:
+    from embedrec.data import load_prepared
+
+    prepared = load_prepared(synthetic_prepared)
+    mine = tmp_path / "mine.csv"
+    mine.write_text("movieId,rating\n" + "".join(f"{m},4\n" for m in prepared.movie_ids[:5]))
+    where = ["--model", str(planted), "--data", str(synthetic_prepared)]
+    runs = [["recommend", "--ratings", str(mine), "--format", "json", *where],
+            ["predict", "--user", str(int(prepared.user_ids[0])), "--movie", str(int(prepared.movie_ids[0])),
+             "--json", *where]]
+    code = (
+        "import sys\n"
+        "from embedrec.cli import app\n"
+        f"for args in {runs!r}:\n"
+        "    try:\n"
+        "        app(args)\n"
+        "    except SystemExit as exc:\n"
+        "        assert not exc.code, exc.code\n"
+        "for name in ('jax', 'jaxlib', 'flax', 'optax'):\n"
+        "    assert name not in sys.modules, name + ' was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert '"rating"' in proc.stdout
