@@ -1,6 +1,12 @@
-"""Evaluation over arrays: rating error, full-ranking top-K metrics, and the baselines on the same split.
+"""Evaluation: rating error, full-ranking top-K metrics, the baselines on the same split, and a whole model.
 
 Synopsis::
+
+    from embedrec.evaluation import evaluate_model
+    evaluate_model(Scorer.from_artifact(load_model("runs/latest")), load_prepared("work/data"), split="test")
+    # {"rmse": 0.90, ..., "ndcg@10": 0.34, "baselines": {...}, "variants": {...}}
+
+The free functions below work over arrays and any scoring function (the training loop passes its JAX scorer)::
 
     from embedrec.evaluation import evaluate_baselines, evaluate_ranking, evaluate_ratings
 
@@ -32,13 +38,20 @@ Scoring runs in batches of users: one ``(batch, n_movies)`` score matrix at a ti
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from embedrec.baselines import EASE, BiasBaseline, GlobalMean, MostPopular, TopRated
-from embedrec.data.split import TEST, TRAIN
+from embedrec.blas import single_threaded_blas
+from embedrec.data.split import SPLIT_CODES, TEST, TRAIN
 from embedrec.errors import ConfigError, DataError
 from embedrec.metrics import ItemSets, mae, ranking_metrics, rmse, top_k
+from embedrec.scoring import Ranking
+
+if TYPE_CHECKING:
+    from embedrec.data.store import PreparedData
+    from embedrec.scoring import Scorer
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 """``score_fn(user_idx) -> (len(user_idx), n_movies)`` scores, higher is better."""
@@ -46,6 +59,49 @@ PredictFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``predict_fn(user_idx, movie_idx) -> ratings``, one per pair."""
 ProgressFn = Callable[[int, int], None]
 """``on_progress(users_done, users_total)``, called after each batch."""
+
+
+def evaluate_model(scorer: Scorer, prepared: PreparedData, *, split: str = "test", ks: Sequence[int] = (10,),
+                   relevance: float = 4.0, baselines: bool = True, variants: bool = True,
+                   max_users: int | None = None, seed: int = 0,
+                   on_progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Rating error and full-ranking metrics of the model on ``split``, with the baselines on the same split.
+
+    Returns ``{"rmse", "mae", "precision@K", ..., "n_users", "ranking": {...}, "baselines": {...}}`` and, for models
+    with a watch head, ``"variants"`` holding the ranking metrics of rating-only and watch-only scores. The model
+    must have been trained on ``prepared`` (same fingerprint; the caller checks).
+
+    Candidates are every movie the user has not rated in an earlier split (train for val; train and val for test),
+    the same protocol as the baselines, so the rows compare like with like: a val rating is a known watch, so it
+    is neither credited nor blamed when ranking for test.
+    """
+    if split not in ("val", "test"):
+        raise ConfigError(f"--split must be val or test, got {split!r}")
+    code = SPLIT_CODES[split]
+    held = prepared.split == code
+    if not held.any():
+        raise DataError(f"the {split} split of {prepared.path} is empty")
+    u, m, r = prepared.user_idx, prepared.movie_idx, prepared.rating
+    with single_threaded_blas():
+        result: dict[str, Any] = dict(evaluate_ratings(scorer.predict_pairs, user_idx=u[held], movie_idx=m[held],
+                                                       rating=r[held]))
+    seen = prepared.split < code  # train, and val too when evaluating test
+    common = dict(train_user_idx=u[seen], train_movie_idx=m[seen], eval_user_idx=u[held],
+                  eval_movie_idx=m[held], eval_rating=r[held], n_users=prepared.n_users,
+                  n_movies=prepared.n_movies, ks=ks, relevance=relevance, max_users=max_users, seed=seed)
+    result.update(evaluate_ranking(scorer.score_users, on_progress=on_progress, **common))
+    result["ranking"] = scorer.ranking.to_dict()
+    if variants and scorer.has_watch:
+        result["variants"] = {
+            "rating_only": evaluate_ranking(lambda b: scorer.score_users(b, Ranking("rating")), **common),
+            "watch_only": evaluate_ranking(lambda b: scorer.score_users(b, Ranking("blend", 0.0)), **common),
+        }
+    if baselines:
+        result["baselines"] = evaluate_baselines(
+            user_idx=u, movie_idx=m, rating=r, split=prepared.split, n_users=prepared.n_users,
+            n_movies=prepared.n_movies, eval_split=code, ks=ks, relevance=relevance, max_users=max_users, seed=seed)
+    return result
+
 
 def evaluate_ratings(
     predict_fn: PredictFn, *, user_idx: np.ndarray, movie_idx: np.ndarray, rating: np.ndarray

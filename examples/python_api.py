@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from embedrec.data import PrepareConfig, load_prepared, prepare_synthetic
-from embedrec.recommender import Recommender, evaluate_model
+from embedrec.evaluation import evaluate_model
+from embedrec.recommender import Recommender
 from embedrec.runs import train_run
 
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from embedrec.cli import app
-from test_recommender import write_planted_model
+from planted import write_planted_model
 
 runner = CliRunner()
 

@@ -116,7 +116,7 @@ def test_load_model_refuses_a_vocabulary_that_does_not_fit_the_weights(tmp_path:
     from embedrec.artifacts import load_model
     from embedrec.data import PrepareConfig, load_prepared, prepare_synthetic
     from embedrec.errors import ArtifactError
-    from test_recommender import write_planted_model
+    from planted import write_planted_model
 
     run = write_planted_model(load_prepared(synthetic_prepared), tmp_path / "run")
     load_model(run)

@@ -23,8 +23,8 @@ def test_ml100k_counts(ml100k_prepared: Path) -> None:
     assert sum(s["dropped"].values()) == 0
     assert s["n_genres"] == 18  # the 19 ml-100k flags less "unknown"
     assert np.bincount(d.user_idx).min() >= 20  # every ml-100k user rated at least 20 movies
-    assert d.movies["title"].iloc[d.movie_index(50)] == "Star Wars"
-    assert int(d.movies["year"].iloc[d.movie_index(50)]) == 1977
+    assert d.movies["title"].iloc[d.movie_vocab.index(50)] == "Star Wars"
+    assert int(d.movies["year"].iloc[d.movie_vocab.index(50)]) == 1977
 
 
 def test_ml100k_written_as_u_data_reads_identically(ml100k_dir: Path, ml100k_prepared: Path,

@@ -84,25 +84,25 @@ def test_movie_table_and_genre_vocab(synthetic_prepared: Path) -> None:
 def test_id_lookups(synthetic_prepared: Path) -> None:
     d = load_prepared(synthetic_prepared)
     uid = int(d.user_ids[17])
-    assert d.user_index(uid) == 17
+    assert d.user_vocab.index(uid) == 17
     mid = int(d.movies["movie_id"].iloc[5])
-    assert d.movie_index(mid) == 5
-    with pytest.raises(UnknownIdError, match="user id 999999"):
-        d.user_index(999_999)
-    with pytest.raises(UnknownIdError, match="movie id -4"):
-        d.movie_index(-4)
-    assert d.user_indices(np.array([uid, 999_999, int(d.user_ids[0])])).tolist() == [17, -1, 0]
-    assert d.movie_indices([mid, 10**12]).tolist() == [5, -1]
-    assert d.user_indices(np.array([], dtype=np.int64)).shape == (0,)
+    assert d.movie_vocab.index(mid) == 5
+    with pytest.raises(UnknownIdError, match="user 999999 is not known"):
+        d.user_vocab.index(999_999)
+    with pytest.raises(UnknownIdError, match="movie -4 is not known"):
+        d.movie_vocab.index(-4)
+    assert d.user_vocab.indices(np.array([uid, 999_999, int(d.user_ids[0])])).tolist() == [17, -1, 0]
+    assert d.movie_vocab.indices([mid, 10**12]).tolist() == [5, -1]
+    assert d.user_vocab.indices(np.array([], dtype=np.int64)).shape == (0,)
 
 
 def test_ml100k_ids_are_raw_movielens_ids(ml100k_prepared: Path) -> None:
     d = load_prepared(ml100k_prepared)
-    assert d.user_index(1) == 0 and d.movie_index(1) == 0
-    toy = d.movies.iloc[d.movie_index(1)]
+    assert d.user_vocab.index(1) == 0 and d.movie_vocab.index(1) == 0
+    toy = d.movies.iloc[d.movie_vocab.index(1)]
     assert (toy["title"], int(toy["year"]), list(toy["genre_list"])) == (
         "Toy Story", 1995, ["Animation", "Children's", "Comedy"])
-    assert pd.isna(d.movies.iloc[d.movie_index(267)]["year"])
+    assert pd.isna(d.movies.iloc[d.movie_vocab.index(267)]["year"])
 
 
 def test_raw_id_lookup_accepts_any_array_like() -> None:

@@ -1,14 +1,18 @@
-"""Evaluation over arrays: masking, skipping, batching, subsampling, the baselines bundle, and real MovieLens-100K."""
+"""Evaluation over arrays: masking, skipping, batching, subsampling, the baselines bundle, real MovieLens-100K, and
+``evaluate_model`` on a trained model."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import json
 
 import numpy as np
 import pytest
 
 from embedrec.errors import ConfigError, DataError
 from embedrec.evaluation import evaluate_baselines, evaluate_ranking, evaluate_ratings
+from planted import prepared, trained  # noqa: F401  (fixtures)
 
 N_MOVIES = 5
 # user 0: train {0}, test {1: 5.0, 2: 2.0}  -> relevant {1}
@@ -154,3 +158,21 @@ def test_baselines_on_ml100k(ml100k_prepared: Path) -> None:
     assert got["bias"]["rmse"] < got["global_mean"]["rmse"] - 0.1
     assert got["popular"]["ndcg@10"] > 0.12
     assert got["ease"]["ndcg@10"] > got["popular"]["ndcg@10"] + 0.1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------------------------
+def test_evaluate_model_reports_model_and_baselines(trained: Path, prepared) -> None:
+    from embedrec.artifacts import load_model
+    from embedrec.evaluation import evaluate_model
+    from embedrec.scoring import Scorer
+
+    scorer = Scorer.from_artifact(load_model(trained))
+    got = evaluate_model(scorer, prepared, split="test", ks=(5, 10))
+    for key in ("rmse", "mae", "precision@10", "recall@10", "ndcg@10", "hr@10", "map@10", "coverage@10", "ndcg@5"):
+        assert 0.0 <= got[key] < 5.0, key
+    assert set(got["baselines"]) == {"global_mean", "bias", "popular", "top_rated", "ease"}
+    assert set(got["variants"]) == {"rating_only", "watch_only"}
+    assert got["rmse"] < got["baselines"]["global_mean"]["rmse"]
+    json.dumps(got)

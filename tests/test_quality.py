@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from embedrec.data import load_prepared
-from embedrec.recommender import Recommender, evaluate_model
+from embedrec.evaluation import evaluate_model
+from embedrec.recommender import Recommender
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_planted_tastes_show_up_in_the_top_10(tmp_path: Path) -> None:
     rec = Recommender.load(result.run_dir, tmp_path / "data")
     shares = []
     for user_id in fans:
-        seen = prepared.movie_idx[prepared.user_idx == prepared.user_index(int(user_id))]
+        seen = prepared.movie_idx[prepared.user_idx == prepared.user_vocab.index(int(user_id))]
         if is_scifi.sum() - is_scifi[seen].sum() < 20:
             continue
         top = rec.recommend(int(user_id), k=10, min_ratings=0)

@@ -13,6 +13,28 @@ from rich.console import Console
 from embedrec import __version__
 from embedrec.errors import EmbedrecError
 
+def _flags_show_no_value() -> None:
+    """Help lists a flag without a value placeholder (``--json``, not ``--json <bool>``).
+
+    Typer 0.29's rich help prints every option's type, flags included, which reads as if ``--json`` took a value;
+    click's plain help and earlier Typer print none for flags. One override of ``TyperOption.display_type_rich``
+    fixes it for every command and for ``--help`` itself; options that take a value keep their ``<int>``/``<path>``.
+    """
+    from typer.core import TyperOption
+
+    original = TyperOption.display_type_rich
+    if getattr(original, "flags_show_no_value", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else original(self, ctx)
+
+    display_type_rich.flags_show_no_value = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_show_no_value()
+
 app = typer.Typer(
     name="embedrec",
     help="Train the embedding-concat recommender on MovieLens-style ratings, evaluate it honestly, recommend movies.",

@@ -12,7 +12,8 @@ JAX.
 
 Modules: ``config`` (PrepareConfig), ``sources`` (what SOURCE names), ``layouts`` (detection and readers per
 MovieLens layout), ``readers`` (fast CSV reading with one-line errors), ``validate`` (bad rows, encoding, filters),
-``encode`` (id -> index), ``split``, ``store`` (the prepared folder: write and load), ``pipeline`` (prepare),
+``encode`` (id -> index; :mod:`embedrec.vocab` wraps it), ``split``, ``store`` (the prepared folder: write and load),
+``pipeline`` (prepare), ``user_files`` (the small CSVs users hand to predict and recommend),
 ``synthetic`` (the embedded default data), ``downloads`` (GroupLens releases), ``recbole`` (MovieLens-100K from the
 RecBole wheel, for tests and benchmarks).
 """

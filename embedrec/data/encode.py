@@ -11,6 +11,7 @@ sort-based ``np.unique`` when the id range is small enough; both give identical 
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import numpy as np
@@ -53,25 +54,43 @@ def lookup_ids(known: np.ndarray, ids: Any) -> np.ndarray:
     """Index of each raw id (any array-like) in the sorted ``known`` ids; -1 for unknown or non-integral values.
 
     The one raw-id -> index lookup that the prepared data and the recommender share: ``"42"`` and ``42.0`` find
-    movie 42, ``"abc"``, ``4.5`` and NaN find nothing.
+    movie 42, ``"abc"``, ``4.5`` and NaN find nothing. Strings and Python integers are read exactly, never through
+    float64, so ``"9007199254740993"`` is not taken for 9007199254740992.
     """
     arr = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids) if not np.isscalar(ids) else [ids])
-    if arr.dtype.kind not in "iu":
-        if arr.dtype.kind != "f":
-            arr = np.array([_as_float(v) for v in arr.ravel()], dtype=np.float64).reshape(arr.shape)
+    if arr.dtype.kind in "iu":
+        flat = arr.astype(np.int64, copy=False).ravel()
+        return lookup_index(flat, known).reshape(arr.shape)
+    out = np.full(arr.shape, -1, dtype=np.int32)
+    if arr.dtype.kind == "f":
         valid = np.isfinite(arr) & (np.mod(arr, 1) == 0) & (np.abs(arr) < 2.0**62)
-        out = np.full(arr.shape, -1, dtype=np.int32)
         out[valid] = lookup_index(arr[valid].astype(np.int64), known)
         return out
-    flat = arr.astype(np.int64, copy=False).ravel()
-    return lookup_index(flat, known).reshape(arr.shape)
+    exact = [exact_int(v) for v in arr.ravel()]
+    valid = np.array([v is not None and -(2**63) <= v < 2**63 for v in exact], dtype=bool).reshape(arr.shape)
+    values = np.array([v for v in exact if v is not None and -(2**63) <= v < 2**63], dtype=np.int64)
+    out[valid] = lookup_index(values, known)
+    return out
 
 
-def _as_float(value: Any) -> float:
+def exact_int(value: Any) -> int | None:
+    """``value`` as an exact integer id (42, "42", " 42 ", "42.0", 42.0), or None when it is not one."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return int(value) if np.isfinite(value) and float(value).is_integer() else None
+    text = str(value).strip()
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        return None
+    return int(number) if number.is_finite() and number == number.to_integral_value() else None
 
 
 def compact(idx: np.ndarray, *, n: int) -> tuple[np.ndarray, np.ndarray]:

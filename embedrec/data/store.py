@@ -6,7 +6,7 @@ Synopsis::
     data = load_prepared(".embedrec/data")
     train = data.split_mask("train")
     data.user_idx[train], data.movie_idx[train], data.rating[train]
-    data.user_index(42), data.movie_indices(np.array([1, 2, 999999]))   # -> int, array([...,-1])
+    data.user_vocab.index(42), data.movie_vocab.indices(np.array([1, 2, 999999]))   # -> int, array([...,-1])
 
 Folder layout (schema_version 1; this is the contract ``train`` and the recommender code against):
 
@@ -43,14 +43,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embedrec.data.encode import lookup_ids
 from embedrec.data.split import SPLIT_CODES
-from embedrec.errors import ArtifactError, ConfigError, UnknownIdError
+from embedrec.errors import ArtifactError, ConfigError
 from embedrec.locks import folder_lock
+from embedrec.vocab import Vocabulary
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -286,28 +286,15 @@ class PreparedData:
                 out[m, pos[g]] = 1.0
         return out
 
-    def user_index(self, user_id: int) -> int:
-        """The user_idx of a raw user id; UnknownIdError when the data set has no such user."""
-        idx = int(self.user_indices(np.asarray([user_id]))[0])
-        if idx < 0:
-            raise UnknownIdError(f"user id {user_id} is not in the prepared data ({self.n_users} users, "
-                                 f"ids {int(self.user_ids[0])}..{int(self.user_ids[-1])})")
-        return idx
+    @cached_property
+    def user_vocab(self) -> Vocabulary:
+        """Raw user id <-> user_idx: ``data.user_vocab.index(42)``, ``.indices(ids)`` (-1 for unknown)."""
+        return Vocabulary(self.user_ids, kind="user", owner="the prepared data")
 
-    def movie_index(self, movie_id: int) -> int:
-        """The movie_idx of a raw movie id; UnknownIdError when the data set has no ratings for it."""
-        idx = int(self.movie_indices(np.asarray([movie_id]))[0])
-        if idx < 0:
-            raise UnknownIdError(f"movie id {movie_id} is not in the prepared data (no kept ratings for it)")
-        return idx
-
-    def user_indices(self, ids: Iterable[int] | np.ndarray) -> np.ndarray:
-        """Vectorised :meth:`user_index`: int32 array, -1 for unknown ids."""
-        return lookup_ids(self.user_ids, ids)
-
-    def movie_indices(self, ids: Iterable[int] | np.ndarray) -> np.ndarray:
-        """Vectorised :meth:`movie_index`: int32 array, -1 for unknown ids."""
-        return lookup_ids(self.movie_ids, ids)
+    @cached_property
+    def movie_vocab(self) -> Vocabulary:
+        """Raw movie id <-> movie_idx (movies with kept ratings only)."""
+        return Vocabulary(self.movie_ids, kind="movie", owner="the prepared data")
 
     def split_mask(self, name: str) -> np.ndarray:
         """Boolean mask of the ratings in ``"train"``, ``"val"`` or ``"test"``."""

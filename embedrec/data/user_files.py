@@ -1,0 +1,121 @@
+"""The small CSV files a user hands to ``predict`` and ``recommend``: (user, movie) pairs, their own ratings, user ids.
+
+Synopsis::
+
+    from embedrec.data.user_files import read_pairs, read_user_ids, read_user_ratings
+    pairs = read_pairs(Path("pairs.csv"))          # DataFrame userId, movieId: the text as written
+    mine = read_user_ratings(Path("mine.csv"))     # DataFrame movieId (int64), rating (float64)
+    users = read_user_ids(Path("users.txt"))       # int64 array: one id a line, or a CSV with a userId column
+
+Headers are matched case-insensitively and without underscores (``movieId``, ``movie_id``, ``MOVIEID``). Ids are read
+as exact integers, never through float64: 9007199254740993 stays itself, and ``1.5`` is not movie 1. Every bad
+input is a :class:`~embedrec.errors.DataError` naming the option, the file and the line (the header is line 1).
+``option`` is the flag that named the file, so the message reads in the user's terms.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from embedrec.data.encode import exact_int
+from embedrec.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def read_pairs(path: Path, *, option: str = "--input") -> pd.DataFrame:
+    """userId, movieId columns as the stripped text of the file: the recommender reads each id exactly and reports
+    what it cannot find (or is not an integer) as unknown, row by row, instead of failing the whole file."""
+    import pandas as pd
+
+    frame = _read_text_csv(path, option)
+    cols = _columns(frame, "userid", "movieid", path=path, option=option)
+    return pd.DataFrame({"userId": frame[cols["userid"]].str.strip(), "movieId": frame[cols["movieid"]].str.strip()})
+
+
+def read_user_ratings(path: Path, *, option: str = "--ratings") -> pd.DataFrame:
+    """movieId (int64) and rating (float64) of one new user's ratings; refuses a non-integer id or a non-number."""
+    import pandas as pd
+
+    frame = _read_text_csv(path, option)
+    cols = _columns(frame, "movieid", "rating", path=path, option=option)
+    if frame.empty:
+        raise DataError(f"{option}: {path} has no ratings")
+    movie_ids = _integer_ids(frame[cols["movieid"]].tolist(), path=path, option=option, what="movieId",
+                             first_line=2)
+    ratings = pd.to_numeric(frame[cols["rating"]].str.strip(), errors="coerce")
+    bad = ratings.isna().to_numpy()
+    if bad.any():
+        line = int(bad.argmax())
+        raise DataError(f"{option}: {path} line {line + 2}: rating {frame[cols['rating']].iloc[line]!r} is not a "
+                        "number")
+    return pd.DataFrame({"movieId": movie_ids, "rating": ratings.to_numpy(np.float64)})
+
+
+def read_user_ids(path: Path, *, option: str = "--users-file") -> np.ndarray:
+    """User ids (int64): one per line (text after a comma ignored), or a CSV whose header has a userId column."""
+    if not path.is_file():
+        raise DataError(f"{option}: {path} does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{option}: {path} is not UTF-8 text ({exc})") from None
+    first = next((line for line in lines if line.strip()), "")
+    if first and exact_int(first.split(",")[0]) is None:  # a header row
+        frame = _read_text_csv(path, option)
+        column = _columns(frame, "userid", path=path, option=option)["userid"]
+        values, first_line = frame[column].tolist(), 2
+    else:
+        values = [line.split(",")[0] for line in lines]
+        first_line = 1
+    keep = [i for i, v in enumerate(values) if str(v).strip()]
+    ids = _integer_ids([values[i] for i in keep], path=path, option=option, what="user id",
+                       first_line=first_line, lines=[i + first_line for i in keep])
+    if ids.size == 0:
+        raise DataError(f"{option}: {path} holds no user ids")
+    return ids
+
+
+def _read_text_csv(path: Path, option: str) -> pd.DataFrame:
+    """Every cell as text (no type guessing: ids must not pass through float64)."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise DataError(f"{option}: {path} does not exist")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{option}: {path} is not a readable CSV ({exc})") from None
+
+
+def _columns(frame: pd.DataFrame, *wanted: str, path: Path, option: str) -> dict[str, str]:
+    """{normalised name: header as written} of the ``wanted`` columns (normalised: lower case, no ``_``)."""
+    found = {str(c).strip().lower().replace("_", ""): str(c) for c in frame.columns}
+    missing = [w for w in wanted if w not in found]
+    if missing:
+        names = {"userid": "userId", "movieid": "movieId", "rating": "rating"}
+        raise DataError(f"{option}: {path} needs a header with {' and '.join(names[w] for w in wanted)} "
+                        f"column(s), found {', '.join(map(str, frame.columns)) or 'none'}")
+    return {w: found[w] for w in wanted}
+
+
+def _integer_ids(values: list[object], *, path: Path, option: str, what: str, first_line: int,
+                 lines: list[int] | None = None) -> np.ndarray:
+    """``values`` as int64 ids; DataError naming the line of the first one that is not an integer or too large."""
+    out = np.empty(len(values), dtype=np.int64)
+    for i, value in enumerate(values):
+        number = exact_int(value)
+        line = lines[i] if lines is not None else i + first_line
+        if number is None:
+            raise DataError(f"{option}: {path} line {line}: {what} {str(value).strip()!r} is not an integer")
+        if not INT64_MIN <= number <= INT64_MAX:
+            raise DataError(f"{option}: {path} line {line}: {what} {number} is out of range (ids are 64-bit "
+                            "integers)")
+        out[i] = number
+    return out

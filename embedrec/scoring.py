@@ -1,0 +1,291 @@
+"""The numpy serving path: the network's forward pass without JAX, and how ``recommend`` orders movies.
+
+Synopsis::
+
+    from embedrec.artifacts import load_model
+    from embedrec.scoring import Ranking, Scorer
+    scorer = Scorer.from_artifact(load_model("runs/latest"))       # numpy only: never imports JAX
+    scorer.predict_pairs(user_idx, movie_idx)                      # predicted ratings, one per pair
+    scorer.score_users(user_idx)                                   # (users, n_movies) ranking scores
+    scorer.score_users(user_idx, Ranking("rating"))                # ... ranked by the predicted rating alone
+
+This is the only copy of :mod:`embedrec.model`'s forward pass outside JAX (tests/test_scoring.py holds it equal to
+the Flax network); it exists so that ``recommend`` never imports JAX. The first Dense layer is linear over the
+concatenation ``[u; m; g]``, so ``W·[u; m; g] + b = W_u·u + (W_m·m + W_g·g + b)``; the bracket is precomputed once
+per movie (``movie_part``, (n_movies, h1)). Per user only ``W_u·u`` is new, and the rest of the network runs over
+every movie at once. One more identity removes a full pass over the (users, movies, h1) block:
+``relu(a + p) = max(a, -p) + p``, so ``relu(a + p)·W_2 = max(a, -p)·W_2 + p·W_2`` and ``p·W_2 + b_2`` is
+precomputed per movie too. The watch output is a plain dot product ``u · (m + pooled genres) + watch_bias``.
+
+The ranking score is stored in ``model.json`` under ``"ranking"``: ``{"score": "blend", "beta": b}`` means
+``watch_logit + b * predicted_rating``; ``{"score": "rating"}`` ranks by the predicted rating (models without a
+watch head). :class:`Ranking` reads it, with a default when the key is absent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Mapping
+
+import numpy as np
+
+from embedrec.blas import available_cpus, single_threaded_blas
+from embedrec.config import DataShape, ModelConfig
+from embedrec.errors import ArtifactError, ConfigError
+
+if TYPE_CHECKING:
+    from embedrec.artifacts import ModelArtifact
+
+PAIR_CHUNK = 1 << 16  # (user, movie) pairs per step of the pair path
+_BLOCK_ELEMENTS = 1 << 21  # (users x movies x h1) floats per inner step: ~8 MB, cache-friendly
+
+DenseLayers = Sequence[tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """How ``recommend`` orders movies: ``"blend"`` is ``watch_logit + beta * rating``; ``"rating"`` the rating."""
+
+    score: Literal["blend", "rating"] = "rating"
+    beta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.score not in ("blend", "rating"):
+            raise ConfigError(f"ranking score must be 'blend' or 'rating', got {self.score!r}")
+        if not np.isfinite(self.beta):
+            raise ConfigError(f"ranking beta must be a finite number, got {self.beta}")
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], *, has_watch: bool) -> Ranking:
+        """The ``"ranking"`` entry of ``model.json``; absent: blend with beta 0 with a watch head, else rating."""
+        raw = meta.get("ranking")
+        if raw is None:
+            return cls("blend", 0.0) if has_watch else cls("rating")
+        if not isinstance(raw, Mapping):
+            raise ArtifactError(f"model.json 'ranking' must be an object, got {raw!r}")
+        ranking = cls(str(raw.get("score", "rating")), float(raw.get("beta", 0.0)))  # type: ignore[arg-type]
+        if ranking.score == "blend" and not has_watch:
+            raise ArtifactError("model.json asks for the 'blend' ranking but the model has no watch head")
+        return ranking
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"score": self.score, "beta": self.beta} if self.score == "blend" else {"score": "rating"}
+
+    def describe(self) -> str:
+        if self.score == "rating":
+            return "predicted rating"
+        return "watch logit" if self.beta == 0 else f"watch logit + {self.beta:g} x predicted rating"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The maths every numpy path shares (the scorer here, the fold-in solver in embedrec.fold_in)
+# ---------------------------------------------------------------------------------------------------------------
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """The logistic function, without overflow warnings for large |x|."""
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)
+
+
+def scale_rating(logit: np.ndarray, shape: DataShape) -> np.ndarray:
+    """The rating output: the logit's sigmoid stretched over the rating range (``model.scale_rating`` in numpy)."""
+    return shape.rating_min + (shape.rating_max - shape.rating_min) * sigmoid(logit)
+
+
+def dense_relu_chain(pre: np.ndarray, layers: DenseLayers, *, pre_acts: list[np.ndarray] | None = None
+                     ) -> np.ndarray:
+    """The head from one Dense layer's pre-activation ``pre`` (..., h) on: relu, then each (kernel, bias) in
+    ``layers`` with relu between them; the last entry is the 1-unit output layer. Returns the logit (...,).
+
+    With ``pre_acts`` every pre-activation a relu read is appended to it (the fold-in backward pass needs them) and
+    ``pre`` is left alone; without it ``pre`` is overwritten to save a copy of the largest array.
+    """
+    h = pre
+    for kernel, bias in layers:
+        if pre_acts is not None:
+            pre_acts.append(h)
+            h = np.maximum(h, 0.0)
+        else:
+            np.maximum(h, 0.0, out=h)
+        h = h @ kernel
+        h += bias
+    return h[..., 0]
+
+
+class Scorer:
+    """The network's forward pass in numpy, over internal indices, for many users x all movies at once.
+
+    Build it from a model folder (:meth:`from_artifact`) or from weights held in memory (:meth:`from_weights`).
+    ``weights`` uses the names of :mod:`embedrec.artifacts` and must include ``genre_idx`` / ``genre_w``.
+    """
+
+    def __init__(self, weights: Mapping[str, np.ndarray], model_cfg: ModelConfig, shape: DataShape,
+                 ranking: Ranking | None = None) -> None:
+        f32 = np.float32
+        d = model_cfg.embedding_dim
+        self.shape = shape
+        self.model_cfg = model_cfg
+        self.user_embedding = np.asarray(weights["user_embedding"], f32)
+        self.movie_embedding = np.asarray(weights["movie_embedding"], f32)
+        genre_table = np.asarray(weights["genre_embedding"], f32)
+        genre_idx = np.asarray(weights["genre_idx"])
+        genre_w = np.asarray(weights["genre_w"], f32)
+        self.n_users, self.n_movies = self.user_embedding.shape[0], self.movie_embedding.shape[0]
+        if self.user_embedding.shape[1] != d or genre_idx.shape[0] != self.n_movies:
+            raise ArtifactError("weights do not match the model config (embedding size or movie count differs)")
+        genre_pooled = np.einsum("mgd,mg->md", genre_table[genre_idx], genre_w).astype(f32)
+        self.user_bias = _column(weights, "user_bias")
+        self.movie_bias = _column(weights, "movie_bias")
+        self.watch_bias = _column(weights, "watch_bias")
+        self.layers = _dense_layers(weights)
+        k1, b1 = self.layers[0]
+        self.w_user = k1[:d]
+        self.movie_part = (self.movie_embedding @ k1[d:2 * d] + genre_pooled @ k1[2 * d:] + b1).astype(f32)
+        self._neg_movie_part = -self.movie_part
+        k2, b2 = self.layers[1]
+        self._movie_part2 = (self.movie_part @ k2 + b2).astype(f32)
+        self.watch_item = (self.movie_embedding + genre_pooled).astype(f32) if self.has_watch else None
+        self.ranking = ranking or Ranking.from_meta({}, has_watch=self.has_watch)
+        if self.ranking.score == "blend" and not self.has_watch:
+            raise ArtifactError("the 'blend' ranking needs a model with a watch head")
+
+    @classmethod
+    def from_weights(cls, weights: Mapping[str, np.ndarray], model_cfg: ModelConfig, shape: DataShape,
+                     ranking: Ranking | Mapping[str, Any] | None = None) -> Scorer:
+        """A scorer over in-memory weights (numpy or anything ``np.asarray`` takes)."""
+        if ranking is not None and not isinstance(ranking, Ranking):
+            ranking = Ranking.from_meta({"ranking": ranking}, has_watch="watch_bias" in weights)
+        return cls(weights, model_cfg, shape, ranking)
+
+    @classmethod
+    def from_artifact(cls, artifact: ModelArtifact) -> Scorer:
+        ranking = Ranking.from_meta(artifact.meta, has_watch="watch_bias" in artifact.weights)
+        return cls(artifact.weights, artifact.model, artifact.shape, ranking)
+
+    @property
+    def has_watch(self) -> bool:
+        return self.watch_bias is not None
+
+    def user_rows(self, user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings (B, d), rating biases (B,)) of known users; biases are 0 for models without them."""
+        user_idx = np.asarray(user_idx, dtype=np.int64)
+        bias = self.user_bias[user_idx] if self.user_bias is not None else np.zeros(len(user_idx), np.float32)
+        return self.user_embedding[user_idx], bias
+
+    # -- (user, movie) pairs ----------------------------------------------------------------------------------
+    def rating_logits_pairs(self, emb: np.ndarray, bias: np.ndarray, movie_idx: np.ndarray) -> np.ndarray:
+        """Rating logits of (user row i, movie_idx[i]) pairs: the plain forward pass."""
+        logit = dense_relu_chain(emb @ self.w_user + self.movie_part[movie_idx], self.layers[1:])
+        logit = logit + bias
+        if self.movie_bias is not None:
+            logit = logit + self.movie_bias[movie_idx]
+        return logit
+
+    def ratings_pairs(self, emb: np.ndarray, bias: np.ndarray, movie_idx: np.ndarray) -> np.ndarray:
+        """Predicted ratings (float32) of (user row i, movie_idx[i]) pairs."""
+        return scale_rating(self.rating_logits_pairs(emb, bias, movie_idx), self.shape).astype(np.float32)
+
+    def predict_pairs(self, user_idx: np.ndarray, movie_idx: np.ndarray) -> np.ndarray:
+        """Predicted ratings of (user_idx[i], movie_idx[i]), in chunks; the ``PredictFn`` of evaluation."""
+        user_idx = np.asarray(user_idx, dtype=np.int64)
+        movie_idx = np.asarray(movie_idx, dtype=np.int64)
+        out = np.empty(len(user_idx), dtype=np.float32)
+        for s in range(0, len(user_idx), PAIR_CHUNK):
+            emb, bias = self.user_rows(user_idx[s:s + PAIR_CHUNK])
+            out[s:s + PAIR_CHUNK] = self.ratings_pairs(emb, bias, movie_idx[s:s + PAIR_CHUNK])
+        return out
+
+    def pair_scores(self, emb: np.ndarray, bias: np.ndarray, movie_idx: np.ndarray,
+                    ranking: Ranking | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ranking scores, predicted ratings) of (user row i, movie_idx[i]) pairs."""
+        ranking = ranking or self.ranking
+        rating = self.ratings_pairs(emb, bias, movie_idx)
+        if ranking.score == "rating":
+            return rating, rating
+        watch = np.einsum("nd,nd->n", emb, self.watch_item[movie_idx]) + self.watch_bias[movie_idx]
+        return (watch + np.float32(ranking.beta) * rating).astype(np.float32), rating
+
+    # -- users x every movie (the fast path) -------------------------------------------------------------------
+    def rating_logits(self, emb: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """(B, n_movies) rating logits of user rows against every movie."""
+        emb = np.atleast_2d(np.asarray(emb, np.float32))
+        user_part = emb @ self.w_user
+        n, h1 = user_part.shape
+        out = np.empty((n, self.n_movies), dtype=np.float32)
+        step = max(1, _BLOCK_ELEMENTS // max(1, self.n_movies * h1))
+        buf = np.empty((min(step, n), self.n_movies, h1), dtype=np.float32)
+        for s in range(0, n, step):
+            b = min(step, n - s)
+            x = buf[:b]
+            np.maximum(user_part[s:s + b, None, :], self._neg_movie_part[None], out=x)  # relu(a+p) - p
+            h = (x.reshape(-1, h1) @ self.layers[1][0]).reshape(b, self.n_movies, -1)
+            h += self._movie_part2  # + p·W2 + b2: the second Dense's pre-activation
+            out[s:s + b] = dense_relu_chain(h, self.layers[2:])
+        out += np.asarray(bias, np.float32)[:, None]
+        if self.movie_bias is not None:
+            out += self.movie_bias
+        return out
+
+    def ratings(self, emb: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """(B, n_movies) predicted ratings."""
+        return scale_rating(self.rating_logits(emb, bias), self.shape).astype(np.float32)
+
+    def watch_logits(self, emb: np.ndarray) -> np.ndarray:
+        """(B, n_movies) watch logits; needs a watch head."""
+        if self.watch_item is None:
+            raise ArtifactError("this model has no watch head")
+        return np.atleast_2d(np.asarray(emb, np.float32)) @ self.watch_item.T + self.watch_bias
+
+    def scores(self, emb: np.ndarray, bias: np.ndarray, ranking: Ranking | None = None) -> np.ndarray:
+        """(B, n_movies) ranking scores of user rows under ``ranking`` (default: the model's own)."""
+        ranking = ranking or self.ranking
+        if ranking.score == "rating":
+            return self.ratings(emb, bias)
+        out = self.watch_logits(emb)
+        if ranking.beta != 0.0:
+            out += np.float32(ranking.beta) * self.ratings(emb, bias)
+        return out
+
+    def score_users(self, user_idx: np.ndarray, ranking: Ranking | None = None, *,
+                    workers: int | None = None) -> np.ndarray:
+        """(len(user_idx), n_movies) ranking scores of known users; the ``ScoreFn`` of evaluation.
+
+        Users are split across ``workers`` threads (default: the CPUs this process may use) with one BLAS thread
+        each; numpy releases the GIL inside every large operation, so the threads run in parallel.
+        """
+        emb, bias = self.user_rows(np.asarray(user_idx, dtype=np.int64))
+        ranking = ranking or self.ranking
+        workers = workers or available_cpus()
+        n = len(emb)
+        cheap = ranking.score == "blend" and ranking.beta == 0.0
+        with single_threaded_blas():
+            if cheap or workers == 1 or n < 2:
+                return self.scores(emb, bias, ranking)
+            out = np.empty((n, self.n_movies), dtype=np.float32)
+            parts = np.array_split(np.arange(n), min(workers * 4, n))
+
+            def run(rows: np.ndarray) -> None:
+                out[rows[0]:rows[-1] + 1] = self.scores(emb[rows], bias[rows], ranking)
+
+            with ThreadPoolExecutor(min(workers, len(parts))) as pool:
+                list(pool.map(run, parts))
+            return out
+
+
+def _column(weights: Mapping[str, np.ndarray], name: str) -> np.ndarray | None:
+    """A (n, 1) bias table as a float32 vector, or None when the model has none."""
+    return np.asarray(weights[name], np.float32)[:, 0] if name in weights else None
+
+
+def _dense_layers(weights: Mapping[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The head's Dense layers in order, the 1-unit output layer last, as float32 (kernel, bias) pairs."""
+    layers = []
+    while f"head.layers.{len(layers)}.kernel" in weights:
+        i = len(layers)
+        layers.append((np.asarray(weights[f"head.layers.{i}.kernel"], np.float32),
+                       np.asarray(weights[f"head.layers.{i}.bias"], np.float32)))
+    if not layers:
+        raise ArtifactError("weights have no hidden Dense layer (head.layers.0.kernel)")
+    layers.append((np.asarray(weights["head.out.kernel"], np.float32),
+                   np.asarray(weights["head.out.bias"], np.float32)))
+    return layers

@@ -1,0 +1,130 @@
+"""Fold-in: planted tastes come back, the hand-written gradient is ``jax.grad`` of the model's own loss, bad input."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from embedrec.errors import DataError, UnknownIdError
+from planted import planted, prepared, rec  # noqa: F401  (fixtures)
+
+
+def test_fold_in_sci_fi_fan_gets_sci_fi(rec, prepared) -> None:
+    genres = rec.movies["genre_list"]
+    is_scifi = np.array(["Sci-Fi" in g for g in genres])
+    counts = rec.rating_counts()
+    liked = np.flatnonzero(is_scifi & (counts >= 5))[:6]
+    disliked = np.flatnonzero(~is_scifi & (counts >= 5))[:3]
+    loves = [(int(rec.movie_ids[i]), 5.0) for i in liked]
+    mixed = loves + [(int(rec.movie_ids[i]), 1.0) for i in disliked]
+
+    t0 = time.perf_counter()
+    user = rec.fold_in(loves)
+    assert time.perf_counter() - t0 < 1.0
+    top = rec.recommend_for(user, k=10, min_ratings=0)
+    assert not set(top["movie_id"]) & {p[0] for p in loves}
+    assert np.mean(["Sci-Fi" in g.split("|") for g in top["genres"]]) >= 0.7, top
+    # rated-but-disliked movies still count as watched, so they dilute the list, but Sci-Fi stays far above its share
+    top = rec.recommend_for(rec.fold_in(mixed), k=10, min_ratings=0)
+    assert np.mean(["Sci-Fi" in g.split("|") for g in top["genres"]]) > 3 * is_scifi.mean()
+
+
+def _fold_problem(rec):
+    scorer = rec.scorer
+    rng = np.random.default_rng(1)
+    movies = rng.choice(scorer.n_movies, 7, replace=False)
+    ratings = rng.uniform(1, 5, 7)
+    u = rng.normal(0, 0.3, scorer.user_embedding.shape[1])
+    return movies, ratings, u, 0.1
+
+
+@pytest.mark.parametrize("watch_loss", ["bce", "softmax"])
+def test_fold_in_gradient_matches_finite_differences(rec, watch_loss: str) -> None:
+    from embedrec.fold_in import fold_in_loss
+
+    scorer = rec.scorer
+    movies, ratings, u, b = _fold_problem(rec)
+    opts = {"weight_decay": 0.03, "watch_weight": 0.7, "watch_loss": watch_loss, "negatives": 4}
+    _, grad_u, grad_b = fold_in_loss(scorer, u, b, movies, ratings, **opts)
+    eps = 1e-5
+    for j in (0, 5, len(u) - 1):
+        du = np.zeros_like(u)
+        du[j] = eps
+        num = (fold_in_loss(scorer, u + du, b, movies, ratings, **opts)[0]
+               - fold_in_loss(scorer, u - du, b, movies, ratings, **opts)[0]) / (2 * eps)
+        assert num == pytest.approx(grad_u[j], rel=1e-4, abs=1e-7)
+    num_b = (fold_in_loss(scorer, u, b + eps, movies, ratings, **opts)[0]
+             - fold_in_loss(scorer, u, b - eps, movies, ratings, **opts)[0]) / (2 * eps)
+    assert num_b == pytest.approx(grad_b, rel=1e-4)
+
+
+def _jax_fold_in_loss(artifact, movies: np.ndarray, ratings: np.ndarray, *, weight_decay: float,
+                      watch_weight: float, watch_loss: str, negatives: int):
+    """The fold-in objective written with embedrec.model's forward functions, for ``jax.grad``."""
+    import jax
+    import jax.numpy as jnp
+
+    from embedrec.model import gather_rows, rating_from_rows, watch_logit_from_rows
+
+    module = artifact.to_flax()
+    tables = module.tables()
+    gi, gw = artifact.weights["genre_idx"], artifact.weights["genre_w"]
+    unrated = np.setdiff1d(np.arange(artifact.shape.n_movies), movies)  # every unrated movie: < 4,096 here
+
+    def rows_for(u: jax.Array, b: jax.Array, movie_idx: np.ndarray) -> dict:
+        rows = gather_rows(tables, jnp.zeros(len(movie_idx), jnp.int32), jnp.asarray(movie_idx),
+                           jnp.asarray(gi[movie_idx]))
+        rows["user_embedding"] = jnp.broadcast_to(u, (len(movie_idx), u.shape[0]))
+        rows["user_bias"] = jnp.full((len(movie_idx), 1), b)
+        return rows
+
+    def loss(u: jax.Array, b: jax.Array) -> jax.Array:
+        rows = rows_for(u, b, movies)
+        pred = rating_from_rows(module.head, rows, jnp.asarray(gw[movies]), cfg=artifact.model, shape=artifact.shape)
+        total = jnp.mean((pred - jnp.asarray(ratings, jnp.float32)) ** 2) + weight_decay * (u @ u + b * b)
+        pos = watch_logit_from_rows(rows, jnp.asarray(gw[movies]))
+        neg = watch_logit_from_rows(rows_for(u, b, unrated), jnp.asarray(gw[unrated]))
+        if watch_loss == "softmax":
+            log_s = jnp.log(negatives) + jax.nn.logsumexp(neg) - jnp.log(len(unrated))
+            watch = jnp.mean(jnp.logaddexp(pos, log_s) - pos)
+        else:
+            watch = jnp.mean(jax.nn.softplus(-pos)) + jnp.mean(jax.nn.softplus(neg))
+        return total + watch_weight * watch
+
+    return loss
+
+
+@pytest.mark.parametrize("watch_loss", ["bce", "softmax"])
+def test_fold_in_loss_and_gradient_equal_jax_grad_of_the_model(rec, watch_loss: str) -> None:
+    import jax
+    import jax.numpy as jnp
+
+    from embedrec.fold_in import fold_in_loss
+
+    movies, ratings, u, b = _fold_problem(rec)
+    opts = {"weight_decay": 0.03, "watch_weight": 0.7, "watch_loss": watch_loss, "negatives": 4}
+    loss, grad_u, grad_b = fold_in_loss(rec.scorer, u, b, movies, ratings, **opts)
+    jax_loss = _jax_fold_in_loss(rec.artifact, movies, ratings, **opts)
+    args = (jnp.asarray(u, jnp.float32), jnp.float32(b))
+    ref_loss = float(jax_loss(*args))
+    ref_u, ref_b = jax.grad(jax_loss, argnums=(0, 1))(*args)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    np.testing.assert_allclose(grad_u, np.asarray(ref_u), rtol=1e-4, atol=1e-6)
+    assert grad_b == pytest.approx(float(ref_b), rel=1e-4, abs=1e-6)
+
+
+def test_fold_in_adam_uses_the_training_constants() -> None:
+    from embedrec import fold_in, train
+
+    assert (fold_in.ADAM_B1, fold_in.ADAM_B2, fold_in.ADAM_EPS) == (train.B1, train.B2, train.EPS)
+
+
+def test_fold_in_rejects_bad_input(rec) -> None:
+    with pytest.raises(UnknownIdError):
+        rec.fold_in([(10**9, 4.0)])
+    with pytest.raises(DataError):
+        rec.fold_in([(int(rec.movie_ids[0]), 9.0)])
+    with pytest.raises(DataError):
+        rec.fold_in([])

@@ -1,0 +1,62 @@
+"""The readers of user-supplied CSVs: header spellings, exact integer ids, and one-line errors naming file and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedrec.data.user_files import read_pairs, read_user_ids, read_user_ratings
+from embedrec.errors import DataError
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_pairs_keep_the_ids_as_written(tmp_path: Path) -> None:
+    pairs = read_pairs(write(tmp_path / "p.csv", "user_id,MovieId,extra\n 9007199254740993 ,1,x\n2,abc,y\n"))
+    assert list(pairs.columns) == ["userId", "movieId"]
+    assert pairs["userId"].tolist() == ["9007199254740993", "2"] and pairs["movieId"].tolist() == ["1", "abc"]
+    with pytest.raises(DataError, match=r"--input: .*p2.csv needs a header with userId and movieId"):
+        read_pairs(write(tmp_path / "p2.csv", "user,movie\n1,2\n"))
+    with pytest.raises(DataError, match="does not exist"):
+        read_pairs(tmp_path / "missing.csv")
+
+
+def test_user_ratings_are_integer_ids_and_numbers(tmp_path: Path) -> None:
+    mine = read_user_ratings(write(tmp_path / "mine.csv", "movie_id,Rating\n1,5\n9007199254740993,3.5\n2.0,4\n"))
+    assert mine["movieId"].tolist() == [1, 9007199254740993, 2] and mine["movieId"].dtype == np.int64
+    assert mine["rating"].tolist() == [5.0, 3.5, 4.0]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("movieId,rating\n1,5\n1.5,4\n", r"mine.csv line 3: movieId '1.5' is not an integer"),
+    ("movieId,rating\n1,5\nabc,4\n", r"mine.csv line 3: movieId 'abc' is not an integer"),
+    ("movieId,rating\n1,great\n", r"mine.csv line 2: rating 'great' is not a number"),
+    ("movieId,stars\n1,5\n", r"needs a header with movieId and rating"),
+    ("movieId,rating\n", r"mine.csv has no ratings"),
+])
+def test_bad_user_ratings_name_the_file_and_line(tmp_path: Path, body: str, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        read_user_ratings(write(tmp_path / "mine.csv", body))
+
+
+def test_user_ids_one_per_line_or_a_csv_column(tmp_path: Path) -> None:
+    assert read_user_ids(write(tmp_path / "u.txt", "3\n\n9007199254740993\n-1, note\n")).tolist() == [
+        3, 9007199254740993, -1]
+    assert read_user_ids(write(tmp_path / "u.csv", "name,user_id\na,7\nb,8\n")).tolist() == [7, 8]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("1\n" + str(10**23) + "\n", r"u.txt line 2: user id 100000000000000000000000 is out of range"),
+    ("1\n\n2.5\n", r"u.txt line 3: user id '2.5' is not an integer"),
+    ("userId\n1\nx\n", r"u.txt line 3: user id 'x' is not an integer"),
+    ("name\nbob\n", r"needs a header with userId"),
+    ("\n\n", r"u.txt holds no user ids"),
+])
+def test_bad_user_ids_name_the_file_and_line(tmp_path: Path, body: str, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        read_user_ids(write(tmp_path / "u.txt", body))
