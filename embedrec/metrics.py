@@ -121,6 +121,10 @@ class ItemSets:
         np.cumsum(lengths, out=indptr[1:])
         return ItemSets(indptr=indptr, indices=cols, n_items=self.n_items)
 
+    def coordinates(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row, item) of every member, row-major: what a dense mask would hold, without the dense matrix."""
+        return np.repeat(np.arange(self.n_rows), self.lengths()), self.indices
+
     def mask(self, rows: np.ndarray) -> np.ndarray:
         """A ``(len(rows), n_items)`` boolean matrix, True where the row's set holds the item."""
         flat_rows, cols = self._gather(rows)

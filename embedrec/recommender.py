@@ -33,7 +33,7 @@ import numpy as np
 from embedrec.errors import ConfigError, DataError, UnknownIdError
 from embedrec.fold_in import FoldedUser, fold_in
 from embedrec.metrics import ItemSets, top_k
-from embedrec.scoring import PAIR_CHUNK, Ranking, Scorer
+from embedrec.scoring import DEFAULT_CANDIDATES, MoviePool, Ranking, Scorer
 from embedrec.serving import DEFAULT_MIN_RATINGS
 from embedrec.vocab import Vocabulary
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from embedrec.artifacts import ModelArtifact
     from embedrec.data.store import PreparedData
 
-USER_BLOCK = 256  # users per block of batch top-K: (256, n_movies) float32 scores at a time
+USER_BLOCK = 1024  # users per block of batch top-K: (1024, n_movies) float32 retrieval scores at a time
 
 ProgressFn = Callable[[int, int], None]
 
@@ -58,8 +58,9 @@ class Recommender:
     """
 
     def __init__(self, artifact: ModelArtifact, prepared: PreparedData | None = None, *,
-                 ranking: Ranking | None = None) -> None:
+                 ranking: Ranking | None = None, candidates: int | None = DEFAULT_CANDIDATES) -> None:
         self.artifact = artifact
+        self.candidates = candidates  # movies the full network re-ranks per user; None: every movie (exhaustive)
         self.scorer = Scorer.from_artifact(artifact)
         if ranking is not None:
             self.scorer.ranking = ranking
@@ -191,7 +192,7 @@ class Recommender:
         target = match[0]
         return np.fromiter((target in gl for gl in lists), dtype=bool, count=len(lists))
 
-    def _candidates(self, *, genre: str | None, min_ratings: int) -> np.ndarray:
+    def _allowed_movies(self, *, genre: str | None, min_ratings: int) -> np.ndarray:
         """Movies eligible for anyone under the filters (True = may be recommended)."""
         ok = np.ones(len(self.movie_vocab), dtype=bool)
         if genre:
@@ -216,21 +217,28 @@ class Recommender:
         k = self._list_length(k)
         u = self.user_vocab.index(user_id)
         emb, bias = self.scorer.user_rows(np.array([u]))
-        exclude = ~self._candidates(genre=genre, min_ratings=min_ratings)
-        if filter_seen:
-            exclude = exclude | self.seen_mask(u)
-        scores = self.scorer.scores(emb, bias)
-        return self._table(scores[0], exclude, k, emb[0], float(bias[0]))
+        seen = ItemSets.from_lists([np.flatnonzero(self.seen_mask(u))], n_items=len(self.movie_vocab)) \
+            if filter_seen else None
+        return self._table(emb, bias, k, seen, genre=genre, min_ratings=min_ratings)
 
     def recommend_for(self, user: FoldedUser, *, k: int = 10, filter_seen: bool = True, genre: str | None = None,
                       min_ratings: int = DEFAULT_MIN_RATINGS) -> pd.DataFrame:
         """Top ``k`` for a folded-in user (see :meth:`fold_in`); their rated movies count as seen."""
         k = self._list_length(k)
-        exclude = ~self._candidates(genre=genre, min_ratings=min_ratings)
-        if filter_seen:
-            exclude[user.movie_idx] = True
-        scores = self.scorer.scores(user.embedding[None], np.array([user.bias], np.float32))
-        return self._table(scores[0], exclude, k, user.embedding, user.bias)
+        seen = ItemSets.from_lists([user.movie_idx.tolist()], n_items=len(self.movie_vocab)) if filter_seen else None
+        return self._table(user.embedding[None], np.array([user.bias], np.float32), k, seen, genre=genre,
+                           min_ratings=min_ratings)
+
+    def _table(self, emb: np.ndarray, bias: np.ndarray, k: int, seen: ItemSets | None, *, genre: str | None,
+               min_ratings: int) -> pd.DataFrame:
+        ranked = self.scorer.rank(emb, bias, k, seen=seen, allowed=self._allowed_movies(genre=genre,
+                                                                                    min_ratings=min_ratings),
+                                  candidates=self.candidates, workers=1)
+        keep = ranked.movie_idx[0] >= 0
+        out = self.movie_rows(ranked.movie_idx[0][keep])
+        out["score"] = ranked.score[0][keep].astype(float)
+        out["rating"] = ranked.rating[0][keep].astype(float)
+        return out
 
     def popular(self, *, k: int = 10, genre: str | None = None,
                 min_ratings: int = DEFAULT_MIN_RATINGS) -> pd.DataFrame:
@@ -238,23 +246,12 @@ class Recommender:
         k = self._list_length(k)
         if self._popularity is None:
             raise UnknownIdError("no popularity fallback without the prepared data: pass --data DIR")
-        exclude = ~self._candidates(genre=genre, min_ratings=min_ratings)
+        exclude = ~self._allowed_movies(genre=genre, min_ratings=min_ratings)
         top = top_k(self._popularity[None], k, exclude=exclude[None])[0]
         top = top[top >= 0]
         out = self.movie_rows(top)
         out["score"] = self._popularity[top].astype(float)
         out["rating"] = np.nan
-        return out
-
-    def _table(self, scores: np.ndarray, exclude: np.ndarray, k: int, emb: np.ndarray, bias: float
-               ) -> pd.DataFrame:
-        top = top_k(scores[None], k, exclude=exclude[None])[0]
-        top = top[top >= 0]
-        out = self.movie_rows(top)
-        out["score"] = scores[top].astype(float)
-        ratings = self.scorer.ratings_pairs(np.repeat(emb[None], len(top), axis=0),
-                                            np.full(len(top), bias, np.float32), top)
-        out["rating"] = ratings.astype(float)
         return out
 
     def movie_rows(self, movie_idx: np.ndarray) -> pd.DataFrame:
@@ -268,36 +265,33 @@ class Recommender:
                        workers: int | None = None) -> pd.DataFrame:
         """Top ``k`` for many known users: a long table user_id, rank (1..k), movie_id, score[, rating].
 
-        Scores one block of users at a time ((block, n_movies) floats), so memory stays bounded for any number of
-        users; ``k`` is clamped to the catalogue size. Unknown ids raise :class:`UnknownIdError` before any work.
+        Ranks one block of users at a time ((block, n_movies) retrieval scores), so memory stays bounded for any
+        number of users; each block goes through :meth:`Scorer.rank` (two-stage unless ``candidates`` is None).
+        ``k`` is clamped to the catalogue size. Unknown ids raise :class:`UnknownIdError` before any work.
         """
         import pandas as pd
 
         k = self._list_length(k)
         user_ids = np.asarray(user_ids, dtype=np.int64)
         idx = self.user_vocab.require_all(user_ids)
-        candidates = self._candidates(genre=genre, min_ratings=min_ratings)
+        allowed = MoviePool(self.scorer, self._allowed_movies(genre=genre, min_ratings=min_ratings))
         seen = self._seen_sets() if filter_seen else None
         top = np.empty((len(idx), k), dtype=np.int32)
+        score = np.empty((len(idx), k), dtype=np.float32)
+        rating = np.empty((len(idx), k), dtype=np.float32)
         for s in range(0, len(idx), USER_BLOCK):
             batch = idx[s:s + USER_BLOCK]
-            scores = self.scorer.score_users(batch, workers=workers)
-            exclude = np.broadcast_to(~candidates, scores.shape)
-            if seen is not None:
-                exclude = exclude | seen.mask(batch)
-            top[s:s + len(batch)] = top_k(scores, k, exclude=exclude)
+            emb, bias = self.scorer.user_rows(batch)
+            ranked = self.scorer.rank(emb, bias, k, seen=seen.take(batch) if seen is not None else None,
+                                      allowed=allowed, candidates=self.candidates, workers=workers)
+            top[s:s + len(batch)], score[s:s + len(batch)], rating[s:s + len(batch)] = (
+                ranked.movie_idx, ranked.score, ranked.rating)
             if on_progress is not None:
                 on_progress(s + len(batch), len(idx))
-        rows = np.repeat(np.arange(len(idx)), k)
-        flat = top.ravel()
-        keep = flat >= 0
-        rows, flat = rows[keep], flat[keep]
-        emb, bias = self.scorer.user_rows(idx[rows])
-        score = np.empty(len(rows), np.float32)
-        rating = np.empty(len(rows), np.float32)
-        for s in range(0, len(rows), PAIR_CHUNK):
-            chunk = slice(s, s + PAIR_CHUNK)
-            score[chunk], rating[chunk] = self.scorer.pair_scores(emb[chunk], bias[chunk], flat[chunk])
+        keep = top.ravel() >= 0
+        rows = np.repeat(np.arange(len(idx)), k)[keep]
+        flat = top.ravel()[keep]
+        score, rating = score.ravel()[keep], rating.ravel()[keep]
         out = pd.DataFrame({
             "user_id": user_ids[rows],
             "rank": (np.arange(len(idx) * k) % k + 1)[keep],

@@ -34,10 +34,12 @@ import numpy as np
 from embedrec.blas import available_cpus, single_threaded_blas
 from embedrec.config import DataShape, ModelConfig
 from embedrec.errors import ArtifactError, ConfigError
+from embedrec.metrics import ItemSets, top_k
 
 if TYPE_CHECKING:
     from embedrec.artifacts import ModelArtifact
 
+DEFAULT_CANDIDATES = 500  # movies retrieved per user by the watch output for the full network to re-rank (README)
 PAIR_CHUNK = 1 << 16  # (user, movie) pairs per step of the pair path
 _BLOCK_ELEMENTS = 1 << 21  # (users x movies x h1) floats per inner step: ~8 MB, cache-friendly
 
@@ -206,24 +208,29 @@ class Scorer:
         return (watch + np.float32(ranking.beta) * rating).astype(np.float32), rating
 
     # -- users x every movie (the fast path) -------------------------------------------------------------------
-    def rating_logits(self, emb: np.ndarray, bias: np.ndarray) -> np.ndarray:
-        """(B, n_movies) rating logits of user rows against every movie."""
+    def rating_logits(self, emb: np.ndarray, bias: np.ndarray, *, neg_movie_part: np.ndarray | None = None,
+                      movie_part2: np.ndarray | None = None, movie_bias: np.ndarray | None = None) -> np.ndarray:
+        """(B, n_movies) rating logits of user rows against every movie (or against the movies whose per-movie
+        arrays are passed: ``-movie_part``, ``movie_part·W2 + b2`` and the rating bias, cut to those movies)."""
         emb = np.atleast_2d(np.asarray(emb, np.float32))
+        if neg_movie_part is None:
+            neg_movie_part, movie_part2, movie_bias = self._neg_movie_part, self._movie_part2, self.movie_bias
+        n_movies = len(neg_movie_part)
         user_part = emb @ self.w_user
         n, h1 = user_part.shape
-        out = np.empty((n, self.n_movies), dtype=np.float32)
-        step = max(1, _BLOCK_ELEMENTS // max(1, self.n_movies * h1))
-        buf = np.empty((min(step, n), self.n_movies, h1), dtype=np.float32)
+        out = np.empty((n, n_movies), dtype=np.float32)
+        step = max(1, _BLOCK_ELEMENTS // max(1, n_movies * h1))
+        buf = np.empty((min(step, n), n_movies, h1), dtype=np.float32)
         for s in range(0, n, step):
             b = min(step, n - s)
             x = buf[:b]
-            np.maximum(user_part[s:s + b, None, :], self._neg_movie_part[None], out=x)  # relu(a+p) - p
-            h = (x.reshape(-1, h1) @ self.layers[1][0]).reshape(b, self.n_movies, -1)
-            h += self._movie_part2  # + p·W2 + b2: the second Dense's pre-activation
+            np.maximum(user_part[s:s + b, None, :], neg_movie_part[None], out=x)  # relu(a+p) - p
+            h = (x.reshape(-1, h1) @ self.layers[1][0]).reshape(b, n_movies, -1)
+            h += movie_part2  # + p·W2 + b2: the second Dense's pre-activation
             out[s:s + b] = dense_relu_chain(h, self.layers[2:])
         out += np.asarray(bias, np.float32)[:, None]
-        if self.movie_bias is not None:
-            out += self.movie_bias
+        if movie_bias is not None:
+            out += movie_bias
         return out
 
     def ratings(self, emb: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -245,6 +252,88 @@ class Scorer:
         if ranking.beta != 0.0:
             out += np.float32(ranking.beta) * self.ratings(emb, bias)
         return out
+
+    # -- top-K: two-stage (dot-product retrieval, then the full network on the candidates) ----------------------
+    def rank(self, emb: np.ndarray, bias: np.ndarray, k: int, *, seen: ItemSets | None = None,
+             allowed: np.ndarray | MoviePool | None = None, ranking: Ranking | None = None,
+             candidates: int | None = DEFAULT_CANDIDATES, workers: int | None = None) -> Ranked:
+        """The ``k`` best movies of each user row (best first, -1 pads a short list), with their scores and ratings.
+
+        ``seen`` (row i = user row i) and ``allowed`` ((n_movies,) bool: False is never listed; or a
+        :class:`MoviePool` built from it once for many calls) filter the movies.
+        With the blend ranking, ``candidates`` movies per user are retrieved by the watch output alone (a dot
+        product over every allowed movie) and only those go through the full network; ``None`` scores every movie
+        through it (the exhaustive path, for checking). With beta 0 the watch output *is* the ranking, so
+        retrieval alone is exact. The rating ranking has no cheap stage and is always exhaustive, over the allowed
+        movies only. Users are split across ``workers`` threads with one BLAS thread each.
+        """
+        ranking = ranking or self.ranking
+        emb = np.atleast_2d(np.asarray(emb, np.float32))
+        bias = np.asarray(bias, np.float32).reshape(-1)
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}")
+        if candidates is not None and candidates < 1:
+            raise ConfigError(f"--candidates must be at least 1, got {candidates}")
+        pool = allowed if isinstance(allowed, MoviePool) else MoviePool(self, allowed)
+        n = len(emb)
+        top = np.full((n, k), -1, np.int32)
+        score = np.full((n, k), -np.inf, np.float32)
+        rating = np.full((n, k), np.nan, np.float32)
+        if pool.size == 0 or n == 0:  # nothing passes the filters: every list is empty
+            return Ranked(top, score, rating)
+
+        def run(rows: np.ndarray) -> None:
+            block = slice(int(rows[0]), int(rows[-1]) + 1)
+            block_seen = seen.take(rows) if seen is not None else None
+            top[block], score[block], rating[block] = self._rank_block(
+                emb[block], bias[block], k, block_seen, pool, ranking, candidates)
+
+        workers = workers or available_cpus()
+        with single_threaded_blas():
+            parts = np.array_split(np.arange(n), max(1, min(n, workers * 4, -(-n // 16))))
+            parts = [p for p in parts if len(p)]
+            if workers == 1 or len(parts) == 1:
+                for p in parts:
+                    run(p)
+            else:
+                with ThreadPoolExecutor(min(workers, len(parts))) as pool_threads:
+                    list(pool_threads.map(run, parts))
+        return Ranked(top, score, rating)
+
+    def _rank_block(self, emb: np.ndarray, bias: np.ndarray, k: int, seen: ItemSets | None, pool: MoviePool,
+                    ranking: Ranking, candidates: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        b = len(emb)
+        blend = ranking.score == "blend"
+        retrieve_only = blend and ranking.beta == 0.0
+        two_stage = blend and not retrieve_only and candidates is not None and candidates < pool.size
+        if blend and (retrieve_only or two_stage):
+            scores = emb @ pool.watch_item_t
+            scores += pool.watch_bias
+        else:
+            scores = pool.scores(emb, bias, ranking)
+        if seen is not None and seen.indices.size:
+            rows, cols = seen.coordinates()
+            pos = pool.position[cols]
+            keep = pos >= 0
+            scores[rows[keep], pos[keep]] = -np.inf
+        first = top_k(scores, candidates if two_stage else k)  # positions in the pool
+        if two_stage:
+            valid = first >= 0
+            rows = np.nonzero(valid)[0]
+            rerank = np.full(first.shape, -np.inf, np.float32)
+            rerank[valid] = self.pair_scores(emb[rows], bias[rows], pool.movies[first[valid]], ranking)[0]
+            order = top_k(rerank, k)
+            chosen = np.where(order >= 0, np.take_along_axis(first, np.maximum(order, 0), axis=1), -1)
+        else:
+            chosen = first
+        valid = chosen >= 0
+        top = np.full((b, k), -1, np.int32)
+        top[valid] = pool.movies[chosen[valid]]
+        score = np.full((b, k), -np.inf, np.float32)
+        rating = np.full((b, k), np.nan, np.float32)
+        rows = np.nonzero(valid)[0]
+        score[valid], rating[valid] = self.pair_scores(emb[rows], bias[rows], top[valid], ranking)
+        return top, score, rating
 
     def score_users(self, user_idx: np.ndarray, ranking: Ranking | None = None, *,
                     workers: int | None = None) -> np.ndarray:
@@ -270,6 +359,63 @@ class Scorer:
             with ThreadPoolExecutor(min(workers, len(parts))) as pool:
                 list(pool.map(run, parts))
             return out
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """Top-K per user row: movie indices (-1 pads a short list), ranking scores and predicted ratings, (B, k)."""
+
+    movie_idx: np.ndarray
+    score: np.ndarray
+    rating: np.ndarray
+
+
+class MoviePool:
+    """The movies a ranking may list (all, or those ``allowed``), with the per-movie arrays cut to them once.
+
+    Build one per filter and pass it to every :meth:`Scorer.rank` call of a batch: cutting the arrays costs a
+    copy of the movie side of the network, which should not be paid per block of users.
+    """
+
+    def __init__(self, scorer: Scorer, allowed: np.ndarray | None) -> None:
+        self.scorer = scorer
+        n = scorer.n_movies
+        if allowed is None or bool(np.all(allowed)):
+            self.movies = np.arange(n, dtype=np.int64)
+            self.position = self.movies
+            subset = None
+        else:
+            allowed = np.asarray(allowed, dtype=bool)
+            if allowed.shape != (n,):
+                raise ConfigError(f"allowed must be one flag per movie ({n}), got shape {allowed.shape}")
+            self.movies = np.flatnonzero(allowed)
+            self.position = np.full(n, -1, np.int64)
+            self.position[self.movies] = np.arange(len(self.movies))
+            subset = self.movies
+        self.size = len(self.movies)
+
+        def cut(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else (a if subset is None else a[subset])
+
+        self.watch_item_t = None if scorer.watch_item is None else np.ascontiguousarray(cut(scorer.watch_item).T)
+        self.watch_bias = cut(scorer.watch_bias)
+        self.neg_movie_part = cut(scorer._neg_movie_part)
+        self.movie_part2 = cut(scorer._movie_part2)
+        self.movie_bias = cut(scorer.movie_bias)
+
+    def scores(self, emb: np.ndarray, bias: np.ndarray, ranking: Ranking) -> np.ndarray:
+        """(B, pool size) ranking scores through the full network (the exhaustive path)."""
+        s = self.scorer
+        logit = s.rating_logits(emb, bias, neg_movie_part=self.neg_movie_part, movie_part2=self.movie_part2,
+                                movie_bias=self.movie_bias)
+        rating = scale_rating(logit, s.shape).astype(np.float32)
+        if ranking.score == "rating":
+            return rating
+        out = emb @ self.watch_item_t
+        out += self.watch_bias
+        if ranking.beta != 0.0:
+            out += np.float32(ranking.beta) * rating
+        return out
 
 
 def _column(weights: Mapping[str, np.ndarray], name: str) -> np.ndarray | None:
