@@ -47,7 +47,7 @@ from embedrec.blas import single_threaded_blas
 from embedrec.data.split import SPLIT_CODES, TEST, TRAIN
 from embedrec.errors import ConfigError, DataError
 from embedrec.metrics import ItemSets, mae, ranking_metrics, rmse, top_k
-from embedrec.scoring import Ranking
+from embedrec.scoring import DEFAULT_CANDIDATES, Ranking
 
 if TYPE_CHECKING:
     from embedrec.data.store import PreparedData
@@ -57,23 +57,34 @@ ScoreFn = Callable[[np.ndarray], np.ndarray]
 """``score_fn(user_idx) -> (len(user_idx), n_movies)`` scores, higher is better."""
 PredictFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``predict_fn(user_idx, movie_idx) -> ratings``, one per pair."""
+RankFn = Callable[[np.ndarray, int, "ItemSets"], np.ndarray]
+"""``rank_fn(user_idx, k, seen) -> (len(user_idx), k)`` movie indices, best first, -1 padding; ``seen`` (row i =
+user i) must not be listed. For models that rank without scoring every movie (two-stage retrieval)."""
 ProgressFn = Callable[[int, int], None]
 """``on_progress(users_done, users_total)``, called after each batch."""
+StageProgressFn = Callable[[str, int, int], None]
+"""``on_progress(stage, done, total)``: which part of an evaluation runs ("model", "rating only", ...) and how far."""
+VARIANT_USERS = 2_000
+"""Users the rating-only and watch-only variants rank at most (a seeded sample): rating-only ranking has no cheap
+first stage, so over every user of a full-size catalogue it would cost more than the rest of the evaluation."""
 
 
 def evaluate_model(scorer: Scorer, prepared: PreparedData, *, split: str = "test", ks: Sequence[int] = (10,),
                    relevance: float = 4.0, baselines: bool = True, variants: bool = True,
-                   max_users: int | None = None, seed: int = 0,
-                   on_progress: ProgressFn | None = None) -> dict[str, Any]:
+                   max_users: int | None = None, seed: int = 0, candidates: int | None = DEFAULT_CANDIDATES,
+                   on_progress: StageProgressFn | None = None) -> dict[str, Any]:
     """Rating error and full-ranking metrics of the model on ``split``, with the baselines on the same split.
 
     Returns ``{"rmse", "mae", "precision@K", ..., "n_users", "ranking": {...}, "baselines": {...}}`` and, for models
-    with a watch head, ``"variants"`` holding the ranking metrics of rating-only and watch-only scores. The model
-    must have been trained on ``prepared`` (same fingerprint; the caller checks).
+    with a watch head, ``"variants"`` holding the ranking metrics of rating-only and watch-only scores (on a seeded
+    sample of at most :data:`VARIANT_USERS` users, given as their ``n_users``). The model must have been trained on
+    ``prepared`` (same fingerprint; the caller checks).
 
-    Candidates are every movie the user has not rated in an earlier split (train for val; train and val for test),
-    the same protocol as the baselines, so the rows compare like with like: a val rating is a known watch, so it
-    is neither credited nor blamed when ranking for test.
+    The model ranks by :meth:`Scorer.rank`: two-stage with ``candidates`` movies per user re-ranked by the full
+    network, or every movie when ``candidates`` is None (``result["candidates"]`` says which). ``max_users`` ranks
+    a seeded sample of users (``result["max_users"]``). Candidates are every movie the user has not rated in an
+    earlier split (train for val; train and val for test), the same protocol as the baselines, so the rows compare
+    like with like: a val rating is a known watch, so it is neither credited nor blamed when ranking for test.
     """
     if split not in ("val", "test"):
         raise ConfigError(f"--split must be val or test, got {split!r}")
@@ -81,6 +92,10 @@ def evaluate_model(scorer: Scorer, prepared: PreparedData, *, split: str = "test
     held = prepared.split == code
     if not held.any():
         raise DataError(f"the {split} split of {prepared.path} is empty")
+
+    def stage(name: str) -> ProgressFn | None:
+        return None if on_progress is None else (lambda done, total: on_progress(name, done, total))
+
     u, m, r = prepared.user_idx, prepared.movie_idx, prepared.rating
     with single_threaded_blas():
         result: dict[str, Any] = dict(evaluate_ratings(scorer.predict_pairs, user_idx=u[held], movie_idx=m[held],
@@ -88,18 +103,36 @@ def evaluate_model(scorer: Scorer, prepared: PreparedData, *, split: str = "test
     seen = prepared.split < code  # train, and val too when evaluating test
     common = dict(train_user_idx=u[seen], train_movie_idx=m[seen], eval_user_idx=u[held],
                   eval_movie_idx=m[held], eval_rating=r[held], n_users=prepared.n_users,
-                  n_movies=prepared.n_movies, ks=ks, relevance=relevance, max_users=max_users, seed=seed)
-    result.update(evaluate_ranking(scorer.score_users, on_progress=on_progress, **common))
+                  n_movies=prepared.n_movies, ks=ks, relevance=relevance, seed=seed)
+
+    def rank_fn(ranking: Ranking, n_candidates: int | None) -> RankFn:
+        def rank(users: np.ndarray, k: int, seen_sets: ItemSets) -> np.ndarray:
+            emb, bias = scorer.user_rows(users)
+            return scorer.rank(emb, bias, k, seen=seen_sets, ranking=ranking, candidates=n_candidates).movie_idx
+        return rank
+
+    result.update(evaluate_ranking(None, rank_fn=rank_fn(scorer.ranking, candidates), on_progress=stage("model"),
+                                   max_users=max_users, batch_size=2048, **common))
     result["ranking"] = scorer.ranking.to_dict()
+    result["candidates"] = candidates
+    result["scoring"] = scoring_description(scorer.ranking, candidates)
+    result["max_users"] = max_users
     if variants and scorer.has_watch:
+        sample = min(max_users or VARIANT_USERS, VARIANT_USERS)
         result["variants"] = {
-            "rating_only": evaluate_ranking(lambda b: scorer.score_users(b, Ranking("rating")), **common),
-            "watch_only": evaluate_ranking(lambda b: scorer.score_users(b, Ranking("blend", 0.0)), **common),
+            "rating_only": evaluate_ranking(None, rank_fn=rank_fn(Ranking("rating"), None), max_users=sample,
+                                            on_progress=stage("rating only"), **common),
+            "watch_only": evaluate_ranking(None, rank_fn=rank_fn(Ranking("blend", 0.0), None), max_users=sample,
+                                           on_progress=stage("watch only"), **common),
         }
     if baselines:
+        if on_progress is not None:
+            on_progress("baselines", 0, 1)
         result["baselines"] = evaluate_baselines(
             user_idx=u, movie_idx=m, rating=r, split=prepared.split, n_users=prepared.n_users,
             n_movies=prepared.n_movies, eval_split=code, ks=ks, relevance=relevance, max_users=max_users, seed=seed)
+        if on_progress is not None:
+            on_progress("baselines", 1, 1)
     return result
 
 
@@ -118,7 +151,7 @@ def evaluate_ratings(
 
 
 def evaluate_ranking(
-    score_fn: ScoreFn,
+    score_fn: ScoreFn | None,
     *,
     train_user_idx: np.ndarray,
     train_movie_idx: np.ndarray,
@@ -133,8 +166,12 @@ def evaluate_ranking(
     max_users: int | None = None,
     seed: int = 0,
     on_progress: ProgressFn | None = None,
+    rank_fn: RankFn | None = None,
 ) -> dict[str, float]:
     """Full-ranking top-K metrics of ``score_fn`` at each ``k`` in ``ks``, plus ``n_users`` evaluated.
+
+    ``rank_fn``, when given, replaces ``score_fn`` (pass None for it): it returns each user's top K directly, so a
+    model can rank without materialising every score (the scorer's two-stage retrieval).
 
     Each evaluated user's train items are excluded from their ranking (a recommender should not be credited for
     re-recommending what the user already rated, nor penalised for scoring it high). A user is evaluated only if
@@ -162,10 +199,13 @@ def evaluate_ranking(
     topk = np.empty((users.size, k_max), dtype=np.int32)
     for start in range(0, users.size, batch_size):
         batch = users[start : start + batch_size]
-        scores = np.asarray(score_fn(batch))
-        if scores.shape != (batch.size, n_movies):
-            raise ValueError(f"score_fn returned shape {scores.shape}, expected {(batch.size, n_movies)}")
-        topk[start : start + batch.size] = top_k(scores, k_max, exclude=train.mask(batch))
+        if rank_fn is not None:
+            topk[start : start + batch.size] = rank_fn(batch, k_max, train.take(batch))
+        else:
+            scores = np.asarray(score_fn(batch))
+            if scores.shape != (batch.size, n_movies):
+                raise ValueError(f"score_fn returned shape {scores.shape}, expected {(batch.size, n_movies)}")
+            topk[start : start + batch.size] = top_k(scores, k_max, exclude=train.mask(batch))
         if on_progress is not None:
             on_progress(start + batch.size, users.size)
     result = ranking_metrics(topk, relevant.take(users), ks=ks)
@@ -218,10 +258,11 @@ def evaluate_baselines(
         rating_model.fit(*fit_args, **sizes)
         results[name] = dict(evaluate_ratings(rating_model.predict, **test_rows))
 
-    def ranking(score_fn: ScoreFn) -> dict[str, float | str]:
+    def ranking(score_fn: ScoreFn | None, rank_fn: RankFn | None = None) -> dict[str, float | str]:
         return dict(
             evaluate_ranking(
                 score_fn,
+                rank_fn=rank_fn,
                 train_user_idx=user_idx[seen],
                 train_movie_idx=movie_idx[seen],
                 eval_user_idx=test_rows["user_idx"],
@@ -236,8 +277,8 @@ def evaluate_baselines(
             )
         )
 
-    results["popular"] = ranking(MostPopular().fit(*fit_args, **sizes).score)
-    results["top_rated"] = ranking(TopRated().fit(*fit_args, **sizes).score)
+    results["popular"] = ranking(None, rank_by_item_scores(MostPopular().fit(*fit_args, **sizes).scores_))
+    results["top_rated"] = ranking(None, rank_by_item_scores(TopRated().fit(*fit_args, **sizes).scores_))
     try:
         ease = EASE(lambda_=ease_lambda, max_items=ease_max_items).fit(*fit_args, **sizes)
     except ConfigError as exc:
@@ -245,6 +286,41 @@ def evaluate_baselines(
     else:
         results["ease"] = ranking(ease.score)
     return results
+
+
+def scoring_description(ranking: Ranking, candidates: int | None) -> str:
+    """How :meth:`Scorer.rank` ranks under these settings, in words for a report."""
+    if ranking.score == "rating":
+        return "every movie through the network (the rating ranking has no cheap first stage)"
+    if ranking.beta == 0.0:
+        return "the watch output over every movie (exact: it is the ranking)"
+    if candidates is None:
+        return "every movie through the network (--exhaustive)"
+    return f"the top {candidates:,} by watch output, re-ranked by the network"
+
+
+def rank_by_item_scores(item_scores: np.ndarray) -> RankFn:
+    """The :data:`RankFn` of a model that gives every user the same item scores (popularity, top rated).
+
+    Each user's top K is the first K items of one global order that they have not seen, so only the head of that
+    order (K + the most items any user of the batch has seen) is looked at, never the whole catalogue per user.
+    """
+    item_scores = np.asarray(item_scores, dtype=np.float64)
+    order = np.argsort(-item_scores, kind="stable")
+    rank_of = np.empty(order.size, dtype=np.int64)
+    rank_of[order] = np.arange(order.size)
+
+    def rank(users: np.ndarray, k: int, seen: ItemSets) -> np.ndarray:
+        head = min(order.size, k + int(seen.lengths().max(initial=0)))
+        rows, items = seen.coordinates()
+        ranks = rank_of[items]
+        inside = ranks < head
+        preference = np.broadcast_to(-np.arange(head, dtype=np.float64), (len(users), head)).copy()
+        preference[rows[inside], ranks[inside]] = -np.inf
+        pos = top_k(preference, k)
+        return np.where(pos >= 0, order[np.maximum(pos, 0)], -1).astype(np.int32)
+
+    return rank
 
 
 def _check_ranking_options(

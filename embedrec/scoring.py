@@ -35,11 +35,11 @@ from embedrec.blas import available_cpus, single_threaded_blas
 from embedrec.config import DataShape, ModelConfig
 from embedrec.errors import ArtifactError, ConfigError
 from embedrec.metrics import ItemSets, top_k
+from embedrec.serving import DEFAULT_CANDIDATES
 
 if TYPE_CHECKING:
     from embedrec.artifacts import ModelArtifact
 
-DEFAULT_CANDIDATES = 500  # movies retrieved per user by the watch output for the full network to re-rank (README)
 PAIR_CHUNK = 1 << 16  # (user, movie) pairs per step of the pair path
 _BLOCK_ELEMENTS = 1 << 21  # (users x movies x h1) floats per inner step: ~8 MB, cache-friendly
 

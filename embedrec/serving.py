@@ -40,6 +40,12 @@ DEFAULT_MIN_RATINGS = 5
 the movies a single enthusiastic rating can lift (a quarter of ML-100K's catalogue) while keeping three quarters of
 it open to discovery."""
 
+DEFAULT_CANDIDATES = 500
+"""Movies per user that the watch output (a dot product) retrieves for the full network to re-rank. Measured
+(README "Two-stage ranking"): the exhaustive top 10 lies inside these candidates for >= 99% of lists; retrieval
+is one (users x d) x (d x movies) product, and re-ranking 500 movies costs under 1% of scoring every movie at
+ml-latest size."""
+
 TABLE_SUFFIXES = (".csv", ".parquet")
 
 Note = tuple[str, str]  # ("note" | "warning", message)

@@ -8,16 +8,16 @@ imports happen inside the commands, and ``recommend`` / ``predict`` / ``similar`
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from embedrec.cli import render
-from embedrec.cli.common import JsonOpt, WorkdirOpt, app, err_console, handle_errors
+from embedrec.cli.common import JsonOpt, WorkdirOpt, app, handle_errors
 from embedrec.errors import ConfigError, UnknownIdError
-from embedrec.serving import DEFAULT_MIN_RATINGS
+from embedrec.cli.progress import progress
+from embedrec.serving import DEFAULT_CANDIDATES, DEFAULT_MIN_RATINGS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,6 +35,10 @@ DataOpt = Annotated[
 ]
 KOpt = Annotated[int, typer.Option("-k", "--k", min=1,
                                    help="How many movies to list (more than the catalogue lists all of it).")]
+CandidatesOpt = Annotated[int, typer.Option(
+    "--candidates", min=1, help="Movies per user that the watch output retrieves for the full network to re-rank.")]
+ExhaustiveOpt = Annotated[bool, typer.Option(
+    "--exhaustive", help="Score every movie through the full network (slow; for checking the two-stage ranking).")]
 
 
 def _parse_ks(values: list[str]) -> list[int]:
@@ -67,6 +71,8 @@ def evaluate_cmd(
     max_users: Annotated[int | None, typer.Option("--max-users", help="Rank a seeded random subset of users.",
                                                   min=1)] = None,
     no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Skip the baseline rows.")] = False,
+    candidates: CandidatesOpt = DEFAULT_CANDIDATES,
+    exhaustive: ExhaustiveOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """RMSE/MAE and full-ranking top-K metrics of the model, beside the baselines on the same split."""
@@ -80,10 +86,10 @@ def evaluate_cmd(
     loaded = load_model_and_data(workdir=workdir, model=model, data=data, strict=True)
     assert loaded.prepared is not None  # strict loading raises instead
     scorer = Scorer.from_artifact(loaded.artifact)
-    spinner = contextlib.nullcontext() if json_out else err_console.status("evaluating", spinner="dots")
-    with spinner:
+    with progress("evaluate") as on_progress:
         result = evaluate_model(scorer, loaded.prepared, split=split, ks=ks, relevance=relevance,
-                                baselines=not no_baselines, max_users=max_users)
+                                baselines=not no_baselines, max_users=max_users,
+                                candidates=None if exhaustive else candidates, on_progress=on_progress)
     render.evaluation(result, ks=ks, split=split, relevance=relevance, ranking=scorer.ranking.describe(),
                       json_out=json_out)
 
@@ -136,6 +142,8 @@ def recommend_cmd(
         "--users-file", help="Batch: a file of user ids (one per line, or a CSV with a userId column).")] = None,
     all_users: Annotated[bool, typer.Option("--all-users", help="Batch: every user the model knows.")] = False,
     output: Annotated[Path | None, typer.Option("--output", help="Batch output file (.csv or .parquet).")] = None,
+    candidates: CandidatesOpt = DEFAULT_CANDIDATES,
+    exhaustive: ExhaustiveOpt = False,
     workdir: WorkdirOpt = None,
     model: ModelOpt = None,
     data: DataOpt = None,
@@ -159,6 +167,7 @@ def recommend_cmd(
     render.notes(loaded.notes)
     rec = loaded.recommender
     assert rec is not None
+    rec.candidates = None if exhaustive else candidates
     options = {"k": k, "filter_seen": not include_seen, "genre": genre, "min_ratings": min_ratings}
     if batch:
         assert output is not None
@@ -179,16 +188,12 @@ def recommend_cmd(
 
 
 def _recommend_batch(rec: Recommender, user_ids: np.ndarray | None, output: Path, options: dict[str, Any]) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from embedrec.serving import recommend_to_file
 
-    with Progress(TextColumn("recommending"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err_console, transient=True) as progress:
-        task = progress.add_task("users", total=None)
+    with progress("recommend") as update:
         summary = recommend_to_file(rec, user_ids, output, **options,
-                                    on_progress=lambda done, total: progress.update(task, completed=done,
-                                                                                    total=total))
+                                    on_progress=lambda done, total: update("all users" if user_ids is None
+                                                                           else "users", done, total))
     render.batch_summary(summary)
 
 

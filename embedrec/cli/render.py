@@ -185,10 +185,16 @@ def _evaluation_table(result: dict[str, Any], *, ks: list[int], split: str, rele
     columns += [(name.replace("_only", ""), m) for name, m in result.get("variants", {}).items()]
     labels = {"global_mean": "mean", "bias": "bias", "popular": "pop", "top_rated": "rated", "ease": "EASE"}
     columns += [(labels.get(name, name), m) for name, m in result.get("baselines", {}).items()]
-    table = Table(title=f"{split} split, {result.get('n_users', 0):,} users ranked (relevant: rating >= {relevance:g}; "
-                        f"candidates: every movie not rated in an earlier split). The model ranks by {ranking}.",
+    sampled = f" (a seeded sample of --max-users {result['max_users']:,})" if result.get("max_users") else ""
+    stages = result.get("scoring", "every movie")
+    variant_users = {m.get("n_users") for m in result.get("variants", {}).values()}
+    variant_note = (f" (on {variant_users.pop():,} sampled users)"
+                    if len(variant_users) == 1 and variant_users != {result.get("n_users")} else "")
+    table = Table(title=f"{split} split, {result.get('n_users', 0):,} users ranked{sampled} (relevant: rating >= "
+                        f"{relevance:g}; candidates: every movie not rated in an earlier split). The model ranks by "
+                        f"{ranking}; scored: {stages}.",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
-                  caption="rating / watch: the model ranking by one output alone. Baselines on the same split: mean "
+                  caption=f"rating / watch: the model ranking by one output alone{variant_note}. Baselines on the same split: mean "
                           "(global mean), bias (user + movie), pop (most popular), rated (top rated, Bayesian "
                           "average), EASE (item-item, closed form)", caption_justify="left")
     table.add_column("metric", style="bold", no_wrap=True)
