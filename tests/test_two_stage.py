@@ -1,0 +1,128 @@
+"""Two-stage ranking (watch-output retrieval, then the full network on the candidates) agrees with scoring every
+movie, on a planted and a trained model; the popularity baselines' shortcut agrees with full scoring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from planted import planted, prepared, trained  # noqa: F401  (fixtures)
+
+
+def _exhaustive_top(scorer, users: np.ndarray, k: int, seen, allowed: np.ndarray | None = None) -> np.ndarray:
+    """The reference: every movie through the network, seen and disallowed movies masked, top k."""
+    from embedrec.metrics import top_k
+
+    scores = scorer.score_users(users)
+    exclude = seen.mask(users)
+    if allowed is not None:
+        exclude |= ~allowed[None]
+    return top_k(scores, k, exclude=exclude)
+
+
+def _seen(prepared):
+    from embedrec.metrics import ItemSets
+
+    return ItemSets.from_pairs(prepared.user_idx, prepared.movie_idx, n_rows=prepared.n_users,
+                               n_items=prepared.n_movies)
+
+
+@pytest.mark.parametrize("which", ["planted", "trained"])
+def test_exhaustive_rank_equals_full_scoring_with_filters(which: str, prepared, request) -> None:
+    from embedrec.artifacts import load_model
+    from embedrec.scoring import Scorer
+
+    scorer = Scorer.from_artifact(load_model(request.getfixturevalue(which)))
+    users = np.arange(0, prepared.n_users, 7)
+    seen = _seen(prepared)
+    allowed = np.random.default_rng(0).random(prepared.n_movies) < 0.7
+    ranked = scorer.rank(*scorer.user_rows(users), 10, seen=seen.take(users), allowed=allowed, candidates=None)
+    ref = _exhaustive_top(scorer, users, 10, seen, allowed)
+    np.testing.assert_array_equal(ranked.movie_idx, ref)
+    full = scorer.score_users(users)
+    np.testing.assert_allclose(ranked.score, np.take_along_axis(full, ref, axis=1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["planted", "trained"])
+def test_two_stage_equals_exhaustive_wherever_the_exhaustive_list_is_among_the_candidates(
+        which: str, prepared, request) -> None:
+    from embedrec.artifacts import load_model
+    from embedrec.metrics import top_k
+    from embedrec.scoring import Scorer
+
+    scorer = Scorer.from_artifact(load_model(request.getfixturevalue(which)))
+    assert scorer.ranking.score == "blend" and scorer.ranking.beta > 0  # the case with a second stage
+    users = np.arange(prepared.n_users)
+    seen = _seen(prepared)
+    emb, bias = scorer.user_rows(users)
+    n_candidates = prepared.n_movies // 4
+    two = scorer.rank(emb, bias, 10, seen=seen.take(users), candidates=n_candidates).movie_idx
+    ref = _exhaustive_top(scorer, users, 10, seen)
+    retrieved = top_k(scorer.watch_logits(emb), n_candidates, exclude=seen.mask(users))
+    inside = np.array([set(r) <= set(c) for r, c in zip(ref.tolist(), retrieved.tolist())])
+    assert inside.sum() >= 0.25 * len(users)  # the check below must cover many users to mean anything
+    np.testing.assert_array_equal(two[inside], ref[inside])
+    # every list holds only retrieved, unseen movies
+    assert all(set(t) <= set(c) for t, c in zip(two.tolist(), retrieved.tolist()))
+    # enough candidates to hold every eligible movie: the same lists for everyone
+    everything = scorer.rank(emb, bias, 10, seen=seen.take(users), candidates=prepared.n_movies).movie_idx
+    np.testing.assert_array_equal(everything, ref)
+
+
+def test_watch_only_ranking_is_the_dot_product_top_k(planted: Path, prepared) -> None:
+    from embedrec.artifacts import load_model
+    from embedrec.metrics import top_k
+    from embedrec.scoring import Ranking, Scorer
+
+    scorer = Scorer.from_artifact(load_model(planted))
+    users = np.arange(0, prepared.n_users, 3)
+    seen = _seen(prepared)
+    emb, bias = scorer.user_rows(users)
+    got = scorer.rank(emb, bias, 10, seen=seen.take(users), ranking=Ranking("blend", 0.0), candidates=10)
+    np.testing.assert_array_equal(got.movie_idx, top_k(scorer.watch_logits(emb), 10, exclude=seen.mask(users)))
+
+
+def test_recommend_two_stage_agrees_with_exhaustive_on_the_trained_model(trained: Path, prepared) -> None:
+    from embedrec.artifacts import load_model
+    from embedrec.recommender import Recommender
+
+    rec = Recommender(load_model(trained), prepared)
+    users = rec.user_ids[::5]
+    two = rec.recommend_many(users, k=10, min_ratings=0)
+    rec.candidates = None
+    exhaustive = rec.recommend_many(users, k=10, min_ratings=0)
+    one = rec.recommend(int(users[0]), k=10, min_ratings=0)
+    assert one["movie_id"].tolist() == exhaustive["movie_id"].iloc[:10].tolist()
+    rec.candidates = 200  # most of this catalogue: two-stage must find the same lists
+    assert two.shape == exhaustive.shape
+    again = rec.recommend_many(users, k=10, min_ratings=0)
+    assert (again["movie_id"].to_numpy() == exhaustive["movie_id"].to_numpy()).mean() >= 0.99
+
+
+def test_evaluate_two_stage_ndcg_within_one_percent_of_exhaustive(trained: Path, prepared) -> None:
+    from embedrec.artifacts import load_model
+    from embedrec.evaluation import evaluate_model
+    from embedrec.scoring import Scorer
+
+    scorer = Scorer.from_artifact(load_model(trained))
+    two = evaluate_model(scorer, prepared, baselines=False, variants=False, candidates=100)
+    full = evaluate_model(scorer, prepared, baselines=False, variants=False, candidates=None)
+    assert two["n_users"] == full["n_users"]
+    assert two["ndcg@10"] == pytest.approx(full["ndcg@10"], rel=0.01)
+    assert two["rmse"] == full["rmse"]
+    assert "re-ranked" in two["scoring"] and "exhaustive" in full["scoring"]
+
+
+def test_popularity_shortcut_equals_full_scoring(prepared) -> None:
+    from embedrec.evaluation import rank_by_item_scores
+    from embedrec.metrics import top_k
+
+    rng = np.random.default_rng(1)
+    item_scores = rng.permutation(prepared.n_movies).astype(np.float32)  # distinct: no ties to break
+    seen = _seen(prepared)
+    users = np.arange(prepared.n_users)
+    got = rank_by_item_scores(item_scores)(users, 20, seen.take(users))
+    ref = top_k(np.broadcast_to(item_scores, (len(users), prepared.n_movies)), 20, exclude=seen.mask(users))
+    np.testing.assert_array_equal(got, ref)
