@@ -112,7 +112,7 @@ def evaluate_model(scorer: Scorer, prepared: PreparedData, *, split: str = "test
         return rank
 
     result.update(evaluate_ranking(None, rank_fn=rank_fn(scorer.ranking, candidates), on_progress=stage("model"),
-                                   max_users=max_users, batch_size=2048, **common))
+                                   max_users=max_users, batch_size=256, **common))
     result["ranking"] = scorer.ranking.to_dict()
     result["candidates"] = candidates
     result["scoring"] = scoring_description(scorer.ranking, candidates)
@@ -121,18 +121,15 @@ def evaluate_model(scorer: Scorer, prepared: PreparedData, *, split: str = "test
         sample = min(max_users or VARIANT_USERS, VARIANT_USERS)
         result["variants"] = {
             "rating_only": evaluate_ranking(None, rank_fn=rank_fn(Ranking("rating"), None), max_users=sample,
-                                            on_progress=stage("rating only"), **common),
+                                            on_progress=stage("rating only"), batch_size=256, **common),
             "watch_only": evaluate_ranking(None, rank_fn=rank_fn(Ranking("blend", 0.0), None), max_users=sample,
-                                           on_progress=stage("watch only"), **common),
+                                           on_progress=stage("watch only"), batch_size=256, **common),
         }
     if baselines:
-        if on_progress is not None:
-            on_progress("baselines", 0, 1)
         result["baselines"] = evaluate_baselines(
             user_idx=u, movie_idx=m, rating=r, split=prepared.split, n_users=prepared.n_users,
-            n_movies=prepared.n_movies, eval_split=code, ks=ks, relevance=relevance, max_users=max_users, seed=seed)
-        if on_progress is not None:
-            on_progress("baselines", 1, 1)
+            n_movies=prepared.n_movies, eval_split=code, ks=ks, relevance=relevance, max_users=max_users, seed=seed,
+            on_progress=on_progress)
     return result
 
 
@@ -197,6 +194,8 @@ def evaluate_ranking(
 
     k_max = max(ks)
     topk = np.empty((users.size, k_max), dtype=np.int32)
+    if on_progress is not None:
+        on_progress(0, users.size)
     for start in range(0, users.size, batch_size):
         batch = users[start : start + batch_size]
         if rank_fn is not None:
@@ -229,6 +228,7 @@ def evaluate_baselines(
     batch_size: int = 512,
     max_users: int | None = None,
     seed: int = 0,
+    on_progress: StageProgressFn | None = None,
 ) -> dict[str, dict[str, float | str]]:
     """Fit every baseline on the train split and evaluate it on ``eval_split`` (``embedrec.data.split`` codes).
 
@@ -258,11 +258,12 @@ def evaluate_baselines(
         rating_model.fit(*fit_args, **sizes)
         results[name] = dict(evaluate_ratings(rating_model.predict, **test_rows))
 
-    def ranking(score_fn: ScoreFn | None, rank_fn: RankFn | None = None) -> dict[str, float | str]:
+    def ranking(name: str, score_fn: ScoreFn | None, rank_fn: RankFn | None = None) -> dict[str, float | str]:
         return dict(
             evaluate_ranking(
                 score_fn,
                 rank_fn=rank_fn,
+                on_progress=None if on_progress is None else (lambda done, total: on_progress(name, done, total)),
                 train_user_idx=user_idx[seen],
                 train_movie_idx=movie_idx[seen],
                 eval_user_idx=test_rows["user_idx"],
@@ -277,14 +278,14 @@ def evaluate_baselines(
             )
         )
 
-    results["popular"] = ranking(None, rank_by_item_scores(MostPopular().fit(*fit_args, **sizes).scores_))
-    results["top_rated"] = ranking(None, rank_by_item_scores(TopRated().fit(*fit_args, **sizes).scores_))
+    results["popular"] = ranking("baseline popular", None, rank_by_item_scores(MostPopular().fit(*fit_args, **sizes).scores_))
+    results["top_rated"] = ranking("baseline top rated", None, rank_by_item_scores(TopRated().fit(*fit_args, **sizes).scores_))
     try:
         ease = EASE(lambda_=ease_lambda, max_items=ease_max_items).fit(*fit_args, **sizes)
     except ConfigError as exc:
         results["ease"] = {"skipped": str(exc)}
     else:
-        results["ease"] = ranking(ease.score)
+        results["ease"] = ranking("baseline EASE", ease.score)
     return results
 
 

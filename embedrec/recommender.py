@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from embedrec.artifacts import ModelArtifact
     from embedrec.data.store import PreparedData
 
-USER_BLOCK = 1024  # users per block of batch top-K: (1024, n_movies) float32 retrieval scores at a time
+USER_BLOCK = 256  # users per block of batch top-K: (256, n_movies) float32 retrieval scores at a time
 
 ProgressFn = Callable[[int, int], None]
 
@@ -279,6 +279,8 @@ class Recommender:
         top = np.empty((len(idx), k), dtype=np.int32)
         score = np.empty((len(idx), k), dtype=np.float32)
         rating = np.empty((len(idx), k), dtype=np.float32)
+        if on_progress is not None:
+            on_progress(0, len(idx))
         for s in range(0, len(idx), USER_BLOCK):
             batch = idx[s:s + USER_BLOCK]
             emb, bias = self.scorer.user_rows(batch)

@@ -195,3 +195,38 @@ def test_missing_model_is_one_clear_line(tmp_path: Path) -> None:
     res = run("recommend", "--user", 1, "--workdir", tmp_path)
     assert res.exit_code == 2 and "embedrec train" in res.stderr
     assert "Traceback" not in res.output
+
+
+def test_long_commands_write_plain_progress_lines_when_piped(workdir: Path, tmp_path: Path) -> None:
+    """Not a terminal (a log, CI, nohup): each stage says it started and when it ended, with counts."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "EMBEDREC_PROGRESS_SECONDS": "0"}
+    proc = subprocess.run([sys.executable, "-m", "embedrec.cli", "evaluate", "--workdir", str(workdir), "--json"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    json.loads(proc.stdout)  # progress never mixes into the machine-readable output
+    lines = proc.stderr.splitlines()
+    for stage in ("model", "rating only", "watch only", "baseline popular", "baseline top rated", "baseline EASE"):
+        assert any(line.startswith(f"evaluate {stage}: started") for line in lines), proc.stderr
+        assert any(line.startswith(f"evaluate {stage}: ") and " done in " in line for line in lines), proc.stderr
+    assert any("users/s, about" in line for line in lines), proc.stderr  # periodic lines: rate and time left
+    out = tmp_path / "all.csv"
+    proc = subprocess.run([sys.executable, "-m", "embedrec.cli", "recommend", "--all-users", "--workdir",
+                           str(workdir), "--output", str(out)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    done = [line for line in proc.stderr.splitlines() if line.startswith("recommend all users: ")]
+    assert done and " done in " in done[-1] and "300/300 users" in done[-1], proc.stderr
+    assert any("users/s, about" in line for line in done), proc.stderr
+
+
+def test_exhaustive_flag_gives_the_same_lists_here(workdir: Path, ids: dict) -> None:
+    """A catalogue of 400 movies and 500 candidates: two-stage holds every movie, so the lists are identical."""
+    base = ("recommend", "--user", ids["user"], "--workdir", workdir, "--format", "json", "-k", "10")
+    two, full = run(*base), run(*base, "--exhaustive")
+    assert two.exit_code == 0 and full.exit_code == 0, two.output + full.output
+    assert json.loads(two.stdout) == json.loads(full.stdout)
+    few = run(*base, "--candidates", "20")
+    assert few.exit_code == 0 and len(json.loads(few.stdout)) == 10

@@ -59,10 +59,10 @@ class _PlainLines:
         if stage != self.stage:
             self.stage, self.started, self.last = stage, now, now
             self._write(f"{self._name()}: started, {total:,} {self.unit}")
-            if done < total:
+            if done == 0:
                 return
         finished = done >= total
-        if not finished and now - self.last < self.interval:
+        if not finished and (done == 0 or now - self.last < self.interval):
             return
         self.last = now
         elapsed = max(now - self.started, 1e-9)
