@@ -80,3 +80,19 @@ def test_help_and_data_package_import_nothing_heavy() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--test-frac" in proc.stdout
+
+
+def test_prepare_writes_one_plain_line_per_step_when_piped(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "embedrec.cli", "prepare", "--synthetic", "--users", "100",
+                           "--movies", "120", "--ratings", "2000", "--out", str(tmp_path / "d")],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    for step in ("validating and encoding (step 2/4", "splitting (step 3/4", "writing (step 4/4"):
+        assert any(line.startswith(f"prepare: {step}") for line in lines), proc.stderr
+    assert lines[-1].startswith("prepare: done in "), proc.stderr

@@ -147,8 +147,16 @@ def _run_prepare(
 
     from embedrec.data.pipeline import prepare, prepare_synthetic
 
+    from embedrec.cli.progress import StepLines
+
     labels = {"read": "reading", "clean": "validating and encoding", "split": "splitting", "write": "writing",
               "done": "done"}
+    if not quiet and not console.is_terminal:  # a log: one plain line per step instead of a bar nobody sees
+        lines = StepLines("prepare", labels)
+        if source is None:
+            return prepare_synthetic(out=target, n_users=users, n_movies=movies, n_ratings=ratings, config=config,
+                                     on_progress=lines)
+        return prepare(source, out=target, config=config, on_progress=lines, cache_dir=cache_dir)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=quiet) as progress:
         task = progress.add_task("starting", total=4)

@@ -84,6 +84,22 @@ class _PlainLines:
         sys.stderr.flush()
 
 
+class StepLines:
+    """One plain line per step of a command made of a few long steps (``prepare``: read, clean, split, write)."""
+
+    def __init__(self, label: str, names: dict[str, str] | None = None) -> None:
+        self.label, self.names = label, names or {}
+        self.started = time.monotonic()
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        elapsed = duration(time.monotonic() - self.started)
+        if done >= total:
+            _PlainLines._write(f"{self.label}: done in {elapsed}")
+        else:
+            _PlainLines._write(f"{self.label}: {self.names.get(step, step)} (step {done + 1}/{total}, "
+                               f"{elapsed} so far)")
+
+
 @contextlib.contextmanager
 def progress(label: str, *, unit: str = "users", quiet: bool = False) -> Iterator[StageProgressFn]:
     """An ``update(stage, done, total)`` callback: a transient rich bar per stage on a terminal, plain lines
