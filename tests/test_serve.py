@@ -84,7 +84,8 @@ class Server:
         raise AssertionError(f"server did not answer /healthz within 120 s:\n{self.output()}")
 
     def output(self) -> str:
-        self._log_file.flush()
+        if not self._log_file.closed:
+            self._log_file.flush()
         return self.log.read_text(encoding="utf-8", errors="replace")
 
     def stop(self, timeout: float = 60) -> int:
@@ -368,12 +369,16 @@ def test_reload_under_load_swaps_without_a_failed_request(keyed_workdir: Path, t
 def test_sigterm_lets_requests_in_flight_finish(keyed_workdir: Path, tmp_path: Path, ids: dict) -> None:
     srv = Server("--workdir", str(keyed_workdir), log=tmp_path / "server.log")
     pairs = [{"userId": ids["user"], "movieId": int(m)} for m in np.resize(ids["movies"], 10_000)]
+    body = json.dumps({"pairs": pairs}).encode()  # each answer takes 0.2-1 s here; 8 at once take seconds
     results: list[object] = []
+    connected = threading.Barrier(9)
 
     def ask() -> None:
         try:
             with httpx.Client(base_url=srv.url, timeout=120) as c:
-                res = c.post("/predict", json={"pairs": pairs})
+                c.get("/healthz")  # the connection is open before the clock starts
+                connected.wait(60)
+                res = c.post("/predict", content=body, headers={"content-type": "application/json"})
                 results.append(res.status_code if res.status_code != 200 else len(res.json()["predictions"]))
         except httpx.HTTPError as exc:
             results.append(repr(exc))
@@ -381,13 +386,16 @@ def test_sigterm_lets_requests_in_flight_finish(keyed_workdir: Path, tmp_path: P
     threads = [threading.Thread(target=ask) for _ in range(8)]
     for t in threads:
         t.start()
-    time.sleep(0.5)  # the requests are sent and being answered (each takes a while on this machine)
+    connected.wait(60)
+    time.sleep(1.0)  # every request is sent (300 kB over loopback) and most are still being answered
     srv.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(120)
     code = srv.stop()
     assert results == [10_000] * 8, results
-    assert code == -signal.SIGTERM and "Finished server process" in srv.output()
+    log = srv.output()
+    assert code == -signal.SIGTERM and "Finished server process" in log
+    assert '"POST /predict HTTP/1.1" 200' in log.split("Shutting down", 1)[1]  # answered after SIGTERM arrived
     with pytest.raises(httpx.TransportError):
         httpx.get(srv.url + "/healthz", timeout=2)
 

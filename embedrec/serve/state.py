@@ -198,10 +198,14 @@ def _check_answers(rec: Recommender, run: str) -> None:
     if n_users == 0 or len(rec.movie_ids) == 0:
         raise ArtifactError(f"model {run} knows no users or no movies")
     sample = rec.user_ids[np.unique(np.linspace(0, n_users - 1, num=min(3, n_users)).astype(int))]
-    table = rec.recommend_many(sample, k=min(10, len(rec.movie_ids)), min_ratings=0, workers=1)
+    damaged = f"model {run} gives non-finite scores: its weights are damaged; retrain"
+    try:
+        table = rec.recommend_many(sample, k=min(10, len(rec.movie_ids)), min_ratings=0, workers=1)
+        similar = rec.similar(int(rec.movie_ids[0]), k=min(5, max(1, len(rec.movie_ids) - 1)))
+    except ValueError:  # top-k refuses NaN scores
+        raise ArtifactError(damaged) from None
     if table.empty or not np.isfinite(table["score"].to_numpy(float)).all():
-        raise ArtifactError(f"model {run} gives non-finite scores: its weights are damaged; retrain")
-    similar = rec.similar(int(rec.movie_ids[0]), k=min(5, max(1, len(rec.movie_ids) - 1)))
+        raise ArtifactError(damaged)
     if not np.isfinite(similar["similarity"].to_numpy(float)).all():
         raise ArtifactError(f"model {run} gives non-finite movie similarities: its weights are damaged; retrain")
 
