@@ -400,6 +400,31 @@ def test_sigterm_lets_requests_in_flight_finish(keyed_workdir: Path, tmp_path: P
         httpx.get(srv.url + "/healthz", timeout=2)
 
 
+@pytest.mark.slow
+def test_with_workers_sighup_rolls_them_to_the_new_model_and_keeps_them_on_a_refused_one(
+        keyed_workdir: Path, tmp_path: Path) -> None:
+    srv = Server("--workdir", str(keyed_workdir), "--workers", "2", log=tmp_path / "server.log")
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            copy_run(keyed_workdir, "run-2")
+            srv.proc.send_signal(signal.SIGHUP)  # to uvicorn's supervisor: replace the workers one at a time
+            deadline = time.monotonic() + 240
+            while srv.output().count("serving model run-2") < 2 and time.monotonic() < deadline:
+                assert c.get("/healthz").status_code == 200  # some worker answers throughout
+                time.sleep(0.5)
+            assert {c.get("/healthz").json()["run"] for _ in range(10)} == {"run-2"}
+
+            copy_run(keyed_workdir, "run-broken", damage="missing")
+            srv.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 240
+            while "aborting the restart" not in srv.output() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert "aborting the restart" in srv.output() and "weights.safetensors is missing" in srv.output()
+            assert {c.get("/healthz").json()["run"] for _ in range(10)} == {"run-2"}
+    finally:
+        srv.stop()
+
+
 def test_a_missing_model_fails_at_start_with_one_line(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "embedrec.cli", "serve", "--workdir", str(tmp_path / "empty")],
                           capture_output=True, text=True, timeout=120,

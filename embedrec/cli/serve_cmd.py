@@ -30,7 +30,8 @@ def serve_cmd(
                                                                            "the model.")] = 1,
     api_key: Annotated[str | None, typer.Option(
         "--api-key", envvar=API_KEY_ENV, show_envvar=True,
-        help="Require 'Authorization: Bearer KEY' on every endpoint but /healthz and /docs.")] = None,
+        help="Require 'Authorization: Bearer KEY' on every endpoint but /healthz and /docs (prefer the "
+             "environment variable: options show in `ps`).")] = None,
     cors_origin: Annotated[list[str] | None, typer.Option(
         "--cors-origin", help="Allow browser pages from this origin (repeatable; CORS is off without it).")] = None,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = True,
@@ -40,7 +41,8 @@ def serve_cmd(
     SIGHUP (or POST /admin/reload with the key) loads the newest run beside the served one and swaps when it is
     ready; a model that fails validation is refused and the old one keeps serving.
     """
-    if api_key is not None and len(api_key.strip()) < 16:
+    api_key = api_key.strip() if api_key and api_key.strip() else None
+    if api_key is not None and len(api_key) < 16:
         raise ConfigError(f"--api-key / {API_KEY_ENV} must be at least 16 characters (e.g. `openssl rand -hex 16`)")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # concurrency comes from requests; see Scorer's BLAS note
     from embedrec.serve import ModelHolder, ModelSource, ServeSettings, run_server
@@ -51,7 +53,7 @@ def serve_cmd(
     if served.prepared is None:
         err_console.print("[yellow]note:[/] no prepared data found: seen movies are not filtered and unknown users "
                           "get 404 instead of the cold-start list (pass --data DIR)")
-    settings = ServeSettings(api_key=api_key.strip() if api_key else None, cors_origins=tuple(cor for cor in
+    settings = ServeSettings(api_key=api_key, cors_origins=tuple(cor for cor in
                              (cors_origin or []) if cor), workers=workers, source=source)
     if host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
         err_console.print(f"[yellow]warning:[/] binding {host} without --api-key: anyone who can reach it may use it")

@@ -406,4 +406,9 @@ def app_from_env() -> FastAPI:
     source = ModelSource(**{k: None if raw[k] is None else Path(raw[k]) for k in ("workdir", "model", "data")})
     settings = ServeSettings(api_key=os.environ.get(API_KEY_ENV) or None, cors_origins=tuple(raw["cors_origins"]),
                              workers=int(raw["workers"]), max_body_bytes=int(raw["max_body_bytes"]), source=source)
-    return create_app(ModelHolder(source), settings)
+    try:
+        holder = ModelHolder(source)
+    except EmbedrecError as exc:  # one line in the log; the supervisor keeps the old worker
+        log.error("worker %d not started: %s", os.getpid(), exc)
+        raise SystemExit(3) from None
+    return create_app(holder, settings)

@@ -20,6 +20,9 @@ from typing import Any
 from embedrec.serve.app import ServeSettings, create_app, settings_to_env
 from embedrec.serve.state import ModelHolder
 
+WORKER_START_S = 300
+"""How long uvicorn's supervisor waits for a new worker to load its model before it gives up the roll (its default,
+5 s, is less than loading a model takes on a busy machine, so every SIGHUP roll was abandoned)."""
 GRACEFUL_SHUTDOWN_S = 30
 """How long SIGTERM waits for in-flight requests before closing them: far above any request's time."""
 
@@ -40,7 +43,7 @@ def run_server(holder: ModelHolder | None, settings: ServeSettings, *, host: str
     del holder
     os.environ.update(settings_to_env(settings))
     uvicorn.run("embedrec.serve.app:app_from_env", factory=True, workers=settings.workers,
-                **common)  # type: ignore[arg-type]
+                timeout_worker_healthcheck=WORKER_START_S, **common)  # type: ignore[arg-type]
 
 
 def _log_config() -> dict[str, Any]:
