@@ -300,6 +300,10 @@ def test_the_api_key_guards_every_endpoint_but_health(keyed_workdir: Path, tmp_p
             assert c.get("/healthz").status_code == 200
             assert_clean_error(c.post("/admin/reload"), 401, "API key")
             assert c.get("/").status_code == 401 and 'name="key"' in c.get("/").text  # the page asks for the key
+            assert c.post("/login", data={"key": "wrong", "next": "/"}).status_code == 401
+            login = c.post("/login", data={"key": KEY, "next": "/"}, follow_redirects=False)
+            assert login.status_code == 303 and "httponly" in login.headers["set-cookie"].lower()
+            assert c.get("/", params={"user": ids["user"]}).status_code == 200  # the cookie now opens the page
     finally:
         assert srv.stop() == -signal.SIGTERM
 
