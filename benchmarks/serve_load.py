@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 SCALES = {
     "seed": {"n_users": 20_510, "n_movies": 25_448, "n_ratings": 2_000_000},
-    "full": {"n_users": 280_000, "n_movies": 86_000, "n_ratings": 33_000_000},
+    "full": {"n_users": 280_000, "n_movies": 86_000, "n_ratings": 27_000_000},
 }
 CONCURRENCY = (1, 8, 32)
 
