@@ -499,3 +499,20 @@ def test_the_page_in_a_real_browser(server: Server, ids: dict, tmp_path: Path) -
     for shot in shots.iterdir():
         shutil.copyfile(shot, ARTIFACTS / f"serve-page-{shot.name}")
         assert shot.stat().st_size > 10_000
+
+
+def test_help_lists_serve_and_imports_no_web_stack() -> None:
+    code = (
+        "import sys\n"
+        "from embedrec.cli import app\n"
+        "try:\n"
+        "    app(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = [m for m in ('fastapi', 'uvicorn', 'starlette', 'numpy', 'jax') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "serve" in proc.stdout
