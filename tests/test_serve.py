@@ -220,6 +220,7 @@ def test_model_healthz_and_docs_describe_the_server(client: httpx.Client, workdi
     assert str(workdir) not in json.dumps(model)
     assert client.get("/healthz").json() == {"status": "ok", "run": "run-1", "generation": 1}
     assert client.get("/docs").status_code == 200
+    assert "access-control-allow-origin" not in client.get("/healthz", headers={"Origin": "http://x.example"}).headers
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/recommend", "/similar", "/predict", "/movies", "/model", "/healthz", "/admin/reload"} <= set(paths)
     assert set(paths["/recommend"]) == {"get", "post"} and set(paths["/predict"]) == {"get", "post"}
@@ -285,10 +286,17 @@ def keyed_workdir(workdir: Path, tmp_path: Path) -> Path:
     return wd
 
 
-def test_the_api_key_guards_every_endpoint_but_health(keyed_workdir: Path, tmp_path: Path, ids: dict) -> None:
-    srv = Server("--workdir", str(keyed_workdir), env={"EMBEDREC_API_KEY": KEY}, log=tmp_path / "server.log")
+def test_the_api_key_guards_every_endpoint_but_health_and_cors_allows_only_the_named_origin(keyed_workdir: Path, tmp_path: Path, ids: dict) -> None:
+    srv = Server("--workdir", str(keyed_workdir), "--cors-origin", "http://shop.example", env={"EMBEDREC_API_KEY": KEY},
+                 log=tmp_path / "server.log")
     try:
         with httpx.Client(base_url=srv.url, timeout=30) as c:
+            preflight = c.options("/recommend", headers={"Origin": "http://shop.example",
+                                                         "Access-Control-Request-Method": "GET",
+                                                         "Access-Control-Request-Headers": "authorization"})
+            assert preflight.headers["access-control-allow-origin"] == "http://shop.example"
+            other = c.get("/healthz", headers={"Origin": "http://elsewhere.example"})
+            assert "access-control-allow-origin" not in other.headers
             params = {"user": ids["user"], "k": 3}
             assert_clean_error(c.get("/recommend", params=params), 401, "API key")
             assert c.get("/recommend", params=params).headers["www-authenticate"] == "Bearer"
