@@ -154,8 +154,8 @@ def test_recommend_gives_what_the_library_gives_with_the_cli_field_names(client:
     expected = ids["rec"].recommend(ids["user"], k=5)
     assert [r["movieId"] for r in recs] == expected["movie_id"].tolist()
     assert np.allclose([r["score"] for r in recs], expected["score"], atol=1e-5)
-    seen = ids["rec"].seen_mask(ids["rec"].user_index(ids["user"]))
-    assert not seen[ids["rec"].movie_indices([r["movieId"] for r in recs])].any()
+    seen = ids["rec"].seen_mask(ids["rec"].user_vocab.index(ids["user"]))
+    assert not seen[ids["rec"].movie_vocab.indices([r["movieId"] for r in recs])].any()
 
 
 def test_recommend_filters_by_genre_and_can_include_seen(client: httpx.Client, ids: dict) -> None:

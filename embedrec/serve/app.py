@@ -234,7 +234,7 @@ def recommend(served: Served, user: Annotated[int, Query(description="Raw user i
     """Movies the user has not rated, best first. An unknown user gets the cold-start list (``coldStart: true``)."""
     rec = served.rec
     genre = served.canonical_genre(genre)
-    if rec.known_user(user):
+    if (user in rec.user_vocab):
         table = rec.recommend(user, k=k, filter_seen=not include_seen, genre=genre, min_ratings=min_ratings)
         return {"userId": user, "coldStart": False, "ranking": rec.ranking.describe(),
                 "recommendations": movie_records(table, "score", "rating")}
@@ -263,7 +263,7 @@ def similar(served: Served, movie: Annotated[int, Query(description="Raw movie i
     """Nearest movies by cosine similarity of the learned movie embeddings (the movie itself excluded)."""
     rec = served.rec
     table = rec.similar(movie, k=k)
-    title = rec.movies.iloc[rec.movie_index(movie)].get("title")
+    title = rec.movies.iloc[rec.movie_vocab.index(movie)].get("title")
     return {"movieId": movie, "title": None if title is None else str(title),
             "similar": movie_records(table, "similarity")}
 

@@ -67,7 +67,7 @@ def home(request: Request, user: Annotated[str | None, Query()] = None) -> Respo
         context["error"] = f"{user!r} is not a user id (a whole number)"
         return _render(request, "index.html", context, status=422)
     context["user"] = user_id
-    if rec.known_user(user_id):
+    if (user_id in rec.user_vocab):
         movie_idx, ratings = served.user_ratings(user_id)
         top = movie_idx[:PAGE_K]
         rated = rec.movies.iloc[top].reset_index(drop=True)
@@ -90,7 +90,7 @@ def movie_page(request: Request, movie_id: Annotated[int, PathParam()]) -> Respo
     served: LoadedModel = request.app.state.holder.current
     rec = served.rec
     try:
-        idx = rec.movie_index(movie_id)
+        idx = rec.movie_vocab.index(movie_id)
     except UnknownIdError as exc:
         return _render(request, "movie.html", {"movie": None, "similar": [], "error": str(exc)}, status=404)
     movie = movie_records(rec.movies.iloc[[idx]])[0]
@@ -119,8 +119,8 @@ def rate(request: Request, q: Annotated[str | None, Query(max_length=200)] = Non
     candidates = [c for c in candidates if not (c["movieId"] in seen or seen.add(c["movieId"]))]
     extra_rated = [mid for mid in given if mid not in listed]
     if extra_rated:
-        known = [m for m in extra_rated if rec.movie_indices([m])[0] >= 0]
-        candidates = movie_records(rec.movies.iloc[rec.movie_indices(known)]) + candidates if known else candidates
+        known = [m for m in extra_rated if rec.movie_vocab.indices([m])[0] >= 0]
+        candidates = movie_records(rec.movies.iloc[rec.movie_vocab.indices(known)]) + candidates if known else candidates
     lo, hi = rec.artifact.shape.rating_min, rec.artifact.shape.rating_max
     options = [float(v) for v in np.arange(np.ceil(lo), np.floor(hi) + 1)]
     context: dict[str, Any] = {"candidates": candidates, "given": given, "options": options, "q": q or "",

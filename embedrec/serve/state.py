@@ -119,7 +119,7 @@ class LoadedModel:
         if grouped is None:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         indptr, movie_idx, rating = grouped
-        u = self.rec.user_index(user_id)
+        u = self.rec.user_vocab.index(user_id)
         movies, ratings = movie_idx[indptr[u]:indptr[u + 1]], rating[indptr[u]:indptr[u + 1]]
         order = np.lexsort((movies, -ratings))
         return movies[order].astype(np.int64), ratings[order]
