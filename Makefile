@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= .embedrec-demo
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test venv clean bench browser
 
 venv: $(STAMP)
 
@@ -24,13 +24,20 @@ demo: $(STAMP)
 	$(BIN)/embedrec evaluate --workdir $(DEMO_DIR)
 	$(BIN)/embedrec recommend --workdir $(DEMO_DIR) --user 42
 
-test: $(STAMP)
+# The page test drives headless Chromium from the Debian packages; without root/apt it skips with a reason.
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "note: no Chromium (apt-get install chromium): the browser test will skip"
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/prepare_speed.py --scale both
 	$(BIN)/python benchmarks/recommend_speed.py
+	$(BIN)/python benchmarks/serve_load.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .embedrec

