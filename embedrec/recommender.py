@@ -24,6 +24,7 @@ never allocates more than (users x movies) results, whatever ``-k`` asks for.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -62,6 +63,8 @@ class Recommender:
                  ranking: Ranking | None = None, candidates: int | None = DEFAULT_CANDIDATES) -> None:
         self.artifact = artifact
         self.candidates = candidates  # movies the full network re-ranks per user; None: every movie (exhaustive)
+        self._pools: dict[tuple[str | None, int], MoviePool] = {}
+        self._pools_lock = threading.Lock()
         self.scorer = Scorer.from_artifact(artifact)
         if ranking is not None:
             self.scorer.ranking = ranking
@@ -202,6 +205,20 @@ class Recommender:
             ok &= self._counts >= min_ratings
         return ok
 
+    def _pool(self, genre: str | None, min_ratings: int) -> MoviePool:
+        """The movies the filters allow, with the scorer's per-movie arrays cut to them: built once per filter
+        (cutting copies the movie side of the network, tens of milliseconds at 86,000 movies) and kept for the
+        next request; a handful of filters are kept at most."""
+        key = (genre.strip().lower() if genre else None, int(min_ratings))
+        with self._pools_lock:  # the HTTP service calls from several threads
+            pool = self._pools.get(key)
+            if pool is None:
+                if len(self._pools) >= 8:
+                    self._pools.pop(next(iter(self._pools)))
+                pool = self._pools[key] = MoviePool(self.scorer, self._allowed_movies(genre=genre,
+                                                                                      min_ratings=min_ratings))
+            return pool
+
     def _list_length(self, k: int) -> int:
         """``k`` checked (at least 1) and clamped to the catalogue size."""
         if k < 1:
@@ -232,8 +249,7 @@ class Recommender:
 
     def _table(self, emb: np.ndarray, bias: np.ndarray, k: int, seen: ItemSets | None, *, genre: str | None,
                min_ratings: int) -> pd.DataFrame:
-        ranked = self.scorer.rank(emb, bias, k, seen=seen, allowed=self._allowed_movies(genre=genre,
-                                                                                    min_ratings=min_ratings),
+        ranked = self.scorer.rank(emb, bias, k, seen=seen, allowed=self._pool(genre, min_ratings),
                                   candidates=self.candidates, workers=1)
         keep = ranked.movie_idx[0] >= 0
         out = self.movie_rows(ranked.movie_idx[0][keep])
@@ -285,7 +301,7 @@ class Recommender:
         k = self._list_length(k)
         user_ids = np.asarray(user_ids, dtype=np.int64)
         idx = self.user_vocab.require_all(user_ids)
-        allowed = MoviePool(self.scorer, self._allowed_movies(genre=genre, min_ratings=min_ratings))
+        allowed = self._pool(genre, min_ratings)
         seen = self._seen_sets() if filter_seen else None
         top = np.empty((len(idx), k), dtype=np.int32)
         score = np.empty((len(idx), k), dtype=np.float32)
