@@ -51,17 +51,22 @@ def run_step(name: str, args: list[str], log: Path) -> dict:
     """Run ``embedrec ARGS`` in a wrapper; wall seconds, peak RSS, load average before and after."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     load_before = os.getloadavg()[0]
+    print(f"{name}: embedrec {' '.join(args)} (progress in {log})", flush=True)
     t0 = time.perf_counter()
-    with open(log, "a") as err:
+    with open(log, "a") as err:  # the child's progress lines stream into the log as they come
         err.write(f"\n$ embedrec {' '.join(args)}\n")
         err.flush()
+        start = err.tell()
         proc = subprocess.run([sys.executable, "-c", _WRAPPER, sys.executable, "-m", "embedrec.cli", *args],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        err.write(proc.stderr)
+                              stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+    with open(log) as err:
+        err.seek(start)
+        proc.stderr = err.read()
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed (see {log}):\n{proc.stderr[-2000:]}")
     peak_kb = int(proc.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
+    print(f"{name}: {wall:.1f} s, peak {peak_kb / 1e6:.2f} GB", flush=True)
     return {"step": name, "command": "embedrec " + " ".join(args), "wall_s": round(wall, 1),
             "peak_gb": round(peak_kb / 1e6, 2), "load": f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}",
             "stdout": proc.stdout}
