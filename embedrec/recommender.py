@@ -110,8 +110,6 @@ class Recommender:
         return self.prepared is not None and self.prepared.fingerprint == self.artifact.fingerprint
 
     def _index_prepared(self, prepared: PreparedData) -> None:
-        from embedrec.baselines import TopRated
-
         if self.fingerprint_matches:
             u, m, r = prepared.user_idx, prepared.movie_idx, prepared.rating
         else:  # re-prepared data: map through raw ids, dropping what the model does not know
@@ -119,13 +117,22 @@ class Recommender:
             m = self.movie_vocab.indices(prepared.movie_ids)[prepared.movie_idx]
             keep = (u >= 0) & (m >= 0)
             u, m, r = u[keep], m[keep], prepared.rating[keep]
-        n_users, n_movies = len(self.user_vocab), len(self.movie_vocab)
+        n_movies = len(self.movie_vocab)
         self._rated = (np.asarray(u, dtype=np.int32), np.asarray(m, dtype=np.int32))
+        self._rated_values = np.asarray(r)
         self._counts = np.bincount(m, minlength=n_movies)
-        if len(u):
-            self._popularity = TopRated().fit(u, m, r, n_users=n_users, n_movies=n_movies).scores_
-        else:
-            self._popularity = np.zeros(n_movies, np.float32)
+
+    def _popularity_scores(self) -> np.ndarray | None:
+        """Bayesian-average ratings per movie, computed on first use: a known user's request never needs them,
+        and at 27M ratings they cost a few hundred milliseconds of every ``recommend --user`` process."""
+        from embedrec.baselines import TopRated
+
+        if self._popularity is None and self._rated is not None:
+            u, m = self._rated
+            n_users, n_movies = len(self.user_vocab), len(self.movie_vocab)
+            self._popularity = (TopRated().fit(u, m, self._rated_values, n_users=n_users, n_movies=n_movies).scores_
+                                if len(u) else np.zeros(n_movies, np.float32))
+        return self._popularity
 
     def _seen_sets(self) -> ItemSets | None:
         """Every user's rated movies (all splits) as CSR, built on first use by a counting sort (no 2M-key sort)."""
@@ -261,13 +268,14 @@ class Recommender:
                 min_ratings: int = DEFAULT_MIN_RATINGS) -> pd.DataFrame:
         """The cold-start list: Bayesian-average top rated movies (score = that average; rating column empty)."""
         k = self._list_length(k)
-        if self._popularity is None:
+        popularity = self._popularity_scores()
+        if popularity is None:
             raise UnknownIdError("no popularity fallback without the prepared data: pass --data DIR")
         exclude = ~self._allowed_movies(genre=genre, min_ratings=min_ratings)
-        top = top_k(self._popularity[None], k, exclude=exclude[None])[0]
+        top = top_k(popularity[None], k, exclude=exclude[None])[0]
         top = top[top >= 0]
         out = self.movie_rows(top)
-        out["score"] = self._popularity[top].astype(float)
+        out["score"] = popularity[top].astype(float)
         out["rating"] = np.nan
         return out
 
