@@ -8,7 +8,8 @@ Usage::
 At ``--scale 1.0`` the synthetic set has the size of ml-32m / ml-latest (280,000 users, 86,000 movies, 27,000,000
 ratings); ``--scale 0.1`` scales users, movies and ratings by 0.1 (a quick look on a busy machine). Each step runs as
 its own ``embedrec`` process under a small wrapper that reports the child's peak resident memory
-(``RUSAGE_CHILDREN``), with plain progress lines going to a log beside the data:
+and CPU seconds (``RUSAGE_CHILDREN``; on a shared machine CPU seconds say more than wall time), with plain progress
+lines going to a log beside the data:
 
 - ``prepare``: ``embedrec prepare --synthetic`` at that size;
 - ``train``: ``embedrec train --epochs 2`` (default preset); the run's ``history.json`` gives each epoch's seconds,
@@ -43,7 +44,8 @@ MARK = "<!-- scale-table -->"
 # A child that runs the command and prints its peak RSS (kB) as the last line of stderr.
 _WRAPPER = ("import resource, subprocess, sys\n"
             "rc = subprocess.call(sys.argv[1:])\n"
-            "sys.stderr.write(f'\\nPEAK_RSS_KB {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}\\n')\n"
+            "u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+            "sys.stderr.write(f'\\nPEAK_RSS_KB {u.ru_maxrss} CPU_S {u.ru_utime + u.ru_stime:.1f}\\n')\n"
             "sys.exit(rc)\n")
 
 
@@ -65,9 +67,10 @@ def run_step(name: str, args: list[str], log: Path) -> dict:
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed (see {log}):\n{proc.stderr[-2000:]}")
-    peak_kb = int(proc.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
-    print(f"{name}: {wall:.1f} s, peak {peak_kb / 1e6:.2f} GB", flush=True)
-    return {"step": name, "command": "embedrec " + " ".join(args), "wall_s": round(wall, 1),
+    tail = proc.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()
+    peak_kb, cpu_s = int(tail[0]), float(tail[2])
+    print(f"{name}: {wall:.1f} s wall, {cpu_s:.1f} s CPU, peak {peak_kb / 1e6:.2f} GB", flush=True)
+    return {"step": name, "command": "embedrec " + " ".join(args), "wall_s": round(wall, 1), "cpu_s": cpu_s,
             "peak_gb": round(peak_kb / 1e6, 2), "load": f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}",
             "stdout": proc.stdout}
 
@@ -168,10 +171,10 @@ def main() -> None:
     title = (f"{summary['n_users']:,} users x {summary['n_movies']:,} movies, {summary['n_ratings']:,} ratings "
              f"(--scale {args.scale:g}); {len(os.sched_getaffinity(0))} CPUs; serving model: {model_kind}; "
              f"{time.strftime('%Y-%m-%d %H:%M')}")
-    lines = [f"_{title}_", "", "| step | wall | peak RSS | load (1 min, before -> after) | notes |",
-             "|---|---|---|---|---|"]
+    lines = [f"_{title}_", "", "| step | wall | CPU | peak RSS | load (1 min, before -> after) | notes |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| `{r['command'].replace(str(args.cache), '$CACHE')}` | {r['wall_s']:.1f} s | "
+        lines.append(f"| `{r['command'].replace(str(args.cache), '$CACHE')}` | {r['wall_s']:.1f} s | {r['cpu_s']:.1f} s | "
                      f"{r['peak_gb']:.2f} GB | {r['load']} | {r.get('note', '')} |")
     table = "\n".join(lines)
     print(table)
