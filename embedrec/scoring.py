@@ -302,6 +302,42 @@ class Scorer:
                     list(pool_threads.map(run, parts))
         return Ranked(top, score, rating)
 
+    def candidates(self, emb: np.ndarray, bias: np.ndarray, n: int, *, seen: ItemSets | None = None,
+                   pool: MoviePool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The first stage and the network's pass over it: the ``n`` best unseen pool movies of each user row by
+        the watch output, as (movie indices (B, n), -1 padding; their watch logits; their predicted ratings).
+
+        Any blend ``watch + beta * rating`` of these is a two-stage ranking, so choosing beta on the val split
+        (training) scores the candidates once for every beta.
+        """
+        pool = pool or MoviePool(self, None)
+        scores = self._retrieval_scores(emb, pool, seen)
+        first = top_k(scores, n)  # positions in the pool
+        valid = first >= 0
+        rows = np.nonzero(valid)[0]
+        movies = np.full(first.shape, -1, np.int64)
+        movies[valid] = pool.movies[first[valid]]
+        # the first Dense layer's user half once per user, not once per candidate; the watch logits are the
+        # retrieval scores already computed
+        logit = dense_relu_chain((emb @ self.w_user)[rows] + self.movie_part[movies[valid]], self.layers[1:])
+        logit += bias[rows]
+        if self.movie_bias is not None:
+            logit += self.movie_bias[movies[valid]]
+        watch = np.full(first.shape, -np.inf, np.float32)
+        watch[valid] = scores[rows, first[valid]]
+        rating = np.full(first.shape, np.nan, np.float32)
+        rating[valid] = scale_rating(logit, self.shape)
+        return movies, watch, rating
+
+    def _retrieval_scores(self, emb: np.ndarray, pool: MoviePool, seen: ItemSets | None) -> np.ndarray:
+        """(B, pool size) watch logits, seen movies at -inf."""
+        if pool.watch_item_t is None:
+            raise ArtifactError("this model has no watch head")
+        scores = emb @ pool.watch_item_t
+        scores += pool.watch_bias
+        _mask_seen(scores, seen, pool)
+        return scores
+
     def _rank_block(self, emb: np.ndarray, bias: np.ndarray, k: int, seen: ItemSets | None, pool: MoviePool,
                     ranking: Ranking, candidates: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         b = len(emb)
@@ -310,34 +346,19 @@ class Scorer:
         # re-ranking costs about PAIR_COST x scoring a movie on the exhaustive path: past that share, score all
         two_stage = (blend and not retrieve_only and candidates is not None
                      and candidates * PAIR_COST < pool.size)
-        if blend and (retrieve_only or two_stage):
-            scores = emb @ pool.watch_item_t
-            scores += pool.watch_bias
-        else:
-            scores = pool.scores(emb, bias, ranking)
-        if seen is not None and seen.indices.size:
-            rows, cols = seen.coordinates()
-            pos = pool.position[cols]
-            keep = pos >= 0
-            scores[rows[keep], pos[keep]] = -np.inf
-        first = top_k(scores, candidates if two_stage else k)  # positions in the pool
         if two_stage:
-            valid = first >= 0
-            rows = np.nonzero(valid)[0]
-            movies = pool.movies[first[valid]]
-            # the first Dense layer's user half once per user, not once per candidate; the watch logits are the
-            # retrieval scores already computed
-            logit = dense_relu_chain((emb @ self.w_user)[rows] + self.movie_part[movies], self.layers[1:])
-            logit += bias[rows]
-            if self.movie_bias is not None:
-                logit += self.movie_bias[movies]
-            watch = scores[rows, first[valid]]
-            rerank = np.full(first.shape, -np.inf, np.float32)
-            rerank[valid] = watch + np.float32(ranking.beta) * scale_rating(logit, self.shape)
+            movies, watch, rating = self.candidates(emb, bias, candidates, seen=seen, pool=pool)
+            rerank = np.where(movies >= 0, watch + np.float32(ranking.beta) * rating, -np.inf)
             order = top_k(rerank, k)
-            chosen = np.where(order >= 0, np.take_along_axis(first, np.maximum(order, 0), axis=1), -1)
+            top = np.where(order >= 0, np.take_along_axis(movies, np.maximum(order, 0), axis=1), -1)
+            chosen = np.where(top >= 0, pool.position[np.maximum(top, 0)], -1)
         else:
-            chosen = first
+            if retrieve_only:
+                scores = self._retrieval_scores(emb, pool, seen)
+            else:
+                scores = pool.scores(emb, bias, ranking)
+                _mask_seen(scores, seen, pool)
+            chosen = top_k(scores, k)  # positions in the pool
         valid = chosen >= 0
         top = np.full((b, k), -1, np.int32)
         top[valid] = pool.movies[chosen[valid]]
@@ -371,6 +392,15 @@ class Scorer:
             with ThreadPoolExecutor(min(workers, len(parts))) as pool:
                 list(pool.map(run, parts))
             return out
+
+
+def _mask_seen(scores: np.ndarray, seen: ItemSets | None, pool: MoviePool) -> None:
+    """Set the seen movies of each row (those in the pool) to -inf, in place, from the sparse sets."""
+    if seen is not None and seen.indices.size:
+        rows, cols = seen.coordinates()
+        pos = pool.position[cols]
+        keep = pos >= 0
+        scores[rows[keep], pos[keep]] = -np.inf
 
 
 @dataclass(frozen=True)

@@ -127,3 +127,24 @@ def test_popularity_shortcut_equals_full_scoring(prepared) -> None:
     got = rank_by_item_scores(item_scores)(users, 20, seen.take(users))
     ref = top_k(np.broadcast_to(item_scores, (len(users), prepared.n_movies)), 20, exclude=seen.mask(users))
     np.testing.assert_array_equal(got, ref)
+
+
+def test_ndcg_by_blend_equals_evaluating_each_blend_two_stage(trained: Path, prepared) -> None:
+    """Training's blend choice scores the candidates once; each beta must equal a full two-stage evaluation."""
+    from embedrec.artifacts import load_model
+    from embedrec.evaluation import evaluate_ranking, ndcg_by_blend
+    from embedrec.scoring import Ranking, Scorer
+
+    scorer = Scorer.from_artifact(load_model(trained))
+    betas = (0.0, 0.5, 2.0)
+    got = ndcg_by_blend(scorer, prepared, betas=betas, split="val", max_users=150, candidates=60)
+    val, seen = prepared.split == 1, prepared.split < 1
+    for beta in betas:
+        def rank(users, k, seen_sets, beta=beta):
+            emb, bias = scorer.user_rows(users)
+            return scorer.rank(emb, bias, k, seen=seen_sets, ranking=Ranking("blend", beta), candidates=60).movie_idx
+        ref = evaluate_ranking(None, rank_fn=rank, train_user_idx=prepared.user_idx[seen],
+                               train_movie_idx=prepared.movie_idx[seen], eval_user_idx=prepared.user_idx[val],
+                               eval_movie_idx=prepared.movie_idx[val], eval_rating=prepared.rating[val],
+                               n_users=prepared.n_users, n_movies=prepared.n_movies, max_users=150, seed=0)
+        assert got[beta] == pytest.approx(ref["ndcg@10"], abs=1e-9)
