@@ -95,7 +95,8 @@ def test_batch_size_does_not_change_results_and_progress_is_reported() -> None:
     )
     big = evaluate_ranking(lambda b: table[b], **kwargs, ks=(5, 10), batch_size=512)
     assert one == big
-    assert calls[-1] == (one["n_users"], one["n_users"]) and len(calls) == -(-one["n_users"] // 7)
+    assert calls[0] == (0, one["n_users"])  # a stage says it started before the first batch
+    assert calls[-1] == (one["n_users"], one["n_users"]) and len(calls) == 1 + -(-one["n_users"] // 7)
 
 
 def test_max_users_draws_a_seeded_subset() -> None:
