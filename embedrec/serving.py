@@ -41,10 +41,11 @@ the movies a single enthusiastic rating can lift (a quarter of ML-100K's catalog
 it open to discovery."""
 
 DEFAULT_CANDIDATES = 500
-"""Movies per user that the watch output (a dot product) retrieves for the full network to re-rank. Measured
-(README "Two-stage ranking"): the exhaustive top 10 lies inside these candidates for >= 99% of lists; retrieval
-is one (users x d) x (d x movies) product, and re-ranking 500 movies costs under 1% of scoring every movie at
-ml-latest size."""
+"""Movies per user that the watch output (a dot product) retrieves for the full network to re-rank. Measured with
+``benchmarks/two_stage.py`` (README "Two-stage ranking"): with the default preset trained on ML-100K and on the
+synthetic set, the two-stage top 10 holds 100% of the exhaustive top 10 at N = 500 for every blend training may
+choose (99.70% at N = 100 with beta 2, the hardest), and NDCG@10 is unchanged. Re-ranking 500 movies costs under 1%
+of running the network over 86,000; retrieval is one (users x d) x (d x movies) product plus a top-N selection."""
 
 TABLE_SUFFIXES = (".csv", ".parquet")
 
