@@ -2,7 +2,8 @@
 
 Usage::
 
-    python benchmarks/two_stage.py --data DIR [--data DIR ...] [--cache DIR] [--candidates 50,100,200,500,1000]
+    python benchmarks/two_stage.py --data DIR [--data DIR ...] [--model DIR ...] [--cache DIR]
+                                   [--candidates 50,100,200,500,1000] [--max-users N]
 
 For each prepared data folder, trains the default preset once (``embedrec train``, cached under ``--cache``), then
 on the test split, for every blend ``watch + beta x rating`` that training may choose (``embedrec.runs.BETAS``,
@@ -91,12 +92,17 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "embedrec" / "bench")
     parser.add_argument("--candidates", default="50,100,200,500,1000")
     parser.add_argument("--max-users", type=int, default=None)
+    parser.add_argument("--model", type=Path, action="append", default=None,
+                        help="an already trained model per --data, in the same order (skips training)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     candidates = [int(c) for c in args.candidates.split(",")]
     rows = []
-    for data in args.data:
-        rows += measure(data, trained_model(data, args.cache), candidates, args.max_users)
+    models = args.model or [None] * len(args.data)
+    if len(models) != len(args.data):
+        raise SystemExit("--model: give one per --data, or none")
+    for data, model in zip(args.data, models):
+        rows += measure(data, model or trained_model(data, args.cache), candidates, args.max_users)
     print(f"\nload average {os.getloadavg()[0]:.1f} on {len(os.sched_getaffinity(0))} CPUs")
     print("| data | beta (chosen) | N | recall of exhaustive top 10 | NDCG@10 two-stage / exhaustive (rel. diff) |")
     print("|---|---|---|---|---|")
