@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from embedrec.errors import ArtifactError
+from embedrec.errors import ArtifactError, ConfigError
 from embedrec.tempfiles import removed_on_failure, sweep_stale, temp_sibling
 
 DEFAULT_WORKDIR = ".embedrec"
@@ -20,10 +20,15 @@ MAX_LATEST_BYTES = 4096  # a run folder name or path; anything longer is not a p
 
 
 def resolve_workdir(workdir: str | os.PathLike[str] | None) -> Path:
-    """The explicit folder, else ``$EMBEDREC_WORKDIR``, else ``./.embedrec``."""
+    """The explicit folder, else ``$EMBEDREC_WORKDIR``, else ``./.embedrec``; an existing non-folder is refused."""
     if workdir is not None:
-        return Path(workdir)
-    return Path(os.environ.get(WORKDIR_ENV) or DEFAULT_WORKDIR)
+        path, given = Path(workdir), "--workdir"
+    else:
+        path, given = Path(os.environ.get(WORKDIR_ENV) or DEFAULT_WORKDIR), (
+            f"${WORKDIR_ENV}" if os.environ.get(WORKDIR_ENV) else "the default work folder")
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{given} {path} is a file, not a folder: pass a folder (it is created when missing)")
+    return path
 
 
 def data_dir(workdir: Path) -> Path:
