@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from embedrec.artifacts import SCHEMA_VERSION, CheckpointDir, read_json, save_model, write_json
+from embedrec.artifacts import SCHEMA_VERSION, CheckpointDir, read_json, read_run_meta, save_model, write_json
 from embedrec.config import (
     ModelConfig,
     TrainConfig,
@@ -133,12 +133,15 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
     workdir = Path(workdir)
     if resume:
         run_dir = Path(out) if out is not None else latest_checkpointed_run(workdir)
-        run_meta = read_json(run_dir / "run.json")
+        run_meta = read_run_meta(run_dir)
         if data_dir is None:  # the data the run started on
             data_dir = Path(run_meta["data"]["path"])
         prepared = load_prepared(data_dir)
-        model_cfg = model_config_from_dict(run_meta["model"])
-        train_cfg = train_config_from_dict(run_meta["train"])
+        try:
+            model_cfg = model_config_from_dict(run_meta["model"])
+            train_cfg = train_config_from_dict(run_meta["train"])
+        except ConfigError as exc:
+            raise ArtifactError(f"{run_dir / 'run.json'} is damaged ({exc}): start a new run") from None
         extra = {k: v for k, v in (overrides or {}).items() if k != "preset"}
         if "epochs" in extra:
             train_cfg = train_cfg.replace(epochs=int(extra.pop("epochs")))
