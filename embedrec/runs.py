@@ -159,6 +159,7 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
         run_dir = Path(out) if out is not None else new_run_dir(workdir, preset)
         if (run_dir / "model.json").exists() or (run_dir / "checkpoints").exists():
             raise ConfigError(f"--out {run_dir} already holds a run; choose a new folder, or add --resume")
+        created_run_dir = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "run.json", {
             "schema_version": SCHEMA_VERSION, "preset": preset, "model": to_dict(model_cfg),
@@ -166,9 +167,14 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
                                                   "fingerprint": prepared.fingerprint},
         })
 
-    result = train(prepared, model_cfg, train_cfg, callbacks=callbacks,
-                   checkpointer=CheckpointDir(run_dir / "checkpoints"), resume=resume,
-                   stop_requested=stop_requested)
+    try:
+        result = train(prepared, model_cfg, train_cfg, callbacks=callbacks,
+                       checkpointer=CheckpointDir(run_dir / "checkpoints"), resume=resume,
+                       stop_requested=stop_requested)
+    except BaseException:
+        if not resume:
+            _drop_unresumable(run_dir, created=created_run_dir)
+        raise
     summary_rows = result.model.summary()
     ranking: dict[str, Any] = {}
     if not result.interrupted:
@@ -185,6 +191,21 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
     return RunResult(run_dir=run_dir, history=result.history, interrupted=result.interrupted,
                      stopped_early=result.stopped_early, best_epoch=result.best_epoch,
                      n_params=int(result.info["n_params"]), ranking=ranking, summary_rows=summary_rows)
+
+
+def _drop_unresumable(run_dir: Path, *, created: bool) -> None:
+    """A new run that failed before its first checkpoint cannot be resumed: remove what it wrote (the whole folder
+    when this run created it, else only ``run.json`` and ``checkpoints/``), so no orphan run folder is left. A run
+    with a checkpoint is kept: ``--resume`` continues it."""
+    import shutil
+
+    if CheckpointDir(run_dir / "checkpoints").load() is not None:
+        return
+    if created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    (run_dir / "run.json").unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
 
 def write_learning_curve(path: Path, history: list[dict[str, Any]], *, title: str) -> None:
@@ -218,7 +239,12 @@ def write_learning_curve(path: Path, history: list[dict[str, Any]], *, title: st
         ax2.grid(alpha=0.3)
         ax2.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from embedrec.tempfiles import removed_on_failure, temp_sibling
+
+    try:
+        tmp = temp_sibling(path)
+        with removed_on_failure(tmp.with_name(tmp.name + ".png")) as tmp:
+            fig.savefig(tmp, dpi=100)
+            os.replace(tmp, path)
+    finally:
+        plt.close(fig)
