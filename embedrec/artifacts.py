@@ -43,7 +43,7 @@ from embedrec.config import (
     train_config_from_dict,
 )
 from embedrec.errors import ArtifactError, ConfigError
-from embedrec.tempfiles import removed_on_failure, sweep_stale, temp_sibling
+from embedrec.tempfiles import name_target, removed_on_failure, sweep_stale, temp_sibling
 from embedrec.workdir import atomic_write_text
 
 SCHEMA_VERSION = 1
@@ -70,7 +70,7 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path.parent, path.name)
-    with removed_on_failure(temp_sibling(path)) as tmp:
+    with removed_on_failure(temp_sibling(path), target=path) as tmp:
         try:
             save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
         except OSError as exc:
@@ -156,10 +156,15 @@ class CheckpointDir:
         tmp = self.root / f".tmp-{name}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
-        tmp.mkdir()
-        save_arrays(tmp / "arrays.safetensors", arrays)
-        write_json(tmp / "meta.json", {"schema_version": SCHEMA_VERSION, "complete": True, **meta})
-        _fsync_dir(tmp)
+        try:
+            tmp.mkdir()
+            save_arrays(tmp / "arrays.safetensors", arrays)
+            write_json(tmp / "meta.json", {"schema_version": SCHEMA_VERSION, "complete": True, **meta})
+            _fsync_dir(tmp)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            name_target(exc, tmp, self.root)
+            raise
         final = self.root / name
         if final.exists():
             shutil.rmtree(final)
@@ -320,7 +325,7 @@ def save_model(run_dir: Path, *, module: Any, model_cfg: ModelConfig, train_cfg:
     for name in VOCAB_FILES:
         src = Path(prepared.path) / name
         if src.is_file():
-            with removed_on_failure(temp_sibling(run_dir / name)) as tmp:
+            with removed_on_failure(temp_sibling(run_dir / name), target=run_dir / name) as tmp:
                 shutil.copyfile(src, tmp)
                 os.replace(tmp, run_dir / name)
     save_arrays(run_dir / "weights.safetensors", weights)

@@ -57,13 +57,24 @@ def remove_path(path: Path) -> None:
         pass
 
 
+def name_target(exc: BaseException, tmp: Path, target: Path) -> None:
+    """Make an OSError about temp name ``tmp`` (or about no file at all) name ``target``, the path the user knows."""
+    if isinstance(exc, OSError) and (exc.filename is None or str(exc.filename).startswith(str(tmp))):
+        exc.filename = str(target)
+
+
 @contextmanager
-def removed_on_failure(path: Path) -> Iterator[Path]:
-    """Yield ``path``; if the block fails (any exception, Ctrl-C or SIGTERM), remove whatever was written there."""
+def removed_on_failure(path: Path, *, target: Path | None = None) -> Iterator[Path]:
+    """Yield ``path``; if the block fails (any exception, Ctrl-C or SIGTERM), remove whatever was written there.
+
+    With ``target`` (the final path ``path`` stands in for), an OSError is made to name ``target`` instead.
+    """
     try:
         yield path
-    except BaseException:
+    except BaseException as exc:
         remove_path(path)
+        if target is not None:
+            name_target(exc, path, target)
         raise
 
 

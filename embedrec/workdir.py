@@ -49,7 +49,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temp file + rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path.parent, path.name)
-    with removed_on_failure(temp_sibling(path)) as tmp:
+    with removed_on_failure(temp_sibling(path), target=path) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()

@@ -50,7 +50,7 @@ import numpy as np
 from embedrec.data.encode import lookup_ids
 from embedrec.data.split import SPLIT_CODES
 from embedrec.errors import ArtifactError, ConfigError, UnknownIdError
-from embedrec.tempfiles import sweep_stale
+from embedrec.tempfiles import name_target, sweep_stale
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -122,8 +122,8 @@ def write_prepared(
     out.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(out.parent, out.name)  # what a killed prepare left (a signal is cleaned up below, kill -9 is not)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         ratings = pa.table(
             {
                 "user_idx": pa.array(user_idx, pa.int32()),
@@ -160,8 +160,9 @@ def write_prepared(
         (tmp / "vocab.json").write_text(json.dumps(vocab, indent=1) + "\n", encoding="utf-8")
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         _replace_dir(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        name_target(exc, tmp, out)  # pyarrow's write errors name no file; the temp name means nothing to the user
         raise
     return summary
 
