@@ -25,6 +25,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -77,7 +78,8 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
             exc.filename = exc.filename or str(path)
             raise
         except Exception as exc:  # safetensors reports a failed write (disk full) as its own error type
-            raise OSError(errno.EIO, f"writing failed ({exc})", str(path)) from None
+            code = re.search(r"code: (\d+)", str(exc))  # its message carries the OS error: "Os { code: 28, ..."
+            raise OSError(int(code.group(1)) if code else errno.EIO, f"writing failed ({exc})", str(path)) from None
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -84,7 +84,10 @@ def open_source(source: str | Path, *, config: PrepareConfig, cache_dir: Path | 
     if path.exists():
         if path.is_file() and path.suffix.lower() == ".zip":
             with _unzipped(path, config) as folder:
-                layout = detect_layout(folder, config=config)
+                try:
+                    layout = detect_layout(folder, config=config)
+                except DataError as exc:  # name the archive, not the temporary folder it was unpacked into
+                    raise DataError(str(exc).replace(str(folder), str(path))) from None
                 yield layout, path.stem
             return
         if path.is_file():
