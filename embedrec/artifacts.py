@@ -78,7 +78,7 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
             exc.filename = exc.filename or str(path)
             raise
         except Exception as exc:  # safetensors reports a failed write (disk full) as its own error type
-            code = re.search(r"code: (\d+)", str(exc))  # its message carries the OS error: "Os { code: 28, ..."
+            code = re.search(r"(?:os error |code: )(\d+)", str(exc))  # "I/O error: File too large (os error 27)"
             raise OSError(int(code.group(1)) if code else errno.EIO, f"writing failed ({exc})", str(path)) from None
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())

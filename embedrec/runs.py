@@ -124,7 +124,6 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
     with; only ``epochs`` may be raised, and a finished run is refused unless it is.
     """
     from embedrec.data import load_prepared
-    from embedrec.train import train
 
     if workdir is None:
         if data_dir is None:
@@ -166,6 +165,11 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
             "train": to_dict(train_cfg), "data": {"path": str(Path(data_dir).resolve()),
                                                   "fingerprint": prepared.fingerprint},
         })
+
+    if resume and CheckpointDir(run_dir / "checkpoints").load() is None:  # before JAX starts: a one-line answer
+        raise ArtifactError(f"{run_dir / 'checkpoints'} holds no complete checkpoint to resume from; start a new run "
+                            "without --resume")
+    from embedrec.train import train
 
     try:
         result = train(prepared, model_cfg, train_cfg, callbacks=callbacks,
