@@ -366,6 +366,12 @@ def _model_case(change: Callable[[Ctx, Path], None]) -> Callable[[Ctx], list[str
     return build
 
 
+def _tampered(c: Ctx, change: Callable[[object], object]) -> Path:
+    run = c.copy_run()
+    edit_json(run / "model.json", change)
+    return run
+
+
 def _set(d: object, key: str, value: object) -> object:
     assert isinstance(d, dict)
     d[key] = value
@@ -452,6 +458,8 @@ CASES = [
     # 7. tampered model folders
     Case("model-json-is-a-list", _model_case(lambda c, r: edit_json(r / "model.json", lambda m: [m])), 2,
          r"model\.json is not a valid embedrec model \(expected a JSON object, found a list\)"),
+    Case("info-model-null", lambda c: ["info", str(_tampered(c, lambda m: _set(m, "model", None)))], 2,
+         r"'model' must be a table of settings, found a NoneType"),
     Case("model-null", _model_case(lambda c, r: edit_json(r / "model.json", lambda m: _set(m, "model", None))), 2,
          r"'model' must be a table of settings, found a NoneType"),
     Case("model-missing-shape", _model_case(lambda c, r: edit_json(r / "model.json", lambda m: _del(m, "shape"))),
