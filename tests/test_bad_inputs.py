@@ -291,7 +291,8 @@ def edit_ratings(data: Path, column: str, change: Callable[[np.ndarray], np.ndar
 
     table = pq.read_table(data / "ratings.parquet")
     values = change(table.column(column).to_numpy().copy())
-    table = table.set_column(table.column_names.index(column), column, pa.array(values, table.schema.field(column).type))
+    typed = pa.array(values, table.schema.field(column).type)
+    table = table.set_column(table.column_names.index(column), column, typed)
     pq.write_table(table, data / "ratings.parquet")
 
 

@@ -17,8 +17,6 @@ import hashlib
 import os
 import re
 import shutil
-import uuid
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
