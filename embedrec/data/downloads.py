@@ -7,8 +7,11 @@ Synopsis::
 
 The archive is streamed into ``<name>.zip.part`` and resumed with an HTTP ``Range`` request when a previous attempt
 was interrupted. GroupLens publishes ``<name>.zip.md5`` next to most archives; when it exists the archive is checked
-against it, and a mismatch deletes the archive. The base URL can be overridden (``$EMBEDREC_DOWNLOAD_URL`` or
-``base_url=``), which is how the tests serve a small archive from a local HTTP server.
+against it, and a mismatch deletes the archive. When the checksum cannot be fetched or read, verification is not
+silently skipped: the result carries a ``warning`` for the caller to show, and ``strict=True`` refuses the archive.
+An archive that fails to extract (see :mod:`embedrec.data.archives`) is deleted from the cache. The base URL can be
+overridden (``$EMBEDREC_DOWNLOAD_URL`` or ``base_url=``), which is how the tests serve a small archive from a local
+HTTP server.
 """
 
 from __future__ import annotations
