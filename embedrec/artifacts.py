@@ -148,9 +148,10 @@ class CheckpointDir:
     LATEST is missing or names a damaged one. The two newest checkpoints are kept.
     """
 
-    def __init__(self, root: Path, keep: int = 2) -> None:
+    def __init__(self, root: Path, keep: int = 2, *, required: dict[str, tuple[type, ...]] | None = None) -> None:
         self.root = root
         self.keep = keep
+        self.required = required or {}  # meta keys (and types) a checkpoint must have to be loaded
 
     def save(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -201,9 +202,9 @@ class CheckpointDir:
         for folder in candidates:
             try:
                 meta = read_json(folder / "meta.json")
-                if not checkpoint_meta_ok(meta):
+                if not checkpoint_meta_ok(meta, self.required):
                     continue
-                if meta["best_rmse"] is None:  # strict JSON stored the initial infinity as null
+                if "best_rmse" in meta and meta["best_rmse"] is None:  # strict JSON stored the initial inf as null
                     meta = {**meta, "best_rmse": math.inf}
                 return load_arrays(folder / "arrays.safetensors"), meta
             except ArtifactError:
@@ -211,22 +212,26 @@ class CheckpointDir:
         return None
 
 
-CHECKPOINT_KEYS: dict[str, tuple[type, ...]] = {
+# what resuming a training run reads from a checkpoint's meta.json (train.py writes these)
+RESUME_KEYS: dict[str, tuple[type, ...]] = {
     "epoch": (int,), "step": (int,), "history": (list,), "best_rmse": (int, float, type(None)),
     "best_epoch": (int,), "bad_epochs": (int,), "fingerprint": (str,),
 }
 
 
-def checkpoint_meta_ok(meta: Any) -> bool:
-    """A checkpoint's meta.json is complete and every key resume reads has its type (else the folder is skipped
-    like a damaged one, and an older complete checkpoint is used)."""
+def checkpoint_meta_ok(meta: Any, required: dict[str, tuple[type, ...]]) -> bool:
+    """A checkpoint's meta.json is complete and has every ``required`` key with its type (else the folder is
+    skipped like a damaged one, and an older complete checkpoint is used)."""
     if not isinstance(meta, dict) or meta.get("complete") is not True:
         return False
-    for key, types in CHECKPOINT_KEYS.items():
+    for key, types in required.items():
         value = meta.get(key)
         if key not in meta or isinstance(value, bool) or not isinstance(value, types):
             return False
-    return all(isinstance(h, dict) for h in meta["history"]) and meta["epoch"] >= 0 and meta["step"] >= 0
+        if isinstance(value, int) and value < 0:
+            return False
+    history = meta.get("history", [])
+    return not isinstance(history, list) or all(isinstance(h, dict) for h in history)
 
 
 def read_run_meta(run_dir: Path) -> dict[str, Any]:

@@ -20,7 +20,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from embedrec.artifacts import SCHEMA_VERSION, CheckpointDir, read_json, read_run_meta, save_model, write_json
+from embedrec.artifacts import (
+    RESUME_KEYS,
+    SCHEMA_VERSION,
+    CheckpointDir,
+    read_json,
+    read_run_meta,
+    save_model,
+    write_json,
+)
 from embedrec.config import (
     ModelConfig,
     TrainConfig,
@@ -130,6 +138,7 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
             raise ConfigError("train_run needs data_dir or workdir")
         workdir = Path(data_dir).parent
     workdir = Path(workdir)
+    created_run_dir = False
     if resume:
         run_dir = Path(out) if out is not None else latest_checkpointed_run(workdir)
         run_meta = read_run_meta(run_dir)
@@ -166,14 +175,15 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
                                                   "fingerprint": prepared.fingerprint},
         })
 
-    if resume and CheckpointDir(run_dir / "checkpoints").load() is None:  # before JAX starts: a one-line answer
+    checkpointer = CheckpointDir(run_dir / "checkpoints", required=RESUME_KEYS)
+    if resume and checkpointer.load() is None:  # answered before JAX starts
         raise ArtifactError(f"{run_dir / 'checkpoints'} holds no complete checkpoint to resume from; start a new run "
                             "without --resume")
     from embedrec.train import train
 
     try:
         result = train(prepared, model_cfg, train_cfg, callbacks=callbacks,
-                       checkpointer=CheckpointDir(run_dir / "checkpoints"), resume=resume,
+                       checkpointer=checkpointer, resume=resume,
                        stop_requested=stop_requested)
     except BaseException:
         if not resume:
@@ -203,7 +213,7 @@ def _drop_unresumable(run_dir: Path, *, created: bool) -> None:
     with a checkpoint is kept: ``--resume`` continues it."""
     import shutil
 
-    if CheckpointDir(run_dir / "checkpoints").load() is not None:
+    if CheckpointDir(run_dir / "checkpoints", required=RESUME_KEYS).load() is not None:
         return
     if created:
         shutil.rmtree(run_dir, ignore_errors=True)
