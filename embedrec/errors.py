@@ -1,7 +1,10 @@
 """One small hierarchy of user-facing errors.
 
-Library code raises these; the CLI turns each into one red line and its exit code. Anything else that escapes is a bug
-and is allowed to show a traceback.
+Library code raises these; the CLI turns each into one red line and its exit code. OSError (a path that cannot be
+used, a full disk) and SIGTERM (:class:`Terminated`) get one line too, through :func:`os_error_message`; anything else
+that escapes is a bug and is allowed to show a traceback.
+
+Exit codes: 2 user error, 3 training diverged, 74 machine fault (disk full, I/O), 130 Ctrl-C, 143 SIGTERM.
 """
 
 from __future__ import annotations
