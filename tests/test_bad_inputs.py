@@ -14,14 +14,12 @@ CAP_DAC_OVERRIDE (skipped, with the reason, where capabilities cannot be dropped
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import http.server
 import io
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import stat
@@ -58,11 +56,35 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], tmp_path: Path, *, preexec: Callable[[], None] | None = None,
-            timeout: float = 600) -> Outcome:
+# Applied in a fresh interpreter that then execs the CLI: no Python runs between fork and exec in the test process
+# (which may hold JAX's threads), so the limits cannot deadlock it.
+_LIMITED = """
+import ctypes, json, os, resource, signal, sys
+limits = json.loads(sys.argv[1])
+if limits.get("fsize"):
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["fsize"], limits["fsize"]))
+if limits.get("no_dac") and os.geteuid() == 0:
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, dropped from the bounding set before exec
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            sys.exit(f"prctl(PR_CAPBSET_DROP) failed: errno {ctypes.get_errno()}")
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+
+
+def limited(cmd: list[str], limits: dict | None) -> list[str]:
+    """``cmd`` run under ``limits`` (``fsize``: bytes per file, else EFBIG; ``no_dac``: root obeys permission bits)."""
+    if not limits:
+        return cmd
+    assert cmd[0] == sys.executable
+    return [sys.executable, "-c", _LIMITED, json.dumps(limits), *cmd[1:]]
+
+
+def run_cli(args: list[str], tmp_path: Path, *, limits: dict | None = None, timeout: float = 600) -> Outcome:
     """``embedrec ARGS`` in a fresh process with its cwd and temp folder inside ``tmp_path``."""
-    proc = subprocess.run(CLI + args, cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
-                          preexec_fn=preexec, timeout=timeout)
+    proc = subprocess.run(limited(CLI + args, limits), cwd=tmp_path, env=cli_env(tmp_path), capture_output=True,
+                          text=True, timeout=timeout)
     return Outcome(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -98,35 +120,23 @@ def changed(before: dict[str, tuple], after: dict[str, tuple]) -> set[str]:
 
 
 # ------------------------------------------------------------------------------------------- faults, for real
-def _drop_dac_override() -> None:
-    """In the child: lose root's right to ignore permission bits (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
 def _permissions_enforced() -> tuple[bool, str]:
     if os.geteuid() != 0:
         return True, ""
-    try:
-        proc = subprocess.run([sys.executable, "-c", "pass"], preexec_fn=_drop_dac_override, timeout=60)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return False, f"running as root and cannot drop CAP_DAC_OVERRIDE ({exc}): chmod cannot make a path unusable"
-    return proc.returncode == 0, "running as root and cannot drop CAP_DAC_OVERRIDE"
+    proc = subprocess.run(limited([sys.executable, "-c", "pass"], {"no_dac": True}), capture_output=True, text=True,
+                          timeout=60)
+    return proc.returncode == 0, ("running as root and cannot drop CAP_DAC_OVERRIDE "
+                                  f"({proc.stderr.strip()[-200:]}): chmod cannot make a path unusable")
 
 
 PERMS_OK, PERMS_WHY = _permissions_enforced()
-as_non_privileged = _drop_dac_override if os.geteuid() == 0 else None
+NO_DAC = {"no_dac": True}
 
 
-def file_size_limit(limit: int) -> Callable[[], None]:
-    """In the child: writes beyond ``limit`` bytes per file fail with EFBIG (SIGXFSZ ignored), a stand-in for a full
-    disk that needs no privileges."""
-    def apply() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return apply
+def file_size_limit(limit: int) -> dict:
+    """Writes beyond ``limit`` bytes per file fail with EFBIG (SIGXFSZ ignored): a stand-in for a full disk that
+    needs no privileges."""
+    return {"fsize": limit}
 
 
 @pytest.fixture
@@ -304,7 +314,7 @@ class Case:
     code: int
     pattern: str
     may_change: frozenset[str] = frozenset()  # relative paths allowed to differ afterwards
-    preexec: Callable[[], None] | None = None
+    limits: dict | None = None  # see limited()
     needs_perms: bool = False
 
 
@@ -437,10 +447,10 @@ CASES = [
     Case("read-only-target", _read_only_target, 2, r"/ro/data: permission denied", needs_perms=True),
     Case("prepare-file-size-limit", lambda c: ["prepare", "--synthetic", "--users", "300", "--movies", "400",
                                                "--ratings", "20000", "--out", str(c.tmp / "out")],
-         74, r"/out: the file grew beyond .*ulimit -f.*partial output was removed", preexec=file_size_limit(20_000)),
+         74, r"/out: the file grew beyond .*ulimit -f.*partial output was removed", limits=file_size_limit(20_000)),
     Case("train-file-size-limit", lambda c: ["train", "--data", str(c.data), "--epochs", "1", "--out",
                                              str(c.tmp / "run"), "--preset", "seed"],
-         74, r"/run/checkpoints: the file grew beyond", preexec=file_size_limit(60_000)),
+         74, r"/run/checkpoints: the file grew beyond", limits=file_size_limit(60_000)),
     Case("workdir-is-a-file", _workdir_is_file, 2, r"--workdir .*/wd is a file, not a folder"),
     Case("download-cache-is-a-file", _cache_is_file, 2, r"--cache .*/cache is a file, not a folder"),
     Case("latest-not-utf8", lambda c: _latest(c, b"\xff\xfe\x00run\n"), 2, r"latest is not a run pointer"),
@@ -522,8 +532,7 @@ def test_bad_input(case: Case, tmp_path: Path, synthetic_prepared: Path, request
     args = case.build(ctx)
     before = snapshot(tmp_path)
     data_before = snapshot(synthetic_prepared)
-    preexec = case.preexec or (as_non_privileged if case.needs_perms else None)
-    out = run_cli(args, tmp_path, preexec=preexec)
+    out = run_cli(args, tmp_path, limits=case.limits or (NO_DAC if case.needs_perms else None))
     assert_one_error_line(out, case.code, case.pattern)
     assert changed(before, snapshot(tmp_path)) == set(case.may_change)
     assert snapshot(synthetic_prepared) == data_before
