@@ -20,7 +20,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from embedrec.artifacts import SCHEMA_VERSION, CheckpointDir, read_json, save_model, write_json
+from embedrec.artifacts import (
+    RESUME_KEYS,
+    SCHEMA_VERSION,
+    CheckpointDir,
+    read_json,
+    read_run_meta,
+    save_model,
+    write_json,
+)
 from embedrec.config import (
     ModelConfig,
     TrainConfig,
@@ -138,21 +146,24 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
     with; only ``epochs`` may be raised, and a finished run is refused unless it is.
     """
     from embedrec.data import load_prepared
-    from embedrec.train import train
 
     if workdir is None:
         if data_dir is None:
             raise ConfigError("train_run needs data_dir or workdir")
         workdir = Path(data_dir).parent
     workdir = Path(workdir)
+    created_run_dir = False
     if resume:
         run_dir = Path(out) if out is not None else latest_checkpointed_run(workdir)
-        run_meta = read_json(run_dir / "run.json")
+        run_meta = read_run_meta(run_dir)
         if data_dir is None:  # the data the run started on
             data_dir = Path(run_meta["data"]["path"])
         prepared = load_prepared(data_dir)
-        model_cfg = model_config_from_dict(run_meta["model"])
-        train_cfg = train_config_from_dict(run_meta["train"])
+        try:
+            model_cfg = model_config_from_dict(run_meta["model"])
+            train_cfg = train_config_from_dict(run_meta["train"])
+        except ConfigError as exc:
+            raise ArtifactError(f"{run_dir / 'run.json'} is damaged ({exc}): start a new run") from None
         extra = {k: v for k, v in (overrides or {}).items() if k != "preset"}
         if "epochs" in extra:
             train_cfg = train_cfg.replace(epochs=int(extra.pop("epochs")))
@@ -169,6 +180,7 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
         model_cfg, train_cfg = resolve_configs(preset, overrides)
         run_dir = Path(out) if out is not None else new_run_dir(workdir, preset)
         _check_new_run_dir(run_dir)
+        created_run_dir = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "run.json", {
             "schema_version": SCHEMA_VERSION, "preset": preset, "model": to_dict(model_cfg),
@@ -176,9 +188,20 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
                                                   "fingerprint": prepared.fingerprint},
         })
 
-    result = train(prepared, model_cfg, train_cfg, callbacks=callbacks,
-                   checkpointer=CheckpointDir(run_dir / "checkpoints"), resume=resume,
-                   stop_requested=stop_requested)
+    checkpointer = CheckpointDir(run_dir / "checkpoints", required=RESUME_KEYS)
+    if resume and checkpointer.load() is None:  # answered before JAX starts
+        raise ArtifactError(f"{run_dir / 'checkpoints'} holds no complete checkpoint to resume from; start a new run "
+                            "without --resume")
+    from embedrec.train import train
+
+    try:
+        result = train(prepared, model_cfg, train_cfg, callbacks=callbacks,
+                       checkpointer=checkpointer, resume=resume,
+                       stop_requested=stop_requested)
+    except BaseException:
+        if not resume:
+            _drop_unresumable(run_dir, created=created_run_dir)
+        raise
     summary_rows = result.model.summary()
     ranking: dict[str, Any] = {}
     if not result.interrupted:
@@ -195,6 +218,21 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
     return RunResult(run_dir=run_dir, history=result.history, interrupted=result.interrupted,
                      stopped_early=result.stopped_early, best_epoch=result.best_epoch,
                      n_params=int(result.info["n_params"]), ranking=ranking, summary_rows=summary_rows)
+
+
+def _drop_unresumable(run_dir: Path, *, created: bool) -> None:
+    """A new run that failed before its first checkpoint cannot be resumed: remove what it wrote (the whole folder
+    when this run created it, else only ``run.json`` and ``checkpoints/``), so no orphan run folder is left. A run
+    with a checkpoint is kept: ``--resume`` continues it."""
+    import shutil
+
+    if CheckpointDir(run_dir / "checkpoints", required=RESUME_KEYS).load() is not None:
+        return
+    if created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    (run_dir / "run.json").unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
 
 def write_learning_curve(path: Path, history: list[dict[str, Any]], *, title: str) -> None:
@@ -228,7 +266,12 @@ def write_learning_curve(path: Path, history: list[dict[str, Any]], *, title: st
         ax2.grid(alpha=0.3)
         ax2.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from embedrec.tempfiles import removed_on_failure, temp_sibling
+
+    try:
+        tmp = temp_sibling(path)
+        with removed_on_failure(tmp.with_name(tmp.name + ".png")) as tmp:
+            fig.savefig(tmp, dpi=100)
+            os.replace(tmp, path)
+    finally:
+        plt.close(fig)

@@ -206,16 +206,21 @@ def info_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a trained model: settings, data, parameter count, final metrics."""
-    from embedrec.artifacts import read_json
+    from embedrec.artifacts import read_json, validate_model_meta
 
     run = model if model is not None else latest_run(resolve_workdir(workdir))
     meta = read_json(Path(run) / "model.json")
+    validate_model_meta(meta, Path(run) / "model.json")
     history_path = Path(run) / "history.json"
     history = read_json(history_path) if history_path.is_file() else []
-    info = {"run_dir": str(run), "preset": meta.get("preset"), "n_params": meta["n_params"],
-            "model": meta["model"], "train": meta["train"], "shape": meta["shape"], "data": meta["data"],
+    if not isinstance(history, list):
+        history = []
+    n_params, metrics = meta.get("n_params"), meta.get("metrics")
+    info = {"run_dir": str(run), "preset": meta.get("preset"),
+            "n_params": n_params if isinstance(n_params, int) else 0,
+            "model": meta["model"], "train": meta["train"], "shape": meta["shape"], "data": meta.get("data") or {},
             "ranking": meta.get("ranking"), "best_epoch": meta.get("best_epoch"),
-            "epochs_run": meta.get("epochs_run", len(history)), "metrics": meta.get("metrics", {}),
+            "epochs_run": meta.get("epochs_run", len(history)), "metrics": metrics if isinstance(metrics, dict) else {},
             "created": meta.get("created"), "schema_version": meta.get("schema_version")}
     if as_json:
         from embedrec.artifacts import json_text
