@@ -26,8 +26,9 @@ Choices, and why:
 * **Storage**: SQLite in ``<workdir>/tune/study.db``, one study per preset and objective; calling again continues
   it. A second call seeds the sampler with (seed, trials so far), so it does not replay the first call's samples.
   A killed call leaves its running trial behind; the heartbeat marks it failed when the study resumes.
-* **Trial runs** train through :func:`embedrec.runs.train_run` into ``<workdir>/tune/models/trial-NNNN``: a work
-  folder of their own, so the user's ``latest`` model is untouched. Only the best trial's folder is kept.
+* **Trial runs** train through :func:`embedrec.runs.train_run` into ``<workdir>/tune/models/<study>/trial-NNNN``
+  (``<workdir>/tune`` is their work folder, so the user's ``latest`` model is untouched). Only the best trial's
+  folder is kept; a pruned, stopped or beaten trial's folder is deleted.
 * **Never the test split**: training reads the train and val splits only (:func:`embedrec.train.train`) and every
   number here is a validation number.
 """
@@ -366,9 +367,9 @@ def tune(data_dir: Path | None, *, workdir: Path, out: Path | None = None, prese
     space = search_space(preset=preset, n_train=n_train, n_movies=prepared.n_movies)
 
     root = tune_dir(workdir)
-    runs_root = root / "models"
     db = root / "study.db"
     name = f"{preset}-{objective}"
+    runs_root = root / "models" / name  # trial numbers are per study
     direction = "minimize" if objective == "rmse" else "maximize"
     identity = {"data_fingerprint": prepared.fingerprint, "max_epochs": epochs, "seed": seed,
                 "space": {"version": SPACE_VERSION, **{p.name: p.describe() for p in space}}}

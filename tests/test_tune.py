@@ -132,7 +132,7 @@ def test_tune_writes_a_config_that_train_uses(tuned, synthetic_prepared: Path) -
     assert best.value == pytest.approx(report["best"]["value"]) == max(t.value for t in study.trials)
     assert 0 < report["best"]["metrics"]["val_ndcg@10"] <= 1 and report["best"]["metrics"]["val_rmse"] > 0
     # trial runs live under tune/, only the best is kept, and the user's `latest` model is not a trial
-    assert sorted(p.name for p in (work / "tune" / "models").glob("trial-*")) == [
+    assert sorted(p.name for p in (work / "tune" / "models").glob("*/trial-*")) == [
         f"trial-{report['best']['trial']:04d}"]
     assert not (work / "models" / "latest").exists()
 
@@ -164,7 +164,7 @@ def test_a_second_call_continues_the_study(tuned, synthetic_prepared: Path, tmp_
     trials = _study(work).trials
     assert [t.number for t in trials] == [0, 1, 2]
     assert trials[2].params != trials[1].params  # the resumed sampler does not replay the first call's samples
-    assert len(list((work / "tune" / "models").glob("trial-*"))) == 1
+    assert len(list((work / "tune" / "models").glob("*/trial-*"))) == 1
     changed = _cli(["tune", "--data", str(synthetic_prepared), "--workdir", str(work), "--trials", "1",
                     "--max-epochs", "3"], work)
     assert changed.returncode == 2 and "--max-epochs" in changed.stderr and "Traceback" not in changed.stderr
@@ -207,7 +207,7 @@ def test_a_pruned_trial_stops_training_and_leaves_nothing(synthetic_prepared: Pa
     (trial,) = _study(tmp_path, "seed-rmse").trials
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert list(trial.intermediate_values) == [1]  # epochs 2 and 3 never ran
-    assert not list((tmp_path / "tune" / "models").glob("trial-*"))
+    assert not list((tmp_path / "tune" / "models").glob("*/trial-*"))
     assert not (tmp_path / "tuned.toml").exists() and not (tmp_path / "models").exists()
 
 
@@ -222,4 +222,4 @@ def test_the_budget_stops_a_running_trial(synthetic_prepared: Path, tmp_path: Pa
     assert trial.state == optuna.trial.TrialState.FAIL
     assert "time budget" in trial.user_attrs["reason"]
     assert len(trial.intermediate_values) < 500
-    assert not list((tmp_path / "tune" / "models").glob("trial-*"))
+    assert not list((tmp_path / "tune" / "models").glob("*/trial-*"))
