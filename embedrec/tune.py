@@ -424,7 +424,8 @@ def tune(data_dir: Path | None, *, workdir: Path, out: Path | None = None, prese
                                overrides={**params, "epochs": epochs, "seed": seed}, callbacks=_Report(),
                                stop_requested=lambda: time.monotonic() > deadline)
             if result.interrupted:
-                raise _BudgetSpent(f"stopped by the time budget after {len(result.history)} epoch(s)")
+                done = len(result.history)
+                raise _BudgetSpent(f"time budget reached after {done} epoch{'s' if done != 1 else ''}")
         except BaseException as exc:
             _remove_trial_run(run_dir, runs_root)
             trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))

@@ -105,8 +105,10 @@ class _TuneView:
             what = _metrics_text(outcome.metrics) + ("  [bold green]new best[/]" if outcome.is_best else "")
         elif outcome.state == "pruned":
             how, what = f"[yellow]{outcome.reason}[/]", ""
+        elif "time budget" in outcome.reason:
+            how, what = f"[red]stopped[/] ({outcome.reason})", ""
         else:
-            how, what = "[red]stopped[/]", outcome.reason
+            how, what = "[red]failed[/]", outcome.reason
         self.progress.console.print(f"trial {outcome.number:>3}  {how}  {what}  {outcome.seconds:.0f}s")
         self.progress.console.print(f"    [dim]{_params_text(outcome.params)}[/]", highlight=False)
 
