@@ -84,6 +84,22 @@ def test_the_config_text_reads_back_as_the_same_settings(tmp_path: Path) -> None
     assert [type(v) for v in loaded.values()] == [type(v) for v in settings.values()]
 
 
+def test_help_imports_neither_optuna_nor_jax() -> None:
+    code = (
+        "import sys\n"
+        "from embedrec.cli import app\n"
+        "try:\n"
+        "    app(['tune', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = [m for m in ('optuna', 'sqlalchemy', 'jax', 'pandas') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--budget" in proc.stdout and "--objective" in proc.stdout
+
+
 def test_bad_options_are_refused_before_any_training(synthetic_prepared: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     mine = tmp_path / "mine.toml"
