@@ -169,7 +169,7 @@ def test_tune_writes_a_config_that_train_uses(tuned, synthetic_prepared: Path) -
 
 @pytest.mark.slow
 def test_a_second_call_continues_the_study(tuned, synthetic_prepared: Path, tmp_path: Path) -> None:
-    first_work, first = tuned
+    first_work, _ = tuned
     work = tmp_path / "work"
     shutil.copytree(first_work, work)
     done = _cli(["tune", "--data", str(synthetic_prepared), "--workdir", str(work), "--trials", "1",

@@ -6,15 +6,13 @@ Optuna, JAX and Flax load inside the command, so ``embedrec --help`` stays insta
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from embedrec.cli.common import JsonOpt, WorkdirOpt, app, console, handle_errors
+from embedrec.tune import TrialOutcome, TuneCallbacks  # light: Optuna loads inside the search
 from embedrec.workdir import resolve_workdir
-
-if TYPE_CHECKING:
-    from embedrec.tune import TrialOutcome
 
 _SHORT = {"lr": "lr", "weight_decay": "wd", "embedding_dim": "dim", "dropout": "drop", "batch_size": "batch",
           "patience": "pat", "negatives": "neg", "watch_weight": "ww"}
@@ -38,7 +36,7 @@ def _metrics_text(metrics: dict[str, float]) -> str:
     return "  ".join(parts)
 
 
-class _TuneView:
+class _TuneView(TuneCallbacks):
     """A progress bar for the search (time or trials) and a line per finished trial."""
 
     def __init__(self, *, quiet: bool) -> None:
@@ -93,7 +91,7 @@ class _TuneView:
                                  f"{_metrics_text(record)}; best: {self.best}")
             self._advance()
 
-    def on_trial_end(self, outcome: "TrialOutcome") -> None:
+    def on_trial_end(self, outcome: TrialOutcome) -> None:
         self.done += 1
         if outcome.best_number is not None:
             self.best = f"{outcome.best_value:.4f} (trial {outcome.best_number})"
