@@ -12,8 +12,8 @@ Choices, and why:
 * **Search**: Optuna's multivariate TPE (seeded), over the settings that moved the README's sweeps: learning rate,
   weight decay, embedding size, dropout, batch size, early-stopping patience and, for the ranking (watch) output,
   the shared negatives and the watch loss weight (:func:`search_space`; sizes are filtered by the data's size). The
-  first trial of a new study is the preset itself, so the search starts from the measured default and the best it
-  reports is never worse on validation than that default under the same budget of epochs.
+  first trial of a new study is the preset itself, so the search starts from the measured default and, once that
+  trial has finished, the best it reports is never worse on validation than the default with the same epochs.
 * **Objective**: ``ndcg@10`` maximises val NDCG@10 of the ranking the saved model uses (the blend chosen on val);
   ``rmse`` minimises val RMSE; ``both`` maximises ``val NDCG@10 - 0.35 x val RMSE`` (a scalarisation, so pruning
   works: at ML-100K's operating point, NDCG@10 about 0.34 and RMSE about 0.90, one percent of either weighs the same).
@@ -22,7 +22,8 @@ Choices, and why:
   worse than the median of earlier trials at the same epoch (after a few warm-up trials and epochs). A pruned trial
   stops training at once (``optuna.TrialPruned`` raised from the epoch callback) and its folder is deleted.
 * **Budget**: no trial starts after the budget, and a running trial is stopped at its next block of steps (recorded
-  as failed, reason "budget", so the sampler does not learn from it). ``n_trials`` caps the trials of one call.
+  as failed, reason "time budget reached", so the sampler does not learn from it; so is a trial whose loss
+  diverged). ``n_trials`` caps the trials of one call.
 * **Storage**: SQLite in ``<workdir>/tune/study.db``, one study per preset and objective; calling again continues
   it. A second call seeds the sampler with (seed, trials so far), so it does not replay the first call's samples.
   A killed call leaves its running trial behind; the heartbeat marks it failed when the study resumes.
@@ -53,7 +54,6 @@ from embedrec.workdir import atomic_write_text, set_latest_run
 if TYPE_CHECKING:
     import optuna
 
-Objective = Literal["ndcg@10", "rmse", "both"]
 OBJECTIVES: tuple[str, ...] = ("ndcg@10", "rmse", "both")
 BOTH_RMSE_WEIGHT = 0.35
 DEFAULT_BUDGET_S = 600.0
