@@ -524,7 +524,7 @@ def tune(data_dir: Path | None, *, workdir: Path, out: Path | None = None, prese
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.sampler = optuna.samplers.TPESampler(seed=seed + n_before, multivariate=True,
                                                    n_startup_trials=5)
-    if not study.trials:
+    if all(t.state == optuna.trial.TrialState.FAIL for t in study.trials):  # new, or its first trials were stopped
         study.enqueue_trial(preset_point(preset, space))
 
     fixed = {"preset": preset, "epochs": epochs, "seed": seed}

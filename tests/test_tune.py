@@ -239,3 +239,11 @@ def test_the_budget_stops_a_running_trial(synthetic_prepared: Path, tmp_path: Pa
     assert "time budget" in trial.user_attrs["reason"]
     assert len(trial.intermediate_values) < 500
     assert not list((tmp_path / "tune" / "models").glob("*/trial-*"))
+    # the next call starts again from the preset, since its trial never finished
+    again = _cli(["tune", "--data", str(synthetic_prepared), "--workdir", str(tmp_path), "--preset", "seed",
+                  "--objective", "rmse", "--budget", "1s", "--max-epochs", "500"], tmp_path)
+    assert again.returncode == 2
+    first, second = _study(tmp_path, "seed-rmse").trials
+    point = preset_point("seed", search_space(preset="seed", n_train=14_000, n_movies=400))
+    assert point == {"lr": preset("seed")[1].lr, "dropout": preset("seed")[0].dropout}  # the rest is outside the space
+    assert {k: first.params[k] for k in point} == {k: second.params[k] for k in point} == point
