@@ -1,4 +1,4 @@
-"""The only code that reads or writes model folders (training runs) and their checkpoints.
+"""The only code that reads or writes model folders (training runs); checkpoints are :mod:`embedrec.checkpoints`.
 
 A run folder::
 
@@ -9,7 +9,7 @@ A run folder::
     vocab.json            genre vocabularies
     history.json          one record per epoch
     learning_curve.png    train / val curves
-    checkpoints/          epoch-NNNN/ (arrays.safetensors + meta.json) and LATEST, written atomically
+    checkpoints/          see embedrec.checkpoints
 
 Weight names: ``user_embedding``, ``movie_embedding``, ``genre_embedding``, optional ``user_bias``, ``movie_bias``,
 ``watch_bias`` (each (n, 1)), ``head.layers.{i}.kernel`` / ``.bias`` for the hidden Dense layers, ``head.out.kernel``
@@ -50,19 +50,6 @@ from embedrec.workdir import atomic_write_text
 SCHEMA_VERSION = 1
 MODEL_KIND = "embedrec-model"
 VOCAB_FILES = ("users.parquet", "movies.parquet", "vocab.json")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -137,103 +124,6 @@ def read_json(path: Path) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------------------------
-class CheckpointDir:
-    """Per-epoch checkpoints that survive a crash mid-save.
-
-    Each save writes ``checkpoints/.tmp-*/`` completely (arrays, then meta.json, each fsynced), renames it to
-    ``epoch-NNNN-sSSSSS``, and only then points ``LATEST`` at it (atomic replace). A kill at any moment leaves either
-    the previous LATEST or the new one, both complete. :meth:`load` falls back to the newest complete folder when
-    LATEST is missing or names a damaged one. The two newest checkpoints are kept.
-    """
-
-    def __init__(self, root: Path, keep: int = 2, *, required: dict[str, tuple[type, ...]] | None = None) -> None:
-        self.root = root
-        self.keep = keep
-        self.required = required or {}  # meta keys (and types) a checkpoint must have to be loaded
-
-    def save(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        name = f"epoch-{int(meta['epoch']):04d}-s{int(meta['step']):06d}"
-        tmp = self.root / f".tmp-{name}-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        try:
-            tmp.mkdir()
-            save_arrays(tmp / "arrays.safetensors", arrays)
-            write_json(tmp / "meta.json", {"schema_version": SCHEMA_VERSION, "complete": True, **meta})
-            _fsync_dir(tmp)
-        except BaseException as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            name_target(exc, tmp, self.root)
-            raise
-        final = self.root / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(self.root)
-        atomic_write_text(self.root / "LATEST", name + "\n")
-        self._prune(keep_name=name)
-
-    def _complete(self) -> list[Path]:
-        found = [p for p in self.root.glob("epoch-*") if (p / "meta.json").is_file()
-                 and (p / "arrays.safetensors").is_file()]
-        return sorted(found, key=lambda p: p.name)
-
-    def _prune(self, keep_name: str) -> None:
-        for p in self._complete()[:-self.keep]:
-            if p.name != keep_name:
-                shutil.rmtree(p, ignore_errors=True)
-        for p in self.root.glob(".tmp-*"):
-            shutil.rmtree(p, ignore_errors=True)
-
-    def load(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-        """The newest complete checkpoint as (arrays, meta), or None when there is none."""
-        if not self.root.is_dir():
-            return None
-        candidates = list(reversed(self._complete()))
-        marker = self.root / "LATEST"
-        if marker.is_file():
-            named = self.root / marker.read_text(encoding="utf-8").strip()
-            if named in candidates:
-                candidates.remove(named)
-                candidates.insert(0, named)
-        for folder in candidates:
-            try:
-                meta = read_json(folder / "meta.json")
-                if not checkpoint_meta_ok(meta, self.required):
-                    continue
-                if "best_rmse" in meta and meta["best_rmse"] is None:  # strict JSON stored the initial inf as null
-                    meta = {**meta, "best_rmse": math.inf}
-                return load_arrays(folder / "arrays.safetensors"), meta
-            except ArtifactError:
-                continue
-        return None
-
-
-# what resuming a training run reads from a checkpoint's meta.json (train.py writes these)
-RESUME_KEYS: dict[str, tuple[type, ...]] = {
-    "epoch": (int,), "step": (int,), "history": (list,), "best_rmse": (int, float, type(None)),
-    "best_epoch": (int,), "bad_epochs": (int,), "fingerprint": (str,),
-}
-
-
-def checkpoint_meta_ok(meta: Any, required: dict[str, tuple[type, ...]]) -> bool:
-    """A checkpoint's meta.json is complete and has every ``required`` key with its type (else the folder is
-    skipped like a damaged one, and an older complete checkpoint is used)."""
-    if not isinstance(meta, dict) or meta.get("complete") is not True:
-        return False
-    for key, types in required.items():
-        value = meta.get(key)
-        if key not in meta or isinstance(value, bool) or not isinstance(value, types):
-            return False
-        if isinstance(value, int) and value < 0:
-            return False
-    history = meta.get("history", [])
-    return not isinstance(history, list) or all(isinstance(h, dict) for h in history)
-
-
 def read_run_meta(run_dir: Path) -> dict[str, Any]:
     """A run folder's ``run.json`` (written when training starts), checked for what ``--resume`` reads."""
     path = Path(run_dir) / "run.json"

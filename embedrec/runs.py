@@ -16,19 +16,12 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from embedrec.artifacts import (
-    RESUME_KEYS,
-    SCHEMA_VERSION,
-    CheckpointDir,
-    read_json,
-    read_run_meta,
-    save_model,
-    write_json,
-)
+from embedrec.artifacts import SCHEMA_VERSION, read_json, read_run_meta, save_model, write_json
+from embedrec.checkpoints import RESUME_KEYS, CheckpointDir
 from embedrec.config import (
     ModelConfig,
     TrainConfig,
@@ -41,6 +34,10 @@ from embedrec.config import (
 )
 from embedrec.errors import ArtifactError, ConfigError
 from embedrec.workdir import data_dir as data_dir_of, models_dir, set_latest_run
+
+if TYPE_CHECKING:
+    from embedrec.data.store import PreparedData
+    from embedrec.train import Callbacks, TrainResult
 
 BETAS = (0.0, 0.25, 0.5, 1.0, 2.0)  # blends of watch logit + beta * predicted rating tried on the val split
 
@@ -116,17 +113,21 @@ def _check_resumable(run_dir: Path, train_cfg: TrainConfig) -> None:
                           "it further")
 
 
-def choose_ranking(result: Any, prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, Any]:
+def choose_ranking(result: TrainResult, prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig
+                   ) -> dict[str, Any]:
     """Pick the recommend score by val NDCG@10: watch logit + beta * rating for beta in BETAS; rating-only models
     rank by rating."""
     if not model_cfg.watch_head or result.scorer is None or train_cfg.negatives == 0:
         return {"score": "rating"}  # without sampled negatives the watch output never learned anything
-    from embedrec.train import rank_on_split
+    from functools import partial
+
+    from embedrec.data.split import VAL
+    from embedrec.validation import rank_on_split
 
     scores = {}
     for beta in BETAS:
-        ndcg = rank_on_split(lambda _h, _t, users, b: result.scorer(users, b), None, None, beta,
-                             prepared=prepared, split_code=1, max_users=train_cfg.val_users or None)
+        ndcg = rank_on_split(partial(result.scorer, beta=beta), prepared=prepared, split_code=VAL,
+                             max_users=train_cfg.val_users or None)
         if ndcg is None:
             return {"score": "blend", "beta": 0.0, "chosen_by": "default (no relevant rating in the val split)"}
         scores[beta] = ndcg
@@ -136,7 +137,7 @@ def choose_ranking(result: Any, prepared: Any, model_cfg: ModelConfig, train_cfg
 
 
 def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path | None = None, preset: str = "default",
-              overrides: dict[str, Any] | None = None, callbacks: Any = None, resume: bool = False,
+              overrides: dict[str, Any] | None = None, callbacks: Callbacks | None = None, resume: bool = False,
               stop_requested: Callable[[], bool] | None = None) -> RunResult:
     """Train a model on a prepared data set and write its run folder; returns where and how it went.
 

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from embedrec.cli.common import JsonOpt, WorkdirOpt, app, console, err_console, handle_errors
 from embedrec.errors import ConfigError
 from embedrec.workdir import latest_run, resolve_workdir
+
+if TYPE_CHECKING:
+    from embedrec.runs import RunResult
 
 _HP = "Hyperparameters (override the preset)"
 
@@ -170,6 +173,11 @@ def train_cmd(
         view.stop()
         signal.signal(signal.SIGINT, previous)
 
+    _print_result(result, as_json=as_json)
+
+
+def _print_result(result: RunResult, *, as_json: bool) -> None:
+    """The closing summary of a run (or, when it was interrupted, how to resume it: exit 130)."""
     if result.interrupted:
         done = result.history[-1]["epoch"] if result.history else 0
         err_console.print(f"[yellow]interrupted after epoch {done}; checkpoint saved in "
