@@ -261,9 +261,9 @@ def _check_finite(stats: np.ndarray, epoch: int, first_step: int) -> None:
 
 
 def _run_epoch(run: Run, state: TrainState, epoch: int, start: Position, lr: jax.Array, cb: Callbacks,
-               stop_requested: Callable[[], bool]) -> tuple[TrainState, Position, int, bool]:
-    """Train one epoch from ``start``; (state, position reached, samples trained, whether a stop was requested
-    mid-epoch)."""
+               stop_requested: Callable[[], bool]) -> tuple[TrainState, Position, int, float, bool]:
+    """Train one epoch from ``start``; (state, position reached, samples trained, seconds of training (the shuffle
+    excluded), whether a stop was requested mid-epoch)."""
     cfg, schedule, split = run.train_cfg, run.schedule, run.train_split
     n_train, bsz = schedule.n_train, schedule.batch_size
     perm = np.random.default_rng([cfg.seed, epoch]).permutation(n_train)
@@ -285,8 +285,8 @@ def _run_epoch(run: Run, state: TrainState, epoch: int, start: Position, lr: jax
         cb.on_block(epoch, steps_done, schedule.steps_per_epoch, float(sums[0] / max(sums[1], 1)),
                     samples_done / max(elapsed, 1e-9))
         if stop_requested() and steps_done < schedule.steps_per_epoch:
-            return state, Position(epoch, steps_done, sums), samples_done, True
-    return state, Position(epoch, steps_done, sums), samples_done, False
+            return state, Position(epoch, steps_done, sums), samples_done, time.perf_counter() - t0, True
+    return state, Position(epoch, steps_done, sums), samples_done, time.perf_counter() - t0, False
 
 
 def _epoch_record(run: Run, state: TrainState, position: Position, seconds: float, samples: int,
@@ -357,12 +357,11 @@ def train(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig
     for epoch in range(position.epoch, train_cfg.epochs + 1):
         lr = jnp.float32(train_cfg.lr * train_cfg.lr_decay ** (epoch - 1))
         start = position if epoch == position.epoch else Position(epoch)
-        t0 = time.perf_counter()
-        state, reached, samples, interrupted = _run_epoch(run, state, epoch, start, lr, cb, stop_requested)
+        state, reached, samples, seconds, interrupted = _run_epoch(run, state, epoch, start, lr, cb, stop_requested)
         if interrupted:
             save(state, reached, history, best)
             break
-        record = _epoch_record(run, state, reached, time.perf_counter() - t0, samples, lr)
+        record = _epoch_record(run, state, reached, seconds, samples, lr)
         history.append(record)
         if record["val_rmse"] < best.rmse or not len(run.val_split.ratings):
             best = BestEpoch(record["val_rmse"], epoch, flatten_tree(
