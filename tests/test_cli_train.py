@@ -72,7 +72,7 @@ def test_resume_is_passed_through(calls: list[dict], tmp_path: Path) -> None:
 def test_info_reads_a_model_folder(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
-    meta = {"schema_version": 1, "preset": "seed", "n_params": 99,
+    meta = {"schema_version": 1, "kind": "embedrec-model", "preset": "seed", "n_params": 99,
             "model": {"embedding_dim": 4, "genre_mode": "string", "hidden": [8], "dropout": 0.2, "biases": False,
                       "watch_head": False},
             "train": {"optimizer": "adam", "lr": 0.001, "lr_decay": 1.0, "batch_size": 8, "epochs": 2,

@@ -87,8 +87,8 @@ class PrepareConfig:
         if len(self.delimiter) != 1 or self.delimiter in "\r\n\"":
             raise ConfigError(f"--delimiter must be one character (e.g. ',' ';' or a tab), got {self.delimiter!r}")
         cols = (("--user-col", self.user_col), ("--movie-col", self.movie_col), ("--rating-col", self.rating_col))
-        for name, value in cols:
-            if not value:
+        for name, column in cols:
+            if not column:
                 raise ConfigError(f"{name} must name a column")
         named = [self.user_col, self.movie_col, self.rating_col] + ([self.time_col] if self.time_col else [])
         if len(set(named)) < len(named):

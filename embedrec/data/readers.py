@@ -218,7 +218,7 @@ def read_rating_columns(
     types: dict[str, Any] = {columns.user: pa.int64(), columns.movie: pa.int64(), columns.rating: pa.float32()}
     if columns.time is not None:
         types[columns.time] = time_type
-    kw = dict(path=path, names=names, delimiter=delimiter, quoting=quoting, nrows=nrows)
+    kw: dict[str, Any] = dict(path=path, names=names, delimiter=delimiter, quoting=quoting, nrows=nrows)
     time_text = False
     try:
         table = _read_table(_source(path, data), types=types, **kw)

@@ -78,7 +78,9 @@ def sweep_stale_sources() -> None:
 
 
 @contextmanager
-def open_source(source: str | Path, *, config: PrepareConfig, cache_dir: Path | None) -> Iterator[tuple[Layout, str]]:
+def open_source(
+    source: str | os.PathLike[str], *, config: PrepareConfig, cache_dir: Path | None
+) -> Iterator[tuple[Layout, str]]:
     """Yield the detected layout of ``source`` and a display name for it (e.g. ``ml-latest-small``)."""
     path = Path(source)
     if path.exists():
@@ -96,12 +98,13 @@ def open_source(source: str | Path, *, config: PrepareConfig, cache_dir: Path | 
                 return
             if config.format == "auto" and (path.name in _WANTED or path.suffix == ".inter"):
                 # a file of a MovieLens layout (e.g. ml-latest-small/ratings.csv): read its whole folder
+                found: Layout | None
                 try:
-                    layout = detect_layout(path.parent, config=config)
+                    found = detect_layout(path.parent, config=config)
                 except DataError:
-                    layout = None
-                if layout is not None:
-                    yield layout, path.parent.resolve().name
+                    found = None
+                if found is not None:
+                    yield found, path.parent.resolve().name
                     return
             yield detect_layout(path, config=replace(config, format="csv")), path.name
             return
@@ -109,9 +112,9 @@ def open_source(source: str | Path, *, config: PrepareConfig, cache_dir: Path | 
         return
     name = str(source)
     if name in DATASETS:
-        folder = cached_folder(name, cache_dir) if cache_dir is not None else None
-        if folder is not None:
-            yield detect_layout(folder, config=config), name
+        cached = cached_folder(name, cache_dir) if cache_dir is not None else None
+        if cached is not None:
+            yield detect_layout(cached, config=config), name
             return
         archive = cache_dir / f"{name}.zip" if cache_dir is not None else None
         if archive is not None and archive.is_file():

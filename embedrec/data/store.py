@@ -70,7 +70,7 @@ def fingerprint(
     h.update(json.dumps([len(user_idx), n_users, n_movies, n_genres, n_genre_strings]).encode())
     for arr, dtype in ((user_idx, np.int32), (movie_idx, np.int32), (rating, np.float32), (timestamp, np.int64),
                        (split, np.int8)):
-        h.update(memoryview(np.ascontiguousarray(arr, dtype=dtype)).cast("B"))
+        h.update(np.ascontiguousarray(arr, dtype=dtype).data.cast("B"))
     return h.hexdigest()
 
 
