@@ -4,17 +4,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
 DEMO_DIR ?= .embedrec-demo
 
-.PHONY: demo test venv clean bench browser
+.PHONY: demo test lint lock venv clean bench browser
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "embedrec needs Python >= 3.11 (found " + sys.version.split()[0] + "); run: make PYTHON=python3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[test,lint]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -38,6 +39,21 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/prepare_speed.py --scale both
 	$(BIN)/python benchmarks/recommend_speed.py
 	$(BIN)/python benchmarks/serve_load.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check embedrec tests benchmarks examples
+	$(BIN)/ruff format --check embedrec tests benchmarks examples
+	$(BIN)/mypy
+
+# Refresh the lock (the exact versions `make demo`/`make test` install): resolve the newest versions pyproject.toml
+# allows in a throw-away venv and freeze them. Commit requirements.lock after `make lock && make lint test` passes.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet -e '.[test,lint]'
+	.venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^embedrec' > $(LOCK)
+	rm -rf .venv-lock
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .embedrec

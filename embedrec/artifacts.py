@@ -1,4 +1,4 @@
-"""The only code that reads or writes model folders (training runs) and their checkpoints.
+"""The only code that reads or writes model folders (training runs); checkpoints are :mod:`embedrec.checkpoints`.
 
 A run folder::
 
@@ -9,7 +9,7 @@ A run folder::
     vocab.json            genre vocabularies
     history.json          one record per epoch
     learning_curve.png    train / val curves
-    checkpoints/          epoch-NNNN/ (arrays.safetensors + meta.json) and LATEST, written atomically
+    checkpoints/          see embedrec.checkpoints
 
 Weight names: ``user_embedding``, ``movie_embedding``, ``genre_embedding``, optional ``user_bias``, ``movie_bias``,
 ``watch_bias`` (each (n, 1)), ``head.layers.{i}.kernel`` / ``.bias`` for the hidden Dense layers, ``head.out.kernel``
@@ -21,9 +21,11 @@ starts quickly. No pickle anywhere: JSON, safetensors and Parquet only.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -41,7 +43,8 @@ from embedrec.config import (
     to_dict,
     train_config_from_dict,
 )
-from embedrec.errors import ArtifactError
+from embedrec.errors import ArtifactError, ConfigError
+from embedrec.tempfiles import name_target, removed_on_failure, sweep_stale, temp_sibling
 from embedrec.workdir import atomic_write_text
 
 SCHEMA_VERSION = 1
@@ -49,29 +52,24 @@ MODEL_KIND = "embedrec-model"
 VOCAB_FILES = ("users.parquet", "movies.parquet", "vocab.json")
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write named arrays to a safetensors file atomically (temp file, fsync, rename)."""
     from safetensors.numpy import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    sweep_stale(path.parent, path.name)
+    with removed_on_failure(temp_sibling(path), target=path) as tmp:
+        try:
+            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+        except OSError as exc:
+            exc.filename = exc.filename or str(path)
+            raise
+        except Exception as exc:  # safetensors reports a failed write (disk full) as its own error type
+            code = re.search(r"(?:os error |code: )(\d+)", str(exc))  # "I/O error: File too large (os error 27)"
+            raise OSError(int(code.group(1)) if code else errno.EIO, f"writing failed ({exc})", str(path)) from None
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
 
 
 def load_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -126,71 +124,27 @@ def read_json(path: Path) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------------------------
-class CheckpointDir:
-    """Per-epoch checkpoints that survive a crash mid-save.
-
-    Each save writes ``checkpoints/.tmp-*/`` completely (arrays, then meta.json, each fsynced), renames it to
-    ``epoch-NNNN-sSSSSS``, and only then points ``LATEST`` at it (atomic replace). A kill at any moment leaves either
-    the previous LATEST or the new one, both complete. :meth:`load` falls back to the newest complete folder when
-    LATEST is missing or names a damaged one. The two newest checkpoints are kept.
-    """
-
-    def __init__(self, root: Path, keep: int = 2) -> None:
-        self.root = root
-        self.keep = keep
-
-    def save(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        name = f"epoch-{int(meta['epoch']):04d}-s{int(meta['step']):06d}"
-        tmp = self.root / f".tmp-{name}-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        save_arrays(tmp / "arrays.safetensors", arrays)
-        write_json(tmp / "meta.json", {"schema_version": SCHEMA_VERSION, "complete": True, **meta})
-        _fsync_dir(tmp)
-        final = self.root / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(self.root)
-        atomic_write_text(self.root / "LATEST", name + "\n")
-        self._prune(keep_name=name)
-
-    def _complete(self) -> list[Path]:
-        found = [p for p in self.root.glob("epoch-*") if (p / "meta.json").is_file()
-                 and (p / "arrays.safetensors").is_file()]
-        return sorted(found, key=lambda p: p.name)
-
-    def _prune(self, keep_name: str) -> None:
-        for p in self._complete()[:-self.keep]:
-            if p.name != keep_name:
-                shutil.rmtree(p, ignore_errors=True)
-        for p in self.root.glob(".tmp-*"):
-            shutil.rmtree(p, ignore_errors=True)
-
-    def load(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-        """The newest complete checkpoint as (arrays, meta), or None when there is none."""
-        if not self.root.is_dir():
-            return None
-        candidates = list(reversed(self._complete()))
-        marker = self.root / "LATEST"
-        if marker.is_file():
-            named = self.root / marker.read_text(encoding="utf-8").strip()
-            if named in candidates:
-                candidates.remove(named)
-                candidates.insert(0, named)
-        for folder in candidates:
-            try:
-                meta = read_json(folder / "meta.json")
-                if not meta.get("complete"):
-                    continue
-                return load_arrays(folder / "arrays.safetensors"), meta
-            except ArtifactError:
-                continue
-        return None
+def read_run_meta(run_dir: Path) -> dict[str, Any]:
+    """A run folder's ``run.json`` (written when training starts), checked for what ``--resume`` reads."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise ArtifactError(f"{run_dir} is not a training run (no run.json): pass the folder `embedrec train` "
+                            "made, or start a new run without --resume")
+    meta = read_json(path)
+    problems = []
+    if not isinstance(meta, dict):
+        problems.append("it is not a JSON object")
+    else:
+        for key in ("model", "train", "data"):
+            if not isinstance(meta.get(key), dict):
+                problems.append(f"{key!r} is missing")
+        data = meta.get("data")
+        if isinstance(data, dict) and not isinstance(data.get("path"), str):
+            problems.append("'data' lacks the data folder's 'path'")
+    if problems:
+        raise ArtifactError(f"{path} is damaged ({'; '.join(problems)}): --resume cannot continue this run; start a "
+                            "new one")
+    return meta
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -290,27 +244,112 @@ def save_model(run_dir: Path, *, module: Any, model_cfg: ModelConfig, train_cfg:
     return run_dir
 
 
+def validate_model_meta(meta: Any, path: Path) -> tuple[ModelConfig, TrainConfig, DataShape]:
+    """Check a ``model.json`` (read from ``path``) and return its configs; ArtifactError naming the problem.
+
+    A model folder may have been edited by hand, copied half, or written by another program: its schema, the types
+    of every setting and the ranking choice are checked here, once, so that nothing later meets a list where a table
+    belongs or a string where a number does.
+    """
+    def bad(problem: str) -> ArtifactError:
+        return ArtifactError(f"{path} is not a valid embedrec model ({problem}): retrain, or pass another --model")
+
+    if not isinstance(meta, dict):
+        raise bad(f"expected a JSON object, found a {type(meta).__name__}")
+    if meta.get("kind") != MODEL_KIND:
+        raise ArtifactError(f"{path} is not an embedrec model")
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise ArtifactError(f"{path.parent} has model schema {meta.get('schema_version')}, this embedrec reads "
+                            f"{SCHEMA_VERSION}: retrain with this version")
+    for key in ("model", "train", "shape"):
+        if not isinstance(meta.get(key), dict):
+            found = "missing" if key not in meta else f"a {type(meta[key]).__name__}"
+            raise bad(f"{key!r} must be a table of settings, found {found}")
+    try:
+        model_cfg = model_config_from_dict(meta["model"])
+        train_cfg = train_config_from_dict(meta["train"])
+        shape = data_shape_from_dict(meta["shape"])
+    except ConfigError as exc:
+        raise bad(str(exc)) from None
+    ranking = meta.get("ranking", {"score": "rating"})
+    if ranking is None:
+        ranking = {}
+    if not isinstance(ranking, dict) or ranking.get("score", "rating") not in ("rating", "blend"):
+        raise bad(f"'ranking' must be {{'score': 'rating' or 'blend', ...}}, found {ranking!r}")
+    beta = ranking.get("beta", 0.0)
+    if ranking.get("score") == "blend" and (isinstance(beta, bool) or not isinstance(beta, (int, float))
+                                            or not math.isfinite(beta)):
+        raise bad(f"the ranking blend's beta must be a finite number, found {beta!r}")
+    data = meta.get("data", {})
+    if not isinstance(data, dict):
+        raise bad(f"'data' must be a table, found a {type(data).__name__}")
+    return model_cfg, train_cfg, shape
+
+
+def expected_weight_shapes(model_cfg: ModelConfig, shape: DataShape) -> dict[str, tuple[int, ...]]:
+    """Every weight a model with these settings has, and its shape (``genre_idx``/``genre_w`` width is free: -1)."""
+    d = model_cfg.embedding_dim
+    out: dict[str, tuple[int, ...]] = {
+        "user_embedding": (shape.n_users, d), "movie_embedding": (shape.n_movies, d),
+        "genre_embedding": (shape.n_genres, d),
+        "genre_idx": (shape.n_movies, -1), "genre_w": (shape.n_movies, -1),
+    }
+    if model_cfg.biases:
+        out.update(user_bias=(shape.n_users, 1), movie_bias=(shape.n_movies, 1))
+    if model_cfg.watch_head:
+        out["watch_bias"] = (shape.n_movies, 1)
+    sizes = (3 * d, *model_cfg.hidden)
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        out[f"head.layers.{i}.kernel"] = (a, b)
+        out[f"head.layers.{i}.bias"] = (b,)
+    out["head.out.kernel"] = (sizes[-1], 1)
+    out["head.out.bias"] = (1,)
+    return out
+
+
+def validate_model_weights(weights: dict[str, np.ndarray], model_cfg: ModelConfig, shape: DataShape,
+                           path: Path) -> None:
+    """Check the weights of ``path`` against the settings in model.json: names, shapes, dtypes, finite values, and
+    genre inputs that index the genre table. A wrong shape would otherwise broadcast or crash deep in scoring, and a
+    NaN weight would rank movies silently at random."""
+    def bad(problem: str) -> ArtifactError:
+        return ArtifactError(f"{path} does not match model.json ({problem}): the folder is damaged; retrain")
+
+    expected = expected_weight_shapes(model_cfg, shape)
+    lacking = [name for name in expected if name not in weights]
+    if lacking:
+        raise ArtifactError(f"{path} lacks {', '.join(lacking)}: the folder is damaged; retrain")
+    for name, want in expected.items():
+        got = tuple(weights[name].shape)
+        if len(got) != len(want) or any(w not in (-1, g) for w, g in zip(want, got)):
+            shown = "x".join("G" if w == -1 else str(w) for w in want)
+            raise bad(f"{name} is {'x'.join(map(str, got)) or 'a scalar'}, expected {shown}")
+    if weights["genre_idx"].shape != weights["genre_w"].shape:
+        raise bad(f"genre_idx {weights['genre_idx'].shape} and genre_w {weights['genre_w'].shape} differ")
+    gi = weights["genre_idx"]
+    if not np.issubdtype(gi.dtype, np.integer):
+        raise bad(f"genre_idx holds {gi.dtype}, expected integers")
+    if gi.size and (int(gi.min()) < 0 or int(gi.max()) >= shape.n_genres):
+        raise bad(f"genre_idx spans {int(gi.min())}..{int(gi.max())}, outside the {shape.n_genres} genre rows")
+    for name in expected:
+        arr = weights[name]
+        if name == "genre_idx":
+            continue
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise bad(f"{name} holds {arr.dtype}, expected floats")
+        if not np.isfinite(arr).all():
+            raise bad(f"{name} holds NaN or infinite values")
+
+
 def load_model(run_dir: Path) -> ModelArtifact:
     """Read a model folder written by :func:`save_model`; clear ArtifactError when it is missing or damaged."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ArtifactError(f"model folder {run_dir} does not exist: run `embedrec train`, or pass --model DIR")
     meta = read_json(run_dir / "model.json")
-    if meta.get("kind") != MODEL_KIND:
-        raise ArtifactError(f"{run_dir / 'model.json'} is not an embedrec model")
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise ArtifactError(f"{run_dir} has model schema {meta.get('schema_version')}, this embedrec reads "
-                            f"{SCHEMA_VERSION}: retrain with this version")
+    model_cfg, train_cfg, shape = validate_model_meta(meta, run_dir / "model.json")
     weights = load_arrays(run_dir / "weights.safetensors")
-    needed = ["user_embedding", "movie_embedding", "genre_embedding", "head.out.kernel", "genre_idx", "genre_w"]
-    if meta.get("model", {}).get("biases"):
-        needed += ["user_bias", "movie_bias"]
-    if meta.get("model", {}).get("watch_head"):
-        needed += ["watch_bias"]
-    lacking = [name for name in needed if name not in weights]
-    if lacking:
-        raise ArtifactError(f"{run_dir / 'weights.safetensors'} lacks {', '.join(lacking)}: the folder is damaged; "
-                            "retrain")
+    validate_model_weights(weights, model_cfg, shape, run_dir / "weights.safetensors")
     import pyarrow.parquet as pq
 
     from embedrec.data.store import movies_frame
@@ -321,14 +360,21 @@ def load_model(run_dir: Path) -> ModelArtifact:
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{run_dir}: vocabulary files are missing or corrupt ({exc}); retrain") from None
     vocab = read_json(run_dir / "vocab.json") if (run_dir / "vocab.json").is_file() else {}
+    if not isinstance(vocab, dict):
+        raise ArtifactError(f"{run_dir / 'vocab.json'} is not a JSON object: the folder is damaged; retrain")
+    for frame, file, cols in ((users, "users.parquet", ("user_idx", "user_id")),
+                              (movies, "movies.parquet", ("movie_idx", "movie_id", "title"))):
+        missing = [c for c in cols if c not in frame]
+        if missing:
+            raise ArtifactError(f"{run_dir / file} lacks column {', '.join(missing)}: the folder is damaged; retrain")
     users = users.sort_values("user_idx")
     movies = movies.sort_values("movie_idx").reset_index(drop=True)
     shape = data_shape_from_dict(meta["shape"])
     _check_vocabulary_fits(run_dir, weights, shape, n_users=len(users), n_movies=len(movies))
     return ModelArtifact(
         path=run_dir,
-        model=model_config_from_dict(meta["model"]),
-        train=train_config_from_dict(meta["train"]),
+        model=model_cfg,
+        train=train_cfg,
         shape=shape,
         weights=weights,
         meta=meta,

@@ -53,13 +53,26 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
 _KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", tuple: "a list of whole numbers"}
 
 
+INT_LIMIT = 2**31 - 1  # sizes and counts are int32 on the accelerator; a larger one is a typo, not a setting
+SEED_LIMIT = 2**32 - 1  # seeds are folded into uint32 keys
+
+
 def _check_types(cfg: Any) -> None:
+    """Types first, then the domain every number shares: floats finite, whole numbers within int32."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         coerced = _coerce(f.name, value, f.default)
+        option = f"--{f.name.replace('_', '-')}"
         if coerced is None:
             kind = _KINDS.get(type(f.default), type(f.default).__name__)
-            raise ConfigError(f"--{f.name.replace('_', '-')}: expected {kind}, got {value!r}")
+            raise ConfigError(f"{option}: expected {kind}, got {value!r}")
+        if isinstance(coerced, float) and not math.isfinite(coerced):
+            raise ConfigError(f"{option}: must be a finite number, got {value!r}")
+        if isinstance(coerced, int) and not isinstance(coerced, bool) and f.name != "seed" \
+                and abs(coerced) > INT_LIMIT:
+            raise ConfigError(f"{option}: {value} is out of range (at most {INT_LIMIT:,})")
+        if isinstance(coerced, tuple) and any(abs(v) > INT_LIMIT for v in coerced):
+            raise ConfigError(f"{option}: {list(value)} holds a size out of range (at most {INT_LIMIT:,})")
         object.__setattr__(cfg, f.name, coerced)
 
 
@@ -131,6 +144,9 @@ class TrainConfig:
         _check(self.sampling in ("uniform", "popularity"), "--sampling",
                f"must be uniform or popularity, got {self.sampling}")
         _check(self.val_users >= 0, "--val-users", f"must be >= 0, got {self.val_users}")
+        _check(self.sampling_alpha >= 0, "sampling_alpha",
+               f"must be >= 0 (0 = uniform, 1 = proportional to popularity), got {self.sampling_alpha}")
+        _check(0 <= self.seed <= SEED_LIMIT, "--seed", f"must be a whole number in 0..{SEED_LIMIT}, got {self.seed}")
         _check(self.steps_per_call >= 1, "steps_per_call", f"must be >= 1, got {self.steps_per_call}")
 
     def replace(self, **changes: Any) -> "TrainConfig":
@@ -149,6 +165,9 @@ class DataShape:
     max_genres_per_movie: int = 1
 
     def __post_init__(self) -> None:
+        _check(all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                   for v in dataclasses.astuple(self)), "data", f"sizes and rating range must be finite numbers, got "
+               f"{dataclasses.asdict(self)}")
         _check(self.n_users >= 1 and self.n_movies >= 1 and self.n_genres >= 1, "data",
                "needs at least one user, one movie and one genre")
         _check(self.rating_max > self.rating_min, "data",
@@ -224,8 +243,14 @@ def load_config_file(path: Path) -> dict[str, Any]:
     it between the model and training configs with :func:`split_overrides`.
     """
     if not path.is_file():
-        raise ConfigError(f"--config: {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+        raise ConfigError(f"--config: {path} does not exist" + (" as a file" if path.exists() else ""))
+    raw_bytes = path.read_bytes()
+    try:
+        text = raw_bytes.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        hint = " (it looks like UTF-16)" if raw_bytes[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ConfigError(f"--config: {path} is not UTF-8 text{hint} (bad byte at offset {exc.start}): re-save it "
+                          "as UTF-8") from None
     try:
         if path.suffix.lower() == ".toml":
             import tomllib

@@ -1,7 +1,10 @@
 """One small hierarchy of user-facing errors.
 
-Library code raises these; the CLI turns each into one red line and its exit code. Anything else that escapes is a bug
-and is allowed to show a traceback.
+Library code raises these; the CLI turns each into one red line and its exit code. OSError (a path that cannot be
+used, a full disk) and SIGTERM (:class:`Terminated`) get one line too, through :func:`os_error_message`; anything else
+that escapes is a bug and is allowed to show a traceback.
+
+Exit codes: 2 user error, 3 training diverged, 74 machine fault (disk full, I/O), 130 Ctrl-C, 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -37,3 +40,56 @@ class TrainingDiverged(EmbedrecError):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
 
     exit_code = 3
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: raised from the signal handler so that every ``finally`` and cleanup block runs.
+
+    A BaseException (like KeyboardInterrupt), so ``except Exception`` handlers do not swallow it.
+    """
+
+    exit_code = 143  # 128 + SIGTERM, what a shell reports for a process killed by it
+
+
+IO_FAULT_EXIT_CODE = 74  # sysexits' EX_IOERR: the disk is full, or the device failed; not the user's input
+
+_USER_PATH_HINTS: dict[str, str] = {
+    "EACCES": "permission denied: fix its permissions or choose another path",
+    "EPERM": "operation not permitted: fix its permissions or choose another path",
+    "EROFS": "the file system is read-only: choose a folder on a writable disk",
+    "EISDIR": "is a folder where a file is needed: pass a file path",
+    "ENOTDIR": "a part of this path is a file where a folder is needed: choose a folder path",
+    "ENOENT": "does not exist: check the path",
+    "EEXIST": "already exists: choose a new path",
+    "ENAMETOOLONG": "the path is too long: choose a shorter one",
+    "ELOOP": "has too many symbolic links: pass the real path",
+    "ENOTEMPTY": "is a folder that is not empty: choose an empty or new folder",
+    "EBUSY": "is in use by another process (or a mount point): choose another path",
+}
+_FAULT_HINTS: dict[str, str] = {
+    "ENOSPC": "no space left on the disk: free some space or choose a folder on another disk",
+    "EDQUOT": "disk quota exceeded: free some space or choose a folder on another disk",
+    "EFBIG": "the file grew beyond the size this process may write (ulimit -f): raise the limit",
+    "EIO": "input/output error from the device: check the disk",
+}
+
+
+def os_error_message(exc: OSError) -> tuple[str, int]:
+    """One line and an exit code for an OSError that reached the command line.
+
+    A problem with a path the user gave (permission, read-only disk, a folder where a file belongs, ...) exits 2 like
+    any bad input; a fault of the machine (disk full, file size limit, I/O error) exits :data:`IO_FAULT_EXIT_CODE`.
+    The message names the path when the error carries one.
+    """
+    import errno as errno_mod
+
+    name = errno_mod.errorcode.get(exc.errno or -1, "")
+    where = str(exc.filename) if exc.filename is not None else None
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if name in _USER_PATH_HINTS:
+        text = f"{where}: {_USER_PATH_HINTS[name]}" if where else f"{reason}: {_USER_PATH_HINTS[name]}"
+        return text, 2
+    hint = _FAULT_HINTS.get(name, f"{reason}; check the disk and the path, then run the command again")
+    return (f"{where}: {hint}" if where else hint) + " (partial output was removed)", IO_FAULT_EXIT_CODE

@@ -22,7 +22,7 @@ import numpy as np
 from embedrec.errors import DataError
 from embedrec.scoring import DenseLayers, Scorer, dense_relu_chain, scale_rating, sigmoid
 
-ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-7  # training's Adam (embedrec.train.B1, B2, EPS)
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-7  # training's Adam (embedrec.sparse_adam.B1, B2, EPS)
 FOLD_NEGATIVES = 4096  # unrated movies sampled for the watch loss in larger catalogues
 
 

@@ -15,7 +15,7 @@ after each, and a final Dense 1 whose sigmoid is scaled to the rating range. Opt
 to the final logit. Genres come as a (B, G) index matrix with (B, G) weights: the original's whole genre string is
 G = 1 with weight 1; the "bag" mode averages the movie's single genres.
 
-The embedding tables are :class:`Table` variables kept outside the dense :class:`Head`, so a training step can gather
+The embedding tables are :class:`EmbeddingTable` variables kept outside the dense :class:`Head`, so a training step can gather
 the rows of a batch, differentiate with respect to those rows only, and update the tables row-sparsely. Every forward
 path is a pure function of (head, rows), so the training step, the evaluation code and the numpy fast path in
 ``recommender`` all compute the same thing.
@@ -23,13 +23,18 @@ path is a pure function of (head, rows), so the training step, the evaluation co
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from embedrec.config import DataShape, ModelConfig
+
+if TYPE_CHECKING:
+    from embedrec.data.store import PreparedData
 
 # Which tables are indexed by which id: the training step gathers and updates each group with one index array.
 TABLE_GROUPS: dict[str, tuple[str, ...]] = {
@@ -39,11 +44,43 @@ TABLE_GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
-class Table(nnx.Param):
+class EmbeddingTable(nnx.Param):
     """An embedding table (rows indexed by user, movie or genre). Updated row-sparsely by lazy Adam."""
 
 
-def _hash_u32(x: jax.Array) -> jax.Array:
+@dataclass(frozen=True)
+class GenreInputs:
+    """Per-movie genre slots: (n_movies, G) indices into the genre table and (n_movies, G) weights."""
+
+    idx: np.ndarray
+    weight: np.ndarray
+    n_genres: int
+
+
+def genre_inputs(prepared: PreparedData, genre_mode: str) -> GenreInputs:
+    """The genre input of every movie: the whole genre string (G = 1) or the mean over its single genres."""
+    if genre_mode == "string":
+        idx = np.asarray(prepared.movie_genre_str_idx(), dtype=np.int32)[:, None]
+        return GenreInputs(idx, np.ones_like(idx, dtype=np.float32), max(prepared.n_genre_strings, 1))
+    multi_hot = np.asarray(prepared.movie_genre_multi_hot(), dtype=np.float32)
+    counts = multi_hot.sum(axis=1)
+    g = max(int(counts.max(initial=0)), 1)
+    order = np.argsort(-multi_hot, axis=1, kind="stable")[:, :g].astype(np.int32)
+    present = np.take_along_axis(multi_hot, order, axis=1) > 0
+    weight = np.where(present, 1.0 / np.maximum(counts[:, None], 1.0), 0.0).astype(np.float32)
+    idx = np.where(present, order, 0).astype(np.int32)
+    return GenreInputs(idx, weight, max(prepared.n_genres, 1))
+
+
+def data_shape(prepared: PreparedData, genres: GenreInputs) -> DataShape:
+    """The sizes the network is built for: table rows, rating range and genre slots per movie."""
+    summary = prepared.summary
+    return DataShape(n_users=prepared.n_users, n_movies=prepared.n_movies, n_genres=genres.n_genres,
+                     rating_min=float(summary["rating_min"]), rating_max=float(summary["rating_max"]),
+                     max_genres_per_movie=int(genres.idx.shape[1]))
+
+
+def hash_u32(x: jax.Array) -> jax.Array:
     """A fast 32-bit integer mix (lowbias32): good enough randomness for dropout masks at a few ops per element."""
     x = x ^ (x >> 16)
     x = x * jnp.uint32(0x7FEB352D)
@@ -79,10 +116,10 @@ def dropout(x: jax.Array, rate: float, seed: jax.Array | None, salt: int) -> jax
     n = x.size
     half = (n + 1) // 2
     threshold = min(int(round(rate * 65536)), 65535)
-    mixed_seed = _hash_u32(seed.astype(jnp.uint32) ^ jnp.uint32((salt * 0x9E3779B1) & 0xFFFFFFFF))
+    mixed_seed = hash_u32(seed.astype(jnp.uint32) ^ jnp.uint32((salt * 0x9E3779B1) & 0xFFFFFFFF))
 
     def keep_mask(s: jax.Array) -> jax.Array:
-        words = _hash_u32(jax.lax.iota(jnp.uint32, half) ^ s)
+        words = hash_u32(jax.lax.iota(jnp.uint32, half) ^ s)
         # each 32-bit word gives two 16-bit draws
         draws = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:n].reshape(x.shape)
         return draws >= jnp.uint16(threshold)
@@ -127,14 +164,14 @@ class EmbeddingConcat(nnx.Module):
         else:  # small normal rows, so the watch dot product starts near zero whatever d is
             def init(key: jax.Array, n: int) -> jax.Array:
                 return jax.random.normal(key, (n, d), jnp.float32) * (0.1 / jnp.sqrt(d / 16.0))
-        self.user_embedding = Table(init(rngs.params(), shape.n_users))
-        self.movie_embedding = Table(init(rngs.params(), shape.n_movies))
-        self.genre_embedding = Table(init(rngs.params(), shape.n_genres))
+        self.user_embedding = EmbeddingTable(init(rngs.params(), shape.n_users))
+        self.movie_embedding = EmbeddingTable(init(rngs.params(), shape.n_movies))
+        self.genre_embedding = EmbeddingTable(init(rngs.params(), shape.n_genres))
         if cfg.biases:
-            self.user_bias = Table(jnp.zeros((shape.n_users, 1), jnp.float32))
-            self.movie_bias = Table(jnp.zeros((shape.n_movies, 1), jnp.float32))
+            self.user_bias = EmbeddingTable(jnp.zeros((shape.n_users, 1), jnp.float32))
+            self.movie_bias = EmbeddingTable(jnp.zeros((shape.n_movies, 1), jnp.float32))
         if cfg.watch_head:
-            self.watch_bias = Table(jnp.zeros((shape.n_movies, 1), jnp.float32))
+            self.watch_bias = EmbeddingTable(jnp.zeros((shape.n_movies, 1), jnp.float32))
         self.head = Head(3 * d, cfg.hidden, cfg.dropout, rngs=rngs)
 
     # -- tables -------------------------------------------------------------------------------------------------
@@ -209,8 +246,14 @@ def pool_genres(genre_rows: jax.Array, genre_w: jax.Array) -> jax.Array:
     return jnp.einsum("bgd,bg->bd", genre_rows, genre_w)
 
 
+def item_vectors(movie_rows: jax.Array, genre_rows: jax.Array, genre_w: jax.Array) -> jax.Array:
+    """A movie as the watch output sees it: its embedding plus its pooled genres, (B, d)."""
+    return movie_rows + pool_genres(genre_rows, genre_w)
+
+
 def rating_logit_from_rows(head: Head, rows: Mapping[str, jax.Array], genre_w: jax.Array, *,
                            dropout_seed: jax.Array | None = None) -> jax.Array:
+    """The rating logit of each (user, movie) row pair: concat, :class:`Head`, plus the optional biases."""
     g = pool_genres(rows["genre_embedding"], genre_w)
     x = jnp.concatenate([rows["user_embedding"], rows["movie_embedding"], g], axis=-1)
     logit = head(x, dropout_seed=dropout_seed)
@@ -220,16 +263,46 @@ def rating_logit_from_rows(head: Head, rows: Mapping[str, jax.Array], genre_w: j
 
 
 def scale_rating(logit: jax.Array, shape: DataShape) -> jax.Array:
+    """The sigmoid of the logit stretched over the data's rating range."""
     return shape.rating_min + (shape.rating_max - shape.rating_min) * jax.nn.sigmoid(logit)
 
 
-def rating_from_rows(head: Head, rows: Mapping[str, jax.Array], genre_w: jax.Array, *, cfg: ModelConfig,
-                     shape: DataShape, dropout_seed: jax.Array | None = None) -> jax.Array:
+def rating_from_rows(head: Head, rows: Mapping[str, jax.Array], genre_w: jax.Array, *,
+                     cfg: ModelConfig | None = None, shape: DataShape,
+                     dropout_seed: jax.Array | None = None) -> jax.Array:
+    """Predicted ratings from gathered rows (``cfg`` is accepted for callers that pass it; the rows say it all)."""
     del cfg
     return scale_rating(rating_logit_from_rows(head, rows, genre_w, dropout_seed=dropout_seed), shape)
 
 
 def watch_logit_from_rows(rows: Mapping[str, jax.Array], genre_w: jax.Array) -> jax.Array:
     """The watch output: user . (movie + genres) + movie watch bias. Cheap, so many sampled negatives stay cheap."""
-    item = rows["movie_embedding"] + pool_genres(rows["genre_embedding"], genre_w)
+    item = item_vectors(rows["movie_embedding"], rows["genre_embedding"], genre_w)
     return jnp.sum(rows["user_embedding"] * item, axis=-1) + rows["watch_bias"][..., 0]
+
+
+def watch_logits_against(users: jax.Array, items: jax.Array, watch_bias: jax.Array) -> jax.Array:
+    """The watch logit of every user against every item: (B, d), (K, d), (K,) -> (B, K), one matmul."""
+    return users @ items.T + watch_bias[None, :]
+
+
+def rating_logits_for_all_movies(head: Head, user_rows: jax.Array, movie_table: jax.Array, pooled_genres: jax.Array,
+                                 *, user_bias: jax.Array | None = None, movie_bias: jax.Array | None = None
+                                 ) -> jax.Array:
+    """The rating logit of each user against every movie, (B, n_movies): :func:`rating_logit_from_rows` factored.
+
+    The first Dense layer is split into its user, movie and genre parts, so each movie's share is computed once
+    per call instead of once per (user, movie) pair. ``user_rows`` (B, d) and ``user_bias`` (B, 1) are the users'
+    rows; ``movie_table``, ``pooled_genres`` and ``movie_bias`` (n_movies, 1) cover every movie.
+    """
+    d = user_rows.shape[1]
+    first = head.layers[0]
+    w1 = first.kernel[...]
+    movie_part = movie_table @ w1[d:2 * d] + pooled_genres @ w1[2 * d:] + first.bias[...]
+    h = jax.nn.relu((user_rows @ w1[:d])[:, None, :] + movie_part[None, :, :])
+    for layer in head.layers[1:]:
+        h = jax.nn.relu(layer(h))
+    logit = head.out(h)[..., 0]
+    if user_bias is not None and movie_bias is not None:
+        logit = logit + user_bias + movie_bias[:, 0][None, :]
+    return logit

@@ -16,11 +16,12 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from embedrec.artifacts import SCHEMA_VERSION, CheckpointDir, read_json, save_model, write_json
+from embedrec.artifacts import SCHEMA_VERSION, read_json, read_run_meta, save_model, write_json
+from embedrec.checkpoints import RESUME_KEYS, CheckpointDir
 from embedrec.config import (
     ModelConfig,
     TrainConfig,
@@ -33,6 +34,10 @@ from embedrec.config import (
 )
 from embedrec.errors import ArtifactError, ConfigError
 from embedrec.workdir import data_dir as data_dir_of, models_dir, set_latest_run
+
+if TYPE_CHECKING:
+    from embedrec.data.store import PreparedData
+    from embedrec.train import Callbacks, TrainResult
 
 BETAS = (0.0, 0.25, 0.5, 1.0, 2.0)  # blends of watch logit + beta * predicted rating tried on the val split
 
@@ -108,17 +113,21 @@ def _check_resumable(run_dir: Path, train_cfg: TrainConfig) -> None:
                           "it further")
 
 
-def choose_ranking(result: Any, prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, Any]:
+def choose_ranking(result: TrainResult, prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig
+                   ) -> dict[str, Any]:
     """Pick the recommend score by val NDCG@10: watch logit + beta * rating for beta in BETAS; rating-only models
     rank by rating."""
     if not model_cfg.watch_head or result.scorer is None or train_cfg.negatives == 0:
         return {"score": "rating"}  # without sampled negatives the watch output never learned anything
-    from embedrec.train import rank_on_split
+    from functools import partial
+
+    from embedrec.data.split import VAL
+    from embedrec.validation import rank_on_split
 
     scores = {}
     for beta in BETAS:
-        ndcg = rank_on_split(lambda _h, _t, users, b: result.scorer(users, b), None, None, beta,
-                             prepared=prepared, split_code=1, max_users=train_cfg.val_users or None)
+        ndcg = rank_on_split(partial(result.scorer, beta=beta), prepared=prepared, split_code=VAL,
+                             max_users=train_cfg.val_users or None)
         if ndcg is None:
             return {"score": "blend", "beta": 0.0, "chosen_by": "default (no relevant rating in the val split)"}
         scores[beta] = ndcg
@@ -128,7 +137,7 @@ def choose_ranking(result: Any, prepared: Any, model_cfg: ModelConfig, train_cfg
 
 
 def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path | None = None, preset: str = "default",
-              overrides: dict[str, Any] | None = None, callbacks: Any = None, resume: bool = False,
+              overrides: dict[str, Any] | None = None, callbacks: Callbacks | None = None, resume: bool = False,
               stop_requested: Callable[[], bool] | None = None) -> RunResult:
     """Train a model on a prepared data set and write its run folder; returns where and how it went.
 
@@ -138,21 +147,24 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
     with; only ``epochs`` may be raised, and a finished run is refused unless it is.
     """
     from embedrec.data import load_prepared
-    from embedrec.train import train
 
     if workdir is None:
         if data_dir is None:
             raise ConfigError("train_run needs data_dir or workdir")
         workdir = Path(data_dir).parent
     workdir = Path(workdir)
+    created_run_dir = False
     if resume:
         run_dir = Path(out) if out is not None else latest_checkpointed_run(workdir)
-        run_meta = read_json(run_dir / "run.json")
+        run_meta = read_run_meta(run_dir)
         if data_dir is None:  # the data the run started on
             data_dir = Path(run_meta["data"]["path"])
         prepared = load_prepared(data_dir)
-        model_cfg = model_config_from_dict(run_meta["model"])
-        train_cfg = train_config_from_dict(run_meta["train"])
+        try:
+            model_cfg = model_config_from_dict(run_meta["model"])
+            train_cfg = train_config_from_dict(run_meta["train"])
+        except ConfigError as exc:
+            raise ArtifactError(f"{run_dir / 'run.json'} is damaged ({exc}): start a new run") from None
         extra = {k: v for k, v in (overrides or {}).items() if k != "preset"}
         if "epochs" in extra:
             train_cfg = train_cfg.replace(epochs=int(extra.pop("epochs")))
@@ -169,6 +181,7 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
         model_cfg, train_cfg = resolve_configs(preset, overrides)
         run_dir = Path(out) if out is not None else new_run_dir(workdir, preset)
         _check_new_run_dir(run_dir)
+        created_run_dir = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "run.json", {
             "schema_version": SCHEMA_VERSION, "preset": preset, "model": to_dict(model_cfg),
@@ -176,9 +189,20 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
                                                   "fingerprint": prepared.fingerprint},
         })
 
-    result = train(prepared, model_cfg, train_cfg, callbacks=callbacks,
-                   checkpointer=CheckpointDir(run_dir / "checkpoints"), resume=resume,
-                   stop_requested=stop_requested)
+    checkpointer = CheckpointDir(run_dir / "checkpoints", required=RESUME_KEYS)
+    if resume and checkpointer.load() is None:  # answered before JAX starts
+        raise ArtifactError(f"{run_dir / 'checkpoints'} holds no complete checkpoint to resume from; start a new run "
+                            "without --resume")
+    from embedrec.train import train
+
+    try:
+        result = train(prepared, model_cfg, train_cfg, callbacks=callbacks,
+                       checkpointer=checkpointer, resume=resume,
+                       stop_requested=stop_requested)
+    except BaseException:
+        if not resume:
+            _drop_unresumable(run_dir, created=created_run_dir)
+        raise
     summary_rows = result.model.summary()
     ranking: dict[str, Any] = {}
     if not result.interrupted:
@@ -195,6 +219,21 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
     return RunResult(run_dir=run_dir, history=result.history, interrupted=result.interrupted,
                      stopped_early=result.stopped_early, best_epoch=result.best_epoch,
                      n_params=int(result.info["n_params"]), ranking=ranking, summary_rows=summary_rows)
+
+
+def _drop_unresumable(run_dir: Path, *, created: bool) -> None:
+    """A new run that failed before its first checkpoint cannot be resumed: remove what it wrote (the whole folder
+    when this run created it, else only ``run.json`` and ``checkpoints/``), so no orphan run folder is left. A run
+    with a checkpoint is kept: ``--resume`` continues it."""
+    import shutil
+
+    if CheckpointDir(run_dir / "checkpoints", required=RESUME_KEYS).load() is not None:
+        return
+    if created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    (run_dir / "run.json").unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
 
 def write_learning_curve(path: Path, history: list[dict[str, Any]], *, title: str) -> None:
@@ -228,7 +267,12 @@ def write_learning_curve(path: Path, history: list[dict[str, Any]], *, title: st
         ax2.grid(alpha=0.3)
         ax2.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from embedrec.tempfiles import removed_on_failure, temp_sibling
+
+    try:
+        tmp = temp_sibling(path)
+        with removed_on_failure(tmp.with_name(tmp.name + ".png")) as tmp:
+            fig.savefig(tmp, dpi=100)
+            os.replace(tmp, path)
+    finally:
+        plt.close(fig)

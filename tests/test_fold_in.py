@@ -116,9 +116,9 @@ def test_fold_in_loss_and_gradient_equal_jax_grad_of_the_model(rec, watch_loss: 
 
 
 def test_fold_in_adam_uses_the_training_constants() -> None:
-    from embedrec import fold_in, train
+    from embedrec import fold_in, sparse_adam
 
-    assert (fold_in.ADAM_B1, fold_in.ADAM_B2, fold_in.ADAM_EPS) == (train.B1, train.B2, train.EPS)
+    assert (fold_in.ADAM_B1, fold_in.ADAM_B2, fold_in.ADAM_EPS) == (sparse_adam.B1, sparse_adam.B2, sparse_adam.EPS)
 
 
 def test_fold_in_rejects_bad_input(rec) -> None:

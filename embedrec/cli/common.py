@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any, Callable, TypeVar
 
@@ -11,7 +13,7 @@ import typer
 from rich.console import Console
 
 from embedrec import __version__
-from embedrec.errors import EmbedrecError
+from embedrec.errors import EmbedrecError, Terminated, os_error_message
 
 def _flags_show_no_value() -> None:
     """Help lists a flag without a value placeholder (``--json``, not ``--json <bool>``).
@@ -66,11 +68,24 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def handle_errors(func: F) -> F:
-    """Turn library errors into one line and an exit code; Ctrl-C into exit 130. Bugs keep their traceback."""
+    """Turn library errors into one line and an exit code; bugs keep their traceback.
+
+    Exit codes: 2 for a bad input or option, a path the user gave that cannot be used (permission, read-only disk, a
+    file where a folder belongs, text that is not UTF-8), 3 for a diverged training, 74 for a machine fault (disk
+    full, I/O error), 130 for Ctrl-C and 143 for SIGTERM. SIGTERM is raised as an exception so the cleanup of
+    half-written output runs before the process ends.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return func(*args, **kwargs)
         except EmbedrecError as exc:
@@ -78,9 +93,20 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
+        except Terminated as exc:
+            raise fail("terminated by SIGTERM; partial output was removed", exc.exit_code) from None
         except BrokenPipeError:  # `embedrec ... | head`
             sys.stderr.close()
             raise typer.Exit(0) from None
+        except OSError as exc:
+            message, code = os_error_message(exc)
+            raise fail(message, code) from None
+        except UnicodeDecodeError as exc:  # a file the library read as text without naming it
+            raise fail(f"a file is not valid {exc.encoding} text (bad byte at offset {exc.start}): re-save it as "
+                       "UTF-8", 2) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
 

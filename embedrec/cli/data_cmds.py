@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from embedrec.cli.common import JsonOpt, WorkdirOpt, app, console, handle_errors
+from embedrec.cli.common import JsonOpt, WorkdirOpt, app, console, err_console, handle_errors
 from embedrec.errors import ConfigError
 
 _SYN = "Synthetic data"
@@ -178,6 +178,8 @@ def download_cmd(
     cache: Annotated[Path | None, typer.Option("--cache", help="Download folder \\[default: <workdir>/downloads or "
                                                "$EMBEDREC_CACHE].", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Download again even when cached.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse an archive whose published checksum cannot be "
+                                         "fetched or read (by default: a loud warning).")] = False,
     workdir: WorkdirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -196,15 +198,19 @@ def download_cmd(
         def on_progress(done: int, total: int | None) -> None:
             progress.update(task, completed=done, total=total)
 
-        result = download(name, cache_dir=cache_dir, force=force, on_progress=on_progress)
+        result = download(name, cache_dir=cache_dir, force=force, strict=strict, on_progress=on_progress)
     info = {"name": result.name, "folder": str(result.folder), "zip": str(result.zip_path),
-            "downloaded": result.downloaded, "verified": result.verified, "url": result.url}
+            "downloaded": result.downloaded, "verified": result.verified, "url": result.url,
+            "warning": result.warning}
+    if result.warning:
+        err_console.print(f"[bold yellow]warning:[/] {result.warning} (--strict refuses this)", highlight=False,
+                          soft_wrap=True)
     if as_json:
         console.print_json(json.dumps(info))
         return
     if not result.downloaded:
         console.print(f"{name} is already in {result.folder} (use --force to fetch it again)")
     else:
-        check = "checksum verified" if result.verified else "no published checksum to verify"
+        check = "checksum verified" if result.verified else "NOT verified: see the warning above"
         console.print(f"Downloaded {name} to {result.folder} ({check})")
     console.print(f"Next: [bold]embedrec prepare {name}[/]")

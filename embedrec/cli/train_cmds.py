@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from embedrec.cli.common import JsonOpt, WorkdirOpt, app, console, err_console, handle_errors
 from embedrec.errors import ConfigError
 from embedrec.workdir import latest_run, resolve_workdir
+
+if TYPE_CHECKING:
+    from embedrec.runs import RunResult
 
 _HP = "Hyperparameters (override the preset)"
 
@@ -170,6 +173,11 @@ def train_cmd(
         view.stop()
         signal.signal(signal.SIGINT, previous)
 
+    _print_result(result, as_json=as_json)
+
+
+def _print_result(result: RunResult, *, as_json: bool) -> None:
+    """The closing summary of a run (or, when it was interrupted, how to resume it: exit 130)."""
     if result.interrupted:
         done = result.history[-1]["epoch"] if result.history else 0
         err_console.print(f"[yellow]interrupted after epoch {done}; checkpoint saved in "
@@ -206,16 +214,21 @@ def info_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a trained model: settings, data, parameter count, final metrics."""
-    from embedrec.artifacts import read_json
+    from embedrec.artifacts import read_json, validate_model_meta
 
     run = model if model is not None else latest_run(resolve_workdir(workdir))
     meta = read_json(Path(run) / "model.json")
+    validate_model_meta(meta, Path(run) / "model.json")
     history_path = Path(run) / "history.json"
     history = read_json(history_path) if history_path.is_file() else []
-    info = {"run_dir": str(run), "preset": meta.get("preset"), "n_params": meta["n_params"],
-            "model": meta["model"], "train": meta["train"], "shape": meta["shape"], "data": meta["data"],
+    if not isinstance(history, list):
+        history = []
+    n_params, metrics = meta.get("n_params"), meta.get("metrics")
+    info = {"run_dir": str(run), "preset": meta.get("preset"),
+            "n_params": n_params if isinstance(n_params, int) else 0,
+            "model": meta["model"], "train": meta["train"], "shape": meta["shape"], "data": meta.get("data") or {},
             "ranking": meta.get("ranking"), "best_epoch": meta.get("best_epoch"),
-            "epochs_run": meta.get("epochs_run", len(history)), "metrics": meta.get("metrics", {}),
+            "epochs_run": meta.get("epochs_run", len(history)), "metrics": metrics if isinstance(metrics, dict) else {},
             "created": meta.get("created"), "schema_version": meta.get("schema_version")}
     if as_json:
         from embedrec.artifacts import json_text

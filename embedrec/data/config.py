@@ -34,6 +34,7 @@ def parse_rating_scale(text: str | None) -> tuple[float, float] | None:
 
 
 DEFAULT_TIME_COL = "timestamp"
+SEED_LIMIT = 2**32 - 1  # the same range as training seeds
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,8 @@ class PrepareConfig:
                 f"--test-frac + --val-frac must be below 1 (got {self.test_frac} + {self.val_frac}): "
                 "nothing would be left to train on"
             )
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"--seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_LIMIT:
+            raise ConfigError(f"--seed must be a whole number in 0..{SEED_LIMIT}, got {self.seed!r}")
         if self.nrows is not None and (not isinstance(self.nrows, int) or self.nrows < 1):
             raise ConfigError(f"--nrows must be a positive integer, got {self.nrows!r}")
         mins = (("--min-user-ratings", self.min_user_ratings), ("--min-movie-ratings", self.min_movie_ratings))
@@ -86,8 +87,8 @@ class PrepareConfig:
         if len(self.delimiter) != 1 or self.delimiter in "\r\n\"":
             raise ConfigError(f"--delimiter must be one character (e.g. ',' ';' or a tab), got {self.delimiter!r}")
         cols = (("--user-col", self.user_col), ("--movie-col", self.movie_col), ("--rating-col", self.rating_col))
-        for name, value in cols:
-            if not value:
+        for name, column in cols:
+            if not column:
                 raise ConfigError(f"{name} must name a column")
         named = [self.user_col, self.movie_col, self.rating_col] + ([self.time_col] if self.time_col else [])
         if len(set(named)) < len(named):

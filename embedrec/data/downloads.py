@@ -7,8 +7,11 @@ Synopsis::
 
 The archive is streamed into ``<name>.zip.part`` and resumed with an HTTP ``Range`` request when a previous attempt
 was interrupted. GroupLens publishes ``<name>.zip.md5`` next to most archives; when it exists the archive is checked
-against it, and a mismatch deletes the archive. The base URL can be overridden (``$EMBEDREC_DOWNLOAD_URL`` or
-``base_url=``), which is how the tests serve a small archive from a local HTTP server.
+against it, and a mismatch deletes the archive. When the checksum cannot be fetched or read, verification is not
+silently skipped: the result carries a ``warning`` for the caller to show, and ``strict=True`` refuses the archive.
+An archive that fails to extract (see :mod:`embedrec.data.archives`) is deleted from the cache. The base URL can be
+overridden (``$EMBEDREC_DOWNLOAD_URL`` or ``base_url=``), which is how the tests serve a small archive from a local
+HTTP server.
 """
 
 from __future__ import annotations
@@ -17,13 +20,11 @@ import hashlib
 import os
 import re
 import shutil
-import uuid
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from embedrec.errors import ConfigError, DownloadError
+from embedrec.errors import ConfigError, DataError, DownloadError
 
 DEFAULT_BASE_URL = "https://files.grouplens.org/datasets/movielens"
 URL_ENV = "EMBEDREC_DOWNLOAD_URL"
@@ -49,6 +50,7 @@ class DownloadResult:
     downloaded: bool  # False when the cache already had it
     verified: bool  # True when a published checksum matched
     url: str
+    warning: str | None = None  # why the archive could not be verified, for the caller to show loudly
 
 
 def base_url(override: str | None = None) -> str:
@@ -123,19 +125,32 @@ def _fetch(url: str, part: Path, *, name: str, timeout: float, on_progress: Prog
         )
 
 
-def _published_md5(url: str, *, timeout: float) -> str | None:
-    """The checksum GroupLens publishes as ``<zip>.md5``, or None when there is none (or it cannot be fetched)."""
+@dataclass(frozen=True)
+class PublishedChecksum:
+    """What ``<zip>.md5`` gave: the checksum, or why there is none (``problem`` is then a one-line reason)."""
+
+    md5: str | None
+    problem: str | None = None
+
+
+def _published_md5(url: str, *, timeout: float) -> PublishedChecksum:
+    """The checksum GroupLens publishes as ``<zip>.md5``; when it cannot be had, the reason (never silently)."""
     import urllib.error
     import urllib.request
 
+    md5_url = url + ".md5"
     try:
-        with urllib.request.urlopen(urllib.request.Request(url + ".md5", headers={"User-Agent": "embedrec"}),
+        with urllib.request.urlopen(urllib.request.Request(md5_url, headers={"User-Agent": "embedrec"}),
                                     timeout=timeout) as resp:
             text = resp.read(4096).decode("ascii", "replace")
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
+    except urllib.error.HTTPError as exc:
+        return PublishedChecksum(None, f"{md5_url} gave HTTP {exc.code} {exc.reason}")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return PublishedChecksum(None, f"{md5_url} is unreachable ({getattr(exc, 'reason', exc)})")
     m = re.search(r"\b([0-9a-fA-F]{32})\b", text)
-    return m.group(1).lower() if m else None
+    if m is None:
+        return PublishedChecksum(None, f"{md5_url} holds no md5 checksum ({text.strip()[:60]!r})")
+    return PublishedChecksum(m.group(1).lower())
 
 
 def _md5(path: Path) -> str:
@@ -147,22 +162,30 @@ def _md5(path: Path) -> str:
 
 
 def extract(zip_path: Path, folder: Path) -> Path:
-    """Unpack ``zip_path`` into ``folder`` atomically; a single top-level folder in the archive is unwrapped."""
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    """Unpack ``zip_path`` into ``folder`` atomically; a single top-level folder in the archive is unwrapped.
+
+    The archive's declared sizes are checked before anything is written and enforced while extracting (see
+    :mod:`embedrec.data.archives`); a damaged archive is a DownloadError and leaves nothing behind.
+    """
+    from embedrec.data.archives import checked_members, extract_member, open_archive
+    from embedrec.tempfiles import remove_path, sweep_stale, temp_sibling
+
+    sweep_stale(folder.parent, folder.name)
+    tmp = temp_sibling(folder)
     try:
-        with zipfile.ZipFile(zip_path) as zf:
-            zf.extractall(tmp)
+        tmp.mkdir()
+        with open_archive(zip_path) as zf:
+            for info in checked_members(zf, zip_path, wanted=lambda _name: True):
+                extract_member(zf, info, tmp, zip_path)
         entries = [p for p in tmp.iterdir() if not p.name.startswith((".", "__MACOSX"))]
         root = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(root, folder)
-    except zipfile.BadZipFile:
-        raise DownloadError(
-            f"{zip_path} is not a valid zip archive: run `embedrec download` again with --force"
-        ) from None
+    except DataError as exc:
+        raise DownloadError(f"{exc}") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_path(tmp)
     return folder
 
 
@@ -171,6 +194,7 @@ def download(
     *,
     cache_dir: Path,
     force: bool = False,
+    strict: bool = False,
     url: str | None = None,
     timeout: float = 30.0,
     on_progress: ProgressFn | None = None,
@@ -178,6 +202,8 @@ def download(
     """Download (or reuse) release ``name`` into ``cache_dir`` and extract it to ``cache_dir/name``."""
     check_name(name)
     cache_dir = Path(cache_dir)
+    if os.path.lexists(cache_dir) and not cache_dir.is_dir():
+        raise ConfigError(f"--cache {cache_dir} is a file, not a folder: pass a folder (it is created when missing)")
     cache_dir.mkdir(parents=True, exist_ok=True)
     zip_url = f"{base_url(url)}/{name}.zip"
     zip_path = cache_dir / f"{name}.zip"
@@ -191,10 +217,18 @@ def download(
         return DownloadResult(name, zip_path, folder, downloaded=False, verified=False, url=zip_url)
     verified = False
     downloaded = False
+    warning = None
     if not zip_path.is_file():
         _fetch(zip_url, part, name=name, timeout=timeout, on_progress=on_progress)
-        expected = _published_md5(zip_url, timeout=timeout)
-        if expected is not None:
+        published = _published_md5(zip_url, timeout=timeout)
+        expected = published.md5
+        if expected is None:
+            if strict:
+                raise DownloadError(f"cannot verify {zip_url}: {published.problem}; --strict refuses an unverified "
+                                    f"archive (kept as {part}: run again when the checksum is reachable, or drop "
+                                    "--strict)")
+            warning = f"NOT VERIFIED: {published.problem}; the archive is used without a checksum check"
+        else:
             actual = _md5(part)
             if actual != expected:
                 part.unlink(missing_ok=True)
@@ -207,7 +241,8 @@ def download(
         downloaded = True
     try:
         extract(zip_path, folder)
-    except DownloadError:
+    except DownloadError as exc:
         zip_path.unlink(missing_ok=True)
-        raise
-    return DownloadResult(name, zip_path, folder, downloaded=downloaded, verified=verified, url=zip_url)
+        raise DownloadError(f"{exc}; the damaged archive was deleted from the cache: run the command again") from None
+    return DownloadResult(name, zip_path, folder, downloaded=downloaded, verified=verified, url=zip_url,
+                          warning=warning)

@@ -82,54 +82,64 @@ class RawData:
 
 
 # ---------------------------------------------------------------------------------------------------------- detection
-def _find(folder: Path, *names: str) -> Path | None:
-    """The folder itself or one sub-folder (archives wrap their files in one) holding all ``names``."""
-    candidates = [folder] + sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    for cand in candidates:
-        if all((cand / n).is_file() for n in names):
-            return cand
+def _candidates(folder: Path) -> list[Path]:
+    """The folder itself and its visible sub-folders (archives wrap their files in one)."""
+    return [folder] + sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _recbole_in(cand: Path) -> tuple[Path, Path] | None:
+    inters = sorted(cand.glob("*.inter"))
+    for inter in inters:
+        item = inter.with_suffix(".item")
+        if item.is_file():
+            return inter, item
+    items = sorted(cand.glob("*.item"))
+    if inters and items:
+        return inters[0], items[0]
     return None
 
 
-def _find_recbole(folder: Path) -> tuple[Path, Path] | None:
-    candidates = [folder] + sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    for cand in candidates:
-        inters = sorted(cand.glob("*.inter"))
-        for inter in inters:
-            item = inter.with_suffix(".item")
-            if item.is_file():
-                return inter, item
-        items = sorted(cand.glob("*.item"))
-        if inters and items:
-            return inters[0], items[0]
-    return None
-
-
-def detect_layout(folder: Path, *, config: PrepareConfig) -> Layout:
-    """Find the layout of ``folder`` (``config.format`` forces one); a clear error when nothing matches."""
-    fmt = config.format
-    if fmt == "csv":
-        return _generic_layout(folder, config)
-    if not folder.is_dir():
-        raise DataError(f"source {folder} is not a folder, a .zip or a rating file")
+def _layouts_in(folder: Path, fmt: str) -> list[Layout]:
+    """Every layout of format ``fmt`` (``auto``: any) found in ``folder`` or one of its sub-folders."""
     checks: list[tuple[str, tuple[str, ...]]] = [
         ("ml-100k", ("u.data", "u.item")),
         ("ml-dat", ("ratings.dat", "movies.dat")),
         ("ml-csv", ("ratings.csv", "movies.csv")),
     ]
-    for name, files in checks:
-        if fmt not in ("auto", name) and not (name == "ml-dat" and fmt in ("ml-1m", "ml-10m")):
-            continue
-        where = _find(folder, *files)
-        if where is None:
-            continue
-        if name == "ml-dat":
-            name = fmt if fmt != "auto" else ("ml-1m" if (where / "users.dat").is_file() else "ml-10m")
-        return Layout(format=name, ratings=where / files[0], movies=where / files[1], folder=where)
-    if fmt in ("auto", "recbole"):
-        found = _find_recbole(folder)
-        if found is not None:
-            return Layout(format="recbole", ratings=found[0], movies=found[1], folder=found[0].parent)
+    found: list[Layout] = []
+    for cand in _candidates(folder):
+        for name, files in checks:
+            if fmt not in ("auto", name) and not (name == "ml-dat" and fmt in ("ml-1m", "ml-10m")):
+                continue
+            if all((cand / n).is_file() for n in files):
+                if name == "ml-dat":
+                    name = fmt if fmt != "auto" else ("ml-1m" if (cand / "users.dat").is_file() else "ml-10m")
+                found.append(Layout(format=name, ratings=cand / files[0], movies=cand / files[1], folder=cand))
+        if fmt in ("auto", "recbole"):
+            rec = _recbole_in(cand)
+            if rec is not None:
+                found.append(Layout(format="recbole", ratings=rec[0], movies=rec[1], folder=cand))
+    return found
+
+
+def detect_layout(folder: Path, *, config: PrepareConfig) -> Layout:
+    """Find the layout of ``folder`` (``config.format`` forces one); a clear error when nothing, or more than one
+    data set, matches: embedrec never picks one of two data sets silently."""
+    fmt = config.format
+    if fmt == "csv":
+        return _generic_layout(folder, config)
+    if not folder.is_dir():
+        raise DataError(f"source {folder} is not a folder, a .zip or a rating file")
+    found = _layouts_in(folder, fmt)
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        where = ", ".join(f"{lay.format} in {lay.folder.relative_to(folder).as_posix() or '.'}/"
+                          for lay in found[:6])
+        raise DataError(
+            f"{folder} holds {len(found)} data sets ({where}): pass the folder of the one you want (unzip an archive "
+            "first), or choose with --format"
+        )
     if fmt != "auto":
         want = {
             "ml-100k": "u.data + u.item", "ml-1m": "ratings.dat + movies.dat", "ml-10m": "ratings.dat + movies.dat",
@@ -271,10 +281,14 @@ def read_movies_dat(path: Path) -> "pd.DataFrame":
 
 
 def read_movies_u_item(path: Path) -> "pd.DataFrame":
-    """ml-100k ``u.item``: pipe-separated latin-1, id|title|release date|video date|url|19 genre flags."""
+    """ml-100k ``u.item``: pipe-separated, id|title|release date|video date|url|19 genre flags.
+
+    GroupLens ships it in latin-1; a re-saved UTF-8 copy is read as UTF-8 (latin-1 would turn its accents into
+    mojibake). Real latin-1 accents are never valid UTF-8, so trying UTF-8 first cannot misread the original.
+    """
     import pandas as pd
 
-    text = read_text(path, what="movies", encodings=("latin-1",))
+    text = read_text(path, what="movies", encodings=("utf-8", "latin-1"))
     ids, titles, dates, genres, lines = [], [], [], [], []
     for no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -218,7 +218,7 @@ def read_rating_columns(
     types: dict[str, Any] = {columns.user: pa.int64(), columns.movie: pa.int64(), columns.rating: pa.float32()}
     if columns.time is not None:
         types[columns.time] = time_type
-    kw = dict(path=path, names=names, delimiter=delimiter, quoting=quoting, nrows=nrows)
+    kw: dict[str, Any] = dict(path=path, names=names, delimiter=delimiter, quoting=quoting, nrows=nrows)
     time_text = False
     try:
         table = _read_table(_source(path, data), types=types, **kw)
@@ -277,7 +277,7 @@ def read_rating_columns(
             import pandas as pd
 
             num = pd.to_numeric(tcol.to_pandas(), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-            bad_ts = ~np.isfinite(num)
+            bad_ts = ~_representable_time(num)
             timestamp = np.where(bad_ts, 0, num).astype(np.int64)
         elif time_as_float or tcol.null_count:
             if tcol.null_count:
@@ -287,7 +287,7 @@ def read_rating_columns(
                 tcol = pc.fill_null(tcol, 0)
             vals = tcol.to_numpy()
             if time_as_float:
-                fin = np.isfinite(vals)
+                fin = _representable_time(vals)
                 bad_ts = ~fin if bad_ts is None else (bad_ts | ~fin)
                 vals = np.where(fin, vals, 0)
             timestamp = vals.astype(np.int64, copy=False)
@@ -305,6 +305,15 @@ def read_rating_columns(
         file=str(path),
         first_line=first_line,
     )
+
+
+MAX_ABS_TIMESTAMP = 2.0**62  # unix seconds; anything beyond int64 range (1e30) would wrap to INT64_MIN when cast
+
+
+def _representable_time(values: np.ndarray) -> np.ndarray:
+    """True where a float timestamp is finite and fits int64 (the rest are flagged as bad timestamps)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(values) & (np.abs(values) < MAX_ABS_TIMESTAMP)
 
 
 def read_text(path: Path, *, what: str, encodings: tuple[str, ...] = ("utf-8",)) -> str:

@@ -58,6 +58,9 @@ GENRE_WEIGHTS = GENRE_FREQ**GENRE_CONCENTRATION
 N_GENRES_P = np.array([0.02, 0.41, 0.32, 0.165, 0.063, 0.017, 0.005])
 
 DEFAULT_USERS, DEFAULT_MOVIES, DEFAULT_RATINGS = 600, 900, 60_000
+# the largest sizes accepted: 50x MovieLens-32M's users and movies, 30x its ratings (beyond them the generator's
+# per-user and per-movie tables, not the data, would exhaust memory; a 10^20 is a typo)
+MAX_USERS, MAX_MOVIES, MAX_RATINGS = 10_000_000, 5_000_000, 1_000_000_000
 SEED_SCALE = {"n_users": 20_510, "n_movies": 25_448, "n_ratings": 2_000_000}
 FULL_SCALE = {"n_users": 280_000, "n_movies": 86_000, "n_ratings": 27_000_000}
 
@@ -299,9 +302,10 @@ def generate_world(
 
     from embedrec.errors import ConfigError
 
-    for name, v in (("--users", n_users), ("--movies", n_movies), ("--ratings", n_ratings)):
-        if not isinstance(v, (int, np.integer)) or v < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    for name, v, limit in (("--users", n_users, MAX_USERS), ("--movies", n_movies, MAX_MOVIES),
+                           ("--ratings", n_ratings, MAX_RATINGS)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 1 <= v <= limit:
+            raise ConfigError(f"{name} must be a whole number in 1..{limit:,}, got {v!r}")
     if n_ratings > 0.3 * n_users * n_movies:
         raise ConfigError(
             f"--ratings {n_ratings} is too dense for {n_users} users x {n_movies} movies (at most 30% of all pairs): "
@@ -322,8 +326,10 @@ def generate_world(
     pop_rank = rng.permutation(n_movies)
     popularity = 1.0 / (pop_rank + POP_SHIFT) ** POP_EXP
     rank_to_movie = np.argsort(pop_rank).astype(np.int32)
-    movie_bias = (rng.normal(0.0, 0.4, size=n_movies) + 0.25 * (np.log(popularity) - np.log(popularity).mean())
-                  / np.log(popularity).std()).astype(np.float32)
+    log_pop = np.log(popularity)
+    spread = log_pop.std()  # 0 for a single movie: it then gets no popularity term (instead of 0 / 0 = NaN)
+    pop_term = 0.25 * (log_pop - log_pop.mean()) / spread if spread > 0 else np.zeros_like(log_pop)
+    movie_bias = (rng.normal(0.0, 0.4, size=n_movies) + pop_term).astype(np.float32)
 
     taste = rng.normal(0.0, TASTE_NOISE, size=(n_users, n_g)).astype(np.float32)
     fav_p = GENRE_FREQ**0.5 / (GENRE_FREQ**0.5).sum()

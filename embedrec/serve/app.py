@@ -359,7 +359,7 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None) -> Fa
         log.info("serving model %s (pid %d)%s", holder.current.run, os.getpid(),
                  "; SIGHUP reloads" if installed else "")
         yield
-        if installed:
+        if installed and hup is not None:
             loop.remove_signal_handler(hup)
 
     app = FastAPI(title="embedrec", version=__version__, lifespan=lifespan,

@@ -115,8 +115,10 @@ def rate(request: Request, q: Annotated[str | None, Query(max_length=200)] = Non
     if q and q.strip():
         candidates = movie_records(rec.find_movies(q).head(RATE_CANDIDATES)) + candidates
     listed = {c["movieId"] for c in candidates}
-    seen: set[int] = set()
-    candidates = [c for c in candidates if not (c["movieId"] in seen or seen.add(c["movieId"]))]
+    unique: dict[int, dict] = {}
+    for c in candidates:
+        unique.setdefault(c["movieId"], c)
+    candidates = list(unique.values())
     extra_rated = [mid for mid in given if mid not in listed]
     if extra_rated:
         known = [m for m in extra_rated if rec.movie_vocab.indices([m])[0] >= 0]

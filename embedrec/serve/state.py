@@ -166,7 +166,7 @@ def load_served_model(source: ModelSource, *, generation: int = 1,
         fingerprint = read_json(folder / "summary.json").get("fingerprint")
         old = previous.prepared if previous is not None else None
         same = old is not None and previous is not None and previous.data_dir == folder.resolve()
-        prepared = old if same and old.fingerprint == fingerprint else load_prepared(folder)
+        prepared = old if same and old is not None and old.fingerprint == fingerprint else load_prepared(folder)
         if prepared.fingerprint != artifact.fingerprint:
             raise ArtifactError(f"model {model_dir.name} was trained on data {artifact.fingerprint or '?'}, but the "
                                 f"data at {folder} is {prepared.fingerprint}: serve it with the data it was "

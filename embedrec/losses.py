@@ -1,0 +1,90 @@
+"""The training objective as pure functions of gathered rows: rating MSE, per-row L2, and the watch loss.
+
+Synopsis::
+
+    from embedrec.losses import LossSettings, batch_loss
+    settings = LossSettings(batch_size=B, negatives=K, weight_decay=0.0, watch_weight=1.0, watch_loss="softmax")
+    loss, stats = batch_loss(head, rows, genre_w, rating, weight, neg_weight, seed, shape=shape, settings=settings)
+
+``rows`` holds one batch's table rows, as :func:`embedrec.model.gather_rows` names them: user rows (B), movie rows
+(B positives, then the K negatives the batch shares) and genre slot rows (B + K, G, d). ``weight`` (B) is 1 for a
+real rating and 0 for padding; ``neg_weight`` (B, K) is 0 where a negative is one of the user's rated movies.
+``stats`` is [sum of squared errors, number of ratings, sum of watch losses], summed over a block by the loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from embedrec.config import DataShape
+from embedrec.model import Head, item_vectors, rating_from_rows, watch_logits_against
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The objective's fixed settings (hashable, so a jitted step may close over them)."""
+
+    batch_size: int
+    negatives: int
+    weight_decay: float
+    watch_weight: float
+    watch_loss: Literal["bce", "softmax"]
+
+
+def squared_error_sum(pred: jax.Array, rating: jax.Array, weight: jax.Array) -> jax.Array:
+    return jnp.sum(weight * (pred - rating) ** 2)
+
+
+def l2_sum(pos_rows: Mapping[str, jax.Array], weight: jax.Array, genre_w: jax.Array) -> jax.Array:
+    """Squared norms of each rating's rows, as in regularised matrix factorisation; genre slots weighted by their
+    pooling weight. Sampled negatives are not penalised."""
+    reg = 0.0
+    for r in pos_rows.values():
+        if r.ndim == 3:
+            reg = reg + jnp.sum(weight[:, None] * jnp.sum(r * r, axis=-1) * genre_w)
+        else:
+            reg = reg + jnp.sum(weight * jnp.sum(r * r, axis=-1))
+    return reg
+
+
+def watch_loss_sum(users: jax.Array, items: jax.Array, watch_bias: jax.Array, weight: jax.Array,
+                   neg_weight: jax.Array, *, kind: Literal["bce", "softmax"]) -> jax.Array:
+    """The watch loss of B positives against K shared negatives; ``items``/``watch_bias`` hold B + K movies.
+
+    ``softmax``: sampled softmax of each positive against the negatives (its own rated movies masked out).
+    ``bce``: logistic loss, positives towards 1 and negatives towards 0, the negatives' mean per positive.
+    """
+    bsz = users.shape[0]
+    k_neg = items.shape[0] - bsz
+    pos_logit = jnp.sum(users * items[:bsz], axis=-1) + watch_bias[:bsz]
+    neg_logit = watch_logits_against(users, items[bsz:], watch_bias[bsz:])  # (B, K)
+    if kind == "softmax":
+        neg = jnp.where(neg_weight > 0, neg_logit, -1e9)
+        lse = jax.nn.logsumexp(jnp.concatenate([pos_logit[:, None], neg], axis=1), axis=1)
+        return jnp.sum(weight * (lse - pos_logit))
+    return jnp.sum(weight * jax.nn.softplus(-pos_logit)) + jnp.sum(neg_weight * jax.nn.softplus(neg_logit)) / k_neg
+
+
+def batch_loss(head: Head, rows: Mapping[str, jax.Array], genre_w: jax.Array, rating: jax.Array,
+               weight: jax.Array, neg_weight: jax.Array, dropout_seed: jax.Array, *, shape: DataShape,
+               settings: LossSettings) -> tuple[jax.Array, jax.Array]:
+    """(mean loss per rating, stats): MSE + weight decay * L2 + watch weight * watch loss, all per rating."""
+    bsz = settings.batch_size
+    pos_rows = {name: (r[:bsz] if r.shape[0] > bsz else r) for name, r in rows.items()}
+    pred = rating_from_rows(head, pos_rows, genre_w[:bsz], cfg=None, shape=shape, dropout_seed=dropout_seed)
+    n_valid = jnp.maximum(weight.sum(), 1.0)
+    sq_sum = squared_error_sum(pred, rating, weight)
+    loss = sq_sum / n_valid
+    if settings.weight_decay > 0:
+        loss = loss + settings.weight_decay * l2_sum(pos_rows, weight, genre_w[:bsz]) / n_valid
+    watch_sum = jnp.float32(0.0)
+    if settings.negatives > 0:
+        items = item_vectors(rows["movie_embedding"], rows["genre_embedding"], genre_w)
+        watch_sum = watch_loss_sum(rows["user_embedding"], items, rows["watch_bias"][..., 0], weight, neg_weight,
+                                   kind=settings.watch_loss)
+        loss = loss + settings.watch_weight * watch_sum / n_valid
+    return loss, jnp.stack([sq_sum, weight.sum(), watch_sum])

@@ -1,0 +1,65 @@
+"""Settings: presets, overrides split between model and training, config files, and the JSON round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from embedrec.config import (
+    ModelConfig,
+    TrainConfig,
+    check_settings,
+    load_config_file,
+    model_config_from_dict,
+    preset,
+    split_overrides,
+    to_dict,
+    train_config_from_dict,
+)
+from embedrec.errors import ConfigError
+
+
+def test_presets_round_trip_through_their_dicts() -> None:
+    for name in ("seed", "default"):
+        model_cfg, train_cfg = preset(name)
+        assert model_config_from_dict(to_dict(model_cfg)) == model_cfg
+        assert train_config_from_dict(to_dict(train_cfg)) == train_cfg
+    assert to_dict(preset("seed")[0])["hidden"] == [64, 10]
+    with pytest.raises(ConfigError, match="--preset: unknown preset 'big'"):
+        preset("big")
+
+
+def test_overrides_go_to_the_config_they_belong_to() -> None:
+    model_changes, train_changes = split_overrides({"hidden": [32, 8], "lr": 0.1, "preset": "seed"})
+    assert model_changes == {"hidden": (32, 8)} and train_changes == {"lr": 0.1}
+    with pytest.raises(ConfigError, match="unknown setting 'learning_rate'"):
+        split_overrides({"learning_rate": 0.1})
+
+
+@pytest.mark.parametrize(("changes", "option"), [
+    ({"lr": 0.0}, "--lr"), ({"batch_size": 0}, "--batch-size"), ({"optimizer": "sgd"}, "--optimizer"),
+    ({"lr_decay": 1.5}, "--lr-decay"), ({"sampling": "zipf"}, "--sampling"), ({"watch_loss": "hinge"}, "--watch-loss"),
+    ({"lr": "0.1"}, "--lr"), ({"epochs": 2.5}, "--epochs"),
+])
+def test_bad_train_settings_name_the_option(changes: dict, option: str) -> None:
+    with pytest.raises(ConfigError, match=option):
+        TrainConfig(**changes)
+
+
+def test_negatives_need_the_watch_output() -> None:
+    with pytest.raises(ConfigError, match="--negatives"):
+        check_settings(ModelConfig(watch_head=False), TrainConfig(negatives=8))
+    check_settings(ModelConfig(watch_head=True), TrainConfig(negatives=8))
+
+
+def test_config_files_accept_dashes_sections_and_toml(tmp_path: Path) -> None:
+    toml = tmp_path / "hp.toml"
+    toml.write_text('preset = "seed"\nbatch-size = 256\n[model]\nhidden = [32, 8]\n')
+    assert load_config_file(toml) == {"preset": "seed", "batch_size": 256, "hidden": [32, 8]}
+    bad = tmp_path / "hp.json"
+    bad.write_text('{"hidden": "64"}')
+    with pytest.raises(ConfigError, match="hidden must be a list of whole numbers"):
+        load_config_file(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config_file(tmp_path / "none.json")

@@ -1,0 +1,63 @@
+"""Negative sampling: the seen filter never lets a rated movie be a negative; samplers and seeds are reproducible."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from embedrec.data import load_prepared
+from embedrec.data.split import TRAIN
+from embedrec.sampling import maybe_seen, mix_seed, pair_hash, pair_hash_np, popularity_cdf, sample_negatives, seen_filter
+
+
+@pytest.fixture(scope="module")
+def prepared(synthetic_prepared: Path):
+    return load_prepared(synthetic_prepared)
+
+
+def test_sampled_negatives_never_include_a_rated_movie(prepared) -> None:
+    """The Bloom filter the step uses flags every training pair, so no positive is ever scored as a negative; the
+    few unrated pairs it also flags (about 1 in 64) are only dropped from the loss."""
+    train_rows = prepared.split == TRAIN
+    u, m = prepared.user_idx[train_rows], prepared.movie_idx[train_rows]
+    bits = jnp.asarray(seen_filter(u, m))
+    assert bool(np.asarray(maybe_seen(bits, jnp.asarray(u), jnp.asarray(m))).all())
+    rng = np.random.default_rng(0)
+    cu = rng.integers(0, prepared.n_users, 50_000)
+    cm = rng.integers(0, prepared.n_movies, 50_000)
+    rated = set(zip(u.tolist(), m.tolist()))
+    unrated = np.array([(a, b) not in rated for a, b in zip(cu.tolist(), cm.tolist())])
+    flagged = np.asarray(maybe_seen(bits, jnp.asarray(cu), jnp.asarray(cm)))
+    assert flagged[~unrated].all()
+    assert flagged[unrated].mean() < 0.03
+
+
+def test_the_numpy_and_jax_pair_hashes_agree() -> None:
+    rng = np.random.default_rng(1)
+    u = rng.integers(0, 2**31, 10_000)
+    m = rng.integers(0, 2**31, 10_000)
+    np.testing.assert_array_equal(pair_hash_np(u, m), np.asarray(pair_hash(jnp.asarray(u, jnp.uint32),
+                                                                           jnp.asarray(m, jnp.uint32))))
+
+
+def test_popularity_negatives_follow_count_to_the_alpha() -> None:
+    train_movies = np.repeat(np.arange(4), [100, 25, 0, 1])
+    cdf = popularity_cdf(train_movies, 5, alpha=0.5)
+    weights = np.array([10.0, 5.0, 0.0, 1.0, 0.0])
+    np.testing.assert_allclose(cdf, np.cumsum(weights) / weights.sum(), rtol=1e-6)
+    neg = np.asarray(sample_negatives(jax.random.key(0), 200_000, n_movies=5, cdf=jnp.asarray(cdf)))
+    share = np.bincount(neg, minlength=5) / len(neg)
+    np.testing.assert_allclose(share, weights / weights.sum(), atol=0.005)
+    assert share[2] == 0 and share[4] == 0  # never-rated movies are never popularity negatives
+
+
+def test_uniform_negatives_cover_the_catalogue_and_seeds_are_counters() -> None:
+    neg = np.asarray(sample_negatives(jax.random.key(mix_seed(1, 2, 3)), 50_000, n_movies=7, cdf=None))
+    assert neg.min() == 0 and neg.max() == 6
+    assert np.abs(np.bincount(neg) / len(neg) - 1 / 7).max() < 0.01
+    assert int(mix_seed(1, 2, 3)) == int(mix_seed(1, 2, 3))
+    assert len({int(mix_seed(1, e, s)) for e in range(3) for s in range(50)}) == 150

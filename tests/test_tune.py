@@ -1,0 +1,249 @@
+"""``embedrec tune`` on real runs: the search trains real models on small data, the written config round-trips through
+``embedrec train --config``, a second call continues the study, pruning and the budget stop training, and the test
+split never influences anything."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from embedrec.cli import app
+from embedrec.config import load_config_file, preset
+from embedrec.errors import ConfigError
+from embedrec.tune import (
+    CONFIG_MARKER,
+    config_text,
+    parse_budget,
+    preset_point,
+    search_space,
+    tune,
+)
+
+EMBEDREC = [sys.executable, "-m", "embedrec.cli"]
+SMALL = ["--trials", "2", "--max-epochs", "2"]
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(EMBEDREC + args, capture_output=True, text=True, cwd=cwd, timeout=1200)
+
+
+def _study(workdir: Path, name: str = "default-ndcg@10"):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'tune' / 'study.db'}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Without training
+# ---------------------------------------------------------------------------------------------------------------
+def test_budgets_parse_and_bad_ones_are_one_line_errors() -> None:
+    assert parse_budget("10m") == 600
+    assert parse_budget("90s") == 90
+    assert parse_budget("1h") == 3600
+    assert parse_budget("1h30m") == 5400
+    assert parse_budget(" 2.5M ") == 150
+    for bad in ("", "10", "ten minutes", "10x", "0s", "-5m", "m10", "10m5"):
+        with pytest.raises(ConfigError, match="--budget"):
+            parse_budget(bad)
+    result = CliRunner().invoke(app, ["tune", "--budget", "10x"])
+    assert result.exit_code == 2
+    assert "--budget" in result.output and "10m" in result.output and "Traceback" not in result.output
+
+
+def test_the_search_space_follows_the_data_size_and_holds_the_preset() -> None:
+    small = {p.name: p for p in search_space(preset="default", n_train=14_000, n_movies=400)}
+    big = {p.name: p for p in search_space(preset="default", n_train=20_000_000, n_movies=27_000)}
+    assert small["batch_size"].choices == (128, 256)  # at least 50 steps per epoch
+    assert big["batch_size"].choices == (1024, 2048, 4096)  # at most 20,000 steps per epoch
+    assert max(small["negatives"].choices) <= 100 and max(big["negatives"].choices) == 256
+    model_cfg, train_cfg = preset("default")
+    point = preset_point("default", list(small.values()))
+    assert point == {"lr": train_cfg.lr, "weight_decay": train_cfg.weight_decay,
+                     "embedding_dim": model_cfg.embedding_dim, "dropout": model_cfg.dropout,
+                     "batch_size": train_cfg.batch_size, "patience": train_cfg.patience,
+                     "negatives": train_cfg.negatives, "watch_weight": train_cfg.watch_weight}
+    rating_only = {p.name for p in search_space(preset="seed", n_train=14_000, n_movies=400)}
+    assert "negatives" not in rating_only and "watch_weight" not in rating_only and "lr" in rating_only
+
+
+def test_the_config_text_reads_back_as_the_same_settings(tmp_path: Path) -> None:
+    settings = {"preset": "default", "epochs": 40, "seed": 42, "lr": 0.0031234567891, "weight_decay": 1e-05,
+                "embedding_dim": 32, "dropout": 0.0, "watch_weight": 1.0, "hidden": [64, 16], "biases": True}
+    path = tmp_path / "tuned.toml"
+    path.write_text(config_text(settings, header=["a comment"]))
+    assert path.read_text().startswith(CONFIG_MARKER)
+    loaded = load_config_file(path)
+    assert loaded == settings
+    assert [type(v) for v in loaded.values()] == [type(v) for v in settings.values()]
+
+
+def test_help_imports_neither_optuna_nor_jax() -> None:
+    code = (
+        "import sys\n"
+        "from embedrec.cli import app\n"
+        "try:\n"
+        "    app(['tune', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = [m for m in ('optuna', 'sqlalchemy', 'jax', 'pandas') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--budget" in proc.stdout and "--objective" in proc.stdout
+
+
+def test_bad_options_are_refused_before_any_training(synthetic_prepared: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    mine = tmp_path / "mine.toml"
+    mine.write_text('lr = 0.1\n')
+    cases = [
+        (["--out", str(mine)], "was not written by embedrec tune"),
+        (["--out", str(tmp_path / "tuned.json")], "*.toml"),
+        (["--preset", "seed"], "--objective ndcg@10 needs the ranking"),
+        (["--objective", "mae"], "--objective"),
+        (["--trials", "0"], "--trials"),
+        (["--max-epochs", "0"], "--max-epochs"),
+        (["--data", str(tmp_path / "nowhere")], "no prepared data"),
+    ]
+    for extra, message in cases:
+        result = runner.invoke(app, ["tune", "--data", str(synthetic_prepared), "--workdir", str(tmp_path),
+                                     "--trials", "1", *extra])
+        assert result.exit_code == 2, (extra, result.output)
+        assert message in result.output and "Traceback" not in result.output, (extra, result.output)
+    assert mine.read_text() == "lr = 0.1\n"
+    assert not (tmp_path / "tune" / "models").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real searches on the synthetic fixture
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tuned(synthetic_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """Two trials of two epochs, through the CLI, as a user would run it."""
+    work = tmp_path_factory.mktemp("tuned")
+    done = _cli(["tune", "--data", str(synthetic_prepared), "--workdir", str(work), *SMALL, "--json"], work)
+    assert done.returncode == 0, done.stderr
+    return work, json.loads(done.stdout)
+
+
+@pytest.mark.slow
+def test_tune_writes_a_config_that_train_uses(tuned, synthetic_prepared: Path) -> None:
+    work, report = tuned
+    config = Path(report["config"])
+    assert config == work / "tuned.toml" and config.read_text().startswith(CONFIG_MARKER)
+    assert report["trials"] == {"this_call": 2, "complete": 2, "pruned": 0, "failed": 0, "total": 2}
+    assert "embedrec train --config" in report["command"]
+    settings = load_config_file(config)
+    assert settings == report["best"]["settings"] and settings["epochs"] == 2 and settings["preset"] == "default"
+    study = _study(work)
+    best = study.trials[report["best"]["trial"]]
+    assert best.value == pytest.approx(report["best"]["value"]) == max(t.value for t in study.trials)
+    assert 0 < report["best"]["metrics"]["val_ndcg@10"] <= 1 and report["best"]["metrics"]["val_rmse"] > 0
+    # trial runs live under tune/, only the best is kept, and the user's `latest` model is not a trial
+    assert sorted(p.name for p in (work / "tune" / "models").glob("*/trial-*")) == [
+        f"trial-{report['best']['trial']:04d}"]
+    assert not (work / "models" / "latest").exists()
+
+    run = work / "run"
+    done = _cli(["train", "--config", str(config), "--data", str(synthetic_prepared), "--workdir", str(work),
+                 "--out", str(run), "--quiet", "--json"], work)
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((run / "model.json").read_text())
+    trained = {**meta["model"], **meta["train"]}
+    assert meta["preset"] == "default"
+    for key, value in settings.items():
+        if key != "preset":
+            assert trained[key] == value, key
+    # same settings, same seed, same data: the trained model is the best trial's model
+    assert json.loads(done.stdout)["final"]["val_rmse"] == pytest.approx(report["best"]["metrics"]["val_rmse"])
+    assert (work / "models" / "latest").read_text().strip() == str(run.resolve())
+
+
+@pytest.mark.slow
+def test_a_second_call_continues_the_study(tuned, synthetic_prepared: Path, tmp_path: Path) -> None:
+    first_work, _ = tuned
+    work = tmp_path / "work"
+    shutil.copytree(first_work, work)
+    done = _cli(["tune", "--data", str(synthetic_prepared), "--workdir", str(work), "--trials", "1",
+                 "--max-epochs", "2", "--json"], work)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["trials"]["this_call"] == 1 and report["trials"]["total"] == 3
+    trials = _study(work).trials
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert trials[2].params != trials[1].params  # the resumed sampler does not replay the first call's samples
+    assert len(list((work / "tune" / "models").glob("*/trial-*"))) == 1
+    changed = _cli(["tune", "--data", str(synthetic_prepared), "--workdir", str(work), "--trials", "1",
+                    "--max-epochs", "3"], work)
+    assert changed.returncode == 2 and "--max-epochs" in changed.stderr and "Traceback" not in changed.stderr
+
+
+@pytest.mark.slow
+def test_the_test_split_never_changes_a_result(tuned, synthetic_prepared: Path, tmp_path: Path) -> None:
+    """The same search on a copy whose test ratings are scrambled gives the same validation numbers, to the bit."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_prepared, data)
+    table = pq.read_table(data / "ratings.parquet")
+    split = table.column("split").to_numpy()
+    rating = table.column("rating").to_numpy().copy()
+    is_test = split == 2
+    assert is_test.sum() > 1000
+    rating[is_test] = np.random.default_rng(0).permutation(np.where(rating[is_test] >= 3, 1.0, 5.0))
+    pq.write_table(table.set_column(table.column_names.index("rating"), "rating", pa.array(rating, pa.float32())),
+                   data / "ratings.parquet")
+    assert not np.array_equal(pq.read_table(data / "ratings.parquet").column("rating").to_numpy(),
+                              pq.read_table(synthetic_prepared / "ratings.parquet").column("rating").to_numpy())
+    result = tune(data, workdir=tmp_path / "work", n_trials=1, budget_s=None, max_epochs=2)
+    first_work, _ = tuned
+    original = _study(first_work).trials[0]
+    assert result.best_number == 0
+    assert result.best_metrics == original.user_attrs["metrics"]
+    assert result.best_value == original.value
+
+
+@pytest.mark.slow
+def test_a_pruned_trial_stops_training_and_leaves_nothing(synthetic_prepared: Path, tmp_path: Path) -> None:
+    import optuna
+
+    always = optuna.pruners.ThresholdPruner(upper=0.0)  # every RMSE is above 0: prune at the first report
+    with pytest.raises(ConfigError, match="no trial finished"):
+        tune(synthetic_prepared, workdir=tmp_path, preset="seed", objective="rmse", n_trials=1, budget_s=None,
+             max_epochs=3, pruner=always)
+    (trial,) = _study(tmp_path, "seed-rmse").trials
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert list(trial.intermediate_values) == [1]  # epochs 2 and 3 never ran
+    assert not list((tmp_path / "tune" / "models").glob("*/trial-*"))
+    assert not (tmp_path / "tuned.toml").exists() and not (tmp_path / "models").exists()
+
+
+@pytest.mark.slow
+def test_the_budget_stops_a_running_trial(synthetic_prepared: Path, tmp_path: Path) -> None:
+    import optuna
+
+    done = _cli(["tune", "--data", str(synthetic_prepared), "--workdir", str(tmp_path), "--preset", "seed",
+                 "--objective", "rmse", "--budget", "1s", "--max-epochs", "500"], tmp_path)
+    assert done.returncode == 2 and "no trial finished" in done.stderr and "Traceback" not in done.stderr
+    (trial,) = _study(tmp_path, "seed-rmse").trials
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert "time budget" in trial.user_attrs["reason"]
+    assert len(trial.intermediate_values) < 500
+    assert not list((tmp_path / "tune" / "models").glob("*/trial-*"))
+    # the next call starts again from the preset, since its trial never finished
+    again = _cli(["tune", "--data", str(synthetic_prepared), "--workdir", str(tmp_path), "--preset", "seed",
+                  "--objective", "rmse", "--budget", "1s", "--max-epochs", "500"], tmp_path)
+    assert again.returncode == 2
+    first, second = _study(tmp_path, "seed-rmse").trials
+    point = preset_point("seed", search_space(preset="seed", n_train=14_000, n_movies=400))
+    assert point == {"lr": preset("seed")[1].lr, "dropout": preset("seed")[0].dropout}  # the rest is outside the space
+    assert {k: first.params[k] for k in point} == {k: second.params[k] for k in point} == point
