@@ -148,3 +148,24 @@ def test_ndcg_by_blend_equals_evaluating_each_blend_two_stage(trained: Path, pre
                                eval_movie_idx=prepared.movie_idx[val], eval_rating=prepared.rating[val],
                                n_users=prepared.n_users, n_movies=prepared.n_movies, max_users=150, seed=0)
         assert got[beta] == pytest.approx(ref["ndcg@10"], abs=1e-9)
+
+
+def test_training_chooses_the_blend_by_two_stage_val_ndcg(synthetic_prepared: Path, tmp_path: Path) -> None:
+    """The blend choice after training equals ndcg_by_blend on the saved model: the same numbers, two-stage."""
+    from embedrec.artifacts import load_model
+    from embedrec.data import load_prepared
+    from embedrec.evaluation import ndcg_by_blend
+    from embedrec.runs import BETAS, train_run
+    from embedrec.scoring import Scorer
+    from embedrec.validation import training_relevance
+
+    result = train_run(synthetic_prepared, out=tmp_path / "run", workdir=tmp_path, preset="default",
+                       overrides={"epochs": 1})
+    artifact = load_model(result.run_dir)
+    data = load_prepared(synthetic_prepared)
+    ranking = artifact.meta["ranking"]
+    assert ranking["chosen_by"] == "val ndcg@10"
+    again = ndcg_by_blend(Scorer.from_artifact(artifact), data, betas=BETAS, split="val",
+                          relevance=training_relevance(data), max_users=artifact.train.val_users or None)
+    assert {float(b): v for b, v in ranking["val_ndcg@10"].items()} == pytest.approx(again, abs=1e-5)
+    assert ranking["beta"] == max(BETAS, key=lambda b: (round(again[b], 6), -b))
