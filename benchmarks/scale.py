@@ -174,7 +174,8 @@ def main() -> None:
     lines = [f"_{title}_", "", "| step | wall | CPU | peak RSS | load (1 min, before -> after) | notes |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| `{r['command'].replace(str(args.cache), '$CACHE')}` | {r['wall_s']:.1f} s | {r['cpu_s']:.1f} s | "
+        command = r["command"].replace(str(args.cache), "$CACHE")
+        lines.append(f"| `{command}` | {r['wall_s']:.1f} s | {r['cpu_s']:.1f} s | "
                      f"{r['peak_gb']:.2f} GB | {r['load']} | {r.get('note', '')} |")
     table = "\n".join(lines)
     print(table)

@@ -1,4 +1,4 @@
-"""How many candidates does two-stage ranking need? Recall of the exhaustive top 10 and NDCG@10, two-stage vs exhaustive.
+"""How many candidates does two-stage ranking need? Recall of the exhaustive top 10, NDCG@10 two-stage vs exhaustive.
 
 Usage::
 

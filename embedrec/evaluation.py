@@ -319,8 +319,10 @@ def evaluate_baselines(
             )
         )
 
-    results["popular"] = ranking("baseline popular", None, rank_by_item_scores(MostPopular().fit(*fit_args, **sizes).scores_))
-    results["top_rated"] = ranking("baseline top rated", None, rank_by_item_scores(TopRated().fit(*fit_args, **sizes).scores_))
+    popular = MostPopular().fit(*fit_args, **sizes).scores_
+    top_rated = TopRated().fit(*fit_args, **sizes).scores_
+    results["popular"] = ranking("baseline popular", None, rank_by_item_scores(popular))
+    results["top_rated"] = ranking("baseline top rated", None, rank_by_item_scores(top_rated))
     try:
         ease = EASE(lambda_=ease_lambda, max_items=ease_max_items).fit(*fit_args, **sizes)
     except ConfigError as exc:

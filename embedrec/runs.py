@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,13 +28,16 @@ from embedrec.config import (
     TrainConfig,
     check_settings,
     model_config_from_dict,
-    preset as preset_configs,
     split_overrides,
     to_dict,
     train_config_from_dict,
 )
+from embedrec.config import (
+    preset as preset_configs,
+)
 from embedrec.errors import ArtifactError, ConfigError
-from embedrec.workdir import data_dir as data_dir_of, models_dir, set_latest_run
+from embedrec.workdir import data_dir as data_dir_of
+from embedrec.workdir import models_dir, set_latest_run
 
 if TYPE_CHECKING:
     from embedrec.data.store import PreparedData

@@ -24,10 +24,10 @@ watch head). :class:`Ranking` reads it, with a default when the key is absent.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from embedrec.artifacts import ModelArtifact
 
 PAIR_CHUNK = 1 << 16
-PAIR_COST = 5  # re-ranking one candidate costs ~5x scoring one movie on the all-movies path (measured, ML-100K)  # (user, movie) pairs per step of the pair path
+PAIR_COST = 5  # re-ranking a candidate costs ~5x scoring a movie on the all-movies path (measured, ML-100K)
 _BLOCK_ELEMENTS = 1 << 21  # (users x movies x h1) floats per inner step: ~8 MB, cache-friendly
 
 DenseLayers = Sequence[tuple[np.ndarray, np.ndarray]]
@@ -265,9 +265,10 @@ class Scorer:
         With the blend ranking, ``candidates`` movies per user are retrieved by the watch output alone (a dot
         product over every allowed movie) and only those go through the full network; ``None`` scores every movie
         through it (the exhaustive path, for checking), and so does a candidate count above a fifth of the allowed
-        movies, where scoring them all is the cheaper way to the exact answer (:data:`PAIR_COST`). With beta 0 the watch output *is* the ranking, so
-        retrieval alone is exact. The rating ranking has no cheap stage and is always exhaustive, over the allowed
-        movies only. Users are split across ``workers`` threads with one BLAS thread each.
+        movies, where scoring them all is the cheaper way to the exact answer (:data:`PAIR_COST`). With beta 0 the
+        watch output *is* the ranking, so retrieval alone is exact. The rating ranking has no cheap stage and is
+        always exhaustive, over the allowed movies only. Users are split across ``workers`` threads with one BLAS
+        thread each.
         """
         ranking = ranking or self.ranking
         emb = np.atleast_2d(np.asarray(emb, np.float32))

@@ -19,9 +19,10 @@ from it for ``--help``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from embedrec.errors import ArtifactError, ConfigError
 

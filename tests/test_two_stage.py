@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from planted import planted, prepared, trained  # noqa: F401  (fixtures)
 
 

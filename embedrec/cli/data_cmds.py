@@ -145,9 +145,8 @@ def _run_prepare(
 ) -> dict[str, Any]:
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from embedrec.data.pipeline import prepare, prepare_synthetic
-
     from embedrec.cli.progress import StepLines
+    from embedrec.data.pipeline import prepare, prepare_synthetic
 
     labels = {"read": "reading", "clean": "validating and encoding", "split": "splitting", "write": "writing",
               "done": "done"}

@@ -15,8 +15,8 @@ import typer
 
 from embedrec.cli import render
 from embedrec.cli.common import JsonOpt, WorkdirOpt, app, handle_errors
-from embedrec.errors import ConfigError, UnknownIdError
 from embedrec.cli.progress import progress
+from embedrec.errors import ConfigError, UnknownIdError
 from embedrec.serving import DEFAULT_CANDIDATES, DEFAULT_MIN_RATINGS
 
 if TYPE_CHECKING:

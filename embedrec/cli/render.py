@@ -9,7 +9,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from embedrec.cli.common import console, err_console
 
@@ -194,7 +195,8 @@ def _evaluation_table(result: dict[str, Any], *, ks: list[int], split: str, rele
                         f"{relevance:g}; candidates: every movie not rated in an earlier split). The model ranks by "
                         f"{ranking}; scored: {stages}.",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
-                  caption=f"rating / watch: the model ranking by one output alone{variant_note}. Baselines on the same split: mean "
+                  caption=f"rating / watch: the model ranking by one output alone{variant_note}. "
+                          "Baselines on the same split: mean "
                           "(global mean), bias (user + movie), pop (most popular), rated (top rated, Bayesian "
                           "average), EASE (item-item, closed form)", caption_justify="left")
     table.add_column("metric", style="bold", no_wrap=True)
