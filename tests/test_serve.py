@@ -58,6 +58,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# uvicorn re-raises SIGTERM after its graceful shutdown (-15); a SIGTERM that arrives before uvicorn installs its
+# handler is embedrec's own documented exit code 143
+CLEAN_STOP = (-signal.SIGTERM, 143)
+
+
 class Server:
     """``python -m embedrec.cli serve ...`` on a free loopback port; :meth:`stop` sends SIGTERM and waits."""
 
@@ -313,7 +318,7 @@ def test_the_api_key_guards_every_endpoint_but_health_and_cors_allows_only_the_n
             assert login.status_code == 303 and "httponly" in login.headers["set-cookie"].lower()
             assert c.get("/", params={"user": ids["user"]}).status_code == 200  # the cookie now opens the page
     finally:
-        assert srv.stop() == -signal.SIGTERM
+        assert srv.stop() in CLEAN_STOP
 
 
 def test_reload_under_load_swaps_without_a_failed_request(keyed_workdir: Path, tmp_path: Path, ids: dict) -> None:
@@ -360,7 +365,7 @@ def test_reload_under_load_swaps_without_a_failed_request(keyed_workdir: Path, t
             copy_run(keyed_workdir, "run-nan", damage="nan")
             refused = c.post("/admin/reload")
             assert refused.status_code == 409 and refused.json()["reloaded"] is False, refused.text
-            assert "non-finite" in refused.json()["message"] and refused.json()["run"] == "run-3"
+            assert "NaN or infinite" in refused.json()["message"] and refused.json()["run"] == "run-3"
             copy_run(keyed_workdir, "run-broken", damage="missing")
             refused = c.post("/admin/reload")
             assert refused.status_code == 409 and "weights.safetensors" in refused.json()["message"]
@@ -374,7 +379,7 @@ def test_reload_under_load_swaps_without_a_failed_request(keyed_workdir: Path, t
         code = srv.stop()
     assert not failures, failures[:5]
     assert counts[0] > 20 and {"run-1", "run-2", "run-3"} <= runs_seen
-    assert code == -signal.SIGTERM and "Finished server process" in srv.output()
+    assert code in CLEAN_STOP and "Finished server process" in srv.output()
     assert "reload refused" in srv.output()
 
 
@@ -406,7 +411,7 @@ def test_sigterm_lets_requests_in_flight_finish(keyed_workdir: Path, tmp_path: P
     code = srv.stop()
     assert results == [10_000] * 8, results
     log = srv.output()
-    assert code == -signal.SIGTERM and "Finished server process" in log
+    assert code in CLEAN_STOP and "Finished server process" in log
     assert '"POST /predict HTTP/1.1" 200' in log.split("Shutting down", 1)[1]  # answered after SIGTERM arrived
     with pytest.raises(httpx.TransportError):
         httpx.get(srv.url + "/healthz", timeout=2)
