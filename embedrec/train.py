@@ -27,6 +27,7 @@ step), so a run resumed from a checkpoint ends with the same weights as an unint
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ from embedrec.model import (
     rating_from_rows,
 )
 
+REFIT_TABLES = ("user_bias", "movie_bias")  # the rating refit's tables; embeddings and the watch bias stay
+GROUP_OF = {name: group for group, names in TABLE_GROUPS.items() for name in names}
 B1, B2, EPS = 0.9, 0.999, 1e-7  # Keras' Adam defaults, as the original used
 DENSE_GENRE_MAX = 1 << 18  # genre tables up to this many parameters are updated densely, outside the slab
 
@@ -232,6 +235,8 @@ class StepStatic:
     sampling: str
     genre_table: bool = False  # the genre table is small: updated densely, outside the slab
     genre_width: int = 0
+    row_decay: float = 0.0  # per-row prior, spread over the row's ratings (TrainConfig.row_decay)
+    rating_only: bool = False  # the rating refit: only the dense head and the rating biases learn
 
 
 def make_block_fn(graphdef: Any, layout: SlabLayout, model_cfg: ModelConfig, shape: DataShape, static: StepStatic,
@@ -248,7 +253,8 @@ def make_block_fn(graphdef: Any, layout: SlabLayout, model_cfg: ModelConfig, sha
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P("data", *([None] * (x.ndim - 1)))))
 
     def loss_fn(head_state: Any, rows: dict[str, jax.Array], genre_in: jax.Array, rating: jax.Array,
-                weight: jax.Array, neg_weight: jax.Array, seed: jax.Array) -> tuple[jax.Array, jax.Array]:
+                weight: jax.Array, neg_weight: jax.Array, seed: jax.Array,
+                reg_coef: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         """MSE on the batch's ratings (+ per-row L2) + the watch loss of each positive against the shared negatives.
 
         ``rows`` holds the batch's user rows (B), movie rows (B positives, then K shared negatives) and either the
@@ -265,15 +271,17 @@ def make_block_fn(graphdef: Any, layout: SlabLayout, model_cfg: ModelConfig, sha
         n_valid = jnp.maximum(weight.sum(), 1.0)
         sq_sum = jnp.sum(weight * (pred - rating) ** 2)
         loss = sq_sum / n_valid
-        if static.weight_decay > 0:
-            # per observed rating, as in regularised matrix factorisation; sampled negatives are not penalised
+        if static.weight_decay > 0 or static.row_decay > 0:
+            # per observed rating, as in regularised matrix factorisation; sampled negatives are not penalised.
+            # reg_coef holds each rating's coefficient per table group: weight_decay + row_decay / n_ratings(row)
             reg = 0.0
             for name, r in pos_rows.items():
                 if r.ndim == 3:  # genre slots: weight each slot by its pooling weight
-                    reg = reg + jnp.sum(weight[:, None] * jnp.sum(r * r, axis=-1) * genre_w[:bsz])
+                    reg = reg + static.weight_decay * jnp.sum(
+                        weight[:, None] * jnp.sum(r * r, axis=-1) * genre_w[:bsz])
                 else:
-                    reg = reg + jnp.sum(weight * jnp.sum(r * r, axis=-1))
-            loss = loss + static.weight_decay * reg / n_valid
+                    reg = reg + jnp.sum(weight * reg_coef[GROUP_OF[name]] * jnp.sum(r * r, axis=-1))
+            loss = loss + reg / n_valid
         watch_sum = jnp.float32(0.0)
         if k_neg > 0:
             item = rows["movie_embedding"] + pool_genres(rows["genre_embedding"], genre_w)
@@ -351,7 +359,16 @@ def make_block_fn(graphdef: Any, layout: SlabLayout, model_cfg: ModelConfig, sha
             start += n
         if static.genre_table:
             rows["genre_table"] = state["genre"][:, :static.genre_width]
-        (g_head, g_rows), stats = grad_fn(state["head"], rows, genre_in, r, weight, neg_weight, step_seed)
+        reg_coef = {"user": jnp.full((bsz,), static.weight_decay, jnp.float32),
+                    "movie": jnp.full((bsz,), static.weight_decay, jnp.float32)}
+        if static.row_decay > 0:
+            reg_coef = {"user": reg_coef["user"] + static.row_decay * data["user_inv_count"][u],
+                        "movie": reg_coef["movie"] + static.row_decay * data["movie_inv_count"][m]}
+        (g_head, g_rows), stats = grad_fn(state["head"], rows, genre_in, r, weight, neg_weight, step_seed,
+                                          reg_coef)
+        if static.rating_only:
+            # with Adam's moments fresh from init_state, a zero gradient leaves a parameter exactly where it is
+            g_rows = {name: g if name in REFIT_TABLES else jnp.zeros_like(g) for name, g in g_rows.items()}
 
         count = state["count"] + live.astype(jnp.int32)
         t = jnp.maximum(count, 1).astype(jnp.float32)
@@ -542,6 +559,36 @@ def rank_on_split(scorer: Callable[..., np.ndarray], head_state: Any, tables: di
 # ---------------------------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------------------------
+def select_epoch(best: dict[str, Any], record: Mapping[str, Any], *, rmse_slack: float, has_val: bool
+                 ) -> tuple[bool, bool]:
+    """(keep this epoch's weights, did a validation metric improve), updating the running bests in ``best``.
+
+    Without ``rmse_slack`` (or without a val NDCG@10) this is plain early stopping on val RMSE. With it, the kept
+    weights are those of the epoch with the highest val NDCG@10 among the epochs whose val RMSE is within
+    ``rmse_slack`` of the best val RMSE so far (an epoch that sets a new best RMSE always qualifies, and replaces a
+    kept epoch that no longer does), and an improvement of either metric resets the patience.
+    """
+    if not has_val:
+        return True, True
+    rmse = record["val_rmse"]
+    ndcg = record.get("val_ndcg@10")
+    rmse_better = rmse < best["rmse"]
+    if rmse_better:
+        best["rmse"] = rmse
+    if rmse_slack <= 0 or ndcg is None:
+        if rmse_better:
+            best["kept_rmse"] = rmse
+        return rmse_better, rmse_better
+    ndcg_better = ndcg > best["ndcg"]
+    if ndcg_better:
+        best["ndcg"] = ndcg
+    limit = best["rmse"] * (1.0 + rmse_slack)
+    keep = rmse <= limit and (ndcg > best["kept_ndcg"] or best["kept_rmse"] > limit)
+    if keep:
+        best["kept_ndcg"], best["kept_rmse"] = ndcg, rmse
+    return keep, rmse_better or ndcg_better
+
+
 class Callbacks:
     """Hooks the loop reports through; the CLI renders them. All optional."""
 
@@ -568,6 +615,29 @@ class TrainResult:
     stopped_early: bool = False
     interrupted: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def _inverse_counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """1 / (number of training ratings) per row (1 for rows without any: they never appear in a batch)."""
+    return (1.0 / np.maximum(np.bincount(idx, minlength=n), 1)).astype(np.float32)
+
+
+def untrained_users_as_average(tables: dict[str, jax.Array], trained: np.ndarray) -> dict[str, jax.Array]:
+    """User rows that no training rating ever touched, set to the mean of the trained rows.
+
+    Such a row still holds its random initialisation, which scores a new user by noise around the movie biases;
+    the average user's row ranks what the average user watches and predicts the average user's ratings. Under a
+    temporal split most test users are new (203 of 290 on MovieLens-100K), so this is most of that row's ranking.
+    """
+    if trained.all() or not trained.any():
+        return tables
+    out = dict(tables)
+    for name in TABLE_GROUPS["user"]:
+        if name in out:
+            table = np.asarray(out[name])
+            table = np.where(trained[:, None], table, table[trained].mean(axis=0, keepdims=True))
+            out[name] = jnp.asarray(table, dtype=out[name].dtype)
+    return out
 
 
 def _flatten(tree: Any, prefix: str) -> dict[str, np.ndarray]:
@@ -644,6 +714,9 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     # +9% at 8192; at batch 256 (1,357 rows, 256 slots) the sparse path is 27% faster
     genre_table = (genres.n_genres <= 2 * bsz * genres.idx.shape[1]
                    and genres.n_genres * model_cfg.embedding_dim <= DENSE_GENRE_MAX)
+    if train_cfg.row_decay > 0:
+        data["user_inv_count"] = _inverse_counts(tr_u, prepared.n_users)
+        data["movie_inv_count"] = _inverse_counts(tr_m, prepared.n_movies)
     if train_cfg.negatives > 0:
         data["seen_bits"] = seen_filter(tr_u, tr_m)
         counts = np.bincount(tr_m, minlength=prepared.n_movies).astype(np.float64) ** train_cfg.sampling_alpha
@@ -657,7 +730,7 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
                         watch_loss=train_cfg.watch_loss,
                         weight_decay=train_cfg.weight_decay, lazy=lazy, rowwise=rowwise, sampling=train_cfg.sampling,
                         genre_table=genre_table,
-                        genre_width=int(model_cfg.embedding_dim))
+                        genre_width=int(model_cfg.embedding_dim), row_decay=train_cfg.row_decay)
     run_block = make_block_fn(graphdef, layout, model_cfg, shape, static, tx, mesh)
     predict = make_predict_fn(graphdef, model_cfg, shape)
 
@@ -679,8 +752,10 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     if model_cfg.watch_head and train_cfg.val_users > 0 and val_mask.any():
         rank_val = partial(rank_on_split, scorer, prepared=prepared, split_code=1, max_users=train_cfg.val_users)
 
+    trained_users = np.bincount(tr_u, minlength=prepared.n_users) > 0
     history: list[dict[str, Any]] = []
-    best = {"rmse": math.inf, "epoch": 0, "state": None, "bad_epochs": 0}
+    best = {"rmse": math.inf, "epoch": 0, "state": None, "bad_epochs": 0, "ndcg": -math.inf,
+            "kept_ndcg": -math.inf, "kept_rmse": math.inf}
     start_epoch, start_step = 1, 0
     carried = np.zeros(3, dtype=np.float64)
 
@@ -699,7 +774,9 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
         if mesh is not None:
             state = jax.device_put(state, replicated)
         history = list(meta["history"])
-        best.update(rmse=meta["best_rmse"], epoch=meta["best_epoch"], bad_epochs=meta["bad_epochs"])
+        best.update(rmse=meta["best_rmse"], epoch=meta["best_epoch"], bad_epochs=meta["bad_epochs"],
+                    ndcg=meta.get("best_ndcg", -math.inf), kept_ndcg=meta.get("kept_ndcg", -math.inf),
+                    kept_rmse=meta.get("kept_rmse", math.inf))
         if any(k.startswith("best") for k in arrays):
             best["state"] = {k[len("best"):]: v for k, v in arrays.items() if k.startswith("best")}
         start_epoch, start_step = int(meta["epoch"]), int(meta["step"])
@@ -720,6 +797,7 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
         checkpointer.save(arrays, {
             "epoch": epoch, "step": step, "carried": [float(x) for x in sums], "history": history,
             "best_rmse": best["rmse"], "best_epoch": best["epoch"], "bad_epochs": best["bad_epochs"],
+            "best_ndcg": best["ndcg"], "kept_ndcg": best["kept_ndcg"], "kept_rmse": best["kept_rmse"],
             "fingerprint": prepared.fingerprint,
         })
 
@@ -759,7 +837,8 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
         if interrupted:
             break
         seconds = time.perf_counter() - t0
-        pred = predict_in_batches(predict, state["head"], state_tables(state, layout), val_u, val_m, genre_idx_dev, genre_w_dev)
+        served = untrained_users_as_average(state_tables(state, layout), trained_users)  # validate what is served
+        pred = predict_in_batches(predict, state["head"], served, val_u, val_m, genre_idx_dev, genre_w_dev)
         record: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": float(sums[0] / max(sums[1], 1)),
@@ -776,16 +855,16 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
                 f"val predictions became NaN/Inf after epoch {epoch}; the last good checkpoint is kept. Lower --lr "
                 "(or raise --weight-decay) and train again")
         if rank_val is not None:
-            ndcg = rank_val(state["head"], state_tables(state, layout), 0.0)
+            ndcg = rank_val(state["head"], served, 0.0)
             if ndcg is not None:
                 record["val_ndcg@10"] = ndcg
         history.append(record)
-        improved = record["val_rmse"] < best["rmse"] or not len(val_r)
-        if improved:
-            best.update(rmse=record["val_rmse"], epoch=epoch, bad_epochs=0,
-                        state=_flatten({"head": state["head"], "tables": state_tables(state, layout)}, ""))
-        else:
-            best["bad_epochs"] += 1
+        # with the rating refit to follow, the epoch is chosen for ranking alone
+        slack = math.inf if train_cfg.rating_refit else train_cfg.rmse_slack
+        keep, improved = select_epoch(best, record, rmse_slack=slack, has_val=bool(len(val_r)))
+        if keep:
+            best.update(epoch=epoch, state=_flatten({"head": state["head"], "tables": state_tables(state, layout)}, ""))
+        best["bad_epochs"] = 0 if improved else best["bad_epochs"] + 1
         cb.on_epoch(record)
         if train_cfg.patience and best["bad_epochs"] >= train_cfg.patience:
             stopped_early = True
@@ -804,8 +883,43 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
         best["epoch"] = history[-1]["epoch"]
     model.set_tables(final["tables"])
     nnx.update(model.head, final["head"])
+    refit: list[dict[str, Any]] = []
+    if train_cfg.rating_refit and history and len(val_r) and not interrupted:
+        # the rating refit: the epochs were chosen for ranking; now the dense head and the rating biases go on
+        # learning the ratings on the chosen (frozen) embeddings, early-stopped on val RMSE, so the rating output
+        # is not cut short by the ranking output's optimum either (nor the ranking by the rating's)
+        final = jax.tree.map(jnp.array, final)  # a copy: the refit's state shares the model's arrays, and donates them
+        graphdef, layout, state = init_state(model, tx, genre_table=genre_table, rowwise=rowwise)
+        if mesh is not None:
+            state = jax.device_put(state, replicated)
+        refit_block = make_block_fn(graphdef, layout, model_cfg, shape,
+                                    dataclasses.replace(static, negatives=0, rating_only=True), tx, mesh)
+        kept = {"rmse": history[best["epoch"] - 1]["val_rmse"], "state": None, "epoch": 0}
+        for refit_epoch in range(1, train_cfg.rating_refit + 1):
+            perm = np.random.default_rng([train_cfg.seed, 10_000 + refit_epoch]).permutation(n_train)
+            epoch_data = {name: np.pad(arr[perm], (0, padded - n_train)) for name, arr in
+                          (("user", tr_u), ("movie", tr_m), ("rating", tr_r))}
+            for block_start in range(0, steps_per_epoch, steps_in_block):
+                state, _ = refit_block(state, data, epoch_data, jnp.int32(block_start), jnp.float32(train_cfg.lr),
+                                       jnp.uint32(train_cfg.seed & 0xFFFFFFFF), jnp.int32(10_000 + refit_epoch))
+            served = untrained_users_as_average(state_tables(state, layout), trained_users)
+            pred = predict_in_batches(predict, state["head"], served, val_u, val_m, genre_idx_dev, genre_w_dev)
+            rmse = float(np.sqrt(np.mean((pred - val_r) ** 2)))
+            refit.append({"epoch": refit_epoch, "val_rmse": rmse})
+            if not math.isfinite(rmse):
+                break
+            if rmse < kept["rmse"]:
+                kept = {"rmse": rmse, "epoch": refit_epoch, "state": jax.tree.map(
+                    lambda a: jnp.asarray(np.array(a)), {"head": state["head"], "tables": state_tables(state, layout)})}
+            elif refit_epoch - kept["epoch"] >= max(train_cfg.patience, 1) or stop_requested():
+                break
+        if kept["state"] is not None:
+            final = kept["state"]
+    final["tables"] = untrained_users_as_average(final["tables"], trained_users)
+    model.set_tables(final["tables"])
+    nnx.update(model.head, final["head"])
     return TrainResult(model=model, shape=shape, history=history, best_epoch=int(best["epoch"]), genres=genres,
                        scorer=partial(scorer, final["head"], final["tables"]),
                        stopped_early=stopped_early, interrupted=interrupted,
-                       info={"n_params": model.n_params(), "n_train": n_train, "devices": n_dev,
+                       info={"n_params": model.n_params(), "n_train": n_train, "devices": n_dev, "refit": refit,
                              "steps_per_epoch": steps_per_epoch})
