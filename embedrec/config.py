@@ -132,6 +132,7 @@ class TrainConfig:
     steps_per_call: int = 200
     rmse_slack: float = 0.0
     rating_refit: int = 0
+    rating_embedding_grad: float = 1.0
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -142,6 +143,8 @@ class TrainConfig:
         _check(self.row_decay >= 0 and math.isfinite(self.row_decay), "--row-decay",
                f"must be >= 0, got {self.row_decay}")
         _check(0 <= self.rmse_slack < 1, "--rmse-slack", f"must be in [0, 1), got {self.rmse_slack}")
+        _check(0 <= self.rating_embedding_grad <= 1, "--rating-embedding-grad",
+               f"must be in [0, 1], got {self.rating_embedding_grad}")
         _check(self.rating_refit >= 0, "--rating-refit", f"must be >= 0, got {self.rating_refit}")
         _check(self.optimizer in ("adam", "lazy_adam", "rowwise_adam"), "--optimizer",
                f"must be rowwise_adam, lazy_adam or adam, got {self.optimizer}")

@@ -52,6 +52,7 @@ from embedrec.model import (
 )
 
 REFIT_TABLES = ("user_bias", "movie_bias")  # the rating refit's tables; embeddings and the watch bias stay
+EMBEDDINGS = ("user_embedding", "movie_embedding", "genre_embedding")
 GROUP_OF = {name: group for group, names in TABLE_GROUPS.items() for name in names}
 B1, B2, EPS = 0.9, 0.999, 1e-7  # Keras' Adam defaults, as the original used
 DENSE_GENRE_MAX = 1 << 18  # genre tables up to this many parameters are updated densely, outside the slab
@@ -236,6 +237,7 @@ class StepStatic:
     genre_table: bool = False  # the genre table is small: updated densely, outside the slab
     genre_width: int = 0
     row_decay: float = 0.0  # per-row prior, spread over the row's ratings (TrainConfig.row_decay)
+    rating_embedding_grad: float = 1.0  # TrainConfig.rating_embedding_grad
     rating_only: bool = False  # the rating refit: only the dense head and the rating biases learn
 
 
@@ -267,7 +269,13 @@ def make_block_fn(graphdef: Any, layout: SlabLayout, model_cfg: ModelConfig, sha
         if "genre_table" in rows:  # the small genre table itself: its gradient is dense (and cheap)
             rows["genre_embedding"] = rows.pop("genre_table")[genre_idx]
         pos_rows = {name: (r[:bsz] if r.shape[0] > bsz else r) for name, r in rows.items()}
-        pred = rating_from_rows(head, pos_rows, genre_w[:bsz], cfg=model_cfg, shape=shape, dropout_seed=seed)
+        rating_rows = pos_rows
+        if static.rating_embedding_grad < 1.0:
+            # the same forward pass; the MSE's gradient reaches the shared embeddings scaled by this factor
+            a = static.rating_embedding_grad
+            rating_rows = {name: (a * r + (1.0 - a) * jax.lax.stop_gradient(r) if name in EMBEDDINGS else r)
+                           for name, r in pos_rows.items()}
+        pred = rating_from_rows(head, rating_rows, genre_w[:bsz], cfg=model_cfg, shape=shape, dropout_seed=seed)
         n_valid = jnp.maximum(weight.sum(), 1.0)
         sq_sum = jnp.sum(weight * (pred - rating) ** 2)
         loss = sq_sum / n_valid
@@ -730,7 +738,8 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
                         watch_loss=train_cfg.watch_loss,
                         weight_decay=train_cfg.weight_decay, lazy=lazy, rowwise=rowwise, sampling=train_cfg.sampling,
                         genre_table=genre_table,
-                        genre_width=int(model_cfg.embedding_dim), row_decay=train_cfg.row_decay)
+                        genre_width=int(model_cfg.embedding_dim), row_decay=train_cfg.row_decay,
+                        rating_embedding_grad=train_cfg.rating_embedding_grad)
     run_block = make_block_fn(graphdef, layout, model_cfg, shape, static, tx, mesh)
     predict = make_predict_fn(graphdef, model_cfg, shape)
 
