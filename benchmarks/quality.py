@@ -125,9 +125,9 @@ def prepare_row(row: str, cache: Path) -> Path:
 # ------------------------------------------------------------------------------------------------------ evaluation
 def relevance_of(prepared: Any) -> float:
     """The top quarter of the scale (4 of 1..5), the threshold training validates with."""
-    from embedrec.train import training_relevance
+    from embedrec.evaluation import default_relevance
 
-    return training_relevance(prepared)
+    return default_relevance(float(prepared.summary["rating_min"]), float(prepared.summary["rating_max"]))
 
 
 def run_baselines(prepared: Any) -> dict[str, dict[str, Any]]:

@@ -47,6 +47,14 @@ PredictFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 ProgressFn = Callable[[int, int], None]
 """``on_progress(users_done, users_total)``, called after each batch."""
 
+def default_relevance(rating_min: float, rating_max: float) -> float:
+    """The rating from which a held-out rating counts as relevant: 4 stars on MovieLens' 1..5 and 0.5..5 scales,
+    the top quarter of any other scale (8 of 2..10, 7.75 of 1..10), so nothing assumes five stars."""
+    if (rating_min, rating_max) in ((0.5, 5.0), (1.0, 5.0)):
+        return 4.0
+    return rating_min + 0.75 * (rating_max - rating_min)
+
+
 def evaluate_ratings(
     predict_fn: PredictFn, *, user_idx: np.ndarray, movie_idx: np.ndarray, rating: np.ndarray
 ) -> dict[str, float]:

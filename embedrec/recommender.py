@@ -820,7 +820,7 @@ def _check_k(k: int) -> None:
 # Evaluation of a model
 # ---------------------------------------------------------------------------------------------------------------
 def evaluate_model(scorer: Scorer, prepared: PreparedData, *, split: str = "test", ks: Sequence[int] = (10,),
-                   relevance: float = 4.0, baselines: bool = True, variants: bool = True,
+                   relevance: float | None = None, baselines: bool = True, variants: bool = True,
                    max_users: int | None = None, seed: int = 0,
                    on_progress: ProgressFn | None = None) -> dict[str, Any]:
     """Rating error and full-ranking metrics of the model on ``split``, with the baselines on the same split.
@@ -838,6 +838,10 @@ def evaluate_model(scorer: Scorer, prepared: PreparedData, *, split: str = "test
 
     if split not in ("val", "test"):
         raise ConfigError(f"--split must be val or test, got {split!r}")
+    if relevance is None:  # 4 of 1..5, the top quarter of other scales: what training validates with
+        from embedrec.evaluation import default_relevance
+
+        relevance = default_relevance(float(prepared.summary["rating_min"]), float(prepared.summary["rating_max"]))
     code = SPLIT_CODES[split]
     held = prepared.split == code
     if not held.any():

@@ -139,7 +139,9 @@ def evaluate_cmd(
     split: Annotated[str, typer.Option("--split", help="Which held-out split: val or test.")] = "test",
     k: Annotated[list[str] | None, typer.Option("--k", "-k", help="Cut-off(s): repeat, or 5,10,20.",
                                                 show_default="10")] = None,
-    relevance: Annotated[float, typer.Option("--relevance", help="A held-out rating >= this is relevant.")] = 4.0,
+    relevance: Annotated[float | None, typer.Option(
+        "--relevance", help="A held-out rating >= this is relevant.",
+        show_default="4 on 1..5 and 0.5..5, else the top quarter of the scale")] = None,
     max_users: Annotated[int | None, typer.Option("--max-users", help="Rank a seeded random subset of users.",
                                                   min=1)] = None,
     no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Skip the baseline rows.")] = False,
@@ -155,6 +157,10 @@ def evaluate_cmd(
     assert prepared is not None
     scorer = Scorer.from_artifact(artifact)
     with err_console.status("evaluating", spinner="dots") if not json_out else _nullcontext():
+        if relevance is None:
+            from embedrec.evaluation import default_relevance
+
+            relevance = default_relevance(float(prepared.summary["rating_min"]), float(prepared.summary["rating_max"]))
         result = evaluate_model(scorer, prepared, split=split, ks=ks, relevance=relevance,
                                 baselines=not no_baselines, max_users=max_users)
     if json_out:
