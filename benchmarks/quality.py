@@ -157,7 +157,7 @@ def run_model(data_dir: Path, prepared: Any, *, seed: int, overrides: dict[str, 
         meta = json.loads((result.run_dir / "model.json").read_text())
     return {"seed": seed, "ndcg@10": metrics["ndcg@10"], "rmse": metrics["rmse"], "recall@10": metrics["recall@10"],
             "best_epoch": result.best_epoch, "epochs_run": len(result.history), "train_s": round(train_s, 1),
-            "ranking": result.ranking.get("beta"), "adapted": meta.get("adapted"), "refit": meta.get("rating_refit"),
+            "ranking": result.ranking.get("beta"), "adapted": meta.get("adapted"),
             "history": [{k: h[k] for k in ("epoch", "val_rmse", "val_ndcg@10") if k in h} for h in result.history]}
 
 

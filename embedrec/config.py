@@ -109,9 +109,9 @@ class TrainConfig:
     higher val NDCG@10, and early stopping waits until neither metric improved for ``patience`` epochs, so the
     ranking output is not cut short by the rating output's optimum.
 
-    ``rating_refit`` > 0 separates the two choices instead: the epoch is chosen by val NDCG@10 alone, then for up to
-    that many more epochs only the dense head and the user and movie rating biases learn (MSE, embeddings and watch
-    bias frozen), early-stopped on val RMSE. The ranking keeps the epoch that ranked best; the ratings get their own.
+    ``rating_embedding_grad`` scales the gradient of the rating loss that reaches the shared user, movie and genre
+    embeddings (the forward pass is unchanged); below 1 the embeddings are shaped mostly by the watch output, which
+    on a sparse catalogue keeps the ratings from overfitting them (see :func:`adapt_to_data`).
     """
 
     lr: float = 1e-3
@@ -131,7 +131,6 @@ class TrainConfig:
     val_users: int = 2000
     steps_per_call: int = 200
     rmse_slack: float = 0.0
-    rating_refit: int = 0
     rating_embedding_grad: float = 1.0
 
     def __post_init__(self) -> None:
@@ -145,7 +144,6 @@ class TrainConfig:
         _check(0 <= self.rmse_slack < 1, "--rmse-slack", f"must be in [0, 1), got {self.rmse_slack}")
         _check(0 <= self.rating_embedding_grad <= 1, "--rating-embedding-grad",
                f"must be in [0, 1], got {self.rating_embedding_grad}")
-        _check(self.rating_refit >= 0, "--rating-refit", f"must be >= 0, got {self.rating_refit}")
         _check(self.optimizer in ("adam", "lazy_adam", "rowwise_adam"), "--optimizer",
                f"must be rowwise_adam, lazy_adam or adam, got {self.optimizer}")
         _check(0 < self.lr_decay <= 1, "--lr-decay", f"must be in (0, 1], got {self.lr_decay}")

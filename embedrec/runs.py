@@ -178,14 +178,11 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
         ranking = choose_ranking(result, prepared, model_cfg, train_cfg)
         gi = result.genres
         final = dict(result.history[result.best_epoch - 1]) if result.history and result.best_epoch else {}
-        refit = result.info.get("refit") or []
-        if refit:  # the rating refit's best val RMSE is the model's (see TrainConfig.rating_refit)
-            final["val_rmse"] = min([final.get("val_rmse", float("inf"))] + [r["val_rmse"] for r in refit])
         save_model(run_dir, module=result.model, model_cfg=model_cfg, train_cfg=train_cfg, shape=result.shape,
                    genre_idx=gi.idx, genre_w=gi.weight, prepared=prepared, history=result.history,
                    extra_meta={"preset": preset, "ranking": ranking, "best_epoch": result.best_epoch,
                                "stopped_early": result.stopped_early, "epochs_run": len(result.history),
-                               "rating_refit": refit, "adapted": adapted,
+                               "adapted": adapted,
                                "metrics": {k: v for k, v in final.items() if k.startswith("val_")}})
         write_learning_curve(run_dir / "learning_curve.png", result.history, title=f"embedrec {preset}")
         set_latest_run(workdir, run_dir)

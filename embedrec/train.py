@@ -27,7 +27,6 @@ step), so a run resumed from a checkpoint ends with the same weights as an unint
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -51,7 +50,6 @@ from embedrec.model import (
     rating_from_rows,
 )
 
-REFIT_TABLES = ("user_bias", "movie_bias")  # the rating refit's tables; embeddings and the watch bias stay
 EMBEDDINGS = ("user_embedding", "movie_embedding", "genre_embedding")
 GROUP_OF = {name: group for group, names in TABLE_GROUPS.items() for name in names}
 B1, B2, EPS = 0.9, 0.999, 1e-7  # Keras' Adam defaults, as the original used
@@ -238,7 +236,6 @@ class StepStatic:
     genre_width: int = 0
     row_decay: float = 0.0  # per-row prior, spread over the row's ratings (TrainConfig.row_decay)
     rating_embedding_grad: float = 1.0  # TrainConfig.rating_embedding_grad
-    rating_only: bool = False  # the rating refit: only the dense head and the rating biases learn
 
 
 def make_block_fn(graphdef: Any, layout: SlabLayout, model_cfg: ModelConfig, shape: DataShape, static: StepStatic,
@@ -374,9 +371,6 @@ def make_block_fn(graphdef: Any, layout: SlabLayout, model_cfg: ModelConfig, sha
                         "movie": reg_coef["movie"] + static.row_decay * data["movie_inv_count"][m]}
         (g_head, g_rows), stats = grad_fn(state["head"], rows, genre_in, r, weight, neg_weight, step_seed,
                                           reg_coef)
-        if static.rating_only:
-            # with Adam's moments fresh from init_state, a zero gradient leaves a parameter exactly where it is
-            g_rows = {name: g if name in REFIT_TABLES else jnp.zeros_like(g) for name, g in g_rows.items()}
 
         count = state["count"] + live.astype(jnp.int32)
         t = jnp.maximum(count, 1).astype(jnp.float32)
@@ -869,9 +863,7 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
             if ndcg is not None:
                 record["val_ndcg@10"] = ndcg
         history.append(record)
-        # with the rating refit to follow, the epoch is chosen for ranking alone
-        slack = math.inf if train_cfg.rating_refit else train_cfg.rmse_slack
-        keep, improved = select_epoch(best, record, rmse_slack=slack, has_val=bool(len(val_r)))
+        keep, improved = select_epoch(best, record, rmse_slack=train_cfg.rmse_slack, has_val=bool(len(val_r)))
         if keep:
             best.update(epoch=epoch, state=_flatten({"head": state["head"], "tables": state_tables(state, layout)}, ""))
         best["bad_epochs"] = 0 if improved else best["bad_epochs"] + 1
@@ -891,45 +883,11 @@ def train(prepared: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
         final = _unflatten(final, best["state"], "")
     elif history:  # without early stopping the last epoch's weights are the model (as in the original)
         best["epoch"] = history[-1]["epoch"]
-    model.set_tables(final["tables"])
-    nnx.update(model.head, final["head"])
-    refit: list[dict[str, Any]] = []
-    if train_cfg.rating_refit and history and len(val_r) and not interrupted:
-        # the rating refit: the epochs were chosen for ranking; now the dense head and the rating biases go on
-        # learning the ratings on the chosen (frozen) embeddings, early-stopped on val RMSE, so the rating output
-        # is not cut short by the ranking output's optimum either (nor the ranking by the rating's)
-        final = jax.tree.map(jnp.array, final)  # a copy: the refit's state shares the model's arrays, and donates them
-        graphdef, layout, state = init_state(model, tx, genre_table=genre_table, rowwise=rowwise)
-        if mesh is not None:
-            state = jax.device_put(state, replicated)
-        refit_block = make_block_fn(graphdef, layout, model_cfg, shape,
-                                    dataclasses.replace(static, negatives=0, rating_only=True), tx, mesh)
-        kept = {"rmse": history[best["epoch"] - 1]["val_rmse"], "state": None, "epoch": 0}
-        for refit_epoch in range(1, train_cfg.rating_refit + 1):
-            perm = np.random.default_rng([train_cfg.seed, 10_000 + refit_epoch]).permutation(n_train)
-            epoch_data = {name: np.pad(arr[perm], (0, padded - n_train)) for name, arr in
-                          (("user", tr_u), ("movie", tr_m), ("rating", tr_r))}
-            for block_start in range(0, steps_per_epoch, steps_in_block):
-                state, _ = refit_block(state, data, epoch_data, jnp.int32(block_start), jnp.float32(train_cfg.lr),
-                                       jnp.uint32(train_cfg.seed & 0xFFFFFFFF), jnp.int32(10_000 + refit_epoch))
-            served = untrained_users_as_average(state_tables(state, layout), trained_users)
-            pred = predict_in_batches(predict, state["head"], served, val_u, val_m, genre_idx_dev, genre_w_dev)
-            rmse = float(np.sqrt(np.mean((pred - val_r) ** 2)))
-            refit.append({"epoch": refit_epoch, "val_rmse": rmse})
-            if not math.isfinite(rmse):
-                break
-            if rmse < kept["rmse"]:
-                kept = {"rmse": rmse, "epoch": refit_epoch, "state": jax.tree.map(
-                    lambda a: jnp.asarray(np.array(a)), {"head": state["head"], "tables": state_tables(state, layout)})}
-            elif refit_epoch - kept["epoch"] >= max(train_cfg.patience, 1) or stop_requested():
-                break
-        if kept["state"] is not None:
-            final = kept["state"]
     final["tables"] = untrained_users_as_average(final["tables"], trained_users)
     model.set_tables(final["tables"])
     nnx.update(model.head, final["head"])
     return TrainResult(model=model, shape=shape, history=history, best_epoch=int(best["epoch"]), genres=genres,
                        scorer=partial(scorer, final["head"], final["tables"]),
                        stopped_early=stopped_early, interrupted=interrupted,
-                       info={"n_params": model.n_params(), "n_train": n_train, "devices": n_dev, "refit": refit,
+                       info={"n_params": model.n_params(), "n_train": n_train, "devices": n_dev,
                              "steps_per_epoch": steps_per_epoch})
