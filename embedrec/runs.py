@@ -156,9 +156,10 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
         prepared = load_prepared(data_dir)
         model_cfg, train_cfg = resolve_configs(preset, overrides)
         train_movies = prepared.movie_idx[prepared.split == 0]
-        train_cfg, adapted = adapt_to_data(preset, train_cfg, n_train=len(train_movies),
-                                           n_movies_rated=int(np.unique(train_movies).size),
-                                           explicit=set((overrides or {}).keys()))
+        train_cfg, adapted = adapt_to_data(
+            preset, train_cfg, n_train=len(train_movies), n_movies_rated=int(np.unique(train_movies).size),
+            split_method=str(prepared.summary.get("split", {}).get("method", "random")),
+            explicit=set((overrides or {}).keys()))
         run_dir = Path(out) if out is not None else new_run_dir(workdir, preset)
         if (run_dir / "model.json").exists() or (run_dir / "checkpoints").exists():
             raise ConfigError(f"--out {run_dir} already holds a run; choose a new folder, or add --resume")

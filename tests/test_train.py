@@ -385,3 +385,7 @@ def test_the_default_preset_adapts_to_a_sparse_catalogue_but_never_overrides_the
                               explicit={"rating_embedding_grad"})
     assert mine.rating_embedding_grad == 1.0 and why["rmse_slack"] == 0.01
     assert adapt_to_data("seed", preset("seed")[1], n_train=100, n_movies_rated=50)[1] == {}
+    for split in ("temporal", "leave-last-out"):
+        by_time, why = adapt_to_data("default", train_cfg, n_train=70_000, n_movies_rated=1_600, split_method=split)
+        assert by_time.rating_embedding_grad == 0.1
+        assert why["because"] == f"a {split} split (the model is judged on later ratings)"
