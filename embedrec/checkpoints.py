@@ -123,7 +123,9 @@ class CheckpointDir:
         return None
 
 
-# what resuming a training run reads from a checkpoint's meta.json (train.py writes these)
+# what resuming a training run reads from a checkpoint's meta.json (train.py writes these). train.py also writes
+# best_ndcg, kept_ndcg and kept_rmse (epoch selection with rmse_slack); they are optional, so a checkpoint written
+# before them still resumes (missing or null reads as the initial -inf / inf)
 RESUME_KEYS: dict[str, tuple[type, ...]] = {
     "epoch": (int,), "step": (int,), "history": (list,), "best_rmse": (int, float, type(None)),
     "best_epoch": (int,), "bad_epochs": (int,), "fingerprint": (str,),

@@ -69,8 +69,16 @@ VARIANT_USERS = 2_000
 first stage, so over every user of a full-size catalogue it would cost more than the rest of the evaluation."""
 
 
+def default_relevance(rating_min: float, rating_max: float) -> float:
+    """The rating from which a held-out rating counts as relevant: 4 stars on MovieLens' 1..5 and 0.5..5 scales,
+    the top quarter of any other scale (8 of 2..10, 7.75 of 1..10), so nothing assumes five stars."""
+    if (rating_min, rating_max) in ((0.5, 5.0), (1.0, 5.0)):
+        return 4.0
+    return rating_min + 0.75 * (rating_max - rating_min)
+
+
 def evaluate_model(scorer: Scorer, prepared: PreparedData, *, split: str = "test", ks: Sequence[int] = (10,),
-                   relevance: float = 4.0, baselines: bool = True, variants: bool = True,
+                   relevance: float | None = None, baselines: bool = True, variants: bool = True,
                    max_users: int | None = None, seed: int = 0, candidates: int | None = DEFAULT_CANDIDATES,
                    on_progress: StageProgressFn | None = None) -> dict[str, Any]:
     """Rating error and full-ranking metrics of the model on ``split``, with the baselines on the same split.
@@ -88,6 +96,8 @@ def evaluate_model(scorer: Scorer, prepared: PreparedData, *, split: str = "test
     """
     if split not in ("val", "test"):
         raise ConfigError(f"--split must be val or test, got {split!r}")
+    if relevance is None:  # 4 of 1..5, the top quarter of other scales: what training validates with
+        relevance = default_relevance(float(prepared.summary["rating_min"]), float(prepared.summary["rating_max"]))
     code = SPLIT_CODES[split]
     held = prepared.split == code
     if not held.any():

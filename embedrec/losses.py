@@ -1,4 +1,4 @@
-"""The training objective as pure functions of gathered rows: rating MSE, per-row L2, and the watch loss.
+"""The training objective as pure functions of gathered rows: rating MSE, per-rating L2, and the watch loss.
 
 Synopsis::
 
@@ -21,7 +21,10 @@ import jax
 import jax.numpy as jnp
 
 from embedrec.config import DataShape
-from embedrec.model import Head, item_vectors, rating_from_rows, watch_logits_against
+from embedrec.model import TABLE_GROUPS, Head, item_vectors, rating_from_rows, watch_logits_against
+
+EMBEDDINGS = ("user_embedding", "movie_embedding", "genre_embedding")  # the tables both outputs share
+GROUP_OF = {name: group for group, names in TABLE_GROUPS.items() for name in names}
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class LossSettings:
     weight_decay: float
     watch_weight: float
     watch_loss: Literal["bce", "softmax"]
+    row_decay: float = 0.0  # per-row prior, spread over the row's ratings (TrainConfig.row_decay)
+    rating_embedding_grad: float = 1.0  # TrainConfig.rating_embedding_grad
 
 
 def squared_error_sum(pred: jax.Array, rating: jax.Array, weight: jax.Array) -> jax.Array:
@@ -49,6 +54,27 @@ def l2_sum(pos_rows: Mapping[str, jax.Array], weight: jax.Array, genre_w: jax.Ar
         else:
             reg = reg + jnp.sum(weight * jnp.sum(r * r, axis=-1))
     return reg
+
+
+def decay_sum(pos_rows: Mapping[str, jax.Array], weight: jax.Array, genre_w: jax.Array, *,
+              reg_coef: Mapping[str, jax.Array], weight_decay: float) -> jax.Array:
+    """The L2 penalty of each rating's rows, each scaled by its own coefficient: ``reg_coef`` holds one per rating
+    and table group (``weight_decay + row_decay / n_ratings(row)``, see :class:`embedrec.config.TrainConfig`);
+    genre slots take ``weight_decay`` weighted by their pooling weight. Sampled negatives are not penalised."""
+    reg = 0.0
+    for name, r in pos_rows.items():
+        if r.ndim == 3:  # genre slots: weight each slot by its pooling weight
+            reg = reg + weight_decay * jnp.sum(weight[:, None] * jnp.sum(r * r, axis=-1) * genre_w)
+        else:
+            reg = reg + jnp.sum(weight * reg_coef[GROUP_OF[name]] * jnp.sum(r * r, axis=-1))
+    return reg
+
+
+def with_scaled_embedding_grad(pos_rows: Mapping[str, jax.Array], factor: float) -> dict[str, jax.Array]:
+    """The same rows, whose shared embeddings pass only ``factor`` of their gradient back (the forward values are
+    unchanged): ``factor * r + (1 - factor) * stop_gradient(r)``. Biases keep their full gradient."""
+    return {name: (factor * r + (1.0 - factor) * jax.lax.stop_gradient(r) if name in EMBEDDINGS else r)
+            for name, r in pos_rows.items()}
 
 
 def watch_loss_sum(users: jax.Array, items: jax.Array, watch_bias: jax.Array, weight: jax.Array,
@@ -71,16 +97,28 @@ def watch_loss_sum(users: jax.Array, items: jax.Array, watch_bias: jax.Array, we
 
 def batch_loss(head: Head, rows: Mapping[str, jax.Array], genre_w: jax.Array, rating: jax.Array,
                weight: jax.Array, neg_weight: jax.Array, dropout_seed: jax.Array, *, shape: DataShape,
-               settings: LossSettings) -> tuple[jax.Array, jax.Array]:
-    """(mean loss per rating, stats): MSE + weight decay * L2 + watch weight * watch loss, all per rating."""
+               settings: LossSettings, reg_coef: Mapping[str, jax.Array] | None = None
+               ) -> tuple[jax.Array, jax.Array]:
+    """(mean loss per rating, stats): MSE + L2 + watch weight * watch loss, all per rating.
+
+    The L2 coefficient of each rating's user and movie rows is ``reg_coef[group]`` (B,) when given (the step adds
+    ``row_decay / n_ratings`` there), else ``weight_decay``. Below ``rating_embedding_grad`` 1 the MSE's gradient
+    reaches the shared embeddings scaled by that factor; the watch loss and the L2 keep their full gradient.
+    """
     bsz = settings.batch_size
     pos_rows = {name: (r[:bsz] if r.shape[0] > bsz else r) for name, r in rows.items()}
-    pred = rating_from_rows(head, pos_rows, genre_w[:bsz], cfg=None, shape=shape, dropout_seed=dropout_seed)
+    rating_rows = pos_rows
+    if settings.rating_embedding_grad < 1.0:
+        rating_rows = with_scaled_embedding_grad(pos_rows, settings.rating_embedding_grad)
+    pred = rating_from_rows(head, rating_rows, genre_w[:bsz], cfg=None, shape=shape, dropout_seed=dropout_seed)
     n_valid = jnp.maximum(weight.sum(), 1.0)
     sq_sum = squared_error_sum(pred, rating, weight)
     loss = sq_sum / n_valid
-    if settings.weight_decay > 0:
-        loss = loss + settings.weight_decay * l2_sum(pos_rows, weight, genre_w[:bsz]) / n_valid
+    if settings.weight_decay > 0 or settings.row_decay > 0:
+        if reg_coef is None:
+            reg_coef = {group: jnp.full((bsz,), settings.weight_decay, jnp.float32) for group in ("user", "movie")}
+        loss = loss + decay_sum(pos_rows, weight, genre_w[:bsz], reg_coef=reg_coef,
+                                weight_decay=settings.weight_decay) / n_valid
     watch_sum = jnp.float32(0.0)
     if settings.negatives > 0:
         items = item_vectors(rows["movie_embedding"], rows["genre_embedding"], genre_w)

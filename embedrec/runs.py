@@ -26,6 +26,7 @@ from embedrec.checkpoints import RESUME_KEYS, CheckpointDir
 from embedrec.config import (
     ModelConfig,
     TrainConfig,
+    adapt_to_data,
     check_settings,
     model_config_from_dict,
     split_overrides,
@@ -188,17 +189,23 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
             raise ConfigError(f"--resume continues with the settings in {run_dir / 'run.json'}; drop "
                               f"{', '.join('--' + k.replace('_', '-') for k in changed)} (only --epochs may change)")
         preset = run_meta.get("preset", preset)
+        adapted = run_meta.get("adapted", {})
     else:
         data_dir = Path(data_dir) if data_dir is not None else data_dir_of(workdir)
         prepared = load_prepared(data_dir)
         model_cfg, train_cfg = resolve_configs(preset, overrides)
+        train_movies = prepared.movie_idx[prepared.split == 0]
+        train_cfg, adapted = adapt_to_data(
+            preset, train_cfg, n_train=len(train_movies), n_movies_rated=int(np.unique(train_movies).size),
+            split_method=str(prepared.summary.get("split", {}).get("method", "random")),
+            explicit=set((overrides or {}).keys()))
         run_dir = Path(out) if out is not None else new_run_dir(workdir, preset)
         _check_new_run_dir(run_dir)
         created_run_dir = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "run.json", {
             "schema_version": SCHEMA_VERSION, "preset": preset, "model": to_dict(model_cfg),
-            "train": to_dict(train_cfg), "data": {"path": str(Path(data_dir).resolve()),
+            "train": to_dict(train_cfg), "adapted": adapted, "data": {"path": str(Path(data_dir).resolve()),
                                                   "fingerprint": prepared.fingerprint},
         })
 
@@ -226,6 +233,7 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
                    genre_idx=gi.idx, genre_w=gi.weight, prepared=prepared, history=result.history,
                    extra_meta={"preset": preset, "ranking": ranking, "best_epoch": result.best_epoch,
                                "stopped_early": result.stopped_early, "epochs_run": len(result.history),
+                               "adapted": adapted,
                                "metrics": {k: v for k, v in final.items() if k.startswith("val_")}})
         write_learning_curve(run_dir / "learning_curve.png", result.history, title=f"embedrec {preset}")
         set_latest_run(workdir, run_dir)

@@ -8,10 +8,11 @@ Synopsis::
 
 The train state is a pytree: ``head`` (the Head's NNX state), ``opt`` (its Adam moments), ``slab`` (every embedding
 table with its moments, see :mod:`embedrec.sparse_adam`), ``count`` (Adam's step count) and, for a small genre
-table updated densely, ``genre``. ``inputs`` are the run's device arrays (``genre_idx``, ``genre_w``, and with
-negatives ``seen_bits`` and ``neg_cdf``); ``epoch_ratings`` the epoch's shuffled, padded ``user``/``movie``/
-``rating`` columns, so a batch is a contiguous slice, not a random gather. A whole block of steps runs in one
-``lax.scan``, so Python is touched once per block; steps past the end of the epoch (padding) change nothing.
+table updated densely, ``genre``. ``inputs`` are the run's device arrays (``genre_idx``, ``genre_w``, with
+negatives ``seen_bits`` and ``neg_cdf``, with ``row_decay`` ``user_inv_count`` and ``movie_inv_count``);
+``epoch_ratings`` the epoch's shuffled, padded ``user``/``movie``/``rating`` columns, so a batch is a contiguous
+slice, not a random gather. A whole block of steps runs in one ``lax.scan``, so Python is touched once per block;
+steps past the end of the epoch (padding) change nothing.
 """
 
 from __future__ import annotations
@@ -60,10 +61,13 @@ class StepSettings:
     sampling: str
     genre_table: bool = False  # the genre table is small: updated densely, outside the slab
     genre_width: int = 0
+    row_decay: float = 0.0  # per-row prior, spread over the row's ratings (TrainConfig.row_decay)
+    rating_embedding_grad: float = 1.0  # TrainConfig.rating_embedding_grad
 
     def loss_settings(self) -> LossSettings:
         return LossSettings(batch_size=self.batch_size, negatives=self.negatives, weight_decay=self.weight_decay,
-                            watch_weight=self.watch_weight, watch_loss=self.watch_loss)
+                            watch_weight=self.watch_weight, watch_loss=self.watch_loss, row_decay=self.row_decay,
+                            rating_embedding_grad=self.rating_embedding_grad)
 
 
 @dataclass(frozen=True)
@@ -104,8 +108,9 @@ def state_tables(state: Mapping[str, Any], layout: SlabLayout) -> dict[str, jax.
 
 
 def step_loss(head_state: Any, rows: dict[str, jax.Array], genre_idx: jax.Array, genre_w: jax.Array,
-              rating: jax.Array, weight: jax.Array, neg_weight: jax.Array, seed: jax.Array, *, graphdef: Any,
-              shape: DataShape, settings: LossSettings) -> tuple[jax.Array, jax.Array]:
+              rating: jax.Array, weight: jax.Array, neg_weight: jax.Array, seed: jax.Array,
+              reg_coef: Mapping[str, jax.Array] | None = None, *, graphdef: Any, shape: DataShape,
+              settings: LossSettings) -> tuple[jax.Array, jax.Array]:
     """:func:`embedrec.losses.batch_loss` as a function of the Head's state and the gathered rows (what the step
     differentiates). A small genre table arrives whole as ``rows["genre_table"]``: looked up here, its gradient is
     dense (and cheap)."""
@@ -113,7 +118,8 @@ def step_loss(head_state: Any, rows: dict[str, jax.Array], genre_idx: jax.Array,
     rows = dict(rows)
     if "genre_table" in rows:
         rows["genre_embedding"] = rows.pop("genre_table")[genre_idx]
-    return batch_loss(head, rows, genre_w, rating, weight, neg_weight, seed, shape=shape, settings=settings)
+    return batch_loss(head, rows, genre_w, rating, weight, neg_weight, seed, shape=shape, settings=settings,
+                      reg_coef=reg_coef)
 
 
 def _constrain(x: jax.Array, mesh: Any) -> jax.Array:
@@ -132,6 +138,19 @@ def _negatives(inputs: Mapping[str, jax.Array], users: jax.Array, weight: jax.Ar
     neg = sample_negatives(jax.random.key(seed), settings.negatives, n_movies=n_movies, cdf=cdf)
     seen = maybe_seen(inputs["seen_bits"], users[:, None], neg[None, :])  # (B, K)
     return neg, weight[:, None] * (1.0 - seen.astype(jnp.float32))
+
+
+def _reg_coef(inputs: Mapping[str, jax.Array], users: jax.Array, movies: jax.Array, *, settings: StepSettings
+              ) -> dict[str, jax.Array]:
+    """Each rating's L2 coefficient for its user and movie rows: ``weight_decay``, plus ``row_decay`` spread over
+    the row's training ratings (``inputs["user_inv_count"]``/``["movie_inv_count"]``, 1 / count)."""
+    bsz = settings.batch_size
+    reg_coef = {"user": jnp.full((bsz,), settings.weight_decay, jnp.float32),
+                "movie": jnp.full((bsz,), settings.weight_decay, jnp.float32)}
+    if settings.row_decay > 0:
+        reg_coef = {"user": reg_coef["user"] + settings.row_decay * inputs["user_inv_count"][users],
+                    "movie": reg_coef["movie"] + settings.row_decay * inputs["movie_inv_count"][movies]}
+    return reg_coef
 
 
 def _gather_rows(slab: jax.Array, layout: SlabLayout, lookup: Mapping[str, jax.Array], keep: Mapping[str, jax.Array],
@@ -179,6 +198,7 @@ def train_step(state: TrainState, inputs: Mapping[str, jax.Array], epoch_ratings
     weight = _constrain(valid.astype(jnp.float32), parts.mesh)
     step_seed = mix_seed(run_seed, epoch, step)
     live = valid.any()  # false only for the padding steps at the end of an epoch's last block
+    reg_coef = _reg_coef(inputs, users, movies, settings=settings)  # the batch's own movies, not its negatives
     keep_movies = valid
     neg_weight = jnp.zeros((bsz, 0), jnp.float32)
     if settings.negatives > 0:
@@ -200,7 +220,7 @@ def train_step(state: TrainState, inputs: Mapping[str, jax.Array], epoch_ratings
         rows["genre_table"] = state["genre"][:, :settings.genre_width]
     loss = partial(step_loss, graphdef=parts.graphdef, shape=parts.shape, settings=settings.loss_settings())
     (g_head, g_rows), stats = jax.grad(loss, argnums=(0, 1), has_aux=True)(
-        state["head"], rows, genre_idx, genre_w, rating, weight, neg_weight, step_seed)
+        state["head"], rows, genre_idx, genre_w, rating, weight, neg_weight, step_seed, reg_coef)
 
     count = state["count"] + live.astype(jnp.int32)
     lr_t = bias_corrected_lr(lr, count)

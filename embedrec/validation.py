@@ -113,8 +113,9 @@ def make_user_scorer(graphdef: Any, shape: DataShape, genre_idx: jax.Array, genr
 
 def training_relevance(prepared: PreparedData) -> float:
     """The "relevant" threshold used during training: 4 stars on a 5-star scale, the same share of other scales."""
-    lo, hi = float(prepared.summary["rating_min"]), float(prepared.summary["rating_max"])
-    return 4.0 if (lo, hi) in ((0.5, 5.0), (1.0, 5.0)) else lo + 0.75 * (hi - lo)
+    from embedrec.evaluation import default_relevance
+
+    return default_relevance(float(prepared.summary["rating_min"]), float(prepared.summary["rating_max"]))
 
 
 def rank_on_split(score_users: UserScorer, *, prepared: PreparedData, split_code: int,

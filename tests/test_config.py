@@ -9,6 +9,7 @@ import pytest
 from embedrec.config import (
     ModelConfig,
     TrainConfig,
+    adapt_to_data,
     check_settings,
     load_config_file,
     model_config_from_dict,
@@ -63,3 +64,20 @@ def test_config_files_accept_dashes_sections_and_toml(tmp_path: Path) -> None:
         load_config_file(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config_file(tmp_path / "none.json")
+
+
+def test_the_default_preset_adapts_to_a_sparse_catalogue_but_never_overrides_the_user() -> None:
+    _, train_cfg = preset("default")
+    dense, why = adapt_to_data("default", train_cfg, n_train=70_000, n_movies_rated=1_650)
+    assert dense == train_cfg and why == {}
+    sparse, why = adapt_to_data("default", train_cfg, n_train=23_000, n_movies_rated=1_480)
+    assert (sparse.rating_embedding_grad, sparse.rmse_slack) == (0.1, 0.01)
+    assert "15.5 training ratings per movie" in why["because"]
+    mine, why = adapt_to_data("default", train_cfg, n_train=23_000, n_movies_rated=1_480,
+                              explicit={"rating_embedding_grad"})
+    assert mine.rating_embedding_grad == 1.0 and why["rmse_slack"] == 0.01
+    assert adapt_to_data("seed", preset("seed")[1], n_train=100, n_movies_rated=50)[1] == {}
+    for split in ("temporal", "leave-last-out"):
+        by_time, why = adapt_to_data("default", train_cfg, n_train=70_000, n_movies_rated=1_600, split_method=split)
+        assert by_time.rating_embedding_grad == 0.1
+        assert why["because"] == f"a {split} split (the model is judged on later ratings)"

@@ -161,6 +161,14 @@ def test_baselines_on_ml100k(ml100k_prepared: Path) -> None:
     assert got["ease"]["ndcg@10"] > got["popular"]["ndcg@10"] + 0.1
 
 
+def test_relevance_defaults_to_four_stars_or_the_top_quarter_of_another_scale() -> None:
+    from embedrec.evaluation import default_relevance
+
+    assert default_relevance(1.0, 5.0) == default_relevance(0.5, 5.0) == 4.0
+    assert default_relevance(2.0, 10.0) == 8.0  # 4 would count nearly every rating of a 10-point scale
+    assert default_relevance(1.0, 10.0) == 7.75
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------------------------------------------

@@ -274,3 +274,52 @@ def test_config_values_of_the_wrong_type_are_one_line_errors(synthetic_prepared:
         assert fail.returncode == 2, fail.stderr
         assert str(cfg) in fail.stderr and key in fail.stderr and "Traceback" not in fail.stderr
         assert not (tmp_path / "x").exists()  # nothing half-made is left behind
+
+
+def test_with_rmse_slack_the_kept_epoch_ranks_best_within_the_slack_of_the_best_rmse() -> None:
+    from embedrec.train import BestEpoch, select_epoch
+
+    best = BestEpoch()
+    curve = [(1.00, 0.10), (0.95, 0.12), (0.955, 0.15), (0.97, 0.20), (0.94, 0.13), (0.96, 0.14)]
+    decisions = [select_epoch(best, {"val_rmse": r, "val_ndcg@10": n}, rmse_slack=0.01, has_val=True)
+                 for r, n in curve]
+    # epoch 3 ranks better within 1% of 0.95; epoch 4 is 2% off; epoch 5 sets a new best RMSE (0.94), so epoch 3
+    # (0.955 > 0.9494) no longer qualifies and epoch 5 replaces it; epoch 6 is outside the slack of 0.94
+    assert [keep for keep, _ in decisions] == [True, True, True, False, True, False]
+    assert [improved for _, improved in decisions] == [True, True, True, True, True, False]
+    # without slack: plain early stopping on val RMSE, whatever the ranking does
+    best = BestEpoch()
+    plain = [select_epoch(best, {"val_rmse": r, "val_ndcg@10": n}, rmse_slack=0.0, has_val=True)
+             for r, n in curve]
+    assert plain == [(True, True), (True, True), (False, False), (False, False), (True, True), (False, False)]
+
+
+def test_a_user_without_training_ratings_is_scored_as_the_average_user() -> None:
+    from embedrec.train import untrained_users_as_average
+
+    emb = np.arange(12, dtype=np.float32).reshape(4, 3)
+    bias = np.array([[1.0], [3.0], [9.0], [7.0]], np.float32)
+    trained = np.array([True, True, False, False])
+    out = untrained_users_as_average({"user_embedding": emb, "user_bias": bias, "movie_bias": bias}, trained)
+    np.testing.assert_allclose(np.asarray(out["user_embedding"])[2:], [[1.5, 2.5, 3.5]] * 2)
+    np.testing.assert_allclose(np.asarray(out["user_bias"])[:, 0], [1.0, 3.0, 2.0, 2.0])
+    np.testing.assert_array_equal(np.asarray(out["user_embedding"])[:2], emb[:2])
+    np.testing.assert_array_equal(np.asarray(out["movie_bias"]), bias)  # movies are not users
+
+
+def test_at_rating_embedding_grad_zero_the_ratings_never_move_the_embeddings(prepared) -> None:
+    from flax import nnx
+
+    from embedrec.model import EmbeddingConcat, data_shape, genre_inputs
+
+    model_cfg, train_cfg = preset("default")
+    train_cfg = train_cfg.replace(epochs=2, patience=0, negatives=0, weight_decay=0.0, rating_embedding_grad=0.0,
+                                  val_users=0)
+    result = train(prepared, model_cfg, train_cfg)
+    shape = data_shape(prepared, genre_inputs(prepared, model_cfg.genre_mode))
+    init = EmbeddingConcat(model_cfg, shape, rngs=nnx.Rngs(train_cfg.seed)).tables()
+    trained = result.model.tables()
+    np.testing.assert_array_equal(np.asarray(trained["movie_embedding"]), np.asarray(init["movie_embedding"]))
+    np.testing.assert_array_equal(np.asarray(trained["genre_embedding"]), np.asarray(init["genre_embedding"]))
+    assert not np.allclose(np.asarray(trained["movie_bias"]), 0.0)  # the rating output itself did learn
+    assert result.history[-1]["val_rmse"] < result.history[0]["val_rmse"] + 0.05

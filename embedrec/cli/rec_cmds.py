@@ -67,7 +67,9 @@ def evaluate_cmd(
     split: Annotated[str, typer.Option("--split", help="Which held-out split: val or test.")] = "test",
     k: Annotated[list[str] | None, typer.Option("--k", "-k", help="Cut-off(s): repeat, or 5,10,20.",
                                                 show_default="10")] = None,
-    relevance: Annotated[float, typer.Option("--relevance", help="A held-out rating >= this is relevant.")] = 4.0,
+    relevance: Annotated[float | None, typer.Option(
+        "--relevance", help="A held-out rating >= this is relevant.",
+        show_default="4 on 1..5 and 0.5..5, else the top quarter of the scale")] = None,
     max_users: Annotated[int | None, typer.Option("--max-users", help="Rank a seeded random subset of users.",
                                                   min=1)] = None,
     no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Skip the baseline rows.")] = False,
@@ -86,6 +88,11 @@ def evaluate_cmd(
     loaded = load_model_and_data(workdir=workdir, model=model, data=data, strict=True)
     assert loaded.prepared is not None  # strict loading raises instead
     scorer = Scorer.from_artifact(loaded.artifact)
+    if relevance is None:  # the default is shown in the table's title, so it is resolved here
+        from embedrec.evaluation import default_relevance
+
+        summary = loaded.prepared.summary
+        relevance = default_relevance(float(summary["rating_min"]), float(summary["rating_max"]))
     with progress("evaluate") as on_progress:
         result = evaluate_model(scorer, loaded.prepared, split=split, ks=ks, relevance=relevance,
                                 baselines=not no_baselines, max_users=max_users,

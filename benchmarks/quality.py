@@ -1,0 +1,280 @@
+"""The quality matrix: default ``embedrec train`` beside every baseline, on several data sets and split protocols.
+
+Usage::
+
+    python benchmarks/quality.py                                  # every row, seeds 42 1 2, a text table
+    python benchmarks/quality.py --markdown                       # the README's table
+    python benchmarks/quality.py --rows ml100k-sparse --seeds 42 --override negatives=256 --override epochs=60
+
+This is how defaults are chosen: a change to a default must not lose on any row. Each row prepares its data once
+(cached under ``--cache``), fits the baselines once (global mean, user + movie bias, most popular, top rated, EASE;
+they are deterministic), then trains the default preset once per seed exactly as ``embedrec train`` does
+(:func:`embedrec.runs.train_run`, no flags but ``seed`` and any ``--override``) and evaluates it as
+``embedrec evaluate`` does, on the test split under full ranking. Relevant = a test rating in the top quarter of
+the rating scale (4 of 1..5, 8 of 2..10), as training's own validation uses.
+
+Rows (all real MovieLens-100K from the RecBole wheel, except the last):
+
+* ``ml100k-random``: random 70/10/20 split (the split the first defaults were tuned on);
+* ``ml100k-temporal``: one global time cut-off, the latest 20% of ratings are test (many test users are new);
+* ``ml100k-llo``: leave-last-out, each user's latest rating is test, the one before it val;
+* ``ml100k-sparse``: a seeded random quarter of each movie's ratings (at least one), random split: most movies
+  keep a handful of ratings, like a large real catalogue;
+* ``ml100k-few-users``: every rating of a seeded random third of the users, ratings doubled to a 2..10 scale
+  and read as a generic CSV: users keep their long histories while most movies have a handful of ratings (the
+  shape of MovieLens "latest-small": 610 users, 9,700 movies, 10 ratings per movie), another rating scale, and the
+  generic reader;
+* ``synthetic``: the built-in synthetic set (600 users, 900 movies, 60,000 ratings), random split.
+
+Targets (issue #11), for every row: NDCG@10 >= 1.1 x most popular and >= 0.9 x EASE; RMSE >= 2% below the bias
+baseline (on the temporal row: below it). The ``ok`` column says which hold for the mean over seeds.
+
+Timing is wall time per row (prepare is cached and not counted; baselines once, then every seed's training and
+evaluation), measured on a shared machine: treat it as a rough guide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ROWS = ("ml100k-random", "ml100k-temporal", "ml100k-llo", "ml100k-sparse", "ml100k-few-users", "synthetic")
+DEFAULT_SEEDS = (42, 1, 2)
+THIN_SEED = 11  # the thinned catalogues are fixed data sets: their own seed, not a training seed
+BASELINE_ROWS = ("global_mean", "bias", "popular", "top_rated", "ease")
+
+
+# -------------------------------------------------------------------------------------------------------- data sets
+def _ml100k_frames() -> tuple[Any, Any]:
+    """(ratings, movies) of MovieLens-100K as ml-csv frames: userId,movieId,rating,timestamp / movieId,title,genres."""
+    import pandas as pd
+
+    from embedrec.data.recbole import fetch_ml100k
+
+    folder = fetch_ml100k()
+    ratings = pd.read_csv(folder / "ml-100k.inter", sep="\t")
+    ratings.columns = ["userId", "movieId", "rating", "timestamp"]
+    items = pd.read_csv(folder / "ml-100k.item", sep="\t", dtype=str, keep_default_na=False)
+    items.columns = ["movieId", "title", "year", "genres"]
+    title = items["title"] + np.where(items["year"].str.fullmatch(r"\d{4}"), " (" + items["year"] + ")", "")
+    movies = pd.DataFrame({"movieId": items["movieId"].astype(int), "title": title,
+                           "genres": items["genres"].str.split().str.join("|").replace("", "(no genres listed)")})
+    return ratings, movies
+
+
+def _thin(ratings: Any, *, by: str, keep: float, at_least: int, seed: int) -> Any:
+    """A seeded random ``keep`` share of each group's ratings (``by`` = movieId or userId), at least ``at_least``."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(ratings))
+    shuffled = ratings.iloc[order]
+    rank = shuffled.groupby(by).cumcount().to_numpy()
+    size = shuffled.groupby(by)[by].transform("size").to_numpy()
+    quota = np.maximum(np.ceil(keep * size), np.minimum(at_least, size))
+    return shuffled[rank < quota].sort_index()
+
+
+def prepare_row(row: str, cache: Path) -> Path:
+    """The prepared data folder of ``row`` (prepared once into ``cache``)."""
+    from embedrec.data import PrepareConfig, prepare, prepare_synthetic
+
+    out = cache / row
+    if (out / "summary.json").is_file():
+        return out
+    if row == "synthetic":
+        prepare_synthetic(out=out, config=PrepareConfig())
+        return out
+    if row in ("ml100k-random", "ml100k-temporal", "ml100k-llo"):
+        from embedrec.data.recbole import fetch_ml100k
+
+        split = {"ml100k-random": "random", "ml100k-temporal": "temporal", "ml100k-llo": "leave-last-out"}[row]
+        prepare(fetch_ml100k(), out=out, config=PrepareConfig(split=split))
+        return out
+    ratings, movies = _ml100k_frames()
+    raw = cache / f"{row}-raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    if row == "ml100k-sparse":
+        thinned = _thin(ratings, by="movieId", keep=0.25, at_least=1, seed=THIN_SEED)
+        scale = (1.0, 5.0)
+    elif row == "ml100k-few-users":
+        users = ratings["userId"].unique()
+        kept = np.random.default_rng(THIN_SEED).choice(users, size=len(users) // 3, replace=False)
+        thinned = ratings[ratings["userId"].isin(kept)]
+        thinned = thinned.assign(rating=thinned["rating"] * 2)
+        scale = (2.0, 10.0)
+    else:
+        raise SystemExit(f"--rows: unknown row {row!r}; choose from {', '.join(ROWS)}")
+    thinned.to_csv(raw / "ratings.csv", index=False)
+    movies.to_csv(raw / "movies.csv", index=False)
+    prepare(raw / "ratings.csv", out=out, config=PrepareConfig(
+        format="csv", ratings_file=str(raw / "ratings.csv"), movies_file=str(raw / "movies.csv"),
+        rating_scale=scale))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ evaluation
+def relevance_of(prepared: Any) -> float:
+    """The top quarter of the scale (4 of 1..5), the threshold training validates with."""
+    from embedrec.evaluation import default_relevance
+
+    return default_relevance(float(prepared.summary["rating_min"]), float(prepared.summary["rating_max"]))
+
+
+def run_baselines(prepared: Any) -> dict[str, dict[str, Any]]:
+    from embedrec.data.split import TEST
+    from embedrec.evaluation import evaluate_baselines
+
+    return evaluate_baselines(user_idx=prepared.user_idx, movie_idx=prepared.movie_idx, rating=prepared.rating,
+                              split=prepared.split, n_users=prepared.n_users, n_movies=prepared.n_movies,
+                              eval_split=TEST, ks=(10,), relevance=relevance_of(prepared))
+
+
+def run_model(data_dir: Path, prepared: Any, *, seed: int, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Train the default preset (seed + overrides) as ``embedrec train`` does; evaluate as ``embedrec evaluate``."""
+    from embedrec.artifacts import load_model
+    from embedrec.evaluation import evaluate_model
+    from embedrec.runs import train_run
+    from embedrec.scoring import Scorer
+
+    with tempfile.TemporaryDirectory(prefix="embedrec-quality-") as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        result = train_run(data_dir, out=work / "run", workdir=work, preset="default",
+                           overrides={**overrides, "seed": seed})
+        train_s = time.perf_counter() - t0
+        scorer = Scorer.from_artifact(load_model(result.run_dir))
+        metrics = evaluate_model(scorer, prepared, split="test", ks=(10,), relevance=relevance_of(prepared),
+                                 baselines=False, variants=False)
+        meta = json.loads((result.run_dir / "model.json").read_text())
+    return {"seed": seed, "ndcg@10": metrics["ndcg@10"], "rmse": metrics["rmse"], "recall@10": metrics["recall@10"],
+            "best_epoch": result.best_epoch, "epochs_run": len(result.history), "train_s": round(train_s, 1),
+            "ranking": result.ranking.get("beta"), "adapted": meta.get("adapted"),
+            "history": [{k: h[k] for k in ("epoch", "val_rmse", "val_ndcg@10") if k in h} for h in result.history]}
+
+
+def run_row(row: str, *, cache: Path, seeds: list[int], overrides: dict[str, Any],
+            log: Callable[[str], None]) -> dict[str, Any]:
+    from embedrec.data import load_prepared
+
+    data_dir = prepare_row(row, cache)
+    prepared = load_prepared(data_dir)
+    t0 = time.perf_counter()
+    baselines = run_baselines(prepared)
+    runs = []
+    for seed in seeds:
+        got = run_model(data_dir, prepared, seed=seed, overrides=overrides)
+        log(f"{row} seed {seed}: NDCG@10 {got['ndcg@10']:.4f}  RMSE {got['rmse']:.4f}  best epoch "
+            f"{got['best_epoch']}/{got['epochs_run']}  beta {got['ranking']}  {got['train_s']} s")
+        runs.append(got)
+    s = prepared.summary
+    return {"row": row, "seconds": round(time.perf_counter() - t0, 1), "runs": runs, "baselines": baselines,
+            "overrides": overrides,
+            "data": {"n_users": s["n_users"], "n_movies": s["n_movies"], "n_ratings": s["n_ratings"],
+                     "n_train": s["n_train"], "scale": [s["rating_min"], s["rating_max"]],
+                     "relevance": relevance_of(prepared)}}
+
+
+# ---------------------------------------------------------------------------------------------------------- report
+def summarise(result: dict[str, Any]) -> dict[str, Any]:
+    """Means and spreads over seeds, the baselines, and which targets hold."""
+    runs, base = result["runs"], result["baselines"]
+    ndcg = np.array([r["ndcg@10"] for r in runs])
+    rmse = np.array([r["rmse"] for r in runs])
+    popular = float(base["popular"]["ndcg@10"])
+    ease = float(base["ease"].get("ndcg@10", math.nan))
+    bias = float(base["bias"]["rmse"])
+    rmse_goal = bias if result["row"] == "ml100k-temporal" else 0.98 * bias
+    return {
+        "ndcg": float(ndcg.mean()), "ndcg_sd": float(ndcg.std(ddof=1)) if len(ndcg) > 1 else 0.0,
+        "rmse": float(rmse.mean()), "rmse_sd": float(rmse.std(ddof=1)) if len(rmse) > 1 else 0.0,
+        "popular": popular, "top_rated": float(base["top_rated"]["ndcg@10"]), "ease": ease, "bias": bias,
+        "global_mean": float(base["global_mean"]["rmse"]),
+        "x_popular": float(ndcg.mean()) / popular if popular else math.inf,
+        "x_ease": float(ndcg.mean()) / ease if ease else math.inf,
+        "rmse_vs_bias": float(rmse.mean()) / bias - 1.0,
+        "ok_popular": bool(ndcg.mean() >= 1.1 * popular), "ok_ease": bool(ndcg.mean() >= 0.9 * ease),
+        "ok_rmse": bool(rmse.mean() < rmse_goal),
+        "best_epochs": [r["best_epoch"] for r in runs],
+    }
+
+
+def _data_cell(d: dict[str, Any]) -> str:
+    per_movie = d["n_ratings"] / d["n_movies"]
+    lo, hi = d["scale"]
+    return f"{d['n_users']:,} x {d['n_movies']:,}, {d['n_ratings'] / 1000:.0f}k ({per_movie:.0f}/movie), {lo:g}..{hi:g}"
+
+
+def table(results: list[dict[str, Any]], *, markdown: bool) -> str:
+    head = ["row", "users x movies, ratings", "NDCG@10 model", "popular", "top rated", "EASE", "x pop / x EASE",
+            "RMSE model", "bias", "global mean", "vs bias", "targets", "best epochs", "time"]
+    lines = []
+    for res in results:
+        s = summarise(res)
+        flags = "".join("y" if ok else "n" for ok in (s["ok_popular"], s["ok_ease"], s["ok_rmse"]))
+        lines.append([
+            res["row"], _data_cell(res["data"]), f"{s['ndcg']:.3f} ± {s['ndcg_sd']:.3f}", f"{s['popular']:.3f}",
+            f"{s['top_rated']:.3f}", f"{s['ease']:.3f}", f"{s['x_popular']:.2f} / {s['x_ease']:.2f}",
+            f"{s['rmse']:.3f} ± {s['rmse_sd']:.3f}", f"{s['bias']:.3f}", f"{s['global_mean']:.3f}",
+            f"{100 * s['rmse_vs_bias']:+.1f}%", flags, ",".join(map(str, s["best_epochs"])), f"{res['seconds']:.0f} s",
+        ])
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(line) + " |" for line in lines]
+        return "\n".join(out)
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    return "\n".join(out)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` with a JSON value (numbers, true/false, [64,16]) or a bare string; dashes become underscores."""
+    if "=" not in text:
+        raise SystemExit(f"--override: expected key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        parsed: Any = json.loads(value)
+    except ValueError:
+        parsed = value
+    return key.strip().replace("-", "_"), parsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="which rows (default: all)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS), help="training seeds")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a train setting on top of the default preset (repeatable), e.g. negatives=256")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "embedrec" / "quality",
+                        help="where the prepared data sets are kept")
+    parser.add_argument("--json", type=Path, help="also write every run's numbers to this JSON file")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's)")
+    args = parser.parse_args(argv)
+    overrides = dict(parse_override(o) for o in args.override)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    results = []
+    for row in args.rows:
+        results.append(run_row(row, cache=args.cache, seeds=args.seeds, overrides=overrides,
+                               log=lambda line: print(line, file=sys.stderr, flush=True)))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1, default=float))
+    print(table(results, markdown=args.markdown))
+    if overrides:
+        print(f"overrides: {overrides}")
+    print(f"seeds: {' '.join(map(str, args.seeds))}; targets = NDCG@10 >= 1.1 x popular, >= 0.9 x EASE, "
+          "RMSE 2% below bias (temporal: below it)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
