@@ -50,9 +50,13 @@ def ensure_csv(cache: Path, scale: str, seed: int) -> tuple[Path, dict[str, floa
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    info = {"generate_s": round(t_gen, 2), "generate_cpu_s": round(c_gen, 2),
-            "generate_peak_rss_mb": round(peak, 1), "write_csv_s": round(t_csv, 2),
-            "csv_mb": round((tmp / "ratings.csv").stat().st_size / 1e6, 1)}
+    info = {
+        "generate_s": round(t_gen, 2),
+        "generate_cpu_s": round(c_gen, 2),
+        "generate_peak_rss_mb": round(peak, 1),
+        "write_csv_s": round(t_csv, 2),
+        "csv_mb": round((tmp / "ratings.csv").stat().st_size / 1e6, 1),
+    }
     (tmp / ".complete").write_text(json.dumps(info))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
@@ -71,8 +75,13 @@ def run_prepare(folder: Path, out: Path) -> dict[str, float]:
     if proc.returncode != 0:
         raise SystemExit(f"prepare failed ({proc.returncode}): {stderr.decode()[-2000:]}")
     summary = json.loads(stdout)
-    return {"wall_s": round(wall, 2), "n_ratings": summary["n_ratings"], "n_users": summary["n_users"],
-            "n_movies": summary["n_movies"], "n_genre_strings": summary["n_genre_strings"]}
+    return {
+        "wall_s": round(wall, 2),
+        "n_ratings": summary["n_ratings"],
+        "n_users": summary["n_users"],
+        "n_movies": summary["n_movies"],
+        "n_genre_strings": summary["n_genre_strings"],
+    }
 
 
 def measured_prepare(folder: Path, out: Path) -> dict[str, float]:
@@ -85,8 +94,9 @@ def measured_prepare(folder: Path, out: Path) -> dict[str, float]:
         "r['peak_rss_mb'] = round(ru.ru_maxrss / 1024, 1); r['cpu_s'] = round(ru.ru_utime + ru.ru_stime, 2); "
         "print(json.dumps(r))"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(ROOT), str(folder), str(out)], capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT), str(folder), str(out)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-2000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -94,15 +104,19 @@ def measured_prepare(folder: Path, out: Path) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "embedrec-bench",
-                    help="folder for the generated CSV files (reused between runs)")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "embedrec-bench",
+        help="folder for the generated CSV files (reused between runs)",
+    )
     ap.add_argument("--scale", choices=["full", "seed", "both"], default="both")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     results = {"cpus": os.cpu_count()}
-    for scale in (["seed", "full"] if args.scale == "both" else [args.scale]):
+    for scale in ["seed", "full"] if args.scale == "both" else [args.scale]:
         folder, gen = ensure_csv(args.cache, scale, args.seed)
         with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
             res = measured_prepare(folder, Path(tmp) / "data")

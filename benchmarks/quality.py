@@ -41,8 +41,9 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -68,8 +69,13 @@ def _ml100k_frames() -> tuple[Any, Any]:
     items = pd.read_csv(folder / "ml-100k.item", sep="\t", dtype=str, keep_default_na=False)
     items.columns = ["movieId", "title", "year", "genres"]
     title = items["title"] + np.where(items["year"].str.fullmatch(r"\d{4}"), " (" + items["year"] + ")", "")
-    movies = pd.DataFrame({"movieId": items["movieId"].astype(int), "title": title,
-                           "genres": items["genres"].str.split().str.join("|").replace("", "(no genres listed)")})
+    movies = pd.DataFrame(
+        {
+            "movieId": items["movieId"].astype(int),
+            "title": title,
+            "genres": items["genres"].str.split().str.join("|").replace("", "(no genres listed)"),
+        }
+    )
     return ratings, movies
 
 
@@ -116,9 +122,13 @@ def prepare_row(row: str, cache: Path) -> Path:
         raise SystemExit(f"--rows: unknown row {row!r}; choose from {', '.join(ROWS)}")
     thinned.to_csv(raw / "ratings.csv", index=False)
     movies.to_csv(raw / "movies.csv", index=False)
-    prepare(raw / "ratings.csv", out=out, config=PrepareConfig(
-        format="csv", ratings_file=str(raw / "ratings.csv"), movies_file=str(raw / "movies.csv"),
-        rating_scale=scale))
+    prepare(
+        raw / "ratings.csv",
+        out=out,
+        config=PrepareConfig(
+            format="csv", ratings_file=str(raw / "ratings.csv"), movies_file=str(raw / "movies.csv"), rating_scale=scale
+        ),
+    )
     return out
 
 
@@ -134,9 +144,17 @@ def run_baselines(prepared: Any) -> dict[str, dict[str, Any]]:
     from embedrec.data.split import TEST
     from embedrec.evaluation import evaluate_baselines
 
-    return evaluate_baselines(user_idx=prepared.user_idx, movie_idx=prepared.movie_idx, rating=prepared.rating,
-                              split=prepared.split, n_users=prepared.n_users, n_movies=prepared.n_movies,
-                              eval_split=TEST, ks=(10,), relevance=relevance_of(prepared))
+    return evaluate_baselines(
+        user_idx=prepared.user_idx,
+        movie_idx=prepared.movie_idx,
+        rating=prepared.rating,
+        split=prepared.split,
+        n_users=prepared.n_users,
+        n_movies=prepared.n_movies,
+        eval_split=TEST,
+        ks=(10,),
+        relevance=relevance_of(prepared),
+    )
 
 
 def run_model(data_dir: Path, prepared: Any, *, seed: int, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -149,21 +167,32 @@ def run_model(data_dir: Path, prepared: Any, *, seed: int, overrides: dict[str, 
     with tempfile.TemporaryDirectory(prefix="embedrec-quality-") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
-        result = train_run(data_dir, out=work / "run", workdir=work, preset="default",
-                           overrides={**overrides, "seed": seed})
+        result = train_run(
+            data_dir, out=work / "run", workdir=work, preset="default", overrides={**overrides, "seed": seed}
+        )
         train_s = time.perf_counter() - t0
         scorer = Scorer.from_artifact(load_model(result.run_dir))
-        metrics = evaluate_model(scorer, prepared, split="test", ks=(10,), relevance=relevance_of(prepared),
-                                 baselines=False, variants=False)
+        metrics = evaluate_model(
+            scorer, prepared, split="test", ks=(10,), relevance=relevance_of(prepared), baselines=False, variants=False
+        )
         meta = json.loads((result.run_dir / "model.json").read_text())
-    return {"seed": seed, "ndcg@10": metrics["ndcg@10"], "rmse": metrics["rmse"], "recall@10": metrics["recall@10"],
-            "best_epoch": result.best_epoch, "epochs_run": len(result.history), "train_s": round(train_s, 1),
-            "ranking": result.ranking.get("beta"), "adapted": meta.get("adapted"),
-            "history": [{k: h[k] for k in ("epoch", "val_rmse", "val_ndcg@10") if k in h} for h in result.history]}
+    return {
+        "seed": seed,
+        "ndcg@10": metrics["ndcg@10"],
+        "rmse": metrics["rmse"],
+        "recall@10": metrics["recall@10"],
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "train_s": round(train_s, 1),
+        "ranking": result.ranking.get("beta"),
+        "adapted": meta.get("adapted"),
+        "history": [{k: h[k] for k in ("epoch", "val_rmse", "val_ndcg@10") if k in h} for h in result.history],
+    }
 
 
-def run_row(row: str, *, cache: Path, seeds: list[int], overrides: dict[str, Any],
-            log: Callable[[str], None]) -> dict[str, Any]:
+def run_row(
+    row: str, *, cache: Path, seeds: list[int], overrides: dict[str, Any], log: Callable[[str], None]
+) -> dict[str, Any]:
     from embedrec.data import load_prepared
 
     data_dir = prepare_row(row, cache)
@@ -173,15 +202,27 @@ def run_row(row: str, *, cache: Path, seeds: list[int], overrides: dict[str, Any
     runs = []
     for seed in seeds:
         got = run_model(data_dir, prepared, seed=seed, overrides=overrides)
-        log(f"{row} seed {seed}: NDCG@10 {got['ndcg@10']:.4f}  RMSE {got['rmse']:.4f}  best epoch "
-            f"{got['best_epoch']}/{got['epochs_run']}  beta {got['ranking']}  {got['train_s']} s")
+        log(
+            f"{row} seed {seed}: NDCG@10 {got['ndcg@10']:.4f}  RMSE {got['rmse']:.4f}  best epoch "
+            f"{got['best_epoch']}/{got['epochs_run']}  beta {got['ranking']}  {got['train_s']} s"
+        )
         runs.append(got)
     s = prepared.summary
-    return {"row": row, "seconds": round(time.perf_counter() - t0, 1), "runs": runs, "baselines": baselines,
-            "overrides": overrides,
-            "data": {"n_users": s["n_users"], "n_movies": s["n_movies"], "n_ratings": s["n_ratings"],
-                     "n_train": s["n_train"], "scale": [s["rating_min"], s["rating_max"]],
-                     "relevance": relevance_of(prepared)}}
+    return {
+        "row": row,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "runs": runs,
+        "baselines": baselines,
+        "overrides": overrides,
+        "data": {
+            "n_users": s["n_users"],
+            "n_movies": s["n_movies"],
+            "n_ratings": s["n_ratings"],
+            "n_train": s["n_train"],
+            "scale": [s["rating_min"], s["rating_max"]],
+            "relevance": relevance_of(prepared),
+        },
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------- report
@@ -195,14 +236,20 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     bias = float(base["bias"]["rmse"])
     rmse_goal = bias if result["row"] == "ml100k-temporal" else 0.98 * bias
     return {
-        "ndcg": float(ndcg.mean()), "ndcg_sd": float(ndcg.std(ddof=1)) if len(ndcg) > 1 else 0.0,
-        "rmse": float(rmse.mean()), "rmse_sd": float(rmse.std(ddof=1)) if len(rmse) > 1 else 0.0,
-        "popular": popular, "top_rated": float(base["top_rated"]["ndcg@10"]), "ease": ease, "bias": bias,
+        "ndcg": float(ndcg.mean()),
+        "ndcg_sd": float(ndcg.std(ddof=1)) if len(ndcg) > 1 else 0.0,
+        "rmse": float(rmse.mean()),
+        "rmse_sd": float(rmse.std(ddof=1)) if len(rmse) > 1 else 0.0,
+        "popular": popular,
+        "top_rated": float(base["top_rated"]["ndcg@10"]),
+        "ease": ease,
+        "bias": bias,
         "global_mean": float(base["global_mean"]["rmse"]),
         "x_popular": float(ndcg.mean()) / popular if popular else math.inf,
         "x_ease": float(ndcg.mean()) / ease if ease else math.inf,
         "rmse_vs_bias": float(rmse.mean()) / bias - 1.0,
-        "ok_popular": bool(ndcg.mean() >= 1.1 * popular), "ok_ease": bool(ndcg.mean() >= 0.9 * ease),
+        "ok_popular": bool(ndcg.mean() >= 1.1 * popular),
+        "ok_ease": bool(ndcg.mean() >= 0.9 * ease),
         "ok_rmse": bool(rmse.mean() < rmse_goal),
         "best_epochs": [r["best_epoch"] for r in runs],
     }
@@ -215,18 +262,44 @@ def _data_cell(d: dict[str, Any]) -> str:
 
 
 def table(results: list[dict[str, Any]], *, markdown: bool) -> str:
-    head = ["row", "users x movies, ratings", "NDCG@10 model", "popular", "top rated", "EASE", "x pop / x EASE",
-            "RMSE model", "bias", "global mean", "vs bias", "targets", "best epochs", "time"]
+    head = [
+        "row",
+        "users x movies, ratings",
+        "NDCG@10 model",
+        "popular",
+        "top rated",
+        "EASE",
+        "x pop / x EASE",
+        "RMSE model",
+        "bias",
+        "global mean",
+        "vs bias",
+        "targets",
+        "best epochs",
+        "time",
+    ]
     lines = []
     for res in results:
         s = summarise(res)
         flags = "".join("y" if ok else "n" for ok in (s["ok_popular"], s["ok_ease"], s["ok_rmse"]))
-        lines.append([
-            res["row"], _data_cell(res["data"]), f"{s['ndcg']:.3f} ± {s['ndcg_sd']:.3f}", f"{s['popular']:.3f}",
-            f"{s['top_rated']:.3f}", f"{s['ease']:.3f}", f"{s['x_popular']:.2f} / {s['x_ease']:.2f}",
-            f"{s['rmse']:.3f} ± {s['rmse_sd']:.3f}", f"{s['bias']:.3f}", f"{s['global_mean']:.3f}",
-            f"{100 * s['rmse_vs_bias']:+.1f}%", flags, ",".join(map(str, s["best_epochs"])), f"{res['seconds']:.0f} s",
-        ])
+        lines.append(
+            [
+                res["row"],
+                _data_cell(res["data"]),
+                f"{s['ndcg']:.3f} ± {s['ndcg_sd']:.3f}",
+                f"{s['popular']:.3f}",
+                f"{s['top_rated']:.3f}",
+                f"{s['ease']:.3f}",
+                f"{s['x_popular']:.2f} / {s['x_ease']:.2f}",
+                f"{s['rmse']:.3f} ± {s['rmse_sd']:.3f}",
+                f"{s['bias']:.3f}",
+                f"{s['global_mean']:.3f}",
+                f"{100 * s['rmse_vs_bias']:+.1f}%",
+                flags,
+                ",".join(map(str, s["best_epochs"])),
+                f"{res['seconds']:.0f} s",
+            ]
+        )
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join(line) + " |" for line in lines]
@@ -253,10 +326,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="which rows (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS), help="training seeds")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="a train setting on top of the default preset (repeatable), e.g. negatives=256")
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "embedrec" / "quality",
-                        help="where the prepared data sets are kept")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a train setting on top of the default preset (repeatable), e.g. negatives=256",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path.home() / ".cache" / "embedrec" / "quality",
+        help="where the prepared data sets are kept",
+    )
     parser.add_argument("--json", type=Path, help="also write every run's numbers to this JSON file")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's)")
     args = parser.parse_args(argv)
@@ -264,15 +346,24 @@ def main(argv: list[str] | None = None) -> int:
     args.cache.mkdir(parents=True, exist_ok=True)
     results = []
     for row in args.rows:
-        results.append(run_row(row, cache=args.cache, seeds=args.seeds, overrides=overrides,
-                               log=lambda line: print(line, file=sys.stderr, flush=True)))
+        results.append(
+            run_row(
+                row,
+                cache=args.cache,
+                seeds=args.seeds,
+                overrides=overrides,
+                log=lambda line: print(line, file=sys.stderr, flush=True),
+            )
+        )
         if args.json:
             args.json.write_text(json.dumps(results, indent=1, default=float))
     print(table(results, markdown=args.markdown))
     if overrides:
         print(f"overrides: {overrides}")
-    print(f"seeds: {' '.join(map(str, args.seeds))}; targets = NDCG@10 >= 1.1 x popular, >= 0.9 x EASE, "
-          "RMSE 2% below bias (temporal: below it)")
+    print(
+        f"seeds: {' '.join(map(str, args.seeds))}; targets = NDCG@10 >= 1.1 x popular, >= 0.9 x EASE, "
+        "RMSE 2% below bias (temporal: below it)"
+    )
     return 0
 
 

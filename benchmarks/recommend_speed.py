@@ -61,9 +61,18 @@ def ensure_model(data: Path, cache: Path, preset_name: str, ranking: dict) -> Pa
     gi = genre_inputs(prepared, model_cfg.genre_mode)
     shape = data_shape(prepared, gi)
     module = EmbeddingConcat(model_cfg, shape, rngs=nnx.Rngs(0))
-    artifacts.save_model(out, module=module, model_cfg=model_cfg, train_cfg=train_cfg, shape=shape,
-                         genre_idx=gi.idx, genre_w=gi.weight, prepared=prepared, history=[],
-                         extra_meta={"ranking": ranking})
+    artifacts.save_model(
+        out,
+        module=module,
+        model_cfg=model_cfg,
+        train_cfg=train_cfg,
+        shape=shape,
+        genre_idx=gi.idx,
+        genre_w=gi.weight,
+        prepared=prepared,
+        history=[],
+        extra_meta={"ranking": ranking},
+    )
     return out
 
 
@@ -112,8 +121,9 @@ def main() -> None:
     for name, model in models.items():
         common = ["--model", str(model), "--data", str(data)]
         cpu: list[float] = []
-        single = time_process(exe_args + ["recommend", "--user", "42", "-k", "10", "--format", "json", *common],
-                              args.repeats, cpu)
+        single = time_process(
+            exe_args + ["recommend", "--user", "42", "-k", "10", "--format", "json", *common], args.repeats, cpu
+        )
         rec = Recommender.load(model, data)
         t0 = time.perf_counter()
         table = rec.recommend_many(rec.user_ids, k=10)
@@ -122,33 +132,54 @@ def main() -> None:
         all_cli = None
         if not args.skip_cli_all:
             out = args.cache / "recommend-speed" / "all.parquet"
-            all_cli = time_process(exe_args + ["recommend", "--all-users", "-k", "10", "--output", str(out),
-                                               *common], 1)[0]
+            all_cli = time_process(
+                exe_args + ["recommend", "--all-users", "-k", "10", "--output", str(out), *common], 1
+            )[0]
         pairs = [(int(m), 4.0) for m in rec.movie_ids[:20]]
         t0 = time.perf_counter()
         rec.fold_in(pairs)
         fold_s = time.perf_counter() - t0
-        rows.append({"model": name, "recommend_one_process_s": round(statistics.median(single), 3),
-                     "recommend_one_process_min_s": round(min(single), 3),
-                     "recommend_one_process_cpu_s": round(statistics.median(cpu), 3),
-                     "top10_all_users_in_process_s": round(all_in_process, 2),
-                     "top10_all_users_cli_s": None if all_cli is None else round(all_cli, 2),
-                     "fold_in_s": round(fold_s, 3)})
+        rows.append(
+            {
+                "model": name,
+                "recommend_one_process_s": round(statistics.median(single), 3),
+                "recommend_one_process_min_s": round(min(single), 3),
+                "recommend_one_process_cpu_s": round(statistics.median(cpu), 3),
+                "top10_all_users_in_process_s": round(all_in_process, 2),
+                "top10_all_users_cli_s": None if all_cli is None else round(all_cli, 2),
+                "fold_in_s": round(fold_s, 3),
+            }
+        )
 
-    info = {"scale": SEED_SCALE, "cpus": len(os.sched_getaffinity(0)), "load_avg_1min": round(os.getloadavg()[0], 2),
-            "setup_s": round(setup_s, 1), "rows": rows}
+    info = {
+        "scale": SEED_SCALE,
+        "cpus": len(os.sched_getaffinity(0)),
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+        "setup_s": round(setup_s, 1),
+        "rows": rows,
+    }
     if args.json:
         print(json.dumps(info, indent=2))
         return
-    print(f"seed scale: {SEED_SCALE['n_users']:,} users x {SEED_SCALE['n_movies']:,} movies, "
-          f"{SEED_SCALE['n_ratings']:,} ratings; {info['cpus']} CPUs, load average {info['load_avg_1min']}")
-    header = ("model", "recommend --user (process, median wall / CPU)", "top-10 all users (in process)",
-              "top-10 all users (CLI)", "fold-in (20 ratings)")
+    print(
+        f"seed scale: {SEED_SCALE['n_users']:,} users x {SEED_SCALE['n_movies']:,} movies, "
+        f"{SEED_SCALE['n_ratings']:,} ratings; {info['cpus']} CPUs, load average {info['load_avg_1min']}"
+    )
+    header = (
+        "model",
+        "recommend --user (process, median wall / CPU)",
+        "top-10 all users (in process)",
+        "top-10 all users (CLI)",
+        "fold-in (20 ratings)",
+    )
     print(" | ".join(header))
     for r in rows:
         cli = "-" if r["top10_all_users_cli_s"] is None else f"{r['top10_all_users_cli_s']:.1f} s"
-        print(f"{r['model']} | {r['recommend_one_process_s']:.2f} s / {r['recommend_one_process_cpu_s']:.2f} s | {r['top10_all_users_in_process_s']:.1f} s | "
-              f"{cli} | {r['fold_in_s']:.2f} s")
+        print(
+            f"{r['model']} | {r['recommend_one_process_s']:.2f} s / {r['recommend_one_process_cpu_s']:.2f} s | "
+            f"{r['top10_all_users_in_process_s']:.1f} s | "
+            f"{cli} | {r['fold_in_s']:.2f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -42,11 +42,13 @@ STEPS = ("prepare", "train", "evaluate", "recommend", "all-users")
 MARK = "<!-- scale-table -->"
 
 # A child that runs the command and prints its peak RSS (kB) as the last line of stderr.
-_WRAPPER = ("import resource, subprocess, sys\n"
-            "rc = subprocess.call(sys.argv[1:])\n"
-            "u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
-            "sys.stderr.write(f'\\nPEAK_RSS_KB {u.ru_maxrss} CPU_S {u.ru_utime + u.ru_stime:.1f}\\n')\n"
-            "sys.exit(rc)\n")
+_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "rc = subprocess.call(sys.argv[1:])\n"
+    "u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "sys.stderr.write(f'\\nPEAK_RSS_KB {u.ru_maxrss} CPU_S {u.ru_utime + u.ru_stime:.1f}\\n')\n"
+    "sys.exit(rc)\n"
+)
 
 
 def run_step(name: str, args: list[str], log: Path) -> dict:
@@ -59,8 +61,13 @@ def run_step(name: str, args: list[str], log: Path) -> dict:
         err.write(f"\n$ embedrec {' '.join(args)}\n")
         err.flush()
         start = err.tell()
-        proc = subprocess.run([sys.executable, "-c", _WRAPPER, sys.executable, "-m", "embedrec.cli", *args],
-                              stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-c", _WRAPPER, sys.executable, "-m", "embedrec.cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+        )
     with open(log) as err:
         err.seek(start)
         proc.stderr = err.read()
@@ -70,9 +77,15 @@ def run_step(name: str, args: list[str], log: Path) -> dict:
     tail = proc.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()
     peak_kb, cpu_s = int(tail[0]), float(tail[2])
     print(f"{name}: {wall:.1f} s wall, {cpu_s:.1f} s CPU, peak {peak_kb / 1e6:.2f} GB", flush=True)
-    return {"step": name, "command": "embedrec " + " ".join(args), "wall_s": round(wall, 1), "cpu_s": cpu_s,
-            "peak_gb": round(peak_kb / 1e6, 2), "load": f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}",
-            "stdout": proc.stdout}
+    return {
+        "step": name,
+        "command": "embedrec " + " ".join(args),
+        "wall_s": round(wall, 1),
+        "cpu_s": cpu_s,
+        "peak_gb": round(peak_kb / 1e6, 2),
+        "load": f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}",
+        "stdout": proc.stdout,
+    }
 
 
 def random_model(data: Path, out: Path) -> Path:
@@ -92,9 +105,18 @@ def random_model(data: Path, out: Path) -> Path:
     gi = genre_inputs(prepared, model_cfg.genre_mode)
     shape = data_shape(prepared, gi)
     module = EmbeddingConcat(model_cfg, shape, rngs=nnx.Rngs(0))
-    artifacts.save_model(out, module=module, model_cfg=model_cfg, train_cfg=train_cfg, shape=shape,
-                         genre_idx=gi.idx, genre_w=gi.weight, prepared=prepared, history=[],
-                         extra_meta={"ranking": {"score": "blend", "beta": 1.0}})
+    artifacts.save_model(
+        out,
+        module=module,
+        model_cfg=model_cfg,
+        train_cfg=train_cfg,
+        shape=shape,
+        genre_idx=gi.idx,
+        genre_w=gi.weight,
+        prepared=prepared,
+        history=[],
+        extra_meta={"ranking": {"score": "blend", "beta": 1.0}},
+    )
     return out
 
 
@@ -104,8 +126,10 @@ def epoch_breakdown(model: Path, wall_s: float) -> str:
     if not epochs:
         return ""
     outside = wall_s - sum(epochs)
-    return (f"epochs {' + '.join(f'{e:.0f}' for e in epochs)} s; outside the epochs {outside:.0f} s "
-            f"({outside / max(epochs):.0%} of one epoch)")
+    return (
+        f"epochs {' + '.join(f'{e:.0f}' for e in epochs)} s; outside the epochs {outside:.0f} s "
+        f"({outside / max(epochs):.0%} of one epoch)"
+    )
 
 
 def main() -> None:
@@ -132,9 +156,24 @@ def main() -> None:
     rows: list[dict] = []
 
     if "prepare" in steps:
-        rows.append(run_step("prepare", ["prepare", "--synthetic", "--users", str(sizes["n_users"]), "--movies",
-                                         str(sizes["n_movies"]), "--ratings", str(sizes["n_ratings"]), "--out",
-                                         str(data)], log))
+        rows.append(
+            run_step(
+                "prepare",
+                [
+                    "prepare",
+                    "--synthetic",
+                    "--users",
+                    str(sizes["n_users"]),
+                    "--movies",
+                    str(sizes["n_movies"]),
+                    "--ratings",
+                    str(sizes["n_ratings"]),
+                    "--out",
+                    str(data),
+                ],
+                log,
+            )
+        )
     if not (data / "summary.json").is_file():
         raise SystemExit(f"no prepared data at {data}: include 'prepare' in --steps or pass --data")
 
@@ -142,8 +181,7 @@ def main() -> None:
     model_kind = "given"
     if "train" in steps:
         trained = folder / f"model-2-epochs-{int(time.time())}"
-        row = run_step("train", ["train", "--data", str(data), "--out", str(trained), "--epochs", "2", "--quiet"],
-                       log)
+        row = run_step("train", ["train", "--data", str(data), "--out", str(trained), "--epochs", "2", "--quiet"], log)
         row["note"] = epoch_breakdown(trained, row["wall_s"])
         rows.append(row)
         if model is None and not args.random_model:
@@ -155,33 +193,47 @@ def main() -> None:
     if "evaluate" in steps:
         row = run_step("evaluate", ["evaluate", *common, "--json"], log)
         result = json.loads(row["stdout"])
-        row["note"] = (f"{result['n_users']:,} users, ndcg@10 {result['ndcg@10']:.4f}; {result.get('scoring', '')}")
+        row["note"] = f"{result['n_users']:,} users, ndcg@10 {result['ndcg@10']:.4f}; {result.get('scoring', '')}"
         rows.append(row)
     if "recommend" in steps:
         from embedrec.data import load_prepared
 
-        user = args.user if args.user in set(load_prepared(data).user_ids[:100_000].tolist()) else \
-            int(load_prepared(data).user_ids[0])
+        user = (
+            args.user
+            if args.user in set(load_prepared(data).user_ids[:100_000].tolist())
+            else int(load_prepared(data).user_ids[0])
+        )
         rows.append(run_step("recommend", ["recommend", "--user", str(user), "--format", "json", *common], log))
     if "all-users" in steps:
         out = folder / "all-users.parquet"
         rows.append(run_step("all-users", ["recommend", "--all-users", "--output", str(out), *common], log))
 
     summary = json.loads((data / "summary.json").read_text())
-    title = (f"{summary['n_users']:,} users x {summary['n_movies']:,} movies, {summary['n_ratings']:,} ratings "
-             f"(--scale {args.scale:g}); {len(os.sched_getaffinity(0))} CPUs; serving model: {model_kind}; "
-             f"{time.strftime('%Y-%m-%d %H:%M')}")
-    lines = [f"_{title}_", "", "| step | wall | CPU | peak RSS | load (1 min, before -> after) | notes |",
-             "|---|---|---|---|---|---|"]
+    title = (
+        f"{summary['n_users']:,} users x {summary['n_movies']:,} movies, {summary['n_ratings']:,} ratings "
+        f"(--scale {args.scale:g}); {len(os.sched_getaffinity(0))} CPUs; serving model: {model_kind}; "
+        f"{time.strftime('%Y-%m-%d %H:%M')}"
+    )
+    lines = [
+        f"_{title}_",
+        "",
+        "| step | wall | CPU | peak RSS | load (1 min, before -> after) | notes |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         command = r["command"].replace(str(args.cache), "$CACHE")
-        lines.append(f"| `{command}` | {r['wall_s']:.1f} s | {r['cpu_s']:.1f} s | "
-                     f"{r['peak_gb']:.2f} GB | {r['load']} | {r.get('note', '')} |")
+        lines.append(
+            f"| `{command}` | {r['wall_s']:.1f} s | {r['cpu_s']:.1f} s | "
+            f"{r['peak_gb']:.2f} GB | {r['load']} | {r.get('note', '')} |"
+        )
     table = "\n".join(lines)
     print(table)
     if args.json is not None:
-        args.json.write_text(json.dumps({"title": title, "rows": [{k: v for k, v in r.items() if k != "stdout"}
-                                                                   for r in rows]}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"title": title, "rows": [{k: v for k, v in r.items() if k != "stdout"} for r in rows]}, indent=2
+            )
+        )
     if args.readme is not None:
         text = args.readme.read_text()
         if text.count(MARK) != 2:

@@ -57,8 +57,9 @@ def ensure_model(cache: Path, scale: str) -> tuple[Path, Path]:
         data = cache / "serve-load-full" / "data"
         if not (data / "summary.json").is_file():
             prepare_synthetic(out=data, seed=0, **SCALES["full"])
-    model = recommend_speed.ensure_model(data, cache / ("" if scale == "seed" else "serve-load-full"), "default",
-                                         {"score": "blend", "beta": 0.5})
+    model = recommend_speed.ensure_model(
+        data, cache / ("" if scale == "seed" else "serve-load-full"), "default", {"score": "blend", "beta": 0.5}
+    )
     return data, model
 
 
@@ -74,9 +75,26 @@ def start_server(model: Path, data: Path, workers: int, log: Path) -> tuple[subp
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     out = open(log, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "embedrec.cli", "serve", "--model", str(model), "--data", str(data),
-                             "--port", str(port), "--workers", str(workers), "--no-access-log"],
-                            stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "embedrec.cli",
+            "serve",
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--no-access-log",
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -119,6 +137,7 @@ async def drive(url: str, make_request: Any, *, clients: int, total: int, pid: i
     remaining = [total]
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
         async def one_client(seed: int) -> None:
             rng = random.Random(seed)
             while remaining[0] > 0:
@@ -142,8 +161,16 @@ async def drive(url: str, make_request: Any, *, clients: int, total: int, pid: i
         wall = time.perf_counter() - t0
         cpu = server_cpu_s(pid) - cpu0
     ms = sorted(x * 1000 for x in latencies)
-    return {"clients": clients, "requests": len(ms), "errors": len(errors), "first_error": errors[0] if errors else None,
-            "rps": len(ms) / wall, "server_cpu_ms": 1000 * cpu / max(1, len(ms)), "p50_ms": statistics.median(ms), "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))]}
+    return {
+        "clients": clients,
+        "requests": len(ms),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "rps": len(ms) / wall,
+        "server_cpu_ms": 1000 * cpu / max(1, len(ms)),
+        "p50_ms": statistics.median(ms),
+        "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
+    }
 
 
 def request_makers(data: Path) -> dict[str, tuple[Any, float]]:
@@ -160,20 +187,37 @@ def request_makers(data: Path) -> dict[str, tuple[Any, float]]:
 
     def fold_in(rng: random.Random) -> tuple[str, str, dict]:
         picks = rng.sample(range(len(rated)), 20)
-        body = {"ratings": [{"movieId": int(rated[i]), "rating": float(rng.choice([2, 3, 4, 4, 5, 5]))}
-                            for i in picks], "k": 10}
+        body = {
+            "ratings": [{"movieId": int(rated[i]), "rating": float(rng.choice([2, 3, 4, 4, 5, 5]))} for i in picks],
+            "k": 10,
+        }
         return "POST", "/recommend", {"json": body}
 
     def similar(rng: random.Random) -> tuple[str, str, dict]:
-        return "GET", "/similar", {"params": {"movie": int(prepared.movie_ids[rng.randrange(prepared.n_movies)]),
-                                              "k": 10}}
+        return (
+            "GET",
+            "/similar",
+            {"params": {"movie": int(prepared.movie_ids[rng.randrange(prepared.n_movies)]), "k": 10}},
+        )
 
     def predict(rng: random.Random) -> tuple[str, str, dict]:
-        return "GET", "/predict", {"params": {"user": int(users[rng.randrange(len(users))]),
-                                              "movie": int(prepared.movie_ids[rng.randrange(prepared.n_movies)])}}
+        return (
+            "GET",
+            "/predict",
+            {
+                "params": {
+                    "user": int(users[rng.randrange(len(users))]),
+                    "movie": int(prepared.movie_ids[rng.randrange(prepared.n_movies)]),
+                }
+            },
+        )
 
-    return {"GET /recommend": (recommend, 1.0), "POST /recommend (fold-in, 20 ratings)": (fold_in, 0.25),
-            "GET /similar": (similar, 0.5), "GET /predict": (predict, 0.5)}
+    return {
+        "GET /recommend": (recommend, 1.0),
+        "POST /recommend (fold-in, 20 ratings)": (fold_in, 0.25),
+        "GET /similar": (similar, 0.5),
+        "GET /predict": (predict, 0.5),
+    }
 
 
 def main() -> None:
@@ -181,7 +225,12 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "embedrec" / "bench")
     parser.add_argument("--scale", choices=sorted(SCALES), default="seed")
     parser.add_argument("--workers", type=int, default=1, help="embedrec serve --workers")
-    parser.add_argument("--requests", type=int, default=400, help="requests per GET /recommend row (fold-in: a quarter, the others: half)")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=400,
+        help="requests per GET /recommend row (fold-in: a quarter, the others: half)",
+    )
     parser.add_argument("--only", default=None, help="run only endpoints whose name contains this")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -199,29 +248,45 @@ def main() -> None:
             if args.only and args.only not in name:
                 continue
             for clients in CONCURRENCY:
-                row = asyncio.run(drive(url, maker, clients=clients, total=max(clients, int(args.requests * share)),
-                                        pid=proc.pid))
+                row = asyncio.run(
+                    drive(url, maker, clients=clients, total=max(clients, int(args.requests * share)), pid=proc.pid)
+                )
                 rows.append({"endpoint": name, **row})
                 if not args.json:
-                    print(f"{name:<40} {clients:>3} clients  {row['rps']:7.1f} req/s  p50 {row['p50_ms']:6.1f} ms  "
-                          f"p99 {row['p99_ms']:6.1f} ms  server CPU {row['server_cpu_ms']:5.1f} ms/req  errors {row['errors']}",
-                          flush=True)
+                    print(
+                        f"{name:<40} {clients:>3} clients  {row['rps']:7.1f} req/s  p50 {row['p50_ms']:6.1f} ms  "
+                        f"p99 {row['p99_ms']:6.1f} ms  server CPU {row['server_cpu_ms']:5.1f} ms/req  "
+                        f"errors {row['errors']}",
+                        flush=True,
+                    )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    result = {"scale": args.scale, **SCALES[args.scale], "workers": args.workers, "cpus": os.cpu_count(),
-              "load1": os.getloadavg()[0], "setup_s": setup_s, "server_start_s": startup_s, "rows": rows}
+    result = {
+        "scale": args.scale,
+        **SCALES[args.scale],
+        "workers": args.workers,
+        "cpus": os.cpu_count(),
+        "load1": os.getloadavg()[0],
+        "setup_s": setup_s,
+        "server_start_s": startup_s,
+        "rows": rows,
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"\n{args.scale} scale ({SCALES[args.scale]['n_users']:,} users, {SCALES[args.scale]['n_movies']:,} movies), "
-          f"--workers {args.workers}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; server started in "
-          f"{startup_s:.1f} s\n")
+    print(
+        f"\n{args.scale} scale ({SCALES[args.scale]['n_users']:,} users, {SCALES[args.scale]['n_movies']:,} movies), "
+        f"--workers {args.workers}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; server started in "
+        f"{startup_s:.1f} s\n"
+    )
     print("| endpoint | clients | requests/s | p50 ms | p99 ms | server CPU ms/request | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['endpoint']} | {r['clients']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-              f"{r['server_cpu_ms']:.1f} | {r['errors']} |")
+        print(
+            f"| {r['endpoint']} | {r['clients']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+            f"{r['server_cpu_ms']:.1f} | {r['errors']} |"
+        )
 
 
 if __name__ == "__main__":

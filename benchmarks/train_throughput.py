@@ -70,8 +70,14 @@ def ensure_data(cache: Path) -> Path:
 
     out = cache / "seed-scale-80-20"
     if not (out / "summary.json").is_file():
-        prepare_synthetic(out=out, n_users=20_510, n_movies=25_448, n_ratings=2_000_000, seed=42,
-                          config=PrepareConfig(test_frac=0.2, val_frac=0.0, seed=42))
+        prepare_synthetic(
+            out=out,
+            n_users=20_510,
+            n_movies=25_448,
+            n_ratings=2_000_000,
+            seed=42,
+            config=PrepareConfig(test_frac=0.2, val_frac=0.0, seed=42),
+        )
     return out
 
 
@@ -87,8 +93,12 @@ def main() -> None:
     for name in args.only or list(CONFIGS):
         preset_name, changes = CONFIGS[name]
         # when the test split is used as val (no val split here), validation costs one predict pass per epoch
-        done = subprocess.run([sys.executable, "-c", CHILD, str(data_dir), preset_name, str(args.epochs),
-                               json.dumps(changes)], capture_output=True, text=True, env=os.environ.copy())
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, str(data_dir), preset_name, str(args.epochs), json.dumps(changes)],
+            capture_output=True,
+            text=True,
+            env=os.environ.copy(),
+        )
         if done.returncode != 0:
             rows[name] = {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
         else:
@@ -98,9 +108,11 @@ def main() -> None:
             if "error" in r:
                 print(f"{name:28s} ERROR {r['error']}", flush=True)
             else:
-                print(f"{name:28s} {r['samples_per_s']:>12,.0f} samples/s  epoch {r['epoch_s']:6.2f} s  first "
-                      f"{r['first_epoch_s']:6.2f} s  peak RSS {r['peak_rss_mb']:7.0f} MB  params {r['n_params']:,}",
-                      flush=True)
+                print(
+                    f"{name:28s} {r['samples_per_s']:>12,.0f} samples/s  epoch {r['epoch_s']:6.2f} s  first "
+                    f"{r['first_epoch_s']:6.2f} s  peak RSS {r['peak_rss_mb']:7.0f} MB  params {r['n_params']:,}",
+                    flush=True,
+                )
     if args.json:
         print(json.dumps(rows, indent=2))
 

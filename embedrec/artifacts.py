@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ from embedrec.config import (
     train_config_from_dict,
 )
 from embedrec.errors import ArtifactError, ConfigError
-from embedrec.tempfiles import name_target, removed_on_failure, sweep_stale, temp_sibling
+from embedrec.tempfiles import removed_on_failure, sweep_stale, temp_sibling
 from embedrec.workdir import atomic_write_text
 
 SCHEMA_VERSION = 1
@@ -128,8 +127,10 @@ def read_run_meta(run_dir: Path) -> dict[str, Any]:
     """A run folder's ``run.json`` (written when training starts), checked for what ``--resume`` reads."""
     path = Path(run_dir) / "run.json"
     if not path.is_file():
-        raise ArtifactError(f"{run_dir} is not a training run (no run.json): pass the folder `embedrec train` "
-                            "made, or start a new run without --resume")
+        raise ArtifactError(
+            f"{run_dir} is not a training run (no run.json): pass the folder `embedrec train` "
+            "made, or start a new run without --resume"
+        )
     meta = read_json(path)
     problems = []
     if not isinstance(meta, dict):
@@ -142,8 +143,9 @@ def read_run_meta(run_dir: Path) -> dict[str, Any]:
         if isinstance(data, dict) and not isinstance(data.get("path"), str):
             problems.append("'data' lacks the data folder's 'path'")
     if problems:
-        raise ArtifactError(f"{path} is damaged ({'; '.join(problems)}): --resume cannot continue this run; start a "
-                            "new one")
+        raise ArtifactError(
+            f"{path} is damaged ({'; '.join(problems)}): --resume cannot continue this run; start a new one"
+        )
     return meta
 
 
@@ -187,8 +189,13 @@ class ModelArtifact:
         module = EmbeddingConcat(self.model, self.shape, rngs=nnx.Rngs(0))
         import jax.numpy as jnp
 
-        module.set_tables({k: jnp.asarray(v) for k, v in self.weights.items()
-                           if k.endswith("_embedding") or k.endswith("_bias") and not k.startswith("head.")})
+        module.set_tables(
+            {
+                k: jnp.asarray(v)
+                for k, v in self.weights.items()
+                if k.endswith("_embedding") or k.endswith("_bias") and not k.startswith("head.")
+            }
+        )
         _, head_state = nnx.split(module.head)
         flat = dict(nnx.to_flat_state(head_state))
         for path, var in flat.items():
@@ -204,13 +211,24 @@ def head_weights(head_state: Any) -> dict[str, np.ndarray]:
     """Flatten the Head's NNX state to ``head.layers.0.kernel``-style names."""
     from flax import nnx
 
-    return {"head." + ".".join(str(p) for p in path): np.asarray(var[...])
-            for path, var in nnx.to_flat_state(head_state)}
+    return {
+        "head." + ".".join(str(p) for p in path): np.asarray(var[...]) for path, var in nnx.to_flat_state(head_state)
+    }
 
 
-def save_model(run_dir: Path, *, module: Any, model_cfg: ModelConfig, train_cfg: TrainConfig, shape: DataShape,
-               genre_idx: np.ndarray, genre_w: np.ndarray, prepared: Any, history: list[dict[str, Any]],
-               extra_meta: dict[str, Any] | None = None) -> Path:
+def save_model(
+    run_dir: Path,
+    *,
+    module: Any,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    shape: DataShape,
+    genre_idx: np.ndarray,
+    genre_w: np.ndarray,
+    prepared: Any,
+    history: list[dict[str, Any]],
+    extra_meta: dict[str, Any] | None = None,
+) -> Path:
     """Write a complete model folder (weights last-but-one, model.json last, each atomically)."""
     from flax import nnx
 
@@ -222,8 +240,13 @@ def save_model(run_dir: Path, *, module: Any, model_cfg: ModelConfig, train_cfg:
     from embedrec.data.store import write_vocabulary
 
     # from the data in memory (what was trained on), never copied from the data folder a prepare may have replaced
-    write_vocabulary(run_dir, user_ids=prepared.user_ids, movies=prepared.movies, genres=prepared.genres,
-                     genre_strings=prepared.genre_strings)
+    write_vocabulary(
+        run_dir,
+        user_ids=prepared.user_ids,
+        movies=prepared.movies,
+        genres=prepared.genres,
+        genre_strings=prepared.genre_strings,
+    )
     save_arrays(run_dir / "weights.safetensors", weights)
     write_json(run_dir / "history.json", history)
     summary = dict(prepared.summary)
@@ -235,9 +258,14 @@ def save_model(run_dir: Path, *, module: Any, model_cfg: ModelConfig, train_cfg:
         "train": to_dict(train_cfg),
         "shape": to_dict(shape),
         "n_params": int(module.n_params()),
-        "data": {"path": str(Path(prepared.path).resolve()), "fingerprint": prepared.fingerprint,
-                 "format": summary.get("format"), "source": summary.get("source"),
-                 "n_ratings": summary.get("n_ratings"), "n_train": summary.get("n_train")},
+        "data": {
+            "path": str(Path(prepared.path).resolve()),
+            "fingerprint": prepared.fingerprint,
+            "format": summary.get("format"),
+            "source": summary.get("source"),
+            "n_ratings": summary.get("n_ratings"),
+            "n_train": summary.get("n_train"),
+        },
         **(extra_meta or {}),
     }
     write_json(run_dir / "model.json", meta)
@@ -251,6 +279,7 @@ def validate_model_meta(meta: Any, path: Path) -> tuple[ModelConfig, TrainConfig
     of every setting and the ranking choice are checked here, once, so that nothing later meets a list where a table
     belongs or a string where a number does.
     """
+
     def bad(problem: str) -> ArtifactError:
         return ArtifactError(f"{path} is not a valid embedrec model ({problem}): retrain, or pass another --model")
 
@@ -259,8 +288,10 @@ def validate_model_meta(meta: Any, path: Path) -> tuple[ModelConfig, TrainConfig
     if meta.get("kind") != MODEL_KIND:
         raise ArtifactError(f"{path} is not an embedrec model")
     if meta.get("schema_version") != SCHEMA_VERSION:
-        raise ArtifactError(f"{path.parent} has model schema {meta.get('schema_version')}, this embedrec reads "
-                            f"{SCHEMA_VERSION}: retrain with this version")
+        raise ArtifactError(
+            f"{path.parent} has model schema {meta.get('schema_version')}, this embedrec reads "
+            f"{SCHEMA_VERSION}: retrain with this version"
+        )
     for key in ("model", "train", "shape"):
         if not isinstance(meta.get(key), dict):
             found = "missing" if key not in meta else f"a {type(meta[key]).__name__}"
@@ -277,8 +308,9 @@ def validate_model_meta(meta: Any, path: Path) -> tuple[ModelConfig, TrainConfig
     if not isinstance(ranking, dict) or ranking.get("score", "rating") not in ("rating", "blend"):
         raise bad(f"'ranking' must be {{'score': 'rating' or 'blend', ...}}, found {ranking!r}")
     beta = ranking.get("beta", 0.0)
-    if ranking.get("score") == "blend" and (isinstance(beta, bool) or not isinstance(beta, (int, float))
-                                            or not math.isfinite(beta)):
+    if ranking.get("score") == "blend" and (
+        isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta)
+    ):
         raise bad(f"the ranking blend's beta must be a finite number, found {beta!r}")
     data = meta.get("data", {})
     if not isinstance(data, dict):
@@ -290,9 +322,11 @@ def expected_weight_shapes(model_cfg: ModelConfig, shape: DataShape) -> dict[str
     """Every weight a model with these settings has, and its shape (``genre_idx``/``genre_w`` width is free: -1)."""
     d = model_cfg.embedding_dim
     out: dict[str, tuple[int, ...]] = {
-        "user_embedding": (shape.n_users, d), "movie_embedding": (shape.n_movies, d),
+        "user_embedding": (shape.n_users, d),
+        "movie_embedding": (shape.n_movies, d),
         "genre_embedding": (shape.n_genres, d),
-        "genre_idx": (shape.n_movies, -1), "genre_w": (shape.n_movies, -1),
+        "genre_idx": (shape.n_movies, -1),
+        "genre_w": (shape.n_movies, -1),
     }
     if model_cfg.biases:
         out.update(user_bias=(shape.n_users, 1), movie_bias=(shape.n_movies, 1))
@@ -307,11 +341,13 @@ def expected_weight_shapes(model_cfg: ModelConfig, shape: DataShape) -> dict[str
     return out
 
 
-def validate_model_weights(weights: dict[str, np.ndarray], model_cfg: ModelConfig, shape: DataShape,
-                           path: Path) -> None:
+def validate_model_weights(
+    weights: dict[str, np.ndarray], model_cfg: ModelConfig, shape: DataShape, path: Path
+) -> None:
     """Check the weights of ``path`` against the settings in model.json: names, shapes, dtypes, finite values, and
     genre inputs that index the genre table. A wrong shape would otherwise broadcast or crash deep in scoring, and a
     NaN weight would rank movies silently at random."""
+
     def bad(problem: str) -> ArtifactError:
         return ArtifactError(f"{path} does not match model.json ({problem}): the folder is damaged; retrain")
 
@@ -362,8 +398,10 @@ def load_model(run_dir: Path) -> ModelArtifact:
     vocab = read_json(run_dir / "vocab.json") if (run_dir / "vocab.json").is_file() else {}
     if not isinstance(vocab, dict):
         raise ArtifactError(f"{run_dir / 'vocab.json'} is not a JSON object: the folder is damaged; retrain")
-    for frame, file, cols in ((users, "users.parquet", ("user_idx", "user_id")),
-                              (movies, "movies.parquet", ("movie_idx", "movie_id", "title"))):
+    for frame, file, cols in (
+        (users, "users.parquet", ("user_idx", "user_id")),
+        (movies, "movies.parquet", ("movie_idx", "movie_id", "title")),
+    ):
         missing = [c for c in cols if c not in frame]
         if missing:
             raise ArtifactError(f"{run_dir / file} lacks column {', '.join(missing)}: the folder is damaged; retrain")
@@ -384,16 +422,21 @@ def load_model(run_dir: Path) -> ModelArtifact:
     )
 
 
-def _check_vocabulary_fits(run_dir: Path, weights: dict[str, np.ndarray], shape: DataShape, *, n_users: int,
-                           n_movies: int) -> None:
+def _check_vocabulary_fits(
+    run_dir: Path, weights: dict[str, np.ndarray], shape: DataShape, *, n_users: int, n_movies: int
+) -> None:
     """The id maps beside the weights must be the ones they were trained with: one embedding row per user and per
     movie. A mismatch (a vocabulary from another data set) would map ids to the wrong rows and answer silently
     wrong, so the folder is refused."""
-    rows = {"user_embedding": (n_users, shape.n_users, "users.parquet"),
-            "movie_embedding": (n_movies, shape.n_movies, "movies.parquet")}
+    rows = {
+        "user_embedding": (n_users, shape.n_users, "users.parquet"),
+        "movie_embedding": (n_movies, shape.n_movies, "movies.parquet"),
+    }
     for table, (n_vocab, n_shape, file) in rows.items():
         n_rows = int(weights[table].shape[0]) if weights[table].ndim == 2 else -1
         if not n_rows == n_vocab == n_shape:
-            raise ArtifactError(f"{run_dir}: {file} lists {n_vocab:,} ids but {table} has {n_rows:,} rows "
-                                f"(model.json says {n_shape:,}): the vocabulary does not belong to these weights; "
-                                "retrain")
+            raise ArtifactError(
+                f"{run_dir}: {file} lists {n_vocab:,} ids but {table} has {n_rows:,} rows "
+                f"(model.json says {n_shape:,}): the vocabulary does not belong to these weights; "
+                "retrain"
+            )

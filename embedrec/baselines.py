@@ -24,7 +24,6 @@ import numpy as np
 from embedrec.errors import ConfigError
 from embedrec.metrics import ItemSets
 
-
 _EASE_FLOAT64_MAX_ITEMS = 4_096
 
 
@@ -85,9 +84,7 @@ class BiasBaseline:
     def fit(
         self, user_idx: np.ndarray, movie_idx: np.ndarray, rating: np.ndarray, *, n_users: int, n_movies: int
     ) -> BiasBaseline:
-        user_idx, movie_idx, rating = _check_fit_arrays(
-            user_idx, movie_idx, rating, n_users=n_users, n_movies=n_movies
-        )
+        user_idx, movie_idx, rating = _check_fit_arrays(user_idx, movie_idx, rating, n_users=n_users, n_movies=n_movies)
         r = rating.astype(np.float64)
         self.mean_ = float(r.mean())
         self.min_rating_, self.max_rating_ = float(r.min()), float(r.max())

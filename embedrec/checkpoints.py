@@ -17,8 +17,9 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -73,7 +74,9 @@ class CheckpointDir:
         try:
             tmp.mkdir()
             artifacts.save_arrays(tmp / "arrays.safetensors", arrays)
-            artifacts.write_json(tmp / "meta.json", {"schema_version": artifacts.SCHEMA_VERSION, "complete": True, **meta})
+            artifacts.write_json(
+                tmp / "meta.json", {"schema_version": artifacts.SCHEMA_VERSION, "complete": True, **meta}
+            )
             _fsync_dir(tmp)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -88,12 +91,13 @@ class CheckpointDir:
         self._prune(keep_name=name)
 
     def _complete(self) -> list[Path]:
-        found = [p for p in self.root.glob("epoch-*") if (p / "meta.json").is_file()
-                 and (p / "arrays.safetensors").is_file()]
+        found = [
+            p for p in self.root.glob("epoch-*") if (p / "meta.json").is_file() and (p / "arrays.safetensors").is_file()
+        ]
         return sorted(found, key=lambda p: p.name)
 
     def _prune(self, keep_name: str) -> None:
-        for p in self._complete()[:-self.keep]:
+        for p in self._complete()[: -self.keep]:
             if p.name != keep_name:
                 shutil.rmtree(p, ignore_errors=True)
         for p in self.root.glob(".tmp-*"):
@@ -127,8 +131,13 @@ class CheckpointDir:
 # best_ndcg, kept_ndcg and kept_rmse (epoch selection with rmse_slack); they are optional, so a checkpoint written
 # before them still resumes (missing or null reads as the initial -inf / inf)
 RESUME_KEYS: dict[str, tuple[type, ...]] = {
-    "epoch": (int,), "step": (int,), "history": (list,), "best_rmse": (int, float, type(None)),
-    "best_epoch": (int,), "bad_epochs": (int,), "fingerprint": (str,),
+    "epoch": (int,),
+    "step": (int,),
+    "history": (list,),
+    "best_rmse": (int, float, type(None)),
+    "best_epoch": (int,),
+    "bad_epochs": (int,),
+    "fingerprint": (str,),
 }
 
 
@@ -173,8 +182,10 @@ def restore_tree(template: Any, arrays: Mapping[str, np.ndarray], prefix: str) -
         if value.size == 1 and np.ndim(leaf) == 0:  # safetensors stores scalars as shape (1,)
             value = value.reshape(())
         if tuple(value.shape) != tuple(np.shape(leaf)):
-            raise ArtifactError(f"checkpoint entry {key} has shape {value.shape}, the model needs {np.shape(leaf)}:"
-                                " the data or settings changed since it was written; retrain or pass the same --data")
+            raise ArtifactError(
+                f"checkpoint entry {key} has shape {value.shape}, the model needs {np.shape(leaf)}:"
+                " the data or settings changed since it was written; retrain or pass the same --data"
+            )
         out.append(jnp.asarray(value, dtype=np.asarray(leaf).dtype))
     return jax.tree_util.tree_unflatten(treedef, out)
 
@@ -189,5 +200,5 @@ def checkpoint_arrays(state: Any, best_weights: Mapping[str, np.ndarray] | None)
 
 def best_weights_of(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
     """The best epoch's weights in a checkpoint (as :func:`flatten_tree` of them with no prefix), or None."""
-    best = {k[len(BEST_PREFIX):]: v for k, v in arrays.items() if k.startswith(BEST_PREFIX)}
+    best = {k[len(BEST_PREFIX) :]: v for k, v in arrays.items() if k.startswith(BEST_PREFIX)}
     return best or None

@@ -50,7 +50,13 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     return value
 
 
-_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", tuple: "a list of whole numbers"}
+_KINDS = {
+    bool: "true or false",
+    int: "a whole number",
+    float: "a number",
+    str: "a string",
+    tuple: "a list of whole numbers",
+}
 
 
 INT_LIMIT = 2**31 - 1  # sizes and counts are int32 on the accelerator; a larger one is a typo, not a setting
@@ -68,8 +74,7 @@ def _check_types(cfg: Any) -> None:
             raise ConfigError(f"{option}: expected {kind}, got {value!r}")
         if isinstance(coerced, float) and not math.isfinite(coerced):
             raise ConfigError(f"{option}: must be a finite number, got {value!r}")
-        if isinstance(coerced, int) and not isinstance(coerced, bool) and f.name != "seed" \
-                and abs(coerced) > INT_LIMIT:
+        if isinstance(coerced, int) and not isinstance(coerced, bool) and f.name != "seed" and abs(coerced) > INT_LIMIT:
             raise ConfigError(f"{option}: {value} is out of range (at most {INT_LIMIT:,})")
         if isinstance(coerced, tuple) and any(abs(v) > INT_LIMIT for v in coerced):
             raise ConfigError(f"{option}: {list(value)} holds a size out of range (at most {INT_LIMIT:,})")
@@ -97,13 +102,16 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check_types(self)
         _check(self.embedding_dim >= 1, "--embedding-dim", f"must be >= 1, got {self.embedding_dim}")
-        _check(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "--hidden",
-               f"needs one or more positive layer sizes like 64,10, got {self.hidden}")
+        _check(
+            len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden),
+            "--hidden",
+            f"needs one or more positive layer sizes like 64,10, got {self.hidden}",
+        )
         _check(0.0 <= self.dropout < 1.0, "--dropout", f"must be in [0, 1), got {self.dropout}")
         _check(self.genre_mode in ("string", "bag"), "--genre-mode", f"must be string or bag, got {self.genre_mode}")
         _check(self.init in ("keras", "scaled"), "init", f"must be keras or scaled, got {self.init}")
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -154,25 +162,36 @@ class TrainConfig:
         _check(self.weight_decay >= 0, "--weight-decay", f"must be >= 0, got {self.weight_decay}")
         _check(self.row_decay >= 0, "--row-decay", f"must be >= 0, got {self.row_decay}")
         _check(0 <= self.rmse_slack < 1, "--rmse-slack", f"must be in [0, 1), got {self.rmse_slack}")
-        _check(0 <= self.rating_embedding_grad <= 1, "--rating-embedding-grad",
-               f"must be in [0, 1], got {self.rating_embedding_grad}")
-        _check(self.optimizer in ("adam", "lazy_adam", "rowwise_adam"), "--optimizer",
-               f"must be rowwise_adam, lazy_adam or adam, got {self.optimizer}")
+        _check(
+            0 <= self.rating_embedding_grad <= 1,
+            "--rating-embedding-grad",
+            f"must be in [0, 1], got {self.rating_embedding_grad}",
+        )
+        _check(
+            self.optimizer in ("adam", "lazy_adam", "rowwise_adam"),
+            "--optimizer",
+            f"must be rowwise_adam, lazy_adam or adam, got {self.optimizer}",
+        )
         _check(0 < self.lr_decay <= 1, "--lr-decay", f"must be in (0, 1], got {self.lr_decay}")
         _check(self.patience >= 0, "--patience", f"must be >= 0, got {self.patience}")
         _check(self.negatives >= 0, "--negatives", f"must be >= 0, got {self.negatives}")
         _check(self.watch_weight >= 0, "--watch-weight", f"must be >= 0, got {self.watch_weight}")
-        _check(self.watch_loss in ("bce", "softmax"), "--watch-loss",
-               f"must be bce or softmax, got {self.watch_loss}")
-        _check(self.sampling in ("uniform", "popularity"), "--sampling",
-               f"must be uniform or popularity, got {self.sampling}")
+        _check(self.watch_loss in ("bce", "softmax"), "--watch-loss", f"must be bce or softmax, got {self.watch_loss}")
+        _check(
+            self.sampling in ("uniform", "popularity"),
+            "--sampling",
+            f"must be uniform or popularity, got {self.sampling}",
+        )
         _check(self.val_users >= 0, "--val-users", f"must be >= 0, got {self.val_users}")
-        _check(self.sampling_alpha >= 0, "sampling_alpha",
-               f"must be >= 0 (0 = uniform, 1 = proportional to popularity), got {self.sampling_alpha}")
+        _check(
+            self.sampling_alpha >= 0,
+            "sampling_alpha",
+            f"must be >= 0 (0 = uniform, 1 = proportional to popularity), got {self.sampling_alpha}",
+        )
         _check(0 <= self.seed <= SEED_LIMIT, "--seed", f"must be a whole number in 0..{SEED_LIMIT}, got {self.seed}")
         _check(self.steps_per_call >= 1, "steps_per_call", f"must be >= 1, got {self.steps_per_call}")
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -188,27 +207,48 @@ class DataShape:
     max_genres_per_movie: int = 1
 
     def __post_init__(self) -> None:
-        _check(all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                   for v in dataclasses.astuple(self)), "data", f"sizes and rating range must be finite numbers, got "
-               f"{dataclasses.asdict(self)}")
-        _check(self.n_users >= 1 and self.n_movies >= 1 and self.n_genres >= 1, "data",
-               "needs at least one user, one movie and one genre")
-        _check(self.rating_max > self.rating_min, "data",
-               f"rating range is empty ({self.rating_min}..{self.rating_max}); every rating is the same value")
+        _check(
+            all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in dataclasses.astuple(self)
+            ),
+            "data",
+            f"sizes and rating range must be finite numbers, got {dataclasses.asdict(self)}",
+        )
+        _check(
+            self.n_users >= 1 and self.n_movies >= 1 and self.n_genres >= 1,
+            "data",
+            "needs at least one user, one movie and one genre",
+        )
+        _check(
+            self.rating_max > self.rating_min,
+            "data",
+            f"rating range is empty ({self.rating_min}..{self.rating_max}); every rating is the same value",
+        )
 
 
 def check_settings(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
     """Settings that are valid alone but not together."""
-    _check(train_cfg.negatives == 0 or model_cfg.watch_head, "--negatives",
-           "needs a model with the watch output (the default preset); the seed preset is rating-only")
+    _check(
+        train_cfg.negatives == 0 or model_cfg.watch_head,
+        "--negatives",
+        "needs a model with the watch output (the default preset); the seed preset is rating-only",
+    )
 
 
 def preset(name: str) -> tuple[ModelConfig, TrainConfig]:
     """The named preset's configs. ``seed`` is the original network; ``default`` is the measured best."""
     if name == "seed":
         return (
-            ModelConfig(embedding_dim=50, hidden=(64, 10), dropout=0.2, genre_mode="string", biases=False,
-                        watch_head=False, init="keras"),
+            ModelConfig(
+                embedding_dim=50,
+                hidden=(64, 10),
+                dropout=0.2,
+                genre_mode="string",
+                biases=False,
+                watch_head=False,
+                init="keras",
+            ),
             # row-wise second moments for the embedding rows: 24% faster than per-entry ones at batch 1024, val RMSE
             # per epoch within 0.01 of Adam's (measured and tested; README "Benchmarks")
             TrainConfig(lr=1e-3, batch_size=1024, epochs=5, weight_decay=0.0, optimizer="rowwise_adam", negatives=0),
@@ -216,12 +256,29 @@ def preset(name: str) -> tuple[ModelConfig, TrainConfig]:
     if name == "default":
         # chosen on MovieLens-100K (random 80/20, val = 10% of the 80%); see README "Model quality" for the sweep
         return (
-            ModelConfig(embedding_dim=64, hidden=(64, 16), dropout=0.2, genre_mode="bag", biases=True,
-                        watch_head=True, init="scaled"),
-            TrainConfig(lr=3e-3, batch_size=256, epochs=40, weight_decay=0.01, optimizer="lazy_adam",
-                        # 64 shared negatives: test NDCG@10 0.340 against 0.317 with 16 (mean of four seeds), 13% slower
-                        lr_decay=1.0, patience=3, negatives=64, watch_weight=1.0, watch_loss="softmax",
-                        sampling="uniform"),
+            ModelConfig(
+                embedding_dim=64,
+                hidden=(64, 16),
+                dropout=0.2,
+                genre_mode="bag",
+                biases=True,
+                watch_head=True,
+                init="scaled",
+            ),
+            TrainConfig(
+                lr=3e-3,
+                batch_size=256,
+                epochs=40,
+                weight_decay=0.01,
+                optimizer="lazy_adam",
+                # 64 shared negatives: test NDCG@10 0.340 against 0.317 with 16 (mean of four seeds), 13% slower
+                lr_decay=1.0,
+                patience=3,
+                negatives=64,
+                watch_weight=1.0,
+                watch_loss="softmax",
+                sampling="uniform",
+            ),
         )
     raise ConfigError(f"--preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
 
@@ -231,9 +288,15 @@ SPARSE_RATING_EMBEDDING_GRAD = 0.1
 SPARSE_RMSE_SLACK = 0.01
 
 
-def adapt_to_data(preset_name: str, train_cfg: TrainConfig, *, n_train: int, n_movies_rated: int,
-                  split_method: str = "random", explicit: set[str] | frozenset[str] = frozenset()
-                  ) -> tuple[TrainConfig, dict[str, Any]]:
+def adapt_to_data(
+    preset_name: str,
+    train_cfg: TrainConfig,
+    *,
+    n_train: int,
+    n_movies_rated: int,
+    split_method: str = "random",
+    explicit: set[str] | frozenset[str] = frozenset(),
+) -> tuple[TrainConfig, dict[str, Any]]:
     """The default preset's settings that follow the data: (train config, what was adapted and why).
 
     On a sparse catalogue (fewer than ``SPARSE_RATINGS_PER_MOVIE`` training ratings per rated movie) the rating
@@ -264,8 +327,11 @@ def adapt_to_data(preset_name: str, train_cfg: TrainConfig, *, n_train: int, n_m
                 train_cfg = train_cfg.replace(**{name: value})
                 adapted[name] = value
     if adapted:
-        reasons = [f"{per_movie:.1f} training ratings per movie (< {SPARSE_RATINGS_PER_MOVIE:g}: a sparse "
-                   "catalogue)"] if sparse else []
+        reasons = (
+            [f"{per_movie:.1f} training ratings per movie (< {SPARSE_RATINGS_PER_MOVIE:g}: a sparse catalogue)"]
+            if sparse
+            else []
+        )
         if by_time:
             reasons.append(f"a {split_method} split (the model is judged on later ratings)")
         adapted["because"] = "; ".join(reasons)
@@ -318,8 +384,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
         text = raw_bytes.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         hint = " (it looks like UTF-16)" if raw_bytes[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
-        raise ConfigError(f"--config: {path} is not UTF-8 text{hint} (bad byte at offset {exc.start}): re-save it "
-                          "as UTF-8") from None
+        raise ConfigError(
+            f"--config: {path} is not UTF-8 text{hint} (bad byte at offset {exc.start}): re-save it as UTF-8"
+        ) from None
     try:
         if path.suffix.lower() == ".toml":
             import tomllib

@@ -77,10 +77,20 @@ def default_relevance(rating_min: float, rating_max: float) -> float:
     return rating_min + 0.75 * (rating_max - rating_min)
 
 
-def evaluate_model(scorer: Scorer, prepared: PreparedData, *, split: str = "test", ks: Sequence[int] = (10,),
-                   relevance: float | None = None, baselines: bool = True, variants: bool = True,
-                   max_users: int | None = None, seed: int = 0, candidates: int | None = DEFAULT_CANDIDATES,
-                   on_progress: StageProgressFn | None = None) -> dict[str, Any]:
+def evaluate_model(
+    scorer: Scorer,
+    prepared: PreparedData,
+    *,
+    split: str = "test",
+    ks: Sequence[int] = (10,),
+    relevance: float | None = None,
+    baselines: bool = True,
+    variants: bool = True,
+    max_users: int | None = None,
+    seed: int = 0,
+    candidates: int | None = DEFAULT_CANDIDATES,
+    on_progress: StageProgressFn | None = None,
+) -> dict[str, Any]:
     """Rating error and full-ranking metrics of the model on ``split``, with the baselines on the same split.
 
     Returns ``{"rmse", "mae", "precision@K", ..., "n_users", "ranking": {...}, "baselines": {...}}`` and, for models
@@ -108,21 +118,40 @@ def evaluate_model(scorer: Scorer, prepared: PreparedData, *, split: str = "test
 
     u, m, r = prepared.user_idx, prepared.movie_idx, prepared.rating
     with single_threaded_blas():
-        result: dict[str, Any] = dict(evaluate_ratings(scorer.predict_pairs, user_idx=u[held], movie_idx=m[held],
-                                                       rating=r[held]))
+        result: dict[str, Any] = dict(
+            evaluate_ratings(scorer.predict_pairs, user_idx=u[held], movie_idx=m[held], rating=r[held])
+        )
     seen = prepared.split < code  # train, and val too when evaluating test
-    common = dict(train_user_idx=u[seen], train_movie_idx=m[seen], eval_user_idx=u[held],
-                  eval_movie_idx=m[held], eval_rating=r[held], n_users=prepared.n_users,
-                  n_movies=prepared.n_movies, ks=ks, relevance=relevance, seed=seed)
+    common = dict(
+        train_user_idx=u[seen],
+        train_movie_idx=m[seen],
+        eval_user_idx=u[held],
+        eval_movie_idx=m[held],
+        eval_rating=r[held],
+        n_users=prepared.n_users,
+        n_movies=prepared.n_movies,
+        ks=ks,
+        relevance=relevance,
+        seed=seed,
+    )
 
     def rank_fn(ranking: Ranking, n_candidates: int | None) -> RankFn:
         def rank(users: np.ndarray, k: int, seen_sets: ItemSets) -> np.ndarray:
             emb, bias = scorer.user_rows(users)
             return scorer.rank(emb, bias, k, seen=seen_sets, ranking=ranking, candidates=n_candidates).movie_idx
+
         return rank
 
-    result.update(evaluate_ranking(None, rank_fn=rank_fn(scorer.ranking, candidates), on_progress=stage("model"),
-                                   max_users=max_users, batch_size=256, **common))
+    result.update(
+        evaluate_ranking(
+            None,
+            rank_fn=rank_fn(scorer.ranking, candidates),
+            on_progress=stage("model"),
+            max_users=max_users,
+            batch_size=256,
+            **common,
+        )
+    )
     result["ranking"] = scorer.ranking.to_dict()
     result["candidates"] = candidates
     result["scoring"] = scoring_description(scorer.ranking, candidates)
@@ -130,22 +159,54 @@ def evaluate_model(scorer: Scorer, prepared: PreparedData, *, split: str = "test
     if variants and scorer.has_watch:
         sample = min(max_users or VARIANT_USERS, VARIANT_USERS)
         result["variants"] = {
-            "rating_only": evaluate_ranking(None, rank_fn=rank_fn(Ranking("rating"), None), max_users=sample,
-                                            on_progress=stage("rating only"), batch_size=256, **common),
-            "watch_only": evaluate_ranking(None, rank_fn=rank_fn(Ranking("blend", 0.0), None), max_users=sample,
-                                           on_progress=stage("watch only"), batch_size=256, **common),
+            "rating_only": evaluate_ranking(
+                None,
+                rank_fn=rank_fn(Ranking("rating"), None),
+                max_users=sample,
+                on_progress=stage("rating only"),
+                batch_size=256,
+                **common,
+            ),
+            "watch_only": evaluate_ranking(
+                None,
+                rank_fn=rank_fn(Ranking("blend", 0.0), None),
+                max_users=sample,
+                on_progress=stage("watch only"),
+                batch_size=256,
+                **common,
+            ),
         }
     if baselines:
         result["baselines"] = evaluate_baselines(
-            user_idx=u, movie_idx=m, rating=r, split=prepared.split, n_users=prepared.n_users,
-            n_movies=prepared.n_movies, eval_split=code, ks=ks, relevance=relevance, max_users=max_users, seed=seed,
-            on_progress=on_progress)
+            user_idx=u,
+            movie_idx=m,
+            rating=r,
+            split=prepared.split,
+            n_users=prepared.n_users,
+            n_movies=prepared.n_movies,
+            eval_split=code,
+            ks=ks,
+            relevance=relevance,
+            max_users=max_users,
+            seed=seed,
+            on_progress=on_progress,
+        )
     return result
 
 
-def ndcg_by_blend(scorer: Scorer, prepared: PreparedData, *, betas: Sequence[float], split: str = "val",
-                  k: int = 10, relevance: float = 4.0, max_users: int | None = 2_000, seed: int = 0,
-                  candidates: int = DEFAULT_CANDIDATES, batch_size: int = 256) -> dict[float, float] | None:
+def ndcg_by_blend(
+    scorer: Scorer,
+    prepared: PreparedData,
+    *,
+    betas: Sequence[float],
+    split: str = "val",
+    k: int = 10,
+    relevance: float = 4.0,
+    max_users: int | None = 2_000,
+    seed: int = 0,
+    candidates: int = DEFAULT_CANDIDATES,
+    batch_size: int = 256,
+) -> dict[float, float] | None:
     """NDCG@``k`` of the two-stage ranking ``watch + beta * rating`` for every beta, on a seeded user sample.
 
     What training needs to choose the blend, with nothing computed twice: the seen and relevant sets are built once,
@@ -155,22 +216,30 @@ def ndcg_by_blend(scorer: Scorer, prepared: PreparedData, *, betas: Sequence[flo
     code = SPLIT_CODES[split]
     seen_pairs, held = prepared.split < code, prepared.split == code
     is_relevant = held & (prepared.rating >= relevance)
-    relevant = ItemSets.from_pairs(prepared.user_idx[is_relevant], prepared.movie_idx[is_relevant],
-                                   n_rows=prepared.n_users, n_items=prepared.n_movies)
+    relevant = ItemSets.from_pairs(
+        prepared.user_idx[is_relevant],
+        prepared.movie_idx[is_relevant],
+        n_rows=prepared.n_users,
+        n_items=prepared.n_movies,
+    )
     users = np.flatnonzero(relevant.lengths() > 0)
     if users.size == 0:
         return None
     if max_users is not None and users.size > max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
-    seen = ItemSets.from_pairs(prepared.user_idx[seen_pairs], prepared.movie_idx[seen_pairs],
-                               n_rows=prepared.n_users, n_items=prepared.n_movies)
+    seen = ItemSets.from_pairs(
+        prepared.user_idx[seen_pairs],
+        prepared.movie_idx[seen_pairs],
+        n_rows=prepared.n_users,
+        n_items=prepared.n_movies,
+    )
     n = min(candidates, prepared.n_movies)
     movies = np.empty((users.size, n), np.int64)
     watch = np.empty((users.size, n), np.float32)
     rating = np.empty((users.size, n), np.float32)
     with single_threaded_blas():
         for start in range(0, users.size, batch_size):
-            batch = users[start:start + batch_size]
+            batch = users[start : start + batch_size]
             emb, bias = scorer.user_rows(batch)
             block = slice(start, start + batch.size)
             movies[block], watch[block], rating[block] = scorer.candidates(emb, bias, n, seen=seen.take(batch))
@@ -377,9 +446,7 @@ def rank_by_item_scores(item_scores: np.ndarray) -> RankFn:
     return rank
 
 
-def _check_ranking_options(
-    ks: Sequence[int], *, batch_size: int, max_users: int | None, n_movies: int
-) -> list[int]:
+def _check_ranking_options(ks: Sequence[int], *, batch_size: int, max_users: int | None, n_movies: int) -> list[int]:
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ConfigError(f"every k must be a positive integer, got {list(ks)}")

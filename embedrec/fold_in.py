@@ -62,27 +62,62 @@ def _fold_problem(scorer: Scorer, movie_idx: np.ndarray, rating: np.ndarray, *, 
         neg = np.flatnonzero(unrated)
         if len(neg) > FOLD_NEGATIVES:  # an unbiased sample of the mean over every unrated movie
             neg = np.sort(np.random.default_rng(seed).choice(neg, FOLD_NEGATIVES, replace=False))
-        watch = [scorer.watch_item[movie_idx].astype(f64), scorer.watch_bias[movie_idx].astype(f64),
-                 scorer.watch_item[neg].astype(f64), scorer.watch_bias[neg].astype(f64)]
+        watch = [
+            scorer.watch_item[movie_idx].astype(f64),
+            scorer.watch_bias[movie_idx].astype(f64),
+            scorer.watch_item[neg].astype(f64),
+            scorer.watch_bias[neg].astype(f64),
+        ]
     return _FoldProblem(
-        w_user=scorer.w_user.astype(f64), movie_part=scorer.movie_part[movie_idx].astype(f64),
+        w_user=scorer.w_user.astype(f64),
+        movie_part=scorer.movie_part[movie_idx].astype(f64),
         layers=[(k.astype(f64), b.astype(f64)) for k, b in scorer.layers[1:]],
         movie_bias=scorer.movie_bias[movie_idx].astype(f64) if scorer.movie_bias is not None else 0.0,
-        rating=np.asarray(rating, dtype=f64), watch_pos=watch[0], watch_pos_bias=watch[1], watch_neg=watch[2],
-        watch_neg_bias=watch[3])
+        rating=np.asarray(rating, dtype=f64),
+        watch_pos=watch[0],
+        watch_pos_bias=watch[1],
+        watch_neg=watch[2],
+        watch_neg_bias=watch[3],
+    )
 
 
-def fold_in_loss(scorer: Scorer, u: np.ndarray, b: float, movie_idx: np.ndarray, rating: np.ndarray, *,
-                 weight_decay: float, watch_weight: float, watch_loss: str = "bce",
-                 negatives: int = 4) -> tuple[float, np.ndarray, float]:
+def fold_in_loss(
+    scorer: Scorer,
+    u: np.ndarray,
+    b: float,
+    movie_idx: np.ndarray,
+    rating: np.ndarray,
+    *,
+    weight_decay: float,
+    watch_weight: float,
+    watch_loss: str = "bce",
+    negatives: int = 4,
+) -> tuple[float, np.ndarray, float]:
     """(loss, d loss / d u, d loss / d b) of one user's fold-in objective (see :func:`fold_in`), in float64."""
     problem = _fold_problem(scorer, movie_idx, rating)
-    return _fold_loss(problem, scorer, u, b, weight_decay=weight_decay, watch_weight=watch_weight,
-                      watch_loss=watch_loss, negatives=negatives)
+    return _fold_loss(
+        problem,
+        scorer,
+        u,
+        b,
+        weight_decay=weight_decay,
+        watch_weight=watch_weight,
+        watch_loss=watch_loss,
+        negatives=negatives,
+    )
 
 
-def _fold_loss(p: _FoldProblem, scorer: Scorer, u: np.ndarray, b: float, *, weight_decay: float,
-               watch_weight: float, watch_loss: str = "bce", negatives: int = 4) -> tuple[float, np.ndarray, float]:
+def _fold_loss(
+    p: _FoldProblem,
+    scorer: Scorer,
+    u: np.ndarray,
+    b: float,
+    *,
+    weight_decay: float,
+    watch_weight: float,
+    watch_loss: str = "bce",
+    negatives: int = 4,
+) -> tuple[float, np.ndarray, float]:
     n = len(p.rating)
     span = scorer.shape.rating_max - scorer.shape.rating_min
     pre_acts: list[np.ndarray] = []
@@ -123,9 +158,19 @@ def _watch_loss(p: _FoldProblem, u: np.ndarray, *, watch_loss: str, negatives: i
     return loss, grad
 
 
-def fold_in(scorer: Scorer, movie_idx: np.ndarray, rating: np.ndarray, *, weight_decay: float = 0.05,
-            watch_weight: float = 1.0, watch_loss: str = "bce", negatives: int = 4, steps: int = 300,
-            lr: float = 0.05, seed: int = 0) -> FoldedUser:
+def fold_in(
+    scorer: Scorer,
+    movie_idx: np.ndarray,
+    rating: np.ndarray,
+    *,
+    weight_decay: float = 0.05,
+    watch_weight: float = 1.0,
+    watch_loss: str = "bce",
+    negatives: int = 4,
+    steps: int = 300,
+    lr: float = 0.05,
+    seed: int = 0,
+) -> FoldedUser:
     """Fit a user embedding (and rating bias) to ``rating`` of ``movie_idx``, the rest of the model frozen.
 
     The loss is the training loss for one user: mean squared rating error + ``weight_decay * (|u|^2 + b^2)`` and,
@@ -146,13 +191,22 @@ def fold_in(scorer: Scorer, movie_idx: np.ndarray, rating: np.ndarray, *, weight
     m2 = np.zeros(u.size + 1)
     loss = float("inf")
     for t in range(1, steps + 1):
-        loss, grad_u, grad_b = _fold_loss(problem, scorer, u, b, weight_decay=weight_decay,
-                                          watch_weight=watch_weight, watch_loss=watch_loss, negatives=negatives)
+        loss, grad_u, grad_b = _fold_loss(
+            problem,
+            scorer,
+            u,
+            b,
+            weight_decay=weight_decay,
+            watch_weight=watch_weight,
+            watch_loss=watch_loss,
+            negatives=negatives,
+        )
         grad = np.append(grad_u, grad_b if use_bias else 0.0)
         m1 = ADAM_B1 * m1 + (1 - ADAM_B1) * grad
         m2 = ADAM_B2 * m2 + (1 - ADAM_B2) * grad * grad
-        step = lr * (m1 / (1 - ADAM_B1 ** t)) / (np.sqrt(m2 / (1 - ADAM_B2 ** t)) + ADAM_EPS)
+        step = lr * (m1 / (1 - ADAM_B1**t)) / (np.sqrt(m2 / (1 - ADAM_B2**t)) + ADAM_EPS)
         u -= step[:-1]
         b -= float(step[-1])
-    return FoldedUser(embedding=u.astype(np.float32), bias=float(b), movie_idx=np.unique(movie_idx), loss=loss,
-                      steps=steps)
+    return FoldedUser(
+        embedding=u.astype(np.float32), bias=float(b), movie_idx=np.unique(movie_idx), loss=loss, steps=steps
+    )

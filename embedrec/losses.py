@@ -14,8 +14,9 @@ real rating and 0 for padding; ``neg_weight`` (B, K) is 0 where a negative is on
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -56,8 +57,14 @@ def l2_sum(pos_rows: Mapping[str, jax.Array], weight: jax.Array, genre_w: jax.Ar
     return reg
 
 
-def decay_sum(pos_rows: Mapping[str, jax.Array], weight: jax.Array, genre_w: jax.Array, *,
-              reg_coef: Mapping[str, jax.Array], weight_decay: float) -> jax.Array:
+def decay_sum(
+    pos_rows: Mapping[str, jax.Array],
+    weight: jax.Array,
+    genre_w: jax.Array,
+    *,
+    reg_coef: Mapping[str, jax.Array],
+    weight_decay: float,
+) -> jax.Array:
     """The L2 penalty of each rating's rows, each scaled by its own coefficient: ``reg_coef`` holds one per rating
     and table group (``weight_decay + row_decay / n_ratings(row)``, see :class:`embedrec.config.TrainConfig`);
     genre slots take ``weight_decay`` weighted by their pooling weight. Sampled negatives are not penalised."""
@@ -73,12 +80,21 @@ def decay_sum(pos_rows: Mapping[str, jax.Array], weight: jax.Array, genre_w: jax
 def with_scaled_embedding_grad(pos_rows: Mapping[str, jax.Array], factor: float) -> dict[str, jax.Array]:
     """The same rows, whose shared embeddings pass only ``factor`` of their gradient back (the forward values are
     unchanged): ``factor * r + (1 - factor) * stop_gradient(r)``. Biases keep their full gradient."""
-    return {name: (factor * r + (1.0 - factor) * jax.lax.stop_gradient(r) if name in EMBEDDINGS else r)
-            for name, r in pos_rows.items()}
+    return {
+        name: (factor * r + (1.0 - factor) * jax.lax.stop_gradient(r) if name in EMBEDDINGS else r)
+        for name, r in pos_rows.items()
+    }
 
 
-def watch_loss_sum(users: jax.Array, items: jax.Array, watch_bias: jax.Array, weight: jax.Array,
-                   neg_weight: jax.Array, *, kind: Literal["bce", "softmax"]) -> jax.Array:
+def watch_loss_sum(
+    users: jax.Array,
+    items: jax.Array,
+    watch_bias: jax.Array,
+    weight: jax.Array,
+    neg_weight: jax.Array,
+    *,
+    kind: Literal["bce", "softmax"],
+) -> jax.Array:
     """The watch loss of B positives against K shared negatives; ``items``/``watch_bias`` hold B + K movies.
 
     ``softmax``: sampled softmax of each positive against the negatives (its own rated movies masked out).
@@ -95,10 +111,19 @@ def watch_loss_sum(users: jax.Array, items: jax.Array, watch_bias: jax.Array, we
     return jnp.sum(weight * jax.nn.softplus(-pos_logit)) + jnp.sum(neg_weight * jax.nn.softplus(neg_logit)) / k_neg
 
 
-def batch_loss(head: Head, rows: Mapping[str, jax.Array], genre_w: jax.Array, rating: jax.Array,
-               weight: jax.Array, neg_weight: jax.Array, dropout_seed: jax.Array, *, shape: DataShape,
-               settings: LossSettings, reg_coef: Mapping[str, jax.Array] | None = None
-               ) -> tuple[jax.Array, jax.Array]:
+def batch_loss(
+    head: Head,
+    rows: Mapping[str, jax.Array],
+    genre_w: jax.Array,
+    rating: jax.Array,
+    weight: jax.Array,
+    neg_weight: jax.Array,
+    dropout_seed: jax.Array,
+    *,
+    shape: DataShape,
+    settings: LossSettings,
+    reg_coef: Mapping[str, jax.Array] | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """(mean loss per rating, stats): MSE + L2 + watch weight * watch loss, all per rating.
 
     The L2 coefficient of each rating's user and movie rows is ``reg_coef[group]`` (B,) when given (the step adds
@@ -117,12 +142,16 @@ def batch_loss(head: Head, rows: Mapping[str, jax.Array], genre_w: jax.Array, ra
     if settings.weight_decay > 0 or settings.row_decay > 0:
         if reg_coef is None:
             reg_coef = {group: jnp.full((bsz,), settings.weight_decay, jnp.float32) for group in ("user", "movie")}
-        loss = loss + decay_sum(pos_rows, weight, genre_w[:bsz], reg_coef=reg_coef,
-                                weight_decay=settings.weight_decay) / n_valid
+        loss = (
+            loss
+            + decay_sum(pos_rows, weight, genre_w[:bsz], reg_coef=reg_coef, weight_decay=settings.weight_decay)
+            / n_valid
+        )
     watch_sum = jnp.float32(0.0)
     if settings.negatives > 0:
         items = item_vectors(rows["movie_embedding"], rows["genre_embedding"], genre_w)
-        watch_sum = watch_loss_sum(rows["user_embedding"], items, rows["watch_bias"][..., 0], weight, neg_weight,
-                                   kind=settings.watch_loss)
+        watch_sum = watch_loss_sum(
+            rows["user_embedding"], items, rows["watch_bias"][..., 0], weight, neg_weight, kind=settings.watch_loss
+        )
         loss = loss + settings.watch_weight * watch_sum / n_valid
     return loss, jnp.stack([sq_sum, weight.sum(), watch_sum])

@@ -15,16 +15,17 @@ after each, and a final Dense 1 whose sigmoid is scaled to the rating range. Opt
 to the final logit. Genres come as a (B, G) index matrix with (B, G) weights: the original's whole genre string is
 G = 1 with weight 1; the "bag" mode averages the movie's single genres.
 
-The embedding tables are :class:`EmbeddingTable` variables kept outside the dense :class:`Head`, so a training step can gather
-the rows of a batch, differentiate with respect to those rows only, and update the tables row-sparsely. Every forward
-path is a pure function of (head, rows), so the training step, the evaluation code and the numpy fast path in
+The embedding tables are :class:`EmbeddingTable` variables kept outside the dense :class:`Head`, so a training step
+can gather the rows of a batch, differentiate with respect to those rows only, and update the tables row-sparsely.
+Every forward path is a pure function of (head, rows), so the training step, the evaluation code and the numpy fast path in
 ``recommender`` all compute the same thing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -75,9 +76,14 @@ def genre_inputs(prepared: PreparedData, genre_mode: str) -> GenreInputs:
 def data_shape(prepared: PreparedData, genres: GenreInputs) -> DataShape:
     """The sizes the network is built for: table rows, rating range and genre slots per movie."""
     summary = prepared.summary
-    return DataShape(n_users=prepared.n_users, n_movies=prepared.n_movies, n_genres=genres.n_genres,
-                     rating_min=float(summary["rating_min"]), rating_max=float(summary["rating_max"]),
-                     max_genres_per_movie=int(genres.idx.shape[1]))
+    return DataShape(
+        n_users=prepared.n_users,
+        n_movies=prepared.n_movies,
+        n_genres=genres.n_genres,
+        rating_min=float(summary["rating_min"]),
+        rating_max=float(summary["rating_max"]),
+        max_genres_per_movie=int(genres.idx.shape[1]),
+    )
 
 
 def hash_u32(x: jax.Array) -> jax.Array:
@@ -159,11 +165,14 @@ class EmbeddingConcat(nnx.Module):
         self.shape = shape
         d = cfg.embedding_dim
         if cfg.init == "keras":  # Keras' Embedding default, as in the original
+
             def init(key: jax.Array, n: int) -> jax.Array:
                 return jax.random.uniform(key, (n, d), jnp.float32, -0.05, 0.05)
         else:  # small normal rows, so the watch dot product starts near zero whatever d is
+
             def init(key: jax.Array, n: int) -> jax.Array:
                 return jax.random.normal(key, (n, d), jnp.float32) * (0.1 / jnp.sqrt(d / 16.0))
+
         self.user_embedding = EmbeddingTable(init(rngs.params(), shape.n_users))
         self.movie_embedding = EmbeddingTable(init(rngs.params(), shape.n_movies))
         self.genre_embedding = EmbeddingTable(init(rngs.params(), shape.n_genres))
@@ -177,8 +186,9 @@ class EmbeddingConcat(nnx.Module):
     # -- tables -------------------------------------------------------------------------------------------------
     def tables(self) -> dict[str, jax.Array]:
         """The embedding tables as plain arrays, keyed by attribute name."""
-        return {name: getattr(self, name)[...] for group in TABLE_GROUPS.values() for name in group
-                if hasattr(self, name)}
+        return {
+            name: getattr(self, name)[...] for group in TABLE_GROUPS.values() for name in group if hasattr(self, name)
+        }
 
     def set_tables(self, tables: Mapping[str, jax.Array]) -> None:
         for name, value in tables.items():
@@ -191,23 +201,38 @@ class EmbeddingConcat(nnx.Module):
     def summary(self) -> list[tuple[str, str, int]]:
         """Keras-style rows (layer, output shape, parameters), as the original printed."""
         d = self.cfg.embedding_dim
-        g = "genre_input (B, 1)" if self.cfg.genre_mode == "string" else f"genre_input (B, {self.shape.max_genres_per_movie})"
+        g = (
+            "genre_input (B, 1)"
+            if self.cfg.genre_mode == "string"
+            else f"genre_input (B, {self.shape.max_genres_per_movie})"
+        )
         rows: list[tuple[str, str, int]] = [
             ("user_input (InputLayer)", "(None, 1)", 0),
             ("movie_input (InputLayer)", "(None, 1)", 0),
-            (g.split(" ")[0] + " (InputLayer)", "(None, 1)" if self.cfg.genre_mode == "string"
-             else f"(None, {self.shape.max_genres_per_movie})", 0),
+            (
+                g.split(" ")[0] + " (InputLayer)",
+                "(None, 1)" if self.cfg.genre_mode == "string" else f"(None, {self.shape.max_genres_per_movie})",
+                0,
+            ),
             ("user_embedding (Embedding)", f"(None, 1, {d})", self.shape.n_users * d),
             ("movie_embedding (Embedding)", f"(None, 1, {d})", self.shape.n_movies * d),
-            ("genre_embedding (Embedding)" if self.cfg.genre_mode == "string" else "genre_embedding (mean bag)",
-             f"(None, 1, {d})", self.shape.n_genres * d),
+            (
+                "genre_embedding (Embedding)" if self.cfg.genre_mode == "string" else "genre_embedding (mean bag)",
+                f"(None, 1, {d})",
+                self.shape.n_genres * d,
+            ),
             ("concatenate (Concatenate)", f"(None, {3 * d})", 0),
             ("dropout (Dropout)", f"(None, {3 * d})", 0),
         ]
         for i, layer in enumerate(self.head.layers):
             suffix = "" if i == 0 else f"_{i}"
-            rows.append((f"dense{suffix} (Dense)", f"(None, {layer.out_features})",
-                         layer.in_features * layer.out_features + layer.out_features))
+            rows.append(
+                (
+                    f"dense{suffix} (Dense)",
+                    f"(None, {layer.out_features})",
+                    layer.in_features * layer.out_features + layer.out_features,
+                )
+            )
             rows.append((f"dropout_{i + 1} (Dropout)", f"(None, {layer.out_features})", 0))
         out = self.head.out
         rows.append((f"dense_{len(self.head.layers)} (Dense)", "(None, 1)", out.in_features + 1))
@@ -220,25 +245,29 @@ class EmbeddingConcat(nnx.Module):
         return rows
 
     # -- forward ------------------------------------------------------------------------------------------------
-    def __call__(self, user_idx: jax.Array, movie_idx: jax.Array, genre_idx: jax.Array,
-                 genre_w: jax.Array) -> jax.Array:
+    def __call__(
+        self, user_idx: jax.Array, movie_idx: jax.Array, genre_idx: jax.Array, genre_w: jax.Array
+    ) -> jax.Array:
         """Predicted ratings (deterministic: no dropout)."""
         rows = gather_rows(self.tables(), user_idx, movie_idx, genre_idx)
         return rating_from_rows(self.head, rows, genre_w, cfg=self.cfg, shape=self.shape)
 
-    def watch_logit(self, user_idx: jax.Array, movie_idx: jax.Array, genre_idx: jax.Array,
-                    genre_w: jax.Array) -> jax.Array:
+    def watch_logit(
+        self, user_idx: jax.Array, movie_idx: jax.Array, genre_idx: jax.Array, genre_w: jax.Array
+    ) -> jax.Array:
         """Logit of "the user watches (rates) this movie"; needs ``watch_head``."""
         rows = gather_rows(self.tables(), user_idx, movie_idx, genre_idx)
         return watch_logit_from_rows(rows, genre_w)
 
 
-def gather_rows(tables: Mapping[str, jax.Array], user_idx: jax.Array, movie_idx: jax.Array,
-                genre_idx: jax.Array) -> dict[str, jax.Array]:
+def gather_rows(
+    tables: Mapping[str, jax.Array], user_idx: jax.Array, movie_idx: jax.Array, genre_idx: jax.Array
+) -> dict[str, jax.Array]:
     """Look up every table's rows for a batch: {table name: rows}, genre rows shaped (B, G, d)."""
     index = {"user": user_idx, "movie": movie_idx, "genre": genre_idx}
-    return {name: tables[name][index[group]] for group, names in TABLE_GROUPS.items()
-            for name in names if name in tables}
+    return {
+        name: tables[name][index[group]] for group, names in TABLE_GROUPS.items() for name in names if name in tables
+    }
 
 
 def pool_genres(genre_rows: jax.Array, genre_w: jax.Array) -> jax.Array:
@@ -251,8 +280,9 @@ def item_vectors(movie_rows: jax.Array, genre_rows: jax.Array, genre_w: jax.Arra
     return movie_rows + pool_genres(genre_rows, genre_w)
 
 
-def rating_logit_from_rows(head: Head, rows: Mapping[str, jax.Array], genre_w: jax.Array, *,
-                           dropout_seed: jax.Array | None = None) -> jax.Array:
+def rating_logit_from_rows(
+    head: Head, rows: Mapping[str, jax.Array], genre_w: jax.Array, *, dropout_seed: jax.Array | None = None
+) -> jax.Array:
     """The rating logit of each (user, movie) row pair: concat, :class:`Head`, plus the optional biases."""
     g = pool_genres(rows["genre_embedding"], genre_w)
     x = jnp.concatenate([rows["user_embedding"], rows["movie_embedding"], g], axis=-1)
@@ -267,9 +297,15 @@ def scale_rating(logit: jax.Array, shape: DataShape) -> jax.Array:
     return shape.rating_min + (shape.rating_max - shape.rating_min) * jax.nn.sigmoid(logit)
 
 
-def rating_from_rows(head: Head, rows: Mapping[str, jax.Array], genre_w: jax.Array, *,
-                     cfg: ModelConfig | None = None, shape: DataShape,
-                     dropout_seed: jax.Array | None = None) -> jax.Array:
+def rating_from_rows(
+    head: Head,
+    rows: Mapping[str, jax.Array],
+    genre_w: jax.Array,
+    *,
+    cfg: ModelConfig | None = None,
+    shape: DataShape,
+    dropout_seed: jax.Array | None = None,
+) -> jax.Array:
     """Predicted ratings from gathered rows (``cfg`` is accepted for callers that pass it; the rows say it all)."""
     del cfg
     return scale_rating(rating_logit_from_rows(head, rows, genre_w, dropout_seed=dropout_seed), shape)
@@ -286,9 +322,15 @@ def watch_logits_against(users: jax.Array, items: jax.Array, watch_bias: jax.Arr
     return users @ items.T + watch_bias[None, :]
 
 
-def rating_logits_for_all_movies(head: Head, user_rows: jax.Array, movie_table: jax.Array, pooled_genres: jax.Array,
-                                 *, user_bias: jax.Array | None = None, movie_bias: jax.Array | None = None
-                                 ) -> jax.Array:
+def rating_logits_for_all_movies(
+    head: Head,
+    user_rows: jax.Array,
+    movie_table: jax.Array,
+    pooled_genres: jax.Array,
+    *,
+    user_bias: jax.Array | None = None,
+    movie_bias: jax.Array | None = None,
+) -> jax.Array:
     """The rating logit of each user against every movie, (B, n_movies): :func:`rating_logit_from_rows` factored.
 
     The first Dense layer is split into its user, movie and genre parts, so each movie's share is computed once
@@ -298,7 +340,7 @@ def rating_logits_for_all_movies(head: Head, user_rows: jax.Array, movie_table: 
     d = user_rows.shape[1]
     first = head.layers[0]
     w1 = first.kernel[...]
-    movie_part = movie_table @ w1[d:2 * d] + pooled_genres @ w1[2 * d:] + first.bias[...]
+    movie_part = movie_table @ w1[d : 2 * d] + pooled_genres @ w1[2 * d :] + first.bias[...]
     h = jax.nn.relu((user_rows @ w1[:d])[:, None, :] + movie_part[None, :, :])
     for layer in head.layers[1:]:
         h = jax.nn.relu(layer(h))

@@ -4,7 +4,7 @@ Synopsis::
 
     from embedrec.recommender import Recommender
     rec = Recommender.load("runs/latest", data="work/data")      # numpy only: never imports JAX
-    rec.recommend(42, k=10)                                       # DataFrame: movie_id, title, year, genres, score, rating
+    rec.recommend(42, k=10)                        # DataFrame: movie_id, title, year, genres, score, rating
     rec.recommend(42, k=10, genre="Comedy", filter_seen=False)
     rec.predict([42, 42], [1, 318])                               # predicted ratings (float32)
     rec.recommend_many(rec.user_ids, k=10)                        # long DataFrame: user_id, rank, movie_id, ...
@@ -59,8 +59,14 @@ class Recommender:
     fallback for unknown users (they raise :class:`UnknownIdError`).
     """
 
-    def __init__(self, artifact: ModelArtifact, prepared: PreparedData | None = None, *,
-                 ranking: Ranking | None = None, candidates: int | None = DEFAULT_CANDIDATES) -> None:
+    def __init__(
+        self,
+        artifact: ModelArtifact,
+        prepared: PreparedData | None = None,
+        *,
+        ranking: Ranking | None = None,
+        candidates: int | None = DEFAULT_CANDIDATES,
+    ) -> None:
         self.artifact = artifact
         self.candidates = candidates  # movies the full network re-ranks per user; None: every movie (exhaustive)
         self._pools: dict[tuple[str | None, int], MoviePool] = {}
@@ -130,8 +136,11 @@ class Recommender:
         if self._popularity is None and self._rated is not None:
             u, m = self._rated
             n_users, n_movies = len(self.user_vocab), len(self.movie_vocab)
-            self._popularity = (TopRated().fit(u, m, self._rated_values, n_users=n_users, n_movies=n_movies).scores_
-                                if len(u) else np.zeros(n_movies, np.float32))
+            self._popularity = (
+                TopRated().fit(u, m, self._rated_values, n_users=n_users, n_movies=n_movies).scores_
+                if len(u)
+                else np.zeros(n_movies, np.float32)
+            )
         return self._popularity
 
     def _seen_sets(self) -> ItemSets | None:
@@ -141,15 +150,14 @@ class Recommender:
             counts = np.bincount(u, minlength=len(self.user_vocab))
             indptr = np.zeros(len(counts) + 1, dtype=np.int64)
             np.cumsum(counts, out=indptr[1:])
-            self._seen = ItemSets(indptr=indptr, indices=m[np.argsort(u, kind="stable")],
-                                  n_items=len(self.movie_vocab))
+            self._seen = ItemSets(indptr=indptr, indices=m[np.argsort(u, kind="stable")], n_items=len(self.movie_vocab))
         return self._seen
 
     def seen_mask(self, user_idx: int) -> np.ndarray:
         """(n_movies,) True where the user rated the movie in the prepared data; all False without it."""
         out = np.zeros(len(self.movie_vocab), dtype=bool)
         if self._seen is not None:
-            out[self._seen.indices[self._seen.indptr[user_idx]:self._seen.indptr[user_idx + 1]]] = True
+            out[self._seen.indices[self._seen.indptr[user_idx] : self._seen.indptr[user_idx + 1]]] = True
         elif self._rated is not None:
             u, m = self._rated
             out[m[u == user_idx]] = True
@@ -166,14 +174,18 @@ class Recommender:
         bad = np.flatnonzero(reasons != "")
         if bad.size:
             i = int(bad[0])
-            raise UnknownIdError(f"cannot predict user {np.asarray(user_ids)[i]}, movie {np.asarray(movie_ids)[i]}: "
-                                 f"{reasons[i]} (the model knows {len(self.user_vocab):,} users and "
-                                 f"{len(self.movie_vocab):,} movies)")
+            raise UnknownIdError(
+                f"cannot predict user {np.asarray(user_ids)[i]}, movie {np.asarray(movie_ids)[i]}: "
+                f"{reasons[i]} (the model knows {len(self.user_vocab):,} users and "
+                f"{len(self.movie_vocab):,} movies)"
+            )
         return ratings
 
-    def predict_known(self, user_ids: Sequence[Any] | np.ndarray,
-                      movie_ids: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(ratings with NaN where unknown, reason per row: "" or "unknown user"/"unknown movie"/"unknown user and movie").
+    def predict_known(
+        self, user_ids: Sequence[Any] | np.ndarray, movie_ids: Sequence[Any] | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ratings with NaN where unknown, reason per row: "" or "unknown user", "unknown movie",
+        "unknown user and movie").
 
         Ids may be integers or integer strings (read exactly: 9007199254740993 is not 9007199254740992); anything
         that is not an integer id counts as unknown.
@@ -194,8 +206,11 @@ class Recommender:
     # -- filters ----------------------------------------------------------------------------------------------
     def genre_mask(self, genre: str) -> np.ndarray:
         """Movies having ``genre`` (case-insensitive); ConfigError listing the genres when there is no such genre."""
-        lists = self.movies["genre_list"] if "genre_list" in self.movies else \
-            self.movies["genres"].astype(str).str.split("|")
+        lists = (
+            self.movies["genre_list"]
+            if "genre_list" in self.movies
+            else self.movies["genres"].astype(str).str.split("|")
+        )
         known = sorted({g for gl in lists for g in gl})
         match = [g for g in known if g.lower() == genre.strip().lower()]
         if not match:
@@ -222,8 +237,9 @@ class Recommender:
             if pool is None:
                 if len(self._pools) >= 8:
                     self._pools.pop(next(iter(self._pools)))
-                pool = self._pools[key] = MoviePool(self.scorer, self._allowed_movies(genre=genre,
-                                                                                      min_ratings=min_ratings))
+                pool = self._pools[key] = MoviePool(
+                    self.scorer, self._allowed_movies(genre=genre, min_ratings=min_ratings)
+                )
             return pool
 
     def _list_length(self, k: int) -> int:
@@ -233,8 +249,15 @@ class Recommender:
         return min(int(k), len(self.movie_vocab))
 
     # -- recommend --------------------------------------------------------------------------------------------
-    def recommend(self, user_id: int, *, k: int = 10, filter_seen: bool = True, genre: str | None = None,
-                  min_ratings: int = DEFAULT_MIN_RATINGS) -> pd.DataFrame:
+    def recommend(
+        self,
+        user_id: int,
+        *,
+        k: int = 10,
+        filter_seen: bool = True,
+        genre: str | None = None,
+        min_ratings: int = DEFAULT_MIN_RATINGS,
+    ) -> pd.DataFrame:
         """Top ``k`` movies for a known user: movie_id, title, year, genres, score (ranking score), rating.
 
         Unknown users raise :class:`UnknownIdError`; see :meth:`popular` for the cold-start list.
@@ -242,30 +265,42 @@ class Recommender:
         k = self._list_length(k)
         u = self.user_vocab.index(user_id)
         emb, bias = self.scorer.user_rows(np.array([u]))
-        seen = ItemSets.from_lists([np.flatnonzero(self.seen_mask(u))], n_items=len(self.movie_vocab)) \
-            if filter_seen else None
+        seen = (
+            ItemSets.from_lists([np.flatnonzero(self.seen_mask(u))], n_items=len(self.movie_vocab))
+            if filter_seen
+            else None
+        )
         return self._table(emb, bias, k, seen, genre=genre, min_ratings=min_ratings)
 
-    def recommend_for(self, user: FoldedUser, *, k: int = 10, filter_seen: bool = True, genre: str | None = None,
-                      min_ratings: int = DEFAULT_MIN_RATINGS) -> pd.DataFrame:
+    def recommend_for(
+        self,
+        user: FoldedUser,
+        *,
+        k: int = 10,
+        filter_seen: bool = True,
+        genre: str | None = None,
+        min_ratings: int = DEFAULT_MIN_RATINGS,
+    ) -> pd.DataFrame:
         """Top ``k`` for a folded-in user (see :meth:`fold_in`); their rated movies count as seen."""
         k = self._list_length(k)
         seen = ItemSets.from_lists([user.movie_idx.tolist()], n_items=len(self.movie_vocab)) if filter_seen else None
-        return self._table(user.embedding[None], np.array([user.bias], np.float32), k, seen, genre=genre,
-                           min_ratings=min_ratings)
+        return self._table(
+            user.embedding[None], np.array([user.bias], np.float32), k, seen, genre=genre, min_ratings=min_ratings
+        )
 
-    def _table(self, emb: np.ndarray, bias: np.ndarray, k: int, seen: ItemSets | None, *, genre: str | None,
-               min_ratings: int) -> pd.DataFrame:
-        ranked = self.scorer.rank(emb, bias, k, seen=seen, allowed=self._pool(genre, min_ratings),
-                                  candidates=self.candidates, workers=1)
+    def _table(
+        self, emb: np.ndarray, bias: np.ndarray, k: int, seen: ItemSets | None, *, genre: str | None, min_ratings: int
+    ) -> pd.DataFrame:
+        ranked = self.scorer.rank(
+            emb, bias, k, seen=seen, allowed=self._pool(genre, min_ratings), candidates=self.candidates, workers=1
+        )
         keep = ranked.movie_idx[0] >= 0
         out = self.movie_rows(ranked.movie_idx[0][keep])
         out["score"] = ranked.score[0][keep].astype(float)
         out["rating"] = ranked.rating[0][keep].astype(float)
         return out
 
-    def popular(self, *, k: int = 10, genre: str | None = None,
-                min_ratings: int = DEFAULT_MIN_RATINGS) -> pd.DataFrame:
+    def popular(self, *, k: int = 10, genre: str | None = None, min_ratings: int = DEFAULT_MIN_RATINGS) -> pd.DataFrame:
         """The cold-start list: Bayesian-average top rated movies (score = that average; rating column empty)."""
         k = self._list_length(k)
         popularity = self._popularity_scores()
@@ -294,10 +329,18 @@ class Recommender:
     def _movie_norms(self) -> np.ndarray:
         return np.linalg.norm(self.scorer.movie_embedding, axis=1)
 
-    def recommend_many(self, user_ids: Sequence[int] | np.ndarray, *, k: int = 10, filter_seen: bool = True,
-                       genre: str | None = None, min_ratings: int = DEFAULT_MIN_RATINGS,
-                       with_ratings: bool = True, on_progress: ProgressFn | None = None,
-                       workers: int | None = None) -> pd.DataFrame:
+    def recommend_many(
+        self,
+        user_ids: Sequence[int] | np.ndarray,
+        *,
+        k: int = 10,
+        filter_seen: bool = True,
+        genre: str | None = None,
+        min_ratings: int = DEFAULT_MIN_RATINGS,
+        with_ratings: bool = True,
+        on_progress: ProgressFn | None = None,
+        workers: int | None = None,
+    ) -> pd.DataFrame:
         """Top ``k`` for many known users: a long table user_id, rank (1..k), movie_id, score[, rating].
 
         Ranks one block of users at a time ((block, n_movies) retrieval scores), so memory stays bounded for any
@@ -317,24 +360,36 @@ class Recommender:
         if on_progress is not None:
             on_progress(0, len(idx))
         for s in range(0, len(idx), USER_BLOCK):
-            batch = idx[s:s + USER_BLOCK]
+            batch = idx[s : s + USER_BLOCK]
             emb, bias = self.scorer.user_rows(batch)
-            ranked = self.scorer.rank(emb, bias, k, seen=seen.take(batch) if seen is not None else None,
-                                      allowed=allowed, candidates=self.candidates, workers=workers)
-            top[s:s + len(batch)], score[s:s + len(batch)], rating[s:s + len(batch)] = (
-                ranked.movie_idx, ranked.score, ranked.rating)
+            ranked = self.scorer.rank(
+                emb,
+                bias,
+                k,
+                seen=seen.take(batch) if seen is not None else None,
+                allowed=allowed,
+                candidates=self.candidates,
+                workers=workers,
+            )
+            top[s : s + len(batch)], score[s : s + len(batch)], rating[s : s + len(batch)] = (
+                ranked.movie_idx,
+                ranked.score,
+                ranked.rating,
+            )
             if on_progress is not None:
                 on_progress(s + len(batch), len(idx))
         keep = top.ravel() >= 0
         rows = np.repeat(np.arange(len(idx)), k)[keep]
         flat = top.ravel()[keep]
         score, rating = score.ravel()[keep], rating.ravel()[keep]
-        out = pd.DataFrame({
-            "user_id": user_ids[rows],
-            "rank": (np.arange(len(idx) * k) % k + 1)[keep],
-            "movie_id": self.movie_ids[flat],
-            "score": score,
-        })
+        out = pd.DataFrame(
+            {
+                "user_id": user_ids[rows],
+                "rank": (np.arange(len(idx) * k) % k + 1)[keep],
+                "movie_id": self.movie_ids[flat],
+                "score": score,
+            }
+        )
         if with_ratings:
             out["rating"] = rating
         return out
@@ -354,8 +409,7 @@ class Recommender:
             values = np.array([p[1] for p in pairs], dtype=np.float32)
         idx = self.movie_vocab.indices(movie_ids)
         if (idx < 0).any():
-            raise UnknownIdError(f"movie {np.asarray(movie_ids)[idx < 0][0]} in the ratings is not known to "
-                                 "the model")
+            raise UnknownIdError(f"movie {np.asarray(movie_ids)[idx < 0][0]} in the ratings is not known to the model")
         lo, hi = self.scorer.shape.rating_min, self.scorer.shape.rating_max
         if not np.all(np.isfinite(values)) or values.min(initial=lo) < lo or values.max(initial=hi) > hi:
             raise DataError(f"ratings must lie in the model's range {lo:g}..{hi:g}")

@@ -111,15 +111,19 @@ def _check_resumable(run_dir: Path, train_cfg: TrainConfig) -> None:
     meta = read_json(run_dir / "model.json")
     done = int(meta.get("epochs_run", 0))
     if meta.get("stopped_early"):
-        raise ConfigError(f"{run_dir} stopped early at epoch {done} (best epoch {meta.get('best_epoch')}): there is "
-                          "nothing to resume; train a new run instead")
+        raise ConfigError(
+            f"{run_dir} stopped early at epoch {done} (best epoch {meta.get('best_epoch')}): there is "
+            "nothing to resume; train a new run instead"
+        )
     if train_cfg.epochs <= done:
-        raise ConfigError(f"{run_dir} already finished its {done} epochs: pass --epochs N with N > {done} to train "
-                          "it further")
+        raise ConfigError(
+            f"{run_dir} already finished its {done} epochs: pass --epochs N with N > {done} to train it further"
+        )
 
 
-def choose_ranking(result: TrainResult, prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig
-                   ) -> dict[str, Any]:
+def choose_ranking(
+    result: TrainResult, prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig
+) -> dict[str, Any]:
     """Pick the recommend score by val NDCG@10: watch logit + beta * rating for beta in BETAS; rating-only models
     rank by rating.
 
@@ -141,18 +145,36 @@ def choose_ranking(result: TrainResult, prepared: PreparedData, model_cfg: Model
     weights.update(head_weights(nnx.state(result.model.head)))
     weights["genre_idx"], weights["genre_w"] = result.genres.idx, result.genres.weight
     scorer = Scorer.from_weights(weights, model_cfg, result.shape)
-    scores = ndcg_by_blend(scorer, prepared, betas=BETAS, split="val", relevance=training_relevance(prepared),
-                           max_users=train_cfg.val_users or None)
+    scores = ndcg_by_blend(
+        scorer,
+        prepared,
+        betas=BETAS,
+        split="val",
+        relevance=training_relevance(prepared),
+        max_users=train_cfg.val_users or None,
+    )
     if scores is None:
         return {"score": "blend", "beta": 0.0, "chosen_by": "default (no relevant rating in the val split)"}
     best = max(BETAS, key=lambda b: (round(scores[b], 6), -b))
-    return {"score": "blend", "beta": best, "chosen_by": "val ndcg@10",
-            "val_ndcg@10": {str(b): round(v, 5) for b, v in scores.items()}}
+    return {
+        "score": "blend",
+        "beta": best,
+        "chosen_by": "val ndcg@10",
+        "val_ndcg@10": {str(b): round(v, 5) for b, v in scores.items()},
+    }
 
 
-def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path | None = None, preset: str = "default",
-              overrides: dict[str, Any] | None = None, callbacks: Callbacks | None = None, resume: bool = False,
-              stop_requested: Callable[[], bool] | None = None) -> RunResult:
+def train_run(
+    data_dir: Path | None,
+    *,
+    out: Path | None = None,
+    workdir: Path | None = None,
+    preset: str = "default",
+    overrides: dict[str, Any] | None = None,
+    callbacks: Callbacks | None = None,
+    resume: bool = False,
+    stop_requested: Callable[[], bool] | None = None,
+) -> RunResult:
     """Train a model on a prepared data set and write its run folder; returns where and how it went.
 
     ``data_dir`` defaults to ``<workdir>/data`` (with ``resume``: the data the run started on). ``out`` names the
@@ -186,8 +208,10 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
         stored = {**to_dict(model_cfg), **to_dict(train_cfg)}
         changed = [k for k, v in extra.items() if k not in stored or _as_json(stored[k]) != _as_json(v)]
         if changed:
-            raise ConfigError(f"--resume continues with the settings in {run_dir / 'run.json'}; drop "
-                              f"{', '.join('--' + k.replace('_', '-') for k in changed)} (only --epochs may change)")
+            raise ConfigError(
+                f"--resume continues with the settings in {run_dir / 'run.json'}; drop "
+                f"{', '.join('--' + k.replace('_', '-') for k in changed)} (only --epochs may change)"
+            )
         preset = run_meta.get("preset", preset)
         adapted = run_meta.get("adapted", {})
     else:
@@ -196,29 +220,46 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
         model_cfg, train_cfg = resolve_configs(preset, overrides)
         train_movies = prepared.movie_idx[prepared.split == 0]
         train_cfg, adapted = adapt_to_data(
-            preset, train_cfg, n_train=len(train_movies), n_movies_rated=int(np.unique(train_movies).size),
+            preset,
+            train_cfg,
+            n_train=len(train_movies),
+            n_movies_rated=int(np.unique(train_movies).size),
             split_method=str(prepared.summary.get("split", {}).get("method", "random")),
-            explicit=set((overrides or {}).keys()))
+            explicit=set((overrides or {}).keys()),
+        )
         run_dir = Path(out) if out is not None else new_run_dir(workdir, preset)
         _check_new_run_dir(run_dir)
         created_run_dir = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "run.json", {
-            "schema_version": SCHEMA_VERSION, "preset": preset, "model": to_dict(model_cfg),
-            "train": to_dict(train_cfg), "adapted": adapted, "data": {"path": str(Path(data_dir).resolve()),
-                                                  "fingerprint": prepared.fingerprint},
-        })
+        write_json(
+            run_dir / "run.json",
+            {
+                "schema_version": SCHEMA_VERSION,
+                "preset": preset,
+                "model": to_dict(model_cfg),
+                "train": to_dict(train_cfg),
+                "adapted": adapted,
+                "data": {"path": str(Path(data_dir).resolve()), "fingerprint": prepared.fingerprint},
+            },
+        )
 
     checkpointer = CheckpointDir(run_dir / "checkpoints", required=RESUME_KEYS)
     if resume and checkpointer.load() is None:  # answered before JAX starts
-        raise ArtifactError(f"{run_dir / 'checkpoints'} holds no complete checkpoint to resume from; start a new run "
-                            "without --resume")
+        raise ArtifactError(
+            f"{run_dir / 'checkpoints'} holds no complete checkpoint to resume from; start a new run without --resume"
+        )
     from embedrec.train import train
 
     try:
-        result = train(prepared, model_cfg, train_cfg, callbacks=callbacks,
-                       checkpointer=checkpointer, resume=resume,
-                       stop_requested=stop_requested)
+        result = train(
+            prepared,
+            model_cfg,
+            train_cfg,
+            callbacks=callbacks,
+            checkpointer=checkpointer,
+            resume=resume,
+            stop_requested=stop_requested,
+        )
     except BaseException:
         if not resume:
             _drop_unresumable(run_dir, created=created_run_dir)
@@ -229,17 +270,38 @@ def train_run(data_dir: Path | None, *, out: Path | None = None, workdir: Path |
         ranking = choose_ranking(result, prepared, model_cfg, train_cfg)
         gi = result.genres
         final = dict(result.history[result.best_epoch - 1]) if result.history and result.best_epoch else {}
-        save_model(run_dir, module=result.model, model_cfg=model_cfg, train_cfg=train_cfg, shape=result.shape,
-                   genre_idx=gi.idx, genre_w=gi.weight, prepared=prepared, history=result.history,
-                   extra_meta={"preset": preset, "ranking": ranking, "best_epoch": result.best_epoch,
-                               "stopped_early": result.stopped_early, "epochs_run": len(result.history),
-                               "adapted": adapted,
-                               "metrics": {k: v for k, v in final.items() if k.startswith("val_")}})
+        save_model(
+            run_dir,
+            module=result.model,
+            model_cfg=model_cfg,
+            train_cfg=train_cfg,
+            shape=result.shape,
+            genre_idx=gi.idx,
+            genre_w=gi.weight,
+            prepared=prepared,
+            history=result.history,
+            extra_meta={
+                "preset": preset,
+                "ranking": ranking,
+                "best_epoch": result.best_epoch,
+                "stopped_early": result.stopped_early,
+                "epochs_run": len(result.history),
+                "adapted": adapted,
+                "metrics": {k: v for k, v in final.items() if k.startswith("val_")},
+            },
+        )
         write_learning_curve(run_dir / "learning_curve.png", result.history, title=f"embedrec {preset}")
         set_latest_run(workdir, run_dir)
-    return RunResult(run_dir=run_dir, history=result.history, interrupted=result.interrupted,
-                     stopped_early=result.stopped_early, best_epoch=result.best_epoch,
-                     n_params=int(result.info["n_params"]), ranking=ranking, summary_rows=summary_rows)
+    return RunResult(
+        run_dir=run_dir,
+        history=result.history,
+        interrupted=result.interrupted,
+        stopped_early=result.stopped_early,
+        best_epoch=result.best_epoch,
+        n_params=int(result.info["n_params"]),
+        ranking=ranking,
+        summary_rows=summary_rows,
+    )
 
 
 def _drop_unresumable(run_dir: Path, *, created: bool) -> None:
@@ -281,8 +343,9 @@ def write_learning_curve(path: Path, history: list[dict[str, Any]], *, title: st
     ax.legend()
     if has_ndcg:
         ax2 = axes[0][1]
-        ax2.plot(epochs, [h.get("val_ndcg@10", np.nan) for h in history], marker="o", color="tab:green",
-                 label="val NDCG@10")
+        ax2.plot(
+            epochs, [h.get("val_ndcg@10", np.nan) for h in history], marker="o", color="tab:green", label="val NDCG@10"
+        )
         ax2.set_xlabel("epoch")
         ax2.set_ylabel("NDCG@10 (sampled val users)")
         ax2.grid(alpha=0.3)

@@ -95,8 +95,7 @@ def scale_rating(logit: np.ndarray, shape: DataShape) -> np.ndarray:
     return shape.rating_min + (shape.rating_max - shape.rating_min) * sigmoid(logit)
 
 
-def dense_relu_chain(pre: np.ndarray, layers: DenseLayers, *, pre_acts: list[np.ndarray] | None = None
-                     ) -> np.ndarray:
+def dense_relu_chain(pre: np.ndarray, layers: DenseLayers, *, pre_acts: list[np.ndarray] | None = None) -> np.ndarray:
     """The head from one Dense layer's pre-activation ``pre`` (..., h) on: relu, then each (kernel, bias) in
     ``layers`` with relu between them; the last entry is the 1-unit output layer. Returns the logit (...,).
 
@@ -122,8 +121,13 @@ class Scorer:
     ``weights`` uses the names of :mod:`embedrec.artifacts` and must include ``genre_idx`` / ``genre_w``.
     """
 
-    def __init__(self, weights: Mapping[str, np.ndarray], model_cfg: ModelConfig, shape: DataShape,
-                 ranking: Ranking | None = None) -> None:
+    def __init__(
+        self,
+        weights: Mapping[str, np.ndarray],
+        model_cfg: ModelConfig,
+        shape: DataShape,
+        ranking: Ranking | None = None,
+    ) -> None:
         f32 = np.float32
         d = model_cfg.embedding_dim
         self.shape = shape
@@ -143,7 +147,7 @@ class Scorer:
         self.layers = _dense_layers(weights)
         k1, b1 = self.layers[0]
         self.w_user = k1[:d]
-        self.movie_part = (self.movie_embedding @ k1[d:2 * d] + genre_pooled @ k1[2 * d:] + b1).astype(f32)
+        self.movie_part = (self.movie_embedding @ k1[d : 2 * d] + genre_pooled @ k1[2 * d :] + b1).astype(f32)
         self._neg_movie_part = -self.movie_part
         k2, b2 = self.layers[1]
         self._movie_part2 = (self.movie_part @ k2 + b2).astype(f32)
@@ -153,8 +157,13 @@ class Scorer:
             raise ArtifactError("the 'blend' ranking needs a model with a watch head")
 
     @classmethod
-    def from_weights(cls, weights: Mapping[str, np.ndarray], model_cfg: ModelConfig, shape: DataShape,
-                     ranking: Ranking | Mapping[str, Any] | None = None) -> Scorer:
+    def from_weights(
+        cls,
+        weights: Mapping[str, np.ndarray],
+        model_cfg: ModelConfig,
+        shape: DataShape,
+        ranking: Ranking | Mapping[str, Any] | None = None,
+    ) -> Scorer:
         """A scorer over in-memory weights (numpy or anything ``np.asarray`` takes)."""
         if ranking is not None and not isinstance(ranking, Ranking):
             ranking = Ranking.from_meta({"ranking": ranking}, has_watch="watch_bias" in weights)
@@ -194,12 +203,13 @@ class Scorer:
         movie_idx = np.asarray(movie_idx, dtype=np.int64)
         out = np.empty(len(user_idx), dtype=np.float32)
         for s in range(0, len(user_idx), PAIR_CHUNK):
-            emb, bias = self.user_rows(user_idx[s:s + PAIR_CHUNK])
-            out[s:s + PAIR_CHUNK] = self.ratings_pairs(emb, bias, movie_idx[s:s + PAIR_CHUNK])
+            emb, bias = self.user_rows(user_idx[s : s + PAIR_CHUNK])
+            out[s : s + PAIR_CHUNK] = self.ratings_pairs(emb, bias, movie_idx[s : s + PAIR_CHUNK])
         return out
 
-    def pair_scores(self, emb: np.ndarray, bias: np.ndarray, movie_idx: np.ndarray,
-                    ranking: Ranking | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def pair_scores(
+        self, emb: np.ndarray, bias: np.ndarray, movie_idx: np.ndarray, ranking: Ranking | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(ranking scores, predicted ratings) of (user row i, movie_idx[i]) pairs."""
         ranking = ranking or self.ranking
         rating = self.ratings_pairs(emb, bias, movie_idx)
@@ -209,8 +219,15 @@ class Scorer:
         return (watch + np.float32(ranking.beta) * rating).astype(np.float32), rating
 
     # -- users x every movie (the fast path) -------------------------------------------------------------------
-    def rating_logits(self, emb: np.ndarray, bias: np.ndarray, *, neg_movie_part: np.ndarray | None = None,
-                      movie_part2: np.ndarray | None = None, movie_bias: np.ndarray | None = None) -> np.ndarray:
+    def rating_logits(
+        self,
+        emb: np.ndarray,
+        bias: np.ndarray,
+        *,
+        neg_movie_part: np.ndarray | None = None,
+        movie_part2: np.ndarray | None = None,
+        movie_bias: np.ndarray | None = None,
+    ) -> np.ndarray:
         """(B, n_movies) rating logits of user rows against every movie (or against the movies whose per-movie
         arrays are passed: ``-movie_part``, ``movie_part·W2 + b2`` and the rating bias, cut to those movies)."""
         emb = np.atleast_2d(np.asarray(emb, np.float32))
@@ -225,10 +242,10 @@ class Scorer:
         for s in range(0, n, step):
             b = min(step, n - s)
             x = buf[:b]
-            np.maximum(user_part[s:s + b, None, :], neg_movie_part[None], out=x)  # relu(a+p) - p
+            np.maximum(user_part[s : s + b, None, :], neg_movie_part[None], out=x)  # relu(a+p) - p
             h = (x.reshape(-1, h1) @ self.layers[1][0]).reshape(b, n_movies, -1)
             h += movie_part2  # + p·W2 + b2: the second Dense's pre-activation
-            out[s:s + b] = dense_relu_chain(h, self.layers[2:])
+            out[s : s + b] = dense_relu_chain(h, self.layers[2:])
         out += np.asarray(bias, np.float32)[:, None]
         if movie_bias is not None:
             out += movie_bias
@@ -255,9 +272,18 @@ class Scorer:
         return out
 
     # -- top-K: two-stage (dot-product retrieval, then the full network on the candidates) ----------------------
-    def rank(self, emb: np.ndarray, bias: np.ndarray, k: int, *, seen: ItemSets | None = None,
-             allowed: np.ndarray | MoviePool | None = None, ranking: Ranking | None = None,
-             candidates: int | None = DEFAULT_CANDIDATES, workers: int | None = None) -> Ranked:
+    def rank(
+        self,
+        emb: np.ndarray,
+        bias: np.ndarray,
+        k: int,
+        *,
+        seen: ItemSets | None = None,
+        allowed: np.ndarray | MoviePool | None = None,
+        ranking: Ranking | None = None,
+        candidates: int | None = DEFAULT_CANDIDATES,
+        workers: int | None = None,
+    ) -> Ranked:
         """The ``k`` best movies of each user row (best first, -1 pads a short list), with their scores and ratings.
 
         ``seen`` (row i = user row i) and ``allowed`` ((n_movies,) bool: False is never listed; or a
@@ -289,7 +315,8 @@ class Scorer:
             block = slice(int(rows[0]), int(rows[-1]) + 1)
             block_seen = seen.take(rows) if seen is not None else None
             top[block], score[block], rating[block] = self._rank_block(
-                emb[block], bias[block], k, block_seen, pool, ranking, candidates)
+                emb[block], bias[block], k, block_seen, pool, ranking, candidates
+            )
 
         workers = workers or available_cpus()
         with single_threaded_blas():
@@ -303,8 +330,9 @@ class Scorer:
                     list(pool_threads.map(run, parts))
         return Ranked(top, score, rating)
 
-    def candidates(self, emb: np.ndarray, bias: np.ndarray, n: int, *, seen: ItemSets | None = None,
-                   pool: MoviePool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def candidates(
+        self, emb: np.ndarray, bias: np.ndarray, n: int, *, seen: ItemSets | None = None, pool: MoviePool | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The first stage and the network's pass over it: the ``n`` best unseen pool movies of each user row by
         the watch output, as (movie indices (B, n), -1 padding; their watch logits; their predicted ratings).
 
@@ -339,14 +367,21 @@ class Scorer:
         _mask_seen(scores, seen, pool)
         return scores
 
-    def _rank_block(self, emb: np.ndarray, bias: np.ndarray, k: int, seen: ItemSets | None, pool: MoviePool,
-                    ranking: Ranking, candidates: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _rank_block(
+        self,
+        emb: np.ndarray,
+        bias: np.ndarray,
+        k: int,
+        seen: ItemSets | None,
+        pool: MoviePool,
+        ranking: Ranking,
+        candidates: int | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         b = len(emb)
         blend = ranking.score == "blend"
         retrieve_only = blend and ranking.beta == 0.0
         # re-ranking costs about PAIR_COST x scoring a movie on the exhaustive path: past that share, score all
-        two_stage = (blend and not retrieve_only and candidates is not None
-                     and candidates * PAIR_COST < pool.size)
+        two_stage = blend and not retrieve_only and candidates is not None and candidates * PAIR_COST < pool.size
         if two_stage:
             movies, watch, rating = self.candidates(emb, bias, candidates, seen=seen, pool=pool)
             rerank = np.where(movies >= 0, watch + np.float32(ranking.beta) * rating, -np.inf)
@@ -369,8 +404,9 @@ class Scorer:
         score[valid], rating[valid] = self.pair_scores(emb[rows], bias[rows], top[valid], ranking)
         return top, score, rating
 
-    def score_users(self, user_idx: np.ndarray, ranking: Ranking | None = None, *,
-                    workers: int | None = None) -> np.ndarray:
+    def score_users(
+        self, user_idx: np.ndarray, ranking: Ranking | None = None, *, workers: int | None = None
+    ) -> np.ndarray:
         """(len(user_idx), n_movies) ranking scores of known users; the ``ScoreFn`` of evaluation.
 
         Users are split across ``workers`` threads (default: the CPUs this process may use) with one BLAS thread
@@ -388,7 +424,7 @@ class Scorer:
             parts = np.array_split(np.arange(n), min(workers * 4, n))
 
             def run(rows: np.ndarray) -> None:
-                out[rows[0]:rows[-1] + 1] = self.scores(emb[rows], bias[rows], ranking)
+                out[rows[0] : rows[-1] + 1] = self.scores(emb[rows], bias[rows], ranking)
 
             with ThreadPoolExecutor(min(workers, len(parts))) as pool:
                 list(pool.map(run, parts))
@@ -449,8 +485,9 @@ class MoviePool:
     def scores(self, emb: np.ndarray, bias: np.ndarray, ranking: Ranking) -> np.ndarray:
         """(B, pool size) ranking scores through the full network (the exhaustive path)."""
         s = self.scorer
-        logit = s.rating_logits(emb, bias, neg_movie_part=self.neg_movie_part, movie_part2=self.movie_part2,
-                                movie_bias=self.movie_bias)
+        logit = s.rating_logits(
+            emb, bias, neg_movie_part=self.neg_movie_part, movie_part2=self.movie_part2, movie_bias=self.movie_bias
+        )
         rating = scale_rating(logit, s.shape).astype(np.float32)
         if ranking.score == "rating":
             return rating
@@ -471,10 +508,15 @@ def _dense_layers(weights: Mapping[str, np.ndarray]) -> list[tuple[np.ndarray, n
     layers = []
     while f"head.layers.{len(layers)}.kernel" in weights:
         i = len(layers)
-        layers.append((np.asarray(weights[f"head.layers.{i}.kernel"], np.float32),
-                       np.asarray(weights[f"head.layers.{i}.bias"], np.float32)))
+        layers.append(
+            (
+                np.asarray(weights[f"head.layers.{i}.kernel"], np.float32),
+                np.asarray(weights[f"head.layers.{i}.bias"], np.float32),
+            )
+        )
     if not layers:
         raise ArtifactError("weights have no hidden Dense layer (head.layers.0.kernel)")
-    layers.append((np.asarray(weights["head.out.kernel"], np.float32),
-                   np.asarray(weights["head.out.bias"], np.float32)))
+    layers.append(
+        (np.asarray(weights["head.out.kernel"], np.float32), np.asarray(weights["head.out.bias"], np.float32))
+    )
     return layers

@@ -85,8 +85,9 @@ def find_data_dir(workdir: Path | None, data: Path | None, artifact: ModelArtifa
     return None
 
 
-def load_model_and_data(*, workdir: Path | None = None, model: Path | None = None, data: Path | None = None,
-                        strict: bool = False) -> Loaded:
+def load_model_and_data(
+    *, workdir: Path | None = None, model: Path | None = None, data: Path | None = None, strict: bool = False
+) -> Loaded:
     """The model and its prepared data. ``strict``: data is required and must be the data the model was trained on."""
     from embedrec.artifacts import load_model
     from embedrec.data.store import load_prepared
@@ -96,16 +97,21 @@ def load_model_and_data(*, workdir: Path | None = None, model: Path | None = Non
     if folder is None:
         if strict:
             raise ArtifactError("no prepared data found: run `embedrec prepare`, or pass --data DIR")
-        return Loaded(artifact, None, (("note", "no prepared data found: seen movies are not filtered "
-                                                "(pass --data DIR)"),))
+        return Loaded(
+            artifact, None, (("note", "no prepared data found: seen movies are not filtered (pass --data DIR)"),)
+        )
     prepared = load_prepared(folder)
     if prepared.fingerprint == artifact.fingerprint:
         return Loaded(artifact, prepared)
-    message = (f"the model {artifact.path} was trained on data {artifact.fingerprint or '?'}, but {folder} is "
-               f"{prepared.fingerprint}")
+    message = (
+        f"the model {artifact.path} was trained on data {artifact.fingerprint or '?'}, but {folder} is "
+        f"{prepared.fingerprint}"
+    )
     if strict:
-        raise ArtifactError(f"{message}: evaluating on other data would leak test ratings into training; "
-                            "pass the --data the model was trained on, or retrain")
+        raise ArtifactError(
+            f"{message}: evaluating on other data would leak test ratings into training; "
+            "pass the --data the model was trained on, or retrain"
+        )
     return Loaded(artifact, prepared, (("warning", f"{message}; ids are matched by raw id"),))
 
 
@@ -120,8 +126,9 @@ def open_recommender(*, workdir: Path | None = None, model: Path | None = None, 
 # ---------------------------------------------------------------------------------------------------------------
 # Result files
 # ---------------------------------------------------------------------------------------------------------------
-def check_table_path(output: Path, *, option: str = "--output", suffixes: tuple[str, ...] | None = TABLE_SUFFIXES
-                     ) -> None:
+def check_table_path(
+    output: Path, *, option: str = "--output", suffixes: tuple[str, ...] | None = TABLE_SUFFIXES
+) -> None:
     """Refuse, before any work, an output path that is a folder or (given ``suffixes``) has another suffix."""
     if output.is_dir():
         raise ConfigError(f"{option} {output} is a folder: name a file, e.g. {output / 'out.csv'}")
@@ -156,8 +163,15 @@ class BatchSummary:
     output: Path
 
 
-def recommend_to_file(rec: Recommender, user_ids: np.ndarray | None, output: Path, *, k: int = 10,
-                      on_progress: Callable[[int, int], None] | None = None, **filters: Any) -> BatchSummary:
+def recommend_to_file(
+    rec: Recommender,
+    user_ids: np.ndarray | None,
+    output: Path,
+    *,
+    k: int = 10,
+    on_progress: Callable[[int, int], None] | None = None,
+    **filters: Any,
+) -> BatchSummary:
     """Top ``k`` for many users (None: every user the model knows) into ``output`` (.csv or .parquet).
 
     Columns: userId, rank, movieId, title, score, rating. Unknown ids are skipped and counted; ``k`` is clamped to
@@ -176,9 +190,14 @@ def recommend_to_file(rec: Recommender, user_ids: np.ndarray | None, output: Pat
     titles = rec.movies.set_index("movie_id")["title"]
     table.insert(3, "title", titles.reindex(table["movieId"]).to_numpy())
     write_table(table, output, float_format="%.5g")
-    return BatchSummary(n_users=len(user_ids), n_rows=len(table), k=min(k, len(rec.movie_ids)),
-                        n_unknown=len(unknown), first_unknown=int(unknown[0]) if len(unknown) else None,
-                        output=output)
+    return BatchSummary(
+        n_users=len(user_ids),
+        n_rows=len(table),
+        k=min(k, len(rec.movie_ids)),
+        n_unknown=len(unknown),
+        first_unknown=int(unknown[0]) if len(unknown) else None,
+        output=output,
+    )
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ on a CPU the number of operations per step, not their size, is what costs at bat
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -37,14 +37,13 @@ def head_optimizer() -> optax.GradientTransformation:
 def bias_corrected_lr(lr: jax.Array, count: jax.Array) -> jax.Array:
     """Adam's step size after ``count`` updates: ``lr * sqrt(1 - b2^t) / (1 - b1^t)``, t at least 1."""
     t = jnp.maximum(count, 1).astype(jnp.float32)
-    return lr * jnp.sqrt(1 - B2 ** t) / (1 - B1 ** t)
+    return lr * jnp.sqrt(1 - B2**t) / (1 - B1**t)
 
 
-def adam_rows(packed: jax.Array, grad: jax.Array, lr_t: jax.Array, width: int, *, rowwise: bool = False
-              ) -> jax.Array:
+def adam_rows(packed: jax.Array, grad: jax.Array, lr_t: jax.Array, width: int, *, rowwise: bool = False) -> jax.Array:
     """Adam on [params | mu | nu] rows. ``rowwise`` keeps one second moment per row (the mean of the squared
     gradient over the row), as row-wise Adagrad does for embeddings: a third fewer bytes to move per row."""
-    p, m, v = packed[:, :width], packed[:, width:2 * width], packed[:, 2 * width:]
+    p, m, v = packed[:, :width], packed[:, width : 2 * width], packed[:, 2 * width :]
     m = B1 * m + (1 - B1) * grad
     sq = grad * grad
     v = B2 * v + (1 - B2) * (jnp.mean(sq, axis=1, keepdims=True) if rowwise else sq)
@@ -71,8 +70,16 @@ def dedup_slots(idx: jax.Array, n_rows: int) -> tuple[jax.Array, jax.Array]:
     return rep, valid & (rep == slot)
 
 
-def lazy_adam_update(slab: jax.Array, gathered: jax.Array, update_idx: jax.Array, grad: jax.Array,
-                     lr_t: jax.Array, *, width: int, rowwise: bool = False) -> jax.Array:
+def lazy_adam_update(
+    slab: jax.Array,
+    gathered: jax.Array,
+    update_idx: jax.Array,
+    grad: jax.Array,
+    lr_t: jax.Array,
+    *,
+    width: int,
+    rowwise: bool = False,
+) -> jax.Array:
     """Adam on the slab rows a batch touched; ``gathered`` is ``slab`` at the batch's slots.
 
     ``update_idx`` names each slot's slab row, or a row past the end for a slot that takes no update (padding);
@@ -88,8 +95,9 @@ def lazy_adam_update(slab: jax.Array, gathered: jax.Array, update_idx: jax.Array
     return slab.at[target].set(new_rows, mode="drop", unique_indices=True)
 
 
-def dense_adam_update(slab: jax.Array, update_idx: jax.Array, grad: jax.Array, lr_t: jax.Array, *, width: int,
-                      live: jax.Array) -> jax.Array:
+def dense_adam_update(
+    slab: jax.Array, update_idx: jax.Array, grad: jax.Array, lr_t: jax.Array, *, width: int, live: jax.Array
+) -> jax.Array:
     """Adam on every slab row (the Keras/Optax behaviour): rows outside the batch see a zero gradient."""
     n_rows = slab.shape[0]
     dense_grad = jnp.zeros((n_rows, width), jnp.float32).at[update_idx].add(grad, mode="drop")
@@ -146,6 +154,6 @@ def slab_to_tables(slab: jax.Array, layout: SlabLayout) -> dict[str, jax.Array]:
     for _, offset, n_rows, members in layout.groups:
         col = 0
         for name, width in members:
-            tables[name] = slab[offset:offset + n_rows, col:col + width]
+            tables[name] = slab[offset : offset + n_rows, col : col + width]
             col += width
     return tables

@@ -17,9 +17,10 @@ steps past the end of the epoch (padding) change nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -65,9 +66,15 @@ class StepSettings:
     rating_embedding_grad: float = 1.0  # TrainConfig.rating_embedding_grad
 
     def loss_settings(self) -> LossSettings:
-        return LossSettings(batch_size=self.batch_size, negatives=self.negatives, weight_decay=self.weight_decay,
-                            watch_weight=self.watch_weight, watch_loss=self.watch_loss, row_decay=self.row_decay,
-                            rating_embedding_grad=self.rating_embedding_grad)
+        return LossSettings(
+            batch_size=self.batch_size,
+            negatives=self.negatives,
+            weight_decay=self.weight_decay,
+            watch_weight=self.watch_weight,
+            watch_loss=self.watch_loss,
+            row_decay=self.row_decay,
+            rating_embedding_grad=self.rating_embedding_grad,
+        )
 
 
 @dataclass(frozen=True)
@@ -83,8 +90,9 @@ class StepParts:
     mesh: Any = None
 
 
-def init_state(model: EmbeddingConcat, tx: optax.GradientTransformation, *, genre_table: bool,
-               rowwise: bool = False) -> tuple[Any, SlabLayout, TrainState]:
+def init_state(
+    model: EmbeddingConcat, tx: optax.GradientTransformation, *, genre_table: bool, rowwise: bool = False
+) -> tuple[Any, SlabLayout, TrainState]:
     """(Head graphdef, slab layout, train state) for a freshly built model.
 
     With ``genre_table`` the (small) genre table lives outside the slab as ``state["genre"]``, [params | mu | nu].
@@ -92,8 +100,12 @@ def init_state(model: EmbeddingConcat, tx: optax.GradientTransformation, *, genr
     graphdef, head_state = nnx.split(model.head)
     tables = model.tables()
     layout = slab_layout(tables, exclude=("genre",) if genre_table else ())
-    state: TrainState = {"head": head_state, "opt": tx.init(head_state),
-                         "slab": tables_to_slab(tables, layout, rowwise=rowwise), "count": jnp.zeros((), jnp.int32)}
+    state: TrainState = {
+        "head": head_state,
+        "opt": tx.init(head_state),
+        "slab": tables_to_slab(tables, layout, rowwise=rowwise),
+        "count": jnp.zeros((), jnp.int32),
+    }
     if genre_table:
         state["genre"] = with_zero_moments(tables["genre_embedding"])
     return graphdef, layout, state
@@ -103,14 +115,25 @@ def state_tables(state: Mapping[str, Any], layout: SlabLayout) -> dict[str, jax.
     """Every embedding table of a train state, by name."""
     tables = slab_to_tables(state["slab"], layout)
     if "genre" in state:
-        tables["genre_embedding"] = state["genre"][:, :state["genre"].shape[1] // 3]
+        tables["genre_embedding"] = state["genre"][:, : state["genre"].shape[1] // 3]
     return tables
 
 
-def step_loss(head_state: Any, rows: dict[str, jax.Array], genre_idx: jax.Array, genre_w: jax.Array,
-              rating: jax.Array, weight: jax.Array, neg_weight: jax.Array, seed: jax.Array,
-              reg_coef: Mapping[str, jax.Array] | None = None, *, graphdef: Any, shape: DataShape,
-              settings: LossSettings) -> tuple[jax.Array, jax.Array]:
+def step_loss(
+    head_state: Any,
+    rows: dict[str, jax.Array],
+    genre_idx: jax.Array,
+    genre_w: jax.Array,
+    rating: jax.Array,
+    weight: jax.Array,
+    neg_weight: jax.Array,
+    seed: jax.Array,
+    reg_coef: Mapping[str, jax.Array] | None = None,
+    *,
+    graphdef: Any,
+    shape: DataShape,
+    settings: LossSettings,
+) -> tuple[jax.Array, jax.Array]:
     """:func:`embedrec.losses.batch_loss` as a function of the Head's state and the gathered rows (what the step
     differentiates). A small genre table arrives whole as ``rows["genre_table"]``: looked up here, its gradient is
     dense (and cheap)."""
@@ -118,21 +141,30 @@ def step_loss(head_state: Any, rows: dict[str, jax.Array], genre_idx: jax.Array,
     rows = dict(rows)
     if "genre_table" in rows:
         rows["genre_embedding"] = rows.pop("genre_table")[genre_idx]
-    return batch_loss(head, rows, genre_w, rating, weight, neg_weight, seed, shape=shape, settings=settings,
-                      reg_coef=reg_coef)
+    return batch_loss(
+        head, rows, genre_w, rating, weight, neg_weight, seed, shape=shape, settings=settings, reg_coef=reg_coef
+    )
 
 
 def _constrain(x: jax.Array, mesh: Any) -> jax.Array:
     """Split ``x`` over the devices along its first axis (a no-op on one device)."""
     if mesh is None:
         return x
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P("data", *([None] * (x.ndim - 1)))))
 
 
-def _negatives(inputs: Mapping[str, jax.Array], users: jax.Array, weight: jax.Array, seed: jax.Array, *,
-               settings: StepSettings, n_movies: int) -> tuple[jax.Array, jax.Array]:
+def _negatives(
+    inputs: Mapping[str, jax.Array],
+    users: jax.Array,
+    weight: jax.Array,
+    seed: jax.Array,
+    *,
+    settings: StepSettings,
+    n_movies: int,
+) -> tuple[jax.Array, jax.Array]:
     """The batch's K shared negatives and their (B, K) weights: 0 for padding and for a user's rated movies."""
     cdf = inputs["neg_cdf"] if settings.sampling == "popularity" else None
     neg = sample_negatives(jax.random.key(seed), settings.negatives, n_movies=n_movies, cdf=cdf)
@@ -140,21 +172,31 @@ def _negatives(inputs: Mapping[str, jax.Array], users: jax.Array, weight: jax.Ar
     return neg, weight[:, None] * (1.0 - seen.astype(jnp.float32))
 
 
-def _reg_coef(inputs: Mapping[str, jax.Array], users: jax.Array, movies: jax.Array, *, settings: StepSettings
-              ) -> dict[str, jax.Array]:
+def _reg_coef(
+    inputs: Mapping[str, jax.Array], users: jax.Array, movies: jax.Array, *, settings: StepSettings
+) -> dict[str, jax.Array]:
     """Each rating's L2 coefficient for its user and movie rows: ``weight_decay``, plus ``row_decay`` spread over
     the row's training ratings (``inputs["user_inv_count"]``/``["movie_inv_count"]``, 1 / count)."""
     bsz = settings.batch_size
-    reg_coef = {"user": jnp.full((bsz,), settings.weight_decay, jnp.float32),
-                "movie": jnp.full((bsz,), settings.weight_decay, jnp.float32)}
+    reg_coef = {
+        "user": jnp.full((bsz,), settings.weight_decay, jnp.float32),
+        "movie": jnp.full((bsz,), settings.weight_decay, jnp.float32),
+    }
     if settings.row_decay > 0:
-        reg_coef = {"user": reg_coef["user"] + settings.row_decay * inputs["user_inv_count"][users],
-                    "movie": reg_coef["movie"] + settings.row_decay * inputs["movie_inv_count"][movies]}
+        reg_coef = {
+            "user": reg_coef["user"] + settings.row_decay * inputs["user_inv_count"][users],
+            "movie": reg_coef["movie"] + settings.row_decay * inputs["movie_inv_count"][movies],
+        }
     return reg_coef
 
 
-def _gather_rows(slab: jax.Array, layout: SlabLayout, lookup: Mapping[str, jax.Array], keep: Mapping[str, jax.Array],
-                 lead: Mapping[str, tuple[int, ...]]) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+def _gather_rows(
+    slab: jax.Array,
+    layout: SlabLayout,
+    lookup: Mapping[str, jax.Array],
+    keep: Mapping[str, jax.Array],
+    lead: Mapping[str, tuple[int, ...]],
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """(slab rows at the batch's slots, each slot's update row, rows by table name) with one gather.
 
     A slot that takes no update (padding, a genre slot without weight) points past the end of the slab.
@@ -169,14 +211,15 @@ def _gather_rows(slab: jax.Array, layout: SlabLayout, lookup: Mapping[str, jax.A
         n = lookup[g].shape[0]
         col = 0
         for name, width in members:
-            rows[name] = gathered[start:start + n, col:col + width].reshape(*lead[g], width)
+            rows[name] = gathered[start : start + n, col : col + width].reshape(*lead[g], width)
             col += width
         start += n
     return gathered, update_idx, rows
 
 
-def _slab_gradient(row_grads: Mapping[str, jax.Array], layout: SlabLayout, lookup: Mapping[str, jax.Array]
-                   ) -> jax.Array:
+def _slab_gradient(
+    row_grads: Mapping[str, jax.Array], layout: SlabLayout, lookup: Mapping[str, jax.Array]
+) -> jax.Array:
     """The rows' gradients packed like the gathered slab rows (params block only)."""
     blocks = []
     for g, _, _, members in layout.groups:
@@ -186,15 +229,25 @@ def _slab_gradient(row_grads: Mapping[str, jax.Array], layout: SlabLayout, looku
     return jnp.concatenate(blocks, axis=0)
 
 
-def train_step(state: TrainState, inputs: Mapping[str, jax.Array], epoch_ratings: Mapping[str, jax.Array],
-               step: jax.Array, lr: jax.Array, run_seed: jax.Array, epoch: jax.Array, *, parts: StepParts
-               ) -> tuple[TrainState, jax.Array]:
+def train_step(
+    state: TrainState,
+    inputs: Mapping[str, jax.Array],
+    epoch_ratings: Mapping[str, jax.Array],
+    step: jax.Array,
+    lr: jax.Array,
+    run_seed: jax.Array,
+    epoch: jax.Array,
+    *,
+    parts: StepParts,
+) -> tuple[TrainState, jax.Array]:
     """One Adam step on batch ``step`` of the epoch; returns the new state and the batch's loss stats."""
     settings, layout = parts.settings, parts.layout
     bsz = settings.batch_size
     valid = step * bsz + jnp.arange(bsz, dtype=jnp.int32) < settings.n_train
-    users, movies, rating = (_constrain(jax.lax.dynamic_slice(epoch_ratings[name], (step * bsz,), (bsz,)), parts.mesh)
-                             for name in ("user", "movie", "rating"))
+    users, movies, rating = (
+        _constrain(jax.lax.dynamic_slice(epoch_ratings[name], (step * bsz,), (bsz,)), parts.mesh)
+        for name in ("user", "movie", "rating")
+    )
     weight = _constrain(valid.astype(jnp.float32), parts.mesh)
     step_seed = mix_seed(run_seed, epoch, step)
     live = valid.any()  # false only for the padding steps at the end of an epoch's last block
@@ -202,8 +255,7 @@ def train_step(state: TrainState, inputs: Mapping[str, jax.Array], epoch_ratings
     keep_movies = valid
     neg_weight = jnp.zeros((bsz, 0), jnp.float32)
     if settings.negatives > 0:
-        neg, neg_weight = _negatives(inputs, users, weight, step_seed, settings=settings,
-                                     n_movies=parts.shape.n_movies)
+        neg, neg_weight = _negatives(inputs, users, weight, step_seed, settings=settings, n_movies=parts.shape.n_movies)
         movies = jnp.concatenate([movies, neg])
         keep_movies = jnp.concatenate([valid, jnp.broadcast_to(live, (settings.negatives,))])
     lookup = {"user": users, "movie": movies}
@@ -217,10 +269,11 @@ def train_step(state: TrainState, inputs: Mapping[str, jax.Array], epoch_ratings
     slab = state["slab"]
     gathered, update_idx, rows = _gather_rows(slab, layout, lookup, keep, lead)
     if settings.genre_table:
-        rows["genre_table"] = state["genre"][:, :settings.genre_width]
+        rows["genre_table"] = state["genre"][:, : settings.genre_width]
     loss = partial(step_loss, graphdef=parts.graphdef, shape=parts.shape, settings=settings.loss_settings())
     (g_head, g_rows), stats = jax.grad(loss, argnums=(0, 1), has_aux=True)(
-        state["head"], rows, genre_idx, genre_w, rating, weight, neg_weight, step_seed, reg_coef)
+        state["head"], rows, genre_idx, genre_w, rating, weight, neg_weight, step_seed, reg_coef
+    )
 
     count = state["count"] + live.astype(jnp.int32)
     lr_t = bias_corrected_lr(lr, count)
@@ -230,12 +283,14 @@ def train_step(state: TrainState, inputs: Mapping[str, jax.Array], epoch_ratings
         dense_new["genre"] = adam_rows(state["genre"], g_rows["genre_table"], lr_t, settings.genre_width)
     new_state = dict(state)
     # a padding step leaves every dense parameter and moment as it was
-    new_state.update(jax.tree.map(lambda new, old: jnp.where(live, new, old), dense_new,
-                                  {k: state[k] for k in dense_new}))
+    new_state.update(
+        jax.tree.map(lambda new, old: jnp.where(live, new, old), dense_new, {k: state[k] for k in dense_new})
+    )
     grad = _slab_gradient(g_rows, layout, lookup)
     if settings.lazy:
-        new_state["slab"] = lazy_adam_update(slab, gathered, update_idx, grad, lr_t, width=layout.width,
-                                             rowwise=settings.rowwise)
+        new_state["slab"] = lazy_adam_update(
+            slab, gathered, update_idx, grad, lr_t, width=layout.width, rowwise=settings.rowwise
+        )
     else:
         new_state["slab"] = dense_adam_update(slab, update_idx, grad, lr_t, width=layout.width, live=live)
     new_state["count"] = count
@@ -251,9 +306,15 @@ def make_train_block(parts: StepParts) -> Callable[..., tuple[TrainState, jax.Ar
     step = partial(train_step, parts=parts)
 
     @partial(jax.jit, donate_argnums=(0,))
-    def run_block(state: TrainState, inputs: Mapping[str, jax.Array], epoch_ratings: Mapping[str, jax.Array],
-                  first_step: jax.Array, lr: jax.Array, run_seed: jax.Array, epoch: jax.Array
-                  ) -> tuple[TrainState, jax.Array]:
+    def run_block(
+        state: TrainState,
+        inputs: Mapping[str, jax.Array],
+        epoch_ratings: Mapping[str, jax.Array],
+        first_step: jax.Array,
+        lr: jax.Array,
+        run_seed: jax.Array,
+        epoch: jax.Array,
+    ) -> tuple[TrainState, jax.Array]:
         def body(carry: TrainState, i: jax.Array) -> tuple[TrainState, jax.Array]:
             return step(carry, inputs, epoch_ratings, first_step + i, lr, run_seed, epoch)
 

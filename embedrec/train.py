@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -56,8 +57,16 @@ from embedrec.validation import make_predict_fn, make_user_scorer, predict_in_ba
 if TYPE_CHECKING:
     from embedrec.data.store import PreparedData
 
-__all__ = ["Callbacks", "Checkpointer", "TrainResult", "data_shape", "genre_inputs", "select_epoch", "train",
-           "untrained_users_as_average"]
+__all__ = [
+    "Callbacks",
+    "Checkpointer",
+    "TrainResult",
+    "data_shape",
+    "genre_inputs",
+    "select_epoch",
+    "train",
+    "untrained_users_as_average",
+]
 
 DENSE_GENRE_MAX = 1 << 18  # genre tables up to this many parameters are updated densely, outside the slab
 
@@ -94,8 +103,11 @@ class Ratings:
     @classmethod
     def of_split(cls, prepared: PreparedData, code: int, rating_dtype: type) -> Ratings:
         mask = prepared.split == code
-        return cls(prepared.user_idx[mask].astype(np.int32), prepared.movie_idx[mask].astype(np.int32),
-                   prepared.rating[mask].astype(rating_dtype))
+        return cls(
+            prepared.user_idx[mask].astype(np.int32),
+            prepared.movie_idx[mask].astype(np.int32),
+            prepared.rating[mask].astype(rating_dtype),
+        )
 
 
 @dataclass(frozen=True)
@@ -130,8 +142,7 @@ class BestEpoch:
     kept_rmse: float = math.inf
 
 
-def select_epoch(best: BestEpoch, record: Mapping[str, Any], *, rmse_slack: float, has_val: bool
-                 ) -> tuple[bool, bool]:
+def select_epoch(best: BestEpoch, record: Mapping[str, Any], *, rmse_slack: float, has_val: bool) -> tuple[bool, bool]:
     """(keep this epoch's weights, did a validation metric improve), updating the running bests in ``best``.
 
     Without ``rmse_slack`` (or without a val NDCG@10) this is plain early stopping on val RMSE. With it, the kept
@@ -250,8 +261,10 @@ def _set_up(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConf
     # ~1,400 genre strings from batch 1024 up) is updated densely: a dense Adam step on it is cheaper than the
     # row-sparse gather / de-duplicate / scatter of B * G slots. Measured on the seed preset: +10% at batch 1024,
     # +9% at 8192; at batch 256 (1,357 rows, 256 slots) the sparse path is 27% faster
-    genre_table = (genres.n_genres <= 2 * bsz * genres.idx.shape[1]
-                   and genres.n_genres * model_cfg.embedding_dim <= DENSE_GENRE_MAX)
+    genre_table = (
+        genres.n_genres <= 2 * bsz * genres.idx.shape[1]
+        and genres.n_genres * model_cfg.embedding_dim <= DENSE_GENRE_MAX
+    )
     if train_cfg.row_decay > 0:
         inputs["user_inv_count"] = _inverse_counts(train_split.users, prepared.n_users)
         inputs["movie_inv_count"] = _inverse_counts(train_split.movies, prepared.n_movies)
@@ -264,15 +277,25 @@ def _set_up(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConf
     rowwise = train_cfg.optimizer == "rowwise_adam"
     graphdef, layout, state = init_state(model, tx, genre_table=genre_table, rowwise=rowwise)
     settings = StepSettings(
-        batch_size=bsz, steps_in_block=schedule.steps_in_block, n_train=schedule.n_train,
-        negatives=train_cfg.negatives, watch_weight=train_cfg.watch_weight, watch_loss=train_cfg.watch_loss,
-        weight_decay=train_cfg.weight_decay, lazy=train_cfg.optimizer in ("lazy_adam", "rowwise_adam"),
-        rowwise=rowwise, sampling=train_cfg.sampling, genre_table=genre_table,
-        genre_width=int(model_cfg.embedding_dim), row_decay=train_cfg.row_decay,
-        rating_embedding_grad=train_cfg.rating_embedding_grad)
+        batch_size=bsz,
+        steps_in_block=schedule.steps_in_block,
+        n_train=schedule.n_train,
+        negatives=train_cfg.negatives,
+        watch_weight=train_cfg.watch_weight,
+        watch_loss=train_cfg.watch_loss,
+        weight_decay=train_cfg.weight_decay,
+        lazy=train_cfg.optimizer in ("lazy_adam", "rowwise_adam"),
+        rowwise=rowwise,
+        sampling=train_cfg.sampling,
+        genre_table=genre_table,
+        genre_width=int(model_cfg.embedding_dim),
+        row_decay=train_cfg.row_decay,
+        rating_embedding_grad=train_cfg.rating_embedding_grad,
+    )
     replicated = None
     if mesh is not None:
-        from jax.sharding import NamedSharding, PartitionSpec as P
+        from jax.sharding import NamedSharding
+        from jax.sharding import PartitionSpec as P
 
         replicated = NamedSharding(mesh, P())
         inputs, state = jax.device_put(inputs, replicated), jax.device_put(state, replicated)
@@ -283,17 +306,31 @@ def _set_up(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConf
     rank_val = None
     if model_cfg.watch_head and train_cfg.val_users > 0 and len(val_split.users):
         rank_val = partial(rank_on_split, prepared=prepared, split_code=VAL, max_users=train_cfg.val_users)
-    run = Run(prepared=prepared, train_cfg=train_cfg, genres=genres, shape=shape, train_split=train_split,
-              val_split=val_split, schedule=schedule, model=model, layout=layout,
-              run_block=make_train_block(StepParts(graphdef, layout, shape, settings, tx, mesh)),
-              predict=make_predict_fn(graphdef, shape), scorer=scorer, inputs=inputs, rank_val=rank_val,
-              trained_users=np.bincount(train_split.users, minlength=prepared.n_users) > 0,
-              replicated=replicated, devices=devices)
+    run = Run(
+        prepared=prepared,
+        train_cfg=train_cfg,
+        genres=genres,
+        shape=shape,
+        train_split=train_split,
+        val_split=val_split,
+        schedule=schedule,
+        model=model,
+        layout=layout,
+        run_block=make_train_block(StepParts(graphdef, layout, shape, settings, tx, mesh)),
+        predict=make_predict_fn(graphdef, shape),
+        scorer=scorer,
+        inputs=inputs,
+        rank_val=rank_val,
+        trained_users=np.bincount(train_split.users, minlength=prepared.n_users) > 0,
+        replicated=replicated,
+        devices=devices,
+    )
     return run, state
 
 
-def _resume(run: Run, checkpointer: Checkpointer | None, state: TrainState
-            ) -> tuple[TrainState, list[dict[str, Any]], BestEpoch, Position]:
+def _resume(
+    run: Run, checkpointer: Checkpointer | None, state: TrainState
+) -> tuple[TrainState, list[dict[str, Any]], BestEpoch, Position]:
     """The train state, history, early-stopping record and position of the checkpointer's latest checkpoint."""
     if checkpointer is None:
         raise ConfigError("--resume needs a run folder with checkpoints")
@@ -305,14 +342,21 @@ def _resume(run: Run, checkpointer: Checkpointer | None, state: TrainState
     if meta.get("fingerprint") != prepared.fingerprint:
         raise ArtifactError(
             f"checkpoint was trained on data {meta.get('fingerprint')} but {prepared.path} is "
-            f"{prepared.fingerprint}: the data was re-prepared; resume with the same --data or start a new run")
+            f"{prepared.fingerprint}: the data was re-prepared; resume with the same --data or start a new run"
+        )
     state = run.put(restore_tree(state, arrays, "state"))
-    best = BestEpoch(rmse=meta["best_rmse"], epoch=meta["best_epoch"], weights=best_weights_of(arrays),
-                     bad_epochs=meta["bad_epochs"], ndcg=_meta_float(meta, "best_ndcg", -math.inf),
-                     kept_ndcg=_meta_float(meta, "kept_ndcg", -math.inf),
-                     kept_rmse=_meta_float(meta, "kept_rmse", math.inf))
-    position = Position(int(meta["epoch"]), int(meta["step"]),
-                        np.asarray(meta.get("carried", [0.0, 0.0, 0.0]), dtype=np.float64))
+    best = BestEpoch(
+        rmse=meta["best_rmse"],
+        epoch=meta["best_epoch"],
+        weights=best_weights_of(arrays),
+        bad_epochs=meta["bad_epochs"],
+        ndcg=_meta_float(meta, "best_ndcg", -math.inf),
+        kept_ndcg=_meta_float(meta, "kept_ndcg", -math.inf),
+        kept_rmse=_meta_float(meta, "kept_rmse", math.inf),
+    )
+    position = Position(
+        int(meta["epoch"]), int(meta["step"]), np.asarray(meta.get("carried", [0.0, 0.0, 0.0]), dtype=np.float64)
+    )
     if position.step >= run.schedule.steps_per_epoch:
         position = Position(position.epoch + 1)
     return state, list(meta["history"]), best, position
@@ -330,45 +374,71 @@ def _check_finite(stats: np.ndarray, epoch: int, first_step: int) -> None:
         bad = int(np.argmax(~np.all(np.isfinite(stats), axis=1)))
         raise TrainingDiverged(
             f"loss became NaN/Inf at epoch {epoch}, step {first_step + bad + 1}; the last good checkpoint "
-            "is kept. Lower --lr (or raise --weight-decay) and train again")
+            "is kept. Lower --lr (or raise --weight-decay) and train again"
+        )
 
 
-def _run_epoch(run: Run, state: TrainState, epoch: int, start: Position, lr: jax.Array, cb: Callbacks,
-               stop_requested: Callable[[], bool]) -> tuple[TrainState, Position, int, float, bool]:
+def _run_epoch(
+    run: Run,
+    state: TrainState,
+    epoch: int,
+    start: Position,
+    lr: jax.Array,
+    cb: Callbacks,
+    stop_requested: Callable[[], bool],
+) -> tuple[TrainState, Position, int, float, bool]:
     """Train one epoch from ``start``; (state, position reached, samples trained, seconds of training (the shuffle
     excluded), whether a stop was requested mid-epoch)."""
     cfg, schedule, split = run.train_cfg, run.schedule, run.train_split
     n_train, bsz = schedule.n_train, schedule.batch_size
     perm = np.random.default_rng([cfg.seed, epoch]).permutation(n_train)
-    epoch_ratings = run.put({name: np.pad(arr[perm], (0, schedule.padded - n_train)) for name, arr in
-                             (("user", split.users), ("movie", split.movies), ("rating", split.ratings))})
+    epoch_ratings = run.put(
+        {
+            name: np.pad(arr[perm], (0, schedule.padded - n_train))
+            for name, arr in (("user", split.users), ("movie", split.movies), ("rating", split.ratings))
+        }
+    )
     sums = start.loss_sums
     t0 = time.perf_counter()
     samples_done = 0
     steps_done = start.step
     for block_start in range(start.step, schedule.steps_per_epoch, schedule.steps_in_block):
-        state, stats = run.run_block(state, run.inputs, epoch_ratings, jnp.int32(block_start), lr,
-                                     jnp.uint32(cfg.seed & 0xFFFFFFFF), jnp.int32(epoch))
+        state, stats = run.run_block(
+            state,
+            run.inputs,
+            epoch_ratings,
+            jnp.int32(block_start),
+            lr,
+            jnp.uint32(cfg.seed & 0xFFFFFFFF),
+            jnp.int32(epoch),
+        )
         stats = np.asarray(stats, dtype=np.float64)
         _check_finite(stats, epoch, block_start)
         sums = sums + stats.sum(axis=0)
         steps_done = min(block_start + schedule.steps_in_block, schedule.steps_per_epoch)
         samples_done = min(steps_done * bsz, n_train) - start.step * bsz
         elapsed = time.perf_counter() - t0
-        cb.on_block(epoch, steps_done, schedule.steps_per_epoch, float(sums[0] / max(sums[1], 1)),
-                    samples_done / max(elapsed, 1e-9))
+        cb.on_block(
+            epoch,
+            steps_done,
+            schedule.steps_per_epoch,
+            float(sums[0] / max(sums[1], 1)),
+            samples_done / max(elapsed, 1e-9),
+        )
         if stop_requested() and steps_done < schedule.steps_per_epoch:
             return state, Position(epoch, steps_done, sums), samples_done, time.perf_counter() - t0, True
     return state, Position(epoch, steps_done, sums), samples_done, time.perf_counter() - t0, False
 
 
-def _epoch_record(run: Run, state: TrainState, position: Position, seconds: float, samples: int,
-                  lr: jax.Array) -> dict[str, Any]:
+def _epoch_record(
+    run: Run, state: TrainState, position: Position, seconds: float, samples: int, lr: jax.Array
+) -> dict[str, Any]:
     """The epoch's line in the history: train loss, val RMSE/MAE (and NDCG@10 with the watch output), speed."""
     val, sums, epoch = run.val_split, position.loss_sums, position.epoch
     tables = untrained_users_as_average(run.tables(state), run.trained_users)  # validate what is served
-    pred = predict_in_batches(run.predict, state["head"], tables, val.users, val.movies, run.inputs["genre_idx"],
-                              run.inputs["genre_w"])
+    pred = predict_in_batches(
+        run.predict, state["head"], tables, val.users, val.movies, run.inputs["genre_idx"], run.inputs["genre_w"]
+    )
     val_r = val.ratings
     record: dict[str, Any] = {
         "epoch": epoch,
@@ -384,7 +454,8 @@ def _epoch_record(run: Run, state: TrainState, position: Position, seconds: floa
     if len(val_r) and not np.isfinite(record["val_rmse"]):  # the epoch's last update can still blow up
         raise TrainingDiverged(
             f"val predictions became NaN/Inf after epoch {epoch}; the last good checkpoint is kept. Lower --lr "
-            "(or raise --weight-decay) and train again")
+            "(or raise --weight-decay) and train again"
+        )
     if run.rank_val is not None:
         ndcg = run.rank_val(partial(run.scorer, state["head"], tables, beta=0.0))
         if ndcg is not None:
@@ -392,21 +463,44 @@ def _epoch_record(run: Run, state: TrainState, position: Position, seconds: floa
     return record
 
 
-def _save_checkpoint(checkpointer: Checkpointer | None, run: Run, state: TrainState, position: Position,
-                     history: list[dict[str, Any]], best: BestEpoch) -> None:
+def _save_checkpoint(
+    checkpointer: Checkpointer | None,
+    run: Run,
+    state: TrainState,
+    position: Position,
+    history: list[dict[str, Any]],
+    best: BestEpoch,
+) -> None:
     if checkpointer is None:
         return
-    checkpointer.save(checkpoint_arrays(state, best.weights), {
-        "epoch": position.epoch, "step": position.step, "carried": [float(x) for x in position.loss_sums],
-        "history": history, "best_rmse": best.rmse, "best_epoch": best.epoch, "bad_epochs": best.bad_epochs,
-        "best_ndcg": best.ndcg, "kept_ndcg": best.kept_ndcg, "kept_rmse": best.kept_rmse,
-        "fingerprint": run.prepared.fingerprint,
-    })
+    checkpointer.save(
+        checkpoint_arrays(state, best.weights),
+        {
+            "epoch": position.epoch,
+            "step": position.step,
+            "carried": [float(x) for x in position.loss_sums],
+            "history": history,
+            "best_rmse": best.rmse,
+            "best_epoch": best.epoch,
+            "bad_epochs": best.bad_epochs,
+            "best_ndcg": best.ndcg,
+            "kept_ndcg": best.kept_ndcg,
+            "kept_rmse": best.kept_rmse,
+            "fingerprint": run.prepared.fingerprint,
+        },
+    )
 
 
-def train(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
-          callbacks: Callbacks | None = None, checkpointer: Checkpointer | None = None, resume: bool = False,
-          stop_requested: Callable[[], bool] | None = None) -> TrainResult:
+def train(
+    prepared: PreparedData,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    callbacks: Callbacks | None = None,
+    checkpointer: Checkpointer | None = None,
+    resume: bool = False,
+    stop_requested: Callable[[], bool] | None = None,
+) -> TrainResult:
     """Train on the prepared data's train split, validating on its val split after every epoch.
 
     ``checkpointer`` receives a full checkpoint after every epoch (and when ``stop_requested`` turns true between
@@ -424,9 +518,17 @@ def train(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig
     best, position = BestEpoch(), Position()
     if resume:
         state, history, best, position = _resume(run, checkpointer, state)
-    cb.on_start({"n_params": run.model.n_params(), "n_train": run.schedule.n_train, "n_val": len(run.val_split.users),
-                 "steps_per_epoch": run.schedule.steps_per_epoch, "devices": [str(d) for d in run.devices],
-                 "start_epoch": position.epoch, "summary": run.model.summary()})
+    cb.on_start(
+        {
+            "n_params": run.model.n_params(),
+            "n_train": run.schedule.n_train,
+            "n_val": len(run.val_split.users),
+            "steps_per_epoch": run.schedule.steps_per_epoch,
+            "devices": [str(d) for d in run.devices],
+            "start_epoch": position.epoch,
+            "summary": run.model.summary(),
+        }
+    )
     save = partial(_save_checkpoint, checkpointer, run)
     interrupted = stopped_early = False
     for epoch in range(position.epoch, train_cfg.epochs + 1):
@@ -438,8 +540,9 @@ def train(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig
             break
         record = _epoch_record(run, state, reached, seconds, samples, lr)
         history.append(record)
-        keep, improved = select_epoch(best, record, rmse_slack=train_cfg.rmse_slack,
-                                      has_val=bool(len(run.val_split.ratings)))
+        keep, improved = select_epoch(
+            best, record, rmse_slack=train_cfg.rmse_slack, has_val=bool(len(run.val_split.ratings))
+        )
         if keep:
             best.epoch = epoch
             best.weights = flatten_tree({"head": state["head"], "tables": run.tables(state)}, "")
@@ -455,8 +558,15 @@ def train(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig
     return _result(run, state, history, best, stopped_early=stopped_early, interrupted=interrupted)
 
 
-def _result(run: Run, state: TrainState, history: list[dict[str, Any]], best: BestEpoch, *, stopped_early: bool,
-            interrupted: bool) -> TrainResult:
+def _result(
+    run: Run,
+    state: TrainState,
+    history: list[dict[str, Any]],
+    best: BestEpoch,
+    *,
+    stopped_early: bool,
+    interrupted: bool,
+) -> TrainResult:
     """The model with its final weights: the best epoch's with early stopping, else the last epoch's."""
     final = {"head": state["head"], "tables": run.tables(state)}
     restore = best.weights is not None and (run.train_cfg.patience or stopped_early) and not interrupted
@@ -469,8 +579,19 @@ def _result(run: Run, state: TrainState, history: list[dict[str, Any]], best: Be
     model = run.model
     model.set_tables(final["tables"])
     nnx.update(model.head, final["head"])
-    return TrainResult(model=model, shape=run.shape, history=history, best_epoch=int(best_epoch), genres=run.genres,
-                       scorer=partial(run.scorer, final["head"], final["tables"]), stopped_early=stopped_early,
-                       interrupted=interrupted,
-                       info={"n_params": model.n_params(), "n_train": run.schedule.n_train,
-                             "devices": len(run.devices), "steps_per_epoch": run.schedule.steps_per_epoch})
+    return TrainResult(
+        model=model,
+        shape=run.shape,
+        history=history,
+        best_epoch=int(best_epoch),
+        genres=run.genres,
+        scorer=partial(run.scorer, final["head"], final["tables"]),
+        stopped_early=stopped_early,
+        interrupted=interrupted,
+        info={
+            "n_params": model.n_params(),
+            "n_train": run.schedule.n_train,
+            "devices": len(run.devices),
+            "steps_per_epoch": run.schedule.steps_per_epoch,
+        },
+    )

@@ -47,7 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from embedrec.config import PRESETS, preset as preset_configs
+from embedrec.config import PRESETS
+from embedrec.config import preset as preset_configs
 from embedrec.errors import ConfigError, TrainingDiverged
 from embedrec.workdir import atomic_write_text, set_latest_run
 
@@ -116,7 +117,7 @@ class Param:
     step: float | None = None
     choices: tuple[Any, ...] = ()
 
-    def suggest(self, trial: "optuna.Trial") -> Any:
+    def suggest(self, trial: optuna.Trial) -> Any:
         if self.choices:
             return trial.suggest_categorical(self.name, list(self.choices))
         value = trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
@@ -151,7 +152,8 @@ def search_space(*, preset: str, n_train: int, n_movies: int) -> list[Param]:
     """
     model_cfg, train_cfg = preset_configs(preset)
     batches = tuple(b for b in BATCH_SIZES if 50 <= n_train / b <= 20_000) or (
-        (BATCH_SIZES[0],) if n_train / BATCH_SIZES[0] < 50 else (BATCH_SIZES[-1],))
+        (BATCH_SIZES[0],) if n_train / BATCH_SIZES[0] < 50 else (BATCH_SIZES[-1],)
+    )
     space = [
         Param("lr", 1e-3, 1e-2, log=True),
         Param("weight_decay", 1e-3, 1e-1, log=True),
@@ -238,8 +240,9 @@ def check_config_target(path: Path) -> None:
         except (OSError, UnicodeDecodeError):
             first = []
         if not first or not first[0].startswith(CONFIG_MARKER):
-            raise ConfigError(f"--out {path} exists and was not written by embedrec tune; choose another --out or "
-                              "move that file away")
+            raise ConfigError(
+                f"--out {path} exists and was not written by embedrec tune; choose another --out or move that file away"
+            )
 
 
 def _toml_value(value: Any) -> str:
@@ -286,8 +289,12 @@ class _BudgetSpent(Exception):
 
 def _is_trial_run(path: Path, root: Path) -> bool:
     """A folder embedrec tune made: directly under ``root``, named trial-NNNN, holding the run.json train_run wrote."""
-    return (path.parent == root and path.name.startswith(TRIAL_PREFIX) and path.name[len(TRIAL_PREFIX):].isdigit()
-            and (path / "run.json").is_file())
+    return (
+        path.parent == root
+        and path.name.startswith(TRIAL_PREFIX)
+        and path.name[len(TRIAL_PREFIX) :].isdigit()
+        and (path / "run.json").is_file()
+    )
 
 
 def _remove_trial_run(path: Path, root: Path) -> None:
@@ -295,34 +302,49 @@ def _remove_trial_run(path: Path, root: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _open_study(db: Path, *, name: str, direction: Literal["minimize", "maximize"], sampler: Any, pruner: Any) -> "optuna.Study":
+def _open_study(
+    db: Path, *, name: str, direction: Literal["minimize", "maximize"], sampler: Any, pruner: Any
+) -> optuna.Study:
     import optuna
 
     db.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(f"sqlite:///{db.resolve()}", heartbeat_interval=30, grace_period=90,
-                                             engine_kwargs={"connect_args": {"timeout": 60}})
-    return optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler,
-                               pruner=pruner, load_if_exists=True)
+        storage = optuna.storages.RDBStorage(
+            f"sqlite:///{db.resolve()}",
+            heartbeat_interval=30,
+            grace_period=90,
+            engine_kwargs={"connect_args": {"timeout": 60}},
+        )
+    return optuna.create_study(
+        storage=storage, study_name=name, direction=direction, sampler=sampler, pruner=pruner, load_if_exists=True
+    )
 
 
-def _check_same_study(study: "optuna.Study", identity: dict[str, Any], db: Path) -> None:
+def _check_same_study(study: optuna.Study, identity: dict[str, Any], db: Path) -> None:
     """A resumed study must search the same data, epochs, seed and space, or its trials are not comparable."""
     stored = study.user_attrs.get("embedrec")
     if stored is None:
         if study.trials:
-            raise ConfigError(f"{db} holds a study {study.study_name!r} that embedrec tune did not start; delete "
-                              f"{db.parent} or use another --workdir")
+            raise ConfigError(
+                f"{db} holds a study {study.study_name!r} that embedrec tune did not start; delete "
+                f"{db.parent} or use another --workdir"
+            )
         study.set_user_attr("embedrec", identity)
         return
-    names = {"data_fingerprint": "--data", "max_epochs": "--max-epochs", "seed": "--seed",
-             "space": "the search space (another embedrec version)"}
+    names = {
+        "data_fingerprint": "--data",
+        "max_epochs": "--max-epochs",
+        "seed": "--seed",
+        "space": "the search space (another embedrec version)",
+    }
     for key, option in names.items():
         if stored.get(key) != identity[key]:
-            raise ConfigError(f"the study {study.study_name!r} in {db} was run with other {option} "
-                              f"({stored.get(key)!r}, now {identity[key]!r}); pass the same, or delete {db.parent} "
-                              "(or use another --workdir) to start over")
+            raise ConfigError(
+                f"the study {study.study_name!r} in {db} was run with other {option} "
+                f"({stored.get(key)!r}, now {identity[key]!r}); pass the same, or delete {db.parent} "
+                "(or use another --workdir) to start over"
+            )
 
 
 class _TrialReport:
@@ -332,7 +354,7 @@ class _TrialReport:
     pruned trial trains no further epoch and writes no model.
     """
 
-    def __init__(self, trial: "optuna.Trial", search: "_Search") -> None:
+    def __init__(self, trial: optuna.Trial, search: _Search) -> None:
         self.trial = trial
         self.search = search
 
@@ -343,8 +365,10 @@ class _TrialReport:
         import optuna
 
         if _needs_ranking(self.search.objective) and "val_ndcg@10" not in record:
-            raise ConfigError(f"{self.search.data_path}: the validation split has no rating high enough to rank "
-                              "by (NDCG@10 is undefined); use --objective rmse")
+            raise ConfigError(
+                f"{self.search.data_path}: the validation split has no rating high enough to rank "
+                "by (NDCG@10 is undefined); use --objective rmse"
+            )
         value = objective_value(self.search.objective, record)
         self.trial.report(value, record["epoch"])
         self.search.callbacks.on_epoch(self.trial.number, record, value)
@@ -374,7 +398,7 @@ class _Search:
     def run_dir(self, number: int) -> Path:
         return self.runs_root / f"{TRIAL_PREFIX}{number:04d}"
 
-    def run_trial(self, trial: "optuna.Trial") -> float:
+    def run_trial(self, trial: optuna.Trial) -> float:
         """Train one sampled setting on the train split; its value is the saved model's validation metric."""
         import jax
         import optuna
@@ -389,10 +413,15 @@ class _Search:
         self.callbacks.on_trial_start(trial.number, params)
         t0 = time.monotonic()
         try:
-            result = train_run(self.data_path, out=run_dir, workdir=self.root, preset=self.fixed["preset"],
-                               overrides={**params, "epochs": self.fixed["epochs"], "seed": self.fixed["seed"]},
-                               callbacks=_TrialReport(trial, self),
-                               stop_requested=lambda: time.monotonic() > self.deadline)
+            result = train_run(
+                self.data_path,
+                out=run_dir,
+                workdir=self.root,
+                preset=self.fixed["preset"],
+                overrides={**params, "epochs": self.fixed["epochs"], "seed": self.fixed["seed"]},
+                callbacks=_TrialReport(trial, self),
+                stop_requested=lambda: time.monotonic() > self.deadline,
+            )
             if result.interrupted:
                 done = len(result.history)
                 raise _BudgetSpent(f"time budget reached after {done} epoch{'s' if done != 1 else ''}")
@@ -415,7 +444,7 @@ class _Search:
         trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
         return objective_value(self.objective, metrics)
 
-    def after_trial(self, study: "optuna.Study", frozen: "optuna.trial.FrozenTrial") -> None:
+    def after_trial(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         """Keep only the best trial's folder, rewrite the config on a new best, report the trial."""
         import optuna
 
@@ -431,19 +460,30 @@ class _Search:
                 self.write_config(study)
         self.best_before = best
         user = frozen.user_attrs
-        state = {optuna.trial.TrialState.COMPLETE: "complete",
-                 optuna.trial.TrialState.PRUNED: "pruned"}.get(frozen.state, "failed")
+        state = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned"}.get(
+            frozen.state, "failed"
+        )
         reason = user.get("reason", "")
         if state == "pruned":
             reason = f"pruned after epoch {max(frozen.intermediate_values, default=0)}"
         best_trial = study.trials[best] if best is not None else None
-        self.callbacks.on_trial_end(TrialOutcome(
-            number=frozen.number, state=state, params=dict(user.get("settings", frozen.params)), value=frozen.value,
-            metrics=dict(user.get("metrics", {})), epochs=int(user.get("epochs", len(frozen.intermediate_values))),
-            seconds=float(user.get("seconds", 0.0)), reason=reason, is_best=best == frozen.number,
-            best_number=best, best_value=best_trial.value if best_trial is not None else None))
+        self.callbacks.on_trial_end(
+            TrialOutcome(
+                number=frozen.number,
+                state=state,
+                params=dict(user.get("settings", frozen.params)),
+                value=frozen.value,
+                metrics=dict(user.get("metrics", {})),
+                epochs=int(user.get("epochs", len(frozen.intermediate_values))),
+                seconds=float(user.get("seconds", 0.0)),
+                reason=reason,
+                is_best=best == frozen.number,
+                best_number=best,
+                best_value=best_trial.value if best_trial is not None else None,
+            )
+        )
 
-    def write_config(self, study: "optuna.Study") -> None:
+    def write_config(self, study: optuna.Study) -> None:
         """The best trial's settings as TOML for ``train --config`` (atomic; only over a file embedrec wrote)."""
         best = _best_number(study)
         if best is None:
@@ -455,19 +495,30 @@ class _Search:
         counts = _counts(study)
         command = train_command(self.config_path, data_dir=self.data_dir, workdir=self.workdir)
         header = [
-            (f"Best of {counts['complete']} finished trials ({counts['pruned']} pruned) of the study "
-             f"{study.study_name!r} in {self.db}: trial {best},"),
+            (
+                f"Best of {counts['complete']} finished trials ({counts['pruned']} pruned) of the study "
+                f"{study.study_name!r} in {self.db}: trial {best},"
+            ),
             f"{shown} (validation split; the test split was not used).",
             f"Train with: {command}",
         ]
-        atomic_write_text(self.config_path, config_text({**self.fixed, **trial.user_attrs["settings"]},
-                                                        header=header))
+        atomic_write_text(self.config_path, config_text({**self.fixed, **trial.user_attrs["settings"]}, header=header))
 
 
-def tune(data_dir: Path | None, *, workdir: Path, out: Path | None = None, preset: str = "default",
-         objective: str = "ndcg@10", budget_s: float | None = DEFAULT_BUDGET_S, n_trials: int | None = None,
-         max_epochs: int | None = None, seed: int = 42, callbacks: TuneCallbacks | None = None,
-         pruner: Any = None) -> TuneResult:
+def tune(
+    data_dir: Path | None,
+    *,
+    workdir: Path,
+    out: Path | None = None,
+    preset: str = "default",
+    objective: str = "ndcg@10",
+    budget_s: float | None = DEFAULT_BUDGET_S,
+    n_trials: int | None = None,
+    max_epochs: int | None = None,
+    seed: int = 42,
+    callbacks: TuneCallbacks | None = None,
+    pruner: Any = None,
+) -> TuneResult:
     """Search hyperparameters on the validation split and write the best as a config file; returns the outcome.
 
     ``data_dir`` defaults to ``<workdir>/data``; ``out`` to ``<workdir>/tuned.toml``. The search runs until
@@ -494,8 +545,10 @@ def tune(data_dir: Path | None, *, workdir: Path, out: Path | None = None, prese
         raise ConfigError(f"--max-epochs: must be >= 1, got {max_epochs}")
     model_cfg, train_cfg = preset_configs(preset)
     if _needs_ranking(objective) and not (model_cfg.watch_head and train_cfg.negatives > 0):
-        raise ConfigError(f"--objective {objective} needs the ranking (watch) output, which --preset {preset} lacks; "
-                          "use --objective rmse, or --preset default")
+        raise ConfigError(
+            f"--objective {objective} needs the ranking (watch) output, which --preset {preset} lacks; "
+            "use --objective rmse, or --preset default"
+        )
     workdir = Path(workdir)
     config_path = Path(out) if out is not None else default_config_path(workdir)
     check_config_target(config_path)
@@ -503,8 +556,10 @@ def tune(data_dir: Path | None, *, workdir: Path, out: Path | None = None, prese
     prepared = load_prepared(data_path)
     n_train = int((prepared.split == 0).sum())
     if not (prepared.split == 1).any():
-        raise ConfigError(f"{data_path} has no validation split to tune on (the test split is never used): prepare "
-                          "it again with --val-frac above 0")
+        raise ConfigError(
+            f"{data_path} has no validation split to tune on (the test split is never used): prepare "
+            "it again with --val-frac above 0"
+        )
     epochs = int(max_epochs if max_epochs is not None else train_cfg.epochs)
     space = search_space(preset=preset, n_train=n_train, n_movies=prepared.n_movies)
 
@@ -513,67 +568,113 @@ def tune(data_dir: Path | None, *, workdir: Path, out: Path | None = None, prese
     name = f"{preset}-{objective}"
     runs_root = root / "models" / name  # trial numbers are per study
     direction: Literal["minimize", "maximize"] = "minimize" if objective == "rmse" else "maximize"
-    identity = {"data_fingerprint": prepared.fingerprint, "max_epochs": epochs, "seed": seed,
-                "space": {"version": SPACE_VERSION, **{p.name: p.describe() for p in space}}}
-    pruner = pruner if pruner is not None else optuna.pruners.MedianPruner(
-        n_startup_trials=4, n_warmup_steps=min(3, max(epochs // 4, 1)))
+    identity = {
+        "data_fingerprint": prepared.fingerprint,
+        "max_epochs": epochs,
+        "seed": seed,
+        "space": {"version": SPACE_VERSION, **{p.name: p.describe() for p in space}},
+    }
+    pruner = (
+        pruner
+        if pruner is not None
+        else optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=min(3, max(epochs // 4, 1)))
+    )
     study = _open_study(db, name=name, direction=direction, sampler=None, pruner=pruner)
     _check_same_study(study, identity, db)
     n_before = len(study.trials)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.sampler = optuna.samplers.TPESampler(seed=seed + n_before, multivariate=True,
-                                                   n_startup_trials=5)
+        study.sampler = optuna.samplers.TPESampler(seed=seed + n_before, multivariate=True, n_startup_trials=5)
     if all(t.state == optuna.trial.TrialState.FAIL for t in study.trials):  # new, or its first trials were stopped
         study.enqueue_trial(preset_point(preset, space))
 
     fixed = {"preset": preset, "epochs": epochs, "seed": seed}
     deadline = time.monotonic() + budget_s if budget_s is not None else math.inf
-    search = _Search(space=space, objective=objective, fixed=fixed, data_path=data_path, data_dir=data_dir,
-                     workdir=workdir, root=root, runs_root=runs_root, db=db, config_path=config_path,
-                     deadline=deadline, callbacks=callbacks or TuneCallbacks(), best_before=_best_number(study))
-    search.callbacks.on_start({"study": str(db), "study_name": name, "previous_trials": n_before,
-                               "budget_s": budget_s, "n_trials": n_trials, "max_epochs": epochs,
-                               "objective": objective, "space": {p.name: p.describe() for p in space}})
+    search = _Search(
+        space=space,
+        objective=objective,
+        fixed=fixed,
+        data_path=data_path,
+        data_dir=data_dir,
+        workdir=workdir,
+        root=root,
+        runs_root=runs_root,
+        db=db,
+        config_path=config_path,
+        deadline=deadline,
+        callbacks=callbacks or TuneCallbacks(),
+        best_before=_best_number(study),
+    )
+    search.callbacks.on_start(
+        {
+            "study": str(db),
+            "study_name": name,
+            "previous_trials": n_before,
+            "budget_s": budget_s,
+            "n_trials": n_trials,
+            "max_epochs": epochs,
+            "objective": objective,
+            "space": {p.name: p.describe() for p in space},
+        }
+    )
     try:
         if time.monotonic() < deadline:
-            study.optimize(search.run_trial, n_trials=n_trials,
-                           timeout=None if budget_s is None else max(deadline - time.monotonic(), 0.0),
-                           catch=(_BudgetSpent, TrainingDiverged), callbacks=[search.after_trial],
-                           gc_after_trial=True)
+            study.optimize(
+                search.run_trial,
+                n_trials=n_trials,
+                timeout=None if budget_s is None else max(deadline - time.monotonic(), 0.0),
+                catch=(_BudgetSpent, TrainingDiverged),
+                callbacks=[search.after_trial],
+                gc_after_trial=True,
+            )
     finally:  # also after Ctrl-C: the best so far, with this call's trial counts in its header
         search.write_config(study)
 
     best = _best_number(study)
     counts = _counts(study)
     if best is None:
-        raise ConfigError(f"no trial finished ({counts['pruned']} pruned, {counts['failed']} stopped or failed): "
-                          "raise --budget or lower --max-epochs")
+        raise ConfigError(
+            f"no trial finished ({counts['pruned']} pruned, {counts['failed']} stopped or failed): "
+            "raise --budget or lower --max-epochs"
+        )
     best_trial = study.trials[best]
     run_dir = runs_root / f"{TRIAL_PREFIX}{best:04d}"
     return TuneResult(
-        config_path=config_path, command=train_command(config_path, data_dir=data_dir, workdir=workdir),
-        study_path=db, study_name=name, objective=objective, best_number=best,
-        best_value=float(cast(float, best_trial.value)), best_metrics=dict(best_trial.user_attrs.get("metrics", {})),
-        best_params=dict(best_trial.user_attrs["settings"]), best_run_dir=run_dir if run_dir.is_dir() else None,
-        settings={**fixed, **best_trial.user_attrs["settings"]}, n_this_call=len(study.trials) - n_before,
-        counts=counts)
+        config_path=config_path,
+        command=train_command(config_path, data_dir=data_dir, workdir=workdir),
+        study_path=db,
+        study_name=name,
+        objective=objective,
+        best_number=best,
+        best_value=float(cast(float, best_trial.value)),
+        best_metrics=dict(best_trial.user_attrs.get("metrics", {})),
+        best_params=dict(best_trial.user_attrs["settings"]),
+        best_run_dir=run_dir if run_dir.is_dir() else None,
+        settings={**fixed, **best_trial.user_attrs["settings"]},
+        n_this_call=len(study.trials) - n_before,
+        counts=counts,
+    )
 
 
-def _best_number(study: "optuna.Study") -> int | None:
+def _best_number(study: optuna.Study) -> int | None:
     import optuna
 
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
-    done = [(sign * t.value, t.number) for t in study.trials
-            if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+    done = [
+        (sign * t.value, t.number)
+        for t in study.trials
+        if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None
+    ]
     return min(done)[1] if done else None
 
 
-def _counts(study: "optuna.Study") -> dict[str, int]:
+def _counts(study: optuna.Study) -> dict[str, int]:
     import optuna
 
     states = [t.state for t in study.trials]
-    return {"complete": states.count(optuna.trial.TrialState.COMPLETE),
-            "pruned": states.count(optuna.trial.TrialState.PRUNED),
-            "failed": states.count(optuna.trial.TrialState.FAIL),
-            "total": len(states)}
+    return {
+        "complete": states.count(optuna.trial.TrialState.COMPLETE),
+        "pruned": states.count(optuna.trial.TrialState.PRUNED),
+        "failed": states.count(optuna.trial.TrialState.FAIL),
+        "total": len(states),
+    }

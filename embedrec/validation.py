@@ -14,8 +14,9 @@ served model (numpy, :mod:`embedrec.recommender`) computes the same numbers from
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -42,8 +43,14 @@ def make_predict_fn(graphdef: Any, shape: DataShape) -> Callable[..., jax.Array]
     """``predict(head_state, tables, users, movies, genre_idx, genre_w) -> ratings``, jitted."""
 
     @jax.jit
-    def predict(head_state: Any, tables: dict[str, jax.Array], u: jax.Array, m: jax.Array, genre_idx: jax.Array,
-                genre_w: jax.Array) -> jax.Array:
+    def predict(
+        head_state: Any,
+        tables: dict[str, jax.Array],
+        u: jax.Array,
+        m: jax.Array,
+        genre_idx: jax.Array,
+        genre_w: jax.Array,
+    ) -> jax.Array:
         head = nnx.merge(graphdef, head_state)
         rows = gather_rows(tables, u, m, genre_idx[m])
         return rating_from_rows(head, rows, genre_w[m], shape=shape)
@@ -51,43 +58,61 @@ def make_predict_fn(graphdef: Any, shape: DataShape) -> Callable[..., jax.Array]
     return predict
 
 
-def predict_in_batches(predict: Callable[..., jax.Array], head_state: Any, tables: dict[str, jax.Array],
-                       users: np.ndarray, movies: np.ndarray, genre_idx: jax.Array, genre_w: jax.Array,
-                       batch_size: int = 65_536) -> np.ndarray:
+def predict_in_batches(
+    predict: Callable[..., jax.Array],
+    head_state: Any,
+    tables: dict[str, jax.Array],
+    users: np.ndarray,
+    movies: np.ndarray,
+    genre_idx: jax.Array,
+    genre_w: jax.Array,
+    batch_size: int = 65_536,
+) -> np.ndarray:
     """Ratings for many pairs with one compiled shape (the last batch is padded)."""
     n = len(users)
     out = np.empty(n, dtype=np.float32)
     size = min(batch_size, max(n, 1))
     for start in range(0, n, size):
-        u = users[start:start + size]
-        m = movies[start:start + size]
+        u = users[start : start + size]
+        m = movies[start : start + size]
         k = len(u)
         if k < size:
             u = np.pad(u, (0, size - k))
             m = np.pad(m, (0, size - k))
-        out[start:start + k] = np.asarray(predict(head_state, tables, u, m, genre_idx, genre_w))[:k]
+        out[start : start + k] = np.asarray(predict(head_state, tables, u, m, genre_idx, genre_w))[:k]
     return out
 
 
-def make_user_scorer(graphdef: Any, shape: DataShape, genre_idx: jax.Array, genre_w: jax.Array,
-                     *, chunk: int = 64) -> Callable[..., np.ndarray]:
+def make_user_scorer(
+    graphdef: Any, shape: DataShape, genre_idx: jax.Array, genre_w: jax.Array, *, chunk: int = 64
+) -> Callable[..., np.ndarray]:
     """``score(head_state, tables, users, beta) -> (B, n_movies)``: watch logit + beta * predicted rating.
 
     Models without the watch output score by predicted rating alone. Users go in chunks of a fixed size.
     """
 
     @partial(jax.jit, static_argnames=("with_rating", "with_watch"))
-    def score_chunk(head_state: Any, tables: dict[str, jax.Array], users: jax.Array, beta: jax.Array,
-                    with_rating: bool, with_watch: bool) -> jax.Array:
+    def score_chunk(
+        head_state: Any,
+        tables: dict[str, jax.Array],
+        users: jax.Array,
+        beta: jax.Array,
+        with_rating: bool,
+        with_watch: bool,
+    ) -> jax.Array:
         head = nnx.merge(graphdef, head_state)
         pooled = pool_genres(tables["genre_embedding"][genre_idx], genre_w)
         u = tables["user_embedding"][users]
         out = jnp.zeros((users.shape[0], shape.n_movies), jnp.float32)
         if with_rating:
             logit = rating_logits_for_all_movies(
-                head, u, tables["movie_embedding"], pooled,
+                head,
+                u,
+                tables["movie_embedding"],
+                pooled,
                 user_bias=tables["user_bias"][users] if "user_bias" in tables else None,
-                movie_bias=tables.get("movie_bias"))
+                movie_bias=tables.get("movie_bias"),
+            )
             out = out + beta * scale_rating(logit, shape)
         if with_watch:  # the movies' item vectors, genres pooled once
             out = out + watch_logits_against(u, tables["movie_embedding"] + pooled, tables["watch_bias"][:, 0])
@@ -100,12 +125,17 @@ def make_user_scorer(graphdef: Any, shape: DataShape, genre_idx: jax.Array, genr
             beta = 1.0
         parts = []
         for start in range(0, len(users), chunk):
-            part = np.asarray(users[start:start + chunk], dtype=np.int32)
+            part = np.asarray(users[start : start + chunk], dtype=np.int32)
             k = len(part)
             if k < chunk:
                 part = np.pad(part, (0, chunk - k))
-            parts.append(np.asarray(score_chunk(head_state, tables, part, jnp.float32(beta),
-                                                with_rating=with_rating, with_watch=with_watch))[:k])
+            parts.append(
+                np.asarray(
+                    score_chunk(
+                        head_state, tables, part, jnp.float32(beta), with_rating=with_rating, with_watch=with_watch
+                    )
+                )[:k]
+            )
         return np.concatenate(parts) if parts else np.zeros((0, shape.n_movies), np.float32)
 
     return score
@@ -118,8 +148,9 @@ def training_relevance(prepared: PreparedData) -> float:
     return default_relevance(float(prepared.summary["rating_min"]), float(prepared.summary["rating_max"]))
 
 
-def rank_on_split(score_users: UserScorer, *, prepared: PreparedData, split_code: int,
-                  max_users: int | None) -> float | None:
+def rank_on_split(
+    score_users: UserScorer, *, prepared: PreparedData, split_code: int, max_users: int | None
+) -> float | None:
     """NDCG@10 (full ranking by ``score_users``) on one split, on sampled users; None when undefined.
 
     Candidates are the movies the user has not rated in an earlier split: train for val; train and val for test
@@ -136,9 +167,17 @@ def rank_on_split(score_users: UserScorer, *, prepared: PreparedData, split_code
         return None
     got = evaluate_ranking(
         score_users,
-        train_user_idx=prepared.user_idx[train_mask], train_movie_idx=prepared.movie_idx[train_mask],
-        eval_user_idx=prepared.user_idx[eval_mask], eval_movie_idx=prepared.movie_idx[eval_mask],
-        eval_rating=prepared.rating[eval_mask], n_users=prepared.n_users, n_movies=prepared.n_movies,
-        ks=(k,), relevance=relevance, max_users=max_users, seed=0, batch_size=256,
+        train_user_idx=prepared.user_idx[train_mask],
+        train_movie_idx=prepared.movie_idx[train_mask],
+        eval_user_idx=prepared.user_idx[eval_mask],
+        eval_movie_idx=prepared.movie_idx[eval_mask],
+        eval_rating=prepared.rating[eval_mask],
+        n_users=prepared.n_users,
+        n_movies=prepared.n_movies,
+        ks=(k,),
+        relevance=relevance,
+        max_users=max_users,
+        seed=0,
+        batch_size=256,
     )
     return float(got[f"ndcg@{k}"])

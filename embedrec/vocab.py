@@ -53,8 +53,9 @@ class Vocabulary:
         idx = int(self.indices([raw_id])[0])
         if idx < 0:
             span = f", ids {int(self.ids[0])}..{int(self.ids[-1])}" if len(self) else ""
-            raise UnknownIdError(f"{self.kind} {raw_id} is not known to {self.owner} ({len(self):,} "
-                                 f"{self.kind}s{span})")
+            raise UnknownIdError(
+                f"{self.kind} {raw_id} is not known to {self.owner} ({len(self):,} {self.kind}s{span})"
+            )
         return idx
 
     def require_all(self, raw_ids: Any) -> np.ndarray:

@@ -24,8 +24,10 @@ def resolve_workdir(workdir: str | os.PathLike[str] | None) -> Path:
     if workdir is not None:
         path, given = Path(workdir), "--workdir"
     else:
-        path, given = Path(os.environ.get(WORKDIR_ENV) or DEFAULT_WORKDIR), (
-            f"${WORKDIR_ENV}" if os.environ.get(WORKDIR_ENV) else "the default work folder")
+        path, given = (
+            Path(os.environ.get(WORKDIR_ENV) or DEFAULT_WORKDIR),
+            (f"${WORKDIR_ENV}" if os.environ.get(WORKDIR_ENV) else "the default work folder"),
+        )
     if os.path.lexists(path) and not os.path.isdir(path):
         raise ConfigError(f"{given} {path} is a file, not a folder: pass a folder (it is created when missing)")
     return path
@@ -81,8 +83,10 @@ def latest_run(workdir: Path) -> Path:
     except UnicodeDecodeError:
         name = ""
     if not name or len(raw) > MAX_LATEST_BYTES or "\x00" in name or "\n" in name:
-        raise ArtifactError(f"{marker} is not a run pointer written by embedrec (expected one run folder name): "
-                            "delete it and retrain, or pass --model DIR")
+        raise ArtifactError(
+            f"{marker} is not a run pointer written by embedrec (expected one run folder name): "
+            "delete it and retrain, or pass --model DIR"
+        )
     run = Path(name) if os.path.isabs(name) else models_dir(workdir) / name
     try:
         exists = run.is_dir()

@@ -31,22 +31,28 @@ def main(workdir: Path) -> None:
     #    splits them (random 70/10/20 train/val/test by default) and writes the prepared folder (Parquet + JSON).
     #    With real data, embedrec.data.prepare("ml-latest-small", ...) does the same from a MovieLens release.
     t0 = time.perf_counter()
-    summary = prepare_synthetic(out=data_dir, n_users=300, n_movies=400, n_ratings=20_000, seed=0,
-                                config=PrepareConfig(seed=42))
+    summary = prepare_synthetic(
+        out=data_dir, n_users=300, n_movies=400, n_ratings=20_000, seed=0, config=PrepareConfig(seed=42)
+    )
     prepared = load_prepared(data_dir)
-    print(f"prepared {summary['n_ratings']:,} ratings of {prepared.n_users} users and {prepared.n_movies} movies "
-          f"in {data_dir} ({time.perf_counter() - t0:.1f}s)")
+    print(
+        f"prepared {summary['n_ratings']:,} ratings of {prepared.n_users} users and {prepared.n_movies} movies "
+        f"in {data_dir} ({time.perf_counter() - t0:.1f}s)"
+    )
 
     # 2. Training. train_run resolves the preset ("default": the measured best settings, with the watch output used
     #    for ranking), applies overrides (the CLI's flag names, with underscores) and writes a run folder under
     #    <workdir>/models (here: models/example) that becomes the work folder's latest run. Three epochs keep the
     #    example quick; the preset trains for many more, stopping early once the validation RMSE stops improving.
     t0 = time.perf_counter()
-    run = train_run(data_dir, workdir=workdir, out=workdir / "models" / "example", preset="default",
-                    overrides={"epochs": 3})
+    run = train_run(
+        data_dir, workdir=workdir, out=workdir / "models" / "example", preset="default", overrides={"epochs": 3}
+    )
     last = run.history[-1]
-    print(f"\ntrained {run.n_params:,} parameters for {len(run.history)} epochs into {run.run_dir} "
-          f"({time.perf_counter() - t0:.1f}s); val RMSE {last['val_rmse']:.3f}")
+    print(
+        f"\ntrained {run.n_params:,} parameters for {len(run.history)} epochs into {run.run_dir} "
+        f"({time.perf_counter() - t0:.1f}s); val RMSE {last['val_rmse']:.3f}"
+    )
 
     # 3. Loading. A Recommender is the trained model in numpy (no JAX needed) plus the prepared data, which supplies
     #    each user's already-rated movies (filtered out of recommendations) and the rating counts per movie.

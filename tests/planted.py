@@ -27,8 +27,16 @@ def bag_genres(prepared) -> tuple[np.ndarray, np.ndarray]:
     return np.where(present, order, 0).astype(np.int32), weight
 
 
-def write_planted_model(prepared, out: Path, *, hidden=(16, 4), watch: bool = True, biases: bool = True,
-                        ranking: dict | None = None, seed: int = 0) -> Path:
+def write_planted_model(
+    prepared,
+    out: Path,
+    *,
+    hidden=(16, 4),
+    watch: bool = True,
+    biases: bool = True,
+    ranking: dict | None = None,
+    seed: int = 0,
+) -> Path:
     """A model folder whose watch vectors are the movies' genres: a user's taste for a genre is one coordinate."""
     import shutil
 
@@ -39,11 +47,17 @@ def write_planted_model(prepared, out: Path, *, hidden=(16, 4), watch: bool = Tr
     n_genres = prepared.n_genres
     d = n_genres + GENRE_DIM_EXTRA
     genre_idx, genre_w = bag_genres(prepared)
-    cfg = ModelConfig(embedding_dim=d, hidden=hidden, dropout=0.0, genre_mode="bag", biases=biases,
-                      watch_head=watch, init="scaled")
-    shape = DataShape(n_users=prepared.n_users, n_movies=prepared.n_movies, n_genres=n_genres,
-                      rating_min=float(prepared.summary["rating_min"]), rating_max=float(prepared.summary["rating_max"]),
-                      max_genres_per_movie=genre_idx.shape[1])
+    cfg = ModelConfig(
+        embedding_dim=d, hidden=hidden, dropout=0.0, genre_mode="bag", biases=biases, watch_head=watch, init="scaled"
+    )
+    shape = DataShape(
+        n_users=prepared.n_users,
+        n_movies=prepared.n_movies,
+        n_genres=n_genres,
+        rating_min=float(prepared.summary["rating_min"]),
+        rating_max=float(prepared.summary["rating_max"]),
+        max_genres_per_movie=genre_idx.shape[1],
+    )
     w = {
         "user_embedding": rng.normal(0, 0.5, (prepared.n_users, d)).astype(np.float32),
         "movie_embedding": rng.normal(0, 0.05, (prepared.n_movies, d)).astype(np.float32),
@@ -66,9 +80,14 @@ def write_planted_model(prepared, out: Path, *, hidden=(16, 4), watch: bool = Tr
     for name in ("users.parquet", "movies.parquet", "vocab.json"):
         shutil.copyfile(Path(prepared.path) / name, out / name)
     save_arrays(out / "weights.safetensors", w)
-    meta = {"schema_version": SCHEMA_VERSION, "kind": MODEL_KIND, "model": to_dict(cfg),
-            "train": to_dict(TrainConfig(weight_decay=0.01)), "shape": to_dict(shape),
-            "data": {"path": str(Path(prepared.path).resolve()), "fingerprint": prepared.fingerprint}}
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": MODEL_KIND,
+        "model": to_dict(cfg),
+        "train": to_dict(TrainConfig(weight_decay=0.01)),
+        "shape": to_dict(shape),
+        "data": {"path": str(Path(prepared.path).resolve()), "fingerprint": prepared.fingerprint},
+    }
     if ranking is not None:
         meta["ranking"] = ranking
     write_json(out / "model.json", meta)
@@ -84,8 +103,9 @@ def prepared(synthetic_prepared: Path):
 
 @pytest.fixture(scope="module")
 def planted(prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_planted_model(prepared, tmp_path_factory.mktemp("planted") / "model",
-                               ranking={"score": "blend", "beta": 0.3})
+    return write_planted_model(
+        prepared, tmp_path_factory.mktemp("planted") / "model", ranking={"score": "blend", "beta": 0.3}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +129,18 @@ def trained(prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
     res = train(prepared, model_cfg, train_cfg)
     gi = genre_inputs(prepared, model_cfg.genre_mode)
     out = tmp_path_factory.mktemp("trained") / "model"
-    artifacts.save_model(out, module=res.model, model_cfg=model_cfg, train_cfg=train_cfg, shape=res.shape,
-                         genre_idx=gi.idx, genre_w=gi.weight, prepared=prepared, history=res.history,
-                         extra_meta={"ranking": {"score": "blend", "beta": 0.5}})
+    artifacts.save_model(
+        out,
+        module=res.model,
+        model_cfg=model_cfg,
+        train_cfg=train_cfg,
+        shape=res.shape,
+        genre_idx=gi.idx,
+        genre_w=gi.weight,
+        prepared=prepared,
+        history=res.history,
+        extra_meta={"ranking": {"score": "blend", "beta": 0.5}},
+    )
     return out
 
 

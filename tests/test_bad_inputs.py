@@ -28,9 +28,9 @@ import sys
 import threading
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -83,8 +83,14 @@ def limited(cmd: list[str], limits: dict | None) -> list[str]:
 
 def run_cli(args: list[str], tmp_path: Path, *, limits: dict | None = None, timeout: float = 600) -> Outcome:
     """``embedrec ARGS`` in a fresh process with its cwd and temp folder inside ``tmp_path``."""
-    proc = subprocess.run(limited(CLI + args, limits), cwd=tmp_path, env=cli_env(tmp_path), capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        limited(CLI + args, limits),
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return Outcome(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -123,10 +129,13 @@ def changed(before: dict[str, tuple], after: dict[str, tuple]) -> set[str]:
 def _permissions_enforced() -> tuple[bool, str]:
     if os.geteuid() != 0:
         return True, ""
-    proc = subprocess.run(limited([sys.executable, "-c", "pass"], {"no_dac": True}), capture_output=True, text=True,
-                          timeout=60)
-    return proc.returncode == 0, ("running as root and cannot drop CAP_DAC_OVERRIDE "
-                                  f"({proc.stderr.strip()[-200:]}): chmod cannot make a path unusable")
+    proc = subprocess.run(
+        limited([sys.executable, "-c", "pass"], {"no_dac": True}), capture_output=True, text=True, timeout=60
+    )
+    return proc.returncode == 0, (
+        "running as root and cannot drop CAP_DAC_OVERRIDE "
+        f"({proc.stderr.strip()[-200:]}): chmod cannot make a path unusable"
+    )
 
 
 PERMS_OK, PERMS_WHY = _permissions_enforced()
@@ -144,12 +153,13 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs mounted inside tmp_path (needs root; skipped with the reason elsewhere)."""
     mnt = tmp_path / "small-disk"
     mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True,
-                          text=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if proc.returncode != 0:
         mnt.rmdir()
-        pytest.skip(f"cannot mount a small tmpfs to fill ({proc.stderr.strip() or 'mount failed'}); the "
-                    "RLIMIT_FSIZE case covers the write-failure path")
+        pytest.skip(
+            f"cannot mount a small tmpfs to fill ({proc.stderr.strip() or 'mount failed'}); the "
+            "RLIMIT_FSIZE case covers the write-failure path"
+        )
     try:
         yield mnt
     finally:
@@ -259,14 +269,14 @@ def lying_zip(path: Path) -> Path:
     fake = (100).to_bytes(4, "little")
     # the uncompressed size sits at offset 22 of the local header and 24 of the central directory entry
     local = info.header_offset
-    assert raw[local + 22: local + 26] == true_size
-    raw[local + 22: local + 26] = fake
+    assert raw[local + 22 : local + 26] == true_size
+    raw[local + 22 : local + 26] = fake
     name = info.filename.encode()
     central = raw.find(b"PK\x01\x02", 0)
-    while raw[central + 46: central + 46 + len(name)] != name:
+    while raw[central + 46 : central + 46 + len(name)] != name:
         central = raw.find(b"PK\x01\x02", central + 4)
-    assert raw[central + 24: central + 28] == true_size
-    raw[central + 24: central + 28] = fake
+    assert raw[central + 24 : central + 28] == true_size
+    raw[central + 24 : central + 28] = fake
     path.write_bytes(bytes(raw))
     return path
 
@@ -339,8 +349,18 @@ def _read_only_target(c: Ctx) -> list[str]:
 
 def _workdir_is_file(c: Ctx) -> list[str]:
     (c.tmp / "wd").write_text("not a folder\n")
-    return ["prepare", "--synthetic", "--users", "50", "--movies", "60", "--ratings", "500", "--workdir",
-            str(c.tmp / "wd")]
+    return [
+        "prepare",
+        "--synthetic",
+        "--users",
+        "50",
+        "--movies",
+        "60",
+        "--ratings",
+        "500",
+        "--workdir",
+        str(c.tmp / "wd"),
+    ]
 
 
 def _cache_is_file(c: Ctx) -> list[str]:
@@ -374,6 +394,7 @@ def _model_case(change: Callable[[Ctx, Path], None]) -> Callable[[Ctx], list[str
         run = c.copy_run()
         change(c, run)
         return ["recommend", "--model", str(run), "--data", str(c.data), "--user", c.first_user()]
+
     return build
 
 
@@ -400,6 +421,7 @@ def _resume_case(change: Callable[[Path], None]) -> Callable[[Ctx], list[str]]:
         run = c.copy_run()
         change(run)
         return ["train", "--resume", "--out", str(run), "--epochs", "2", "--data", str(c.data)]
+
     return build
 
 
@@ -413,6 +435,7 @@ def _prepared_case(change: Callable[[Path], None]) -> Callable[[Ctx], list[str]]
         data = c.copy_data()
         change(data)
         return ["train", "--data", str(data), "--workdir", str(c.tmp / "wd"), "--epochs", "1"]
+
     return build
 
 
@@ -420,6 +443,7 @@ def _zip_case(make: Callable[[Path], Path]) -> Callable[[Ctx], list[str]]:
     def build(c: Ctx) -> list[str]:
         archive = make(c.tmp / "ml-latest-small.zip")
         return ["prepare", str(archive), "--out", str(c.tmp / "out")]
+
     return build
 
 
@@ -445,12 +469,31 @@ CASES = [
     Case("unreadable-ratings-file", _unreadable_file, 2, r"ratings\.csv: permission denied", needs_perms=True),
     Case("unreadable-source-folder", _unreadable_folder, 2, r"/ml: permission denied", needs_perms=True),
     Case("read-only-target", _read_only_target, 2, r"/ro/data: permission denied", needs_perms=True),
-    Case("prepare-file-size-limit", lambda c: ["prepare", "--synthetic", "--users", "300", "--movies", "400",
-                                               "--ratings", "20000", "--out", str(c.tmp / "out")],
-         74, r"/out: the file grew beyond .*ulimit -f.*partial output was removed", limits=file_size_limit(20_000)),
-    Case("train-file-size-limit", lambda c: ["train", "--data", str(c.data), "--epochs", "1", "--out",
-                                             str(c.tmp / "run"), "--preset", "seed"],
-         74, r"/run/checkpoints: the file grew beyond", limits=file_size_limit(60_000)),
+    Case(
+        "prepare-file-size-limit",
+        lambda c: [
+            "prepare",
+            "--synthetic",
+            "--users",
+            "300",
+            "--movies",
+            "400",
+            "--ratings",
+            "20000",
+            "--out",
+            str(c.tmp / "out"),
+        ],
+        74,
+        r"/out: the file grew beyond .*ulimit -f.*partial output was removed",
+        limits=file_size_limit(20_000),
+    ),
+    Case(
+        "train-file-size-limit",
+        lambda c: ["train", "--data", str(c.data), "--epochs", "1", "--out", str(c.tmp / "run"), "--preset", "seed"],
+        74,
+        r"/run/checkpoints: the file grew beyond",
+        limits=file_size_limit(60_000),
+    ),
     Case("workdir-is-a-file", _workdir_is_file, 2, r"--workdir .*/wd is a file, not a folder"),
     Case("download-cache-is-a-file", _cache_is_file, 2, r"--cache .*/cache is a file, not a folder"),
     Case("latest-not-utf8", lambda c: _latest(c, b"\xff\xfe\x00run\n"), 2, r"latest is not a run pointer"),
@@ -463,63 +506,151 @@ CASES = [
     # reading stops at the declared 100 bytes (zipfile's own limit, and embedrec's counter behind it); the CRC of
     # those 100 bytes then fails
     Case("zip-member-lies-about-size", _zip_case(lying_zip), 2, r"ratings\.csv is damaged \(BadZipFile: Bad CRC"),
-    Case("zip-cached-corrupt-is-dropped", _cached_corrupt, 2, r"is damaged .*cached archive was deleted",
-         may_change=frozenset({"wd/downloads/ml-latest-small.zip"})),
+    Case(
+        "zip-cached-corrupt-is-dropped",
+        _cached_corrupt,
+        2,
+        r"is damaged .*cached archive was deleted",
+        may_change=frozenset({"wd/downloads/ml-latest-small.zip"}),
+    ),
     Case("zip-two-datasets", _two_datasets, 2, r"holds 2 data sets \(ml-csv in a/, ml-csv in b/\)"),
     # 7. tampered model folders
-    Case("model-json-is-a-list", _model_case(lambda c, r: edit_json(r / "model.json", lambda m: [m])), 2,
-         r"model\.json is not a valid embedrec model \(expected a JSON object, found a list\)"),
-    Case("info-model-null", lambda c: ["info", str(_tampered(c, lambda m: _set(m, "model", None)))], 2,
-         r"'model' must be a table of settings, found a NoneType"),
-    Case("model-null", _model_case(lambda c, r: edit_json(r / "model.json", lambda m: _set(m, "model", None))), 2,
-         r"'model' must be a table of settings, found a NoneType"),
-    Case("model-missing-shape", _model_case(lambda c, r: edit_json(r / "model.json", lambda m: _del(m, "shape"))),
-         2, r"'shape' must be a table of settings, found missing"),
-    Case("model-missing-key", _model_case(lambda c, r: edit_json(
-        r / "model.json", lambda m: _set(m, "shape", {"n_users": 3}))), 2, r"not a valid embedrec model \(data shape"),
-    Case("model-string-beta", _model_case(lambda c, r: edit_json(
-        r / "model.json", lambda m: _set(m, "ranking", {"score": "blend", "beta": "0.5"}))), 2,
-         r"beta must be a finite number, found '0\.5'"),
-    Case("model-string-setting", _model_case(lambda c, r: edit_json(
-        r / "model.json", lambda m: _set(m, "model", {**m["model"], "embedding_dim": "64"}))), 2,
-         r"--embedding-dim: expected a whole number"),
-    Case("weights-wrong-shape", _model_case(lambda c, r: edit_weights(
-        r, lambda w: w.update(user_embedding=w["user_embedding"][:, :3].copy()))), 2,
-         r"user_embedding is \d+x3, expected \d+x64"),
-    Case("weights-fewer-user-rows", _model_case(lambda c, r: edit_weights(
-        r, lambda w: w.update(user_embedding=w["user_embedding"][:-5].copy()))), 2,
-         r"user_embedding is \d+x64, expected \d+x64"),
-    Case("weights-nan", _model_case(lambda c, r: edit_weights(
-        r, lambda w: w["movie_embedding"].__setitem__((0, 0), np.nan))), 2,
-         r"movie_embedding holds NaN or infinite values"),
-    Case("weights-genre-index-out-of-range", _model_case(lambda c, r: edit_weights(
-        r, lambda w: w["genre_idx"].__setitem__((0, 0), 10_000))), 2, r"genre_idx spans .*outside the"),
+    Case(
+        "model-json-is-a-list",
+        _model_case(lambda c, r: edit_json(r / "model.json", lambda m: [m])),
+        2,
+        r"model\.json is not a valid embedrec model \(expected a JSON object, found a list\)",
+    ),
+    Case(
+        "info-model-null",
+        lambda c: ["info", str(_tampered(c, lambda m: _set(m, "model", None)))],
+        2,
+        r"'model' must be a table of settings, found a NoneType",
+    ),
+    Case(
+        "model-null",
+        _model_case(lambda c, r: edit_json(r / "model.json", lambda m: _set(m, "model", None))),
+        2,
+        r"'model' must be a table of settings, found a NoneType",
+    ),
+    Case(
+        "model-missing-shape",
+        _model_case(lambda c, r: edit_json(r / "model.json", lambda m: _del(m, "shape"))),
+        2,
+        r"'shape' must be a table of settings, found missing",
+    ),
+    Case(
+        "model-missing-key",
+        _model_case(lambda c, r: edit_json(r / "model.json", lambda m: _set(m, "shape", {"n_users": 3}))),
+        2,
+        r"not a valid embedrec model \(data shape",
+    ),
+    Case(
+        "model-string-beta",
+        _model_case(
+            lambda c, r: edit_json(r / "model.json", lambda m: _set(m, "ranking", {"score": "blend", "beta": "0.5"}))
+        ),
+        2,
+        r"beta must be a finite number, found '0\.5'",
+    ),
+    Case(
+        "model-string-setting",
+        _model_case(
+            lambda c, r: edit_json(r / "model.json", lambda m: _set(m, "model", {**m["model"], "embedding_dim": "64"}))
+        ),
+        2,
+        r"--embedding-dim: expected a whole number",
+    ),
+    Case(
+        "weights-wrong-shape",
+        _model_case(lambda c, r: edit_weights(r, lambda w: w.update(user_embedding=w["user_embedding"][:, :3].copy()))),
+        2,
+        r"user_embedding is \d+x3, expected \d+x64",
+    ),
+    Case(
+        "weights-fewer-user-rows",
+        _model_case(lambda c, r: edit_weights(r, lambda w: w.update(user_embedding=w["user_embedding"][:-5].copy()))),
+        2,
+        r"user_embedding is \d+x64, expected \d+x64",
+    ),
+    Case(
+        "weights-nan",
+        _model_case(lambda c, r: edit_weights(r, lambda w: w["movie_embedding"].__setitem__((0, 0), np.nan))),
+        2,
+        r"movie_embedding holds NaN or infinite values",
+    ),
+    Case(
+        "weights-genre-index-out-of-range",
+        _model_case(lambda c, r: edit_weights(r, lambda w: w["genre_idx"].__setitem__((0, 0), 10_000))),
+        2,
+        r"genre_idx spans .*outside the",
+    ),
     # 8. out-of-domain values
     Case("train-seed-negative", lambda c: _train_flags(c, "--seed", "-1"), 2, r"--seed: must be a whole number"),
     Case("train-seed-21-digits", lambda c: _train_flags(c, "--seed", "1" * 21), 2, r"--seed: must be a whole num"),
-    Case("train-weight-decay-inf", lambda c: _train_flags(c, "--weight-decay", "inf"), 2,
-         r"--weight-decay: must be a finite number"),
-    Case("config-sampling-alpha-negative", lambda c: _config(c, {"sampling_alpha": -1}), 2,
-         r"sampling_alpha: must be >= 0"),
-    Case("config-sampling-alpha-nan", lambda c: _config(c, {"sampling_alpha": float("nan")}), 2,
-         r"--sampling-alpha: must be a finite number"),
-    Case("config-embedding-dim-huge", lambda c: _config(c, {"embedding_dim": 10**20}), 2,
-         r"--embedding-dim: 100000000000000000000 is out of range"),
-    Case("synthetic-users-1e20", lambda c: ["prepare", "--synthetic", "--users", str(10**20), "--out",
-                                            str(c.tmp / "out")], 2, r"--users must be a whole number in 1\.\."),
-    Case("prepare-seed-huge", lambda c: ["prepare", "--synthetic", "--seed", str(2**40), "--out",
-                                         str(c.tmp / "out")], 2, r"--seed must be a whole number in 0\.\."),
+    Case(
+        "train-weight-decay-inf",
+        lambda c: _train_flags(c, "--weight-decay", "inf"),
+        2,
+        r"--weight-decay: must be a finite number",
+    ),
+    Case(
+        "config-sampling-alpha-negative",
+        lambda c: _config(c, {"sampling_alpha": -1}),
+        2,
+        r"sampling_alpha: must be >= 0",
+    ),
+    Case(
+        "config-sampling-alpha-nan",
+        lambda c: _config(c, {"sampling_alpha": float("nan")}),
+        2,
+        r"--sampling-alpha: must be a finite number",
+    ),
+    Case(
+        "config-embedding-dim-huge",
+        lambda c: _config(c, {"embedding_dim": 10**20}),
+        2,
+        r"--embedding-dim: 100000000000000000000 is out of range",
+    ),
+    Case(
+        "synthetic-users-1e20",
+        lambda c: ["prepare", "--synthetic", "--users", str(10**20), "--out", str(c.tmp / "out")],
+        2,
+        r"--users must be a whole number in 1\.\.",
+    ),
+    Case(
+        "prepare-seed-huge",
+        lambda c: ["prepare", "--synthetic", "--seed", str(2**40), "--out", str(c.tmp / "out")],
+        2,
+        r"--seed must be a whole number in 0\.\.",
+    ),
     Case("recbole-timestamps-1e30", _recbole_huge_times, 2, r"x\.inter, line 2: .*timestamp"),
     # 9. resume and prepared data
-    Case("resume-run-json-without-data", _resume_case(lambda r: edit_json(r / "run.json", lambda m: _del(m, "data"))),
-         2, r"run\.json is damaged \('data' is missing\)"),
+    Case(
+        "resume-run-json-without-data",
+        _resume_case(lambda r: edit_json(r / "run.json", lambda m: _del(m, "data"))),
+        2,
+        r"run\.json is damaged \('data' is missing\)",
+    ),
     Case("resume-checkpoint-without-history", _resume_case(_drop_history), 2, r"no complete checkpoint to resume"),
-    Case("prepared-movie-index-out-of-range", _prepared_case(lambda d: edit_ratings(
-        d, "movie_idx", lambda v: np.where(np.arange(len(v)) == 3, 400, v))), 2, r"movie_idx spans 0\.\.400 but"),
-    Case("prepared-negative-user-index", _prepared_case(lambda d: edit_ratings(
-        d, "user_idx", lambda v: np.where(np.arange(len(v)) == 0, -1, v))), 2, r"user_idx spans -1\.\."),
-    Case("prepared-vocab-without-genres", _prepared_case(lambda d: edit_json(
-        d / "vocab.json", lambda v: _del(v, "genres"))), 2, r"vocab\.json lacks 'genres'"),
+    Case(
+        "prepared-movie-index-out-of-range",
+        _prepared_case(lambda d: edit_ratings(d, "movie_idx", lambda v: np.where(np.arange(len(v)) == 3, 400, v))),
+        2,
+        r"movie_idx spans 0\.\.400 but",
+    ),
+    Case(
+        "prepared-negative-user-index",
+        _prepared_case(lambda d: edit_ratings(d, "user_idx", lambda v: np.where(np.arange(len(v)) == 0, -1, v))),
+        2,
+        r"user_idx spans -1\.\.",
+    ),
+    Case(
+        "prepared-vocab-without-genres",
+        _prepared_case(lambda d: edit_json(d / "vocab.json", lambda v: _del(v, "genres"))),
+        2,
+        r"vocab\.json lacks 'genres'",
+    ),
 ]
 
 
@@ -542,28 +673,87 @@ def test_bad_input(case: Case, tmp_path: Path, synthetic_prepared: Path, request
 def test_full_disk_during_prepare_keeps_the_previous_data_and_other_files(tmp_path: Path, small_disk: Path) -> None:
     """A real ENOSPC: the 1 MiB disk holds an earlier prepared data set and a user's file; a bigger prepare fails."""
     (tmp_path / "systmp").mkdir()
-    first = run_cli(["prepare", "--synthetic", "--users", "50", "--movies", "60", "--ratings", "500", "--out",
-                     str(small_disk / "data")], tmp_path)
+    first = run_cli(
+        [
+            "prepare",
+            "--synthetic",
+            "--users",
+            "50",
+            "--movies",
+            "60",
+            "--ratings",
+            "500",
+            "--out",
+            str(small_disk / "data"),
+        ],
+        tmp_path,
+    )
     assert first.code == 0, first.stderr
     (small_disk / "notes.txt").write_text("the user's own file\n")
     before = snapshot(tmp_path)
-    out = run_cli(["prepare", "--synthetic", "--users", "3000", "--movies", "4000", "--ratings", "400000", "--out",
-                   str(small_disk / "data")], tmp_path)
-    assert_one_error_line(out, 74, r"small-disk/data: no space left on the disk: free some space .*partial output "
-                                   "was removed")
+    out = run_cli(
+        [
+            "prepare",
+            "--synthetic",
+            "--users",
+            "3000",
+            "--movies",
+            "4000",
+            "--ratings",
+            "400000",
+            "--out",
+            str(small_disk / "data"),
+        ],
+        tmp_path,
+    )
+    assert_one_error_line(
+        out,
+        74,
+        r"small-disk/data: no space left on the disk: free some space .*partial output "
+        "was removed",
+    )
     assert changed(before, snapshot(tmp_path)) == set()
 
 
 def test_sigterm_during_prepare_leaves_no_temp_folder(tmp_path: Path) -> None:
     (tmp_path / "systmp").mkdir()
-    first = run_cli(["prepare", "--synthetic", "--users", "50", "--movies", "60", "--ratings", "500", "--out",
-                     str(tmp_path / "data")], tmp_path)
+    first = run_cli(
+        [
+            "prepare",
+            "--synthetic",
+            "--users",
+            "50",
+            "--movies",
+            "60",
+            "--ratings",
+            "500",
+            "--out",
+            str(tmp_path / "data"),
+        ],
+        tmp_path,
+    )
     assert first.code == 0, first.stderr
     before = snapshot(tmp_path)
-    proc = subprocess.Popen(CLI + ["prepare", "--synthetic", "--users", "20000", "--movies", "20000", "--ratings",
-                                   "3000000", "--out", str(tmp_path / "data")],
-                            cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        CLI
+        + [
+            "prepare",
+            "--synthetic",
+            "--users",
+            "20000",
+            "--movies",
+            "20000",
+            "--ratings",
+            "3000000",
+            "--out",
+            str(tmp_path / "data"),
+        ],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 600
     while not any(p.name.startswith(".data.tmp-") for p in tmp_path.iterdir()):
         assert proc.poll() is None, "prepare finished before its temp folder was seen; make it bigger"
@@ -591,8 +781,9 @@ def test_next_prepare_sweeps_only_dead_writers_temp_folders(tmp_path: Path) -> N
     src = tmp_path / "systmp" / f"embedrec-src-{dead.pid}-xyz"
     src.mkdir()
     before = snapshot(tmp_path)
-    out = run_cli(["prepare", str(zip_of(tmp_path / "ml.zip", ml_csv_members())), "--out", str(tmp_path / "data")],
-                  tmp_path)
+    out = run_cli(
+        ["prepare", str(zip_of(tmp_path / "ml.zip", ml_csv_members())), "--out", str(tmp_path / "data")], tmp_path
+    )
     assert out.code == 0, out.stderr
     gone = {k for k in changed(before, snapshot(tmp_path)) if k not in snapshot(tmp_path)}
     assert gone == {stale.name, f"{stale.name}/sub", f"{stale.name}/sub/ratings.parquet", f"systmp/{src.name}"}
@@ -602,8 +793,18 @@ def test_next_prepare_sweeps_only_dead_writers_temp_folders(tmp_path: Path) -> N
 def test_an_interrupted_replace_gets_the_previous_data_back(tmp_path: Path) -> None:
     """A kill between moving the old data set aside and renaming the new one in: the next run restores it first."""
     (tmp_path / "systmp").mkdir()
-    args = ["prepare", "--synthetic", "--users", "50", "--movies", "60", "--ratings", "500", "--out",
-            str(tmp_path / "data")]
+    args = [
+        "prepare",
+        "--synthetic",
+        "--users",
+        "50",
+        "--movies",
+        "60",
+        "--ratings",
+        "500",
+        "--out",
+        str(tmp_path / "data"),
+    ]
     assert run_cli(args, tmp_path).code == 0
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -651,14 +852,21 @@ def server() -> Iterator[_Server]:
 def _download(server: _Server, tmp_path: Path, *flags: str) -> Outcome:
     env_url = f"http://127.0.0.1:{server.server_address[1]}/ml"
     args = ["download", "ml-latest-small", "--cache", str(tmp_path / "cache"), *flags]
-    proc = subprocess.run(CLI + args, cwd=tmp_path, env={**cli_env(tmp_path), "EMBEDREC_DOWNLOAD_URL": env_url},
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        CLI + args,
+        cwd=tmp_path,
+        env={**cli_env(tmp_path), "EMBEDREC_DOWNLOAD_URL": env_url},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return Outcome(proc.returncode, proc.stdout, proc.stderr)
 
 
 @pytest.mark.parametrize("md5", [None, b"<html>maintenance</html>"], ids=["md5-missing", "md5-garbled"])
-def test_unverifiable_download_warns_loudly_and_strict_refuses(server: _Server, tmp_path: Path,
-                                                               md5: bytes | None) -> None:
+def test_unverifiable_download_warns_loudly_and_strict_refuses(
+    server: _Server, tmp_path: Path, md5: bytes | None
+) -> None:
     (tmp_path / "systmp").mkdir()
     server.files["/ml/ml-latest-small.zip"] = zip_of(tmp_path / "src.zip", ml_csv_members()).read_bytes()
     (tmp_path / "src.zip").unlink()
@@ -671,8 +879,11 @@ def test_unverifiable_download_warns_loudly_and_strict_refuses(server: _Server, 
     loose = _download(server, tmp_path)
     assert loose.code == 0, loose.stderr
     warning = [line for line in loose.stderr.splitlines() if line.strip()]
-    assert len(warning) == 1 and re.match(r"warning: NOT VERIFIED: .*ml-latest-small\.zip\.md5 (gave HTTP 404|holds "
-                                          r"no md5)", warning[0]), warning
+    assert len(warning) == 1 and re.match(
+        r"warning: NOT VERIFIED: .*ml-latest-small\.zip\.md5 (gave HTTP 404|holds "
+        r"no md5)",
+        warning[0],
+    ), warning
     assert (tmp_path / "cache" / "ml-latest-small" / "ratings.csv").is_file()
 
 
@@ -702,8 +913,22 @@ def test_bomb_download_extracts_nothing(server: _Server, tmp_path: Path) -> None
 # ------------------------------------------------------------------------------- values that now work correctly
 def test_one_synthetic_movie_gives_finite_ratings(tmp_path: Path) -> None:
     (tmp_path / "systmp").mkdir()
-    out = run_cli(["prepare", "--synthetic", "--users", "50", "--movies", "1", "--ratings", "10", "--out",
-                   str(tmp_path / "data"), "--json"], tmp_path)
+    out = run_cli(
+        [
+            "prepare",
+            "--synthetic",
+            "--users",
+            "50",
+            "--movies",
+            "1",
+            "--ratings",
+            "10",
+            "--out",
+            str(tmp_path / "data"),
+            "--json",
+        ],
+        tmp_path,
+    )
     assert out.code == 0, out.stderr
     from embedrec.data import load_prepared
 
@@ -727,12 +952,14 @@ def test_utf8_u_item_titles_are_not_mojibake(tmp_path: Path) -> None:
     (tmp_path / "systmp").mkdir()
     folder = tmp_path / "ml-100k"
     folder.mkdir()
-    (folder / "u.data").write_text("".join(f"{u}\t{m}\t{(u + m) % 5 + 1}\t{880000000 + u * 10 + m}\n"
-                                           for u in range(1, 6) for m in range(1, 4)))
+    (folder / "u.data").write_text(
+        "".join(f"{u}\t{m}\t{(u + m) % 5 + 1}\t{880000000 + u * 10 + m}\n" for u in range(1, 6) for m in range(1, 4))
+    )
     flags = "|".join(["0"] * 8 + ["1"] + ["0"] * 10)
     titles = ["Amélie (2001)", "Léon (1994)", "Crouching Tiger (2000)"]
-    (folder / "u.item").write_text("".join(f"{m}|{t}|01-Jan-2001||http://x|{flags}\n"
-                                           for m, t in enumerate(titles, start=1)), encoding="utf-8")
+    (folder / "u.item").write_text(
+        "".join(f"{m}|{t}|01-Jan-2001||http://x|{flags}\n" for m, t in enumerate(titles, start=1)), encoding="utf-8"
+    )
     out = run_cli(["prepare", str(folder), "--out", str(tmp_path / "data"), "--json"], tmp_path)
     assert out.code == 0, out.stderr
     from embedrec.data import load_prepared

@@ -46,8 +46,9 @@ def test_a_train_state_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
     from embedrec.step import init_state
 
     shape = DataShape(n_users=5, n_movies=7, n_genres=3, rating_min=1.0, rating_max=5.0)
-    model = EmbeddingConcat(ModelConfig(embedding_dim=4, hidden=(8,), watch_head=True, biases=True), shape,
-                            rngs=nnx.Rngs(0))
+    model = EmbeddingConcat(
+        ModelConfig(embedding_dim=4, hidden=(8,), watch_head=True, biases=True), shape, rngs=nnx.Rngs(0)
+    )
     _, _, state = init_state(model, head_optimizer(), genre_table=True)
     state["count"] = jnp.int32(17)  # a scalar: safetensors stores it as shape (1,)
     best = flatten_tree({"w": jnp.arange(3.0)}, "")

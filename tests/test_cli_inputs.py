@@ -11,10 +11,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from planted import write_planted_model
 from typer.testing import CliRunner
 
 from embedrec.cli import app
-from planted import write_planted_model
 
 runner = CliRunner()
 
@@ -53,8 +53,10 @@ def test_predict_reads_ids_beyond_float_precision_exactly(workdir: Path, tmp_pat
     users = pq.read_table(model / "users.parquet")
     ids = users.column("user_id").to_pylist()
     ids[-1] = 2**53
-    pq.write_table(users.set_column(users.schema.get_field_index("user_id"), "user_id", pa.array(ids, pa.int64())),
-                   model / "users.parquet")
+    pq.write_table(
+        users.set_column(users.schema.get_field_index("user_id"), "user_id", pa.array(ids, pa.int64())),
+        model / "users.parquet",
+    )
     movie = int(pq.read_table(model / "movies.parquet").column("movie_id")[0].as_py())
     pairs = tmp_path / "pairs.csv"
     pairs.write_text(f"userId,movieId\n{2**53},{movie}\n{2**53 + 1},{movie}\n")
@@ -80,8 +82,7 @@ def test_fold_in_refuses_a_non_integer_movie_id(workdir: Path, tmp_path: Path) -
 def test_users_file_with_an_id_past_64_bits_is_one_line(workdir: Path, tmp_path: Path) -> None:
     users = tmp_path / "users.txt"
     users.write_text(f"1\n{10**23}\n")
-    line = one_line_error(run("recommend", "--users-file", users, "--output", tmp_path / "r.csv",
-                              "--workdir", workdir))
+    line = one_line_error(run("recommend", "--users-file", users, "--output", tmp_path / "r.csv", "--workdir", workdir))
     assert "users.txt line 2" in line and "out of range" in line
 
 
@@ -92,8 +93,19 @@ def test_batch_k_beyond_the_catalogue_is_clamped(workdir: Path, tmp_path: Path) 
 
     prepared = load_prepared(workdir / "data")
     out = tmp_path / "all.parquet"
-    res = run("recommend", "--all-users", "-k", 10**9, "--include-seen", "--min-ratings", 0, "--output", out,
-              "--workdir", workdir)
+    res = run(
+        "recommend",
+        "--all-users",
+        "-k",
+        10**9,
+        "--include-seen",
+        "--min-ratings",
+        0,
+        "--output",
+        out,
+        "--workdir",
+        workdir,
+    )
     assert res.exit_code == 0, res.output
     table = pd.read_parquet(out)
     assert len(table) == prepared.n_users * prepared.n_movies and table["rank"].max() == prepared.n_movies
@@ -125,8 +137,10 @@ def test_predict_prints_a_movie_without_a_year(workdir: Path, tmp_path: Path) ->
     movies = pq.read_table(model / "movies.parquet")
     years = movies.column("year").to_pylist()
     years[0] = None
-    pq.write_table(movies.set_column(movies.schema.get_field_index("year"), "year", pa.array(years, pa.int32())),
-                   model / "movies.parquet")
+    pq.write_table(
+        movies.set_column(movies.schema.get_field_index("year"), "year", pa.array(years, pa.int32())),
+        model / "movies.parquet",
+    )
     prepared = load_prepared(workdir / "data")
     user, movie = int(prepared.user_ids[0]), int(prepared.movie_ids[0])
     res = run("predict", "--user", user, "--movie", movie, "--workdir", workdir, "--model", model)

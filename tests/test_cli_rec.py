@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from planted import write_planted_model
 from typer.testing import CliRunner
 
 from embedrec.cli import app
-from planted import write_planted_model
 
 runner = CliRunner()
 
@@ -126,8 +126,7 @@ def test_evaluate_refuses_other_data(workdir: Path, tmp_path: Path) -> None:
     from embedrec.data import PrepareConfig, prepare_synthetic
 
     other = tmp_path / "other"
-    prepare_synthetic(out=other, n_users=300, n_movies=400, n_ratings=20_000, seed=0,
-                      config=PrepareConfig(seed=7))
+    prepare_synthetic(out=other, n_users=300, n_movies=400, n_ratings=20_000, seed=0, config=PrepareConfig(seed=7))
     res = run("evaluate", "--workdir", workdir, "--data", other)
     assert res.exit_code == 2 and "leak" in res.stderr
     res = run("recommend", "--user", 1, "--workdir", workdir, "--data", other, "-k", "2")
@@ -181,8 +180,22 @@ def test_years_print_as_integers_when_some_are_unknown(workdir: Path, ids: dict,
     years[0] = None
     table = table.set_column(table.schema.get_field_index("year"), "year", pa.array(years, pa.int32()))
     pq.write_table(table, run_dir / "movies.parquet")
-    res = run("recommend", "--user", ids["user"], "--workdir", workdir, "--model", run_dir, "--format", "json",
-              "--include-seen", "--min-ratings", "0", "-k", "400")
+    res = run(
+        "recommend",
+        "--user",
+        ids["user"],
+        "--workdir",
+        workdir,
+        "--model",
+        run_dir,
+        "--format",
+        "json",
+        "--include-seen",
+        "--min-ratings",
+        "0",
+        "-k",
+        "400",
+    )
     assert res.exit_code == 0, res.output
     got = {r["movieId"]: r["year"] for r in json.loads(res.stdout)}
     assert got[ids["movie"]] is None  # movies.parquet row 0
@@ -204,8 +217,12 @@ def test_long_commands_write_plain_progress_lines_when_piped(workdir: Path, tmp_
     import sys
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "EMBEDREC_PROGRESS_SECONDS": "0"}
-    proc = subprocess.run([sys.executable, "-m", "embedrec.cli", "evaluate", "--workdir", str(workdir), "--json"],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "embedrec.cli", "evaluate", "--workdir", str(workdir), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     json.loads(proc.stdout)  # progress never mixes into the machine-readable output
     lines = proc.stderr.splitlines()
@@ -214,8 +231,22 @@ def test_long_commands_write_plain_progress_lines_when_piped(workdir: Path, tmp_
         assert any(line.startswith(f"evaluate {stage}: ") and " done in " in line for line in lines), proc.stderr
     assert any("users/s, about" in line for line in lines), proc.stderr  # periodic lines: rate and time left
     out = tmp_path / "all.csv"
-    proc = subprocess.run([sys.executable, "-m", "embedrec.cli", "recommend", "--all-users", "--workdir",
-                           str(workdir), "--output", str(out)], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "embedrec.cli",
+            "recommend",
+            "--all-users",
+            "--workdir",
+            str(workdir),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     done = [line for line in proc.stderr.splitlines() if line.startswith("recommend all users: ")]
     assert done and " done in " in done[-1] and "300/300 users" in done[-1], proc.stderr

@@ -23,18 +23,53 @@ def calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict]:
 
     def fake_train_run(data_dir, **kwargs) -> RunResult:
         seen.append({"data_dir": data_dir, **kwargs})
-        history = [{"epoch": e, "train_loss": 1.0 / e, "val_rmse": 0.9, "val_mae": 0.7, "seconds": 1.0,
-                    "samples_per_s": 10.0, "lr": 0.001} for e in (1, 2)]
-        return RunResult(run_dir=tmp_path / "run", history=history, interrupted=False, stopped_early=False,
-                         best_epoch=2, n_params=1234, ranking={"score": "rating"}, summary_rows=[])
+        history = [
+            {
+                "epoch": e,
+                "train_loss": 1.0 / e,
+                "val_rmse": 0.9,
+                "val_mae": 0.7,
+                "seconds": 1.0,
+                "samples_per_s": 10.0,
+                "lr": 0.001,
+            }
+            for e in (1, 2)
+        ]
+        return RunResult(
+            run_dir=tmp_path / "run",
+            history=history,
+            interrupted=False,
+            stopped_early=False,
+            best_epoch=2,
+            n_params=1234,
+            ranking={"score": "rating"},
+            summary_rows=[],
+        )
 
     monkeypatch.setattr(embedrec.runs, "train_run", fake_train_run)
     return seen
 
 
 def test_flags_become_overrides_with_library_names(calls: list[dict], tmp_path: Path) -> None:
-    res = runner.invoke(app, ["train", "--data", str(tmp_path / "d"), "--workdir", str(tmp_path), "--preset", "seed",
-                              "--hidden", "32, 8", "--optimizer", "lazy-adam", "--lr", "0.01", "--quiet"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(tmp_path / "d"),
+            "--workdir",
+            str(tmp_path),
+            "--preset",
+            "seed",
+            "--hidden",
+            "32, 8",
+            "--optimizer",
+            "lazy-adam",
+            "--lr",
+            "0.01",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     (call,) = calls
     assert call["data_dir"] == tmp_path / "d" and call["preset"] == "seed" and call["resume"] is False
@@ -62,8 +97,9 @@ def test_a_bad_hidden_is_one_line_and_exit_2_before_training(calls: list[dict], 
 
 
 def test_resume_is_passed_through(calls: list[dict], tmp_path: Path) -> None:
-    res = runner.invoke(app, ["train", "--workdir", str(tmp_path), "--resume", "--out", str(tmp_path / "r"),
-                              "--epochs", "9", "--quiet"])
+    res = runner.invoke(
+        app, ["train", "--workdir", str(tmp_path), "--resume", "--out", str(tmp_path / "r"), "--epochs", "9", "--quiet"]
+    )
     assert res.exit_code == 0, res.output
     assert calls[0]["resume"] is True and calls[0]["out"] == tmp_path / "r"
     assert calls[0]["overrides"] == {"epochs": 9}
@@ -72,14 +108,37 @@ def test_resume_is_passed_through(calls: list[dict], tmp_path: Path) -> None:
 def test_info_reads_a_model_folder(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
-    meta = {"schema_version": 1, "kind": "embedrec-model", "preset": "seed", "n_params": 99,
-            "model": {"embedding_dim": 4, "genre_mode": "string", "hidden": [8], "dropout": 0.2, "biases": False,
-                      "watch_head": False},
-            "train": {"optimizer": "adam", "lr": 0.001, "lr_decay": 1.0, "batch_size": 8, "epochs": 2,
-                      "weight_decay": 0.0, "negatives": 0, "seed": 1},
-            "shape": {"n_users": 3, "n_movies": 4, "n_genres": 2, "rating_min": 1.0, "rating_max": 5.0},
-            "data": {"source": "synthetic", "format": "x", "fingerprint": "abc"}, "ranking": {"score": "rating"},
-            "best_epoch": 2, "epochs_run": 2, "metrics": {"val_rmse": 0.95}, "created": "now"}
+    meta = {
+        "schema_version": 1,
+        "kind": "embedrec-model",
+        "preset": "seed",
+        "n_params": 99,
+        "model": {
+            "embedding_dim": 4,
+            "genre_mode": "string",
+            "hidden": [8],
+            "dropout": 0.2,
+            "biases": False,
+            "watch_head": False,
+        },
+        "train": {
+            "optimizer": "adam",
+            "lr": 0.001,
+            "lr_decay": 1.0,
+            "batch_size": 8,
+            "epochs": 2,
+            "weight_decay": 0.0,
+            "negatives": 0,
+            "seed": 1,
+        },
+        "shape": {"n_users": 3, "n_movies": 4, "n_genres": 2, "rating_min": 1.0, "rating_max": 5.0},
+        "data": {"source": "synthetic", "format": "x", "fingerprint": "abc"},
+        "ranking": {"score": "rating"},
+        "best_epoch": 2,
+        "epochs_run": 2,
+        "metrics": {"val_rmse": 0.95},
+        "created": "now",
+    }
     (run / "model.json").write_text(json.dumps(meta))
     res = runner.invoke(app, ["info", str(run), "--json"])
     assert res.exit_code == 0, res.output

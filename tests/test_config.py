@@ -38,11 +38,19 @@ def test_overrides_go_to_the_config_they_belong_to() -> None:
         split_overrides({"learning_rate": 0.1})
 
 
-@pytest.mark.parametrize(("changes", "option"), [
-    ({"lr": 0.0}, "--lr"), ({"batch_size": 0}, "--batch-size"), ({"optimizer": "sgd"}, "--optimizer"),
-    ({"lr_decay": 1.5}, "--lr-decay"), ({"sampling": "zipf"}, "--sampling"), ({"watch_loss": "hinge"}, "--watch-loss"),
-    ({"lr": "0.1"}, "--lr"), ({"epochs": 2.5}, "--epochs"),
-])
+@pytest.mark.parametrize(
+    ("changes", "option"),
+    [
+        ({"lr": 0.0}, "--lr"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"optimizer": "sgd"}, "--optimizer"),
+        ({"lr_decay": 1.5}, "--lr-decay"),
+        ({"sampling": "zipf"}, "--sampling"),
+        ({"watch_loss": "hinge"}, "--watch-loss"),
+        ({"lr": "0.1"}, "--lr"),
+        ({"epochs": 2.5}, "--epochs"),
+    ],
+)
 def test_bad_train_settings_name_the_option(changes: dict, option: str) -> None:
     with pytest.raises(ConfigError, match=option):
         TrainConfig(**changes)
@@ -73,8 +81,9 @@ def test_the_default_preset_adapts_to_a_sparse_catalogue_but_never_overrides_the
     sparse, why = adapt_to_data("default", train_cfg, n_train=23_000, n_movies_rated=1_480)
     assert (sparse.rating_embedding_grad, sparse.rmse_slack) == (0.1, 0.01)
     assert "15.5 training ratings per movie" in why["because"]
-    mine, why = adapt_to_data("default", train_cfg, n_train=23_000, n_movies_rated=1_480,
-                              explicit={"rating_embedding_grad"})
+    mine, why = adapt_to_data(
+        "default", train_cfg, n_train=23_000, n_movies_rated=1_480, explicit={"rating_embedding_grad"}
+    )
     assert mine.rating_embedding_grad == 1.0 and why["rmse_slack"] == 0.01
     assert adapt_to_data("seed", preset("seed")[1], n_train=100, n_movies_rated=50)[1] == {}
     for split in ("temporal", "leave-last-out"):

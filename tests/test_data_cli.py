@@ -43,11 +43,34 @@ def test_workdir_from_environment_and_out_override(tmp_path: Path, monkeypatch: 
 def test_generic_csv_options(tmp_path: Path) -> None:
     f = tmp_path / "ratings.tsv"
     f.write_text("who\twhat\tstars\n1\t10\t3\n1\t11\t8\n2\t10\t4\n2\t12\t5\n")
-    result = runner.invoke(app, [
-        "prepare", "--ratings-file", str(f), "--delimiter", "\\t", "--user-col", "who", "--movie-col", "what",
-        "--rating-col", "stars", "--time-col", "", "--rating-scale", "1,5", "--out", str(tmp_path / "o"),
-        "--split", "random", "--test-frac", "0.25", "--val-frac", "0",
-    ])
+    result = runner.invoke(
+        app,
+        [
+            "prepare",
+            "--ratings-file",
+            str(f),
+            "--delimiter",
+            "\\t",
+            "--user-col",
+            "who",
+            "--movie-col",
+            "what",
+            "--rating-col",
+            "stars",
+            "--time-col",
+            "",
+            "--rating-scale",
+            "1,5",
+            "--out",
+            str(tmp_path / "o"),
+            "--split",
+            "random",
+            "--test-frac",
+            "0.25",
+            "--val-frac",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "bad rating 1" in text and "--strict" in text
@@ -88,9 +111,26 @@ def test_prepare_writes_one_plain_line_per_step_when_piped(tmp_path: Path) -> No
     import sys
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "embedrec.cli", "prepare", "--synthetic", "--users", "100",
-                           "--movies", "120", "--ratings", "2000", "--out", str(tmp_path / "d")],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "embedrec.cli",
+            "prepare",
+            "--synthetic",
+            "--users",
+            "100",
+            "--movies",
+            "120",
+            "--ratings",
+            "2000",
+            "--out",
+            str(tmp_path / "d"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     for step in ("validating and encoding (step 2/4", "splitting (step 3/4", "writing (step 4/4"):

@@ -75,8 +75,7 @@ class Server:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/movielens"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def close(self) -> None:
@@ -102,8 +101,9 @@ def server() -> Iterator[Server]:
 
 def test_download_verifies_extracts_and_prepare_finds_it(server: Server, tmp_path: Path) -> None:
     seen: list[tuple[int, int | None]] = []
-    res = download("ml-latest-small", cache_dir=tmp_path / "cache", url=server.url,
-                   on_progress=lambda d, t: seen.append((d, t)))
+    res = download(
+        "ml-latest-small", cache_dir=tmp_path / "cache", url=server.url, on_progress=lambda d, t: seen.append((d, t))
+    )
     assert res.downloaded and res.verified
     assert (res.folder / "ratings.csv").is_file() and res.folder == tmp_path / "cache" / "ml-latest-small"
     assert not (tmp_path / "cache" / "ml-latest-small.zip.part").exists()

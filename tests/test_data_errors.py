@@ -41,8 +41,11 @@ def test_missing_file(tmp_path: Path) -> None:
     # without movies.csv the folder is no MovieLens layout at all
     assert "no MovieLens layout" in run_error(src, tmp_path)
     with pytest.raises(DataError, match=r"movies file not found: .*movies\.csv"):
-        prepare(tmp_path / "src" / "ratings.csv", out=tmp_path / "o",
-                config=PrepareConfig(format="csv", movies_file=str(src / "movies.csv")))
+        prepare(
+            tmp_path / "src" / "ratings.csv",
+            out=tmp_path / "o",
+            config=PrepareConfig(format="csv", movies_file=str(src / "movies.csv")),
+        )
 
 
 def test_missing_column_names_file_and_column(tmp_path: Path) -> None:
@@ -123,8 +126,14 @@ def test_bad_rows_are_dropped_and_counted(tmp_path: Path) -> None:
     assert s["dropped"] == {"bad_rating": 4, "bad_timestamp": 1, "unknown_movie": 1, "duplicate": 2}
     assert s["n_ratings"] == 3 and s["n_read"] == len(rows)
     data = load_prepared(tmp_path / "out")
-    got = sorted(zip(data.user_ids[data.user_idx].tolist(), data.movies["movie_id"].to_numpy()[data.movie_idx].tolist(),
-                     data.rating.tolist(), data.timestamp.tolist()))
+    got = sorted(
+        zip(
+            data.user_ids[data.user_idx].tolist(),
+            data.movies["movie_id"].to_numpy()[data.movie_idx].tolist(),
+            data.rating.tolist(),
+            data.timestamp.tolist(),
+        )
+    )
     assert got == [(1, 1, 4.0, 100), (2, 2, 5.0, 300), (3, 1, 3.5, 105)]
     # movie 3 only had bad ratings: it is not in the data; user 3 is
     assert data.movies["movie_id"].tolist() == [1, 2]

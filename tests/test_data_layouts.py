@@ -173,8 +173,17 @@ def test_forced_format_that_does_not_match_is_an_error(tmp_path: Path) -> None:
 def test_generic_csv_with_own_columns_delimiter_scale_and_no_movies_file(tmp_path: Path) -> None:
     f = tmp_path / "scores.txt"
     f.write_text("uid;iid;score;when\n10;100;7;1000\n10;200;11;1001\n20;100;3;1002\n20;300;9.5;1003\n")
-    cfg = PrepareConfig(format="csv", delimiter=";", user_col="uid", movie_col="iid", rating_col="score",
-                        time_col="when", rating_scale=(1.0, 10.0), test_frac=0.0, val_frac=0.0)
+    cfg = PrepareConfig(
+        format="csv",
+        delimiter=";",
+        user_col="uid",
+        movie_col="iid",
+        rating_col="score",
+        time_col="when",
+        rating_scale=(1.0, 10.0),
+        test_frac=0.0,
+        val_frac=0.0,
+    )
     s = prepare(f, out=tmp_path / "out", config=cfg)
     assert s["format"] == "csv"
     assert s["n_ratings"] == 3 and s["dropped"]["bad_rating"] == 1  # 11 is outside 1..10
@@ -207,8 +216,13 @@ def test_generic_csv_with_movies_file(tmp_path: Path) -> None:
     src = write_ml_csv(tmp_path / "src")
     (src / "ratings.csv").rename(src / "my_ratings.csv")
     (src / "movies.csv").rename(src / "my_movies.csv")
-    cfg = PrepareConfig(format="csv", ratings_file=str(src / "my_ratings.csv"),
-                        movies_file=str(src / "my_movies.csv"), test_frac=0.0, val_frac=0.0)
+    cfg = PrepareConfig(
+        format="csv",
+        ratings_file=str(src / "my_ratings.csv"),
+        movies_file=str(src / "my_movies.csv"),
+        test_frac=0.0,
+        val_frac=0.0,
+    )
     s = prepare(src / "my_ratings.csv", out=tmp_path / "out", config=cfg)
     assert s["n_movies"] == 5
     assert load_prepared(tmp_path / "out").movies["title"].tolist()[1] == "American President, The"
@@ -222,15 +236,18 @@ def test_generic_csv_with_movies_file(tmp_path: Path) -> None:
         ("Babylon 5", "Babylon 5", None),
         ("Fawlty Towers (1975-1979)", "Fawlty Towers", 1975),
         ("Stranger Things (2016-)", "Stranger Things", 2016),
-        ("City of Lost Children, The (Cité des enfants perdus, La) (1995)",
-         "City of Lost Children, The (Cité des enfants perdus, La)", 1995),
+        (
+            "City of Lost Children, The (Cité des enfants perdus, La) (1995)",
+            "City of Lost Children, The (Cité des enfants perdus, La)",
+            1995,
+        ),
         ("1984 (1984)", "1984", 1984),
     ],
 )
 def test_title_and_year_are_split(raw: str, title: str, year: int | None) -> None:
     t, y = split_title_year(pd.Series([raw]))
     assert t.iloc[0] == title
-    assert (pd.isna(y.iloc[0]) if year is None else int(y.iloc[0]) == year)
+    assert pd.isna(y.iloc[0]) if year is None else int(y.iloc[0]) == year
 
 
 def test_nrows_keeps_the_first_rows(tmp_path: Path) -> None:
@@ -246,8 +263,11 @@ def test_nrows_keeps_the_first_rows(tmp_path: Path) -> None:
 def test_min_rating_filters_are_applied_until_stable(tmp_path: Path) -> None:
     rows = RATINGS + [(2, 2, 4, 964982000), (3, 1, 3, 964982001)]
     src = write_ml_csv(tmp_path / "src", ratings=rows)
-    s = prepare(src, out=tmp_path / "out", config=PrepareConfig(min_user_ratings=2, min_movie_ratings=2,
-                                                                 test_frac=0.0, val_frac=0.0))
+    s = prepare(
+        src,
+        out=tmp_path / "out",
+        config=PrepareConfig(min_user_ratings=2, min_movie_ratings=2, test_frac=0.0, val_frac=0.0),
+    )
     data = load_prepared(tmp_path / "out")
     users, counts = np.unique(data.user_idx, return_counts=True)
     assert counts.min() >= 2

@@ -80,8 +80,7 @@ def test_train_refuses_an_out_folder_holding_other_files(tmp_path: Path, synthet
     assert _tree(out) == {"run.json": b"my own notes\n"}
 
 
-def test_a_model_keeps_the_vocabulary_it_was_trained_on_when_the_data_is_re_prepared_meanwhile(
-        tmp_path: Path) -> None:
+def test_a_model_keeps_the_vocabulary_it_was_trained_on_when_the_data_is_re_prepared_meanwhile(tmp_path: Path) -> None:
     """A prepare of other data into the run's data folder while training runs must not reach the model folder."""
     from embedrec.data import PrepareConfig, load_prepared, prepare_synthetic
     from embedrec.recommender import Recommender
@@ -109,14 +108,16 @@ def test_a_model_keeps_the_vocabulary_it_was_trained_on_when_the_data_is_re_prep
     np.testing.assert_array_equal(rec.movies["movie_id"].to_numpy(), trained_on.movie_ids)
 
 
-def test_load_model_refuses_a_vocabulary_that_does_not_fit_the_weights(tmp_path: Path,
-                                                                        synthetic_prepared: Path) -> None:
+def test_load_model_refuses_a_vocabulary_that_does_not_fit_the_weights(
+    tmp_path: Path, synthetic_prepared: Path
+) -> None:
     import shutil
+
+    from planted import write_planted_model
 
     from embedrec.artifacts import load_model
     from embedrec.data import PrepareConfig, load_prepared, prepare_synthetic
     from embedrec.errors import ArtifactError
-    from planted import write_planted_model
 
     run = write_planted_model(load_prepared(synthetic_prepared), tmp_path / "run")
     load_model(run)
@@ -174,8 +175,17 @@ def test_concurrent_prepares_and_reads_never_mix_two_data_sets(tmp_path: Path) -
     try:
         while writer.poll() is None:
             p = load_prepared(data)
-            fp = fingerprint(p.user_idx, p.movie_idx, p.rating, p.timestamp, p.split, n_users=p.n_users,
-                             n_movies=p.n_movies, n_genres=p.n_genres, n_genre_strings=p.n_genre_strings)
+            fp = fingerprint(
+                p.user_idx,
+                p.movie_idx,
+                p.rating,
+                p.timestamp,
+                p.split,
+                n_users=p.n_users,
+                n_movies=p.n_movies,
+                n_genres=p.n_genres,
+                n_genre_strings=p.n_genre_strings,
+            )
             assert fp == p.fingerprint, f"read {reads} mixed two versions"
             assert p.user_idx.max() < p.n_users and p.movie_idx.max() < p.n_movies
             reads += 1

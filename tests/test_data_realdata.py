@@ -27,8 +27,7 @@ def test_ml100k_counts(ml100k_prepared: Path) -> None:
     assert int(d.movies["year"].iloc[d.movie_vocab.index(50)]) == 1977
 
 
-def test_ml100k_written_as_u_data_reads_identically(ml100k_dir: Path, ml100k_prepared: Path,
-                                                    tmp_path: Path) -> None:
+def test_ml100k_written_as_u_data_reads_identically(ml100k_dir: Path, ml100k_prepared: Path, tmp_path: Path) -> None:
     """Rewrite the RecBole files in the original u.data / u.item layout: same encoded data, same fingerprint."""
     from embedrec.data.layouts import ML100K_GENRES
 
@@ -47,4 +46,3 @@ def test_ml100k_written_as_u_data_reads_identically(ml100k_dir: Path, ml100k_pre
     s = prepare(src, out=tmp_path / "out", config=PrepareConfig(seed=42))
     assert s["format"] == "ml-100k"
     assert s["fingerprint"] == load_prepared(ml100k_prepared).fingerprint
-

@@ -23,8 +23,9 @@ def _prepare(tmp_path: Path, name: str, **cfg: object):
 def test_fractions_are_exact(method: str) -> None:
     rng = np.random.default_rng(0)
     n = 10_001
-    codes = assign_split(rng.integers(0, 50, n), rng.integers(0, 10**9, n), method=method, test_frac=0.2,
-                         val_frac=0.1, seed=1)
+    codes = assign_split(
+        rng.integers(0, 50, n), rng.integers(0, 10**9, n), method=method, test_frac=0.2, val_frac=0.1, seed=1
+    )
     assert codes.dtype == np.int8
     assert np.bincount(codes, minlength=3).tolist() == [n - 2000 - 1000, 1000, 2000]
 
@@ -33,8 +34,11 @@ def test_random_split_in_prepared_data_has_no_leakage(synthetic_prepared: Path) 
     data = load_prepared(synthetic_prepared)
     s = data.summary
     n = s["n_ratings"]
-    assert (s["n_train"], s["n_val"], s["n_test"]) == (n - round(0.2 * n) - round(0.1 * n), round(0.1 * n),
-                                                       round(0.2 * n))
+    assert (s["n_train"], s["n_val"], s["n_test"]) == (
+        n - round(0.2 * n) - round(0.1 * n),
+        round(0.1 * n),
+        round(0.2 * n),
+    )
     masks = [data.split_mask(k) for k in ("train", "val", "test")]
     assert (sum(m.astype(int) for m in masks) == 1).all()  # every rating in exactly one split
     keys = data.user_idx.astype(np.int64) * data.n_movies + data.movie_idx

@@ -15,8 +15,23 @@ from embedrec.data import load_prepared
 from embedrec.errors import UnknownIdError
 
 SUMMARY_KEYS = {
-    "schema_version", "format", "source", "n_ratings", "n_users", "n_movies", "n_genre_strings", "n_genres",
-    "rating_min", "rating_max", "rating_mean", "n_train", "n_val", "n_test", "split", "dropped", "fingerprint",
+    "schema_version",
+    "format",
+    "source",
+    "n_ratings",
+    "n_users",
+    "n_movies",
+    "n_genre_strings",
+    "n_genres",
+    "rating_min",
+    "rating_max",
+    "rating_mean",
+    "n_train",
+    "n_val",
+    "n_test",
+    "split",
+    "dropped",
+    "fingerprint",
     "created",
 }
 
@@ -24,12 +39,24 @@ SUMMARY_KEYS = {
 def test_files_and_schemas(synthetic_prepared: Path) -> None:
     p = synthetic_prepared
     assert pq.read_schema(p / "ratings.parquet").remove_metadata() == pa.schema(
-        [("user_idx", pa.int32()), ("movie_idx", pa.int32()), ("rating", pa.float32()),
-         ("timestamp", pa.int64()), ("split", pa.int8())]
+        [
+            ("user_idx", pa.int32()),
+            ("movie_idx", pa.int32()),
+            ("rating", pa.float32()),
+            ("timestamp", pa.int64()),
+            ("split", pa.int8()),
+        ]
     )
     assert pq.read_schema(p / "movies.parquet").remove_metadata() == pa.schema(
-        [("movie_idx", pa.int32()), ("movie_id", pa.int64()), ("title", pa.string()), ("year", pa.int32()),
-         ("genres", pa.string()), ("genre_str_idx", pa.int32()), ("genre_list", pa.list_(pa.string()))]
+        [
+            ("movie_idx", pa.int32()),
+            ("movie_id", pa.int64()),
+            ("title", pa.string()),
+            ("year", pa.int32()),
+            ("genres", pa.string()),
+            ("genre_str_idx", pa.int32()),
+            ("genre_list", pa.list_(pa.string())),
+        ]
     )
     assert pq.read_schema(p / "users.parquet").remove_metadata() == pa.schema(
         [("user_idx", pa.int32()), ("user_id", pa.int64())]
@@ -48,11 +75,21 @@ def test_files_and_schemas(synthetic_prepared: Path) -> None:
 def test_loaded_arrays_and_counts(synthetic_prepared: Path) -> None:
     d = load_prepared(synthetic_prepared)
     s = d.summary
-    for arr, dtype in ((d.user_idx, np.int32), (d.movie_idx, np.int32), (d.rating, np.float32),
-                       (d.timestamp, np.int64), (d.split, np.int8), (d.user_ids, np.int64)):
+    for arr, dtype in (
+        (d.user_idx, np.int32),
+        (d.movie_idx, np.int32),
+        (d.rating, np.float32),
+        (d.timestamp, np.int64),
+        (d.split, np.int8),
+        (d.user_ids, np.int64),
+    ):
         assert arr.dtype == dtype
     assert (d.n_users, d.n_movies, d.n_genres, d.n_genre_strings) == (
-        s["n_users"], s["n_movies"], s["n_genres"], s["n_genre_strings"])
+        s["n_users"],
+        s["n_movies"],
+        s["n_genres"],
+        s["n_genre_strings"],
+    )
     # dense indices: every index used, none out of range
     assert np.array_equal(np.unique(d.user_idx), np.arange(d.n_users))
     assert np.array_equal(np.unique(d.movie_idx), np.arange(d.n_movies))
@@ -101,7 +138,10 @@ def test_ml100k_ids_are_raw_movielens_ids(ml100k_prepared: Path) -> None:
     assert d.user_vocab.index(1) == 0 and d.movie_vocab.index(1) == 0
     toy = d.movies.iloc[d.movie_vocab.index(1)]
     assert (toy["title"], int(toy["year"]), list(toy["genre_list"])) == (
-        "Toy Story", 1995, ["Animation", "Children's", "Comedy"])
+        "Toy Story",
+        1995,
+        ["Animation", "Children's", "Comedy"],
+    )
     assert pd.isna(d.movies.iloc[d.movie_vocab.index(267)]["year"])
 
 

@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from planted import prepared, trained  # noqa: F401  (fixtures)
 
 from embedrec.errors import ConfigError, DataError
 from embedrec.evaluation import evaluate_baselines, evaluate_ranking, evaluate_ratings
-from planted import prepared, trained  # noqa: F401  (fixtures)
 
 N_MOVIES = 5
 # user 0: train {0}, test {1: 5.0, 2: 2.0}  -> relevant {1}

@@ -6,9 +6,9 @@ import time
 
 import numpy as np
 import pytest
+from planted import planted, prepared, rec  # noqa: F401  (fixtures)
 
 from embedrec.errors import DataError, UnknownIdError
-from planted import planted, prepared, rec  # noqa: F401  (fixtures)
 
 
 def test_fold_in_sci_fi_fan_gets_sci_fi(rec, prepared) -> None:
@@ -52,16 +52,28 @@ def test_fold_in_gradient_matches_finite_differences(rec, watch_loss: str) -> No
     for j in (0, 5, len(u) - 1):
         du = np.zeros_like(u)
         du[j] = eps
-        num = (fold_in_loss(scorer, u + du, b, movies, ratings, **opts)[0]
-               - fold_in_loss(scorer, u - du, b, movies, ratings, **opts)[0]) / (2 * eps)
+        num = (
+            fold_in_loss(scorer, u + du, b, movies, ratings, **opts)[0]
+            - fold_in_loss(scorer, u - du, b, movies, ratings, **opts)[0]
+        ) / (2 * eps)
         assert num == pytest.approx(grad_u[j], rel=1e-4, abs=1e-7)
-    num_b = (fold_in_loss(scorer, u, b + eps, movies, ratings, **opts)[0]
-             - fold_in_loss(scorer, u, b - eps, movies, ratings, **opts)[0]) / (2 * eps)
+    num_b = (
+        fold_in_loss(scorer, u, b + eps, movies, ratings, **opts)[0]
+        - fold_in_loss(scorer, u, b - eps, movies, ratings, **opts)[0]
+    ) / (2 * eps)
     assert num_b == pytest.approx(grad_b, rel=1e-4)
 
 
-def _jax_fold_in_loss(artifact, movies: np.ndarray, ratings: np.ndarray, *, weight_decay: float,
-                      watch_weight: float, watch_loss: str, negatives: int):
+def _jax_fold_in_loss(
+    artifact,
+    movies: np.ndarray,
+    ratings: np.ndarray,
+    *,
+    weight_decay: float,
+    watch_weight: float,
+    watch_loss: str,
+    negatives: int,
+):
     """The fold-in objective written with embedrec.model's forward functions, for ``jax.grad``."""
     import jax
     import jax.numpy as jnp
@@ -74,8 +86,9 @@ def _jax_fold_in_loss(artifact, movies: np.ndarray, ratings: np.ndarray, *, weig
     unrated = np.setdiff1d(np.arange(artifact.shape.n_movies), movies)  # every unrated movie: < 4,096 here
 
     def rows_for(u: jax.Array, b: jax.Array, movie_idx: np.ndarray) -> dict:
-        rows = gather_rows(tables, jnp.zeros(len(movie_idx), jnp.int32), jnp.asarray(movie_idx),
-                           jnp.asarray(gi[movie_idx]))
+        rows = gather_rows(
+            tables, jnp.zeros(len(movie_idx), jnp.int32), jnp.asarray(movie_idx), jnp.asarray(gi[movie_idx])
+        )
         rows["user_embedding"] = jnp.broadcast_to(u, (len(movie_idx), u.shape[0]))
         rows["user_bias"] = jnp.full((len(movie_idx), 1), b)
         return rows

@@ -18,15 +18,17 @@ B, K = 4, 3
 
 @pytest.fixture(scope="module")
 def batch():
-    cfg = ModelConfig(embedding_dim=8, hidden=(8,), dropout=0.0, genre_mode="bag", biases=True, watch_head=True,
-                      init="scaled")
+    cfg = ModelConfig(
+        embedding_dim=8, hidden=(8,), dropout=0.0, genre_mode="bag", biases=True, watch_head=True, init="scaled"
+    )
     model = EmbeddingConcat(cfg, SHAPE, rngs=nnx.Rngs(0))
     users = jnp.array([0, 1, 2, 5])
     movies = jnp.array([1, 2, 3, 4, 6, 7, 8])  # B positives, then K shared negatives
     genre_idx = jnp.array([[0, 1], [2, 0], [3, 3], [1, 2], [0, 0], [2, 3], [1, 1]])
     genre_w = jnp.array([[0.5, 0.5], [1.0, 0.0], [0.5, 0.5], [0.5, 0.5], [1.0, 0.0], [0.5, 0.5], [1.0, 0.0]])
-    tables = {k: v + 0.5 * jax.random.normal(jax.random.key(i), v.shape)
-              for i, (k, v) in enumerate(model.tables().items())}
+    tables = {
+        k: v + 0.5 * jax.random.normal(jax.random.key(i), v.shape) for i, (k, v) in enumerate(model.tables().items())
+    }
     rows = gather_rows(tables, users, movies, genre_idx)
     rating = jnp.array([4.0, 2.0, 5.0, 0.0])
     weight = jnp.array([1.0, 1.0, 1.0, 0.0])  # the last rating is padding
@@ -35,8 +37,16 @@ def batch():
 
 
 def _settings(**changes) -> LossSettings:
-    return LossSettings(**{"batch_size": B, "negatives": 0, "weight_decay": 0.0, "watch_weight": 1.0,
-                           "watch_loss": "softmax", **changes})
+    return LossSettings(
+        **{
+            "batch_size": B,
+            "negatives": 0,
+            "weight_decay": 0.0,
+            "watch_weight": 1.0,
+            "watch_loss": "softmax",
+            **changes,
+        }
+    )
 
 
 def _positive(rows):
@@ -45,8 +55,9 @@ def _positive(rows):
 
 def test_rating_loss_is_the_mean_squared_error_of_the_real_ratings(batch) -> None:
     model, rows, genre_w, rating, weight, neg_weight = batch
-    loss, stats = batch_loss(model.head, rows, genre_w, rating, weight, neg_weight, jnp.uint32(0), shape=SHAPE,
-                             settings=_settings())
+    loss, stats = batch_loss(
+        model.head, rows, genre_w, rating, weight, neg_weight, jnp.uint32(0), shape=SHAPE, settings=_settings()
+    )
     pred = np.asarray(rating_from_rows(model.head, _positive(rows), genre_w[:B], shape=SHAPE))
     expected = np.mean((pred[:3] - np.asarray(rating[:3])) ** 2)
     assert float(loss) == pytest.approx(expected, rel=1e-5)
@@ -55,12 +66,22 @@ def test_rating_loss_is_the_mean_squared_error_of_the_real_ratings(batch) -> Non
 
 def test_weight_decay_adds_the_squared_norms_of_each_real_ratings_rows(batch) -> None:
     model, rows, genre_w, rating, weight, neg_weight = batch
-    plain, _ = batch_loss(model.head, rows, genre_w, rating, weight, neg_weight, jnp.uint32(0), shape=SHAPE,
-                          settings=_settings())
-    decayed, _ = batch_loss(model.head, rows, genre_w, rating, weight, neg_weight, jnp.uint32(0), shape=SHAPE,
-                            settings=_settings(weight_decay=0.1))
+    plain, _ = batch_loss(
+        model.head, rows, genre_w, rating, weight, neg_weight, jnp.uint32(0), shape=SHAPE, settings=_settings()
+    )
+    decayed, _ = batch_loss(
+        model.head,
+        rows,
+        genre_w,
+        rating,
+        weight,
+        neg_weight,
+        jnp.uint32(0),
+        shape=SHAPE,
+        settings=_settings(weight_decay=0.1),
+    )
     pos = {k: np.asarray(v)[:3] for k, v in _positive(rows).items()}
-    reg = sum(np.sum(v ** 2) for k, v in pos.items() if k != "genre_embedding")
+    reg = sum(np.sum(v**2) for k, v in pos.items() if k != "genre_embedding")
     reg += np.sum(np.sum(pos["genre_embedding"] ** 2, axis=-1) * np.asarray(genre_w)[:3])
     assert float(decayed - plain) == pytest.approx(0.1 * reg / 3, rel=1e-4)
     assert float(l2_sum(_positive(rows), weight, genre_w[:B])) == pytest.approx(reg, rel=1e-5)
@@ -82,8 +103,9 @@ def test_sampled_softmax_is_the_positives_log_loss_against_its_unrated_negatives
         keep = np.asarray(neg_weight[b]) > 0
         z = np.concatenate([[pos[b]], neg[b][keep]])
         expected += np.log(np.sum(np.exp(z))) - pos[b]
-    got = watch_loss_sum(jnp.asarray(users), jnp.asarray(items), rows["watch_bias"][:, 0], weight, neg_weight,
-                         kind="softmax")
+    got = watch_loss_sum(
+        jnp.asarray(users), jnp.asarray(items), rows["watch_bias"][:, 0], weight, neg_weight, kind="softmax"
+    )
     assert float(got) == pytest.approx(expected, rel=1e-5)
 
 
@@ -93,8 +115,9 @@ def test_bce_pulls_positives_up_and_the_mean_negative_down(batch) -> None:
     softplus = lambda x: np.log1p(np.exp(x))  # noqa: E731
     w, nw = np.asarray(weight), np.asarray(neg_weight)
     expected = np.sum(w * softplus(-pos)) + np.sum(nw * softplus(neg)) / K
-    got = watch_loss_sum(jnp.asarray(users), jnp.asarray(items), rows["watch_bias"][:, 0], weight, neg_weight,
-                         kind="bce")
+    got = watch_loss_sum(
+        jnp.asarray(users), jnp.asarray(items), rows["watch_bias"][:, 0], weight, neg_weight, kind="bce"
+    )
     assert float(got) == pytest.approx(expected, rel=1e-5)
 
 
@@ -103,8 +126,9 @@ def test_padding_gets_no_gradient_and_the_watch_term_is_weighted(batch) -> None:
     settings = _settings(negatives=K, watch_weight=0.5, weight_decay=0.01)
 
     def loss_of(r):
-        return batch_loss(model.head, r, genre_w, rating, weight, neg_weight, jnp.uint32(0), shape=SHAPE,
-                          settings=settings)
+        return batch_loss(
+            model.head, r, genre_w, rating, weight, neg_weight, jnp.uint32(0), shape=SHAPE, settings=settings
+        )
 
     (loss, stats), grads = jax.value_and_grad(loss_of, has_aux=True)(dict(rows))
     assert float(jnp.abs(grads["user_embedding"][3]).max()) == 0.0  # the padded rating's user row

@@ -54,10 +54,14 @@ def test_bag_genres_and_watch_head_forward_paths_agree_with_the_module() -> None
     gw = jnp.array([[0.5, 0.5], [1.0, 0.0], [0.5, 0.5]])
     rows = gather_rows(model.tables(), u, m, gi)
     assert rows["genre_embedding"].shape == (3, 2, 8)
-    np.testing.assert_allclose(rating_from_rows(model.head, rows, gw, cfg=cfg, shape=shape), model(u, m, gi, gw),
-                               rtol=1e-6)
-    expected = jnp.sum(model.user_embedding[...][u] * (model.movie_embedding[...][m]
-                       + jnp.einsum("bgd,bg->bd", model.genre_embedding[...][gi], gw)), axis=-1)
+    np.testing.assert_allclose(
+        rating_from_rows(model.head, rows, gw, cfg=cfg, shape=shape), model(u, m, gi, gw), rtol=1e-6
+    )
+    expected = jnp.sum(
+        model.user_embedding[...][u]
+        * (model.movie_embedding[...][m] + jnp.einsum("bgd,bg->bd", model.genre_embedding[...][gi], gw)),
+        axis=-1,
+    )
     expected = expected + model.watch_bias[...][m, 0]
     np.testing.assert_allclose(model.watch_logit(u, m, gi, gw), expected, rtol=1e-5)
 
@@ -109,12 +113,15 @@ def test_compiled_step_computes_each_dropout_mask_once() -> None:
     assert hlo.count(" conditional(") == 2, "expected one conditional per dropout mask in the compiled gradient"
 
 
-@pytest.mark.parametrize(("kwargs", "option"), [
-    ({"embedding_dim": 0}, "--embedding-dim"),
-    ({"hidden": ()}, "--hidden"),
-    ({"dropout": 1.0}, "--dropout"),
-    ({"genre_mode": "words"}, "--genre-mode"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "option"),
+    [
+        ({"embedding_dim": 0}, "--embedding-dim"),
+        ({"hidden": ()}, "--hidden"),
+        ({"dropout": 1.0}, "--dropout"),
+        ({"genre_mode": "words"}, "--genre-mode"),
+    ],
+)
 def test_bad_model_settings_name_the_option(kwargs: dict, option: str) -> None:
     with pytest.raises(ConfigError, match=option):
         ModelConfig(**kwargs)

@@ -58,8 +58,7 @@ def test_planted_tastes_show_up_in_the_top_10(tmp_path: Path) -> None:
     Only fans with at least 20 unrated Sci-Fi movies left count: a heavy fan of the small demo catalogue has
     already rated nearly every Sci-Fi movie there is.
     """
-    from embedrec.data import PrepareConfig, prepare_synthetic
-    from embedrec.data import synthetic
+    from embedrec.data import PrepareConfig, prepare_synthetic, synthetic
     from embedrec.runs import train_run
 
     sizes = {"n_users": 600, "n_movies": 900, "n_ratings": 60_000}
@@ -110,12 +109,23 @@ def few_users_default(ml100k_dir: Path, tmp_path_factory: pytest.TempPathFactory
     ratings.to_csv(raw / "ratings.csv", index=False)
     items = pd.read_csv(ml100k_dir / "ml-100k.item", sep="\t", dtype=str, keep_default_na=False)
     items.columns = ["movieId", "title", "year", "genres"]
-    pd.DataFrame({"movieId": items["movieId"].astype(int), "title": items["title"] + " (" + items["year"] + ")",
-                  "genres": items["genres"].str.split().str.join("|").replace("", "(no genres listed)"),
-                  }).to_csv(raw / "movies.csv", index=False)
-    prepare(raw / "ratings.csv", out=raw / "data", config=PrepareConfig(
-        format="csv", ratings_file=str(raw / "ratings.csv"), movies_file=str(raw / "movies.csv"),
-        rating_scale=(2.0, 10.0)))
+    pd.DataFrame(
+        {
+            "movieId": items["movieId"].astype(int),
+            "title": items["title"] + " (" + items["year"] + ")",
+            "genres": items["genres"].str.split().str.join("|").replace("", "(no genres listed)"),
+        }
+    ).to_csv(raw / "movies.csv", index=False)
+    prepare(
+        raw / "ratings.csv",
+        out=raw / "data",
+        config=PrepareConfig(
+            format="csv",
+            ratings_file=str(raw / "ratings.csv"),
+            movies_file=str(raw / "movies.csv"),
+            rating_scale=(2.0, 10.0),
+        ),
+    )
     result = train_run(raw / "data", out=raw / "run", workdir=raw, preset="default")
     prepared = load_prepared(raw / "data")
     rec = Recommender.load(result.run_dir, raw / "data")
@@ -126,7 +136,8 @@ def few_users_default(ml100k_dir: Path, tmp_path_factory: pytest.TempPathFactory
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_on_a_sparse_catalogue_the_default_model_ranks_above_most_popular_and_beats_the_bias_baseline(
-        few_users_default) -> None:
+    few_users_default,
+) -> None:
     """Before issue #11 the default ranked exactly as well as most-popular here (1.00x) and its RMSE was 0.6% below
     the bias baseline; now the MSE reaches the shared embeddings at a tenth of its gradient."""
     result, metrics = few_users_default

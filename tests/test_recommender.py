@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from planted import planted, prepared, rec  # noqa: F401  (fixtures)
 
 from embedrec.errors import ConfigError, UnknownIdError
-from planted import planted, prepared, rec  # noqa: F401  (fixtures)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -31,8 +31,9 @@ def test_recommend_excludes_seen_and_is_sorted(rec, prepared) -> None:
     with_seen = rec.recommend(user_id, k=400, filter_seen=False, min_ratings=0)
     assert seen <= set(with_seen["movie_id"].tolist())
     # the shown rating is the model's prediction for that pair
-    np.testing.assert_allclose(top["rating"].to_numpy(), rec.predict([user_id] * 20, top["movie_id"].to_numpy()),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        top["rating"].to_numpy(), rec.predict([user_id] * 20, top["movie_id"].to_numpy()), rtol=1e-5
+    )
 
 
 def test_recommend_honours_genre_and_min_ratings(rec) -> None:
@@ -64,8 +65,9 @@ def test_unknown_ids_and_cold_start(rec) -> None:
         rec.recommend(999_999_999)
     with pytest.raises(UnknownIdError, match="movie"):
         rec.predict([int(rec.user_ids[0])], [10**9])
-    ratings, reasons = rec.predict_known([int(rec.user_ids[0]), 10**9, 10**9],
-                                        [int(rec.movie_ids[0]), int(rec.movie_ids[1]), 10**9])
+    ratings, reasons = rec.predict_known(
+        [int(rec.user_ids[0]), 10**9, 10**9], [int(rec.movie_ids[0]), int(rec.movie_ids[1]), 10**9]
+    )
     assert np.isfinite(ratings[0]) and np.isnan(ratings[1:]).all()
     assert list(reasons) == ["", "unknown user", "unknown user and movie"]
     popular = rec.popular(k=5)
@@ -134,9 +136,18 @@ def test_fold_in_and_predict_never_import_jax(planted: Path, synthetic_prepared:
     mine = tmp_path / "mine.csv"
     mine.write_text("movieId,rating\n" + "".join(f"{m},4\n" for m in prepared.movie_ids[:5]))
     where = ["--model", str(planted), "--data", str(synthetic_prepared)]
-    runs = [["recommend", "--ratings", str(mine), "--format", "json", *where],
-            ["predict", "--user", str(int(prepared.user_ids[0])), "--movie", str(int(prepared.movie_ids[0])),
-             "--json", *where]]
+    runs = [
+        ["recommend", "--ratings", str(mine), "--format", "json", *where],
+        [
+            "predict",
+            "--user",
+            str(int(prepared.user_ids[0])),
+            "--movie",
+            str(int(prepared.movie_ids[0])),
+            "--json",
+            *where,
+        ],
+    ]
     code = (
         "import sys\n"
         "from embedrec.cli import app\n"

@@ -11,7 +11,15 @@ import pytest
 
 from embedrec.data import load_prepared
 from embedrec.data.split import TRAIN
-from embedrec.sampling import maybe_seen, mix_seed, pair_hash, pair_hash_np, popularity_cdf, sample_negatives, seen_filter
+from embedrec.sampling import (
+    maybe_seen,
+    mix_seed,
+    pair_hash,
+    pair_hash_np,
+    popularity_cdf,
+    sample_negatives,
+    seen_filter,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +48,9 @@ def test_the_numpy_and_jax_pair_hashes_agree() -> None:
     rng = np.random.default_rng(1)
     u = rng.integers(0, 2**31, 10_000)
     m = rng.integers(0, 2**31, 10_000)
-    np.testing.assert_array_equal(pair_hash_np(u, m), np.asarray(pair_hash(jnp.asarray(u, jnp.uint32),
-                                                                           jnp.asarray(m, jnp.uint32))))
+    np.testing.assert_array_equal(
+        pair_hash_np(u, m), np.asarray(pair_hash(jnp.asarray(u, jnp.uint32), jnp.asarray(m, jnp.uint32)))
+    )
 
 
 def test_popularity_negatives_follow_count_to_the_alpha() -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from planted import flax_reference, planted, prepared, rec, trained, write_planted_model  # noqa: F401  (fixtures)
 
 from embedrec.errors import ArtifactError, ConfigError
-from planted import flax_reference, planted, prepared, rec, trained, write_planted_model  # noqa: F401  (fixtures)
 
 
 @pytest.mark.parametrize("which", ["planted", "trained"])
@@ -22,13 +22,18 @@ def test_fast_path_equals_the_flax_model(which: str, request: pytest.FixtureRequ
     ref_rating, ref_watch = flax_reference(artifact, users)
     emb, bias = scorer.user_rows(users)
     np.testing.assert_allclose(scorer.ratings(emb, bias), ref_rating, rtol=1e-5)
-    np.testing.assert_allclose(scorer.predict_pairs(np.repeat(users, artifact.shape.n_movies),
-                                                    np.tile(np.arange(artifact.shape.n_movies), len(users))),
-                               ref_rating.ravel(), rtol=1e-5)
+    np.testing.assert_allclose(
+        scorer.predict_pairs(
+            np.repeat(users, artifact.shape.n_movies), np.tile(np.arange(artifact.shape.n_movies), len(users))
+        ),
+        ref_rating.ravel(),
+        rtol=1e-5,
+    )
     np.testing.assert_allclose(scorer.watch_logits(emb), ref_watch, rtol=1e-5, atol=1e-6)
     beta = scorer.ranking.beta
-    np.testing.assert_allclose(scorer.score_users(users, workers=2), ref_watch + beta * ref_rating,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        scorer.score_users(users, workers=2), ref_watch + beta * ref_rating, rtol=1e-5, atol=1e-5
+    )
     np.testing.assert_allclose(scorer.score_users(users, Ranking("rating")), ref_rating, rtol=1e-5)
 
 
@@ -41,8 +46,9 @@ def test_rating_scale_equals_the_model_s(trained: Path) -> None:
 
     shape = load_model(trained).shape
     logits = np.linspace(-30, 30, 61, dtype=np.float32)
-    np.testing.assert_allclose(scale_rating(logits, shape), np.asarray(jax_scale_rating(jnp.asarray(logits), shape)),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        scale_rating(logits, shape), np.asarray(jax_scale_rating(jnp.asarray(logits), shape)), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_seed_shaped_model_without_biases_or_watch_head(prepared, tmp_path: Path) -> None:

@@ -48,8 +48,14 @@ def ids(workdir: Path) -> dict:
 
     rec = Recommender.load(workdir / "models" / "run-1", workdir / "data")
     users = rec.user_ids
-    return {"user": int(users[4]), "movie": int(rec.movie_ids[0]), "movies": rec.movie_ids, "rec": rec,
-            "unknown_user": int(users.max()) + 1000, "unknown_movie": int(rec.movie_ids.max()) + 1000}
+    return {
+        "user": int(users[4]),
+        "movie": int(rec.movie_ids[0]),
+        "movies": rec.movie_ids,
+        "rec": rec,
+        "unknown_user": int(users.max()) + 1000,
+        "unknown_movie": int(rec.movie_ids.max()) + 1000,
+    }
 
 
 def free_port() -> int:
@@ -73,8 +79,12 @@ class Server:
         full_env = {**os.environ, **(env or {})}
         full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
         self._log_file = open(log, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "embedrec.cli", "serve", "--port", str(self.port), *args],
-                                     stdout=self._log_file, stderr=subprocess.STDOUT, env=full_env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "embedrec.cli", "serve", "--port", str(self.port), *args],
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -202,8 +212,11 @@ def test_similar_predict_and_search(client: httpx.Client, ids: dict) -> None:
 
     one = client.get("/predict", params={"user": ids["user"], "movie": ids["movie"]}).json()
     assert one["rating"] == pytest.approx(float(rec.predict([ids["user"]], [ids["movie"]])[0]), abs=1e-5)
-    pairs = [{"userId": ids["user"], "movieId": ids["movie"]}, {"userId": ids["unknown_user"], "movieId": ids["movie"]},
-             {"userId": ids["user"], "movieId": ids["unknown_movie"]}]
+    pairs = [
+        {"userId": ids["user"], "movieId": ids["movie"]},
+        {"userId": ids["unknown_user"], "movieId": ids["movie"]},
+        {"userId": ids["user"], "movieId": ids["unknown_movie"]},
+    ]
     many = client.post("/predict", json={"pairs": pairs}).json()
     assert [p["reason"] for p in many["predictions"]] == ["", "unknown user", "unknown movie"]
     assert many["predictions"][0]["rating"] == pytest.approx(one["rating"])
@@ -213,7 +226,10 @@ def test_similar_predict_and_search(client: httpx.Client, ids: dict) -> None:
     found = client.get("/movies", params={"q": title.upper()}).json()
     assert found["total"] >= 1 and found["movies"][0]["title"] == title
     assert client.get("/movies", params={"q": "zzzz-no-such-title"}).json() == {
-        "query": "zzzz-no-such-title", "total": 0, "movies": []}
+        "query": "zzzz-no-such-title",
+        "total": 0,
+        "movies": [],
+    }
 
 
 def test_model_healthz_and_docs_describe_the_server(client: httpx.Client, workdir: Path) -> None:
@@ -234,10 +250,10 @@ def test_model_healthz_and_docs_describe_the_server(client: httpx.Client, workdi
 def test_every_bad_request_gets_one_clear_json_line(client: httpx.Client, ids: dict) -> None:
     u, m = ids["user"], ids["movie"]
     assert_clean_error(client.get("/similar", params={"movie": ids["unknown_movie"]}), 404, "not known")
-    assert_clean_error(client.get("/predict", params={"user": u, "movie": ids["unknown_movie"]}), 404,
-                       "unknown movie")
-    assert_clean_error(client.post("/recommend", json={"ratings": [{"movieId": ids["unknown_movie"], "rating": 4}]}),
-                       404, "not known")
+    assert_clean_error(client.get("/predict", params={"user": u, "movie": ids["unknown_movie"]}), 404, "unknown movie")
+    assert_clean_error(
+        client.post("/recommend", json={"ratings": [{"movieId": ids["unknown_movie"], "rating": 4}]}), 404, "not known"
+    )
     assert_clean_error(client.get("/recommend", params={"user": u, "k": 101}), 422, "k")
     assert_clean_error(client.get("/recommend", params={"user": u, "k": 0}), 422, "k")
     assert_clean_error(client.get("/recommend", params={"user": "abc"}), 422, "user")
@@ -247,14 +263,18 @@ def test_every_bad_request_gets_one_clear_json_line(client: httpx.Client, ids: d
     assert_clean_error(client.post("/recommend", json={"ratings": [{"movieId": m, "rating": 99}]}), 422, "range")
     assert_clean_error(client.post("/recommend", json={"ratings": []}), 422, "ratings")
     assert_clean_error(client.post("/recommend", json={"ratings": [{"movieId": m, "rating": 4}], "kk": 3}), 422, "kk")
-    assert_clean_error(client.post("/recommend", content=b'{"ratings": [', headers={"content-type": "application/json"}),
-                       422, "not valid JSON")
+    assert_clean_error(
+        client.post("/recommend", content=b'{"ratings": [', headers={"content-type": "application/json"}),
+        422,
+        "not valid JSON",
+    )
     assert_clean_error(client.post("/predict", json={"pairs": [{"userId": u, "movieId": m}] * 10_001}), 422, "pairs")
     assert_clean_error(client.get("/movies", params={"q": "  "}), 422, "title word")
     assert_clean_error(client.get("/movies"), 422, "q")
     huge = b'{"pairs": [' + b'{"userId": 1, "movieId": 1},' * 40_000 + b'{"userId": 1, "movieId": 1}]}'
-    assert_clean_error(client.post("/predict", content=huge, headers={"content-type": "application/json"}), 413,
-                       "larger than")
+    assert_clean_error(
+        client.post("/predict", content=huge, headers={"content-type": "application/json"}), 413, "larger than"
+    )
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold while streaming too
         yield b'{"pairs": ['
@@ -262,8 +282,9 @@ def test_every_bad_request_gets_one_clear_json_line(client: httpx.Client, ids: d
             yield b'{"userId": 1, "movieId": 1},'
         yield b'{"userId": 1, "movieId": 1}]}'
 
-    assert_clean_error(client.post("/predict", content=chunks(), headers={"content-type": "application/json"}), 413,
-                       "larger than")
+    assert_clean_error(
+        client.post("/predict", content=chunks(), headers={"content-type": "application/json"}), 413, "larger than"
+    )
     assert_clean_error(client.get("/no-such-endpoint"), 404, "not found")
     assert_clean_error(client.post("/admin/reload"), 403, "--api-key")
 
@@ -291,22 +312,36 @@ def keyed_workdir(workdir: Path, tmp_path: Path) -> Path:
     return wd
 
 
-def test_the_api_key_guards_every_endpoint_but_health_and_cors_allows_only_the_named_origin(keyed_workdir: Path, tmp_path: Path, ids: dict) -> None:
-    srv = Server("--workdir", str(keyed_workdir), "--cors-origin", "http://shop.example", env={"EMBEDREC_API_KEY": KEY},
-                 log=tmp_path / "server.log")
+def test_the_api_key_guards_every_endpoint_but_health_and_cors_allows_only_the_named_origin(
+    keyed_workdir: Path, tmp_path: Path, ids: dict
+) -> None:
+    srv = Server(
+        "--workdir",
+        str(keyed_workdir),
+        "--cors-origin",
+        "http://shop.example",
+        env={"EMBEDREC_API_KEY": KEY},
+        log=tmp_path / "server.log",
+    )
     try:
         with httpx.Client(base_url=srv.url, timeout=30) as c:
-            preflight = c.options("/recommend", headers={"Origin": "http://shop.example",
-                                                         "Access-Control-Request-Method": "GET",
-                                                         "Access-Control-Request-Headers": "authorization"})
+            preflight = c.options(
+                "/recommend",
+                headers={
+                    "Origin": "http://shop.example",
+                    "Access-Control-Request-Method": "GET",
+                    "Access-Control-Request-Headers": "authorization",
+                },
+            )
             assert preflight.headers["access-control-allow-origin"] == "http://shop.example"
             other = c.get("/healthz", headers={"Origin": "http://elsewhere.example"})
             assert "access-control-allow-origin" not in other.headers
             params = {"user": ids["user"], "k": 3}
             assert_clean_error(c.get("/recommend", params=params), 401, "API key")
             assert c.get("/recommend", params=params).headers["www-authenticate"] == "Bearer"
-            assert_clean_error(c.get("/recommend", params=params, headers={"Authorization": "Bearer wrong"}), 401,
-                               "API key")
+            assert_clean_error(
+                c.get("/recommend", params=params, headers={"Authorization": "Bearer wrong"}), 401, "API key"
+            )
             assert_clean_error(c.get("/model", headers={"Authorization": KEY}), 401, "API key")
             good = {"Authorization": f"Bearer {KEY}"}
             assert c.get("/recommend", params=params, headers=good).status_code == 200
@@ -419,7 +454,8 @@ def test_sigterm_lets_requests_in_flight_finish(keyed_workdir: Path, tmp_path: P
 
 @pytest.mark.slow
 def test_with_workers_sighup_rolls_them_to_the_new_model_and_keeps_them_on_a_refused_one(
-        keyed_workdir: Path, tmp_path: Path) -> None:
+    keyed_workdir: Path, tmp_path: Path
+) -> None:
     srv = Server("--workdir", str(keyed_workdir), "--workers", "2", log=tmp_path / "server.log")
     try:
         with httpx.Client(base_url=srv.url, timeout=30) as c:
@@ -443,9 +479,13 @@ def test_with_workers_sighup_rolls_them_to_the_new_model_and_keeps_them_on_a_ref
 
 
 def test_a_missing_model_fails_at_start_with_one_line(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "embedrec.cli", "serve", "--workdir", str(tmp_path / "empty")],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "embedrec.cli", "serve", "--workdir", str(tmp_path / "empty")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 2
     assert "embedrec train" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -453,8 +493,16 @@ def test_a_missing_model_fails_at_start_with_one_line(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # The page, in a real browser
 # ---------------------------------------------------------------------------------------------------------------
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _chromium() -> str:
@@ -470,7 +518,9 @@ def _chromium() -> str:
 @pytest.mark.browser
 def test_the_page_in_a_real_browser(server: Server, ids: dict, tmp_path: Path) -> None:
     executable = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (pip install playwright)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="needs the playwright package (pip install playwright)"
+    )
     shots = tmp_path / "screenshots"
     shots.mkdir()
     rec = ids["rec"]
@@ -490,7 +540,7 @@ def test_the_page_in_a_real_browser(server: Server, ids: dict, tmp_path: Path) -
             page.screenshot(path=str(shots / "user.png"), full_page=True)
 
             first = recommended[0]
-            page.click(f"#recommended tbody tr:first-child a")
+            page.click("#recommended tbody tr:first-child a")
             page.wait_for_selector("#similar tbody tr")
             assert page.locator("#movie-title").inner_text().startswith(first)
             assert page.locator("#similar tbody tr").count() == 10
@@ -525,7 +575,12 @@ def test_help_lists_serve_and_imports_no_web_stack() -> None:
         "heavy = [m for m in ('fastapi', 'uvicorn', 'starlette', 'numpy', 'jax') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "serve" in proc.stdout

@@ -1,4 +1,5 @@
-"""The row-sparse Adam: plain Adam when every row is in the batch, untouched rows stay put, the slab packs losslessly."""
+"""The row-sparse Adam: plain Adam when every row is in the batch, untouched rows stay put, the slab packs
+losslessly."""
 
 from __future__ import annotations
 
@@ -70,8 +71,14 @@ def test_duplicate_rows_sum_their_gradients_and_padding_slots_change_nothing() -
     lr_t = bias_corrected_lr(jnp.float32(LR), 1)
     g1, g2 = jnp.full((1, WIDTH), 0.3), jnp.full((1, WIDTH), -1.2)
     idx = jnp.array([3, 3, N_ROWS])  # row 3 twice, then a padding slot pointing past the end
-    twice = lazy_adam_update(slab, slab[jnp.minimum(idx, N_ROWS - 1)], idx,
-                             jnp.concatenate([g1, g2, jnp.full((1, WIDTH), 99.0)]), lr_t, width=WIDTH)
+    twice = lazy_adam_update(
+        slab,
+        slab[jnp.minimum(idx, N_ROWS - 1)],
+        idx,
+        jnp.concatenate([g1, g2, jnp.full((1, WIDTH), 99.0)]),
+        lr_t,
+        width=WIDTH,
+    )
     once = lazy_adam_update(slab, slab[jnp.array([3])], jnp.array([3]), g1 + g2, lr_t, width=WIDTH)
     np.testing.assert_allclose(np.asarray(twice), np.asarray(once), rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(twice[N_ROWS - 1]), np.asarray(slab[N_ROWS - 1]))
@@ -87,9 +94,14 @@ def test_rowwise_second_moment_is_the_mean_squared_gradient_of_the_row() -> None
 
 def test_the_slab_packs_and_unpacks_every_table_exactly() -> None:
     key = jax.random.key(0)
-    tables = {"user_embedding": jax.random.normal(key, (5, 3)), "user_bias": jnp.ones((5, 1)),
-              "movie_embedding": jax.random.normal(key, (7, 3)), "movie_bias": jnp.zeros((7, 1)),
-              "watch_bias": jnp.full((7, 1), 2.0), "genre_embedding": jax.random.normal(key, (4, 3))}
+    tables = {
+        "user_embedding": jax.random.normal(key, (5, 3)),
+        "user_bias": jnp.ones((5, 1)),
+        "movie_embedding": jax.random.normal(key, (7, 3)),
+        "movie_bias": jnp.zeros((7, 1)),
+        "watch_bias": jnp.full((7, 1), 2.0),
+        "genre_embedding": jax.random.normal(key, (4, 3)),
+    }
     layout = slab_layout(tables)
     assert (layout.width, layout.n_rows, layout.offset("movie")) == (5, 16, 5)
     slab = tables_to_slab(tables, layout)

@@ -23,16 +23,33 @@ def _setup(*, lazy: bool, negatives: int = 0, genre_table: bool = False, n_train
     model = EmbeddingConcat(cfg, SHAPE, rngs=nnx.Rngs(0))
     tx = head_optimizer()
     graphdef, layout, state = init_state(model, tx, genre_table=genre_table)
-    settings = StepSettings(batch_size=BATCH, steps_in_block=steps, n_train=n_train, negatives=negatives,
-                            watch_weight=1.0, watch_loss="softmax", weight_decay=0.0, lazy=lazy, rowwise=False,
-                            sampling="uniform", genre_table=genre_table, genre_width=8)
+    settings = StepSettings(
+        batch_size=BATCH,
+        steps_in_block=steps,
+        n_train=n_train,
+        negatives=negatives,
+        watch_weight=1.0,
+        watch_loss="softmax",
+        weight_decay=0.0,
+        lazy=lazy,
+        rowwise=False,
+        sampling="uniform",
+        genre_table=genre_table,
+        genre_width=8,
+    )
     users = np.array([0, 1, 2, 3, 0, 1, 2, 3], np.int32)
     movies = np.array([0, 1, 2, 3, 1, 2, 3, 0], np.int32)
     genre_idx = (np.arange(SHAPE.n_movies, dtype=np.int32) % SHAPE.n_genres)[:, None]
-    inputs = {"genre_idx": genre_idx, "genre_w": np.ones_like(genre_idx, np.float32),
-              "seen_bits": seen_filter(users, movies)}
-    epoch_ratings = {"user": np.pad(users, (0, 8)), "movie": np.pad(movies, (0, 8)),
-                     "rating": np.pad(np.array([5, 4, 1, 2, 5, 4, 1, 2], np.float32), (0, 8))}
+    inputs = {
+        "genre_idx": genre_idx,
+        "genre_w": np.ones_like(genre_idx, np.float32),
+        "seen_bits": seen_filter(users, movies),
+    }
+    epoch_ratings = {
+        "user": np.pad(users, (0, 8)),
+        "movie": np.pad(movies, (0, 8)),
+        "rating": np.pad(np.array([5, 4, 1, 2, 5, 4, 1, 2], np.float32), (0, 8)),
+    }
     block = make_train_block(StepParts(graphdef, layout, SHAPE, settings, tx))
     return block, layout, state, inputs, epoch_ratings
 

@@ -97,15 +97,26 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_resume_after_a_kill_ends_with_the_same_weights(synthetic_prepared: Path, tmp_path: Path) -> None:
-    common = ["train", "--data", str(synthetic_prepared), "--preset", "seed", "--epochs", "6", "--batch-size",
-              "256", "--quiet"]
+    common = [
+        "train",
+        "--data",
+        str(synthetic_prepared),
+        "--preset",
+        "seed",
+        "--epochs",
+        "6",
+        "--batch-size",
+        "256",
+        "--quiet",
+    ]
     straight = tmp_path / "straight"
     done = _cli(common + ["--out", str(straight)], tmp_path)
     assert done.returncode == 0, done.stderr
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(EMBEDREC + common + ["--out", str(killed)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, cwd=tmp_path)
+    proc = subprocess.Popen(
+        EMBEDREC + common + ["--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path
+    )
     marker = killed / "checkpoints" / "LATEST"
     deadline = time.time() + 120
     while time.time() < deadline and not marker.exists():
@@ -123,15 +134,34 @@ def test_resume_after_a_kill_ends_with_the_same_weights(synthetic_prepared: Path
     assert set(a) == set(b)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    assert json.loads((straight / "history.json").read_text())[-1]["val_rmse"] == \
-        json.loads((killed / "history.json").read_text())[-1]["val_rmse"]
+    assert (
+        json.loads((straight / "history.json").read_text())[-1]["val_rmse"]
+        == json.loads((killed / "history.json").read_text())[-1]["val_rmse"]
+    )
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(synthetic_prepared: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = subprocess.Popen(EMBEDREC + ["train", "--data", str(synthetic_prepared), "--preset", "seed", "--epochs",
-                                        "200", "--batch-size", "128", "--out", str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    proc = subprocess.Popen(
+        EMBEDREC
+        + [
+            "train",
+            "--data",
+            str(synthetic_prepared),
+            "--preset",
+            "seed",
+            "--epochs",
+            "200",
+            "--batch-size",
+            "128",
+            "--out",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "checkpoints" / "LATEST").exists():
         time.sleep(0.05)
@@ -147,8 +177,10 @@ def test_resume_refuses_re_prepared_data(synthetic_prepared: Path, tmp_path: Pat
     from embedrec.data import PrepareConfig, prepare_synthetic
 
     run = tmp_path / "run"
-    first = _cli(["train", "--data", str(synthetic_prepared), "--preset", "seed", "--epochs", "1", "--out", str(run),
-                  "--quiet"], tmp_path)
+    first = _cli(
+        ["train", "--data", str(synthetic_prepared), "--preset", "seed", "--epochs", "1", "--out", str(run), "--quiet"],
+        tmp_path,
+    )
     assert first.returncode == 0, first.stderr
     other = tmp_path / "other"
     prepare_synthetic(out=other, n_users=300, n_movies=400, n_ratings=20_000, seed=0, config=PrepareConfig(seed=1))
@@ -173,8 +205,9 @@ def test_two_devices_match_one(synthetic_prepared: Path, tmp_path: Path) -> None
     for n in (1, 2):
         out = tmp_path / f"d{n}.npz"
         env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
-        done = subprocess.run([sys.executable, "-c", script, str(synthetic_prepared), str(out)], env=env,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(synthetic_prepared), str(out)], env=env, capture_output=True, text=True
+        )
         assert done.returncode == 0, done.stderr
         outs.append(np.load(out))
     one, two = outs
@@ -185,11 +218,12 @@ def test_two_devices_match_one(synthetic_prepared: Path, tmp_path: Path) -> None
 
 
 def test_artifact_round_trip_predicts_the_same(synthetic_prepared: Path, tmp_path: Path) -> None:
-    from embedrec.runs import train_run
     from embedrec.model import genre_inputs
+    from embedrec.runs import train_run
 
-    result = train_run(synthetic_prepared, out=tmp_path / "run", workdir=tmp_path, preset="default",
-                       overrides={"epochs": 2})
+    result = train_run(
+        synthetic_prepared, out=tmp_path / "run", workdir=tmp_path, preset="default", overrides={"epochs": 2}
+    )
     artifact = load_model(result.run_dir)
     assert artifact.meta["n_params"] == result.n_params
     assert artifact.fingerprint == load_prepared(synthetic_prepared).fingerprint
@@ -201,8 +235,16 @@ def test_artifact_round_trip_predicts_the_same(synthetic_prepared: Path, tmp_pat
     reloaded = np.asarray(module(u, m, gi.idx[m], gi.weight[m]))
     assert np.all(np.isfinite(reloaded))
     # the folder is complete and self-describing
-    for name in ("model.json", "weights.safetensors", "history.json", "learning_curve.png", "users.parquet",
-                 "movies.parquet", "vocab.json", "run.json"):
+    for name in (
+        "model.json",
+        "weights.safetensors",
+        "history.json",
+        "learning_curve.png",
+        "users.parquet",
+        "movies.parquet",
+        "vocab.json",
+        "run.json",
+    ):
         assert (result.run_dir / name).is_file(), name
     assert (tmp_path / "models" / "latest").read_text().strip() == str(result.run_dir.resolve())
     history = json.loads((result.run_dir / "history.json").read_text())
@@ -215,8 +257,9 @@ def test_config_file_and_info_json(synthetic_prepared: Path, tmp_path: Path) -> 
     cfg = tmp_path / "hp.toml"
     cfg.write_text('preset = "seed"\nepochs = 1\nhidden = [32, 8]\nbatch-size = 256\n')
     run = tmp_path / "run"
-    done = _cli(["train", "--data", str(synthetic_prepared), "--config", str(cfg), "--out", str(run), "--quiet"],
-                tmp_path)
+    done = _cli(
+        ["train", "--data", str(synthetic_prepared), "--config", str(cfg), "--out", str(run), "--quiet"], tmp_path
+    )
     assert done.returncode == 0, done.stderr
     info = _cli(["info", str(run), "--json"], tmp_path)
     assert info.returncode == 0, info.stderr
@@ -228,16 +271,18 @@ def test_config_file_and_info_json(synthetic_prepared: Path, tmp_path: Path) -> 
     assert meta["n_params"] == expected
     bad = tmp_path / "bad.json"
     bad.write_text('{"learning_rate": 0.1}')
-    fail = _cli(["train", "--data", str(synthetic_prepared), "--config", str(bad), "--out", str(tmp_path / "x")],
-                tmp_path)
+    fail = _cli(
+        ["train", "--data", str(synthetic_prepared), "--config", str(bad), "--out", str(tmp_path / "x")], tmp_path
+    )
     assert fail.returncode == 2 and "learning_rate" in fail.stderr and "Traceback" not in fail.stderr
 
 
 def test_without_early_stopping_the_reported_epoch_is_the_saved_one(synthetic_prepared: Path, tmp_path: Path) -> None:
     from embedrec.runs import train_run
 
-    result = train_run(synthetic_prepared, out=tmp_path / "run", workdir=tmp_path, preset="seed",
-                       overrides={"epochs": 4, "lr": 0.05})
+    result = train_run(
+        synthetic_prepared, out=tmp_path / "run", workdir=tmp_path, preset="seed", overrides={"epochs": 4, "lr": 0.05}
+    )
     assert result.best_epoch == 4  # patience 0: the last epoch's weights are the model, as in the original
     meta = json.loads((result.run_dir / "model.json").read_text())
     assert meta["metrics"]["val_rmse"] == result.history[-1]["val_rmse"]
@@ -254,8 +299,7 @@ def test_other_rating_scales_and_no_val_split_train_and_print_strict_json(tmp_pa
     stars = rng.integers(1, 4, n)  # a 1..3 scale
     csv.write_text("userId,movieId,rating\n" + "".join(f"{u},{m},{r}\n" for u, m, r in zip(users, movies, stars)))
     work = tmp_path / "w"
-    prep = _cli(["prepare", str(csv), "--workdir", str(work), "--time-col", "", "--val-frac", "0", "--json"],
-                tmp_path)
+    prep = _cli(["prepare", str(csv), "--workdir", str(work), "--time-col", "", "--val-frac", "0", "--json"], tmp_path)
     assert prep.returncode == 0, prep.stderr
     done = _cli(["train", "--workdir", str(work), "--epochs", "2", "--json"], tmp_path)
     assert done.returncode == 0, done.stderr
@@ -269,8 +313,9 @@ def test_config_values_of_the_wrong_type_are_one_line_errors(synthetic_prepared:
     for text, key in (('{"lr": "0.1"}', "lr"), ('{"hidden": 64}', "hidden"), ('{"batch_size": 1.5}', "batch_size")):
         cfg = tmp_path / "hp.json"
         cfg.write_text(text)
-        fail = _cli(["train", "--data", str(synthetic_prepared), "--config", str(cfg), "--out", str(tmp_path / "x")],
-                    tmp_path)
+        fail = _cli(
+            ["train", "--data", str(synthetic_prepared), "--config", str(cfg), "--out", str(tmp_path / "x")], tmp_path
+        )
         assert fail.returncode == 2, fail.stderr
         assert str(cfg) in fail.stderr and key in fail.stderr and "Traceback" not in fail.stderr
         assert not (tmp_path / "x").exists()  # nothing half-made is left behind
@@ -281,16 +326,14 @@ def test_with_rmse_slack_the_kept_epoch_ranks_best_within_the_slack_of_the_best_
 
     best = BestEpoch()
     curve = [(1.00, 0.10), (0.95, 0.12), (0.955, 0.15), (0.97, 0.20), (0.94, 0.13), (0.96, 0.14)]
-    decisions = [select_epoch(best, {"val_rmse": r, "val_ndcg@10": n}, rmse_slack=0.01, has_val=True)
-                 for r, n in curve]
+    decisions = [select_epoch(best, {"val_rmse": r, "val_ndcg@10": n}, rmse_slack=0.01, has_val=True) for r, n in curve]
     # epoch 3 ranks better within 1% of 0.95; epoch 4 is 2% off; epoch 5 sets a new best RMSE (0.94), so epoch 3
     # (0.955 > 0.9494) no longer qualifies and epoch 5 replaces it; epoch 6 is outside the slack of 0.94
     assert [keep for keep, _ in decisions] == [True, True, True, False, True, False]
     assert [improved for _, improved in decisions] == [True, True, True, True, True, False]
     # without slack: plain early stopping on val RMSE, whatever the ranking does
     best = BestEpoch()
-    plain = [select_epoch(best, {"val_rmse": r, "val_ndcg@10": n}, rmse_slack=0.0, has_val=True)
-             for r, n in curve]
+    plain = [select_epoch(best, {"val_rmse": r, "val_ndcg@10": n}, rmse_slack=0.0, has_val=True) for r, n in curve]
     assert plain == [(True, True), (True, True), (False, False), (False, False), (True, True), (False, False)]
 
 
@@ -313,8 +356,9 @@ def test_at_rating_embedding_grad_zero_the_ratings_never_move_the_embeddings(pre
     from embedrec.model import EmbeddingConcat, data_shape, genre_inputs
 
     model_cfg, train_cfg = preset("default")
-    train_cfg = train_cfg.replace(epochs=2, patience=0, negatives=0, weight_decay=0.0, rating_embedding_grad=0.0,
-                                  val_users=0)
+    train_cfg = train_cfg.replace(
+        epochs=2, patience=0, negatives=0, weight_decay=0.0, rating_embedding_grad=0.0, val_users=0
+    )
     result = train(prepared, model_cfg, train_cfg)
     shape = data_shape(prepared, genre_inputs(prepared, model_cfg.genre_mode))
     init = EmbeddingConcat(model_cfg, shape, rngs=nnx.Rngs(train_cfg.seed)).tables()

@@ -65,17 +65,33 @@ def test_the_search_space_follows_the_data_size_and_holds_the_preset() -> None:
     assert max(small["negatives"].choices) <= 100 and max(big["negatives"].choices) == 256
     model_cfg, train_cfg = preset("default")
     point = preset_point("default", list(small.values()))
-    assert point == {"lr": train_cfg.lr, "weight_decay": train_cfg.weight_decay,
-                     "embedding_dim": model_cfg.embedding_dim, "dropout": model_cfg.dropout,
-                     "batch_size": train_cfg.batch_size, "patience": train_cfg.patience,
-                     "negatives": train_cfg.negatives, "watch_weight": train_cfg.watch_weight}
+    assert point == {
+        "lr": train_cfg.lr,
+        "weight_decay": train_cfg.weight_decay,
+        "embedding_dim": model_cfg.embedding_dim,
+        "dropout": model_cfg.dropout,
+        "batch_size": train_cfg.batch_size,
+        "patience": train_cfg.patience,
+        "negatives": train_cfg.negatives,
+        "watch_weight": train_cfg.watch_weight,
+    }
     rating_only = {p.name for p in search_space(preset="seed", n_train=14_000, n_movies=400)}
     assert "negatives" not in rating_only and "watch_weight" not in rating_only and "lr" in rating_only
 
 
 def test_the_config_text_reads_back_as_the_same_settings(tmp_path: Path) -> None:
-    settings = {"preset": "default", "epochs": 40, "seed": 42, "lr": 0.0031234567891, "weight_decay": 1e-05,
-                "embedding_dim": 32, "dropout": 0.0, "watch_weight": 1.0, "hidden": [64, 16], "biases": True}
+    settings = {
+        "preset": "default",
+        "epochs": 40,
+        "seed": 42,
+        "lr": 0.0031234567891,
+        "weight_decay": 1e-05,
+        "embedding_dim": 32,
+        "dropout": 0.0,
+        "watch_weight": 1.0,
+        "hidden": [64, 16],
+        "biases": True,
+    }
     path = tmp_path / "tuned.toml"
     path.write_text(config_text(settings, header=["a comment"]))
     assert path.read_text().startswith(CONFIG_MARKER)
@@ -103,7 +119,7 @@ def test_help_imports_neither_optuna_nor_jax() -> None:
 def test_bad_options_are_refused_before_any_training(synthetic_prepared: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     mine = tmp_path / "mine.toml"
-    mine.write_text('lr = 0.1\n')
+    mine.write_text("lr = 0.1\n")
     cases = [
         (["--out", str(mine)], "was not written by embedrec tune"),
         (["--out", str(tmp_path / "tuned.json")], "*.toml"),
@@ -114,8 +130,9 @@ def test_bad_options_are_refused_before_any_training(synthetic_prepared: Path, t
         (["--data", str(tmp_path / "nowhere")], "no prepared data"),
     ]
     for extra, message in cases:
-        result = runner.invoke(app, ["tune", "--data", str(synthetic_prepared), "--workdir", str(tmp_path),
-                                     "--trials", "1", *extra])
+        result = runner.invoke(
+            app, ["tune", "--data", str(synthetic_prepared), "--workdir", str(tmp_path), "--trials", "1", *extra]
+        )
         assert result.exit_code == 2, (extra, result.output)
         assert message in result.output and "Traceback" not in result.output, (extra, result.output)
     assert mine.read_text() == "lr = 0.1\n"
@@ -149,12 +166,27 @@ def test_tune_writes_a_config_that_train_uses(tuned, synthetic_prepared: Path) -
     assert 0 < report["best"]["metrics"]["val_ndcg@10"] <= 1 and report["best"]["metrics"]["val_rmse"] > 0
     # trial runs live under tune/, only the best is kept, and the user's `latest` model is not a trial
     assert sorted(p.name for p in (work / "tune" / "models").glob("*/trial-*")) == [
-        f"trial-{report['best']['trial']:04d}"]
+        f"trial-{report['best']['trial']:04d}"
+    ]
     assert not (work / "models" / "latest").exists()
 
     run = work / "run"
-    done = _cli(["train", "--config", str(config), "--data", str(synthetic_prepared), "--workdir", str(work),
-                 "--out", str(run), "--quiet", "--json"], work)
+    done = _cli(
+        [
+            "train",
+            "--config",
+            str(config),
+            "--data",
+            str(synthetic_prepared),
+            "--workdir",
+            str(work),
+            "--out",
+            str(run),
+            "--quiet",
+            "--json",
+        ],
+        work,
+    )
     assert done.returncode == 0, done.stderr
     meta = json.loads((run / "model.json").read_text())
     trained = {**meta["model"], **meta["train"]}
@@ -172,8 +204,21 @@ def test_a_second_call_continues_the_study(tuned, synthetic_prepared: Path, tmp_
     first_work, _ = tuned
     work = tmp_path / "work"
     shutil.copytree(first_work, work)
-    done = _cli(["tune", "--data", str(synthetic_prepared), "--workdir", str(work), "--trials", "1",
-                 "--max-epochs", "2", "--json"], work)
+    done = _cli(
+        [
+            "tune",
+            "--data",
+            str(synthetic_prepared),
+            "--workdir",
+            str(work),
+            "--trials",
+            "1",
+            "--max-epochs",
+            "2",
+            "--json",
+        ],
+        work,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["trials"]["this_call"] == 1 and report["trials"]["total"] == 3
@@ -181,8 +226,9 @@ def test_a_second_call_continues_the_study(tuned, synthetic_prepared: Path, tmp_
     assert [t.number for t in trials] == [0, 1, 2]
     assert trials[2].params != trials[1].params  # the resumed sampler does not replay the first call's samples
     assert len(list((work / "tune" / "models").glob("*/trial-*"))) == 1
-    changed = _cli(["tune", "--data", str(synthetic_prepared), "--workdir", str(work), "--trials", "1",
-                    "--max-epochs", "3"], work)
+    changed = _cli(
+        ["tune", "--data", str(synthetic_prepared), "--workdir", str(work), "--trials", "1", "--max-epochs", "3"], work
+    )
     assert changed.returncode == 2 and "--max-epochs" in changed.stderr and "Traceback" not in changed.stderr
 
 
@@ -200,10 +246,14 @@ def test_the_test_split_never_changes_a_result(tuned, synthetic_prepared: Path, 
     is_test = split == 2
     assert is_test.sum() > 1000
     rating[is_test] = np.random.default_rng(0).permutation(np.where(rating[is_test] >= 3, 1.0, 5.0))
-    pq.write_table(table.set_column(table.column_names.index("rating"), "rating", pa.array(rating, pa.float32())),
-                   data / "ratings.parquet")
-    assert not np.array_equal(pq.read_table(data / "ratings.parquet").column("rating").to_numpy(),
-                              pq.read_table(synthetic_prepared / "ratings.parquet").column("rating").to_numpy())
+    pq.write_table(
+        table.set_column(table.column_names.index("rating"), "rating", pa.array(rating, pa.float32())),
+        data / "ratings.parquet",
+    )
+    assert not np.array_equal(
+        pq.read_table(data / "ratings.parquet").column("rating").to_numpy(),
+        pq.read_table(synthetic_prepared / "ratings.parquet").column("rating").to_numpy(),
+    )
     result = tune(data, workdir=tmp_path / "work", n_trials=1, budget_s=None, max_epochs=2)
     first_work, _ = tuned
     original = _study(first_work).trials[0]
@@ -218,8 +268,16 @@ def test_a_pruned_trial_stops_training_and_leaves_nothing(synthetic_prepared: Pa
 
     always = optuna.pruners.ThresholdPruner(upper=0.0)  # every RMSE is above 0: prune at the first report
     with pytest.raises(ConfigError, match="no trial finished"):
-        tune(synthetic_prepared, workdir=tmp_path, preset="seed", objective="rmse", n_trials=1, budget_s=None,
-             max_epochs=3, pruner=always)
+        tune(
+            synthetic_prepared,
+            workdir=tmp_path,
+            preset="seed",
+            objective="rmse",
+            n_trials=1,
+            budget_s=None,
+            max_epochs=3,
+            pruner=always,
+        )
     (trial,) = _study(tmp_path, "seed-rmse").trials
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert list(trial.intermediate_values) == [1]  # epochs 2 and 3 never ran
@@ -231,8 +289,24 @@ def test_a_pruned_trial_stops_training_and_leaves_nothing(synthetic_prepared: Pa
 def test_the_budget_stops_a_running_trial(synthetic_prepared: Path, tmp_path: Path) -> None:
     import optuna
 
-    done = _cli(["tune", "--data", str(synthetic_prepared), "--workdir", str(tmp_path), "--preset", "seed",
-                 "--objective", "rmse", "--budget", "1s", "--max-epochs", "500"], tmp_path)
+    done = _cli(
+        [
+            "tune",
+            "--data",
+            str(synthetic_prepared),
+            "--workdir",
+            str(tmp_path),
+            "--preset",
+            "seed",
+            "--objective",
+            "rmse",
+            "--budget",
+            "1s",
+            "--max-epochs",
+            "500",
+        ],
+        tmp_path,
+    )
     assert done.returncode == 2 and "no trial finished" in done.stderr and "Traceback" not in done.stderr
     (trial,) = _study(tmp_path, "seed-rmse").trials
     assert trial.state == optuna.trial.TrialState.FAIL
@@ -240,8 +314,24 @@ def test_the_budget_stops_a_running_trial(synthetic_prepared: Path, tmp_path: Pa
     assert len(trial.intermediate_values) < 500
     assert not list((tmp_path / "tune" / "models").glob("*/trial-*"))
     # the next call starts again from the preset, since its trial never finished
-    again = _cli(["tune", "--data", str(synthetic_prepared), "--workdir", str(tmp_path), "--preset", "seed",
-                  "--objective", "rmse", "--budget", "1s", "--max-epochs", "500"], tmp_path)
+    again = _cli(
+        [
+            "tune",
+            "--data",
+            str(synthetic_prepared),
+            "--workdir",
+            str(tmp_path),
+            "--preset",
+            "seed",
+            "--objective",
+            "rmse",
+            "--budget",
+            "1s",
+            "--max-epochs",
+            "500",
+        ],
+        tmp_path,
+    )
     assert again.returncode == 2
     first, second = _study(tmp_path, "seed-rmse").trials
     point = preset_point("seed", search_space(preset="seed", n_train=14_000, n_movies=400))

@@ -24,8 +24,9 @@ def _exhaustive_top(scorer, users: np.ndarray, k: int, seen, allowed: np.ndarray
 def _seen(prepared):
     from embedrec.metrics import ItemSets
 
-    return ItemSets.from_pairs(prepared.user_idx, prepared.movie_idx, n_rows=prepared.n_users,
-                               n_items=prepared.n_movies)
+    return ItemSets.from_pairs(
+        prepared.user_idx, prepared.movie_idx, n_rows=prepared.n_users, n_items=prepared.n_movies
+    )
 
 
 @pytest.mark.parametrize("which", ["planted", "trained"])
@@ -46,7 +47,8 @@ def test_exhaustive_rank_equals_full_scoring_with_filters(which: str, prepared, 
 
 @pytest.mark.parametrize("which", ["planted", "trained"])
 def test_two_stage_equals_exhaustive_wherever_the_exhaustive_list_is_among_the_candidates(
-        which: str, prepared, request) -> None:
+    which: str, prepared, request
+) -> None:
     from embedrec.artifacts import load_model
     from embedrec.metrics import top_k
     from embedrec.scoring import Scorer
@@ -139,13 +141,24 @@ def test_ndcg_by_blend_equals_evaluating_each_blend_two_stage(trained: Path, pre
     got = ndcg_by_blend(scorer, prepared, betas=betas, split="val", max_users=150, candidates=60)
     val, seen = prepared.split == 1, prepared.split < 1
     for beta in betas:
+
         def rank(users, k, seen_sets, beta=beta):
             emb, bias = scorer.user_rows(users)
             return scorer.rank(emb, bias, k, seen=seen_sets, ranking=Ranking("blend", beta), candidates=60).movie_idx
-        ref = evaluate_ranking(None, rank_fn=rank, train_user_idx=prepared.user_idx[seen],
-                               train_movie_idx=prepared.movie_idx[seen], eval_user_idx=prepared.user_idx[val],
-                               eval_movie_idx=prepared.movie_idx[val], eval_rating=prepared.rating[val],
-                               n_users=prepared.n_users, n_movies=prepared.n_movies, max_users=150, seed=0)
+
+        ref = evaluate_ranking(
+            None,
+            rank_fn=rank,
+            train_user_idx=prepared.user_idx[seen],
+            train_movie_idx=prepared.movie_idx[seen],
+            eval_user_idx=prepared.user_idx[val],
+            eval_movie_idx=prepared.movie_idx[val],
+            eval_rating=prepared.rating[val],
+            n_users=prepared.n_users,
+            n_movies=prepared.n_movies,
+            max_users=150,
+            seed=0,
+        )
         assert got[beta] == pytest.approx(ref["ndcg@10"], abs=1e-9)
 
 
@@ -158,13 +171,20 @@ def test_training_chooses_the_blend_by_two_stage_val_ndcg(synthetic_prepared: Pa
     from embedrec.scoring import Scorer
     from embedrec.validation import training_relevance
 
-    result = train_run(synthetic_prepared, out=tmp_path / "run", workdir=tmp_path, preset="default",
-                       overrides={"epochs": 1})
+    result = train_run(
+        synthetic_prepared, out=tmp_path / "run", workdir=tmp_path, preset="default", overrides={"epochs": 1}
+    )
     artifact = load_model(result.run_dir)
     data = load_prepared(synthetic_prepared)
     ranking = artifact.meta["ranking"]
     assert ranking["chosen_by"] == "val ndcg@10"
-    again = ndcg_by_blend(Scorer.from_artifact(artifact), data, betas=BETAS, split="val",
-                          relevance=training_relevance(data), max_users=artifact.train.val_users or None)
+    again = ndcg_by_blend(
+        Scorer.from_artifact(artifact),
+        data,
+        betas=BETAS,
+        split="val",
+        relevance=training_relevance(data),
+        max_users=artifact.train.val_users or None,
+    )
     assert {float(b): v for b, v in ranking["val_ndcg@10"].items()} == pytest.approx(again, abs=1e-5)
     assert ranking["beta"] == max(BETAS, key=lambda b: (round(again[b], 6), -b))

@@ -32,13 +32,16 @@ def test_user_ratings_are_integer_ids_and_numbers(tmp_path: Path) -> None:
     assert mine["rating"].tolist() == [5.0, 3.5, 4.0]
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ("movieId,rating\n1,5\n1.5,4\n", r"mine.csv line 3: movieId '1.5' is not an integer"),
-    ("movieId,rating\n1,5\nabc,4\n", r"mine.csv line 3: movieId 'abc' is not an integer"),
-    ("movieId,rating\n1,great\n", r"mine.csv line 2: rating 'great' is not a number"),
-    ("movieId,stars\n1,5\n", r"needs a header with movieId and rating"),
-    ("movieId,rating\n", r"mine.csv has no ratings"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("movieId,rating\n1,5\n1.5,4\n", r"mine.csv line 3: movieId '1.5' is not an integer"),
+        ("movieId,rating\n1,5\nabc,4\n", r"mine.csv line 3: movieId 'abc' is not an integer"),
+        ("movieId,rating\n1,great\n", r"mine.csv line 2: rating 'great' is not a number"),
+        ("movieId,stars\n1,5\n", r"needs a header with movieId and rating"),
+        ("movieId,rating\n", r"mine.csv has no ratings"),
+    ],
+)
 def test_bad_user_ratings_name_the_file_and_line(tmp_path: Path, body: str, message: str) -> None:
     with pytest.raises(DataError, match=message):
         read_user_ratings(write(tmp_path / "mine.csv", body))
@@ -46,17 +49,23 @@ def test_bad_user_ratings_name_the_file_and_line(tmp_path: Path, body: str, mess
 
 def test_user_ids_one_per_line_or_a_csv_column(tmp_path: Path) -> None:
     assert read_user_ids(write(tmp_path / "u.txt", "3\n\n9007199254740993\n-1, note\n")).tolist() == [
-        3, 9007199254740993, -1]
+        3,
+        9007199254740993,
+        -1,
+    ]
     assert read_user_ids(write(tmp_path / "u.csv", "name,user_id\na,7\nb,8\n")).tolist() == [7, 8]
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ("1\n" + str(10**23) + "\n", r"u.txt line 2: user id 100000000000000000000000 is out of range"),
-    ("1\n\n2.5\n", r"u.txt line 3: user id '2.5' is not an integer"),
-    ("userId\n1\nx\n", r"u.txt line 3: user id 'x' is not an integer"),
-    ("name\nbob\n", r"needs a header with userId"),
-    ("\n\n", r"u.txt holds no user ids"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("1\n" + str(10**23) + "\n", r"u.txt line 2: user id 100000000000000000000000 is out of range"),
+        ("1\n\n2.5\n", r"u.txt line 3: user id '2.5' is not an integer"),
+        ("userId\n1\nx\n", r"u.txt line 3: user id 'x' is not an integer"),
+        ("name\nbob\n", r"needs a header with userId"),
+        ("\n\n", r"u.txt holds no user ids"),
+    ],
+)
 def test_bad_user_ids_name_the_file_and_line(tmp_path: Path, body: str, message: str) -> None:
     with pytest.raises(DataError, match=message):
         read_user_ids(write(tmp_path / "u.txt", body))

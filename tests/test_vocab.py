@@ -36,10 +36,11 @@ def test_unsorted_ids_are_refused() -> None:
 
 
 def test_prepared_data_and_recommender_share_it(synthetic_prepared: Path, tmp_path: Path) -> None:
+    from planted import write_planted_model
+
     from embedrec.artifacts import load_model
     from embedrec.data import load_prepared
     from embedrec.recommender import Recommender
-    from planted import write_planted_model
 
     prepared = load_prepared(synthetic_prepared)
     rec = Recommender(load_model(write_planted_model(prepared, tmp_path / "m")), prepared)

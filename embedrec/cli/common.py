@@ -6,14 +6,16 @@ import functools
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from embedrec import __version__
 from embedrec.errors import EmbedrecError, Terminated, os_error_message
+
 
 def _flags_show_no_value() -> None:
     """Help lists a flag without a value placeholder (``--json``, not ``--json <bool>``).
@@ -102,8 +104,9 @@ def handle_errors(func: F) -> F:
             message, code = os_error_message(exc)
             raise fail(message, code) from None
         except UnicodeDecodeError as exc:  # a file the library read as text without naming it
-            raise fail(f"a file is not valid {exc.encoding} text (bad byte at offset {exc.start}): re-save it as "
-                       "UTF-8", 2) from None
+            raise fail(
+                f"a file is not valid {exc.encoding} text (bad byte at offset {exc.start}): re-save it as UTF-8", 2
+            ) from None
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)

@@ -64,43 +64,68 @@ def prepare_cmd(
             show_default=False,
         ),
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder \\[default: <workdir>/data].",
-                                             show_default=False)] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder \\[default: <workdir>/data].", show_default=False)
+    ] = None,
     workdir: WorkdirOpt = None,
-    synthetic: Annotated[bool, typer.Option("--synthetic", help="Generate the synthetic data set.",
-                                            rich_help_panel=_SYN)] = False,
-    users: Annotated[int | None, typer.Option("--users", help="Synthetic users \\[default: 600].", show_default=False,
-                                              rich_help_panel=_SYN)] = None,
-    movies: Annotated[int | None, typer.Option("--movies", help="Synthetic movies \\[default: 900].",
-                                               show_default=False, rich_help_panel=_SYN)] = None,
-    ratings: Annotated[int | None, typer.Option("--ratings", help="Synthetic ratings \\[default: 60000].",
-                                                show_default=False, rich_help_panel=_SYN)] = None,
+    synthetic: Annotated[
+        bool, typer.Option("--synthetic", help="Generate the synthetic data set.", rich_help_panel=_SYN)
+    ] = False,
+    users: Annotated[
+        int | None,
+        typer.Option("--users", help="Synthetic users \\[default: 600].", show_default=False, rich_help_panel=_SYN),
+    ] = None,
+    movies: Annotated[
+        int | None,
+        typer.Option("--movies", help="Synthetic movies \\[default: 900].", show_default=False, rich_help_panel=_SYN),
+    ] = None,
+    ratings: Annotated[
+        int | None,
+        typer.Option(
+            "--ratings", help="Synthetic ratings \\[default: 60000].", show_default=False, rich_help_panel=_SYN
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split (and of the synthetic generator).")] = 42,
     split: Annotated[str, typer.Option("--split", help="random | temporal | leave-last-out.")] = "random",
     test_frac: Annotated[float, typer.Option("--test-frac", help="Fraction of ratings for test.")] = 0.2,
     val_frac: Annotated[float, typer.Option("--val-frac", help="Fraction of ratings for validation.")] = 0.1,
-    nrows: Annotated[int | None, typer.Option("--nrows", help="Keep only the first N rating rows.",
-                                              show_default=False)] = None,
+    nrows: Annotated[
+        int | None, typer.Option("--nrows", help="Keep only the first N rating rows.", show_default=False)
+    ] = None,
     min_user_ratings: Annotated[int, typer.Option("--min-user-ratings", help="Drop users with fewer ratings.")] = 1,
-    min_movie_ratings: Annotated[int, typer.Option("--min-movie-ratings",
-                                                   help="Drop movies with fewer ratings.")] = 1,
+    min_movie_ratings: Annotated[int, typer.Option("--min-movie-ratings", help="Drop movies with fewer ratings.")] = 1,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on any bad row instead of dropping it.")] = False,
-    fmt: Annotated[str, typer.Option("--format",
-                                     help="auto | ml-100k | ml-1m | ml-10m | ml-csv | recbole | csv.")] = "auto",
-    ratings_file: Annotated[str | None, typer.Option("--ratings-file", help="Rating file of a generic CSV.",
-                                                     show_default=False, rich_help_panel=_CSV)] = None,
-    movies_file: Annotated[str | None, typer.Option("--movies-file", help="Movies file (movieId,title,genres).",
-                                                    show_default=False, rich_help_panel=_CSV)] = None,
-    delimiter: Annotated[str, typer.Option("--delimiter", help="Field delimiter ('\\t' for tab).",
-                                           rich_help_panel=_CSV)] = ",",
+    fmt: Annotated[
+        str, typer.Option("--format", help="auto | ml-100k | ml-1m | ml-10m | ml-csv | recbole | csv.")
+    ] = "auto",
+    ratings_file: Annotated[
+        str | None,
+        typer.Option("--ratings-file", help="Rating file of a generic CSV.", show_default=False, rich_help_panel=_CSV),
+    ] = None,
+    movies_file: Annotated[
+        str | None,
+        typer.Option(
+            "--movies-file", help="Movies file (movieId,title,genres).", show_default=False, rich_help_panel=_CSV
+        ),
+    ] = None,
+    delimiter: Annotated[
+        str, typer.Option("--delimiter", help="Field delimiter ('\\t' for tab).", rich_help_panel=_CSV)
+    ] = ",",
     user_col: Annotated[str, typer.Option("--user-col", rich_help_panel=_CSV)] = "userId",
     movie_col: Annotated[str, typer.Option("--movie-col", rich_help_panel=_CSV)] = "movieId",
     rating_col: Annotated[str, typer.Option("--rating-col", rich_help_panel=_CSV)] = "rating",
-    time_col: Annotated[str, typer.Option("--time-col",
-                                          help="Timestamp column ('' for none; the default may be absent).",
-                                          rich_help_panel=_CSV)] = "timestamp",
-    rating_scale: Annotated[str | None, typer.Option("--rating-scale", help="MIN,MAX: drop ratings outside it.",
-                                                     show_default=False, rich_help_panel=_CSV)] = None,
+    time_col: Annotated[
+        str,
+        typer.Option(
+            "--time-col", help="Timestamp column ('' for none; the default may be absent).", rich_help_panel=_CSV
+        ),
+    ] = "timestamp",
+    rating_scale: Annotated[
+        str | None,
+        typer.Option(
+            "--rating-scale", help="MIN,MAX: drop ratings outside it.", show_default=False, rich_help_panel=_CSV
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Read, validate, encode and split ratings into a prepared data set for [bold]train[/]."""
@@ -118,10 +143,22 @@ def prepare_cmd(
     if source is not None and (synthetic or sizes_given):
         raise ConfigError("--synthetic/--users/--movies/--ratings cannot be combined with a SOURCE")
     config = PrepareConfig(
-        split=split, test_frac=test_frac, val_frac=val_frac, seed=seed, nrows=nrows,
-        min_user_ratings=min_user_ratings, min_movie_ratings=min_movie_ratings, strict=strict,
-        format="csv" if generic and fmt == "auto" else fmt, ratings_file=ratings_file, movies_file=movies_file,
-        delimiter=delimiter, user_col=user_col, movie_col=movie_col, rating_col=rating_col, time_col=time_col or None,
+        split=split,
+        test_frac=test_frac,
+        val_frac=val_frac,
+        seed=seed,
+        nrows=nrows,
+        min_user_ratings=min_user_ratings,
+        min_movie_ratings=min_movie_ratings,
+        strict=strict,
+        format="csv" if generic and fmt == "auto" else fmt,
+        ratings_file=ratings_file,
+        movies_file=movies_file,
+        delimiter=delimiter,
+        user_col=user_col,
+        movie_col=movie_col,
+        rating_col=rating_col,
+        time_col=time_col or None,
         rating_scale=parse_rating_scale(rating_scale),
     )
     summary = _run_prepare(source, target, config, users, movies, ratings, downloads_dir(wd), quiet=as_json)
@@ -140,45 +177,79 @@ def prepare_cmd(
 
 
 def _run_prepare(
-    source: str | None, target: Path, config: Any, users: int | None, movies: int | None, ratings: int | None,
-    cache_dir: Path, *, quiet: bool,
+    source: str | None,
+    target: Path,
+    config: Any,
+    users: int | None,
+    movies: int | None,
+    ratings: int | None,
+    cache_dir: Path,
+    *,
+    quiet: bool,
 ) -> dict[str, Any]:
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from embedrec.cli.progress import StepLines
     from embedrec.data.pipeline import prepare, prepare_synthetic
 
-    labels = {"read": "reading", "clean": "validating and encoding", "split": "splitting", "write": "writing",
-              "done": "done"}
+    labels = {
+        "read": "reading",
+        "clean": "validating and encoding",
+        "split": "splitting",
+        "write": "writing",
+        "done": "done",
+    }
     if not quiet and not console.is_terminal:  # a log: one plain line per step instead of a bar nobody sees
         lines = StepLines("prepare", labels)
         if source is None:
-            return prepare_synthetic(out=target, n_users=users, n_movies=movies, n_ratings=ratings, config=config,
-                                     on_progress=lines)
+            return prepare_synthetic(
+                out=target, n_users=users, n_movies=movies, n_ratings=ratings, config=config, on_progress=lines
+            )
         return prepare(source, out=target, config=config, on_progress=lines, cache_dir=cache_dir)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=quiet) as progress:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=quiet,
+    ) as progress:
         task = progress.add_task("starting", total=4)
 
         def on_progress(stage: str, done: int, total: int) -> None:
             progress.update(task, description=labels.get(stage, stage), completed=done, total=total)
 
         if source is None:
-            return prepare_synthetic(out=target, n_users=users, n_movies=movies, n_ratings=ratings, config=config,
-                                     on_progress=on_progress)
+            return prepare_synthetic(
+                out=target, n_users=users, n_movies=movies, n_ratings=ratings, config=config, on_progress=on_progress
+            )
         return prepare(source, out=target, config=config, on_progress=on_progress, cache_dir=cache_dir)
 
 
 @app.command("download")
 @handle_errors
 def download_cmd(
-    name: Annotated[str, typer.Argument(help="ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m, ml-latest-small or "
-                                        "ml-latest.", show_default=False)],
-    cache: Annotated[Path | None, typer.Option("--cache", help="Download folder \\[default: <workdir>/downloads or "
-                                               "$EMBEDREC_CACHE].", show_default=False)] = None,
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m, ml-latest-small or ml-latest.", show_default=False
+        ),
+    ],
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache", help="Download folder \\[default: <workdir>/downloads or $EMBEDREC_CACHE].", show_default=False
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Download again even when cached.")] = False,
-    strict: Annotated[bool, typer.Option("--strict", help="Refuse an archive whose published checksum cannot be "
-                                         "fetched or read (by default: a loud warning).")] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Refuse an archive whose published checksum cannot be fetched or read (by default: a loud warning).",
+        ),
+    ] = False,
     workdir: WorkdirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -190,20 +261,34 @@ def download_cmd(
 
     check_name(name)
     cache_dir = cache if cache is not None else downloads_dir(resolve_workdir(workdir))
-    with Progress(TextColumn(f"{name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console,
-                  transient=True, disable=as_json) as progress:
+    with Progress(
+        TextColumn(f"{name}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        transient=True,
+        disable=as_json,
+    ) as progress:
         task = progress.add_task("download", total=None)
 
         def on_progress(done: int, total: int | None) -> None:
             progress.update(task, completed=done, total=total)
 
         result = download(name, cache_dir=cache_dir, force=force, strict=strict, on_progress=on_progress)
-    info = {"name": result.name, "folder": str(result.folder), "zip": str(result.zip_path),
-            "downloaded": result.downloaded, "verified": result.verified, "url": result.url,
-            "warning": result.warning}
+    info = {
+        "name": result.name,
+        "folder": str(result.folder),
+        "zip": str(result.zip_path),
+        "downloaded": result.downloaded,
+        "verified": result.verified,
+        "url": result.url,
+        "warning": result.warning,
+    }
     if result.warning:
-        err_console.print(f"[bold yellow]warning:[/] {result.warning} (--strict refuses this)", highlight=False,
-                          soft_wrap=True)
+        err_console.print(
+            f"[bold yellow]warning:[/] {result.warning} (--strict refuses this)", highlight=False, soft_wrap=True
+        )
     if as_json:
         console.print_json(json.dumps(info))
         return

@@ -72,8 +72,10 @@ class _PlainLines:
             return
         left = (total - done) / rate if rate > 0 else float("inf")
         eta = duration(left) if left != float("inf") else "unknown"
-        self._write(f"{self._name()}: {done:,}/{total:,} {self.unit} ({done / max(total, 1):.0%}), "
-                    f"{rate:,.0f} {self.unit}/s, about {eta} left")
+        self._write(
+            f"{self._name()}: {done:,}/{total:,} {self.unit} ({done / max(total, 1):.0%}), "
+            f"{rate:,.0f} {self.unit}/s, about {eta} left"
+        )
 
     def _name(self) -> str:
         return f"{self.label} {self.stage}" if self.stage else self.label
@@ -96,8 +98,9 @@ class StepLines:
         if done >= total:
             _PlainLines._write(f"{self.label}: done in {elapsed}")
         else:
-            _PlainLines._write(f"{self.label}: {self.names.get(step, step)} (step {done + 1}/{total}, "
-                               f"{elapsed} so far)")
+            _PlainLines._write(
+                f"{self.label}: {self.names.get(step, step)} (step {done + 1}/{total}, {elapsed} so far)"
+            )
 
 
 @contextlib.contextmanager
@@ -112,8 +115,14 @@ def progress(label: str, *, unit: str = "users", quiet: bool = False) -> Iterato
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err_console, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
         tasks: dict[str, Any] = {}
 
         def update(stage: str, done: int, total: int) -> None:

@@ -30,15 +30,27 @@ ModelOpt = Annotated[
 ]
 DataOpt = Annotated[
     Path | None,
-    typer.Option("--data", help="Prepared data folder \\[default: the work folder's data, else the one the model "
-                                "was trained on].", show_default=False),
+    typer.Option(
+        "--data",
+        help="Prepared data folder \\[default: the work folder's data, else the one the model was trained on].",
+        show_default=False,
+    ),
 ]
-KOpt = Annotated[int, typer.Option("-k", "--k", min=1,
-                                   help="How many movies to list (more than the catalogue lists all of it).")]
-CandidatesOpt = Annotated[int, typer.Option(
-    "--candidates", min=1, help="Movies per user that the watch output retrieves for the full network to re-rank.")]
-ExhaustiveOpt = Annotated[bool, typer.Option(
-    "--exhaustive", help="Score every movie through the full network (slow; for checking the two-stage ranking).")]
+KOpt = Annotated[
+    int, typer.Option("-k", "--k", min=1, help="How many movies to list (more than the catalogue lists all of it).")
+]
+CandidatesOpt = Annotated[
+    int,
+    typer.Option(
+        "--candidates", min=1, help="Movies per user that the watch output retrieves for the full network to re-rank."
+    ),
+]
+ExhaustiveOpt = Annotated[
+    bool,
+    typer.Option(
+        "--exhaustive", help="Score every movie through the full network (slow; for checking the two-stage ranking)."
+    ),
+]
 
 
 def _parse_ks(values: list[str]) -> list[int]:
@@ -65,13 +77,20 @@ def evaluate_cmd(
     model: ModelOpt = None,
     data: DataOpt = None,
     split: Annotated[str, typer.Option("--split", help="Which held-out split: val or test.")] = "test",
-    k: Annotated[list[str] | None, typer.Option("--k", "-k", help="Cut-off(s): repeat, or 5,10,20.",
-                                                show_default="10")] = None,
-    relevance: Annotated[float | None, typer.Option(
-        "--relevance", help="A held-out rating >= this is relevant.",
-        show_default="4 on 1..5 and 0.5..5, else the top quarter of the scale")] = None,
-    max_users: Annotated[int | None, typer.Option("--max-users", help="Rank a seeded random subset of users.",
-                                                  min=1)] = None,
+    k: Annotated[
+        list[str] | None, typer.Option("--k", "-k", help="Cut-off(s): repeat, or 5,10,20.", show_default="10")
+    ] = None,
+    relevance: Annotated[
+        float | None,
+        typer.Option(
+            "--relevance",
+            help="A held-out rating >= this is relevant.",
+            show_default="4 on 1..5 and 0.5..5, else the top quarter of the scale",
+        ),
+    ] = None,
+    max_users: Annotated[
+        int | None, typer.Option("--max-users", help="Rank a seeded random subset of users.", min=1)
+    ] = None,
     no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Skip the baseline rows.")] = False,
     candidates: CandidatesOpt = DEFAULT_CANDIDATES,
     exhaustive: ExhaustiveOpt = False,
@@ -94,11 +113,20 @@ def evaluate_cmd(
         summary = loaded.prepared.summary
         relevance = default_relevance(float(summary["rating_min"]), float(summary["rating_max"]))
     with progress("evaluate") as on_progress:
-        result = evaluate_model(scorer, loaded.prepared, split=split, ks=ks, relevance=relevance,
-                                baselines=not no_baselines, max_users=max_users,
-                                candidates=None if exhaustive else candidates, on_progress=on_progress)
-    render.evaluation(result, ks=ks, split=split, relevance=relevance, ranking=scorer.ranking.describe(),
-                      json_out=json_out)
+        result = evaluate_model(
+            scorer,
+            loaded.prepared,
+            split=split,
+            ks=ks,
+            relevance=relevance,
+            baselines=not no_baselines,
+            max_users=max_users,
+            candidates=None if exhaustive else candidates,
+            on_progress=on_progress,
+        )
+    render.evaluation(
+        result, ks=ks, split=split, relevance=relevance, ranking=scorer.ranking.describe(), json_out=json_out
+    )
 
 
 @app.command("predict")
@@ -107,8 +135,10 @@ def predict_cmd(
     user: Annotated[int | None, typer.Option("--user", help="Raw user id.")] = None,
     movie: Annotated[int | None, typer.Option("--movie", help="Raw movie id.")] = None,
     input_file: Annotated[Path | None, typer.Option("--input", help="CSV of userId,movieId pairs to score.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", help="Where --input's predictions go (CSV) "
-                                                                "\\[default: stdout].", show_default=False)] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", help="Where --input's predictions go (CSV) \\[default: stdout].", show_default=False),
+    ] = None,
     workdir: WorkdirOpt = None,
     model: ModelOpt = None,
     data: DataOpt = None,
@@ -139,14 +169,21 @@ def recommend_cmd(
     k: KOpt = 10,
     include_seen: Annotated[bool, typer.Option("--include-seen", help="Keep movies the user already rated.")] = False,
     genre: Annotated[str | None, typer.Option("--genre", help="Only movies of this genre, e.g. Comedy.")] = None,
-    min_ratings: Annotated[int, typer.Option(
-        "--min-ratings", min=0,
-        help="Skip movies with fewer ratings than this in the data (too few to trust).")] = DEFAULT_MIN_RATINGS,
+    min_ratings: Annotated[
+        int,
+        typer.Option(
+            "--min-ratings", min=0, help="Skip movies with fewer ratings than this in the data (too few to trust)."
+        ),
+    ] = DEFAULT_MIN_RATINGS,
     fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
-    ratings_file: Annotated[Path | None, typer.Option(
-        "--ratings", help="Your own ratings (CSV movieId,rating): recommendations for a new user.")] = None,
-    users_file: Annotated[Path | None, typer.Option(
-        "--users-file", help="Batch: a file of user ids (one per line, or a CSV with a userId column).")] = None,
+    ratings_file: Annotated[
+        Path | None,
+        typer.Option("--ratings", help="Your own ratings (CSV movieId,rating): recommendations for a new user."),
+    ] = None,
+    users_file: Annotated[
+        Path | None,
+        typer.Option("--users-file", help="Batch: a file of user ids (one per line, or a CSV with a userId column)."),
+    ] = None,
     all_users: Annotated[bool, typer.Option("--all-users", help="Batch: every user the model knows.")] = False,
     output: Annotated[Path | None, typer.Option("--output", help="Batch output file (.csv or .parquet).")] = None,
     candidates: CandidatesOpt = DEFAULT_CANDIDATES,
@@ -181,26 +218,45 @@ def recommend_cmd(
         _recommend_batch(rec, user_ids, output, options)
     elif mine is not None:
         folded = rec.fold_in(mine)
-        render.recommendations(rec.recommend_for(folded, **options), fmt=fmt,
-                               title=f"Top {k} for your {len(folded.movie_idx)} ratings, ranked by "
-                                     f"{rec.ranking.describe()}")
+        render.recommendations(
+            rec.recommend_for(folded, **options),
+            fmt=fmt,
+            title=f"Top {k} for your {len(folded.movie_idx)} ratings, ranked by {rec.ranking.describe()}",
+        )
     elif user in rec.user_vocab:
-        render.recommendations(rec.recommend(user, **options), fmt=fmt,  # type: ignore[arg-type]
-                               title=f"Top {k} for user {user}, ranked by {rec.ranking.describe()}")
+        render.recommendations(
+            rec.recommend(user, **options),
+            fmt=fmt,  # type: ignore[arg-type]
+            title=f"Top {k} for user {user}, ranked by {rec.ranking.describe()}",
+        )
     else:
-        render.notes([("note", f"user {user} is not known to the model: showing the most popular well-rated "
-                               "movies instead (pass --ratings FILE for personal picks)")])
-        render.recommendations(rec.popular(k=k, genre=genre, min_ratings=min_ratings), fmt=fmt,
-                               title=f"Top {k} by Bayesian average rating (cold start)")
+        render.notes(
+            [
+                (
+                    "note",
+                    f"user {user} is not known to the model: showing the most popular well-rated "
+                    "movies instead (pass --ratings FILE for personal picks)",
+                )
+            ]
+        )
+        render.recommendations(
+            rec.popular(k=k, genre=genre, min_ratings=min_ratings),
+            fmt=fmt,
+            title=f"Top {k} by Bayesian average rating (cold start)",
+        )
 
 
 def _recommend_batch(rec: Recommender, user_ids: np.ndarray | None, output: Path, options: dict[str, Any]) -> None:
     from embedrec.serving import recommend_to_file
 
     with progress("recommend") as update:
-        summary = recommend_to_file(rec, user_ids, output, **options,
-                                    on_progress=lambda done, total: update("all users" if user_ids is None
-                                                                           else "users", done, total))
+        summary = recommend_to_file(
+            rec,
+            user_ids,
+            output,
+            **options,
+            on_progress=lambda done, total: update("all users" if user_ids is None else "users", done, total),
+        )
     render.batch_summary(summary)
 
 

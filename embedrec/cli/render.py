@@ -63,8 +63,14 @@ def movie_label(rec: Recommender, movie_id: int) -> str:
 def recommendations(table: pd.DataFrame, *, fmt: str, title: str) -> None:
     """A recommendation list as a table, JSON (a list of objects) or CSV."""
     records = [
-        {"movieId": clean(r.movie_id), "title": clean(r.title), "year": clean(r.year), "genres": clean(r.genres),
-         "score": clean(r.score), "rating": clean(r.rating)}
+        {
+            "movieId": clean(r.movie_id),
+            "title": clean(r.title),
+            "year": clean(r.year),
+            "genres": clean(r.genres),
+            "score": clean(r.score),
+            "rating": clean(r.rating),
+        }
         for r in table.itertuples(index=False)
     ]
     if fmt == "json":
@@ -81,26 +87,52 @@ def recommendations(table: pd.DataFrame, *, fmt: str, title: str) -> None:
     from rich.table import Table
 
     out = Table(title=title, title_justify="left")
-    for col, justify in (("#", "right"), ("movieId", "right"), ("title", "left"), ("year", "right"),
-                         ("genres", "left"), ("score", "right"), ("rating", "right")):
+    for col, justify in (
+        ("#", "right"),
+        ("movieId", "right"),
+        ("title", "left"),
+        ("year", "right"),
+        ("genres", "left"),
+        ("score", "right"),
+        ("rating", "right"),
+    ):
         out.add_column(col, justify=justify)  # type: ignore[arg-type]
     for i, r in enumerate(records, 1):
-        out.add_row(str(i), str(r["movieId"]), str(r["title"]), "" if r["year"] is None else str(r["year"]),
-                    str(r["genres"]), f"{r['score']:.3f}", "" if r["rating"] is None else f"{r['rating']:.2f}")
+        out.add_row(
+            str(i),
+            str(r["movieId"]),
+            str(r["title"]),
+            "" if r["year"] is None else str(r["year"]),
+            str(r["genres"]),
+            f"{r['score']:.3f}",
+            "" if r["rating"] is None else f"{r['rating']:.2f}",
+        )
     console.print(out)
 
 
 def batch_summary(summary: BatchSummary) -> None:
     if summary.n_unknown:
-        err_console.print(f"[yellow]note:[/] {summary.n_unknown:,} unknown user id(s) skipped, e.g. "
-                          f"{summary.first_unknown}", highlight=False)
-    err_console.print(f"wrote top {summary.k} for {summary.n_users:,} users ({summary.n_rows:,} rows) to "
-                      f"{summary.output}", highlight=False)
+        err_console.print(
+            f"[yellow]note:[/] {summary.n_unknown:,} unknown user id(s) skipped, e.g. {summary.first_unknown}",
+            highlight=False,
+        )
+    err_console.print(
+        f"wrote top {summary.k} for {summary.n_users:,} users ({summary.n_rows:,} rows) to {summary.output}",
+        highlight=False,
+    )
 
 
 def similar(table: pd.DataFrame, *, movie_id: int, title: Any, json_out: bool) -> None:
-    records = [{"movieId": clean(r.movie_id), "title": clean(r.title), "year": clean(r.year),
-                "genres": clean(r.genres), "similarity": clean(r.similarity)} for r in table.itertuples(index=False)]
+    records = [
+        {
+            "movieId": clean(r.movie_id),
+            "title": clean(r.title),
+            "year": clean(r.year),
+            "genres": clean(r.genres),
+            "similarity": clean(r.similarity),
+        }
+        for r in table.itertuples(index=False)
+    ]
     if json_out:
         console.print_json(json.dumps({"movieId": movie_id, "title": clean(title), "similar": records}))
         return
@@ -110,15 +142,23 @@ def similar(table: pd.DataFrame, *, movie_id: int, title: Any, json_out: bool) -
     for col in ("#", "movieId", "title", "year", "genres", "similarity"):
         out.add_column(col, justify="left" if col in ("title", "genres") else "right")
     for i, r in enumerate(records, 1):
-        out.add_row(str(i), str(r["movieId"]), str(r["title"]), "" if r["year"] is None else str(r["year"]),
-                    str(r["genres"]), f"{r['similarity']:.3f}")
+        out.add_row(
+            str(i),
+            str(r["movieId"]),
+            str(r["title"]),
+            "" if r["year"] is None else str(r["year"]),
+            str(r["genres"]),
+            f"{r['similarity']:.3f}",
+        )
     console.print(out)
 
 
 def candidates(found: pd.DataFrame, query: str, *, json_out: bool) -> None:
     """The titles an ambiguous ``--movie`` matched (at most :data:`MAX_CANDIDATES`)."""
-    records = [{"movieId": clean(r.movie_id), "title": clean(r.title), "year": clean(r.year)}
-               for r in found.head(MAX_CANDIDATES).itertuples(index=False)]
+    records = [
+        {"movieId": clean(r.movie_id), "title": clean(r.title), "year": clean(r.year)}
+        for r in found.head(MAX_CANDIDATES).itertuples(index=False)
+    ]
     if json_out:
         console.print_json(json.dumps({"query": query, "candidates": records, "n_candidates": len(found)}))
         return
@@ -137,8 +177,9 @@ def prediction(rec: Recommender, user: int, movie: int, rating: float, *, json_o
     if json_out:
         console.print_json(json.dumps({"userId": user, "movieId": movie, "rating": rating}))
         return
-    console.print(f"user {user}, movie {movie}{movie_label(rec, movie)}: predicted rating [bold]{rating:.2f}[/]",
-                  highlight=False)
+    console.print(
+        f"user {user}, movie {movie}{movie_label(rec, movie)}: predicted rating [bold]{rating:.2f}[/]", highlight=False
+    )
 
 
 def predictions(summary: PredictSummary, *, output: Any, json_out: bool) -> None:
@@ -147,20 +188,30 @@ def predictions(summary: PredictSummary, *, output: Any, json_out: bool) -> None
         summary.table.to_csv(console.file, index=False)
     n_ok = summary.n_pairs - summary.n_unknown
     if json_out and output is not None:
-        console.print_json(json.dumps({"n_pairs": summary.n_pairs, "n_predicted": n_ok,
-                                       "n_unknown": summary.n_unknown, "output": str(output)}))
+        console.print_json(
+            json.dumps(
+                {"n_pairs": summary.n_pairs, "n_predicted": n_ok, "n_unknown": summary.n_unknown, "output": str(output)}
+            )
+        )
         return
-    err_console.print(f"scored {n_ok:,} of {summary.n_pairs:,} pairs"
-                      + (f"; {summary.n_unknown:,} left empty (unknown user or movie, see the reason column)"
-                         if summary.n_unknown else "")
-                      + (f"; written to {output}" if output else ""), highlight=False)
+    err_console.print(
+        f"scored {n_ok:,} of {summary.n_pairs:,} pairs"
+        + (
+            f"; {summary.n_unknown:,} left empty (unknown user or movie, see the reason column)"
+            if summary.n_unknown
+            else ""
+        )
+        + (f"; written to {output}" if output else ""),
+        highlight=False,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # evaluate
 # ---------------------------------------------------------------------------------------------------------------
-def evaluation(result: dict[str, Any], *, ks: list[int], split: str, relevance: float, ranking: str,
-               json_out: bool) -> None:
+def evaluation(
+    result: dict[str, Any], *, ks: list[int], split: str, relevance: float, ranking: str, json_out: bool
+) -> None:
     """The metrics table (one row per metric, one column per model or baseline) and the RMSE lift line."""
     if json_out:
         from embedrec.artifacts import json_text
@@ -171,8 +222,11 @@ def evaluation(result: dict[str, Any], *, ks: list[int], split: str, relevance: 
     base = result.get("baselines", {}).get("bias", {})
     if "rmse" in base:
         lift = (base["rmse"] - result["rmse"]) / base["rmse"]
-        console.print(f"RMSE {result['rmse']:.4f} vs the user + movie bias baseline {base['rmse']:.4f}: "
-                      f"{'better' if lift > 0 else 'worse'} by {abs(lift):.1%}", highlight=False)
+        console.print(
+            f"RMSE {result['rmse']:.4f} vs the user + movie bias baseline {base['rmse']:.4f}: "
+            f"{'better' if lift > 0 else 'worse'} by {abs(lift):.1%}",
+            highlight=False,
+        )
 
 
 def _evaluation_table(result: dict[str, Any], *, ks: list[int], split: str, relevance: float, ranking: str) -> Any:
@@ -189,16 +243,25 @@ def _evaluation_table(result: dict[str, Any], *, ks: list[int], split: str, rele
     sampled = f" (a seeded sample of --max-users {result['max_users']:,})" if result.get("max_users") else ""
     stages = result.get("scoring", "every movie")
     variant_users = {m.get("n_users") for m in result.get("variants", {}).values()}
-    variant_note = (f" (on {variant_users.pop():,} sampled users)"
-                    if len(variant_users) == 1 and variant_users != {result.get("n_users")} else "")
-    table = Table(title=f"{split} split, {result.get('n_users', 0):,} users ranked{sampled} (relevant: rating >= "
-                        f"{relevance:g}; candidates: every movie not rated in an earlier split). The model ranks by "
-                        f"{ranking}; scored: {stages}.",
-                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
-                  caption=f"rating / watch: the model ranking by one output alone{variant_note}. "
-                          "Baselines on the same split: mean "
-                          "(global mean), bias (user + movie), pop (most popular), rated (top rated, Bayesian "
-                          "average), EASE (item-item, closed form)", caption_justify="left")
+    variant_note = (
+        f" (on {variant_users.pop():,} sampled users)"
+        if len(variant_users) == 1 and variant_users != {result.get("n_users")}
+        else ""
+    )
+    table = Table(
+        title=f"{split} split, {result.get('n_users', 0):,} users ranked{sampled} (relevant: rating >= "
+        f"{relevance:g}; candidates: every movie not rated in an earlier split). The model ranks by "
+        f"{ranking}; scored: {stages}.",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        caption=f"rating / watch: the model ranking by one output alone{variant_note}. "
+        "Baselines on the same split: mean "
+        "(global mean), bias (user + movie), pop (most popular), rated (top rated, Bayesian "
+        "average), EASE (item-item, closed form)",
+        caption_justify="left",
+    )
     table.add_column("metric", style="bold", no_wrap=True)
     for name, _ in columns:
         table.add_column(name, justify="right", style="green" if name == "model" else None, no_wrap=True)

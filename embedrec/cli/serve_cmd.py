@@ -23,17 +23,32 @@ def serve_cmd(
     workdir: WorkdirOpt = None,
     model: ModelOpt = None,
     data: DataOpt = None,
-    host: Annotated[str, typer.Option("--host", help="Address to bind; another than 127.0.0.1 exposes the server "
-                                                     "to the network (use --api-key).")] = "127.0.0.1",
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host", help="Address to bind; another than 127.0.0.1 exposes the server to the network (use --api-key)."
+        ),
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
-    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Processes, each with its own copy of "
-                                                                           "the model.")] = 1,
-    api_key: Annotated[str | None, typer.Option(
-        "--api-key", envvar=API_KEY_ENV, show_envvar=True,
-        help="Require 'Authorization: Bearer KEY' on every endpoint but /healthz and /docs (prefer the "
-             "environment variable: options show in `ps`).")] = None,
-    cors_origin: Annotated[list[str] | None, typer.Option(
-        "--cors-origin", help="Allow browser pages from this origin (repeatable; CORS is off without it).")] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, max=64, help="Processes, each with its own copy of the model.")
+    ] = 1,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar=API_KEY_ENV,
+            show_envvar=True,
+            help="Require 'Authorization: Bearer KEY' on every endpoint but /healthz and /docs (prefer the "
+            "environment variable: options show in `ps`).",
+        ),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origin", help="Allow browser pages from this origin (repeatable; CORS is off without it)."
+        ),
+    ] = None,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = True,
 ) -> None:
     """Answer recommendations over HTTP (JSON API, docs at /docs, a small page at /) until SIGTERM or Ctrl-C.
@@ -51,20 +66,23 @@ def serve_cmd(
     holder = ModelHolder(source)  # fails here, with one red line, before the port opens
     served = holder.current
     if served.prepared is None:
-        err_console.print("[yellow]note:[/] no prepared data found: seen movies are not filtered and unknown users "
-                          "get 404 instead of the cold-start list (pass --data DIR)")
-    settings = ServeSettings(api_key=api_key, cors_origins=tuple(cor for cor in
-                             (cors_origin or []) if cor), workers=workers, source=source)
+        err_console.print(
+            "[yellow]note:[/] no prepared data found: seen movies are not filtered and unknown users "
+            "get 404 instead of the cold-start list (pass --data DIR)"
+        )
+    settings = ServeSettings(
+        api_key=api_key, cors_origins=tuple(cor for cor in (cors_origin or []) if cor), workers=workers, source=source
+    )
     if host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
         err_console.print(f"[yellow]warning:[/] binding {host} without --api-key: anyone who can reach it may use it")
-    err_console.print(f"serving model {served.run} ({len(served.rec.user_ids):,} users, {len(served.rec.movie_ids):,} "
-                      f"movies) on http://{_url_host(host)}:{port} (docs: /docs)", highlight=False,
-                      soft_wrap=True)
+    err_console.print(
+        f"serving model {served.run} ({len(served.rec.user_ids):,} users, {len(served.rec.movie_ids):,} "
+        f"movies) on http://{_url_host(host)}:{port} (docs: /docs)",
+        highlight=False,
+        soft_wrap=True,
+    )
     run_server(holder, settings, host=host, port=port, access_log=access_log)
 
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-

@@ -42,9 +42,15 @@ class _Progress:
         self.quiet = quiet
         self.preset = preset
         self.progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[speed]:,.0f} samples/s"),
-            TimeRemainingColumn(), console=console, transient=True, disable=quiet,
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("{task.fields[speed]:,.0f} samples/s"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=quiet,
         )
         self.task: Any = None
         self.epoch = 0
@@ -61,9 +67,11 @@ class _Progress:
         for layer, shape, n in info["summary"]:
             table.add_row(layer, shape, f"{n:,}")
         console.print(table)
-        console.print(f"Total params: [bold]{info['n_params']:,}[/]   train {info['n_train']:,} / val "
-                      f"{info['n_val']:,} ratings, {info['steps_per_epoch']:,} steps per epoch on "
-                      f"{', '.join(info['devices'])}")
+        console.print(
+            f"Total params: [bold]{info['n_params']:,}[/]   train {info['n_train']:,} / val "
+            f"{info['n_val']:,} ratings, {info['steps_per_epoch']:,} steps per epoch on "
+            f"{', '.join(info['devices'])}"
+        )
         if info.get("start_epoch", 1) > 1:
             console.print(f"[cyan]resuming at epoch {info['start_epoch']}[/]")
         self.progress.start()
@@ -87,7 +95,9 @@ class _Progress:
         # one line within 80 columns: train loss, then the val metrics, then time and throughput
         self.progress.console.print(
             f"epoch {record['epoch']:>3}  loss {record['train_loss']:.4f}  val RMSE {record['val_rmse']:.4f}  "
-            f"MAE {record['val_mae']:.4f}{extra}  {record['seconds']:.1f}s {speed_text}", highlight=False)
+            f"MAE {record['val_mae']:.4f}{extra}  {record['seconds']:.1f}s {speed_text}",
+            highlight=False,
+        )
 
     def stop(self) -> None:
         self.progress.stop()
@@ -96,49 +106,100 @@ class _Progress:
 @app.command("train")
 @handle_errors
 def train_cmd(
-    data: Annotated[Path | None, typer.Option("--data", help="Prepared data folder \\[default: <workdir>/data; "
-                                              "with --resume, the data the run started on].",
-                                              show_default=False)] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Run folder \\[default: a new one under "
-                                             "<workdir>/models].", show_default=False)] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Prepared data folder \\[default: <workdir>/data; with --resume, the data the run started on].",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Run folder \\[default: a new one under <workdir>/models].", show_default=False),
+    ] = None,
     workdir: WorkdirOpt = None,
-    preset: Annotated[str, typer.Option("--preset", help="default (measured best, with the ranking output) or "
-                                        "seed (the original network, rating-only).")] = "default",
-    config: Annotated[Path | None, typer.Option("--config", help="JSON or TOML file of hyperparameters "
-                                                "(flag names, e.g. lr, hidden, batch-size).",
-                                                show_default=False)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the latest run (or --out RUN) from its "
-                                         "last checkpoint.")] = False,
-    embedding_dim: Annotated[int | None, typer.Option("--embedding-dim", rich_help_panel=_HP,
-                                                      show_default=False)] = None,
-    hidden: Annotated[str | None, typer.Option("--hidden", help="Dense layer sizes, e.g. 64,10.",
-                                               rich_help_panel=_HP, show_default=False)] = None,
+    preset: Annotated[
+        str,
+        typer.Option(
+            "--preset",
+            help="default (measured best, with the ranking output) or seed (the original network, rating-only).",
+        ),
+    ] = "default",
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="JSON or TOML file of hyperparameters (flag names, e.g. lr, hidden, batch-size).",
+            show_default=False,
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the latest run (or --out RUN) from its last checkpoint.")
+    ] = False,
+    embedding_dim: Annotated[
+        int | None, typer.Option("--embedding-dim", rich_help_panel=_HP, show_default=False)
+    ] = None,
+    hidden: Annotated[
+        str | None,
+        typer.Option("--hidden", help="Dense layer sizes, e.g. 64,10.", rich_help_panel=_HP, show_default=False),
+    ] = None,
     dropout: Annotated[float | None, typer.Option("--dropout", rich_help_panel=_HP, show_default=False)] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate.", rich_help_panel=_HP,
-                                             show_default=False)] = None,
-    lr_decay: Annotated[float | None, typer.Option("--lr-decay", help="Learning rate factor per epoch.",
-                                                   rich_help_panel=_HP, show_default=False)] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Adam learning rate.", rich_help_panel=_HP, show_default=False)
+    ] = None,
+    lr_decay: Annotated[
+        float | None,
+        typer.Option("--lr-decay", help="Learning rate factor per epoch.", rich_help_panel=_HP, show_default=False),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", rich_help_panel=_HP, show_default=False)] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", rich_help_panel=_HP, show_default=False)] = None,
-    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="Per-row L2 on embedding rows.",
-                                                       rich_help_panel=_HP, show_default=False)] = None,
-    optimizer: Annotated[str | None, typer.Option("--optimizer", help="rowwise_adam (row-sparse, one second "
-                                                  "moment per embedding row), lazy_adam (row-sparse) or adam "
-                                                  "(dense).",
-                                                  rich_help_panel=_HP, show_default=False)] = None,
-    negatives: Annotated[int | None, typer.Option("--negatives", help="Sampled negatives per rating for the "
-                                                  "watch output (0 = rating only).", rich_help_panel=_HP,
-                                                  show_default=False)] = None,
-    watch_weight: Annotated[float | None, typer.Option("--watch-weight", help="Weight of the watch loss.",
-                                                       rich_help_panel=_HP, show_default=False)] = None,
-    sampling: Annotated[str | None, typer.Option("--sampling", help="uniform or popularity negatives.",
-                                                 rich_help_panel=_HP, show_default=False)] = None,
-    patience: Annotated[int | None, typer.Option("--patience", help="Stop after this many epochs without a "
-                                                 "better val RMSE and keep the best weights (0 = off).",
-                                                 rich_help_panel=_HP, show_default=False)] = None,
+    weight_decay: Annotated[
+        float | None,
+        typer.Option("--weight-decay", help="Per-row L2 on embedding rows.", rich_help_panel=_HP, show_default=False),
+    ] = None,
+    optimizer: Annotated[
+        str | None,
+        typer.Option(
+            "--optimizer",
+            help="rowwise_adam (row-sparse, one second "
+            "moment per embedding row), lazy_adam (row-sparse) or adam "
+            "(dense).",
+            rich_help_panel=_HP,
+            show_default=False,
+        ),
+    ] = None,
+    negatives: Annotated[
+        int | None,
+        typer.Option(
+            "--negatives",
+            help="Sampled negatives per rating for the watch output (0 = rating only).",
+            rich_help_panel=_HP,
+            show_default=False,
+        ),
+    ] = None,
+    watch_weight: Annotated[
+        float | None,
+        typer.Option("--watch-weight", help="Weight of the watch loss.", rich_help_panel=_HP, show_default=False),
+    ] = None,
+    sampling: Annotated[
+        str | None,
+        typer.Option("--sampling", help="uniform or popularity negatives.", rich_help_panel=_HP, show_default=False),
+    ] = None,
+    patience: Annotated[
+        int | None,
+        typer.Option(
+            "--patience",
+            help="Stop after this many epochs without a better val RMSE and keep the best weights (0 = off).",
+            rich_help_panel=_HP,
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", rich_help_panel=_HP, show_default=False)] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No model summary, progress bar or epoch lines: "
-                                        "only the closing summary.")] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="No model summary, progress bar or epoch lines: only the closing summary."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train the embedding-concat network on prepared data; writes a run folder and makes it the latest."""
@@ -149,10 +210,22 @@ def train_cmd(
     overrides: dict[str, Any] = load_config_file(config) if config is not None else {}
     if "preset" in overrides and preset == "default":
         preset = str(overrides["preset"])
-    flags = {"embedding_dim": embedding_dim, "hidden": _parse_hidden(hidden), "dropout": dropout, "lr": lr,
-             "lr_decay": lr_decay, "batch_size": batch_size, "epochs": epochs, "weight_decay": weight_decay,
-             "optimizer": optimizer.replace("-", "_") if optimizer else None, "negatives": negatives,
-             "watch_weight": watch_weight, "sampling": sampling, "patience": patience, "seed": seed}
+    flags = {
+        "embedding_dim": embedding_dim,
+        "hidden": _parse_hidden(hidden),
+        "dropout": dropout,
+        "lr": lr,
+        "lr_decay": lr_decay,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "weight_decay": weight_decay,
+        "optimizer": optimizer.replace("-", "_") if optimizer else None,
+        "negatives": negatives,
+        "watch_weight": watch_weight,
+        "sampling": sampling,
+        "patience": patience,
+        "seed": seed,
+    }
     overrides.update({k: v for k, v in flags.items() if v is not None})
 
     stop = {"requested": False}
@@ -161,14 +234,23 @@ def train_cmd(
         if stop["requested"]:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         stop["requested"] = True
-        err_console.print("[yellow]Ctrl-C: saving a checkpoint at the end of this block... "
-                          "(press again to abort without saving)[/]")
+        err_console.print(
+            "[yellow]Ctrl-C: saving a checkpoint at the end of this block... (press again to abort without saving)[/]"
+        )
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     view = _Progress(quiet=quiet or as_json, preset=preset)
     try:
-        result = train_run(data, out=out, workdir=wd, preset=preset, overrides=overrides, callbacks=view,
-                           resume=resume, stop_requested=lambda: stop["requested"])
+        result = train_run(
+            data,
+            out=out,
+            workdir=wd,
+            preset=preset,
+            overrides=overrides,
+            callbacks=view,
+            resume=resume,
+            stop_requested=lambda: stop["requested"],
+        )
     finally:
         view.stop()
         signal.signal(signal.SIGINT, previous)
@@ -180,36 +262,54 @@ def _print_result(result: RunResult, *, as_json: bool) -> None:
     """The closing summary of a run (or, when it was interrupted, how to resume it: exit 130)."""
     if result.interrupted:
         done = result.history[-1]["epoch"] if result.history else 0
-        err_console.print(f"[yellow]interrupted after epoch {done}; checkpoint saved in "
-                          f"{result.run_dir / 'checkpoints'}[/]\nresume with: [bold]embedrec train --resume "
-                          f"--out {result.run_dir}[/]")
+        err_console.print(
+            f"[yellow]interrupted after epoch {done}; checkpoint saved in "
+            f"{result.run_dir / 'checkpoints'}[/]\nresume with: [bold]embedrec train --resume "
+            f"--out {result.run_dir}[/]"
+        )
         raise typer.Exit(130)
     last = result.history[result.best_epoch - 1] if result.best_epoch else result.history[-1]
     if as_json:
         from embedrec.artifacts import json_text
 
-        console.print_json(json_text({"run_dir": str(result.run_dir), "n_params": result.n_params,
-                                       "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
-                                       "ranking": result.ranking, "final": last}))
+        console.print_json(
+            json_text(
+                {
+                    "run_dir": str(result.run_dir),
+                    "n_params": result.n_params,
+                    "best_epoch": result.best_epoch,
+                    "stopped_early": result.stopped_early,
+                    "ranking": result.ranking,
+                    "final": last,
+                }
+            )
+        )
         return
     note = f" (early stop; best weights from epoch {result.best_epoch})" if result.stopped_early else ""
     ndcg = f", val NDCG@10 {last['val_ndcg@10']:.4f}" if "val_ndcg@10" in last else ""
-    console.print(f"[green]trained[/] {result.n_params:,} parameters: val RMSE {last['val_rmse']:.4f}, "
-                  f"MAE {last['val_mae']:.4f}{ndcg}{note}")
+    console.print(
+        f"[green]trained[/] {result.n_params:,} parameters: val RMSE {last['val_rmse']:.4f}, "
+        f"MAE {last['val_mae']:.4f}{ndcg}{note}"
+    )
     if result.ranking.get("score") == "blend":
-        console.print(f"recommend ranks by watch logit + {result.ranking['beta']:g} x predicted rating "
-                      f"(chosen by {result.ranking.get('chosen_by', 'val ndcg@10')})")
+        console.print(
+            f"recommend ranks by watch logit + {result.ranking['beta']:g} x predicted rating "
+            f"(chosen by {result.ranking.get('chosen_by', 'val ndcg@10')})"
+        )
     elif result.ranking.get("score") == "rating":
         console.print("recommend ranks by predicted rating (this model has no trained watch output)")
-    console.print(f"model: {result.run_dir}  (now the latest; next: [bold]embedrec evaluate[/], "
-                  "[bold]embedrec recommend --user ID[/])")
+    console.print(
+        f"model: {result.run_dir}  (now the latest; next: [bold]embedrec evaluate[/], "
+        "[bold]embedrec recommend --user ID[/])"
+    )
 
 
 @app.command("info")
 @handle_errors
 def info_cmd(
-    model: Annotated[Path | None, typer.Argument(help="Run folder \\[default: the latest].",
-                                                 show_default=False)] = None,
+    model: Annotated[
+        Path | None, typer.Argument(help="Run folder \\[default: the latest].", show_default=False)
+    ] = None,
     workdir: WorkdirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -224,12 +324,21 @@ def info_cmd(
     if not isinstance(history, list):
         history = []
     n_params, metrics = meta.get("n_params"), meta.get("metrics")
-    info = {"run_dir": str(run), "preset": meta.get("preset"),
-            "n_params": n_params if isinstance(n_params, int) else 0,
-            "model": meta["model"], "train": meta["train"], "shape": meta["shape"], "data": meta.get("data") or {},
-            "ranking": meta.get("ranking"), "best_epoch": meta.get("best_epoch"),
-            "epochs_run": meta.get("epochs_run", len(history)), "metrics": metrics if isinstance(metrics, dict) else {},
-            "created": meta.get("created"), "schema_version": meta.get("schema_version")}
+    info = {
+        "run_dir": str(run),
+        "preset": meta.get("preset"),
+        "n_params": n_params if isinstance(n_params, int) else 0,
+        "model": meta["model"],
+        "train": meta["train"],
+        "shape": meta["shape"],
+        "data": meta.get("data") or {},
+        "ranking": meta.get("ranking"),
+        "best_epoch": meta.get("best_epoch"),
+        "epochs_run": meta.get("epochs_run", len(history)),
+        "metrics": metrics if isinstance(metrics, dict) else {},
+        "created": meta.get("created"),
+        "schema_version": meta.get("schema_version"),
+    }
     if as_json:
         from embedrec.artifacts import json_text
 
@@ -243,23 +352,34 @@ def info_cmd(
     t.add_row("preset", str(info["preset"]))
     t.add_row("parameters", f"{info['n_params']:,}")
     m = info["model"]
-    t.add_row("network", f"embeddings {m['embedding_dim']}-d (genres: {m['genre_mode']}), hidden "
-              f"{','.join(map(str, m['hidden']))}, dropout {m['dropout']}, biases {m['biases']}, "
-              f"watch output {m['watch_head']}")
+    t.add_row(
+        "network",
+        f"embeddings {m['embedding_dim']}-d (genres: {m['genre_mode']}), hidden "
+        f"{','.join(map(str, m['hidden']))}, dropout {m['dropout']}, biases {m['biases']}, "
+        f"watch output {m['watch_head']}",
+    )
     tr = info["train"]
-    t.add_row("training", f"{tr['optimizer']} lr {tr['lr']} (x{tr['lr_decay']}/epoch), batch {tr['batch_size']}, "
-              f"epochs {info['epochs_run']}/{tr['epochs']}, weight decay {tr['weight_decay']}, "
-              f"negatives {tr['negatives']}, seed {tr['seed']}")
+    t.add_row(
+        "training",
+        f"{tr['optimizer']} lr {tr['lr']} (x{tr['lr_decay']}/epoch), batch {tr['batch_size']}, "
+        f"epochs {info['epochs_run']}/{tr['epochs']}, weight decay {tr['weight_decay']}, "
+        f"negatives {tr['negatives']}, seed {tr['seed']}",
+    )
     s = info["shape"]
     d = info["data"]
-    t.add_row("data", f"{d.get('source')} ({d.get('format')}): {s['n_users']:,} users, {s['n_movies']:,} movies, "
-              f"{s['n_genres']:,} genre inputs, ratings {s['rating_min']:g}..{s['rating_max']:g}; fingerprint "
-              f"{d.get('fingerprint')}")
+    t.add_row(
+        "data",
+        f"{d.get('source')} ({d.get('format')}): {s['n_users']:,} users, {s['n_movies']:,} movies, "
+        f"{s['n_genres']:,} genre inputs, ratings {s['rating_min']:g}..{s['rating_max']:g}; fingerprint "
+        f"{d.get('fingerprint')}",
+    )
     for k, v in info["metrics"].items():
         t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     t.add_row("best epoch", str(info["best_epoch"]))
     rk = info["ranking"] or {}
-    t.add_row("recommend score", "predicted rating" if rk.get("score") == "rating"
-              else f"watch logit + {rk.get('beta', 0):g} x rating")
+    t.add_row(
+        "recommend score",
+        "predicted rating" if rk.get("score") == "rating" else f"watch logit + {rk.get('beta', 0):g} x rating",
+    )
     t.add_row("created", str(info["created"]))
     console.print(t)

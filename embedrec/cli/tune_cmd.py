@@ -14,8 +14,16 @@ from embedrec.cli.common import JsonOpt, WorkdirOpt, app, console, handle_errors
 from embedrec.tune import TrialOutcome, TuneCallbacks  # light: Optuna loads inside the search
 from embedrec.workdir import resolve_workdir
 
-_SHORT = {"lr": "lr", "weight_decay": "wd", "embedding_dim": "dim", "dropout": "drop", "batch_size": "batch",
-          "patience": "pat", "negatives": "neg", "watch_weight": "ww"}
+_SHORT = {
+    "lr": "lr",
+    "weight_decay": "wd",
+    "embedding_dim": "dim",
+    "dropout": "drop",
+    "batch_size": "batch",
+    "patience": "pat",
+    "negatives": "neg",
+    "watch_weight": "ww",
+}
 
 
 def _params_text(params: dict[str, Any]) -> str:
@@ -43,9 +51,15 @@ class _TuneView(TuneCallbacks):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.quiet = quiet
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                                 TextColumn("{task.fields[status]}"), console=console, transient=True,
-                                 disable=quiet)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=console,
+            transient=True,
+            disable=quiet,
+        )
         self.task: Any = None
         self.budget_s: float | None = None
         self.n_trials: int | None = None
@@ -62,12 +76,17 @@ class _TuneView(TuneCallbacks):
         if self.quiet:
             return
         previous = info["previous_trials"]
-        limits = [f"{info['budget_s'] / 60:g} min" if info["budget_s"] else "", f"{info['n_trials']} trials"
-                  if info["n_trials"] else ""]
-        console.print(f"tuning {info['objective']} on the validation split: study {info['study_name']!r} in "
-                      f"{info['study']}" + (f" (continuing after {previous} trials)" if previous else "")
-                      + f"; up to {' / '.join(x for x in limits if x)}, {info['max_epochs']} epochs per trial",
-                      highlight=False)
+        limits = [
+            f"{info['budget_s'] / 60:g} min" if info["budget_s"] else "",
+            f"{info['n_trials']} trials" if info["n_trials"] else "",
+        ]
+        console.print(
+            f"tuning {info['objective']} on the validation split: study {info['study_name']!r} in "
+            f"{info['study']}"
+            + (f" (continuing after {previous} trials)" if previous else "")
+            + f"; up to {' / '.join(x for x in limits if x)}, {info['max_epochs']} epochs per trial",
+            highlight=False,
+        )
         total = self.budget_s if self.budget_s else float(self.n_trials or 1)
         self.task = self.progress.add_task("search", total=total, status="")
         self.progress.start()
@@ -87,8 +106,10 @@ class _TuneView(TuneCallbacks):
 
     def on_epoch(self, number: int, record: dict[str, Any], value: float) -> None:
         if self.task is not None:
-            self.progress.update(self.task, status=f"epoch {record['epoch']}/{self.max_epochs} "
-                                 f"{_metrics_text(record)}; best: {self.best}")
+            self.progress.update(
+                self.task,
+                status=f"epoch {record['epoch']}/{self.max_epochs} {_metrics_text(record)}; best: {self.best}",
+            )
             self._advance()
 
     def on_trial_end(self, outcome: TrialOutcome) -> None:
@@ -117,24 +138,42 @@ class _TuneView(TuneCallbacks):
 @app.command("tune")
 @handle_errors
 def tune_cmd(
-    data: Annotated[Path | None, typer.Option("--data", help="Prepared data folder \\[default: <workdir>/data].",
-                                              show_default=False)] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Prepared data folder \\[default: <workdir>/data].", show_default=False),
+    ] = None,
     workdir: WorkdirOpt = None,
-    preset: Annotated[str, typer.Option("--preset", help="The preset to search around (default or seed).")
-                      ] = "default",
-    objective: Annotated[str, typer.Option("--objective", help="ndcg@10 (val NDCG@10), rmse (val RMSE) or both "
-                                           "(val NDCG@10 - 0.35 x val RMSE).")] = "ndcg@10",
-    budget: Annotated[str | None, typer.Option("--budget", help="Time for the search, e.g. 90s, 10m, 1h "
-                                               "\\[default: 10m unless --trials is given].",
-                                               show_default=False)] = None,
-    trials: Annotated[int | None, typer.Option("--trials", help="Trials to run in this call at most.",
-                                               show_default=False)] = None,
-    max_epochs: Annotated[int | None, typer.Option("--max-epochs", help="Epochs per trial at most (early stopping "
-                                                   "and pruning end most sooner) \\[default: the preset's].",
-                                                   show_default=False)] = None,
+    preset: Annotated[str, typer.Option("--preset", help="The preset to search around (default or seed).")] = "default",
+    objective: Annotated[
+        str,
+        typer.Option(
+            "--objective", help="ndcg@10 (val NDCG@10), rmse (val RMSE) or both (val NDCG@10 - 0.35 x val RMSE)."
+        ),
+    ] = "ndcg@10",
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            "--budget",
+            help="Time for the search, e.g. 90s, 10m, 1h \\[default: 10m unless --trials is given].",
+            show_default=False,
+        ),
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option("--trials", help="Trials to run in this call at most.", show_default=False)
+    ] = None,
+    max_epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--max-epochs",
+            help="Epochs per trial at most (early stopping and pruning end most sooner) \\[default: the preset's].",
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampler and of every trial's training.")] = 42,
-    out: Annotated[Path | None, typer.Option("--out", help="Config file to write \\[default: "
-                                             "<workdir>/tuned.toml].", show_default=False)] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Config file to write \\[default: <workdir>/tuned.toml].", show_default=False),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the closing summary.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -147,25 +186,49 @@ def tune_cmd(
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the view below reports each trial
     view = _TuneView(quiet=quiet or as_json)
     try:
-        result = tune(data, workdir=resolve_workdir(workdir), out=out, preset=preset, objective=objective,
-                      budget_s=budget_s, n_trials=trials, max_epochs=max_epochs, seed=seed, callbacks=view)
+        result = tune(
+            data,
+            workdir=resolve_workdir(workdir),
+            out=out,
+            preset=preset,
+            objective=objective,
+            budget_s=budget_s,
+            n_trials=trials,
+            max_epochs=max_epochs,
+            seed=seed,
+            callbacks=view,
+        )
     finally:
         view.stop()
     if as_json:
         from embedrec.artifacts import json_text
 
-        console.print_json(json_text({
-            "config": str(result.config_path), "command": result.command, "study": str(result.study_path),
-            "study_name": result.study_name, "objective": result.objective,
-            "best": {"trial": result.best_number, "value": result.best_value, "metrics": result.best_metrics,
-                     "settings": result.settings,
-                     "run_dir": str(result.best_run_dir) if result.best_run_dir else None},
-            "trials": {"this_call": result.n_this_call, **result.counts},
-        }))
+        console.print_json(
+            json_text(
+                {
+                    "config": str(result.config_path),
+                    "command": result.command,
+                    "study": str(result.study_path),
+                    "study_name": result.study_name,
+                    "objective": result.objective,
+                    "best": {
+                        "trial": result.best_number,
+                        "value": result.best_value,
+                        "metrics": result.best_metrics,
+                        "settings": result.settings,
+                        "run_dir": str(result.best_run_dir) if result.best_run_dir else None,
+                    },
+                    "trials": {"this_call": result.n_this_call, **result.counts},
+                }
+            )
+        )
         return
     c = result.counts
-    console.print(f"[green]tuned[/]: {result.n_this_call} trials in this call, {c['complete']} finished, "
-                  f"{c['pruned']} pruned, {c['failed']} stopped in the study so far")
+    console.print(
+        f"[green]tuned[/]: {result.n_this_call} trials in this call, {c['complete']} finished, "
+        f"{c['pruned']} pruned, {c['failed']} stopped in the study so far"
+    )
     console.print(f"best: trial {result.best_number}, val {_metrics_text(result.best_metrics)}", highlight=False)
-    console.print(f"settings written to {result.config_path}; train with:\n  [bold]{result.command}[/]",
-                  highlight=False)
+    console.print(
+        f"settings written to {result.config_path}; train with:\n  [bold]{result.command}[/]", highlight=False
+    )

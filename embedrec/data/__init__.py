@@ -47,5 +47,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'embedrec.data' has no attribute {name!r}")
 
 
-__all__ = ["PrepareConfig", "prepare", "prepare_synthetic", "load_prepared", "PreparedData", "download",
-           "DownloadResult"]
+__all__ = [
+    "PrepareConfig",
+    "prepare",
+    "prepare_synthetic",
+    "load_prepared",
+    "PreparedData",
+    "download",
+    "DownloadResult",
+]

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import zipfile
 import zlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
 
 from embedrec.errors import DataError
 
@@ -58,24 +58,33 @@ def _safe_parts(name: str) -> tuple[str, ...] | None:
 
 def checked_members(zf: zipfile.ZipFile, path: Path, *, wanted: Callable[[str], bool]) -> list[zipfile.ZipInfo]:
     """The members to extract (files only, ``wanted`` by name), after checking what the archive declares."""
-    members = [info for info in zf.infolist() if not info.is_dir() and wanted(info.filename)
-               and "__MACOSX" not in info.filename]
+    members = [
+        info
+        for info in zf.infolist()
+        if not info.is_dir() and wanted(info.filename) and "__MACOSX" not in info.filename
+    ]
     total = 0
     for info in members:
         if _safe_parts(info.filename) is None:
             raise DataError(f"{path}: member {info.filename!r} points outside the archive folder; refusing the archive")
         if info.file_size > MAX_MEMBER_BYTES:
-            raise DataError(f"{path}: member {info.filename} declares {info.file_size / 1e9:.1f} GB, more than the "
-                            f"{MAX_MEMBER_BYTES / 1e9:.1f} GB embedrec extracts (MovieLens' largest file is under "
-                            "1 GB): unpack it yourself and pass the folder")
+            raise DataError(
+                f"{path}: member {info.filename} declares {info.file_size / 1e9:.1f} GB, more than the "
+                f"{MAX_MEMBER_BYTES / 1e9:.1f} GB embedrec extracts (MovieLens' largest file is under "
+                "1 GB): unpack it yourself and pass the folder"
+            )
         if info.file_size > RATIO_MIN_BYTES and info.file_size > MAX_RATIO * max(info.compress_size, 1):
             ratio = info.file_size / max(info.compress_size, 1)
-            raise DataError(f"{path}: member {info.filename} claims a {ratio:,.0f}:1 compression ratio (rating files "
-                            f"reach about 5:1; over {MAX_RATIO}:1 is a zip bomb); refusing the archive")
+            raise DataError(
+                f"{path}: member {info.filename} claims a {ratio:,.0f}:1 compression ratio (rating files "
+                f"reach about 5:1; over {MAX_RATIO}:1 is a zip bomb); refusing the archive"
+            )
         total += info.file_size
     if total > MAX_TOTAL_BYTES:
-        raise DataError(f"{path}: the selected members declare {total / 1e9:.1f} GB in all, more than the "
-                        f"{MAX_TOTAL_BYTES / 1e9:.1f} GB embedrec extracts: unpack it yourself and pass the folder")
+        raise DataError(
+            f"{path}: the selected members declare {total / 1e9:.1f} GB in all, more than the "
+            f"{MAX_TOTAL_BYTES / 1e9:.1f} GB embedrec extracts: unpack it yourself and pass the folder"
+        )
     return members
 
 
@@ -95,13 +104,19 @@ def extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, path:
                     break
                 written += len(chunk)
                 if written > info.file_size:
-                    raise DataError(f"{path}: member {info.filename} holds more than the {info.file_size:,} bytes "
-                                    "it declares; the archive is damaged or hostile")
+                    raise DataError(
+                        f"{path}: member {info.filename} holds more than the {info.file_size:,} bytes "
+                        "it declares; the archive is damaged or hostile"
+                    )
                 dst.write(chunk)
     except DAMAGED as exc:
-        raise DataError(f"{path}: member {info.filename} is damaged ({type(exc).__name__}: {exc}): the archive is "
-                        "corrupt; fetch it again") from None
+        raise DataError(
+            f"{path}: member {info.filename} is damaged ({type(exc).__name__}: {exc}): the archive is "
+            "corrupt; fetch it again"
+        ) from None
     if written != info.file_size:
-        raise DataError(f"{path}: member {info.filename} ended after {written:,} of {info.file_size:,} bytes: the "
-                        "archive is truncated; fetch it again")
+        raise DataError(
+            f"{path}: member {info.filename} ended after {written:,} of {info.file_size:,} bytes: the "
+            "archive is truncated; fetch it again"
+        )
     return target

@@ -84,7 +84,7 @@ class PrepareConfig:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         if self.format not in FORMATS:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        if len(self.delimiter) != 1 or self.delimiter in "\r\n\"":
+        if len(self.delimiter) != 1 or self.delimiter in '\r\n"':
             raise ConfigError(f"--delimiter must be one character (e.g. ',' ';' or a tab), got {self.delimiter!r}")
         cols = (("--user-col", self.user_col), ("--movie-col", self.movie_col), ("--rating-col", self.rating_col))
         for name, column in cols:

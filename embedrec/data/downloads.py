@@ -20,9 +20,9 @@ import hashlib
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from embedrec.errors import ConfigError, DataError, DownloadError
 
@@ -140,8 +140,9 @@ def _published_md5(url: str, *, timeout: float) -> PublishedChecksum:
 
     md5_url = url + ".md5"
     try:
-        with urllib.request.urlopen(urllib.request.Request(md5_url, headers={"User-Agent": "embedrec"}),
-                                    timeout=timeout) as resp:
+        with urllib.request.urlopen(
+            urllib.request.Request(md5_url, headers={"User-Agent": "embedrec"}), timeout=timeout
+        ) as resp:
             text = resp.read(4096).decode("ascii", "replace")
     except urllib.error.HTTPError as exc:
         return PublishedChecksum(None, f"{md5_url} gave HTTP {exc.code} {exc.reason}")
@@ -224,9 +225,11 @@ def download(
         expected = published.md5
         if expected is None:
             if strict:
-                raise DownloadError(f"cannot verify {zip_url}: {published.problem}; --strict refuses an unverified "
-                                    f"archive (kept as {part}: run again when the checksum is reachable, or drop "
-                                    "--strict)")
+                raise DownloadError(
+                    f"cannot verify {zip_url}: {published.problem}; --strict refuses an unverified "
+                    f"archive (kept as {part}: run again when the checksum is reachable, or drop "
+                    "--strict)"
+                )
             warning = f"NOT VERIFIED: {published.problem}; the archive is used without a checksum check"
         else:
             actual = _md5(part)
@@ -244,5 +247,6 @@ def download(
     except DownloadError as exc:
         zip_path.unlink(missing_ok=True)
         raise DownloadError(f"{exc}; the damaged archive was deleted from the cache: run the command again") from None
-    return DownloadResult(name, zip_path, folder, downloaded=downloaded, verified=verified, url=zip_url,
-                          warning=warning)
+    return DownloadResult(
+        name, zip_path, folder, downloaded=downloaded, verified=verified, url=zip_url, warning=warning
+    )

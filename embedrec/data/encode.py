@@ -114,8 +114,7 @@ def genre_vocab(
     """
     strings = sorted(set(genre_strings_per_movie))
     pos = {s: i for i, s in enumerate(strings)}
-    str_idx = np.fromiter((pos[s] for s in genre_strings_per_movie), dtype=np.int32,
-                          count=len(genre_strings_per_movie))
+    str_idx = np.fromiter((pos[s] for s in genre_strings_per_movie), dtype=np.int32, count=len(genre_strings_per_movie))
     split = {s: ([] if s == none else s.split("|")) for s in strings}
     lists = [list(split[s]) for s in genre_strings_per_movie]
     singles = sorted({g for s in strings for g in split[s]})

@@ -47,8 +47,25 @@ if TYPE_CHECKING:
 
 NO_GENRES = "(no genres listed)"
 ML100K_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
-    "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 SCALES: dict[str, tuple[float, float]] = {
     "ml-100k": (1.0, 5.0),
@@ -76,7 +93,7 @@ class RawData:
 
     format: str
     ratings: RatingArrays
-    movies: "pd.DataFrame"  # movie_id int64, title str, year Int32, genres str
+    movies: pd.DataFrame  # movie_id int64, title str, year Int32, genres str
     movies_file: str
     rating_scale: tuple[float, float] | None
 
@@ -134,16 +151,18 @@ def detect_layout(folder: Path, *, config: PrepareConfig) -> Layout:
     if len(found) == 1:
         return found[0]
     if len(found) > 1:
-        where = ", ".join(f"{lay.format} in {lay.folder.relative_to(folder).as_posix() or '.'}/"
-                          for lay in found[:6])
+        where = ", ".join(f"{lay.format} in {lay.folder.relative_to(folder).as_posix() or '.'}/" for lay in found[:6])
         raise DataError(
             f"{folder} holds {len(found)} data sets ({where}): pass the folder of the one you want (unzip an archive "
             "first), or choose with --format"
         )
     if fmt != "auto":
         want = {
-            "ml-100k": "u.data + u.item", "ml-1m": "ratings.dat + movies.dat", "ml-10m": "ratings.dat + movies.dat",
-            "ml-csv": "ratings.csv + movies.csv", "recbole": "*.inter + *.item",
+            "ml-100k": "u.data + u.item",
+            "ml-1m": "ratings.dat + movies.dat",
+            "ml-10m": "ratings.dat + movies.dat",
+            "ml-csv": "ratings.csv + movies.csv",
+            "recbole": "*.inter + *.item",
         }[fmt]
         raise DataError(f"{folder} does not hold the {fmt} layout (expected {want})")
     present = ", ".join(sorted(p.name for p in folder.iterdir())[:10]) or "nothing"
@@ -173,7 +192,7 @@ def _generic_layout(source: Path, config: PrepareConfig) -> Layout:
 
 
 # ------------------------------------------------------------------------------------------------------------ helpers
-def split_title_year(titles: "pd.Series") -> tuple["pd.Series", "pd.Series"]:
+def split_title_year(titles: pd.Series) -> tuple[pd.Series, pd.Series]:
     """``"Heat (1995)"`` -> (``"Heat"``, 1995); titles without a year keep their text and get a null year."""
     import pandas as pd
 
@@ -185,7 +204,7 @@ def split_title_year(titles: "pd.Series") -> tuple["pd.Series", "pd.Series"]:
     return title, year
 
 
-def normalise_genres(genres: "pd.Series", *, sep: str = "|", drop: tuple[str, ...] = ()) -> "pd.Series":
+def normalise_genres(genres: pd.Series, *, sep: str = "|", drop: tuple[str, ...] = ()) -> pd.Series:
     """Any genre separator -> pipe-joined string; empty -> ``(no genres listed)``. Order is kept as given."""
     drop_set = set(drop) | {NO_GENRES, ""}
 
@@ -201,7 +220,7 @@ def normalise_genres(genres: "pd.Series", *, sep: str = "|", drop: tuple[str, ..
     return pd.Series([one(g) for g in genres], index=genres.index, dtype=object).astype(str)
 
 
-def _movies_frame(movie_id: np.ndarray, title: "pd.Series", year: "pd.Series", genres: "pd.Series") -> "pd.DataFrame":
+def _movies_frame(movie_id: np.ndarray, title: pd.Series, year: pd.Series, genres: pd.Series) -> pd.DataFrame:
     import pandas as pd
 
     return pd.DataFrame(
@@ -226,7 +245,7 @@ def _int_ids(values: list[str], *, path: Path, first_line: int, lines: list[int]
 
 
 # ------------------------------------------------------------------------------------------------------ movie readers
-def read_movies_csv(path: Path, *, id_col: str = "movieId", delimiter: str = ",") -> "pd.DataFrame":
+def read_movies_csv(path: Path, *, id_col: str = "movieId", delimiter: str = ",") -> pd.DataFrame:
     """``movies.csv`` (movieId,title,genres; quoted titles may hold commas), UTF-8."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -243,8 +262,9 @@ def read_movies_csv(path: Path, *, id_col: str = "movieId", delimiter: str = ","
         table = pacsv.read_csv(
             str(path),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types),
-                                                 strings_can_be_null=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types, include_columns=list(types), strings_can_be_null=False
+            ),
         )
     except pa.ArrowInvalid as exc:
         if "invalid UTF8" in str(exc):
@@ -259,7 +279,7 @@ def read_movies_csv(path: Path, *, id_col: str = "movieId", delimiter: str = ","
     return _movies_frame(ids, title, year, genres)
 
 
-def read_movies_dat(path: Path) -> "pd.DataFrame":
+def read_movies_dat(path: Path) -> pd.DataFrame:
     """``movies.dat`` (``MovieID::Title::Genres``): UTF-8, or latin-1 as in ml-1m."""
     import pandas as pd
 
@@ -280,7 +300,7 @@ def read_movies_dat(path: Path) -> "pd.DataFrame":
     return _movies_frame(ids_arr, title, year, normalise_genres(pd.Series(genres, dtype=object)))
 
 
-def read_movies_u_item(path: Path) -> "pd.DataFrame":
+def read_movies_u_item(path: Path) -> pd.DataFrame:
     """ml-100k ``u.item``: pipe-separated, id|title|release date|video date|url|19 genre flags.
 
     GroupLens ships it in latin-1; a re-saved UTF-8 copy is read as UTF-8 (latin-1 would turn its accents into
@@ -311,7 +331,7 @@ def read_movies_u_item(path: Path) -> "pd.DataFrame":
     return _movies_frame(ids_arr, title, year, normalise_genres(pd.Series(genres, dtype=object)))
 
 
-def read_movies_recbole(path: Path) -> "pd.DataFrame":
+def read_movies_recbole(path: Path) -> pd.DataFrame:
     """RecBole ``.item``: tab-separated with ``name:type`` headers; ``class`` holds space-separated genres."""
     import pandas as pd
 
@@ -339,18 +359,20 @@ def read_movies_recbole(path: Path) -> "pd.DataFrame":
     ids_arr = _int_ids(ids, path=path, first_line=2, lines=lines)
     title, title_year = split_title_year(pd.Series(titles, dtype=object))
     year = pd.to_numeric(pd.Series(years, dtype=object), errors="coerce").astype("Int32").fillna(title_year)
-    return _movies_frame(ids_arr, title, year, normalise_genres(pd.Series(genres, dtype=object), sep=" ",
-                                                                   drop=("unknown",)))
+    return _movies_frame(
+        ids_arr, title, year, normalise_genres(pd.Series(genres, dtype=object), sep=" ", drop=("unknown",))
+    )
 
 
-def placeholder_movies(movie_ids: np.ndarray) -> "pd.DataFrame":
+def placeholder_movies(movie_ids: np.ndarray) -> pd.DataFrame:
     """Metadata for a generic rating file without a movies file: ``movie <id>``, no year, no genres."""
     import pandas as pd
 
     ids = np.unique(movie_ids)
     title = pd.Series([f"movie {i}" for i in ids], dtype=object)
-    return _movies_frame(ids, title, pd.Series([None] * len(ids), dtype="Int32"),
-                         pd.Series([NO_GENRES] * len(ids), dtype=object))
+    return _movies_frame(
+        ids, title, pd.Series([None] * len(ids), dtype="Int32"), pd.Series([NO_GENRES] * len(ids), dtype=object)
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------ reading
@@ -360,23 +382,37 @@ def read_layout(layout: Layout, *, config: PrepareConfig) -> RawData:
     nrows = config.nrows
     if fmt == "ml-100k":
         ratings = read_rating_columns(
-            layout.ratings, columns=RatingColumns("user", "item", "rating", "time"), delimiter="\t", header=False,
-            names=["user", "item", "rating", "time"], nrows=nrows, quoting=False,
+            layout.ratings,
+            columns=RatingColumns("user", "item", "rating", "time"),
+            delimiter="\t",
+            header=False,
+            names=["user", "item", "rating", "time"],
+            nrows=nrows,
+            quoting=False,
         )
         movies = read_movies_u_item(layout.movies)  # type: ignore[arg-type]
     elif fmt in ("ml-1m", "ml-10m"):
         check_text_file(layout.ratings, what="ratings")
         data = layout.ratings.read_bytes().replace(b"::", b"\t")
         ratings = read_rating_columns(
-            layout.ratings, columns=RatingColumns("user", "item", "rating", "time"), delimiter="\t", header=False,
-            names=["user", "item", "rating", "time"], nrows=nrows, data=data, quoting=False,
+            layout.ratings,
+            columns=RatingColumns("user", "item", "rating", "time"),
+            delimiter="\t",
+            header=False,
+            names=["user", "item", "rating", "time"],
+            nrows=nrows,
+            data=data,
+            quoting=False,
         )
         del data
         movies = read_movies_dat(layout.movies)  # type: ignore[arg-type]
     elif fmt == "ml-csv":
         ratings = read_rating_columns(
-            layout.ratings, columns=RatingColumns("userId", "movieId", "rating", "timestamp"), delimiter=",",
-            header=True, nrows=nrows,
+            layout.ratings,
+            columns=RatingColumns("userId", "movieId", "rating", "timestamp"),
+            delimiter=",",
+            header=True,
+            nrows=nrows,
         )
         movies = read_movies_csv(layout.movies)  # type: ignore[arg-type]
     elif fmt == "recbole":
@@ -388,32 +424,52 @@ def read_layout(layout: Layout, *, config: PrepareConfig) -> RawData:
                 raise missing_column_error(layout.ratings, col, names, "\t", None)
         data = layout.ratings.read_bytes().split(b"\n", 1)[1] if b"\n" in head else b""
         ratings = read_rating_columns(
-            layout.ratings, columns=RatingColumns("user_id", "item_id", "rating",
-                                                  "timestamp" if "timestamp" in names else None),
-            delimiter="\t", header=False, names=names, nrows=nrows, data=data, quoting=False, time_as_float=True,
+            layout.ratings,
+            columns=RatingColumns("user_id", "item_id", "rating", "timestamp" if "timestamp" in names else None),
+            delimiter="\t",
+            header=False,
+            names=names,
+            nrows=nrows,
+            data=data,
+            quoting=False,
+            time_as_float=True,
         )
         ratings.first_line = 2
         movies = read_movies_recbole(layout.movies)  # type: ignore[arg-type]
     elif fmt == "csv":
         opts = {"user": "--user-col", "movie": "--movie-col", "rating": "--rating-col", "time": "--time-col"}
         # the default time column is not asked for by name: a file without it simply has no timestamps
-        columns = RatingColumns(config.user_col, config.movie_col, config.rating_col, config.time_col or None,
-                                time_optional=config.time_col == DEFAULT_TIME_COL)
+        columns = RatingColumns(
+            config.user_col,
+            config.movie_col,
+            config.rating_col,
+            config.time_col or None,
+            time_optional=config.time_col == DEFAULT_TIME_COL,
+        )
         ratings = read_rating_columns(
-            layout.ratings, columns=columns,
-            delimiter=config.delimiter, header=True, nrows=nrows, options=opts,
+            layout.ratings,
+            columns=columns,
+            delimiter=config.delimiter,
+            header=True,
+            nrows=nrows,
+            options=opts,
         )
         if layout.movies is not None:
-            movies = read_movies_csv(layout.movies, id_col=_movie_id_col(layout.movies, config),
-                                     delimiter=config.delimiter)
+            movies = read_movies_csv(
+                layout.movies, id_col=_movie_id_col(layout.movies, config), delimiter=config.delimiter
+            )
         else:
             movies = placeholder_movies(ratings.movie_id)
-        return RawData(format=fmt, ratings=ratings, movies=movies,
-                       movies_file=str(layout.movies or layout.ratings), rating_scale=config.rating_scale)
+        return RawData(
+            format=fmt,
+            ratings=ratings,
+            movies=movies,
+            movies_file=str(layout.movies or layout.ratings),
+            rating_scale=config.rating_scale,
+        )
     else:  # pragma: no cover - detect_layout only returns the formats above
         raise DataError(f"unknown format {fmt!r}")
-    return RawData(format=fmt, ratings=ratings, movies=movies, movies_file=str(layout.movies),
-                   rating_scale=SCALES[fmt])
+    return RawData(format=fmt, ratings=ratings, movies=movies, movies_file=str(layout.movies), rating_scale=SCALES[fmt])
 
 
 def _movie_id_col(path: Path, config: PrepareConfig) -> str:

@@ -13,8 +13,9 @@ with ``done == total`` at the end, so a caller can draw a progress bar without t
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,12 @@ def _report(on_progress: ProgressFn | None, stage: str) -> None:
 
 
 def prepare_raw(
-    raw: RawData, *, out: Path, config: PrepareConfig, source: str, on_progress: ProgressFn | None = None,
+    raw: RawData,
+    *,
+    out: Path,
+    config: PrepareConfig,
+    source: str,
+    on_progress: ProgressFn | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Clean, split and write ``raw`` (already read); returns the summary written to ``summary.json``."""
@@ -48,7 +54,11 @@ def prepare_raw(
     del raw
     _report(on_progress, "split")
     split = assign_split(
-        clean.user_idx, clean.timestamp, method=config.split, test_frac=config.test_frac, val_frac=config.val_frac,
+        clean.user_idx,
+        clean.timestamp,
+        method=config.split,
+        test_frac=config.test_frac,
+        val_frac=config.val_frac,
         seed=config.seed,
     )
     movies = clean.movies
@@ -181,6 +191,10 @@ def prepare_synthetic(
     del ratings, movies
     generator = {"n_users": n_users, "n_movies": n_movies, "n_ratings": n_ratings, "seed": seed}
     return prepare_raw(
-        raw, out=out, config=config, source="synthetic", on_progress=on_progress,
+        raw,
+        out=out,
+        config=config,
+        source="synthetic",
+        on_progress=on_progress,
         extra={"generator": generator},
     )

@@ -14,9 +14,10 @@ An unparsable timestamp is not fatal: the row is flagged in ``bad_timestamp`` an
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -127,7 +128,7 @@ def _read_table(
     quoting: bool,
     types: dict[str, Any],
     nrows: int | None,
-) -> "pa.Table":
+) -> pa.Table:
     """One pyarrow read (streaming when ``nrows`` is set so we stop early)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -158,16 +159,28 @@ def _source(path: Path, data: bytes | None) -> Any:
 
 
 def _first_bad_value(
-    path: Path, data: bytes | None, *, names: list[str] | None, delimiter: str, quoting: bool, column: str,
-    nrows: int | None, integer: bool,
+    path: Path,
+    data: bytes | None,
+    *,
+    names: list[str] | None,
+    delimiter: str,
+    quoting: bool,
+    column: str,
+    nrows: int | None,
+    integer: bool,
 ) -> tuple[int, str] | None:
     """Re-read one column as text and return (row, value) of its first non-numeric (or non-integer) entry."""
     import pandas as pd
     import pyarrow as pa
 
     table = _read_table(
-        _source(path, data), path=path, names=names, delimiter=delimiter, quoting=quoting,
-        types={column: pa.string()}, nrows=nrows,
+        _source(path, data),
+        path=path,
+        names=names,
+        delimiter=delimiter,
+        quoting=quoting,
+        types={column: pa.string()},
+        nrows=nrows,
     )
     text = table.column(column).to_pandas()
     num = pd.to_numeric(text, errors="coerce")
@@ -238,7 +251,13 @@ def read_rating_columns(
             if failed in (columns.user, columns.movie, columns.rating):
                 integer = failed != columns.rating
                 hit = _first_bad_value(
-                    path, data, names=names, delimiter=delimiter, quoting=quoting, column=failed, nrows=nrows,
+                    path,
+                    data,
+                    names=names,
+                    delimiter=delimiter,
+                    quoting=quoting,
+                    column=failed,
+                    nrows=nrows,
                     integer=integer,
                 )
                 kind = "an integer id" if integer else "a number"

@@ -42,8 +42,21 @@ def fetch_ml100k(cache_dir: Path | None = None, *, timeout: float = 180.0) -> Pa
     cache.mkdir(parents=True, exist_ok=True)
     wheel = cache / WHEEL
     if not wheel.is_file():
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "--timeout", "20", "--retries", "1", f"recbole=={RECBOLE_VERSION}", "-d", str(cache)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--timeout",
+            "20",
+            "--retries",
+            "1",
+            f"recbole=={RECBOLE_VERSION}",
+            "-d",
+            str(cache),
+        ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as exc:

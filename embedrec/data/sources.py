@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 from embedrec.data.archives import checked_members, extract_member, open_archive
 from embedrec.data.config import PrepareConfig
@@ -53,8 +53,10 @@ def _unzipped(path: Path, config: PrepareConfig, *, cached: bool = False) -> Ite
         except DataError as exc:
             if cached:
                 path.unlink(missing_ok=True)
-                raise DataError(f"{exc}; the cached archive was deleted: run `embedrec download "
-                                f"{path.name.removesuffix('.zip')}` again") from None
+                raise DataError(
+                    f"{exc}; the cached archive was deleted: run `embedrec download "
+                    f"{path.name.removesuffix('.zip')}` again"
+                ) from None
             raise
         yield tmp
     finally:

@@ -95,8 +95,10 @@ def assign_split(
     if method in ("temporal", "leave-last-out") and len(timestamp) and not np.any(timestamp):
         from embedrec.errors import ConfigError
 
-        raise ConfigError(f"--split {method} needs timestamps, and this data has none: use --split random, or name "
-                          "the time column with --time-col")
+        raise ConfigError(
+            f"--split {method} needs timestamps, and this data has none: use --split random, or name "
+            "the time column with --time-col"
+        )
     if method == "random":
         return random_split(len(user_idx), test_frac=test_frac, val_frac=val_frac, seed=seed)
     if method == "temporal":

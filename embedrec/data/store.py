@@ -40,7 +40,7 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,14 +62,27 @@ _HOW = "run `embedrec prepare` (or pass the folder it wrote)"
 
 
 def fingerprint(
-    user_idx: np.ndarray, movie_idx: np.ndarray, rating: np.ndarray, timestamp: np.ndarray, split: np.ndarray,
-    *, n_users: int, n_movies: int, n_genres: int, n_genre_strings: int,
+    user_idx: np.ndarray,
+    movie_idx: np.ndarray,
+    rating: np.ndarray,
+    timestamp: np.ndarray,
+    split: np.ndarray,
+    *,
+    n_users: int,
+    n_movies: int,
+    n_genres: int,
+    n_genre_strings: int,
 ) -> str:
     """Short digest identifying the encoded ratings (the data a model was trained on)."""
     h = hashlib.blake2b(digest_size=8)
     h.update(json.dumps([len(user_idx), n_users, n_movies, n_genres, n_genre_strings]).encode())
-    for arr, dtype in ((user_idx, np.int32), (movie_idx, np.int32), (rating, np.float32), (timestamp, np.int64),
-                       (split, np.int8)):
+    for arr, dtype in (
+        (user_idx, np.int32),
+        (movie_idx, np.int32),
+        (rating, np.float32),
+        (timestamp, np.int64),
+        (split, np.int8),
+    ):
         h.update(np.ascontiguousarray(arr, dtype=dtype).data.cast("B"))
     return h.hexdigest()
 
@@ -89,8 +102,12 @@ def _is_ours(summary_path: Path) -> bool:
         return False
     if meta.get("kind") == KIND:
         return True
-    return meta.get("schema_version") == SCHEMA_VERSION and isinstance(meta.get("fingerprint"), str) \
-        and "n_ratings" in meta and "split" in meta
+    return (
+        meta.get("schema_version") == SCHEMA_VERSION
+        and isinstance(meta.get("fingerprint"), str)
+        and "n_ratings" in meta
+        and "split" in meta
+    )
 
 
 def check_replaceable(out: Path) -> None:
@@ -106,11 +123,14 @@ def check_replaceable(out: Path) -> None:
     foreign = [n for n in names if n not in FILES]
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise ConfigError(f"--out {out} holds files embedrec did not write ({shown}): choose a new or empty folder "
-                          "(prepare replaces only a data set it wrote itself)")
+        raise ConfigError(
+            f"--out {out} holds files embedrec did not write ({shown}): choose a new or empty folder "
+            "(prepare replaces only a data set it wrote itself)"
+        )
     if not _is_ours(out / "summary.json"):
-        raise ConfigError(f"--out {out} is not a data set embedrec prepared (no embedrec summary.json): choose a "
-                          "new or empty folder")
+        raise ConfigError(
+            f"--out {out} is not a data set embedrec prepared (no embedrec summary.json): choose a new or empty folder"
+        )
 
 
 def write_prepared(
@@ -122,7 +142,7 @@ def write_prepared(
     timestamp: np.ndarray,
     split: np.ndarray,
     user_ids: np.ndarray,
-    movies: "pd.DataFrame",
+    movies: pd.DataFrame,
     genres: list[str],
     genre_strings: list[str],
     summary: dict[str, Any],
@@ -139,10 +159,17 @@ def write_prepared(
     n_users, n_movies = len(user_ids), len(movies)
     summary = dict(summary)
     summary["fingerprint"] = fingerprint(
-        user_idx, movie_idx, rating, timestamp, split, n_users=n_users, n_movies=n_movies,
-        n_genres=len(genres), n_genre_strings=len(genre_strings),
+        user_idx,
+        movie_idx,
+        rating,
+        timestamp,
+        split,
+        n_users=n_users,
+        n_movies=n_movies,
+        n_genres=len(genres),
+        n_genre_strings=len(genre_strings),
     )
-    summary["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    summary["created"] = datetime.now(UTC).isoformat(timespec="seconds")
     summary = {"schema_version": SCHEMA_VERSION, "kind": KIND, **summary}
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -160,8 +187,11 @@ def write_prepared(
             }
         )
         pq.write_table(
-            ratings, tmp / "ratings.parquet", compression="snappy",
-            use_dictionary=["rating", "split"], row_group_size=1 << 22,
+            ratings,
+            tmp / "ratings.parquet",
+            compression="snappy",
+            use_dictionary=["rating", "split"],
+            row_group_size=1 << 22,
         )
         del ratings
         write_vocabulary(tmp, user_ids=user_ids, movies=movies, genres=genres, genre_strings=genre_strings)
@@ -174,8 +204,9 @@ def write_prepared(
     return summary
 
 
-def write_vocabulary(folder: Path, *, user_ids: np.ndarray, movies: "pd.DataFrame", genres: list[str],
-                     genre_strings: list[str]) -> None:
+def write_vocabulary(
+    folder: Path, *, user_ids: np.ndarray, movies: pd.DataFrame, genres: list[str], genre_strings: list[str]
+) -> None:
     """Write ``users.parquet``, ``movies.parquet`` and ``vocab.json`` into ``folder``, each atomically: the id maps a
     prepared data set and every model folder trained on it carry (a model folder gets them from the data in memory,
     so a ``prepare`` running meanwhile can never hand a model another data set's vocabulary)."""
@@ -189,8 +220,9 @@ def write_vocabulary(folder: Path, *, user_ids: np.ndarray, movies: "pd.DataFram
             "movie_idx": pa.array(np.arange(n_movies, dtype=np.int32)),
             "movie_id": pa.array(movies["movie_id"].to_numpy(np.int64)),
             "title": pa.array(movies["title"].astype(str).tolist(), pa.string()),
-            "year": pa.array(year.to_numpy(dtype="float64", na_value=np.nan), pa.float64(),
-                             from_pandas=True).cast(pa.int32()),
+            "year": pa.array(year.to_numpy(dtype="float64", na_value=np.nan), pa.float64(), from_pandas=True).cast(
+                pa.int32()
+            ),
             "genres": pa.array(movies["genres"].astype(str).tolist(), pa.string()),
             "genre_str_idx": pa.array(movies["genre_str_idx"].to_numpy(np.int32)),
             "genre_list": pa.array([list(g) for g in movies["genre_list"]], pa.list_(pa.string())),
@@ -201,10 +233,11 @@ def write_vocabulary(folder: Path, *, user_ids: np.ndarray, movies: "pd.DataFram
     )
     vocab = {"schema_version": SCHEMA_VERSION, "genres": list(genres), "genre_strings": list(genre_strings)}
     suffix = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    for name, write in (("movies.parquet", lambda f: pq.write_table(movie_table, f)),
-                        ("users.parquet", lambda f: pq.write_table(users, f)),
-                        ("vocab.json", lambda f: Path(f).write_text(json.dumps(vocab, indent=1) + "\n",
-                                                                     encoding="utf-8"))):
+    for name, write in (
+        ("movies.parquet", lambda f: pq.write_table(movie_table, f)),
+        ("users.parquet", lambda f: pq.write_table(users, f)),
+        ("vocab.json", lambda f: Path(f).write_text(json.dumps(vocab, indent=1) + "\n", encoding="utf-8")),
+    ):
         tmp = folder / f".{name}{suffix}"
         try:
             write(tmp)
@@ -247,7 +280,7 @@ class PreparedData:
     timestamp: np.ndarray
     split: np.ndarray
     user_ids: np.ndarray
-    movies: "pd.DataFrame"
+    movies: pd.DataFrame
     genres: list[str]
     genre_strings: list[str]
 
@@ -306,7 +339,7 @@ class PreparedData:
         return self.split == SPLIT_CODES[name]
 
 
-def movies_frame(movies: "pd.DataFrame") -> "pd.DataFrame":
+def movies_frame(movies: pd.DataFrame) -> pd.DataFrame:
     """A ``movies.parquet`` table as read by pyarrow, with the dtypes it was written with: Parquet's nullable int32
     year arrives as float64 whenever a year is missing (1995.0), and the genre lists as arrays."""
     if "year" in movies:
@@ -403,12 +436,15 @@ def check_prepared(data: PreparedData) -> None:
     where = data.path / "ratings.parquet"
     for name, values, n in (("user_idx", data.user_idx, data.n_users), ("movie_idx", data.movie_idx, data.n_movies)):
         if len(values) and (int(values.min()) < 0 or int(values.max()) >= n):
-            raise ArtifactError(f"{where}: {name} spans {int(values.min())}..{int(values.max())} but there are {n} "
-                                f"entries in the vocabulary: the folder is damaged; {_HOW}")
+            raise ArtifactError(
+                f"{where}: {name} spans {int(values.min())}..{int(values.max())} but there are {n} "
+                f"entries in the vocabulary: the folder is damaged; {_HOW}"
+            )
     codes = sorted(SPLIT_CODES.values())  # 0, 1, 2: a range check is enough
     if len(data.split) and (int(data.split.min()) < codes[0] or int(data.split.max()) > codes[-1]):
-        raise ArtifactError(f"{where}: split holds codes other than {sorted(SPLIT_CODES.values())}: the folder is "
-                            f"damaged; {_HOW}")
+        raise ArtifactError(
+            f"{where}: split holds codes other than {sorted(SPLIT_CODES.values())}: the folder is damaged; {_HOW}"
+        )
     if not np.isfinite(data.rating).all():
         raise ArtifactError(f"{where}: rating holds NaN or infinite values: the folder is damaged; {_HOW}")
     movies = data.movies
@@ -416,10 +452,14 @@ def check_prepared(data: PreparedData) -> None:
         raise ArtifactError(f"{data.path / 'movies.parquet'} lacks genre_str_idx or genre_list: {_HOW}")
     gs = movies["genre_str_idx"].to_numpy()
     if len(gs) and (gs.min() < 0 or gs.max() >= data.n_genre_strings):
-        raise ArtifactError(f"{data.path / 'movies.parquet'}: genre_str_idx exceeds the {data.n_genre_strings} genre "
-                            f"strings of vocab.json: the folder is damaged; {_HOW}")
+        raise ArtifactError(
+            f"{data.path / 'movies.parquet'}: genre_str_idx exceeds the {data.n_genre_strings} genre "
+            f"strings of vocab.json: the folder is damaged; {_HOW}"
+        )
     known = set(data.genres)
     unknown = {g for glist in movies["genre_list"] for g in glist} - known
     if unknown:
-        raise ArtifactError(f"{data.path / 'movies.parquet'}: genres {sorted(unknown)[:3]} are not in vocab.json: the "
-                            f"folder is damaged; {_HOW}")
+        raise ArtifactError(
+            f"{data.path / 'movies.parquet'}: genres {sorted(unknown)[:3]} are not in vocab.json: the "
+            f"folder is damaged; {_HOW}"
+        )

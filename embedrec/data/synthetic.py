@@ -33,9 +33,10 @@ seed gives the same data and 27M ratings generate in seconds with bounded memory
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,8 +44,25 @@ if TYPE_CHECKING:
     import pandas as pd
 
 GENRES = (
-    "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy", "Film-Noir",
-    "Horror", "IMAX", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "IMAX",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 NO_GENRES = "(no genres listed)"
 # genre frequencies among ml-latest movies (thousands), sharpened by GENRE_CONCENTRATION; together with N_GENRES_P
@@ -244,7 +262,10 @@ def _sorted_unique(a: np.ndarray) -> np.ndarray:
 
 
 def _draw_pairs(
-    rng: np.random.Generator, n_ratings: int, user_w: np.ndarray, rank_to_movie: np.ndarray,
+    rng: np.random.Generator,
+    n_ratings: int,
+    user_w: np.ndarray,
+    rank_to_movie: np.ndarray,
     accept_p: Callable[[np.ndarray, np.ndarray], np.ndarray],
     favourite_draw: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
@@ -296,14 +317,17 @@ def _draw_pairs(
 
 def generate_world(
     *, n_users: int, n_movies: int, n_ratings: int, seed: int
-) -> tuple["pd.DataFrame", "pd.DataFrame", World]:
+) -> tuple[pd.DataFrame, pd.DataFrame, World]:
     """Like :func:`generate`, and also return the hidden :class:`World` behind the data."""
     import pandas as pd
 
     from embedrec.errors import ConfigError
 
-    for name, v, limit in (("--users", n_users, MAX_USERS), ("--movies", n_movies, MAX_MOVIES),
-                           ("--ratings", n_ratings, MAX_RATINGS)):
+    for name, v, limit in (
+        ("--users", n_users, MAX_USERS),
+        ("--movies", n_movies, MAX_MOVIES),
+        ("--ratings", n_ratings, MAX_RATINGS),
+    ):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 1 <= v <= limit:
             raise ConfigError(f"{name} must be a whole number in 1..{limit:,}, got {v!r}")
     if n_ratings > 0.3 * n_users * n_movies:
@@ -407,14 +431,15 @@ def generate_world(
     return ratings_df, movies_df, world
 
 
-def generate(*, n_users: int = DEFAULT_USERS, n_movies: int = DEFAULT_MOVIES, n_ratings: int = DEFAULT_RATINGS,
-             seed: int = 0) -> tuple["pd.DataFrame", "pd.DataFrame"]:
+def generate(
+    *, n_users: int = DEFAULT_USERS, n_movies: int = DEFAULT_MOVIES, n_ratings: int = DEFAULT_RATINGS, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ratings (userId, movieId, rating, timestamp) and movies (movieId, title, genres) in the ml-latest layout."""
     ratings, movies, _ = generate_world(n_users=n_users, n_movies=n_movies, n_ratings=n_ratings, seed=seed)
     return ratings, movies
 
 
-def write_ml_latest(folder: Path, ratings: "pd.DataFrame", movies: "pd.DataFrame") -> Path:
+def write_ml_latest(folder: Path, ratings: pd.DataFrame, movies: pd.DataFrame) -> Path:
     """Write ``ratings.csv`` and ``movies.csv`` exactly as GroupLens lays them out (quoted titles with commas)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv

@@ -47,14 +47,14 @@ def read_user_ratings(path: Path, *, option: str = "--ratings") -> pd.DataFrame:
     cols = _columns(frame, "movieid", "rating", path=path, option=option)
     if frame.empty:
         raise DataError(f"{option}: {path} has no ratings")
-    movie_ids = _integer_ids(frame[cols["movieid"]].tolist(), path=path, option=option, what="movieId",
-                             first_line=2)
+    movie_ids = _integer_ids(frame[cols["movieid"]].tolist(), path=path, option=option, what="movieId", first_line=2)
     ratings = pd.to_numeric(frame[cols["rating"]].str.strip(), errors="coerce")
     bad = ratings.isna().to_numpy()
     if bad.any():
         line = int(bad.argmax())
-        raise DataError(f"{option}: {path} line {line + 2}: rating {frame[cols['rating']].iloc[line]!r} is not a "
-                        "number")
+        raise DataError(
+            f"{option}: {path} line {line + 2}: rating {frame[cols['rating']].iloc[line]!r} is not a number"
+        )
     return pd.DataFrame({"movieId": movie_ids, "rating": ratings.to_numpy(np.float64)})
 
 
@@ -75,8 +75,14 @@ def read_user_ids(path: Path, *, option: str = "--users-file") -> np.ndarray:
         values = [line.split(",")[0] for line in lines]
         first_line = 1
     keep = [i for i, v in enumerate(values) if str(v).strip()]
-    ids = _integer_ids([values[i] for i in keep], path=path, option=option, what="user id",
-                       first_line=first_line, lines=[i + first_line for i in keep])
+    ids = _integer_ids(
+        [values[i] for i in keep],
+        path=path,
+        option=option,
+        what="user id",
+        first_line=first_line,
+        lines=[i + first_line for i in keep],
+    )
     if ids.size == 0:
         raise DataError(f"{option}: {path} holds no user ids")
     return ids
@@ -100,13 +106,16 @@ def _columns(frame: pd.DataFrame, *wanted: str, path: Path, option: str) -> dict
     missing = [w for w in wanted if w not in found]
     if missing:
         names = {"userid": "userId", "movieid": "movieId", "rating": "rating"}
-        raise DataError(f"{option}: {path} needs a header with {' and '.join(names[w] for w in wanted)} "
-                        f"column(s), found {', '.join(map(str, frame.columns)) or 'none'}")
+        raise DataError(
+            f"{option}: {path} needs a header with {' and '.join(names[w] for w in wanted)} "
+            f"column(s), found {', '.join(map(str, frame.columns)) or 'none'}"
+        )
     return {w: found[w] for w in wanted}
 
 
-def _integer_ids(values: list[object], *, path: Path, option: str, what: str, first_line: int,
-                 lines: list[int] | None = None) -> np.ndarray:
+def _integer_ids(
+    values: list[object], *, path: Path, option: str, what: str, first_line: int, lines: list[int] | None = None
+) -> np.ndarray:
     """``values`` as int64 ids; DataError naming the line of the first one that is not an integer or too large."""
     out = np.empty(len(values), dtype=np.int64)
     for i, value in enumerate(values):
@@ -115,7 +124,6 @@ def _integer_ids(values: list[object], *, path: Path, option: str, what: str, fi
         if number is None:
             raise DataError(f"{option}: {path} line {line}: {what} {str(value).strip()!r} is not an integer")
         if not INT64_MIN <= number <= INT64_MAX:
-            raise DataError(f"{option}: {path} line {line}: {what} {number} is out of range (ids are 64-bit "
-                            "integers)")
+            raise DataError(f"{option}: {path} line {line}: {what} {number} is out of range (ids are 64-bit integers)")
         out[i] = number
     return out

@@ -48,7 +48,7 @@ class CleanRatings:
     rating: np.ndarray
     timestamp: np.ndarray
     user_ids: np.ndarray
-    movies: "pd.DataFrame"
+    movies: pd.DataFrame
     dropped: dict[str, int] = field(default_factory=dict)
     filtered: dict[str, int] = field(default_factory=dict)
     n_read: int = 0
@@ -62,7 +62,7 @@ def _strict_error(reason: str, count: int, file: str, line: int | None, detail: 
     )
 
 
-def _dedupe_movies(movies: "pd.DataFrame", *, strict: bool, file: str) -> tuple["pd.DataFrame", int]:
+def _dedupe_movies(movies: pd.DataFrame, *, strict: bool, file: str) -> tuple[pd.DataFrame, int]:
     """Sort the movie table by raw id; keep the first row of a repeated id."""
     dup = movies["movie_id"].duplicated(keep="first").to_numpy()
     n_dup = int(dup.sum())
@@ -117,8 +117,9 @@ def clean_ratings(raw: RawData, *, config: PrepareConfig) -> CleanRatings:
     if dropped["bad_rating"] and config.strict:
         pos = int(np.argmax(bad))
         scale = f", scale {raw.rating_scale[0]:g}..{raw.rating_scale[1]:g}" if raw.rating_scale else ""
-        raise _strict_error("bad_rating", dropped["bad_rating"], r.file, line_of(pos),
-                            f" ({float(r.rating[pos]):g}{scale})")
+        raise _strict_error(
+            "bad_rating", dropped["bad_rating"], r.file, line_of(pos), f" ({float(r.rating[pos]):g}{scale})"
+        )
     keep = ~bad
     del bad
     if r.bad_timestamp is not None:

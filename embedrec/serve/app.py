@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pandas as pd
-
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -79,8 +78,11 @@ def _require_key(request: Request) -> None:
     if settings.api_key is None:
         return
     if not key_matches(bearer_token(request), settings.api_key):
-        raise HTTPException(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401,
+            "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 def _served(request: Request) -> LoadedModel:
@@ -134,9 +136,17 @@ class BodyLimit:
 
 async def _send_json(send: Send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -211,8 +221,12 @@ def _column(table: pd.DataFrame, name: str, kind: type) -> list[Any]:
 
 def movie_records(table: pd.DataFrame, *extra: str) -> list[dict[str, Any]]:
     """Rows of a recommender table as ``{"movieId", "title", "year", "genres", *extra}`` dicts."""
-    columns = {"movieId": _column(table, "movie_id", int), "title": _column(table, "title", str),
-               "year": _column(table, "year", int), "genres": _column(table, "genres", str)}
+    columns = {
+        "movieId": _column(table, "movie_id", int),
+        "title": _column(table, "title", str),
+        "year": _column(table, "year", int),
+        "genres": _column(table, "genres", str),
+    }
     for name in extra:
         columns[name] = _column(table, name, float)
     names = list(columns)
@@ -228,22 +242,37 @@ MinRatings = Annotated[int, Query(ge=0, description="Skip movies with fewer rati
 
 
 @api.get("/recommend", response_model=schemas.Recommendations, summary="Top-k movies for a user")
-def recommend(served: Served, user: Annotated[int, Query(description="Raw user id.")], k: K = 10,
-              genre: Annotated[str | None, Query(max_length=100)] = None, min_ratings: MinRatings = 5,
-              include_seen: bool = False) -> dict[str, Any]:
+def recommend(
+    served: Served,
+    user: Annotated[int, Query(description="Raw user id.")],
+    k: K = 10,
+    genre: Annotated[str | None, Query(max_length=100)] = None,
+    min_ratings: MinRatings = 5,
+    include_seen: bool = False,
+) -> dict[str, Any]:
     """Movies the user has not rated, best first. An unknown user gets the cold-start list (``coldStart: true``)."""
     rec = served.rec
     genre = served.canonical_genre(genre)
-    if (user in rec.user_vocab):
+    if user in rec.user_vocab:
         table = rec.recommend(user, k=k, filter_seen=not include_seen, genre=genre, min_ratings=min_ratings)
-        return {"userId": user, "coldStart": False, "ranking": rec.ranking.describe(),
-                "recommendations": movie_records(table, "score", "rating")}
+        return {
+            "userId": user,
+            "coldStart": False,
+            "ranking": rec.ranking.describe(),
+            "recommendations": movie_records(table, "score", "rating"),
+        }
     if served.prepared is None:
-        raise UnknownIdError(f"user {user} is not known to the model, and without prepared data there is no "
-                             "cold-start list: start the server with --data DIR")
+        raise UnknownIdError(
+            f"user {user} is not known to the model, and without prepared data there is no "
+            "cold-start list: start the server with --data DIR"
+        )
     table = rec.popular(k=k, genre=genre, min_ratings=min_ratings)
-    return {"userId": user, "coldStart": True, "ranking": "Bayesian average rating (cold start)",
-            "recommendations": movie_records(table, "score", "rating")}
+    return {
+        "userId": user,
+        "coldStart": True,
+        "ranking": "Bayesian average rating (cold start)",
+        "recommendations": movie_records(table, "score", "rating"),
+    }
 
 
 @api.post("/recommend", response_model=schemas.Recommendations, summary="Top-k for a new user's own ratings")
@@ -252,10 +281,15 @@ def recommend_new_user(served: Served, body: schemas.FoldInRequest) -> dict[str,
     rec = served.rec
     genre = served.canonical_genre(body.genre)
     user = rec.fold_in([(r.movieId, r.rating) for r in body.ratings])
-    table = rec.recommend_for(user, k=body.k, filter_seen=not body.include_seen, genre=genre,
-                              min_ratings=body.min_ratings)
-    return {"userId": None, "coldStart": False, "ranking": rec.ranking.describe(),
-            "recommendations": movie_records(table, "score", "rating")}
+    table = rec.recommend_for(
+        user, k=body.k, filter_seen=not body.include_seen, genre=genre, min_ratings=body.min_ratings
+    )
+    return {
+        "userId": None,
+        "coldStart": False,
+        "ranking": rec.ranking.describe(),
+        "recommendations": movie_records(table, "score", "rating"),
+    }
 
 
 @api.get("/similar", response_model=schemas.SimilarMovies, summary="Movies nearest to one movie")
@@ -264,8 +298,11 @@ def similar(served: Served, movie: Annotated[int, Query(description="Raw movie i
     rec = served.rec
     table = rec.similar(movie, k=k)
     title = rec.movies.iloc[rec.movie_vocab.index(movie)].get("title")
-    return {"movieId": movie, "title": None if title is None else str(title),
-            "similar": movie_records(table, "similarity")}
+    return {
+        "movieId": movie,
+        "title": None if title is None else str(title),
+        "similar": movie_records(table, "similarity"),
+    }
 
 
 @api.get("/predict", response_model=schemas.Prediction, summary="Predicted rating of one (user, movie) pair")
@@ -280,14 +317,19 @@ def predict_many(served: Served, body: schemas.PredictRequest) -> dict[str, Any]
     users = [p.userId for p in body.pairs]
     movies = [p.movieId for p in body.pairs]
     ratings, reasons = served.rec.predict_known(users, movies)
-    rows = [{"userId": u, "movieId": m, "rating": None if r != r else float(r), "reason": str(why)}
-            for u, m, r, why in zip(users, movies, ratings.tolist(), reasons.tolist())]
+    rows = [
+        {"userId": u, "movieId": m, "rating": None if r != r else float(r), "reason": str(why)}
+        for u, m, r, why in zip(users, movies, ratings.tolist(), reasons.tolist())
+    ]
     return {"predictions": rows, "n_unknown": sum(1 for row in rows if row["reason"])}
 
 
 @api.get("/movies", response_model=schemas.MovieSearch, summary="Find movies by title words")
-def movies(served: Served, q: Annotated[str, Query(min_length=1, max_length=200, description="Title words.")],
-           limit: Annotated[int, Query(ge=1, le=schemas.MAX_SEARCH_RESULTS)] = 20) -> dict[str, Any]:
+def movies(
+    served: Served,
+    q: Annotated[str, Query(min_length=1, max_length=200, description="Title words.")],
+    limit: Annotated[int, Query(ge=1, le=schemas.MAX_SEARCH_RESULTS)] = 20,
+) -> dict[str, Any]:
     """Movies whose title holds every word of ``q`` (case-insensitive); an exact title match wins."""
     if not q.strip():
         raise ConfigError("query q: give at least one title word")
@@ -300,9 +342,16 @@ def model_info(served: Served) -> dict[str, Any]:
     return served.info()
 
 
-@api.post("/admin/reload", response_model=schemas.ReloadResult, summary="Load the newest model and swap",
-          responses={202: {"model": schemas.ReloadResult}, 403: {"model": schemas.ErrorBody},
-                     409: {"model": schemas.ErrorBody}})
+@api.post(
+    "/admin/reload",
+    response_model=schemas.ReloadResult,
+    summary="Load the newest model and swap",
+    responses={
+        202: {"model": schemas.ReloadResult},
+        403: {"model": schemas.ErrorBody},
+        409: {"model": schemas.ErrorBody},
+    },
+)
 def reload_model(request: Request) -> Any:
     """Load the latest run beside the served one, validate it, then swap; a refused model leaves the old serving.
 
@@ -313,18 +362,31 @@ def reload_model(request: Request) -> Any:
     settings: ServeSettings = request.app.state.settings
     holder: ModelHolder = request.app.state.holder
     if settings.api_key is None:
-        raise HTTPException(403, "reloading over HTTP needs the server started with --api-key (or "
-                                 f"{API_KEY_ENV}); without one, send SIGHUP to the server process")
+        raise HTTPException(
+            403,
+            "reloading over HTTP needs the server started with --api-key (or "
+            f"{API_KEY_ENV}); without one, send SIGHUP to the server process",
+        )
     if settings.workers > 1:
         os.kill(os.getppid(), signal.SIGHUP)
         current = holder.current
-        return JSONResponse(status_code=202, content={
-            "reloaded": False, "run": current.run, "generation": current.generation,
-            "message": f"asked the supervisor to replace the {settings.workers} workers one at a time; each loads "
-                       "and validates the latest model, and a worker whose model is refused is not started"})
+        return JSONResponse(
+            status_code=202,
+            content={
+                "reloaded": False,
+                "run": current.run,
+                "generation": current.generation,
+                "message": f"asked the supervisor to replace the {settings.workers} workers one at a time; each loads "
+                "and validates the latest model, and a worker whose model is refused is not started",
+            },
+        )
     outcome = holder.reload()
-    result = {"reloaded": outcome.reloaded, "run": outcome.served.run, "generation": outcome.served.generation,
-              "message": outcome.message}
+    result = {
+        "reloaded": outcome.reloaded,
+        "run": outcome.served.run,
+        "generation": outcome.served.generation,
+        "message": outcome.message,
+    }
     return result if outcome.reloaded else JSONResponse(status_code=409, content=result)
 
 
@@ -356,18 +418,27 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None) -> Fa
                 installed = True
             except (NotImplementedError, RuntimeError):  # a loop without signal support
                 pass
-        log.info("serving model %s (pid %d)%s", holder.current.run, os.getpid(),
-                 "; SIGHUP reloads" if installed else "")
+        log.info(
+            "serving model %s (pid %d)%s", holder.current.run, os.getpid(), "; SIGHUP reloads" if installed else ""
+        )
         yield
         if installed and hup is not None:
             loop.remove_signal_handler(hup)
 
-    app = FastAPI(title="embedrec", version=__version__, lifespan=lifespan,
-                  description="Movie recommendations from a trained embedrec model: top-k for known and new users, "
-                              "similar movies, predicted ratings. Field names follow `embedrec recommend --format "
-                              "json`.",
-                  responses={401: {"model": schemas.ErrorBody}, 404: {"model": schemas.ErrorBody},
-                             413: {"model": schemas.ErrorBody}, 422: {"model": schemas.ErrorBody}})
+    app = FastAPI(
+        title="embedrec",
+        version=__version__,
+        lifespan=lifespan,
+        description="Movie recommendations from a trained embedrec model: top-k for known and new users, "
+        "similar movies, predicted ratings. Field names follow `embedrec recommend --format "
+        "json`.",
+        responses={
+            401: {"model": schemas.ErrorBody},
+            404: {"model": schemas.ErrorBody},
+            413: {"model": schemas.ErrorBody},
+            422: {"model": schemas.ErrorBody},
+        },
+    )
     app.state.holder = holder
     app.state.settings = settings
     _install_error_handlers(app)
@@ -377,8 +448,12 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None) -> Fa
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
 
@@ -386,9 +461,14 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None) -> Fa
 def settings_to_env(settings: ServeSettings) -> dict[str, str]:
     """What a worker process needs to rebuild the settings (the key travels in its own variable, not in JSON)."""
     src = settings.source
-    payload = {"workdir": _path_str(src.workdir), "model": _path_str(src.model), "data": _path_str(src.data),
-               "cors_origins": list(settings.cors_origins), "workers": settings.workers,
-               "max_body_bytes": settings.max_body_bytes}
+    payload = {
+        "workdir": _path_str(src.workdir),
+        "model": _path_str(src.model),
+        "data": _path_str(src.data),
+        "cors_origins": list(settings.cors_origins),
+        "workers": settings.workers,
+        "max_body_bytes": settings.max_body_bytes,
+    }
     env = {SETTINGS_ENV: json.dumps(payload)}
     if settings.api_key is not None:
         env[API_KEY_ENV] = settings.api_key
@@ -403,8 +483,13 @@ def app_from_env() -> FastAPI:
     """The factory each uvicorn worker process calls (``--workers N > 1``): settings from the environment."""
     raw = json.loads(os.environ[SETTINGS_ENV])
     source = ModelSource(**{k: None if raw[k] is None else Path(raw[k]) for k in ("workdir", "model", "data")})
-    settings = ServeSettings(api_key=os.environ.get(API_KEY_ENV) or None, cors_origins=tuple(raw["cors_origins"]),
-                             workers=int(raw["workers"]), max_body_bytes=int(raw["max_body_bytes"]), source=source)
+    settings = ServeSettings(
+        api_key=os.environ.get(API_KEY_ENV) or None,
+        cors_origins=tuple(raw["cors_origins"]),
+        workers=int(raw["workers"]),
+        max_body_bytes=int(raw["max_body_bytes"]),
+        source=source,
+    )
     try:
         holder = ModelHolder(source)
     except EmbedrecError as exc:  # one line in the log; the supervisor keeps the old worker

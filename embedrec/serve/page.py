@@ -15,7 +15,8 @@ from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 import numpy as np
-from fastapi import APIRouter, Path as PathParam, Query, Request
+from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -41,8 +42,9 @@ def _authorized(request: Request) -> bool:
 
 def _render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
     if not _authorized(request):
-        return templates.TemplateResponse(request, "login.html", {"error": None, "next": request.url.path},
-                                          status_code=401)
+        return templates.TemplateResponse(
+            request, "login.html", {"error": None, "next": request.url.path}, status_code=401
+        )
     served: LoadedModel = request.app.state.holder.current
     return templates.TemplateResponse(request, name, {"model": served.info(), **context}, status_code=status)
 
@@ -57,8 +59,14 @@ def _example_users(served: LoadedModel) -> list[int]:
 def home(request: Request, user: Annotated[str | None, Query()] = None) -> Response:
     served: LoadedModel = request.app.state.holder.current
     rec = served.rec
-    context: dict[str, Any] = {"examples": _example_users(served), "user": None, "rated": [], "recs": [],
-                               "cold_start": False, "error": None}
+    context: dict[str, Any] = {
+        "examples": _example_users(served),
+        "user": None,
+        "rated": [],
+        "recs": [],
+        "cold_start": False,
+        "error": None,
+    }
     if user is None or not user.strip():
         return _render(request, "index.html", context)
     try:
@@ -67,7 +75,7 @@ def home(request: Request, user: Annotated[str | None, Query()] = None) -> Respo
         context["error"] = f"{user!r} is not a user id (a whole number)"
         return _render(request, "index.html", context, status=422)
     context["user"] = user_id
-    if (user_id in rec.user_vocab):
+    if user_id in rec.user_vocab:
         movie_idx, ratings = served.user_ratings(user_id)
         top = movie_idx[:PAGE_K]
         rated = rec.movies.iloc[top].reset_index(drop=True)
@@ -110,8 +118,11 @@ def rate(request: Request, q: Annotated[str | None, Query(max_length=200)] = Non
                 given[int(name[1:])] = float(value)
             except ValueError:
                 continue
-    candidates = movie_records(rec.popular(k=RATE_CANDIDATES)) if served.prepared is not None else \
-        movie_records(rec.movies.head(RATE_CANDIDATES))
+    candidates = (
+        movie_records(rec.popular(k=RATE_CANDIDATES))
+        if served.prepared is not None
+        else movie_records(rec.movies.head(RATE_CANDIDATES))
+    )
     if q and q.strip():
         candidates = movie_records(rec.find_movies(q).head(RATE_CANDIDATES)) + candidates
     listed = {c["movieId"] for c in candidates}
@@ -122,11 +133,19 @@ def rate(request: Request, q: Annotated[str | None, Query(max_length=200)] = Non
     extra_rated = [mid for mid in given if mid not in listed]
     if extra_rated:
         known = [m for m in extra_rated if rec.movie_vocab.indices([m])[0] >= 0]
-        candidates = movie_records(rec.movies.iloc[rec.movie_vocab.indices(known)]) + candidates if known else candidates
+        candidates = (
+            movie_records(rec.movies.iloc[rec.movie_vocab.indices(known)]) + candidates if known else candidates
+        )
     lo, hi = rec.artifact.shape.rating_min, rec.artifact.shape.rating_max
     options = [float(v) for v in np.arange(np.ceil(lo), np.floor(hi) + 1)]
-    context: dict[str, Any] = {"candidates": candidates, "given": given, "options": options, "q": q or "",
-                               "recs": [], "error": None}
+    context: dict[str, Any] = {
+        "candidates": candidates,
+        "given": given,
+        "options": options,
+        "q": q or "",
+        "recs": [],
+        "error": None,
+    }
     if given:
         try:
             user = rec.fold_in(sorted(given.items()))
@@ -152,5 +171,4 @@ async def login(request: Request) -> Response:
         if settings.api_key is not None:
             response.set_cookie(KEY_COOKIE, key, httponly=True, samesite="strict")
         return response
-    return templates.TemplateResponse(request, "login.html", {"error": "wrong key", "next": target},
-                                      status_code=401)
+    return templates.TemplateResponse(request, "login.html", {"error": "wrong key", "next": target}, status_code=401)

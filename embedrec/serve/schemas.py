@@ -38,8 +38,9 @@ class Movie(BaseModel):
 
 
 class RecommendedMovie(Movie):
-    score: float | None = Field(description="The ranking score (the model's own, or the Bayesian average when "
-                                            "cold-start).")
+    score: float | None = Field(
+        description="The ranking score (the model's own, or the Bayesian average when cold-start)."
+    )
     rating: float | None = Field(description="The predicted rating; null in the cold-start list.")
 
 

@@ -27,14 +27,28 @@ GRACEFUL_SHUTDOWN_S = 30
 """How long SIGTERM waits for in-flight requests before closing them: far above any request's time."""
 
 
-def run_server(holder: ModelHolder | None, settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
-               access_log: bool = True, log_level: str = "info") -> None:
+def run_server(
+    holder: ModelHolder | None,
+    settings: ServeSettings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    access_log: bool = True,
+    log_level: str = "info",
+) -> None:
     """Serve until stopped. ``holder`` is the loaded model (one process); with workers > 1 it is dropped here and
     every worker loads its own (the caller loaded one first only to fail early with a clear message)."""
     import uvicorn
 
-    common = dict(host=host, port=port, access_log=access_log, log_level=log_level, log_config=_log_config(),
-                  timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False)
+    common = dict(
+        host=host,
+        port=port,
+        access_log=access_log,
+        log_level=log_level,
+        log_config=_log_config(),
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        server_header=False,
+    )
     if settings.workers <= 1:
         if holder is None:
             holder = ModelHolder(settings.source)
@@ -42,8 +56,13 @@ def run_server(holder: ModelHolder | None, settings: ServeSettings, *, host: str
         return
     del holder
     os.environ.update(settings_to_env(settings))
-    uvicorn.run("embedrec.serve.app:app_from_env", factory=True, workers=settings.workers,
-                timeout_worker_healthcheck=WORKER_START_S, **common)  # type: ignore[arg-type]
+    uvicorn.run(
+        "embedrec.serve.app:app_from_env",
+        factory=True,
+        workers=settings.workers,
+        timeout_worker_healthcheck=WORKER_START_S,
+        **common,
+    )  # type: ignore[arg-type]
 
 
 def _log_config() -> dict[str, Any]:

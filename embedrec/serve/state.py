@@ -120,15 +120,17 @@ class LoadedModel:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         indptr, movie_idx, rating = grouped
         u = self.rec.user_vocab.index(user_id)
-        movies, ratings = movie_idx[indptr[u]:indptr[u + 1]], rating[indptr[u]:indptr[u + 1]]
+        movies, ratings = movie_idx[indptr[u] : indptr[u + 1]], rating[indptr[u] : indptr[u + 1]]
         order = np.lexsort((movies, -ratings))
         return movies[order].astype(np.int64), ratings[order]
 
     def info(self) -> dict[str, Any]:
         """The ``GET /model`` answer (no file paths)."""
         meta = self.rec.artifact.meta
-        metrics = {k: (float(v) if isinstance(v, (int, float)) and np.isfinite(v) else None)
-                   for k, v in (meta.get("metrics") or {}).items()}
+        metrics = {
+            k: (float(v) if isinstance(v, (int, float)) and np.isfinite(v) else None)
+            for k, v in (meta.get("metrics") or {}).items()
+        }
         return {
             "run": self.run,
             "preset": meta.get("preset"),
@@ -146,8 +148,7 @@ class LoadedModel:
         }
 
 
-def load_served_model(source: ModelSource, *, generation: int = 1,
-                      previous: LoadedModel | None = None) -> LoadedModel:
+def load_served_model(source: ModelSource, *, generation: int = 1, previous: LoadedModel | None = None) -> LoadedModel:
     """Load the model (and its data) that ``source`` names now, and check it can answer; EmbedrecError if not.
 
     The prepared data of ``previous`` is reused when the data folder still holds the same fingerprint, so a reload
@@ -168,15 +169,22 @@ def load_served_model(source: ModelSource, *, generation: int = 1,
         same = old is not None and previous is not None and previous.data_dir == folder.resolve()
         prepared = old if same and old is not None and old.fingerprint == fingerprint else load_prepared(folder)
         if prepared.fingerprint != artifact.fingerprint:
-            raise ArtifactError(f"model {model_dir.name} was trained on data {artifact.fingerprint or '?'}, but the "
-                                f"data at {folder} is {prepared.fingerprint}: serve it with the data it was "
-                                "trained on (--data DIR), or retrain")
+            raise ArtifactError(
+                f"model {model_dir.name} was trained on data {artifact.fingerprint or '?'}, but the "
+                f"data at {folder} is {prepared.fingerprint}: serve it with the data it was "
+                "trained on (--data DIR), or retrain"
+            )
     rec = Recommender(artifact, prepared)
     _check_answers(rec, model_dir.name)
     genres = sorted({g for gl in _genre_lists(rec) for g in gl})
-    return LoadedModel(rec=rec, run=model_dir.name, generation=generation,
-                       loaded_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                       data_dir=folder.resolve() if folder is not None else None, genres=tuple(genres))
+    return LoadedModel(
+        rec=rec,
+        run=model_dir.name,
+        generation=generation,
+        loaded_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        data_dir=folder.resolve() if folder is not None else None,
+        genres=tuple(genres),
+    )
 
 
 def _genre_lists(rec: Recommender) -> list[list[str]]:
@@ -242,12 +250,14 @@ class ModelHolder:
                 new = load_served_model(self.source, generation=old.generation + 1, previous=old)
             except EmbedrecError as exc:
                 log.warning("reload refused, still serving %s: %s", old.run, exc)
-                return ReloadOutcome(False, old, f"new model refused, still serving {old.run}: "
-                                                 f"{redact_paths(str(exc))}")
+                return ReloadOutcome(
+                    False, old, f"new model refused, still serving {old.run}: {redact_paths(str(exc))}"
+                )
             except Exception:  # a bug or MemoryError while loading must not take the serving model down
                 log.exception("reload failed, still serving %s", old.run)
-                return ReloadOutcome(False, old, f"new model could not be loaded (see the server log), still "
-                                                 f"serving {old.run}")
+                return ReloadOutcome(
+                    False, old, f"new model could not be loaded (see the server log), still serving {old.run}"
+                )
             self._current = new
             seconds = time.perf_counter() - started
             log.info("reloaded: now serving %s (generation %d, loaded in %.2f s)", new.run, new.generation, seconds)
