@@ -321,6 +321,7 @@ def evaluate_ranking(
         if rank_fn is not None:
             topk[start : start + batch.size] = rank_fn(batch, k_max, train.take(batch))
         else:
+            assert score_fn is not None
             scores = np.asarray(score_fn(batch))
             if scores.shape != (batch.size, n_movies):
                 raise ValueError(f"score_fn returned shape {scores.shape}, expected {(batch.size, n_movies)}")
@@ -370,7 +371,7 @@ def evaluate_baselines(
     fit_args = (user_idx[train], movie_idx[train], rating[train])
     # candidates: movies the user has not rated in an earlier split (train for val; train and val for test)
     seen = split < eval_split
-    sizes = {"n_users": n_users, "n_movies": n_movies}
+    sizes: dict[str, Any] = {"n_users": n_users, "n_movies": n_movies}
     test_rows = {"user_idx": user_idx[test], "movie_idx": movie_idx[test], "rating": rating[test]}
 
     results: dict[str, dict[str, float | str]] = {}

@@ -62,6 +62,7 @@ def _fold_problem(scorer: Scorer, movie_idx: np.ndarray, rating: np.ndarray, *, 
         neg = np.flatnonzero(unrated)
         if len(neg) > FOLD_NEGATIVES:  # an unbiased sample of the mean over every unrated movie
             neg = np.sort(np.random.default_rng(seed).choice(neg, FOLD_NEGATIVES, replace=False))
+        assert scorer.watch_item is not None and scorer.watch_bias is not None
         watch = [
             scorer.watch_item[movie_idx].astype(f64),
             scorer.watch_bias[movie_idx].astype(f64),
@@ -131,7 +132,7 @@ def _fold_loss(
         g = (g @ kernel.T) * (pre > 0)
     grad_u = (g @ p.w_user.T).sum(axis=0) + 2.0 * weight_decay * u
     grad_b = float(g_logit.sum()) + 2.0 * weight_decay * b
-    if p.watch_pos is not None and watch_weight > 0 and len(p.watch_neg):
+    if p.watch_pos is not None and p.watch_neg is not None and watch_weight > 0 and len(p.watch_neg):
         watch_term, watch_grad = _watch_loss(p, u, watch_loss=watch_loss, negatives=negatives)
         loss += watch_weight * watch_term
         grad_u = grad_u + watch_weight * watch_grad
@@ -140,6 +141,7 @@ def _fold_loss(
 
 def _watch_loss(p: _FoldProblem, u: np.ndarray, *, watch_loss: str, negatives: int) -> tuple[float, np.ndarray]:
     """(watch loss, its gradient in u): the rated movies are positives, the unrated ones negatives."""
+    assert p.watch_pos is not None and p.watch_neg is not None
     n = len(p.rating)
     pos = p.watch_pos @ u + p.watch_pos_bias
     neg = p.watch_neg @ u + p.watch_neg_bias
@@ -186,7 +188,7 @@ def fold_in(
     problem = _fold_problem(scorer, movie_idx, rating, seed=seed)
     u = scorer.user_embedding.mean(axis=0).astype(np.float64)
     use_bias = scorer.user_bias is not None
-    b = float(scorer.user_bias.mean()) if use_bias else 0.0
+    b = float(scorer.user_bias.mean()) if scorer.user_bias is not None else 0.0
     m1 = np.zeros(u.size + 1)
     m2 = np.zeros(u.size + 1)
     loss = float("inf")

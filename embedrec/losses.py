@@ -48,13 +48,13 @@ def squared_error_sum(pred: jax.Array, rating: jax.Array, weight: jax.Array) -> 
 def l2_sum(pos_rows: Mapping[str, jax.Array], weight: jax.Array, genre_w: jax.Array) -> jax.Array:
     """Squared norms of each rating's rows, as in regularised matrix factorisation; genre slots weighted by their
     pooling weight. Sampled negatives are not penalised."""
-    reg = 0.0
+    reg: jax.Array | float = 0.0
     for r in pos_rows.values():
         if r.ndim == 3:
             reg = reg + jnp.sum(weight[:, None] * jnp.sum(r * r, axis=-1) * genre_w)
         else:
             reg = reg + jnp.sum(weight * jnp.sum(r * r, axis=-1))
-    return reg
+    return jnp.asarray(reg)
 
 
 def decay_sum(
@@ -68,13 +68,13 @@ def decay_sum(
     """The L2 penalty of each rating's rows, each scaled by its own coefficient: ``reg_coef`` holds one per rating
     and table group (``weight_decay + row_decay / n_ratings(row)``, see :class:`embedrec.config.TrainConfig`);
     genre slots take ``weight_decay`` weighted by their pooling weight. Sampled negatives are not penalised."""
-    reg = 0.0
+    reg: jax.Array | float = 0.0
     for name, r in pos_rows.items():
         if r.ndim == 3:  # genre slots: weight each slot by its pooling weight
             reg = reg + weight_decay * jnp.sum(weight[:, None] * jnp.sum(r * r, axis=-1) * genre_w)
         else:
             reg = reg + jnp.sum(weight * reg_coef[GROUP_OF[name]] * jnp.sum(r * r, axis=-1))
-    return reg
+    return jnp.asarray(reg)
 
 
 def with_scaled_embedding_grad(pos_rows: Mapping[str, jax.Array], factor: float) -> dict[str, jax.Array]:

@@ -17,8 +17,8 @@ G = 1 with weight 1; the "bag" mode averages the movie's single genres.
 
 The embedding tables are :class:`EmbeddingTable` variables kept outside the dense :class:`Head`, so a training step
 can gather the rows of a batch, differentiate with respect to those rows only, and update the tables row-sparsely.
-Every forward path is a pure function of (head, rows), so the training step, the evaluation code and the numpy fast path in
-``recommender`` all compute the same thing.
+Every forward path is a pure function of (head, rows), so the training step, the evaluation code and the numpy fast
+path in ``scoring`` all compute the same thing.
 """
 
 from __future__ import annotations
@@ -340,6 +340,7 @@ def rating_logits_for_all_movies(
     d = user_rows.shape[1]
     first = head.layers[0]
     w1 = first.kernel[...]
+    assert first.bias is not None  # the Head's layers all have biases
     movie_part = movie_table @ w1[d : 2 * d] + pooled_genres @ w1[2 * d :] + first.bias[...]
     h = jax.nn.relu((user_rows @ w1[:d])[:, None, :] + movie_part[None, :, :])
     for layer in head.layers[1:]:

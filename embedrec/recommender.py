@@ -266,7 +266,7 @@ class Recommender:
         u = self.user_vocab.index(user_id)
         emb, bias = self.scorer.user_rows(np.array([u]))
         seen = (
-            ItemSets.from_lists([np.flatnonzero(self.seen_mask(u))], n_items=len(self.movie_vocab))
+            ItemSets.from_lists([np.flatnonzero(self.seen_mask(u)).tolist()], n_items=len(self.movie_vocab))
             if filter_seen
             else None
         )
@@ -400,7 +400,9 @@ class Recommender:
 
         ``options`` go to :func:`embedrec.fold_in.fold_in`; the defaults are the model's training settings.
         """
-        if hasattr(ratings, "columns"):
+        import pandas as pd
+
+        if isinstance(ratings, pd.DataFrame):
             movie_ids = ratings["movieId" if "movieId" in ratings else "movie_id"].to_numpy()
             values = ratings["rating"].to_numpy(np.float32)
         else:

@@ -42,7 +42,7 @@ from embedrec.workdir import models_dir, set_latest_run
 
 if TYPE_CHECKING:
     from embedrec.data.store import PreparedData
-    from embedrec.train import Callbacks, TrainResult
+    from embedrec.train import TrainResult
 
 BETAS = (0.0, 0.25, 0.5, 1.0, 2.0)  # blends of watch logit + beta * predicted rating tried on the val split
 
@@ -171,7 +171,7 @@ def train_run(
     workdir: Path | None = None,
     preset: str = "default",
     overrides: dict[str, Any] | None = None,
-    callbacks: Callbacks | None = None,
+    callbacks: Any = None,  # a Callbacks, or any object with its on_start/on_block/on_epoch
     resume: bool = False,
     stop_requested: Callable[[], bool] | None = None,
 ) -> RunResult:

@@ -215,6 +215,7 @@ class Scorer:
         rating = self.ratings_pairs(emb, bias, movie_idx)
         if ranking.score == "rating":
             return rating, rating
+        assert self.watch_item is not None and self.watch_bias is not None
         watch = np.einsum("nd,nd->n", emb, self.watch_item[movie_idx]) + self.watch_bias[movie_idx]
         return (watch + np.float32(ranking.beta) * rating).astype(np.float32), rating
 
@@ -383,6 +384,7 @@ class Scorer:
         # re-ranking costs about PAIR_COST x scoring a movie on the exhaustive path: past that share, score all
         two_stage = blend and not retrieve_only and candidates is not None and candidates * PAIR_COST < pool.size
         if two_stage:
+            assert candidates is not None
             movies, watch, rating = self.candidates(emb, bias, candidates, seen=seen, pool=pool)
             rerank = np.where(movies >= 0, watch + np.float32(ranking.beta) * rating, -np.inf)
             order = top_k(rerank, k)
@@ -476,7 +478,8 @@ class MoviePool:
         def cut(a: np.ndarray | None) -> np.ndarray | None:
             return None if a is None else (a if subset is None else a[subset])
 
-        self.watch_item_t = None if scorer.watch_item is None else np.ascontiguousarray(cut(scorer.watch_item).T)
+        watch_item = cut(scorer.watch_item)
+        self.watch_item_t = None if watch_item is None else np.ascontiguousarray(watch_item.T)
         self.watch_bias = cut(scorer.watch_bias)
         self.neg_movie_part = cut(scorer._neg_movie_part)
         self.movie_part2 = cut(scorer._movie_part2)
@@ -505,7 +508,7 @@ def _column(weights: Mapping[str, np.ndarray], name: str) -> np.ndarray | None:
 
 def _dense_layers(weights: Mapping[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """The head's Dense layers in order, the 1-unit output layer last, as float32 (kernel, bias) pairs."""
-    layers = []
+    layers: list[tuple[np.ndarray, np.ndarray]] = []
     while f"head.layers.{len(layers)}.kernel" in weights:
         i = len(layers)
         layers.append(

@@ -260,7 +260,7 @@ def train_step(
         keep_movies = jnp.concatenate([valid, jnp.broadcast_to(live, (settings.negatives,))])
     lookup = {"user": users, "movie": movies}
     keep = {"user": valid, "movie": keep_movies}
-    lead = {"user": (bsz,), "movie": (movies.shape[0],)}
+    lead: dict[str, tuple[int, ...]] = {"user": (bsz,), "movie": (movies.shape[0],)}
     genre_idx, genre_w = inputs["genre_idx"][movies], inputs["genre_w"][movies]
     if not settings.genre_table:
         lookup["genre"] = genre_idx.reshape(-1)

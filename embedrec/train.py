@@ -572,6 +572,7 @@ def _result(
     restore = best.weights is not None and (run.train_cfg.patience or stopped_early) and not interrupted
     best_epoch = best.epoch
     if restore:
+        assert best.weights is not None
         final = restore_tree(final, best.weights, "")
     elif history:  # without early stopping the last epoch's weights are the model (as in the original)
         best_epoch = history[-1]["epoch"]

@@ -96,11 +96,15 @@ def run_cli(args: list[str], tmp_path: Path, *, limits: dict | None = None, time
 
 def assert_one_error_line(out: Outcome, code: int, pattern: str) -> str:
     assert "Traceback" not in out.stderr + out.stdout, out.stderr[-3000:]
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    # progress lines (plain text on a pipe, e.g. "prepare: reading (step 1/4, 0 s so far)") may come before it
+    lines = [line for line in out.stderr.splitlines() if line.strip() and not PROGRESS_LINE.match(line)]
     assert out.code == code, (out.code, out.stderr[-3000:])
     assert len(lines) == 1 and ERROR_LINE.match(lines[0]), lines
     assert re.search(pattern, lines[0]), (pattern, lines[0])
     return lines[0]
+
+
+PROGRESS_LINE = re.compile(r"^[a-z][\w -]*: (started, |done in |[\d,]+/[\d,]+ |.+ \(step \d+/\d+, )")
 
 
 def snapshot(root: Path) -> dict[str, tuple]:

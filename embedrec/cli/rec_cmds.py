@@ -156,6 +156,7 @@ def predict_cmd(
     rec = loaded.recommender
     assert rec is not None
     if input_file is None:
+        assert user is not None and movie is not None
         rating = float(rec.predict([user], [movie])[0])
         render.prediction(rec, user, movie, rating, json_out=json_out)  # type: ignore[arg-type]
         return
@@ -212,7 +213,7 @@ def recommend_cmd(
     rec = loaded.recommender
     assert rec is not None
     rec.candidates = None if exhaustive else candidates
-    options = {"k": k, "filter_seen": not include_seen, "genre": genre, "min_ratings": min_ratings}
+    options: dict[str, Any] = {"k": k, "filter_seen": not include_seen, "genre": genre, "min_ratings": min_ratings}
     if batch:
         assert output is not None
         _recommend_batch(rec, user_ids, output, options)
@@ -223,7 +224,7 @@ def recommend_cmd(
             fmt=fmt,
             title=f"Top {k} for your {len(folded.movie_idx)} ratings, ranked by {rec.ranking.describe()}",
         )
-    elif user in rec.user_vocab:
+    elif user is not None and user in rec.user_vocab:
         render.recommendations(
             rec.recommend(user, **options),
             fmt=fmt,  # type: ignore[arg-type]

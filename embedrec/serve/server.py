@@ -40,7 +40,7 @@ def run_server(
     every worker loads its own (the caller loaded one first only to fail early with a clear message)."""
     import uvicorn
 
-    common = dict(
+    common: dict[str, Any] = dict(
         host=host,
         port=port,
         access_log=access_log,
@@ -52,7 +52,7 @@ def run_server(
     if settings.workers <= 1:
         if holder is None:
             holder = ModelHolder(settings.source)
-        uvicorn.run(create_app(holder, settings), **common)  # type: ignore[arg-type]
+        uvicorn.run(create_app(holder, settings), **common)
         return
     del holder
     os.environ.update(settings_to_env(settings))
@@ -62,7 +62,7 @@ def run_server(
         workers=settings.workers,
         timeout_worker_healthcheck=WORKER_START_S,
         **common,
-    )  # type: ignore[arg-type]
+    )
 
 
 def _log_config() -> dict[str, Any]:
