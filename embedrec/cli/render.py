@@ -98,15 +98,7 @@ def recommendations(table: pd.DataFrame, *, fmt: str, title: str) -> None:
     ):
         out.add_column(col, justify=justify)  # type: ignore[arg-type]
     for i, r in enumerate(records, 1):
-        out.add_row(
-            str(i),
-            str(r["movieId"]),
-            str(r["title"]),
-            "" if r["year"] is None else str(r["year"]),
-            str(r["genres"]),
-            f"{r['score']:.3f}",
-            "" if r["rating"] is None else f"{r['rating']:.2f}",
-        )
+        out.add_row(*_movie_cells(i, r), f"{r['score']:.3f}", "" if r["rating"] is None else f"{r['rating']:.2f}")
     console.print(out)
 
 
@@ -142,14 +134,7 @@ def similar(table: pd.DataFrame, *, movie_id: int, title: Any, json_out: bool) -
     for col in ("#", "movieId", "title", "year", "genres", "similarity"):
         out.add_column(col, justify="left" if col in ("title", "genres") else "right")
     for i, r in enumerate(records, 1):
-        out.add_row(
-            str(i),
-            str(r["movieId"]),
-            str(r["title"]),
-            "" if r["year"] is None else str(r["year"]),
-            str(r["genres"]),
-            f"{r['similarity']:.3f}",
-        )
+        out.add_row(*_movie_cells(i, r), f"{r['similarity']:.3f}")
     console.print(out)
 
 
@@ -272,3 +257,9 @@ def _evaluation_table(result: dict[str, Any], *, ks: list[int], split: str, rele
     if skipped:
         table.caption = f"{table.caption}; " + "; ".join(skipped)
     return table
+
+
+def _movie_cells(rank: int, r: dict[str, Any]) -> list[str]:
+    """The rank and movie columns every result table starts with: #, movieId, title, year, genres."""
+    year = "" if r["year"] is None else str(r["year"])
+    return [str(rank), str(r["movieId"]), str(r["title"]), year, str(r["genres"])]
