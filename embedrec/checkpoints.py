@@ -127,6 +127,20 @@ class CheckpointDir:
         return None
 
 
+class ReadOnlyCheckpoints:
+    """A checkpoint folder read (to resume) but never written: every process of a distributed run but process 0,
+    which alone writes the run folder."""
+
+    def __init__(self, inner: Checkpointer) -> None:
+        self.inner = inner
+
+    def save(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        return None
+
+    def load(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        return self.inner.load()
+
+
 # what resuming a training run reads from a checkpoint's meta.json (train.py writes these). train.py also writes
 # best_ndcg, kept_ndcg and kept_rmse (epoch selection with rmse_slack); they are optional, so a checkpoint written
 # before them still resumes (missing or null reads as the initial -inf / inf)

@@ -153,6 +153,7 @@ class TrainConfig:
     steps_per_call: int = 200
     rmse_slack: float = 0.0
     rating_embedding_grad: float = 1.0
+    shard_tables: bool = True  # on several devices: embedding tables split by rows over them (else replicated)
 
     def __post_init__(self) -> None:
         _check_types(self)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embedrec.artifacts import SCHEMA_VERSION, read_json, read_run_meta, save_model, write_json
-from embedrec.checkpoints import RESUME_KEYS, CheckpointDir
+from embedrec.checkpoints import RESUME_KEYS, CheckpointDir, ReadOnlyCheckpoints
 from embedrec.config import (
     ModelConfig,
     TrainConfig,
@@ -36,12 +36,13 @@ from embedrec.config import (
 from embedrec.config import (
     preset as preset_configs,
 )
-from embedrec.errors import ArtifactError, ConfigError
+from embedrec.errors import ArtifactError, ConfigError, EmbedrecError
 from embedrec.workdir import data_dir as data_dir_of
 from embedrec.workdir import models_dir, set_latest_run
 
 if TYPE_CHECKING:
     from embedrec.data.store import PreparedData
+    from embedrec.distributed import Cluster
     from embedrec.train import TrainResult
 
 BETAS = (0.0, 0.25, 0.5, 1.0, 2.0)  # blends of watch logit + beta * predicted rating tried on the val split
@@ -174,6 +175,7 @@ def train_run(
     callbacks: Any = None,  # a Callbacks, or any object with its on_start/on_block/on_epoch
     resume: bool = False,
     stop_requested: Callable[[], bool] | None = None,
+    cluster: Cluster | None = None,
 ) -> RunResult:
     """Train a model on a prepared data set and write its run folder; returns where and how it went.
 
@@ -181,7 +183,147 @@ def train_run(
     run folder (default: a new one under ``<workdir>/models``). With ``resume`` the run continues from its last
     checkpoint (``out``, else the work folder's most recently checkpointed run) with the settings it was started
     with; only ``epochs`` may be raised, and a finished run is refused unless it is.
+
+    With ``cluster`` (or when the caller has joined a JAX cluster itself) this is one process of a distributed run
+    (:mod:`embedrec.distributed`): every process must be started with the same settings and data, which is checked
+    before training (one error naming the difference); each trains on its share of every batch; process 0 alone
+    writes the run folder, its checkpoints and ``latest``; every process ends with the same outcome. A resumed run
+    reads its checkpoint on every process, so the run folder must be on a file system they all see.
     """
+    from embedrec import distributed
+
+    if cluster is not None:
+        distributed.join(cluster)
+    several, writer = distributed.joined(), distributed.is_writer()
+    if several and stop_requested is not None:
+        local_stop = stop_requested
+
+        def stop_requested() -> bool:  # a stop on any process stops all of them at the same block
+            return distributed.any_process(local_stop())
+
+    try:
+        plan = _plan_run(data_dir, out=out, workdir=workdir, preset=preset, overrides=overrides, resume=resume)
+        plan.check_writable(writer)
+    except EmbedrecError as exc:
+        if several:
+            distributed.agree(exc)  # every process fails with it
+        raise
+    if several:
+        distributed.agree(plan.facts())
+        plan.run_dir = Path(distributed.exchange_text(str(plan.run_dir))[0])  # process 0's folder, for the report
+    created_run_dir = False
+    if not resume and writer:
+        created_run_dir = not plan.run_dir.exists()
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(plan.run_dir / "run.json", plan.run_meta())
+    run_dir, prepared, model_cfg, train_cfg = plan.run_dir, plan.prepared, plan.model_cfg, plan.train_cfg
+    checkpoints: Any = CheckpointDir(run_dir / "checkpoints", required=RESUME_KEYS)
+    if not writer:
+        checkpoints = ReadOnlyCheckpoints(checkpoints)
+    from embedrec.train import train
+
+    try:
+        result = train(
+            prepared,
+            model_cfg,
+            train_cfg,
+            callbacks=callbacks,
+            checkpointer=checkpoints,
+            resume=resume,
+            stop_requested=stop_requested,
+        )
+    except BaseException:
+        if not resume and writer:
+            _drop_unresumable(run_dir, created=created_run_dir)
+        raise
+    summary_rows = result.model.summary()
+    ranking: dict[str, Any] = {}
+    try:
+        if not result.interrupted and writer:
+            ranking = _write_model(result, plan)
+    except (EmbedrecError, OSError) as exc:
+        if several:
+            distributed.agree(_as_embedrec_error(exc))
+        raise
+    if several:  # the others wait for process 0's folder, and fail with it when it could not be written
+        distributed.agree({})
+    return RunResult(
+        run_dir=run_dir,
+        history=result.history,
+        interrupted=result.interrupted,
+        stopped_early=result.stopped_early,
+        best_epoch=result.best_epoch,
+        n_params=int(result.info["n_params"]),
+        ranking=ranking,
+        summary_rows=summary_rows,
+    )
+
+
+def _as_embedrec_error(exc: BaseException) -> EmbedrecError:
+    if isinstance(exc, EmbedrecError):
+        return exc
+    from embedrec.errors import os_error_message
+
+    message, code = os_error_message(exc) if isinstance(exc, OSError) else (str(exc), 1)
+    error = EmbedrecError(message)
+    error.exit_code = code
+    return error
+
+
+@dataclass
+class _Plan:
+    """What a run will train, on what, and where: resolved before anything is written or trained."""
+
+    run_dir: Path
+    workdir: Path
+    data_dir: Path
+    prepared: PreparedData
+    preset: str
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    adapted: dict[str, Any]
+    resume: bool
+    resume_from: dict[str, Any] | None = None  # the checkpoint's position, when resuming
+
+    def check_writable(self, writer: bool) -> None:
+        if writer and not self.resume:
+            _check_new_run_dir(self.run_dir)
+
+    def run_meta(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "preset": self.preset,
+            "model": to_dict(self.model_cfg),
+            "train": to_dict(self.train_cfg),
+            "adapted": self.adapted,
+            "data": {"path": str(Path(self.data_dir).resolve()), "fingerprint": self.prepared.fingerprint},
+        }
+
+    def facts(self) -> dict[str, Any]:
+        """What every process of a distributed run must agree on (paths aside: hosts may mount data elsewhere)."""
+        from embedrec import __version__
+
+        meta = self.run_meta()
+        return {
+            "embedrec": __version__,
+            "preset": self.preset,
+            "settings": {**meta["model"], **meta["train"]},
+            "data fingerprint": self.prepared.fingerprint,
+            "resume": self.resume,
+            "checkpoint": self.resume_from,
+        }
+
+
+def _plan_run(
+    data_dir: Path | None,
+    *,
+    out: Path | None,
+    workdir: Path | None,
+    preset: str,
+    overrides: dict[str, Any] | None,
+    resume: bool,
+) -> _Plan:
+    """Resolve the run's folder, data and settings (a resumed run: those it started with); writes nothing."""
     from embedrec.data import load_prepared
 
     if workdir is None:
@@ -189,7 +331,6 @@ def train_run(
             raise ConfigError("train_run needs data_dir or workdir")
         workdir = Path(data_dir).parent
     workdir = Path(workdir)
-    created_run_dir = False
     if resume:
         run_dir = Path(out) if out is not None else latest_checkpointed_run(workdir)
         run_meta = read_run_meta(run_dir)
@@ -212,96 +353,78 @@ def train_run(
                 f"--resume continues with the settings in {run_dir / 'run.json'}; drop "
                 f"{', '.join('--' + k.replace('_', '-') for k in changed)} (only --epochs may change)"
             )
-        preset = run_meta.get("preset", preset)
-        adapted = run_meta.get("adapted", {})
-    else:
-        data_dir = Path(data_dir) if data_dir is not None else data_dir_of(workdir)
-        prepared = load_prepared(data_dir)
-        model_cfg, train_cfg = resolve_configs(preset, overrides)
-        train_movies = prepared.movie_idx[prepared.split == 0]
-        train_cfg, adapted = adapt_to_data(
-            preset,
-            train_cfg,
-            n_train=len(train_movies),
-            n_movies_rated=int(np.unique(train_movies).size),
-            split_method=str(prepared.summary.get("split", {}).get("method", "random")),
-            explicit=set((overrides or {}).keys()),
-        )
-        run_dir = Path(out) if out is not None else new_run_dir(workdir, preset)
-        _check_new_run_dir(run_dir)
-        created_run_dir = not run_dir.exists()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(
-            run_dir / "run.json",
-            {
-                "schema_version": SCHEMA_VERSION,
-                "preset": preset,
-                "model": to_dict(model_cfg),
-                "train": to_dict(train_cfg),
-                "adapted": adapted,
-                "data": {"path": str(Path(data_dir).resolve()), "fingerprint": prepared.fingerprint},
-            },
-        )
-
-    checkpointer = CheckpointDir(run_dir / "checkpoints", required=RESUME_KEYS)
-    if resume and checkpointer.load() is None:  # answered before JAX starts
-        raise ArtifactError(
-            f"{run_dir / 'checkpoints'} holds no complete checkpoint to resume from; start a new run without --resume"
-        )
-    from embedrec.train import train
-
-    try:
-        result = train(
-            prepared,
-            model_cfg,
-            train_cfg,
-            callbacks=callbacks,
-            checkpointer=checkpointer,
-            resume=resume,
-            stop_requested=stop_requested,
-        )
-    except BaseException:
-        if not resume:
-            _drop_unresumable(run_dir, created=created_run_dir)
-        raise
-    summary_rows = result.model.summary()
-    ranking: dict[str, Any] = {}
-    if not result.interrupted:
-        ranking = choose_ranking(result, prepared, model_cfg, train_cfg)
-        gi = result.genres
-        final = dict(result.history[result.best_epoch - 1]) if result.history and result.best_epoch else {}
-        save_model(
-            run_dir,
-            module=result.model,
+        loaded = CheckpointDir(run_dir / "checkpoints", required=RESUME_KEYS).load()
+        if loaded is None:  # answered before JAX starts
+            raise ArtifactError(
+                f"{run_dir / 'checkpoints'} holds no complete checkpoint to resume from; start a new run without "
+                "--resume"
+            )
+        return _Plan(
+            run_dir=run_dir,
+            workdir=workdir,
+            data_dir=Path(data_dir),
+            prepared=prepared,
+            preset=run_meta.get("preset", preset),
             model_cfg=model_cfg,
             train_cfg=train_cfg,
-            shape=result.shape,
-            genre_idx=gi.idx,
-            genre_w=gi.weight,
-            prepared=prepared,
-            history=result.history,
-            extra_meta={
-                "preset": preset,
-                "ranking": ranking,
-                "best_epoch": result.best_epoch,
-                "stopped_early": result.stopped_early,
-                "epochs_run": len(result.history),
-                "adapted": adapted,
-                "metrics": {k: v for k, v in final.items() if k.startswith("val_")},
-            },
+            adapted=run_meta.get("adapted", {}),
+            resume=True,
+            resume_from={"epoch": loaded[1]["epoch"], "step": loaded[1]["step"]},
         )
-        write_learning_curve(run_dir / "learning_curve.png", result.history, title=f"embedrec {preset}")
-        set_latest_run(workdir, run_dir)
-    return RunResult(
-        run_dir=run_dir,
-        history=result.history,
-        interrupted=result.interrupted,
-        stopped_early=result.stopped_early,
-        best_epoch=result.best_epoch,
-        n_params=int(result.info["n_params"]),
-        ranking=ranking,
-        summary_rows=summary_rows,
+    data_dir = Path(data_dir) if data_dir is not None else data_dir_of(workdir)
+    prepared = load_prepared(data_dir)
+    model_cfg, train_cfg = resolve_configs(preset, overrides)
+    train_movies = prepared.movie_idx[prepared.split == 0]
+    train_cfg, adapted = adapt_to_data(
+        preset,
+        train_cfg,
+        n_train=len(train_movies),
+        n_movies_rated=int(np.unique(train_movies).size),
+        split_method=str(prepared.summary.get("split", {}).get("method", "random")),
+        explicit=set((overrides or {}).keys()),
     )
+    return _Plan(
+        run_dir=Path(out) if out is not None else new_run_dir(workdir, preset),
+        workdir=workdir,
+        data_dir=data_dir,
+        prepared=prepared,
+        preset=preset,
+        model_cfg=model_cfg,
+        train_cfg=train_cfg,
+        adapted=adapted,
+        resume=False,
+    )
+
+
+def _write_model(result: TrainResult, plan: _Plan) -> dict[str, Any]:
+    """Choose the ranking score, write the model into the run folder and make it the latest; the ranking."""
+    prepared, model_cfg, train_cfg = plan.prepared, plan.model_cfg, plan.train_cfg
+    ranking = choose_ranking(result, prepared, model_cfg, train_cfg)
+    gi = result.genres
+    final = dict(result.history[result.best_epoch - 1]) if result.history and result.best_epoch else {}
+    save_model(
+        plan.run_dir,
+        module=result.model,
+        model_cfg=model_cfg,
+        train_cfg=train_cfg,
+        shape=result.shape,
+        genre_idx=gi.idx,
+        genre_w=gi.weight,
+        prepared=prepared,
+        history=result.history,
+        extra_meta={
+            "preset": plan.preset,
+            "ranking": ranking,
+            "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early,
+            "epochs_run": len(result.history),
+            "adapted": plan.adapted,
+            "metrics": {k: v for k, v in final.items() if k.startswith("val_")},
+        },
+    )
+    write_learning_curve(plan.run_dir / "learning_curve.png", result.history, title=f"embedrec {plan.preset}")
+    set_latest_run(plan.workdir, plan.run_dir)
+    return ranking
 
 
 def _drop_unresumable(run_dir: Path, *, created: bool) -> None:

@@ -10,9 +10,10 @@ The train state is a pytree: ``head`` (the Head's NNX state), ``opt`` (its Adam 
 table with its moments, see :mod:`embedrec.sparse_adam`), ``count`` (Adam's step count) and, for a small genre
 table updated densely, ``genre``. ``inputs`` are the run's device arrays (``genre_idx``, ``genre_w``, with
 negatives ``seen_bits`` and ``neg_cdf``, with ``row_decay`` ``user_inv_count`` and ``movie_inv_count``);
-``epoch_ratings`` the epoch's shuffled, padded ``user``/``movie``/``rating`` columns, so a batch is a contiguous
-slice, not a random gather. A whole block of steps runs in one ``lax.scan``, so Python is touched once per block;
-steps past the end of the epoch (padding) change nothing.
+``epoch_ratings`` the epoch's shuffled, padded ``user``/``movie``/``rating`` columns as (steps, batch) arrays, so
+a batch is one row, not a random gather; on several devices each device holds only its columns of every row (its
+share of every batch), see :meth:`embedrec.train.Run.batches`. A whole block of steps runs in one ``lax.scan``,
+so Python is touched once per block; steps past the end of the epoch (padding) change nothing.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class StepSettings:
 @dataclass(frozen=True)
 class StepParts:
     """What a step is built from: the Head's graph, the slab layout, the data shape, settings, the Head's optimizer,
-    and (on several devices) the mesh the batch is split over."""
+    and (on several devices) the mesh the batch is split over and the sharding of the table rows."""
 
     graphdef: Any
     layout: SlabLayout
@@ -88,6 +89,7 @@ class StepParts:
     settings: StepSettings
     tx: optax.GradientTransformation
     mesh: Any = None
+    table_rows: Any = None  # the sharding that splits the slab's rows over the mesh (None: replicated)
 
 
 def init_state(
@@ -245,7 +247,7 @@ def train_step(
     bsz = settings.batch_size
     valid = step * bsz + jnp.arange(bsz, dtype=jnp.int32) < settings.n_train
     users, movies, rating = (
-        _constrain(jax.lax.dynamic_slice(epoch_ratings[name], (step * bsz,), (bsz,)), parts.mesh)
+        _constrain(jax.lax.dynamic_index_in_dim(epoch_ratings[name], step, axis=0, keepdims=False), parts.mesh)
         for name in ("user", "movie", "rating")
     )
     weight = _constrain(valid.astype(jnp.float32), parts.mesh)
@@ -293,6 +295,8 @@ def train_step(
         )
     else:
         new_state["slab"] = dense_adam_update(slab, update_idx, grad, lr_t, width=layout.width, live=live)
+    if parts.table_rows is not None:  # each device keeps (and updates) only its rows of the tables
+        new_state["slab"] = jax.lax.with_sharding_constraint(new_state["slab"], parts.table_rows)
     new_state["count"] = count
     return new_state, stats
 

@@ -224,13 +224,69 @@ class Run:
     trained_users: np.ndarray  # (n_users,) bool: users with a training rating (the others are served as average)
     replicated: Any = None  # the sharding of replicated arrays on several devices
     devices: list[Any] = field(default_factory=list)
+    batch_columns: Any = None  # the sharding of the epoch's (steps, batch) columns: each device holds its share
+    state_shardings: dict[str, Any] | None = None  # per train-state entry; the slab's rows split over the devices
+    pad_rows: int = 0  # zero rows after the slab's last table row, so that its rows divide by the devices
 
-    def put(self, tree: Any) -> Any:
-        """Copy to the devices (replicated over all of them when there are several)."""
-        return jax.device_put(tree, self.replicated) if self.replicated is not None else tree
+    def place(self, state: TrainState) -> TrainState:
+        """A host-side train state (as a checkpoint stores it) on the devices, laid out as training needs it."""
+        if self.state_shardings is None:
+            return state
+        state = self.padded(state)
+        return {name: _to_devices(value, self.state_shardings[name]) for name, value in state.items()}
+
+    def padded(self, state: TrainState) -> TrainState:
+        if not self.pad_rows:
+            return state
+        return {**state, "slab": jnp.pad(jnp.asarray(state["slab"]), ((0, self.pad_rows), (0, 0)))}
+
+    def unpadded(self, state: TrainState) -> TrainState:
+        """The state as a checkpoint stores it: the slab without its padding rows, whatever the device count."""
+        if not self.pad_rows:
+            return state
+        return {**state, "slab": state["slab"][: self.layout.n_rows]}
+
+    def host(self, tree: Any) -> Any:
+        """``tree`` readable on this host. When the devices span processes the row-split tables are gathered (every
+        process must call this at the same point); within one process every shard is readable as it is."""
+        if jax.process_count() == 1:
+            return tree
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(tree, tiled=True)
+
+    def batches(self, columns: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        """The epoch's padded columns as (steps, batch) device arrays, batch ``i`` in row ``i``.
+
+        On several devices each device receives only its columns of every row, its share of every batch, and
+        each process builds only its own devices' shards from its host copy: no device holds the whole split, and
+        nothing crosses between processes.
+        """
+        steps = self.schedule.padded // self.schedule.batch_size
+        shaped = {name: arr.reshape(steps, self.schedule.batch_size) for name, arr in columns.items()}
+        if self.batch_columns is None:
+            return jax.device_put(shaped)
+        return _to_devices(shaped, self.batch_columns, local_shards=True)
 
     def tables(self, state: TrainState) -> dict[str, jax.Array]:
         return state_tables(state, self.layout)
+
+
+def _to_devices(tree: Any, sharding: Any, *, local_shards: bool = False) -> Any:
+    """``tree``'s host arrays laid out by ``sharding``.
+
+    Within one process this is ``jax.device_put``. With ``local_shards``, or when the mesh spans processes, each
+    process fills only the shards of its own devices from its host copy (``jax.make_array_from_callback``), so a
+    multi-process put is neither a transfer between processes nor a cross-process equality check of the data.
+    """
+    if not local_shards and jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def place(x: Any) -> jax.Array:
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(place, tree)
 
 
 def _device_mesh(batch_size: int) -> tuple[list[Any], Any]:
@@ -292,13 +348,18 @@ def _set_up(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConf
         row_decay=train_cfg.row_decay,
         rating_embedding_grad=train_cfg.rating_embedding_grad,
     )
-    replicated = None
+    replicated = table_rows = state_shardings = None
+    pad_rows = 0
     if mesh is not None:
         from jax.sharding import NamedSharding
         from jax.sharding import PartitionSpec as P
 
         replicated = NamedSharding(mesh, P())
-        inputs, state = jax.device_put(inputs, replicated), jax.device_put(state, replicated)
+        state_shardings = {name: replicated for name in state}
+        if train_cfg.shard_tables:
+            table_rows = state_shardings["slab"] = NamedSharding(mesh, P("data", None))
+            pad_rows = -layout.n_rows % len(devices)
+        inputs = _to_devices(inputs, replicated)
     else:
         inputs = jax.device_put(inputs)
     scorer = make_user_scorer(graphdef, shape, inputs["genre_idx"], inputs["genre_w"])
@@ -316,7 +377,7 @@ def _set_up(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConf
         schedule=schedule,
         model=model,
         layout=layout,
-        run_block=make_train_block(StepParts(graphdef, layout, shape, settings, tx, mesh)),
+        run_block=make_train_block(StepParts(graphdef, layout, shape, settings, tx, mesh, table_rows)),
         predict=make_predict_fn(graphdef, shape),
         scorer=scorer,
         inputs=inputs,
@@ -324,8 +385,18 @@ def _set_up(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConf
         trained_users=np.bincount(train_split.users, minlength=prepared.n_users) > 0,
         replicated=replicated,
         devices=devices,
+        batch_columns=None if mesh is None else _batch_columns(mesh),
+        state_shardings=state_shardings,
+        pad_rows=pad_rows,
     )
-    return run, state
+    return run, run.place(state)
+
+
+def _batch_columns(mesh: Any) -> Any:
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    return NamedSharding(mesh, P(None, "data"))
 
 
 def _resume(
@@ -344,7 +415,7 @@ def _resume(
             f"checkpoint was trained on data {meta.get('fingerprint')} but {prepared.path} is "
             f"{prepared.fingerprint}: the data was re-prepared; resume with the same --data or start a new run"
         )
-    state = run.put(restore_tree(state, arrays, "state"))
+    state = run.place(restore_tree(run.unpadded(run.host(state)), arrays, "state"))
     best = BestEpoch(
         rmse=meta["best_rmse"],
         epoch=meta["best_epoch"],
@@ -392,7 +463,7 @@ def _run_epoch(
     cfg, schedule, split = run.train_cfg, run.schedule, run.train_split
     n_train, bsz = schedule.n_train, schedule.batch_size
     perm = np.random.default_rng([cfg.seed, epoch]).permutation(n_train)
-    epoch_ratings = run.put(
+    epoch_ratings = run.batches(
         {
             name: np.pad(arr[perm], (0, schedule.padded - n_train))
             for name, arr in (("user", split.users), ("movie", split.movies), ("rating", split.ratings))
@@ -435,9 +506,10 @@ def _epoch_record(
 ) -> dict[str, Any]:
     """The epoch's line in the history: train loss, val RMSE/MAE (and NDCG@10 with the watch output), speed."""
     val, sums, epoch = run.val_split, position.loss_sums, position.epoch
-    tables = untrained_users_as_average(run.tables(state), run.trained_users)  # validate what is served
+    head, tables = run.host((state["head"], run.tables(state)))
+    tables = untrained_users_as_average(tables, run.trained_users)  # validate what is served
     pred = predict_in_batches(
-        run.predict, state["head"], tables, val.users, val.movies, run.inputs["genre_idx"], run.inputs["genre_w"]
+        run.predict, head, tables, val.users, val.movies, run.inputs["genre_idx"], run.inputs["genre_w"]
     )
     val_r = val.ratings
     record: dict[str, Any] = {
@@ -457,7 +529,7 @@ def _epoch_record(
             "(or raise --weight-decay) and train again"
         )
     if run.rank_val is not None:
-        ndcg = run.rank_val(partial(run.scorer, state["head"], tables, beta=0.0))
+        ndcg = run.rank_val(partial(run.scorer, head, tables, beta=0.0))
         if ndcg is not None:
             record["val_ndcg@10"] = ndcg
     return record
@@ -474,7 +546,7 @@ def _save_checkpoint(
     if checkpointer is None:
         return
     checkpointer.save(
-        checkpoint_arrays(state, best.weights),
+        checkpoint_arrays(run.unpadded(run.host(state)), best.weights),
         {
             "epoch": position.epoch,
             "step": position.step,
@@ -545,7 +617,7 @@ def train(
         )
         if keep:
             best.epoch = epoch
-            best.weights = flatten_tree({"head": state["head"], "tables": run.tables(state)}, "")
+            best.weights = flatten_tree(run.host({"head": state["head"], "tables": run.tables(state)}), "")
         best.bad_epochs = 0 if improved else best.bad_epochs + 1
         cb.on_epoch(record)
         save(state, reached, history, best)
@@ -568,7 +640,7 @@ def _result(
     interrupted: bool,
 ) -> TrainResult:
     """The model with its final weights: the best epoch's with early stopping, else the last epoch's."""
-    final = {"head": state["head"], "tables": run.tables(state)}
+    final = run.host({"head": state["head"], "tables": run.tables(state)})
     restore = best.weights is not None and (run.train_cfg.patience or stopped_early) and not interrupted
     best_epoch = best.epoch
     if restore:

@@ -46,9 +46,9 @@ def _setup(*, lazy: bool, negatives: int = 0, genre_table: bool = False, n_train
         "seen_bits": seen_filter(users, movies),
     }
     epoch_ratings = {
-        "user": np.pad(users, (0, 8)),
-        "movie": np.pad(movies, (0, 8)),
-        "rating": np.pad(np.array([5, 4, 1, 2, 5, 4, 1, 2], np.float32), (0, 8)),
+        "user": np.pad(users, (0, 8)).reshape(-1, BATCH),
+        "movie": np.pad(movies, (0, 8)).reshape(-1, BATCH),
+        "rating": np.pad(np.array([5, 4, 1, 2, 5, 4, 1, 2], np.float32), (0, 8)).reshape(-1, BATCH),
     }
     block = make_train_block(StepParts(graphdef, layout, SHAPE, settings, tx))
     return block, layout, state, inputs, epoch_ratings

@@ -1,0 +1,189 @@
+"""Training across processes and hosts on JAX's own distributed runtime (``jax.distributed``: gloo on CPU, NCCL on
+GPU): joining the cluster, agreeing on what is trained, and deciding who writes.
+
+Synopsis::
+
+    from embedrec.distributed import Cluster, join, agree
+    join(Cluster("host0:1234", num_processes=2, process_id=0))   # before any other JAX computation
+    agree({"settings": ..., "fingerprint": ...})                  # the same on every process, or one clear error
+    if is_writer(): ...                                           # process 0 alone writes the run folder
+
+Every process runs the same training loop on its own share of each batch (see :mod:`embedrec.train`); XLA inserts
+the collectives. What this module adds is what a user needs around that: a join that fails with one line instead of
+a hang or an assertion from inside JAX, a comparison of settings and data fingerprints that names the first
+difference, one writer, and a common exit code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from embedrec.errors import ConfigError, EmbedrecError
+
+__all__ = ["Cluster", "agree", "any_process", "exchange_text", "is_writer", "join", "joined"]
+
+_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$")
+_JOINED: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where the coordinator listens and who this process is. All three unset: read them from the cluster
+    environment that ``jax.distributed`` detects (SLURM, Open MPI, Kubernetes, and ``JAX_COORDINATOR_ADDRESS``)."""
+
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    timeout_s: int = 300
+
+    def check(self) -> None:
+        """One line per bad option, before anything starts."""
+        import os
+
+        given = [v is not None for v in (self.coordinator, self.num_processes, self.process_id)]
+        from_environment = any(
+            k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri")
+        )
+        if any(given) and not all(given) and not from_environment:
+            raise ConfigError(
+                "--distributed: give all of --coordinator HOST:PORT, --num-processes N and --process-id I, or none "
+                "of them inside a cluster that sets them (SLURM, JAX_COORDINATOR_ADDRESS ...)"
+            )
+        if self.coordinator is not None:
+            match = _ADDRESS.match(self.coordinator)
+            if not match or not 0 < int(match.group(2)) < 65536:
+                raise ConfigError(f"--coordinator {self.coordinator!r}: expected HOST:PORT, like host0:12345")
+        if self.num_processes is not None and self.num_processes < 1:
+            raise ConfigError(f"--num-processes {self.num_processes}: must be at least 1")
+        if self.process_id is not None and self.num_processes is not None:
+            if not 0 <= self.process_id < self.num_processes:
+                raise ConfigError(
+                    f"--process-id {self.process_id}: must be 0..{self.num_processes - 1} for --num-processes "
+                    f"{self.num_processes}"
+                )
+        if self.timeout_s < 1:
+            raise ConfigError(f"--join-timeout {self.timeout_s}: must be at least 1 second")
+
+
+def join(cluster: Cluster) -> tuple[int, int]:
+    """Join the cluster (once per process); (process index, process count).
+
+    Must run before any JAX computation. A coordinator that cannot be reached, or a cluster environment that is not
+    there, is one :class:`ConfigError` line, not JAX's traceback.
+    """
+    cluster.check()
+    import jax
+
+    if "count" not in _JOINED:
+        try:
+            jax.distributed.initialize(
+                coordinator_address=cluster.coordinator,
+                num_processes=cluster.num_processes,
+                process_id=cluster.process_id,
+                initialization_timeout=cluster.timeout_s,
+            )
+        except ValueError as exc:  # no coordinator given and none found in the environment
+            raise ConfigError(
+                f"--distributed: no cluster found in the environment ({exc}); pass --coordinator HOST:PORT "
+                "--num-processes N --process-id I"
+            ) from None
+        except RuntimeError as exc:
+            if "should only be called once" in str(exc):  # initialised by the caller (a Python program)
+                pass
+            else:
+                where = cluster.coordinator or "the coordinator"
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(
+                    f"--distributed: could not join {where} within {cluster.timeout_s} s ({first[:200]}); start "
+                    "every process with the same --coordinator and --num-processes, process 0 among them"
+                ) from None
+        _JOINED["count"] = jax.process_count()
+    return jax.process_index(), jax.process_count()
+
+
+def joined() -> bool:
+    """Whether this process is one of several in a JAX cluster (joined here or by the caller)."""
+    if "count" in _JOINED:
+        return bool(_JOINED["count"] > 1)
+    import sys
+
+    if "jax" not in sys.modules:
+        return False
+    import jax
+
+    return jax.process_count() > 1
+
+
+def is_writer() -> bool:
+    """Process 0 writes the run folder, checkpoints and ``latest``; the others write nothing."""
+    if not joined():
+        return True
+    import jax
+
+    return jax.process_index() == 0
+
+
+def exchange_text(text: str) -> list[str]:
+    """Every process's ``text``, in process order (a collective: every process must call it)."""
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(text.encode(), dtype=np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.int32(len(data)))).reshape(-1)
+    padded = np.zeros(int(lengths.max()) if len(lengths) else 0, dtype=np.uint8)
+    padded[: len(data)] = data
+    gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
+    return [bytes(row[: int(n)]).decode() for row, n in zip(gathered, lengths)]
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when ``flag`` is true on any (a collective: every process must call it)."""
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(bool(flag)))).any())
+
+
+def _differences(mine: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> list[str]:
+    """Keys whose values differ, as ``key (this vs that)``, nested keys joined by dots."""
+    out = []
+    for key in sorted(set(mine) | set(theirs)):
+        a, b = mine.get(key), theirs.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(_differences(a, b, f"{prefix}{key}."))
+        elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+            out.append(f"{prefix}{key} ({json.dumps(a)} vs {json.dumps(b)})")
+    return out
+
+
+def agree(facts: dict[str, Any] | EmbedrecError) -> None:
+    """Check that every process trains the same thing, or fail on every process with the same line.
+
+    ``facts`` (settings, data fingerprint, where a resume starts: JSON values) are compared with process 0's. A
+    process that could not get that far passes its error instead, and every process then fails with it (so none is
+    left waiting in a collective for a process that has already exited).
+    """
+    if isinstance(facts, EmbedrecError):
+        text = json.dumps({"error": str(facts), "exit_code": facts.exit_code})
+    else:
+        text = json.dumps({"facts": facts}, sort_keys=True)
+    everyone = [json.loads(t) for t in exchange_text(text)]
+    for i, entry in enumerate(everyone):
+        if "error" in entry:
+            error = EmbedrecError(f"process {i}: {entry['error']}")
+            error.exit_code = int(entry["exit_code"])
+            raise error
+    reference = everyone[0]["facts"]
+    for i, entry in enumerate(everyone[1:], start=1):
+        if entry["facts"] != reference:
+            diff = _differences(entry["facts"], reference)
+            digest = hashlib.sha256(json.dumps(entry["facts"], sort_keys=True).encode()).hexdigest()[:8]
+            shown = "; ".join(diff[:3]) + (f" and {len(diff) - 3} more" if len(diff) > 3 else "")
+            raise ConfigError(
+                f"process {i} differs from process 0 in {shown or 'its settings ' + digest} (process {i} vs "
+                "process 0): start every process with the same options and the same prepared data"
+            )
