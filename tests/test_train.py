@@ -197,24 +197,30 @@ def test_two_devices_match_one(synthetic_prepared: Path, tmp_path: Path) -> None
         "from embedrec.config import preset\n"
         "from embedrec.train import train\n"
         "m, t = preset('default')\n"
-        "r = train(load_prepared(sys.argv[1]), m, t.replace(epochs=2, patience=0, val_users=0, batch_size=256))\n"
+        "t = t.replace(epochs=2, patience=0, val_users=0, batch_size=256, shard_tables=sys.argv[3] == 'rows')\n"
+        "r = train(load_prepared(sys.argv[1]), m, t)\n"
         "np.savez(sys.argv[2], n=jax.device_count(), loss=r.history[-1]['train_loss'],"
         " **{k: np.asarray(v) for k, v in r.model.tables().items()})\n"
     )
     outs = []
-    for n in (1, 2):
-        out = tmp_path / f"d{n}.npz"
+    for n, tables in ((1, "rows"), (2, "rows"), (2, "replicated")):
+        out = tmp_path / f"d{n}-{tables}.npz"
         env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
         done = subprocess.run(
-            [sys.executable, "-c", script, str(synthetic_prepared), str(out)], env=env, capture_output=True, text=True
+            [sys.executable, "-c", script, str(synthetic_prepared), str(out), tables],
+            env=env,
+            capture_output=True,
+            text=True,
         )
         assert done.returncode == 0, done.stderr
         outs.append(np.load(out))
-    one, two = outs
+    one, two, replicated = outs
     assert int(one["n"]) == 1 and int(two["n"]) == 2
     assert float(one["loss"]) == pytest.approx(float(two["loss"]), rel=1e-5)
     for name in ("user_embedding", "movie_embedding", "genre_embedding", "watch_bias"):
         np.testing.assert_allclose(one[name], two[name], atol=2e-3, err_msg=name)
+        # tables split by rows over the devices train exactly as tables replicated on each
+        np.testing.assert_allclose(two[name], replicated[name], rtol=1e-6, atol=1e-7, err_msg=name)
 
 
 def test_artifact_round_trip_predicts_the_same(synthetic_prepared: Path, tmp_path: Path) -> None:
