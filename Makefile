@@ -31,8 +31,11 @@ browser:
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "note: no Chromium (apt-get install chromium): the browser test will skip"
 
+# Two pytest-xdist workers (the CI machine has 2 cores); a module's tests stay on one worker so that its trained
+# fixtures are trained once. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py

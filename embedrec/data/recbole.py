@@ -40,47 +40,54 @@ def fetch_ml100k(cache_dir: Path | None = None, *, timeout: float = 180.0) -> Pa
     if all((folder / Path(m).name).is_file() for m in MEMBERS):
         return folder
     cache.mkdir(parents=True, exist_ok=True)
-    wheel = cache / WHEEL
-    if not wheel.is_file():
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "--timeout",
-            "20",
-            "--retries",
-            "1",
-            f"recbole=={RECBOLE_VERSION}",
-            "-d",
-            str(cache),
-        ]
+    from embedrec.locks import folder_lock
+
+    with folder_lock(cache, exclusive=True):  # two processes (test workers, two commands) fetch it once
+        if all((folder / Path(m).name).is_file() for m in MEMBERS):
+            return folder
+        wheel = cache / WHEEL
+        if not wheel.is_file():
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "--timeout",
+                "20",
+                "--retries",
+                "1",
+                f"recbole=={RECBOLE_VERSION}",
+                "-d",
+                str(cache),
+            ]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise DownloadError(
+                    f"pip download of recbole=={RECBOLE_VERSION} failed ({exc}): is PyPI reachable?"
+                ) from None
+            if proc.returncode != 0 or not wheel.is_file():
+                last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+                raise DownloadError(
+                    f"pip download of recbole=={RECBOLE_VERSION} failed ({last[0][:200]}): is PyPI reachable?"
+                )
+        tmp = cache / f".ml-100k.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            with zipfile.ZipFile(wheel) as zf:
+                for member in MEMBERS:
+                    with zf.open(member) as src, open(tmp / Path(member).name, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        except (zipfile.BadZipFile, KeyError) as exc:
+            wheel.unlink(missing_ok=True)
             raise DownloadError(
-                f"pip download of recbole=={RECBOLE_VERSION} failed ({exc}): is PyPI reachable?"
+                f"{wheel} is not the expected recbole wheel ({exc}); it was deleted: try again"
             ) from None
-        if proc.returncode != 0 or not wheel.is_file():
-            last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise DownloadError(
-                f"pip download of recbole=={RECBOLE_VERSION} failed ({last[0][:200]}): is PyPI reachable?"
-            )
-    tmp = cache / f".ml-100k.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            for member in MEMBERS:
-                with zf.open(member) as src, open(tmp / Path(member).name, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except (zipfile.BadZipFile, KeyError) as exc:
-        wheel.unlink(missing_ok=True)
-        raise DownloadError(f"{wheel} is not the expected recbole wheel ({exc}); it was deleted: try again") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder
