@@ -6,6 +6,7 @@ process with two forced devices, and must train the same weights.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -125,16 +126,31 @@ def test_a_killed_two_process_run_resumes_on_one_process_and_ends_as_one_process
         np.testing.assert_allclose(mine[name], theirs[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def test_two_processes_train_and_only_process_0_writes(synthetic_prepared: Path, tmp_path: Path) -> None:
+def test_ctrl_c_on_one_process_stops_both_then_both_resume_and_only_process_0_writes(
+    synthetic_prepared: Path, tmp_path: Path
+) -> None:
     run, other_out, other_wd = tmp_path / "run", tmp_path / "p1-run", tmp_path / "p1-work"
-    procs = _processes(synthetic_prepared, [run, other_out], [tmp_path, other_wd], [["--epochs", "1"]] * 2)
+    procs = _processes(synthetic_prepared, [run, other_out], [tmp_path, other_wd], [["--epochs", "8"]] * 2)
+    deadline = time.monotonic() + 300
+    while _latest_checkpoint(run) is None and time.monotonic() < deadline and procs[0].poll() is None:
+        time.sleep(0.02)
+    procs[1].send_signal(signal.SIGINT)  # Ctrl-C in process 1's terminal only
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 130, err  # both stopped at the same block, with process 0's checkpoint
+    assert _latest_checkpoint(run) is not None and not (run / "model.json").exists()
+    assert "--resume" in results[0][1]
+
+    procs = _processes(synthetic_prepared, [run, run], [tmp_path, other_wd], [["--resume"]] * 2)
     results = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err
     assert (run / "model.json").is_file() and (tmp_path / "models" / "latest").read_text().strip() == str(run)
-    assert not other_out.exists() and not other_wd.exists()
     assert str(run) in results[1][0]  # process 1 reports the run folder process 0 wrote
-    assert np.isfinite(_weights(run)["movie_embedding"]).all()
+    # process 1 wrote nothing at any point: not its --out, not its work folder
+    assert not other_out.exists() and not other_wd.exists()
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(1, 9))
 
 
 def test_processes_started_with_different_settings_fail_alike_naming_the_difference(
