@@ -217,7 +217,8 @@ def train_cmd(
         ),
     ] = None,
     num_processes: Annotated[
-        int | None, typer.Option("--num-processes", rich_help_panel=_DIST, show_default=False)
+        int | None,
+        typer.Option("--num-processes", help="How many processes in all.", rich_help_panel=_DIST, show_default=False),
     ] = None,
     process_id: Annotated[
         int | None,
