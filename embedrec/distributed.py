@@ -79,12 +79,15 @@ def join(cluster: Cluster) -> tuple[int, int]:
     import jax
 
     if "count" not in _JOINED:
+        timeout_s = cluster.timeout_s
+        if cluster.coordinator is not None and cluster.process_id:
+            timeout_s = _wait_for_coordinator(cluster.coordinator, timeout_s)
         try:
             jax.distributed.initialize(
                 coordinator_address=cluster.coordinator,
                 num_processes=cluster.num_processes,
                 process_id=cluster.process_id,
-                initialization_timeout=cluster.timeout_s,
+                initialization_timeout=timeout_s,
             )
         except ValueError as exc:  # no coordinator given and none found in the environment
             raise ConfigError(
@@ -103,6 +106,32 @@ def join(cluster: Cluster) -> tuple[int, int]:
                 ) from None
         _JOINED["count"] = jax.process_count()
     return jax.process_index(), jax.process_count()
+
+
+def _wait_for_coordinator(address: str, timeout_s: int) -> int:
+    """Wait until something listens at the coordinator's address; the seconds left of ``timeout_s``.
+
+    JAX's client ends the whole process (a fatal log and SIGABRT, which Python cannot catch) when it cannot register
+    in time, so a process other than 0 first waits for process 0's service here, where a wrong address or a process
+    0 that never started is one line.
+    """
+    import socket
+    import time
+
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+                return max(1, int(deadline - time.monotonic()))
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                reason = exc.strerror or type(exc).__name__
+                raise ConfigError(
+                    f"--distributed: nothing listens at --coordinator {address} after {timeout_s} s ({reason}); "
+                    "start process 0 with the same --coordinator, or check the host and port"
+                ) from None
+            time.sleep(0.5)
 
 
 def joined() -> bool:

@@ -174,6 +174,10 @@ def test_processes_started_with_different_settings_fail_alike_naming_the_differe
         (["--coordinator", "h:1", "--num-processes", "2"], "give all of"),
         (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], "--process-id 2: must be 0..1"),
         (["--coordinator", "h:1", "--num-processes", "0", "--process-id", "0"], "--num-processes 0"),
+        (
+            ["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "1", "--join-timeout", "2"],
+            "nothing listens at --coordinator 127.0.0.1:1 after 2 s",
+        ),
     ],
 )
 def test_bad_cluster_options_are_one_line_before_anything_starts(tmp_path: Path, args: list[str], needle: str) -> None:
