@@ -292,8 +292,10 @@ def _print_result(result: RunResult, *, as_json: bool) -> None:
         f"MAE {last['val_mae']:.4f}{ndcg}{note}"
     )
     if result.ranking.get("score") == "blend":
+        from embedrec.scoring import Ranking
+
         console.print(
-            f"recommend ranks by watch logit + {result.ranking['beta']:g} x predicted rating "
+            f"recommend ranks by {Ranking.from_meta({'ranking': result.ranking}, has_watch=True).describe()} "
             f"(chosen by {result.ranking.get('chosen_by', 'val ndcg@10')})"
         )
     elif result.ranking.get("score") == "rating":
