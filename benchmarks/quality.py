@@ -187,6 +187,7 @@ def run_model(data_dir: Path, prepared: Any, *, seed: int, overrides: dict[str, 
         "ranking": result.ranking.get("beta"),
         "gamma": result.ranking.get("gamma"),
         "prior": (result.ranking.get("prior") or {}).get("half_life_days"),
+        "val_ndcg@10_by_prior": result.ranking.get("val_ndcg@10_by_prior"),
         "adapted": meta.get("adapted"),
         "history": [{k: h[k] for k in ("epoch", "val_rmse", "val_ndcg@10") if k in h} for h in result.history],
     }

@@ -163,7 +163,8 @@ def test_ndcg_by_blend_equals_evaluating_each_blend_two_stage(trained: Path, pre
 
 
 def test_training_chooses_the_blend_by_two_stage_val_ndcg(synthetic_prepared: Path, tmp_path: Path) -> None:
-    """The blend choice after training equals ndcg_by_blend on the saved model: the same numbers, two-stage."""
+    """The blend choice after training equals ndcg_by_blend on the saved model (its beta, its popularity prior
+    and gamma): the same numbers, two-stage; and no other (prior, gamma) tried did better on val."""
     from embedrec.artifacts import load_model
     from embedrec.data import load_prepared
     from embedrec.evaluation import ndcg_by_blend
@@ -182,9 +183,11 @@ def test_training_chooses_the_blend_by_two_stage_val_ndcg(synthetic_prepared: Pa
         Scorer.from_artifact(artifact),
         data,
         betas=BETAS,
+        gamma=ranking["gamma"],
         split="val",
         relevance=training_relevance(data),
         max_users=artifact.train.val_users or None,
     )
     assert {float(b): v for b, v in ranking["val_ndcg@10"].items()} == pytest.approx(again, abs=1e-5)
     assert ranking["beta"] == max(BETAS, key=lambda b: (round(again[b], 6), -b))
+    assert max(ranking["val_ndcg@10_by_prior"].values()) == pytest.approx(again[ranking["beta"]], abs=1e-5)
