@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from embedrec.train import TrainResult
 
 BETAS = (0.0, 0.25, 0.5, 1.0, 2.0)  # blends of watch logit + beta * predicted rating tried on the val split
-GAMMAS = (0.0, 0.25, 0.5, 1.0, 2.0)  # weights of the popularity prior in that blend, tried on the val split
+GAMMAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # weights of the popularity prior in that blend, tried on the val split
 RECENT_HALF_LIVES = (0.25, 0.1, 0.05, 0.025)  # time-based splits: prior half-lives, as shares of the training span
 TIME_SPLITS = ("temporal", "leave-last-out")
 
