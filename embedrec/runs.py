@@ -201,14 +201,14 @@ def choose_ranking(
                 max_users=train_cfg.val_users or None,
             )
             if scores is None:
-                return RankingChoice(
-                    {"score": "blend", "beta": 0.0, "gamma": 0.0, "chosen_by": "default (no relevant val rating)"}, {}
-                )
-            beta = max(BETAS, key=lambda b: (round(scores[b], 6), -b))
-            tried[f"{_prior_name(half_life)}, gamma {gamma:g}"] = round(scores[beta], 5)
-            key = (round(scores[beta], 6), -gamma, -position, -beta)
+                no_val = "default (no relevant rating in the val split)"
+                return RankingChoice({"score": "blend", "beta": 0.0, "gamma": 0.0, "chosen_by": no_val}, {})
+            by_beta: dict[float, float] = scores
+            beta = max(BETAS, key=lambda b: (round(by_beta[b], 6), -b))
+            tried[f"{_prior_name(half_life)}, gamma {gamma:g}"] = round(by_beta[beta], 5)
+            key = (round(by_beta[beta], 6), -gamma, -position, -beta)
             if best is None or key > best[0]:
-                best = (key, beta, gamma, position, scores)
+                best = (key, beta, gamma, position, by_beta)
     assert best is not None
     _, beta, gamma, position, scores = best
     half_life, prior = priors[position]
