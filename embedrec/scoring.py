@@ -204,12 +204,8 @@ class Scorer:
 
     def watch_side_bias(self, ranking: Ranking) -> np.ndarray:
         """(n_movies,) the per-movie part of the watch side of ``ranking``: watch bias + gamma * popularity prior."""
-        assert self.watch_bias is not None
-        if ranking.gamma == 0.0:
-            return self.watch_bias
         self.check_ranking(ranking)
-        assert self.popularity_prior is not None
-        return (self.watch_bias + np.float32(ranking.gamma) * self.popularity_prior).astype(np.float32)
+        return _watch_side_bias(self.watch_bias, self.popularity_prior, ranking.gamma)
 
     def user_rows(self, user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings (B, d), rating biases (B,)) of known users; biases are 0 for models without them."""
@@ -533,12 +529,8 @@ class MoviePool:
 
     def watch_side_bias(self, ranking: Ranking) -> np.ndarray:
         """(pool size,) watch bias + gamma * popularity prior of the pool's movies (:meth:`Scorer.watch_side_bias`)."""
-        assert self.watch_bias is not None
-        if ranking.gamma == 0.0:
-            return self.watch_bias
         self.scorer.check_ranking(ranking)
-        assert self.popularity_prior is not None
-        return (self.watch_bias + np.float32(ranking.gamma) * self.popularity_prior).astype(np.float32)
+        return _watch_side_bias(self.watch_bias, self.popularity_prior, ranking.gamma)
 
     def scores(self, emb: np.ndarray, bias: np.ndarray, ranking: Ranking) -> np.ndarray:
         """(B, pool size) ranking scores through the full network (the exhaustive path)."""
@@ -554,6 +546,16 @@ class MoviePool:
         if ranking.beta != 0.0:
             out += np.float32(ranking.beta) * rating
         return out
+
+
+def _watch_side_bias(watch_bias: np.ndarray | None, prior: np.ndarray | None, gamma: float) -> np.ndarray:
+    """watch bias + gamma * popularity prior, per movie (the watch bias itself when gamma is 0)."""
+    if watch_bias is None:
+        raise ArtifactError("this model has no watch head")
+    if gamma == 0.0:
+        return watch_bias
+    assert prior is not None  # check_ranking refused a gamma without a prior
+    return (watch_bias + np.float32(gamma) * prior).astype(np.float32)
 
 
 def _column(weights: Mapping[str, np.ndarray], name: str) -> np.ndarray | None:
