@@ -185,6 +185,9 @@ def run_model(data_dir: Path, prepared: Any, *, seed: int, overrides: dict[str, 
         "epochs_run": len(result.history),
         "train_s": round(train_s, 1),
         "ranking": result.ranking.get("beta"),
+        "gamma": result.ranking.get("gamma"),
+        "prior": (result.ranking.get("prior") or {}).get("half_life_days"),
+        "val_ndcg@10_by_prior": result.ranking.get("val_ndcg@10_by_prior"),
         "adapted": meta.get("adapted"),
         "history": [{k: h[k] for k in ("epoch", "val_rmse", "val_ndcg@10") if k in h} for h in result.history],
     }
@@ -204,7 +207,8 @@ def run_row(
         got = run_model(data_dir, prepared, seed=seed, overrides=overrides)
         log(
             f"{row} seed {seed}: NDCG@10 {got['ndcg@10']:.4f}  RMSE {got['rmse']:.4f}  best epoch "
-            f"{got['best_epoch']}/{got['epochs_run']}  beta {got['ranking']}  {got['train_s']} s"
+            f"{got['best_epoch']}/{got['epochs_run']}  beta {got['ranking']}  gamma {got['gamma']}  prior half-life "
+            f"{got['prior']} days  {got['train_s']} s"
         )
         runs.append(got)
     s = prepared.summary

@@ -13,7 +13,13 @@ A run folder::
 
 Weight names: ``user_embedding``, ``movie_embedding``, ``genre_embedding``, optional ``user_bias``, ``movie_bias``,
 ``watch_bias`` (each (n, 1)), ``head.layers.{i}.kernel`` / ``.bias`` for the hidden Dense layers, ``head.out.kernel``
-/ ``head.out.bias``, and the inputs ``genre_idx`` (n_movies, G) int32 and ``genre_w`` (n_movies, G) float32.
+/ ``head.out.bias``, and the inputs ``genre_idx`` (n_movies, G) int32 and ``genre_w`` (n_movies, G) float32;
+optionally ``popularity_prior`` (n_movies, 1), the per-movie term of the ranking score (schema 2; see
+:mod:`embedrec.scoring`).
+
+Schema versions: 2 adds the popularity prior (``"gamma"`` in ``model.json``'s ``"ranking"`` and the
+``popularity_prior`` weight). Folders of schema 1 still load (gamma 0, no prior); a reader of schema 1 refuses a
+schema 2 folder instead of ranking it without its prior.
 
 Loading needs only numpy, safetensors and pyarrow: :func:`load_model` never imports JAX, so the recommender's fast path
 starts quickly. No pickle anywhere: JSON, safetensors and Parquet only.
@@ -46,7 +52,9 @@ from embedrec.errors import ArtifactError, ConfigError
 from embedrec.tempfiles import removed_on_failure, sweep_stale, temp_sibling
 from embedrec.workdir import atomic_write_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # schema 1: no popularity prior in the ranking
+OPTIONAL_WEIGHTS = ("popularity_prior",)
 MODEL_KIND = "embedrec-model"
 VOCAB_FILES = ("users.parquet", "movies.parquet", "vocab.json")
 
@@ -228,8 +236,11 @@ def save_model(
     prepared: Any,
     history: list[dict[str, Any]],
     extra_meta: dict[str, Any] | None = None,
+    extra_weights: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """Write a complete model folder (weights last-but-one, model.json last, each atomically)."""
+    """Write a complete model folder (weights last-but-one, model.json last, each atomically).
+
+    ``extra_weights`` are arrays beside the network's (the :data:`OPTIONAL_WEIGHTS`, e.g. the popularity prior)."""
     from flax import nnx
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -237,6 +248,7 @@ def save_model(
     weights.update(head_weights(nnx.state(module.head)))
     weights["genre_idx"] = np.asarray(genre_idx, dtype=np.int32)
     weights["genre_w"] = np.asarray(genre_w, dtype=np.float32)
+    weights.update({k: np.asarray(v, dtype=np.float32) for k, v in (extra_weights or {}).items()})
     from embedrec.data.store import write_vocabulary
 
     # from the data in memory (what was trained on), never copied from the data folder a prepare may have replaced
@@ -287,7 +299,7 @@ def validate_model_meta(meta: Any, path: Path) -> tuple[ModelConfig, TrainConfig
         raise bad(f"expected a JSON object, found a {type(meta).__name__}")
     if meta.get("kind") != MODEL_KIND:
         raise ArtifactError(f"{path} is not an embedrec model")
-    if meta.get("schema_version") != SCHEMA_VERSION:
+    if meta.get("schema_version") not in READABLE_SCHEMAS:
         raise ArtifactError(
             f"{path.parent} has model schema {meta.get('schema_version')}, this embedrec reads "
             f"{SCHEMA_VERSION}: retrain with this version"
@@ -307,11 +319,12 @@ def validate_model_meta(meta: Any, path: Path) -> tuple[ModelConfig, TrainConfig
         ranking = {}
     if not isinstance(ranking, dict) or ranking.get("score", "rating") not in ("rating", "blend"):
         raise bad(f"'ranking' must be {{'score': 'rating' or 'blend', ...}}, found {ranking!r}")
-    beta = ranking.get("beta", 0.0)
-    if ranking.get("score") == "blend" and (
-        isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta)
-    ):
-        raise bad(f"the ranking blend's beta must be a finite number, found {beta!r}")
+    for name in ("beta", "gamma"):
+        value = ranking.get(name, 0.0)
+        if ranking.get("score") == "blend" and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        ):
+            raise bad(f"the ranking blend's {name} must be a finite number, found {value!r}")
     data = meta.get("data", {})
     if not isinstance(data, dict):
         raise bad(f"'data' must be a table, found a {type(data).__name__}")
@@ -367,6 +380,11 @@ def validate_model_weights(
         raise bad(f"genre_idx holds {gi.dtype}, expected integers")
     if gi.size and (int(gi.min()) < 0 or int(gi.max()) >= shape.n_genres):
         raise bad(f"genre_idx spans {int(gi.min())}..{int(gi.max())}, outside the {shape.n_genres} genre rows")
+    for name in OPTIONAL_WEIGHTS:
+        if name in weights:
+            expected[name] = (shape.n_movies, 1)
+            if tuple(weights[name].shape) != expected[name]:
+                raise bad(f"{name} is {'x'.join(map(str, weights[name].shape))}, expected {shape.n_movies}x1")
     for name in expected:
         arr = weights[name]
         if name == "genre_idx":

@@ -128,6 +128,28 @@ class MostPopular:
         return np.broadcast_to(self.scores_, (len(user_idx), self.scores_.size))
 
 
+def popularity_prior(
+    movie_idx: np.ndarray, timestamp: np.ndarray | None, *, n_movies: int, half_life: float | None = None
+) -> np.ndarray:
+    """(n_movies,) float32 ``log1p`` of each movie's training count, each rating weighted ``0.5 ** (age /
+    half_life)`` (age: seconds before the latest training rating) when ``half_life`` is given.
+
+    The term that the served ranking may add to the watch logit with a weight chosen on the val split
+    (:class:`embedrec.scoring.Ranking`'s ``gamma``). On the log scale of the watch logit (a sampled softmax learns
+    log-probabilities), so a weight of 1 adds log popularity once more. The decayed count is for data split by
+    time, where the movies being watched *now* differ from all-time favourites: on ML-100K under the temporal split,
+    most-popular by counts with a half-life of 5% of the training span ranks at NDCG@10 0.289 on test against 0.254
+    by plain counts, and the val split (the slice after train) prefers the same half-life.
+    """
+    movie_idx = np.asarray(movie_idx, dtype=np.int64)
+    weight = None
+    if half_life is not None and timestamp is not None and len(movie_idx):
+        age = (np.max(timestamp) - np.asarray(timestamp, dtype=np.float64)).astype(np.float64)
+        weight = np.exp2(-age / float(half_life))
+    counts = np.bincount(movie_idx, weights=weight, minlength=n_movies)
+    return np.log1p(counts).astype(np.float32)
+
+
 class TopRated:
     """Ranks movies by the Bayesian average of their train ratings, the same list for every user.
 

@@ -199,6 +199,7 @@ def ndcg_by_blend(
     prepared: PreparedData,
     *,
     betas: Sequence[float],
+    gamma: float = 0.0,
     split: str = "val",
     k: int = 10,
     relevance: float = 4.0,
@@ -207,7 +208,8 @@ def ndcg_by_blend(
     candidates: int = DEFAULT_CANDIDATES,
     batch_size: int = 256,
 ) -> dict[float, float] | None:
-    """NDCG@``k`` of the two-stage ranking ``watch + beta * rating`` for every beta, on a seeded user sample.
+    """NDCG@``k`` of the two-stage ranking ``watch + gamma * prior + beta * rating`` for every beta, on a seeded
+    user sample (``gamma`` != 0 needs a scorer with a ``popularity_prior``).
 
     What training needs to choose the blend, with nothing computed twice: the seen and relevant sets are built once,
     and each user's ``candidates`` movies are retrieved and run through the network once (:meth:`Scorer.candidates`);
@@ -242,7 +244,9 @@ def ndcg_by_blend(
             batch = users[start : start + batch_size]
             emb, bias = scorer.user_rows(batch)
             block = slice(start, start + batch.size)
-            movies[block], watch[block], rating[block] = scorer.candidates(emb, bias, n, seen=seen.take(batch))
+            movies[block], watch[block], rating[block] = scorer.candidates(
+                emb, bias, n, seen=seen.take(batch), ranking=Ranking("blend", 0.0, gamma)
+            )
     kk = min(k, n)
     out: dict[float, float] = {}
     for beta in betas:

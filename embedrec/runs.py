@@ -46,6 +46,9 @@ if TYPE_CHECKING:
     from embedrec.train import TrainResult
 
 BETAS = (0.0, 0.25, 0.5, 1.0, 2.0)  # blends of watch logit + beta * predicted rating tried on the val split
+GAMMAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # weights of the popularity prior in that blend, tried on the val split
+RECENT_HALF_LIVES = (0.25, 0.1, 0.05, 0.025)  # time-based splits: prior half-lives, as shares of the training span
+TIME_SPLITS = ("temporal", "leave-last-out")
 
 
 @dataclass
@@ -122,18 +125,55 @@ def _check_resumable(run_dir: Path, train_cfg: TrainConfig) -> None:
         )
 
 
+def prior_candidates(prepared: PreparedData) -> list[tuple[float | None, np.ndarray]]:
+    """The popularity priors the ranking may weigh, as (half-life in seconds or None, (n_movies,) prior).
+
+    Always the plain training counts. When the data is split by time (and has timestamps), also counts decayed
+    with each of :data:`RECENT_HALF_LIVES` of the training span: the model is then judged on later ratings, and the
+    val split is the slice between train and test, the honest place to learn how much recency matters. A random
+    split gets no recency candidates: its val ratings are spread over the same period as train, so recency has
+    nothing to predict there, and each extra candidate is one more chance to fit the val sample's noise.
+    """
+    from embedrec.baselines import popularity_prior
+
+    train = prepared.split == 0
+    movies, stamps = prepared.movie_idx[train], prepared.timestamp[train]
+    out: list[tuple[float | None, np.ndarray]] = [(None, popularity_prior(movies, None, n_movies=prepared.n_movies))]
+    method = str(prepared.summary.get("split", {}).get("method", "random"))
+    span = float(stamps.max() - stamps.min()) if stamps.size else 0.0
+    if method in TIME_SPLITS and span > 0:
+        for share in RECENT_HALF_LIVES:
+            half_life = share * span
+            out.append((half_life, popularity_prior(movies, stamps, n_movies=prepared.n_movies, half_life=half_life)))
+    return out
+
+
+@dataclass
+class RankingChoice:
+    """The served ranking (``model.json``'s ``"ranking"``) and the weights it needs beside the network."""
+
+    ranking: dict[str, Any]
+    weights: dict[str, np.ndarray]
+
+
 def choose_ranking(
     result: TrainResult, prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig
-) -> dict[str, Any]:
-    """Pick the recommend score by val NDCG@10: watch logit + beta * rating for beta in BETAS; rating-only models
-    rank by rating.
+) -> RankingChoice:
+    """Pick the recommend score by val NDCG@10: watch logit + gamma * popularity prior + beta * rating over
+    :data:`BETAS` x :data:`GAMMAS` x :func:`prior_candidates`; rating-only models rank by rating.
 
-    Each blend is ranked two-stage, as ``recommend`` and ``evaluate`` rank it, on the ``val_users`` sample; the
-    candidates are retrieved and run through the network once for all five (:func:`embedrec.evaluation.
-    ndcg_by_blend`), where scoring every movie through the network once per beta cost minutes at 86,000 movies.
+    The prior guarantees the served ranking is at least as good as most-popular on the val sample (gamma 0 is one
+    choice, so nothing is lost when it does not help): where the watch output underfits popularity (a sparse
+    catalogue) or popularity drifts (a temporal split, where new users are served as the average user) the val
+    split says how much of it to add. Ties go to the smaller gamma, then the plain counts, then the smaller beta.
+
+    Each blend is ranked two-stage, as ``recommend`` and ``evaluate`` rank it, on the ``val_users`` sample; per
+    (prior, gamma) the candidates are retrieved and run through the network once for all betas
+    (:func:`embedrec.evaluation.ndcg_by_blend`), where scoring every movie through the network once per beta cost
+    minutes at 86,000 movies.
     """
     if not model_cfg.watch_head or result.scorer is None or train_cfg.negatives == 0:
-        return {"score": "rating"}  # without sampled negatives the watch output never learned anything
+        return RankingChoice({"score": "rating"}, {})  # without sampled negatives the watch output never learned
     from flax import nnx
 
     from embedrec.artifacts import head_weights
@@ -141,28 +181,58 @@ def choose_ranking(
     from embedrec.scoring import Scorer
     from embedrec.validation import training_relevance
 
-    # every blend from one retrieval and one network pass over the candidates, ranked two-stage as recommend ranks
     weights = {name: np.asarray(table) for name, table in result.model.tables().items()}
     weights.update(head_weights(nnx.state(result.model.head)))
     weights["genre_idx"], weights["genre_w"] = result.genres.idx, result.genres.weight
-    scorer = Scorer.from_weights(weights, model_cfg, result.shape)
-    scores = ndcg_by_blend(
-        scorer,
-        prepared,
-        betas=BETAS,
-        split="val",
-        relevance=training_relevance(prepared),
-        max_users=train_cfg.val_users or None,
+    relevance = training_relevance(prepared)
+    # (score, -gamma, -prior position, -beta): the best val NDCG@10, ties to the simplest ranking
+    best: tuple[tuple[float, float, int, float], float, float, int, dict[float, float]] | None = None
+    tried: dict[str, float] = {}
+    priors = prior_candidates(prepared)
+    for position, (half_life, prior) in enumerate(priors):
+        scorer = Scorer.from_weights({**weights, "popularity_prior": prior[:, None]}, model_cfg, result.shape)
+        for gamma in GAMMAS if position == 0 else GAMMAS[1:]:  # gamma 0 is the same ranking for every prior
+            scores = ndcg_by_blend(
+                scorer,
+                prepared,
+                betas=BETAS,
+                gamma=gamma,
+                split="val",
+                relevance=relevance,
+                max_users=train_cfg.val_users or None,
+            )
+            if scores is None:
+                no_val = "default (no relevant rating in the val split)"
+                return RankingChoice({"score": "blend", "beta": 0.0, "gamma": 0.0, "chosen_by": no_val}, {})
+            by_beta: dict[float, float] = scores
+            beta = max(BETAS, key=lambda b: (round(by_beta[b], 6), -b))
+            tried[f"{_prior_name(half_life)}, gamma {gamma:g}"] = round(by_beta[beta], 5)
+            key = (round(by_beta[beta], 6), -gamma, -position, -beta)
+            if best is None or key > best[0]:
+                best = (key, beta, gamma, position, by_beta)
+    assert best is not None
+    _, beta, gamma, position, scores = best
+    half_life, prior = priors[position]
+    ranking: dict[str, Any] = {"score": "blend", "beta": beta, "gamma": gamma}
+    extra: dict[str, np.ndarray] = {}
+    if gamma != 0.0:
+        ranking["prior"] = {
+            "what": "log1p of the movie's training ratings" + (", time-decayed" if half_life else ""),
+            "half_life_days": None if half_life is None else round(half_life / 86_400, 3),
+        }
+        extra["popularity_prior"] = prior[:, None]
+    ranking.update(
+        {
+            "chosen_by": "val ndcg@10",
+            "val_ndcg@10": {str(b): round(v, 5) for b, v in scores.items()},
+            "val_ndcg@10_by_prior": tried,
+        }
     )
-    if scores is None:
-        return {"score": "blend", "beta": 0.0, "chosen_by": "default (no relevant rating in the val split)"}
-    best = max(BETAS, key=lambda b: (round(scores[b], 6), -b))
-    return {
-        "score": "blend",
-        "beta": best,
-        "chosen_by": "val ndcg@10",
-        "val_ndcg@10": {str(b): round(v, 5) for b, v in scores.items()},
-    }
+    return RankingChoice(ranking, extra)
+
+
+def _prior_name(half_life: float | None) -> str:
+    return "counts" if half_life is None else f"counts, half-life {half_life / 86_400:.3g} days"
 
 
 def train_run(
@@ -399,7 +469,8 @@ def _plan_run(
 def _write_model(result: TrainResult, plan: _Plan) -> dict[str, Any]:
     """Choose the ranking score, write the model into the run folder and make it the latest; the ranking."""
     prepared, model_cfg, train_cfg = plan.prepared, plan.model_cfg, plan.train_cfg
-    ranking = choose_ranking(result, prepared, model_cfg, train_cfg)
+    choice = choose_ranking(result, prepared, model_cfg, train_cfg)
+    ranking = choice.ranking
     gi = result.genres
     final = dict(result.history[result.best_epoch - 1]) if result.history and result.best_epoch else {}
     save_model(
@@ -412,6 +483,7 @@ def _write_model(result: TrainResult, plan: _Plan) -> dict[str, Any]:
         genre_w=gi.weight,
         prepared=prepared,
         history=result.history,
+        extra_weights=choice.weights,
         extra_meta={
             "preset": plan.preset,
             "ranking": ranking,

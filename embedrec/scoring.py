@@ -17,9 +17,13 @@ every movie at once. One more identity removes a full pass over the (users, movi
 ``relu(a + p) = max(a, -p) + p``, so ``relu(a + p)·W_2 = max(a, -p)·W_2 + p·W_2`` and ``p·W_2 + b_2`` is
 precomputed per movie too. The watch output is a plain dot product ``u · (m + pooled genres) + watch_bias``.
 
-The ranking score is stored in ``model.json`` under ``"ranking"``: ``{"score": "blend", "beta": b}`` means
-``watch_logit + b * predicted_rating``; ``{"score": "rating"}`` ranks by the predicted rating (models without a
-watch head). :class:`Ranking` reads it, with a default when the key is absent.
+The ranking score is stored in ``model.json`` under ``"ranking"``: ``{"score": "blend", "beta": b, "gamma": g}``
+means ``watch_logit + g * popularity_prior + b * predicted_rating``; ``{"score": "rating"}`` ranks by the predicted
+rating (models without a watch head). :class:`Ranking` reads it, with a default when the key is absent (model schema
+1 folders have no ``gamma``: 0). ``popularity_prior`` is a per-movie weight (``log1p`` of the movie's training
+count, time-decayed under a time-based split; :func:`embedrec.baselines.popularity_prior`) stored beside the network
+as ``popularity_prior`` (n_movies, 1). The watch logit and the prior are the *watch side* of the score: the first
+stage of the two-stage ranking retrieves by it, so a blend with beta 0 is exact from retrieval alone.
 """
 
 from __future__ import annotations
@@ -49,16 +53,20 @@ DenseLayers = Sequence[tuple[np.ndarray, np.ndarray]]
 
 @dataclass(frozen=True)
 class Ranking:
-    """How ``recommend`` orders movies: ``"blend"`` is ``watch_logit + beta * rating``; ``"rating"`` the rating."""
+    """How ``recommend`` orders movies: ``"blend"`` is ``watch_logit + gamma * popularity_prior + beta * rating``;
+    ``"rating"`` the rating. ``gamma`` is 0 unless training found that the prior helps on the val split."""
 
     score: Literal["blend", "rating"] = "rating"
     beta: float = 0.0
+    gamma: float = 0.0
 
     def __post_init__(self) -> None:
         if self.score not in ("blend", "rating"):
             raise ConfigError(f"ranking score must be 'blend' or 'rating', got {self.score!r}")
         if not np.isfinite(self.beta):
             raise ConfigError(f"ranking beta must be a finite number, got {self.beta}")
+        if not np.isfinite(self.gamma):
+            raise ConfigError(f"ranking gamma must be a finite number, got {self.gamma}")
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any], *, has_watch: bool) -> Ranking:
@@ -68,18 +76,27 @@ class Ranking:
             return cls("blend", 0.0) if has_watch else cls("rating")
         if not isinstance(raw, Mapping):
             raise ArtifactError(f"model.json 'ranking' must be an object, got {raw!r}")
-        ranking = cls(str(raw.get("score", "rating")), float(raw.get("beta", 0.0)))  # type: ignore[arg-type]
+        ranking = cls(
+            str(raw.get("score", "rating")),  # type: ignore[arg-type]
+            float(raw.get("beta", 0.0)),
+            float(raw.get("gamma", 0.0)),
+        )
         if ranking.score == "blend" and not has_watch:
             raise ArtifactError("model.json asks for the 'blend' ranking but the model has no watch head")
         return ranking
 
     def to_dict(self) -> dict[str, Any]:
-        return {"score": self.score, "beta": self.beta} if self.score == "blend" else {"score": "rating"}
+        if self.score == "rating":
+            return {"score": "rating"}
+        return {"score": self.score, "beta": self.beta, "gamma": self.gamma}
 
     def describe(self) -> str:
         if self.score == "rating":
             return "predicted rating"
-        return "watch logit" if self.beta == 0 else f"watch logit + {self.beta:g} x predicted rating"
+        text = "watch logit"
+        if self.gamma != 0:
+            text += f" + {self.gamma:g} x popularity prior"
+        return text if self.beta == 0 else f"{text} + {self.beta:g} x predicted rating"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -144,6 +161,7 @@ class Scorer:
         self.user_bias = _column(weights, "user_bias")
         self.movie_bias = _column(weights, "movie_bias")
         self.watch_bias = _column(weights, "watch_bias")
+        self.popularity_prior = _column(weights, "popularity_prior")
         self.layers = _dense_layers(weights)
         k1, b1 = self.layers[0]
         self.w_user = k1[:d]
@@ -155,6 +173,7 @@ class Scorer:
         self.ranking = ranking or Ranking.from_meta({}, has_watch=self.has_watch)
         if self.ranking.score == "blend" and not self.has_watch:
             raise ArtifactError("the 'blend' ranking needs a model with a watch head")
+        self.check_ranking(self.ranking)
 
     @classmethod
     def from_weights(
@@ -177,6 +196,16 @@ class Scorer:
     @property
     def has_watch(self) -> bool:
         return self.watch_bias is not None
+
+    def check_ranking(self, ranking: Ranking) -> None:
+        """A ranking that weighs the popularity prior needs the model to carry one."""
+        if ranking.score == "blend" and ranking.gamma != 0.0 and self.popularity_prior is None:
+            raise ArtifactError("the ranking weighs a popularity prior but the weights have no 'popularity_prior'")
+
+    def watch_side_bias(self, ranking: Ranking) -> np.ndarray:
+        """(n_movies,) the per-movie part of the watch side of ``ranking``: watch bias + gamma * popularity prior."""
+        self.check_ranking(ranking)
+        return _watch_side_bias(self.watch_bias, self.popularity_prior, ranking.gamma)
 
     def user_rows(self, user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings (B, d), rating biases (B,)) of known users; biases are 0 for models without them."""
@@ -216,7 +245,7 @@ class Scorer:
         if ranking.score == "rating":
             return rating, rating
         assert self.watch_item is not None and self.watch_bias is not None
-        watch = np.einsum("nd,nd->n", emb, self.watch_item[movie_idx]) + self.watch_bias[movie_idx]
+        watch = np.einsum("nd,nd->n", emb, self.watch_item[movie_idx]) + self.watch_side_bias(ranking)[movie_idx]
         return (watch + np.float32(ranking.beta) * rating).astype(np.float32), rating
 
     # -- users x every movie (the fast path) -------------------------------------------------------------------
@@ -256,18 +285,20 @@ class Scorer:
         """(B, n_movies) predicted ratings."""
         return scale_rating(self.rating_logits(emb, bias), self.shape).astype(np.float32)
 
-    def watch_logits(self, emb: np.ndarray) -> np.ndarray:
-        """(B, n_movies) watch logits; needs a watch head."""
+    def watch_logits(self, emb: np.ndarray, ranking: Ranking | None = None) -> np.ndarray:
+        """(B, n_movies) watch logits (with ``ranking``: its watch side, the popularity prior added); needs a watch
+        head."""
         if self.watch_item is None:
             raise ArtifactError("this model has no watch head")
-        return np.atleast_2d(np.asarray(emb, np.float32)) @ self.watch_item.T + self.watch_bias
+        bias = self.watch_bias if ranking is None else self.watch_side_bias(ranking)
+        return np.atleast_2d(np.asarray(emb, np.float32)) @ self.watch_item.T + bias
 
     def scores(self, emb: np.ndarray, bias: np.ndarray, ranking: Ranking | None = None) -> np.ndarray:
         """(B, n_movies) ranking scores of user rows under ``ranking`` (default: the model's own)."""
         ranking = ranking or self.ranking
         if ranking.score == "rating":
             return self.ratings(emb, bias)
-        out = self.watch_logits(emb)
+        out = self.watch_logits(emb, ranking)
         if ranking.beta != 0.0:
             out += np.float32(ranking.beta) * self.ratings(emb, bias)
         return out
@@ -332,16 +363,24 @@ class Scorer:
         return Ranked(top, score, rating)
 
     def candidates(
-        self, emb: np.ndarray, bias: np.ndarray, n: int, *, seen: ItemSets | None = None, pool: MoviePool | None = None
+        self,
+        emb: np.ndarray,
+        bias: np.ndarray,
+        n: int,
+        *,
+        seen: ItemSets | None = None,
+        pool: MoviePool | None = None,
+        ranking: Ranking | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The first stage and the network's pass over it: the ``n`` best unseen pool movies of each user row by
-        the watch output, as (movie indices (B, n), -1 padding; their watch logits; their predicted ratings).
+        the watch side of ``ranking`` (default: the watch logit alone), as (movie indices (B, n), -1 padding; their
+        watch-side scores; their predicted ratings).
 
-        Any blend ``watch + beta * rating`` of these is a two-stage ranking, so choosing beta on the val split
+        Any blend ``watch side + beta * rating`` of these is a two-stage ranking, so choosing beta on the val split
         (training) scores the candidates once for every beta.
         """
         pool = pool or MoviePool(self, None)
-        scores = self._retrieval_scores(emb, pool, seen)
+        scores = self._retrieval_scores(emb, pool, seen, ranking or Ranking("blend", 0.0))
         first = top_k(scores, n)  # positions in the pool
         valid = first >= 0
         rows = np.nonzero(valid)[0]
@@ -359,12 +398,14 @@ class Scorer:
         rating[valid] = scale_rating(logit, self.shape)
         return movies, watch, rating
 
-    def _retrieval_scores(self, emb: np.ndarray, pool: MoviePool, seen: ItemSets | None) -> np.ndarray:
-        """(B, pool size) watch logits, seen movies at -inf."""
+    def _retrieval_scores(
+        self, emb: np.ndarray, pool: MoviePool, seen: ItemSets | None, ranking: Ranking
+    ) -> np.ndarray:
+        """(B, pool size) watch-side scores of ``ranking`` (watch logit + gamma * prior), seen movies at -inf."""
         if pool.watch_item_t is None:
             raise ArtifactError("this model has no watch head")
         scores = emb @ pool.watch_item_t
-        scores += pool.watch_bias
+        scores += pool.watch_side_bias(ranking)
         _mask_seen(scores, seen, pool)
         return scores
 
@@ -385,14 +426,14 @@ class Scorer:
         two_stage = blend and not retrieve_only and candidates is not None and candidates * PAIR_COST < pool.size
         if two_stage:
             assert candidates is not None
-            movies, watch, rating = self.candidates(emb, bias, candidates, seen=seen, pool=pool)
+            movies, watch, rating = self.candidates(emb, bias, candidates, seen=seen, pool=pool, ranking=ranking)
             rerank = np.where(movies >= 0, watch + np.float32(ranking.beta) * rating, -np.inf)
             order = top_k(rerank, k)
             top = np.where(order >= 0, np.take_along_axis(movies, np.maximum(order, 0), axis=1), -1)
             chosen = np.where(top >= 0, pool.position[np.maximum(top, 0)], -1)
         else:
             if retrieve_only:
-                scores = self._retrieval_scores(emb, pool, seen)
+                scores = self._retrieval_scores(emb, pool, seen, ranking)
             else:
                 scores = pool.scores(emb, bias, ranking)
                 _mask_seen(scores, seen, pool)
@@ -481,9 +522,15 @@ class MoviePool:
         watch_item = cut(scorer.watch_item)
         self.watch_item_t = None if watch_item is None else np.ascontiguousarray(watch_item.T)
         self.watch_bias = cut(scorer.watch_bias)
+        self.popularity_prior = cut(scorer.popularity_prior)
         self.neg_movie_part = cut(scorer._neg_movie_part)
         self.movie_part2 = cut(scorer._movie_part2)
         self.movie_bias = cut(scorer.movie_bias)
+
+    def watch_side_bias(self, ranking: Ranking) -> np.ndarray:
+        """(pool size,) watch bias + gamma * popularity prior of the pool's movies (:meth:`Scorer.watch_side_bias`)."""
+        self.scorer.check_ranking(ranking)
+        return _watch_side_bias(self.watch_bias, self.popularity_prior, ranking.gamma)
 
     def scores(self, emb: np.ndarray, bias: np.ndarray, ranking: Ranking) -> np.ndarray:
         """(B, pool size) ranking scores through the full network (the exhaustive path)."""
@@ -495,10 +542,20 @@ class MoviePool:
         if ranking.score == "rating":
             return rating
         out = emb @ self.watch_item_t
-        out += self.watch_bias
+        out += self.watch_side_bias(ranking)
         if ranking.beta != 0.0:
             out += np.float32(ranking.beta) * rating
         return out
+
+
+def _watch_side_bias(watch_bias: np.ndarray | None, prior: np.ndarray | None, gamma: float) -> np.ndarray:
+    """watch bias + gamma * popularity prior, per movie (the watch bias itself when gamma is 0)."""
+    if watch_bias is None:
+        raise ArtifactError("this model has no watch head")
+    if gamma == 0.0:
+        return watch_bias
+    assert prior is not None  # check_ranking refused a gamma without a prior
+    return (watch_bias + np.float32(gamma) * prior).astype(np.float32)
 
 
 def _column(weights: Mapping[str, np.ndarray], name: str) -> np.ndarray | None:

@@ -36,6 +36,8 @@ def write_planted_model(
     biases: bool = True,
     ranking: dict | None = None,
     seed: int = 0,
+    popularity_prior: np.ndarray | None = None,
+    schema_version: int | None = None,
 ) -> Path:
     """A model folder whose watch vectors are the movies' genres: a user's taste for a genre is one coordinate."""
     import shutil
@@ -76,12 +78,14 @@ def write_planted_model(
         w["movie_bias"] = rng.normal(0, 0.2, (prepared.n_movies, 1)).astype(np.float32)
     if watch:
         w["watch_bias"] = rng.normal(0, 0.1, (prepared.n_movies, 1)).astype(np.float32)
+    if popularity_prior is not None:
+        w["popularity_prior"] = np.asarray(popularity_prior, np.float32).reshape(-1, 1)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("users.parquet", "movies.parquet", "vocab.json"):
         shutil.copyfile(Path(prepared.path) / name, out / name)
     save_arrays(out / "weights.safetensors", w)
     meta = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": schema_version or SCHEMA_VERSION,
         "kind": MODEL_KIND,
         "model": to_dict(cfg),
         "train": to_dict(TrainConfig(weight_decay=0.01)),

@@ -82,3 +82,78 @@ def test_scorer_from_weights_in_memory(rec) -> None:
     scorer = Scorer.from_weights(dict(art.weights), art.model, art.shape, {"score": "blend", "beta": 0.3})
     users = np.arange(5)
     np.testing.assert_array_equal(scorer.score_users(users), rec.scorer.score_users(users))
+
+
+@pytest.fixture(scope="module")
+def with_prior(prepared, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """A planted model that ranks by watch + 0.7 x popularity prior + 0.3 x rating (a prior unlike the watch bias)."""
+    prior = np.random.default_rng(5).gamma(2.0, 1.5, prepared.n_movies).astype(np.float32)
+    folder = write_planted_model(
+        prepared,
+        tmp_path_factory.mktemp("prior") / "model",
+        ranking={"score": "blend", "beta": 0.3, "gamma": 0.7},
+        popularity_prior=prior,
+    )
+    return folder, prior
+
+
+def test_the_popularity_prior_enters_every_ranking_path(with_prior) -> None:
+    """watch + gamma x prior + beta x rating, the same in full scores, pair scores, two-stage and retrieval alone."""
+    from embedrec.artifacts import load_model
+    from embedrec.metrics import top_k
+    from embedrec.scoring import Ranking, Scorer
+
+    folder, prior = with_prior
+    artifact = load_model(folder)
+    scorer = Scorer.from_artifact(artifact)
+    assert scorer.ranking == Ranking("blend", 0.3, 0.7)
+    assert "0.7 x popularity prior" in scorer.ranking.describe()
+    users = np.array([0, 1, 7, 30])
+    ref_rating, ref_watch = flax_reference(artifact, users)
+    want = ref_watch + 0.7 * prior + 0.3 * ref_rating
+    np.testing.assert_allclose(scorer.score_users(users), want, rtol=1e-5, atol=1e-4)
+    emb, bias = scorer.user_rows(users)
+    exhaustive = scorer.rank(emb, bias, 10, candidates=None)
+    np.testing.assert_array_equal(exhaustive.movie_idx, top_k(want, 10))
+    np.testing.assert_allclose(
+        exhaustive.score, np.take_along_axis(want, exhaustive.movie_idx, 1), rtol=1e-5, atol=1e-4
+    )
+    # two-stage retrieves by the watch side (watch + gamma x prior): with enough candidates it finds the same top 10
+    two_stage = scorer.rank(emb, bias, 10, candidates=scorer.n_movies // 6)
+    np.testing.assert_array_equal(two_stage.movie_idx, exhaustive.movie_idx)
+    # beta 0: retrieval alone is the ranking, and it includes the prior
+    retrieval = scorer.rank(emb, bias, 10, ranking=Ranking("blend", 0.0, 0.7))
+    np.testing.assert_array_equal(retrieval.movie_idx, top_k(ref_watch + 0.7 * prior, 10))
+
+
+def test_model_folders_without_the_prior_still_load_and_one_that_needs_it_must_carry_it(
+    prepared, tmp_path: Path
+) -> None:
+    from embedrec.artifacts import load_model
+    from embedrec.scoring import Ranking, Scorer
+
+    old = write_planted_model(prepared, tmp_path / "v1", ranking={"score": "blend", "beta": 0.5}, schema_version=1)
+    assert Scorer.from_artifact(load_model(old)).ranking == Ranking("blend", 0.5, 0.0)
+    lacking = write_planted_model(prepared, tmp_path / "lacking", ranking={"score": "blend", "beta": 0.5, "gamma": 1.0})
+    with pytest.raises(ArtifactError, match="popularity_prior"):
+        Scorer.from_artifact(load_model(lacking))
+    bad = write_planted_model(
+        prepared, tmp_path / "bad", ranking={"score": "blend", "beta": 0.5, "gamma": "lots"}, popularity_prior=None
+    )
+    with pytest.raises(ArtifactError, match="gamma"):
+        load_model(bad)
+    wrong = write_planted_model(prepared, tmp_path / "wrong", popularity_prior=np.ones(prepared.n_movies + 1))
+    with pytest.raises(ArtifactError, match="popularity_prior"):
+        load_model(wrong)
+
+
+def test_the_popularity_prior_is_log_counts_decayed_by_age() -> None:
+    from embedrec.baselines import popularity_prior
+
+    movies = np.array([0, 0, 0, 1, 2, 2])
+    stamps = np.array([0, 0, 0, 100, 100, 100])
+    np.testing.assert_allclose(popularity_prior(movies, None, n_movies=4), np.log1p([3, 1, 2, 0]), rtol=1e-6)
+    # half-life 50 s: the three old ratings of movie 0 (100 s before the latest) count a quarter each
+    np.testing.assert_allclose(
+        popularity_prior(movies, stamps, n_movies=4, half_life=50.0), np.log1p([0.75, 1, 2, 0]), rtol=1e-6
+    )

@@ -163,7 +163,8 @@ def test_ndcg_by_blend_equals_evaluating_each_blend_two_stage(trained: Path, pre
 
 
 def test_training_chooses_the_blend_by_two_stage_val_ndcg(synthetic_prepared: Path, tmp_path: Path) -> None:
-    """The blend choice after training equals ndcg_by_blend on the saved model: the same numbers, two-stage."""
+    """The blend choice after training equals ndcg_by_blend on the saved model (its beta, its popularity prior
+    and gamma): the same numbers, two-stage; and no other (prior, gamma) tried did better on val."""
     from embedrec.artifacts import load_model
     from embedrec.data import load_prepared
     from embedrec.evaluation import ndcg_by_blend
@@ -182,9 +183,39 @@ def test_training_chooses_the_blend_by_two_stage_val_ndcg(synthetic_prepared: Pa
         Scorer.from_artifact(artifact),
         data,
         betas=BETAS,
+        gamma=ranking["gamma"],
         split="val",
         relevance=training_relevance(data),
         max_users=artifact.train.val_users or None,
     )
     assert {float(b): v for b, v in ranking["val_ndcg@10"].items()} == pytest.approx(again, abs=1e-5)
     assert ranking["beta"] == max(BETAS, key=lambda b: (round(again[b], 6), -b))
+    assert max(ranking["val_ndcg@10_by_prior"].values()) == pytest.approx(again[ranking["beta"]], abs=1e-5)
+
+
+def test_recency_priors_are_offered_only_when_the_data_is_split_by_time(
+    synthetic_prepared: Path, tmp_path: Path
+) -> None:
+    """A random split's val ratings span the training period, so only the plain counts are tried there; under a
+    temporal split the val slice comes after train, and time-decayed counts are tried beside them."""
+    from embedrec.baselines import popularity_prior
+    from embedrec.data import PrepareConfig, load_prepared, prepare_synthetic
+    from embedrec.runs import RECENT_HALF_LIVES, prior_candidates
+
+    random_split = prior_candidates(load_prepared(synthetic_prepared))
+    assert [half_life for half_life, _ in random_split] == [None]
+    prepare_synthetic(
+        out=tmp_path / "t", n_users=300, n_movies=400, n_ratings=20_000, seed=0, config=PrepareConfig(split="temporal")
+    )
+    data = load_prepared(tmp_path / "t")
+    by_time = prior_candidates(data)
+    train = data.split == 0
+    span = float(data.timestamp[train].max() - data.timestamp[train].min())
+    assert [h for h, _ in by_time] == [None] + [pytest.approx(share * span) for share in RECENT_HALF_LIVES]
+    counts = by_time[0][1]
+    for half_life, prior in by_time[1:]:
+        want = popularity_prior(
+            data.movie_idx[train], data.timestamp[train], n_movies=data.n_movies, half_life=half_life
+        )
+        np.testing.assert_allclose(prior, want)
+        assert np.all(prior <= counts + 1e-6) and prior.sum() < counts.sum()

@@ -328,8 +328,10 @@ def _print_result(result: RunResult, *, as_json: bool) -> None:
         f"MAE {last['val_mae']:.4f}{ndcg}{note}"
     )
     if result.ranking.get("score") == "blend":
+        from embedrec.scoring import Ranking
+
         console.print(
-            f"recommend ranks by watch logit + {result.ranking['beta']:g} x predicted rating "
+            f"recommend ranks by {Ranking.from_meta({'ranking': result.ranking}, has_watch=True).describe()} "
             f"(chosen by {result.ranking.get('chosen_by', 'val ndcg@10')})"
         )
     elif result.ranking.get("score") == "rating":
@@ -413,9 +415,10 @@ def info_cmd(
         t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     t.add_row("best epoch", str(info["best_epoch"]))
     rk = info["ranking"] or {}
-    t.add_row(
-        "recommend score",
-        "predicted rating" if rk.get("score") == "rating" else f"watch logit + {rk.get('beta', 0):g} x rating",
-    )
+    score = "predicted rating" if rk.get("score") == "rating" else "watch logit"
+    if rk.get("score") != "rating":
+        score += f" + {rk.get('gamma', 0):g} x popularity prior" if rk.get("gamma") else ""
+        score += f" + {rk.get('beta', 0):g} x rating"
+    t.add_row("recommend score", score)
     t.add_row("created", str(info["created"]))
     console.print(t)
