@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import glob
 import os
 from collections.abc import Iterator
@@ -22,8 +23,10 @@ from typing import Any
 import numpy as np
 
 
+@functools.cache
 def _openblas_thread_fns() -> tuple[Any, Any] | None:
-    """numpy's bundled OpenBLAS get/set-threads functions, or None when numpy uses another BLAS."""
+    """numpy's bundled OpenBLAS get/set-threads functions, or None when numpy uses another BLAS; looked up once
+    (the file search and library load cost ~0.5 ms, more than a served request's whole ranking)."""
     libs_dir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
     for path in glob.glob(os.path.join(libs_dir, "*openblas*")):
         try:
