@@ -159,6 +159,32 @@ def assert_clean_error(res: httpx.Response, status: int, words: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Endpoints
 # ---------------------------------------------------------------------------------------------------------------
+def test_the_served_fast_path_equals_the_library_tables(workdir: Path, ids: dict) -> None:
+    """What the endpoints precompute at load (every user's seen index, the movies' fields) and the array methods
+    they call give exactly what the library's table methods give through the one-user scan."""
+    from embedrec.serve.app import movie_records
+    from embedrec.serve.state import ModelSource, load_served_model
+
+    served = load_served_model(ModelSource(workdir=workdir))
+    fresh = ids["rec"]  # not indexed: recommend() scans the ratings for one user
+    assert served.rec._seen is not None and fresh._seen is None
+    counts = np.bincount(fresh._rated[0], minlength=len(fresh.user_ids))
+    for u in [int(np.argmax(counts)), int(np.argmin(counts)), 4, len(fresh.user_ids) - 1]:
+        indexed = served.rec.seen_of(u)
+        assert indexed.indices.tolist() == np.flatnonzero(fresh.seen_mask(u)).tolist()
+        assert indexed.indices.tolist() == fresh.seen_of(u).indices.tolist()
+        user = int(fresh.user_ids[u])
+        for options in ({}, {"genre": "Comedy", "min_ratings": 0}, {"filter_seen": False, "k": 30}):
+            ranked = served.rec.rank_user(user, **options)
+            got = served.movie_records(ranked.movie_idx[0], score=ranked.score[0], rating=ranked.rating[0])
+            assert got == movie_records(fresh.recommend(user, **options), "score", "rating")
+    top, score = served.rec.rank_popular(k=7, genre="Drama")
+    cold = served.movie_records(top, score=score, rating=np.full(len(top), np.nan))
+    assert cold == movie_records(fresh.popular(k=7, genre="Drama"), "score", "rating")
+    top, sims = served.rec.rank_similar(ids["movie"], k=5)
+    assert served.movie_records(top, similarity=sims) == movie_records(fresh.similar(ids["movie"], k=5), "similarity")
+
+
 def test_recommend_gives_what_the_library_gives_with_the_cli_field_names(client: httpx.Client, ids: dict) -> None:
     res = client.get("/recommend", params={"user": ids["user"], "k": 5})
     assert res.status_code == 200, res.text
