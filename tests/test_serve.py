@@ -266,11 +266,27 @@ def test_model_healthz_and_docs_describe_the_server(client: httpx.Client, workdi
     assert model["generation"] == 1 and model["n_users"] == 300
     assert str(workdir) not in json.dumps(model)
     assert client.get("/healthz").json() == {"status": "ok", "run": "run-1", "generation": 1}
-    assert client.get("/docs").status_code == 200
     assert "access-control-allow-origin" not in client.get("/healthz", headers={"Origin": "http://x.example"}).headers
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/recommend", "/similar", "/predict", "/movies", "/model", "/healthz", "/admin/reload"} <= set(paths)
     assert set(paths["/recommend"]) == {"get", "post"} and set(paths["/predict"]) == {"get", "post"}
+
+
+def test_the_api_docs_load_everything_from_the_server_itself(client: httpx.Client) -> None:
+    """/docs and /redoc reference no external URL (no CDN): every script, style and icon comes from this server."""
+    import re
+
+    for page in ("/docs", "/redoc"):
+        res = client.get(page)
+        assert res.status_code == 200 and "text/html" in res.headers["content-type"], res.text
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", res.text, re.I), res.text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', res.text)
+        assert any(a.endswith(".js") for a in assets), res.text
+        for asset in assets:
+            assert asset.startswith("/"), asset
+            got = client.get(asset)
+            assert got.status_code == 200 and len(got.content) > 1_000, asset
+    assert '"validatorUrl": null' in client.get("/docs").text  # Swagger UI's validator badge calls out
 
 
 def test_every_bad_request_gets_one_clear_json_line(client: httpx.Client, ids: dict) -> None:
@@ -588,6 +604,40 @@ def test_the_page_in_a_real_browser(server: Server, ids: dict, tmp_path: Path) -
     for shot in shots.iterdir():
         shutil.copyfile(shot, ARTIFACTS / f"serve-page-{shot.name}")
         assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.browser
+def test_the_api_docs_render_in_a_browser_that_cannot_reach_the_internet(server: Server, tmp_path: Path) -> None:
+    executable = _chromium()
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="needs the playwright package (pip install playwright)"
+    )
+    outside: list[str] = []
+
+    def only_this_server(route: object) -> None:
+        url = route.request.url  # type: ignore[attr-defined]
+        if url.startswith(server.url + "/"):
+            route.continue_()  # type: ignore[attr-defined]
+        else:
+            outside.append(url)
+            route.abort()  # type: ignore[attr-defined]
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.route("**/*", only_this_server)
+            page.goto(server.url + "/docs")
+            page.wait_for_selector(".swagger-ui .info .title", timeout=30_000)
+            assert "embedrec" in page.locator(".swagger-ui .info .title").inner_text()
+            page.wait_for_selector("#operations-default-recommend_recommend_get, .opblock-summary-path")
+            assert "/recommend" in page.content()
+            page.screenshot(path=str(tmp_path / "docs.png"), full_page=False)
+        finally:
+            browser.close()
+    assert outside == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copyfile(tmp_path / "docs.png", ARTIFACTS / "serve-docs.png")
 
 
 def test_help_lists_serve_and_imports_no_web_stack() -> None:

@@ -428,7 +428,12 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None) -> Fa
         if installed and hup is not None:
             loop.remove_signal_handler(hup)
 
-    app = FastAPI(
+    from fastapi_offline import FastAPIOffline
+
+    # /docs and /redoc with Swagger UI's and ReDoc's files served from the installed fastapi-offline package: no CDN,
+    # so the docs work on a server without internet access; the validator badge (an external call) is off
+    app = FastAPIOffline(
+        swagger_ui_parameters={"validatorUrl": None},
         title="embedrec",
         version=__version__,
         lifespan=lifespan,
