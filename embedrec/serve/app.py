@@ -6,9 +6,14 @@ Synopsis::
     app = create_app(ModelHolder(ModelSource(workdir=Path(".embedrec"))), ServeSettings(api_key=None))
     # uvicorn.run(app, host="127.0.0.1", port=8000)  -- what `embedrec serve` does
 
-Endpoints are plain ``def`` functions: FastAPI runs them in its thread pool, and the numpy scoring inside releases the
-GIL, so requests overlap. Each reads the served model once (``holder.current``) and keeps it to the end, so a reload
-never changes a model under a running request. Errors become one JSON line, ``{"detail": "..."}``: unknown ids 404,
+The cheap endpoints (``GET /recommend``, ``/similar``, ``GET /predict``, ``/model``, ``/healthz``) and the
+dependencies are ``async def``: they answer in a few milliseconds of numpy on the event loop, and a plain ``def``
+would cost each request hops through the thread pool (dependencies, endpoint, response validation) that took longer
+than the ranking itself. The slow ones (fold-in, batch predict, title search, reload) stay plain ``def`` and run in
+FastAPI's thread pool, so they never stall the loop; numpy releases the GIL inside them. Responses are built from the
+ranking's arrays and movie fields converted once at load (:meth:`LoadedModel.movie_records`), never from pandas.
+Each request reads the served model once (``holder.current``) and keeps it to the end, so a reload never changes a
+model under a running request. Errors become one JSON line, ``{"detail": "..."}``: unknown ids 404,
 bad parameters 422, oversized bodies 413, a missing or wrong key 401; an unexpected failure is logged with its
 traceback and answered with a plain 500. Absolute paths are cut from every message a client sees.
 """
@@ -412,6 +417,9 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None) -> Fa
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from embedrec.blas import set_blas_threads
+
+        set_blas_threads(1)  # requests run in parallel; each one's matrix products are small
         loop = asyncio.get_running_loop()
         hup = getattr(signal, "SIGHUP", None)
         installed = False
