@@ -156,10 +156,10 @@ async def drive(url: str, make_request: Any, *, clients: int, total: int, pid: i
             method, path, kwargs = make_request(random.Random(-warm))
             await client.request(method, path, **kwargs)
         t0 = time.perf_counter()
-        cpu0 = server_cpu_s(pid)
+        cpu0, client0 = server_cpu_s(pid), time.process_time()
         await asyncio.gather(*(one_client(i) for i in range(clients)))
         wall = time.perf_counter() - t0
-        cpu = server_cpu_s(pid) - cpu0
+        cpu, client_cpu = server_cpu_s(pid) - cpu0, time.process_time() - client0
     ms = sorted(x * 1000 for x in latencies)
     return {
         "clients": clients,
@@ -168,6 +168,8 @@ async def drive(url: str, make_request: Any, *, clients: int, total: int, pid: i
         "first_error": errors[0] if errors else None,
         "rps": len(ms) / wall,
         "server_cpu_ms": 1000 * cpu / max(1, len(ms)),
+        "client_cpu_ms": 1000 * client_cpu / max(1, len(ms)),
+        "load1": os.getloadavg()[0],
         "p50_ms": statistics.median(ms),
         "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
     }
@@ -256,6 +258,7 @@ def main() -> None:
                     print(
                         f"{name:<40} {clients:>3} clients  {row['rps']:7.1f} req/s  p50 {row['p50_ms']:6.1f} ms  "
                         f"p99 {row['p99_ms']:6.1f} ms  server CPU {row['server_cpu_ms']:5.1f} ms/req  "
+                        f"client CPU {row['client_cpu_ms']:4.1f} ms/req  load {row['load1']:4.1f}  "
                         f"errors {row['errors']}",
                         flush=True,
                     )
@@ -280,12 +283,15 @@ def main() -> None:
         f"--workers {args.workers}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; server started in "
         f"{startup_s:.1f} s\n"
     )
-    print("| endpoint | clients | requests/s | p50 ms | p99 ms | server CPU ms/request | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| endpoint | clients | requests/s | p50 ms | p99 ms | server CPU ms/request | client CPU ms/request | "
+        "load average | errors |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['endpoint']} | {r['clients']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-            f"{r['server_cpu_ms']:.1f} | {r['errors']} |"
+            f"{r['server_cpu_ms']:.1f} | {r['client_cpu_ms']:.1f} | {r['load1']:.1f} | {r['errors']} |"
         )
 
 
