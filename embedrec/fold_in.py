@@ -233,11 +233,17 @@ def fold_in(
     m1 = np.zeros(d + 1, dtype=dtype)
     m2 = np.zeros(d + 1, dtype=dtype)
     grad = np.empty(d + 1, dtype=dtype)
-    best, best_params, since_best, t = np.inf, params.copy(), 0, 0
-    options = {"weight_decay": weight_decay, "watch_weight": watch_weight, "watch_loss": watch_loss}
+    best, best_params, since_best, t, loss = np.inf, params.copy(), 0, 0, float("inf")
     for t in range(1, steps + 1):
         loss, grad[:d], grad_b = _fold_loss(
-            problem, scorer, params[:d], float(params[d]), negatives=negatives, **options
+            problem,
+            scorer,
+            params[:d],
+            float(params[d]),
+            weight_decay=weight_decay,
+            watch_weight=watch_weight,
+            watch_loss=watch_loss,
+            negatives=negatives,
         )
         # the loss at the current params, before this step moves them
         since_best = 0 if loss < best * (1 - tol) else since_best + 1
