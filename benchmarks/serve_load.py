@@ -10,8 +10,10 @@ initialised weights, exactly as ``benchmarks/recommend_speed.py`` does (serving 
 values; the ranking is ``watch + 0.5 x rating``, which runs the whole MLP over every movie: the slowest one). Then it
 starts ``embedrec serve`` on a free loopback port in its own process and drives it with a bounded async httpx load
 generator: for each endpoint and each number of concurrent clients (1, 8, 32), a fixed number of requests, each
-client sending its next request when the previous one is answered. Reports requests/s, p50 and p99 latency and the
-error count per row.
+client sending its next request when the previous one is answered. Reports requests/s, p50 and p99 latency, the
+error count, the CPU milliseconds per request of the server (all its processes) and of this load generator, and the
+load average, per row; the header names the worker count. On a shared machine read the CPU columns: they survive
+other jobs, requests/s and latencies do not.
 
 Targets (seed scale, 2 cores): ``GET /recommend`` at 32 clients >= 300 requests/s with p99 <= 100 ms; fold-in
 ``POST /recommend`` p99 <= 200 ms; no errors. The load generator runs on the same cores as the server, so the numbers
