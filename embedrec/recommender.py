@@ -52,6 +52,10 @@ ProgressFn = Callable[[int, int], None]
 __all__ = ["DEFAULT_MIN_RATINGS", "FoldedUser", "Ranking", "Recommender"]
 
 
+def _pool_key(genre: str | None, min_ratings: int) -> tuple[str | None, int]:
+    return (genre.strip().lower() if genre else None, int(min_ratings))
+
+
 class Recommender:
     """A loaded model + vocabularies (+ the prepared data for seen movies and popularity), in raw ids.
 
@@ -231,7 +235,7 @@ class Recommender:
         """The movies the filters allow, with the scorer's per-movie arrays cut to them: built once per filter
         (cutting copies the movie side of the network, tens of milliseconds at 86,000 movies) and kept for the
         next request; a handful of filters are kept at most."""
-        key = (genre.strip().lower() if genre else None, int(min_ratings))
+        key = _pool_key(genre, min_ratings)
         with self._pools_lock:  # the HTTP service calls from several threads
             pool = self._pools.get(key)
             if pool is None:
@@ -350,12 +354,18 @@ class Recommender:
     def rank_popular(
         self, *, k: int = 10, genre: str | None = None, min_ratings: int = DEFAULT_MIN_RATINGS
     ) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`popular` as arrays: (movie indices, Bayesian averages), best first, over the filters' cached pool."""
+        """:meth:`popular` as arrays: (movie indices, Bayesian averages), best first. The filters' movies come from
+        their cached pool when a ranking built one (a server), else from the filters alone: a one-shot cold-start
+        ``recommend`` does not pay for cutting the network's per-movie arrays."""
         k = self._list_length(k)
         popularity = self._popularity_scores()
         if popularity is None:
             raise UnknownIdError("no popularity fallback without the prepared data: pass --data DIR")
-        movies = self._pool(genre, min_ratings).movies
+        pool = self._pools.get(_pool_key(genre, min_ratings))
+        if pool is not None:
+            movies = pool.movies
+        else:
+            movies = np.flatnonzero(self._allowed_movies(genre=genre, min_ratings=min_ratings))
         top = top_k(popularity[movies][None], k)[0]
         top = movies[top[top >= 0]]
         return top, popularity[top]
