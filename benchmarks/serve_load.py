@@ -10,8 +10,10 @@ initialised weights, exactly as ``benchmarks/recommend_speed.py`` does (serving 
 values; the ranking is ``watch + 0.5 x rating``, which runs the whole MLP over every movie: the slowest one). Then it
 starts ``embedrec serve`` on a free loopback port in its own process and drives it with a bounded async httpx load
 generator: for each endpoint and each number of concurrent clients (1, 8, 32), a fixed number of requests, each
-client sending its next request when the previous one is answered. Reports requests/s, p50 and p99 latency and the
-error count per row.
+client sending its next request when the previous one is answered. Reports requests/s, p50 and p99 latency, the
+error count, the CPU milliseconds per request of the server (all its processes) and of this load generator, and the
+load average, per row; the header names the worker count. On a shared machine read the CPU columns: they survive
+other jobs, requests/s and latencies do not.
 
 Targets (seed scale, 2 cores): ``GET /recommend`` at 32 clients >= 300 requests/s with p99 <= 100 ms; fold-in
 ``POST /recommend`` p99 <= 200 ms; no errors. The load generator runs on the same cores as the server, so the numbers
@@ -156,10 +158,10 @@ async def drive(url: str, make_request: Any, *, clients: int, total: int, pid: i
             method, path, kwargs = make_request(random.Random(-warm))
             await client.request(method, path, **kwargs)
         t0 = time.perf_counter()
-        cpu0 = server_cpu_s(pid)
+        cpu0, client0 = server_cpu_s(pid), time.process_time()
         await asyncio.gather(*(one_client(i) for i in range(clients)))
         wall = time.perf_counter() - t0
-        cpu = server_cpu_s(pid) - cpu0
+        cpu, client_cpu = server_cpu_s(pid) - cpu0, time.process_time() - client0
     ms = sorted(x * 1000 for x in latencies)
     return {
         "clients": clients,
@@ -168,6 +170,8 @@ async def drive(url: str, make_request: Any, *, clients: int, total: int, pid: i
         "first_error": errors[0] if errors else None,
         "rps": len(ms) / wall,
         "server_cpu_ms": 1000 * cpu / max(1, len(ms)),
+        "client_cpu_ms": 1000 * client_cpu / max(1, len(ms)),
+        "load1": os.getloadavg()[0],
         "p50_ms": statistics.median(ms),
         "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
     }
@@ -256,6 +260,7 @@ def main() -> None:
                     print(
                         f"{name:<40} {clients:>3} clients  {row['rps']:7.1f} req/s  p50 {row['p50_ms']:6.1f} ms  "
                         f"p99 {row['p99_ms']:6.1f} ms  server CPU {row['server_cpu_ms']:5.1f} ms/req  "
+                        f"client CPU {row['client_cpu_ms']:4.1f} ms/req  load {row['load1']:4.1f}  "
                         f"errors {row['errors']}",
                         flush=True,
                     )
@@ -280,12 +285,15 @@ def main() -> None:
         f"--workers {args.workers}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; server started in "
         f"{startup_s:.1f} s\n"
     )
-    print("| endpoint | clients | requests/s | p50 ms | p99 ms | server CPU ms/request | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| endpoint | clients | requests/s | p50 ms | p99 ms | server CPU ms/request | client CPU ms/request | "
+        "load average | errors |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['endpoint']} | {r['clients']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-            f"{r['server_cpu_ms']:.1f} | {r['errors']} |"
+            f"{r['server_cpu_ms']:.1f} | {r['client_cpu_ms']:.1f} | {r['load1']:.1f} | {r['errors']} |"
         )
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from embedrec.errors import ConfigError, DataError, UnknownIdError
 from embedrec.fold_in import FoldedUser, fold_in
 from embedrec.metrics import ItemSets, top_k
-from embedrec.scoring import DEFAULT_CANDIDATES, MoviePool, Ranking, Scorer
+from embedrec.scoring import DEFAULT_CANDIDATES, MoviePool, Ranked, Ranking, Scorer
 from embedrec.serving import DEFAULT_MIN_RATINGS
 from embedrec.vocab import Vocabulary
 
@@ -50,6 +50,10 @@ USER_BLOCK = 256  # users per block of batch top-K: (256, n_movies) float32 retr
 ProgressFn = Callable[[int, int], None]
 
 __all__ = ["DEFAULT_MIN_RATINGS", "FoldedUser", "Ranking", "Recommender"]
+
+
+def _pool_key(genre: str | None, min_ratings: int) -> tuple[str | None, int]:
+    return (genre.strip().lower() if genre else None, int(min_ratings))
 
 
 class Recommender:
@@ -231,7 +235,7 @@ class Recommender:
         """The movies the filters allow, with the scorer's per-movie arrays cut to them: built once per filter
         (cutting copies the movie side of the network, tens of milliseconds at 86,000 movies) and kept for the
         next request; a handful of filters are kept at most."""
-        key = (genre.strip().lower() if genre else None, int(min_ratings))
+        key = _pool_key(genre, min_ratings)
         with self._pools_lock:  # the HTTP service calls from several threads
             pool = self._pools.get(key)
             if pool is None:
@@ -262,15 +266,38 @@ class Recommender:
 
         Unknown users raise :class:`UnknownIdError`; see :meth:`popular` for the cold-start list.
         """
+        return self._table(self.rank_user(user_id, k=k, filter_seen=filter_seen, genre=genre, min_ratings=min_ratings))
+
+    def rank_user(
+        self,
+        user_id: int,
+        *,
+        k: int = 10,
+        filter_seen: bool = True,
+        genre: str | None = None,
+        min_ratings: int = DEFAULT_MIN_RATINGS,
+    ) -> Ranked:
+        """:meth:`recommend` as arrays (one row of :class:`~embedrec.scoring.Ranked`, -1 pads a short list), without
+        building a table: what a caller answering many single requests (the HTTP service) renders itself."""
         k = self._list_length(k)
         u = self.user_vocab.index(user_id)
         emb, bias = self.scorer.user_rows(np.array([u]))
-        seen = (
-            ItemSets.from_lists([np.flatnonzero(self.seen_mask(u)).tolist()], n_items=len(self.movie_vocab))
-            if filter_seen
-            else None
-        )
-        return self._table(emb, bias, k, seen, genre=genre, min_ratings=min_ratings)
+        seen = self.seen_of(u) if filter_seen else None
+        return self._rank_one(emb, bias, k, seen, genre=genre, min_ratings=min_ratings)
+
+    def seen_of(self, user_idx: int) -> ItemSets:
+        """One user's rated movies as a one-row :class:`ItemSets`: a slice of the every-user index when it is built
+        (:meth:`index_seen`; a server builds it at load), else a scan of the ratings, so that a one-shot
+        ``recommend --user`` process does not pay for indexing every user."""
+        if self._seen is not None:
+            movies = np.sort(self._seen.indices[self._seen.indptr[user_idx] : self._seen.indptr[user_idx + 1]])
+            return ItemSets(indptr=np.array([0, len(movies)], np.int64), indices=movies, n_items=len(self.movie_vocab))
+        return ItemSets.from_lists([np.flatnonzero(self.seen_mask(user_idx)).tolist()], n_items=len(self.movie_vocab))
+
+    def index_seen(self) -> None:
+        """Index every user's rated movies now (a CSR over all users) rather than on first use: for long-running
+        processes, so that no request pays for it and single-user lookups become slices."""
+        self._seen_sets()
 
     def recommend_for(
         self,
@@ -282,18 +309,34 @@ class Recommender:
         min_ratings: int = DEFAULT_MIN_RATINGS,
     ) -> pd.DataFrame:
         """Top ``k`` for a folded-in user (see :meth:`fold_in`); their rated movies count as seen."""
-        k = self._list_length(k)
-        seen = ItemSets.from_lists([user.movie_idx.tolist()], n_items=len(self.movie_vocab)) if filter_seen else None
-        return self._table(
-            user.embedding[None], np.array([user.bias], np.float32), k, seen, genre=genre, min_ratings=min_ratings
-        )
+        return self._table(self.rank_folded(user, k=k, filter_seen=filter_seen, genre=genre, min_ratings=min_ratings))
 
-    def _table(
+    def rank_folded(
+        self,
+        user: FoldedUser,
+        *,
+        k: int = 10,
+        filter_seen: bool = True,
+        genre: str | None = None,
+        min_ratings: int = DEFAULT_MIN_RATINGS,
+    ) -> Ranked:
+        """:meth:`recommend_for` as arrays, like :meth:`rank_user`."""
+        k = self._list_length(k)
+        seen = None
+        if filter_seen:
+            rated = np.asarray(user.movie_idx, np.int32)  # sorted and unique (FoldedUser)
+            seen = ItemSets(indptr=np.array([0, len(rated)], np.int64), indices=rated, n_items=len(self.movie_vocab))
+        emb = np.asarray(user.embedding, np.float32)[None]
+        return self._rank_one(emb, np.array([user.bias], np.float32), k, seen, genre=genre, min_ratings=min_ratings)
+
+    def _rank_one(
         self, emb: np.ndarray, bias: np.ndarray, k: int, seen: ItemSets | None, *, genre: str | None, min_ratings: int
-    ) -> pd.DataFrame:
-        ranked = self.scorer.rank(
+    ) -> Ranked:
+        return self.scorer.rank(
             emb, bias, k, seen=seen, allowed=self._pool(genre, min_ratings), candidates=self.candidates, workers=1
         )
+
+    def _table(self, ranked: Ranked) -> pd.DataFrame:
         keep = ranked.movie_idx[0] >= 0
         out = self.movie_rows(ranked.movie_idx[0][keep])
         out["score"] = ranked.score[0][keep].astype(float)
@@ -302,17 +345,30 @@ class Recommender:
 
     def popular(self, *, k: int = 10, genre: str | None = None, min_ratings: int = DEFAULT_MIN_RATINGS) -> pd.DataFrame:
         """The cold-start list: Bayesian-average top rated movies (score = that average; rating column empty)."""
+        top, score = self.rank_popular(k=k, genre=genre, min_ratings=min_ratings)
+        out = self.movie_rows(top)
+        out["score"] = score.astype(float)
+        out["rating"] = np.nan
+        return out
+
+    def rank_popular(
+        self, *, k: int = 10, genre: str | None = None, min_ratings: int = DEFAULT_MIN_RATINGS
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`popular` as arrays: (movie indices, Bayesian averages), best first. The filters' movies come from
+        their cached pool when a ranking built one (a server), else from the filters alone: a one-shot cold-start
+        ``recommend`` does not pay for cutting the network's per-movie arrays."""
         k = self._list_length(k)
         popularity = self._popularity_scores()
         if popularity is None:
             raise UnknownIdError("no popularity fallback without the prepared data: pass --data DIR")
-        exclude = ~self._allowed_movies(genre=genre, min_ratings=min_ratings)
-        top = top_k(popularity[None], k, exclude=exclude[None])[0]
-        top = top[top >= 0]
-        out = self.movie_rows(top)
-        out["score"] = popularity[top].astype(float)
-        out["rating"] = np.nan
-        return out
+        pool = self._pools.get(_pool_key(genre, min_ratings))
+        if pool is not None:
+            movies = pool.movies
+        else:
+            movies = np.flatnonzero(self._allowed_movies(genre=genre, min_ratings=min_ratings))
+        top = top_k(popularity[movies][None], k)[0]
+        top = movies[top[top >= 0]]
+        return top, popularity[top]
 
     def movie_rows(self, movie_idx: np.ndarray) -> pd.DataFrame:
         """movie_id, title, year, genres of the movies at ``movie_idx``, in that order."""
@@ -436,15 +492,19 @@ class Recommender:
 
     def similar(self, movie_id: int, *, k: int = 10) -> pd.DataFrame:
         """The ``k`` movies whose learned embeddings are closest by cosine similarity (the movie itself excluded)."""
+        top, sims = self.rank_similar(movie_id, k=k)
+        out = self.movie_rows(top)
+        out["similarity"] = sims.astype(float)
+        return out
+
+    def rank_similar(self, movie_id: int, *, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`similar` as arrays: (movie indices, cosine similarities), most similar first."""
         k = self._list_length(k)
         m = self.movie_vocab.index(movie_id)
         emb = self.scorer.movie_embedding
         norms = self._movie_norms
         sims = (emb @ emb[m]) / np.maximum(norms * norms[m], 1e-12)
-        exclude = np.zeros(len(sims), dtype=bool)
-        exclude[m] = True
-        top = top_k(sims[None], k, exclude=exclude[None])[0]
+        sims[m] = -np.inf  # never the movie itself
+        top = top_k(sims[None], k)[0]
         top = top[top >= 0]
-        out = self.movie_rows(top)
-        out["similarity"] = sims[top].astype(float)
-        return out
+        return top, sims[top]

@@ -159,6 +159,32 @@ def assert_clean_error(res: httpx.Response, status: int, words: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Endpoints
 # ---------------------------------------------------------------------------------------------------------------
+def test_the_served_fast_path_equals_the_library_tables(workdir: Path, ids: dict) -> None:
+    """What the endpoints precompute at load (every user's seen index, the movies' fields) and the array methods
+    they call give exactly what the library's table methods give through the one-user scan."""
+    from embedrec.serve.app import movie_records
+    from embedrec.serve.state import ModelSource, load_served_model
+
+    served = load_served_model(ModelSource(workdir=workdir))
+    fresh = ids["rec"]  # not indexed: recommend() scans the ratings for one user
+    assert served.rec._seen is not None and fresh._seen is None
+    counts = np.bincount(fresh._rated[0], minlength=len(fresh.user_ids))
+    for u in [int(np.argmax(counts)), int(np.argmin(counts)), 4, len(fresh.user_ids) - 1]:
+        indexed = served.rec.seen_of(u)
+        assert indexed.indices.tolist() == np.flatnonzero(fresh.seen_mask(u)).tolist()
+        assert indexed.indices.tolist() == fresh.seen_of(u).indices.tolist()
+        user = int(fresh.user_ids[u])
+        for options in ({}, {"genre": "Comedy", "min_ratings": 0}, {"filter_seen": False, "k": 30}):
+            ranked = served.rec.rank_user(user, **options)
+            got = served.movie_records(ranked.movie_idx[0], score=ranked.score[0], rating=ranked.rating[0])
+            assert got == movie_records(fresh.recommend(user, **options), "score", "rating")
+    top, score = served.rec.rank_popular(k=7, genre="Drama")
+    cold = served.movie_records(top, score=score, rating=np.full(len(top), np.nan))
+    assert cold == movie_records(fresh.popular(k=7, genre="Drama"), "score", "rating")
+    top, sims = served.rec.rank_similar(ids["movie"], k=5)
+    assert served.movie_records(top, similarity=sims) == movie_records(fresh.similar(ids["movie"], k=5), "similarity")
+
+
 def test_recommend_gives_what_the_library_gives_with_the_cli_field_names(client: httpx.Client, ids: dict) -> None:
     res = client.get("/recommend", params={"user": ids["user"], "k": 5})
     assert res.status_code == 200, res.text
@@ -240,11 +266,27 @@ def test_model_healthz_and_docs_describe_the_server(client: httpx.Client, workdi
     assert model["generation"] == 1 and model["n_users"] == 300
     assert str(workdir) not in json.dumps(model)
     assert client.get("/healthz").json() == {"status": "ok", "run": "run-1", "generation": 1}
-    assert client.get("/docs").status_code == 200
     assert "access-control-allow-origin" not in client.get("/healthz", headers={"Origin": "http://x.example"}).headers
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/recommend", "/similar", "/predict", "/movies", "/model", "/healthz", "/admin/reload"} <= set(paths)
     assert set(paths["/recommend"]) == {"get", "post"} and set(paths["/predict"]) == {"get", "post"}
+
+
+def test_the_api_docs_load_everything_from_the_server_itself(client: httpx.Client) -> None:
+    """/docs and /redoc reference no external URL (no CDN): every script, style and icon comes from this server."""
+    import re
+
+    for page in ("/docs", "/redoc"):
+        res = client.get(page)
+        assert res.status_code == 200 and "text/html" in res.headers["content-type"], res.text
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", res.text, re.I), res.text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', res.text)
+        assert any(a.endswith(".js") for a in assets), res.text
+        for asset in assets:
+            assert asset.startswith("/"), asset
+            got = client.get(asset)
+            assert got.status_code == 200 and len(got.content) > 1_000, asset
+    assert '"validatorUrl": null' in client.get("/docs").text  # Swagger UI's validator badge calls out
 
 
 def test_every_bad_request_gets_one_clear_json_line(client: httpx.Client, ids: dict) -> None:
@@ -465,7 +507,14 @@ def test_with_workers_sighup_rolls_them_to_the_new_model_and_keeps_them_on_a_ref
             while srv.output().count("serving model run-2") < 2 and time.monotonic() < deadline:
                 assert c.get("/healthz").status_code == 200  # some worker answers throughout
                 time.sleep(0.5)
-            assert {c.get("/healthz").json()["run"] for _ in range(10)} == {"run-2"}
+            # the last old worker stops only after the last new one is up, and a kept-alive connection may reach it
+            # until then: wait for it to go, every request still answered
+            answers: list[str] = []
+            while answers[-10:] != ["run-2"] * 10 and time.monotonic() < deadline:
+                res = c.get("/healthz")
+                assert res.status_code == 200
+                answers.append(res.json()["run"])
+            assert answers[-10:] == ["run-2"] * 10, answers[-20:]
 
             copy_run(keyed_workdir, "run-broken", damage="missing")
             srv.proc.send_signal(signal.SIGHUP)
@@ -562,6 +611,40 @@ def test_the_page_in_a_real_browser(server: Server, ids: dict, tmp_path: Path) -
     for shot in shots.iterdir():
         shutil.copyfile(shot, ARTIFACTS / f"serve-page-{shot.name}")
         assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.browser
+def test_the_api_docs_render_in_a_browser_that_cannot_reach_the_internet(server: Server, tmp_path: Path) -> None:
+    executable = _chromium()
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="needs the playwright package (pip install playwright)"
+    )
+    outside: list[str] = []
+
+    def only_this_server(route: object) -> None:
+        url = route.request.url  # type: ignore[attr-defined]
+        if url.startswith(server.url + "/"):
+            route.continue_()  # type: ignore[attr-defined]
+        else:
+            outside.append(url)
+            route.abort()  # type: ignore[attr-defined]
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.route("**/*", only_this_server)
+            page.goto(server.url + "/docs")
+            page.wait_for_selector(".swagger-ui .info .title", timeout=30_000)
+            assert "embedrec" in page.locator(".swagger-ui .info .title").inner_text()
+            page.wait_for_selector("#operations-default-recommend_recommend_get, .opblock-summary-path")
+            assert "/recommend" in page.content()
+            page.screenshot(path=str(tmp_path / "docs.png"), full_page=False)
+        finally:
+            browser.close()
+    assert outside == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copyfile(tmp_path / "docs.png", ARTIFACTS / "serve-docs.png")
 
 
 def test_help_lists_serve_and_imports_no_web_stack() -> None:

@@ -40,7 +40,8 @@ def lookup_index(ids: np.ndarray, known: np.ndarray) -> np.ndarray:
     if len(ids) == 0 or len(known) == 0:
         return np.full(len(ids), -1, dtype=np.int32)
     lo, hi = int(ids.min()), int(ids.max())
-    if lo >= 0 and hi < LOOKUP_MAX_ID and int(known.min()) >= 0 and int(known.max()) < LOOKUP_MAX_ID:
+    few = len(ids) * 16 < len(known)  # a table of every known id costs more than binary searches for a few
+    if not few and lo >= 0 and hi < LOOKUP_MAX_ID and int(known.min()) >= 0 and int(known.max()) < LOOKUP_MAX_ID:
         size = max(hi, int(known.max())) + 1
         table = np.full(size, -1, dtype=np.int32)
         table[known] = np.arange(len(known), dtype=np.int32)

@@ -6,9 +6,14 @@ Synopsis::
     app = create_app(ModelHolder(ModelSource(workdir=Path(".embedrec"))), ServeSettings(api_key=None))
     # uvicorn.run(app, host="127.0.0.1", port=8000)  -- what `embedrec serve` does
 
-Endpoints are plain ``def`` functions: FastAPI runs them in its thread pool, and the numpy scoring inside releases the
-GIL, so requests overlap. Each reads the served model once (``holder.current``) and keeps it to the end, so a reload
-never changes a model under a running request. Errors become one JSON line, ``{"detail": "..."}``: unknown ids 404,
+The cheap endpoints (``GET /recommend``, ``/similar``, ``GET /predict``, ``/model``, ``/healthz``) and the
+dependencies are ``async def``: they answer in a few milliseconds of numpy on the event loop, and a plain ``def``
+would cost each request hops through the thread pool (dependencies, endpoint, response validation) that took longer
+than the ranking itself. The slow ones (fold-in, batch predict, title search, reload) stay plain ``def`` and run in
+FastAPI's thread pool, so they never stall the loop; numpy releases the GIL inside them. Responses are built from the
+ranking's arrays and movie fields converted once at load (:meth:`LoadedModel.movie_records`), never from pandas.
+Each request reads the served model once (``holder.current``) and keeps it to the end, so a reload never changes a
+model under a running request. Errors become one JSON line, ``{"detail": "..."}``: unknown ids 404,
 bad parameters 422, oversized bodies 413, a missing or wrong key 401; an unexpected failure is logged with its
 traceback and answered with a plain 500. Absolute paths are cut from every message a client sees.
 """
@@ -28,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import pandas as pd
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -73,7 +79,7 @@ def bearer_token(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def _require_key(request: Request) -> None:
+async def _require_key(request: Request) -> None:
     settings: ServeSettings = request.app.state.settings
     if settings.api_key is None:
         return
@@ -85,7 +91,7 @@ def _require_key(request: Request) -> None:
         )
 
 
-def _served(request: Request) -> LoadedModel:
+async def _served(request: Request) -> LoadedModel:
     """The model for this whole request (a reload swaps the holder's reference, never this object)."""
     return request.app.state.holder.current
 
@@ -242,7 +248,7 @@ MinRatings = Annotated[int, Query(ge=0, description="Skip movies with fewer rati
 
 
 @api.get("/recommend", response_model=schemas.Recommendations, summary="Top-k movies for a user")
-def recommend(
+async def recommend(
     served: Served,
     user: Annotated[int, Query(description="Raw user id.")],
     k: K = 10,
@@ -254,24 +260,26 @@ def recommend(
     rec = served.rec
     genre = served.canonical_genre(genre)
     if user in rec.user_vocab:
-        table = rec.recommend(user, k=k, filter_seen=not include_seen, genre=genre, min_ratings=min_ratings)
+        ranked = rec.rank_user(user, k=k, filter_seen=not include_seen, genre=genre, min_ratings=min_ratings)
         return {
             "userId": user,
             "coldStart": False,
             "ranking": rec.ranking.describe(),
-            "recommendations": movie_records(table, "score", "rating"),
+            "recommendations": served.movie_records(
+                ranked.movie_idx[0], score=ranked.score[0], rating=ranked.rating[0]
+            ),
         }
     if served.prepared is None:
         raise UnknownIdError(
             f"user {user} is not known to the model, and without prepared data there is no "
             "cold-start list: start the server with --data DIR"
         )
-    table = rec.popular(k=k, genre=genre, min_ratings=min_ratings)
+    top, score = rec.rank_popular(k=k, genre=genre, min_ratings=min_ratings)
     return {
         "userId": user,
         "coldStart": True,
         "ranking": "Bayesian average rating (cold start)",
-        "recommendations": movie_records(table, "score", "rating"),
+        "recommendations": served.movie_records(top, score=score, rating=np.full(len(top), np.nan)),
     }
 
 
@@ -281,32 +289,32 @@ def recommend_new_user(served: Served, body: schemas.FoldInRequest) -> dict[str,
     rec = served.rec
     genre = served.canonical_genre(body.genre)
     user = rec.fold_in([(r.movieId, r.rating) for r in body.ratings])
-    table = rec.recommend_for(
+    ranked = rec.rank_folded(
         user, k=body.k, filter_seen=not body.include_seen, genre=genre, min_ratings=body.min_ratings
     )
     return {
         "userId": None,
         "coldStart": False,
         "ranking": rec.ranking.describe(),
-        "recommendations": movie_records(table, "score", "rating"),
+        "recommendations": served.movie_records(ranked.movie_idx[0], score=ranked.score[0], rating=ranked.rating[0]),
     }
 
 
 @api.get("/similar", response_model=schemas.SimilarMovies, summary="Movies nearest to one movie")
-def similar(served: Served, movie: Annotated[int, Query(description="Raw movie id.")], k: K = 10) -> dict[str, Any]:
+async def similar(
+    served: Served, movie: Annotated[int, Query(description="Raw movie id.")], k: K = 10
+) -> dict[str, Any]:
     """Nearest movies by cosine similarity of the learned movie embeddings (the movie itself excluded)."""
-    rec = served.rec
-    table = rec.similar(movie, k=k)
-    title = rec.movies.iloc[rec.movie_vocab.index(movie)].get("title")
+    top, sims = served.rec.rank_similar(movie, k=k)
     return {
         "movieId": movie,
-        "title": None if title is None else str(title),
-        "similar": movie_records(table, "similarity"),
+        "title": served.movie_fields[1][served.rec.movie_vocab.index(movie)],
+        "similar": served.movie_records(top, similarity=sims),
     }
 
 
 @api.get("/predict", response_model=schemas.Prediction, summary="Predicted rating of one (user, movie) pair")
-def predict(served: Served, user: int, movie: int) -> dict[str, Any]:
+async def predict(served: Served, user: int, movie: int) -> dict[str, Any]:
     rating = float(served.rec.predict([user], [movie])[0])
     return {"userId": user, "movieId": movie, "rating": rating, "reason": ""}
 
@@ -338,7 +346,7 @@ def movies(
 
 
 @api.get("/model", response_model=schemas.ModelInfo, summary="What is loaded")
-def model_info(served: Served) -> dict[str, Any]:
+async def model_info(served: Served) -> dict[str, Any]:
     return served.info()
 
 
@@ -394,7 +402,7 @@ open_routes = APIRouter()
 
 
 @open_routes.get("/healthz", response_model=schemas.Health, summary="Liveness (no key needed)")
-def healthz(served: Served) -> dict[str, Any]:
+async def healthz(served: Served) -> dict[str, Any]:
     return {"status": "ok", "run": served.run, "generation": served.generation}
 
 
@@ -409,6 +417,9 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None) -> Fa
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from embedrec.blas import set_blas_threads
+
+        set_blas_threads(1)  # requests run in parallel; each one's matrix products are small
         loop = asyncio.get_running_loop()
         hup = getattr(signal, "SIGHUP", None)
         installed = False
@@ -425,7 +436,12 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None) -> Fa
         if installed and hup is not None:
             loop.remove_signal_handler(hup)
 
-    app = FastAPI(
+    from fastapi_offline import FastAPIOffline
+
+    # /docs and /redoc with Swagger UI's and ReDoc's files served from the installed fastapi-offline package: no CDN,
+    # so the docs work on a server without internet access; the validator badge (an external call) is off
+    app = FastAPIOffline(
+        swagger_ui_parameters={"validatorUrl": None},
         title="embedrec",
         version=__version__,
         lifespan=lifespan,

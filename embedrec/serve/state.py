@@ -124,6 +124,43 @@ class LoadedModel:
         order = np.lexsort((movies, -ratings))
         return movies[order].astype(np.int64), ratings[order]
 
+    @cached_property
+    def movie_fields(self) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+        """movieId, title, year, genres of every movie as Python values (None where missing), by movie index:
+        converted once at load, so a response lists its movies with a few list lookups instead of a pandas take
+        (which cost more than the ranking itself)."""
+        movies = self.rec.movies
+        return (
+            _python_values(movies, "movie_id", int),
+            _python_values(movies, "title", str),
+            _python_values(movies, "year", int),
+            _python_values(movies, "genres", str),
+        )
+
+    def movie_records(self, movie_idx: np.ndarray, **extra: np.ndarray) -> list[dict[str, Any]]:
+        """``{"movieId", "title", "year", "genres", **extra}`` of the movies at ``movie_idx`` (-1 entries, a short
+        list's padding, dropped); each ``extra`` array is aligned with ``movie_idx``, NaN becomes None."""
+        ids, titles, years, genres = self.movie_fields
+        keep = np.asarray(movie_idx) >= 0
+        extra_values = {
+            name: [None if v != v else v for v in np.asarray(a, np.float64)[keep].tolist()] for name, a in extra.items()
+        }
+        out = []
+        for i, m in enumerate(np.asarray(movie_idx)[keep].tolist()):
+            row = {"movieId": ids[m], "title": titles[m], "year": years[m], "genres": genres[m]}
+            for name, values in extra_values.items():
+                row[name] = values[i]
+            out.append(row)
+        return out
+
+    def warm(self) -> None:
+        """Build now what requests would otherwise build on first use: every user's seen-movie index, the movie
+        fields of responses, the cold-start popularity and the unfiltered movie pool."""
+        self.rec.index_seen()
+        _ = self.movie_fields
+        if self.prepared is not None:
+            self.rec.popular(k=1)
+
     def info(self) -> dict[str, Any]:
         """The ``GET /model`` answer (no file paths)."""
         meta = self.rec.artifact.meta
@@ -177,7 +214,7 @@ def load_served_model(source: ModelSource, *, generation: int = 1, previous: Loa
     rec = Recommender(artifact, prepared)
     _check_answers(rec, model_dir.name)
     genres = sorted({g for gl in _genre_lists(rec) for g in gl})
-    return LoadedModel(
+    served = LoadedModel(
         rec=rec,
         run=model_dir.name,
         generation=generation,
@@ -185,6 +222,16 @@ def load_served_model(source: ModelSource, *, generation: int = 1, previous: Loa
         data_dir=folder.resolve() if folder is not None else None,
         genres=tuple(genres),
     )
+    served.warm()
+    return served
+
+
+def _python_values(table: Any, name: str, kind: type) -> list[Any]:
+    """A column of a pandas table as plain Python values, None for missing ones (pandas NA, NaN)."""
+    if name not in table:
+        return [None] * len(table)
+    values = table[name].to_numpy(dtype=object, na_value=None).tolist()
+    return [None if value is None else kind(value) for value in values]
 
 
 def _genre_lists(rec: Recommender) -> list[list[str]]:
@@ -197,11 +244,7 @@ def _genre_lists(rec: Recommender) -> list[list[str]]:
 
 
 def _check_answers(rec: Recommender, run: str) -> None:
-    """Ask the model a few real questions before it may serve; a model that answers NaN is refused.
-
-    Recommending for a few users through the batch path also indexes every user's seen movies once, so the first
-    requests do not pay for it.
-    """
+    """Ask the model a few real questions before it may serve; a model that answers NaN is refused."""
     n_users = len(rec.user_ids)
     if n_users == 0 or len(rec.movie_ids) == 0:
         raise ArtifactError(f"model {run} knows no users or no movies")
