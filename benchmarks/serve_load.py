@@ -130,15 +130,18 @@ def server_cpu_s(pid: int) -> float:
         return float("nan")
 
 
-async def drive(url: str, make_request: Any, *, clients: int, total: int, pid: int) -> dict[str, Any]:
-    """``clients`` tasks share ``total`` requests; each sends its next one when the previous is answered."""
-    import httpx
+async def drive(
+    url: str, make_request: Any, *, clients: int, total: int, pid: int, client_lib: str = "httpx"
+) -> dict[str, Any]:
+    """``clients`` tasks share ``total`` requests; each sends its next one when the previous is answered.
 
+    ``client_lib``: ``httpx`` (the project's test client) or ``aiohttp`` (a leaner client: on a 2-core machine the load
+    generator shares the cores with the server, and httpx costs about as much CPU per request as the server does).
+    """
     latencies: list[float] = []
     errors: list[str] = []
     remaining = [total]
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    async with _Client(url, clients, client_lib) as client:
 
         async def one_client(seed: int) -> None:
             rng = random.Random(seed)
@@ -147,16 +150,16 @@ async def drive(url: str, make_request: Any, *, clients: int, total: int, pid: i
                 method, path, kwargs = make_request(rng)
                 t0 = time.perf_counter()
                 try:
-                    res = await client.request(method, path, **kwargs)
-                    if res.status_code != 200:
-                        errors.append(f"{res.status_code} {res.text[:120]}")
-                except httpx.HTTPError as exc:
+                    status, text = await client.request(method, path, kwargs)
+                    if status != 200:
+                        errors.append(f"{status} {text[:120]}")
+                except Exception as exc:  # a transport error of either library counts as a failed request
                     errors.append(repr(exc))
                 latencies.append(time.perf_counter() - t0)
 
         for warm in range(min(clients, 4)):  # connections and first-use caches, outside the clock
             method, path, kwargs = make_request(random.Random(-warm))
-            await client.request(method, path, **kwargs)
+            await client.request(method, path, kwargs)
         t0 = time.perf_counter()
         cpu0, client0 = server_cpu_s(pid), time.process_time()
         await asyncio.gather(*(one_client(i) for i in range(clients)))
@@ -175,6 +178,42 @@ async def drive(url: str, make_request: Any, *, clients: int, total: int, pid: i
         "p50_ms": statistics.median(ms),
         "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
     }
+
+
+class _Client:
+    """One keep-alive connection per concurrent client, through httpx or aiohttp: ``(status, text)`` per request."""
+
+    def __init__(self, url: str, clients: int, lib: str) -> None:
+        self.url, self.clients, self.lib = url, clients, lib
+        self.session: Any = None
+
+    async def __aenter__(self) -> _Client:
+        if self.lib == "aiohttp":
+            import aiohttp
+
+            connector = aiohttp.TCPConnector(limit=self.clients)
+            self.session = aiohttp.ClientSession(
+                base_url=self.url, connector=connector, timeout=aiohttp.ClientTimeout(total=60)
+            )
+        else:
+            import httpx
+
+            limits = httpx.Limits(max_connections=self.clients, max_keepalive_connections=self.clients)
+            self.session = httpx.AsyncClient(base_url=self.url, timeout=60, limits=limits)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.lib == "aiohttp":
+            await self.session.close()
+        else:
+            await self.session.aclose()
+
+    async def request(self, method: str, path: str, kwargs: dict[str, Any]) -> tuple[int, str]:
+        if self.lib == "aiohttp":
+            async with self.session.request(method, path, **kwargs) as res:
+                return res.status, await res.text()
+        res = await self.session.request(method, path, **kwargs)
+        return res.status_code, res.text
 
 
 def request_makers(data: Path) -> dict[str, tuple[Any, float]]:
@@ -236,6 +275,12 @@ def main() -> None:
         help="requests per GET /recommend row (fold-in: a quarter, the others: half)",
     )
     parser.add_argument("--only", default=None, help="run only endpoints whose name contains this")
+    parser.add_argument(
+        "--client",
+        choices=("httpx", "aiohttp"),
+        default="httpx",
+        help="load generator's HTTP client (aiohttp costs less CPU per request; pip install aiohttp)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -253,7 +298,14 @@ def main() -> None:
                 continue
             for clients in CONCURRENCY:
                 row = asyncio.run(
-                    drive(url, maker, clients=clients, total=max(clients, int(args.requests * share)), pid=proc.pid)
+                    drive(
+                        url,
+                        maker,
+                        clients=clients,
+                        total=max(clients, int(args.requests * share)),
+                        pid=proc.pid,
+                        client_lib=args.client,
+                    )
                 )
                 rows.append({"endpoint": name, **row})
                 if not args.json:
@@ -271,6 +323,7 @@ def main() -> None:
         "scale": args.scale,
         **SCALES[args.scale],
         "workers": args.workers,
+        "client": args.client,
         "cpus": os.cpu_count(),
         "load1": os.getloadavg()[0],
         "setup_s": setup_s,
@@ -282,8 +335,8 @@ def main() -> None:
         return
     print(
         f"\n{args.scale} scale ({SCALES[args.scale]['n_users']:,} users, {SCALES[args.scale]['n_movies']:,} movies), "
-        f"--workers {args.workers}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; server started in "
-        f"{startup_s:.1f} s\n"
+        f"--workers {args.workers}, --client {args.client}, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}; server started in {startup_s:.1f} s\n"
     )
     print(
         "| endpoint | clients | requests/s | p50 ms | p99 ms | server CPU ms/request | client CPU ms/request | "
