@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,7 +107,27 @@ def join(cluster: Cluster) -> tuple[int, int]:
                     "every process with the same --coordinator and --num-processes, process 0 among them"
                 ) from None
         _JOINED["count"] = jax.process_count()
+        if jax.process_count() > 1:
+            with _stdout_silenced():  # gloo announces its connections on stdout, which `--json` output owns
+                any_process(False)  # the first collective opens the connections
     return jax.process_index(), jax.process_count()
+
+
+@contextmanager
+def _stdout_silenced() -> Iterator[None]:
+    """File descriptor 1 to /dev/null for the block (what native libraries print there, not only Python)."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _wait_for_coordinator(address: str, timeout_s: int) -> int:

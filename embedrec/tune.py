@@ -49,11 +49,13 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from embedrec.config import PRESETS
 from embedrec.config import preset as preset_configs
-from embedrec.errors import ConfigError, TrainingDiverged
+from embedrec.errors import ConfigError, EmbedrecError, TrainingDiverged
 from embedrec.workdir import atomic_write_text, set_latest_run
 
 if TYPE_CHECKING:
     import optuna
+
+    from embedrec.distributed import Cluster
 
 OBJECTIVES: tuple[str, ...] = ("ndcg@10", "rmse", "both")
 BOTH_RMSE_WEIGHT = 0.35
@@ -372,7 +374,12 @@ class _TrialReport:
         value = objective_value(self.search.objective, record)
         self.trial.report(value, record["epoch"])
         self.search.callbacks.on_epoch(self.trial.number, record, value)
-        if self.trial.should_prune():
+        prune = self.trial.should_prune()
+        if self.search.several:  # every process of a distributed trial stops at the same epoch
+            from embedrec import distributed
+
+            prune = distributed.any_process(prune)
+        if prune:
             self.trial.set_user_attr("epochs", int(record["epoch"]))
             raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}")
 
@@ -394,6 +401,7 @@ class _Search:
     deadline: float
     callbacks: TuneCallbacks
     best_before: int | None
+    several: bool = False  # one of several processes (this one process 0): trials are announced to the others
 
     def run_dir(self, number: int) -> Path:
         return self.runs_root / f"{TRIAL_PREFIX}{number:04d}"
@@ -411,6 +419,11 @@ class _Search:
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("settings", params)
         self.callbacks.on_trial_start(trial.number, params)
+        if self.several:  # the other processes train the same trial with process 0 (see _follow)
+            from embedrec import distributed
+
+            command = {"kind": "trial", "params": params, "fixed": self.fixed, "run_dir": str(run_dir)}
+            distributed.exchange_text(json.dumps(command))
         t0 = time.monotonic()
         try:
             result = train_run(
@@ -518,6 +531,7 @@ def tune(
     seed: int = 42,
     callbacks: TuneCallbacks | None = None,
     pruner: Any = None,
+    cluster: Cluster | None = None,
 ) -> TuneResult:
     """Search hyperparameters on the validation split and write the best as a config file; returns the outcome.
 
@@ -525,7 +539,125 @@ def tune(
     ``budget_s`` seconds have passed or ``n_trials`` trials have run in this call, whichever comes first (at least
     one of them must be given). ``max_epochs`` caps each trial's epochs (default: the preset's). ``pruner`` replaces
     the median rule (any Optuna pruner). Raises ConfigError when no trial finished.
+
+    With ``cluster`` (or a JAX cluster the caller joined) every trial trains across the processes: process 0 runs
+    the study (its database, sampler, pruner, budget and the config file) and announces each trial; the others train
+    it with process 0 (:func:`embedrec.runs.train_run` checks that they train the same thing), stop at the epoch the
+    pruner or the budget stops process 0, write nothing, and end with process 0's outcome.
     """
+    from embedrec import distributed
+
+    if cluster is not None:
+        distributed.join(cluster)
+    from functools import partial
+
+    search = partial(
+        _tune_here,
+        data_dir,
+        workdir=workdir,
+        out=out,
+        preset=preset,
+        objective=objective,
+        budget_s=budget_s,
+        n_trials=n_trials,
+        max_epochs=max_epochs,
+        seed=seed,
+        callbacks=callbacks,
+        pruner=pruner,
+    )
+    if not distributed.joined():
+        return search()
+    if not distributed.is_writer():
+        return _follow(data_dir, workdir=Path(workdir))
+    try:
+        result = search(several=True)
+    except BaseException as exc:
+        error = exc if isinstance(exc, EmbedrecError) else None
+        message = str(error) if error is not None else f"process 0 stopped ({type(exc).__name__})"
+        code = error.exit_code if error is not None else 1
+        distributed.exchange_text(json.dumps({"kind": "error", "message": message, "exit_code": code}))
+        raise
+    distributed.exchange_text(json.dumps({"kind": "done", "result": _result_json(result)}))
+    return result
+
+
+def _result_json(result: TuneResult) -> dict[str, Any]:
+    out = dict(vars(result))
+    for key in ("config_path", "study_path", "best_run_dir"):
+        out[key] = str(out[key]) if out[key] is not None else None
+    return out
+
+
+def _follow(data_dir: Path | None, *, workdir: Path) -> TuneResult:
+    """A process other than 0 of a distributed search: train each trial process 0 announces, until it is done."""
+    import jax
+
+    from embedrec import distributed
+    from embedrec.runs import train_run
+    from embedrec.workdir import data_dir as data_dir_of
+
+    data_path = Path(data_dir) if data_dir is not None else data_dir_of(workdir)
+    while True:
+        command = json.loads(distributed.exchange_text("")[0])
+        if command["kind"] == "done":
+            fields = dict(command["result"])
+            for key in ("config_path", "study_path", "best_run_dir"):
+                fields[key] = Path(fields[key]) if fields[key] is not None else None
+            return TuneResult(**fields)
+        if command["kind"] == "error":
+            error = EmbedrecError(f"process 0: {command['message']}")
+            error.exit_code = int(command["exit_code"])
+            raise error
+        fixed = command["fixed"]
+        try:
+            train_run(
+                data_path,
+                out=Path(command["run_dir"]),
+                workdir=workdir,
+                preset=fixed["preset"],
+                overrides={**command["params"], "epochs": fixed["epochs"], "seed": fixed["seed"]},
+                callbacks=_FollowerReport(),
+                stop_requested=lambda: False,  # process 0's budget stops every process (train_run shares it)
+            )
+        except (_FollowerPruned, EmbedrecError):
+            pass  # process 0 met the same end of this trial and decides what comes next
+        finally:
+            jax.clear_caches()
+
+
+class _FollowerPruned(Exception):
+    """Process 0's pruner stopped the trial (raised on the other processes at the same epoch)."""
+
+
+class _FollowerReport:
+    """A following process's training callbacks: learn at each epoch whether process 0's pruner stops the trial."""
+
+    def on_start(self, info: dict[str, Any]) -> None: ...
+    def on_block(self, epoch: int, step: int, steps: int, loss: float, samples_per_s: float) -> None: ...
+
+    def on_epoch(self, record: dict[str, Any]) -> None:
+        from embedrec import distributed
+
+        if distributed.any_process(False):
+            raise _FollowerPruned(f"pruned after epoch {record['epoch']}")
+
+
+def _tune_here(
+    data_dir: Path | None,
+    *,
+    workdir: Path,
+    out: Path | None,
+    preset: str,
+    objective: str,
+    budget_s: float | None,
+    n_trials: int | None,
+    max_epochs: int | None,
+    seed: int,
+    callbacks: TuneCallbacks | None,
+    pruner: Any,
+    several: bool = False,
+) -> TuneResult:
+    """:func:`tune` in this process (process 0 of a distributed search: ``several``)."""
     import optuna
 
     from embedrec.data import load_prepared
@@ -604,6 +736,7 @@ def tune(
         deadline=deadline,
         callbacks=callbacks or TuneCallbacks(),
         best_before=_best_number(study),
+        several=several,
     )
     search.callbacks.on_start(
         {

@@ -20,7 +20,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-COMMON = ["--preset", "default", "--batch-size", "256", "--patience", "0", "--quiet"]
+COMMON = ["--preset", "default", "--batch-size", "1024", "--patience", "0", "--quiet"]
 
 
 def _free_port() -> int:
@@ -192,3 +192,30 @@ def test_bad_cluster_options_are_one_line_before_anything_starts(tmp_path: Path,
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_distributed_search_trains_every_trial_on_both_processes_and_process_0_keeps_the_study(
+    synthetic_prepared: Path, tmp_path: Path
+) -> None:
+    port = _free_port()
+    workdirs = [tmp_path / "w0", tmp_path / "w1"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "embedrec.cli", "tune", "--data", str(synthetic_prepared), "--workdir", str(wd)]
+            + ["--trials", "2", "--max-epochs", "2", "--json", "--distributed", "--coordinator", f"127.0.0.1:{port}"]
+            + ["--num-processes", "2", "--process-id", str(i), "--join-timeout", "60"],
+            env=_env(1, cluster_process=True),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, wd in enumerate(workdirs)
+    ]
+    results = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err
+    reports = [json.loads(out) for out, _ in results]
+    assert reports[0] == reports[1]  # process 1 ends with process 0's outcome
+    assert reports[0]["trials"]["complete"] == 2
+    assert (workdirs[0] / "tuned.toml").is_file() and (workdirs[0] / "tune" / "study.db").is_file()
+    assert not workdirs[1].exists()  # process 1 wrote nothing

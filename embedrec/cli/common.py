@@ -63,6 +63,45 @@ WorkdirOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
+_DIST = "Several processes or hosts"
+DistributedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--distributed",
+        help="One process of a run across processes or hosts (jax.distributed): start the same command on every "
+        "process; process 0 writes. Without --coordinator: read from the cluster (SLURM, JAX_*).",
+        rich_help_panel=_DIST,
+    ),
+]
+CoordinatorOpt = Annotated[
+    str | None,
+    typer.Option("--coordinator", help="HOST:PORT where process 0 listens.", rich_help_panel=_DIST, show_default=False),
+]
+NumProcessesOpt = Annotated[
+    int | None,
+    typer.Option("--num-processes", help="How many processes in all.", rich_help_panel=_DIST, show_default=False),
+]
+ProcessIdOpt = Annotated[
+    int | None,
+    typer.Option("--process-id", help="This process: 0..N-1.", rich_help_panel=_DIST, show_default=False),
+]
+JoinTimeoutOpt = Annotated[
+    int, typer.Option("--join-timeout", help="Seconds to wait for every process to join.", rich_help_panel=_DIST)
+]
+
+
+def cluster_of(
+    distributed: bool, coordinator: str | None, num_processes: int | None, process_id: int | None, timeout_s: int
+) -> Any:
+    """The :class:`embedrec.distributed.Cluster` the options name (checked), or None for a single process."""
+    if not distributed and all(v is None for v in (coordinator, num_processes, process_id)):
+        return None
+    from embedrec.distributed import Cluster
+
+    cluster = Cluster(coordinator, num_processes, process_id, timeout_s=timeout_s)
+    cluster.check()  # before any data is read
+    return cluster
+
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print one red error line and return the Exit to raise."""

@@ -11,7 +11,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from embedrec.cli.common import JsonOpt, WorkdirOpt, app, console, err_console, handle_errors
+from embedrec.cli.common import (
+    CoordinatorOpt,
+    DistributedOpt,
+    JoinTimeoutOpt,
+    JsonOpt,
+    NumProcessesOpt,
+    ProcessIdOpt,
+    WorkdirOpt,
+    app,
+    cluster_of,
+    console,
+    err_console,
+    handle_errors,
+)
 from embedrec.errors import ConfigError
 from embedrec.workdir import latest_run, resolve_workdir
 
@@ -19,7 +32,6 @@ if TYPE_CHECKING:
     from embedrec.runs import RunResult
 
 _HP = "Hyperparameters (override the preset)"
-_DIST = "Several processes or hosts"
 
 
 def _parse_hidden(value: str | None) -> tuple[int, ...] | None:
@@ -201,33 +213,11 @@ def train_cmd(
         bool,
         typer.Option("--quiet", "-q", help="No model summary, progress bar or epoch lines: only the closing summary."),
     ] = False,
-    distributed: Annotated[
-        bool,
-        typer.Option(
-            "--distributed",
-            help="One process of a run across processes or hosts (jax.distributed): start the same command on every "
-            "process; process 0 writes the run. Without --coordinator: read from the cluster (SLURM, JAX_*).",
-            rich_help_panel=_DIST,
-        ),
-    ] = False,
-    coordinator: Annotated[
-        str | None,
-        typer.Option(
-            "--coordinator", help="HOST:PORT where process 0 listens.", rich_help_panel=_DIST, show_default=False
-        ),
-    ] = None,
-    num_processes: Annotated[
-        int | None,
-        typer.Option("--num-processes", help="How many processes in all.", rich_help_panel=_DIST, show_default=False),
-    ] = None,
-    process_id: Annotated[
-        int | None,
-        typer.Option("--process-id", help="This process: 0..N-1.", rich_help_panel=_DIST, show_default=False),
-    ] = None,
-    join_timeout: Annotated[
-        int,
-        typer.Option("--join-timeout", help="Seconds to wait for every process to join.", rich_help_panel=_DIST),
-    ] = 300,
+    distributed: DistributedOpt = False,
+    coordinator: CoordinatorOpt = None,
+    num_processes: NumProcessesOpt = None,
+    process_id: ProcessIdOpt = None,
+    join_timeout: JoinTimeoutOpt = 300,
     as_json: JsonOpt = False,
 ) -> None:
     """Train the embedding-concat network on prepared data; writes a run folder and makes it the latest."""
@@ -256,12 +246,7 @@ def train_cmd(
     }
     overrides.update({k: v for k, v in flags.items() if v is not None})
 
-    cluster = None
-    if distributed or any(v is not None for v in (coordinator, num_processes, process_id)):
-        from embedrec.distributed import Cluster
-
-        cluster = Cluster(coordinator, num_processes, process_id, timeout_s=join_timeout)
-        cluster.check()  # before the data is read
+    cluster = cluster_of(distributed, coordinator, num_processes, process_id, join_timeout)
 
     stop = {"requested": False}
 

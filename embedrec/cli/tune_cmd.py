@@ -10,7 +10,19 @@ from typing import Annotated, Any
 
 import typer
 
-from embedrec.cli.common import JsonOpt, WorkdirOpt, app, console, handle_errors
+from embedrec.cli.common import (
+    CoordinatorOpt,
+    DistributedOpt,
+    JoinTimeoutOpt,
+    JsonOpt,
+    NumProcessesOpt,
+    ProcessIdOpt,
+    WorkdirOpt,
+    app,
+    cluster_of,
+    console,
+    handle_errors,
+)
 from embedrec.tune import TrialOutcome, TuneCallbacks  # light: Optuna loads inside the search
 from embedrec.workdir import resolve_workdir
 
@@ -175,6 +187,11 @@ def tune_cmd(
         typer.Option("--out", help="Config file to write \\[default: <workdir>/tuned.toml].", show_default=False),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the closing summary.")] = False,
+    distributed: DistributedOpt = False,
+    coordinator: CoordinatorOpt = None,
+    num_processes: NumProcessesOpt = None,
+    process_id: ProcessIdOpt = None,
+    join_timeout: JoinTimeoutOpt = 300,
     as_json: JsonOpt = False,
 ) -> None:
     """Search hyperparameters on the validation split (Optuna, resumable); writes the best for train --config."""
@@ -183,6 +200,7 @@ def tune_cmd(
     from embedrec.tune import DEFAULT_BUDGET_S, parse_budget, tune
 
     budget_s = parse_budget(budget) if budget is not None else (None if trials is not None else DEFAULT_BUDGET_S)
+    cluster = cluster_of(distributed, coordinator, num_processes, process_id, join_timeout)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the view below reports each trial
     view = _TuneView(quiet=quiet or as_json)
     try:
@@ -197,6 +215,7 @@ def tune_cmd(
             max_epochs=max_epochs,
             seed=seed,
             callbacks=view,
+            cluster=cluster,
         )
     finally:
         view.stop()
