@@ -186,8 +186,9 @@ class Scorer:
         return part.astype(np.float32)
 
     def movie_part_of(self, movie_idx: np.ndarray) -> np.ndarray:
-        """:attr:`movie_part` rows of ``movie_idx``: taken from it once built, else computed for those movies only."""
-        if "movie_part" in self.__dict__:
+        """:attr:`movie_part` rows of ``movie_idx``: computed for those movies only when they are few (one user's
+        candidates), else taken from :attr:`movie_part`, built once for every movie (a batch)."""
+        if "movie_part" in self.__dict__ or np.size(movie_idx) * 8 > self.n_movies:
             return self.movie_part[movie_idx]
         return self._movie_part_rows(np.asarray(movie_idx))
 
