@@ -200,16 +200,17 @@ def _largest_unsorted(scores: np.ndarray, kk: int) -> np.ndarray:
     ``argpartition(scores, n - kk)[:, n - kk:]`` gives, found faster in a wide row.
 
     A full ``argpartition`` over 86,000 movies per user dominated two-stage ranking at full MovieLens scale. Instead,
-    a threshold per row is read off a strided sample of the row (its ``_SAMPLE_RANK``-th largest value, chosen so
-    that about 3 x ``kk`` scores of the row lie at or above it), the scores at or above it are packed into a narrow
-    matrix, and ``argpartition`` runs over that. Every score above the threshold is kept, so when a row has at least
-    ``kk`` of them its top ``kk`` is exactly the row's; the rare row with fewer (or with a non-finite threshold: a row
-    of mostly excluded items) goes through the full ``argpartition``. Ties at the ``kk``-th score may pick other
-    (equal) items than the plain path, as ``argpartition`` itself breaks ties arbitrarily.
+    a threshold per row is read off a strided sample of the row (its ``_SAMPLE_RANK``-th largest value, the stride
+    chosen so that about 3 x ``kk`` scores of the row, and at least ~400, lie at or above it), the scores at or above
+    it are packed into a narrow matrix, and ``argpartition`` runs over that. Every score above the threshold is kept,
+    so when a row has at least ``kk`` of them its top ``kk`` is exactly the row's; the rare row with fewer (or with a
+    non-finite threshold: a row of mostly excluded items) goes through the full ``argpartition``. Ties at the
+    ``kk``-th score may pick other (equal) items than the plain path, as ``argpartition`` itself breaks ties
+    arbitrarily.
     """
     n_rows, n_items = scores.shape
-    stride = (3 * kk) // _SAMPLE_RANK
-    if stride < 8 or n_items < 4 * 3 * kk:  # a sample too large to save anything: the plain selection
+    stride = max(8, (3 * kk) // _SAMPLE_RANK)  # small k: every 8th score, and ~400 kept per row (cheap to pack)
+    if n_items < 8 * _SAMPLE_RANK * stride or n_items < 12 * kk:  # too narrow to save anything: the plain selection
         return np.argpartition(scores, n_items - kk, axis=1)[:, n_items - kk :]
     sample = np.ascontiguousarray(scores[:, ::stride])
     j = min(_SAMPLE_RANK, sample.shape[1])
