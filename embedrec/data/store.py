@@ -305,6 +305,7 @@ class PreparedData:
     def _ratings(self) -> dict[str, np.ndarray]:
         """The rating arrays, read and checked once."""
         arrays = _read_rating_arrays(self.path, self.ratings_file)
+        self.ratings_file.close()  # read once: the descriptor is not held for the object's lifetime
         _check_rating_arrays(self, arrays)
         return arrays
 
