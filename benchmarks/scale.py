@@ -15,13 +15,17 @@ lines going to a log beside the data:
 - ``train``: ``embedrec train --epochs 2`` (default preset); the run's ``history.json`` gives each epoch's seconds,
   so the table shows the time spent outside the epochs;
 - ``evaluate``: ``embedrec evaluate`` (all test users, full catalogue, baselines);
-- ``recommend``: ``embedrec recommend --user U`` (the whole process, imports and loading included);
+- ``recommend``: ``embedrec recommend --user U`` (the whole process, imports and loading included; the median of
+  three runs);
 - ``all-users``: ``embedrec recommend --all-users --output x.parquet``.
 
 Without ``train`` in ``--steps`` (or with ``--random-model``) the serving steps use a model of the right shape with
 freshly initialised weights, written by the real ``save_model`` and ranked by ``watch + 1 x rating`` (the blend
 training chose on ML-100K): serving time does not depend on the weights' values; the table says which model ran.
-``--readme`` replaces the table between ``<!-- scale-table -->`` markers. Every row carries the load average.
+``--readme`` replaces the table between ``<!-- scale-table -->`` markers. Every row carries the 1-minute load
+average before, at its highest during, and after the step (sampled every 2 s): on a shared machine it says how much
+of the wall time was waiting. embedrec's modules are byte-compiled first, as ``pip install`` does, so that no
+process spends its time compiling them (this sandbox sets ``PYTHONDONTWRITEBYTECODE``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -55,6 +60,15 @@ def run_step(name: str, args: list[str], log: Path) -> dict:
     """Run ``embedrec ARGS`` in a wrapper; wall seconds, peak RSS, load average before and after."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     load_before = os.getloadavg()[0]
+    loads = [load_before]
+    done = threading.Event()
+
+    def sample_load() -> None:
+        while not done.wait(2.0):
+            loads.append(os.getloadavg()[0])
+
+    sampler = threading.Thread(target=sample_load, daemon=True)
+    sampler.start()
     print(f"{name}: embedrec {' '.join(args)} (progress in {log})", flush=True)
     t0 = time.perf_counter()
     with open(log, "a") as err:  # the child's progress lines stream into the log as they come
@@ -68,10 +82,12 @@ def run_step(name: str, args: list[str], log: Path) -> dict:
             text=True,
             env=env,
         )
+    wall = time.perf_counter() - t0
+    done.set()
+    sampler.join()
     with open(log) as err:
         err.seek(start)
         proc.stderr = err.read()
-    wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed (see {log}):\n{proc.stderr[-2000:]}")
     tail = proc.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()
@@ -83,8 +99,9 @@ def run_step(name: str, args: list[str], log: Path) -> dict:
         "wall_s": round(wall, 1),
         "cpu_s": cpu_s,
         "peak_gb": round(peak_kb / 1e6, 2),
-        "load": f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}",
+        "load": f"{load_before:.1f} / {max(loads):.1f} / {os.getloadavg()[0]:.1f}",
         "stdout": proc.stdout,
+        "stderr": proc.stderr,
     }
 
 
@@ -118,6 +135,25 @@ def random_model(data: Path, out: Path) -> Path:
         extra_meta={"ranking": {"score": "blend", "beta": 1.0}},
     )
     return out
+
+
+def median_of_runs(name: str, args: list[str], log: Path, runs: int = 3) -> dict:
+    """``run_step`` ``runs`` times; the run with the median wall time, the others' walls in its note."""
+    rows = sorted((run_step(name, args, log) for _ in range(runs)), key=lambda r: r["wall_s"])
+    row = rows[len(rows) // 2]
+    walls = ", ".join(f"{r['wall_s']:.1f}" for r in rows)
+    row["note"] = f"median of {runs} runs: {walls} s wall"
+    return row
+
+
+def stage_times(stderr: str) -> str:
+    """The "<stage>: ... done in T" progress lines of a step, as "stage T" pairs."""
+    out = []
+    for line in stderr.splitlines():
+        if " done in " in line and ":" in line:
+            stage = line.split(":", 1)[0].removeprefix("evaluate ").removeprefix("recommend ")
+            out.append(f"{stage} {line.rsplit(' done in ', 1)[1].strip()}")
+    return "; ".join(out)
 
 
 def epoch_breakdown(model: Path, wall_s: float) -> str:
@@ -154,6 +190,7 @@ def main() -> None:
     log = folder / "progress.log"
     data = args.data or folder / "data"
     rows: list[dict] = []
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "embedrec")], check=True, capture_output=True)
 
     if "prepare" in steps:
         rows.append(
@@ -193,20 +230,25 @@ def main() -> None:
     if "evaluate" in steps:
         row = run_step("evaluate", ["evaluate", *common, "--json"], log)
         result = json.loads(row["stdout"])
-        row["note"] = f"{result['n_users']:,} users, ndcg@10 {result['ndcg@10']:.4f}; {result.get('scoring', '')}"
+        row["note"] = (
+            f"{result['n_users']:,} users, ndcg@10 {result['ndcg@10']:.4f}; {result.get('scoring', '')}; "
+            f"stages: {stage_times(row['stderr'])}"
+        )
         rows.append(row)
     if "recommend" in steps:
         from embedrec.data import load_prepared
 
         user = (
             args.user
-            if args.user in set(load_prepared(data).user_ids[:100_000].tolist())
-            else int(load_prepared(data).user_ids[0])
+            if args.user in set(load_prepared(data, lazy=True).user_ids[:100_000].tolist())
+            else int(load_prepared(data, lazy=True).user_ids[0])
         )
-        rows.append(run_step("recommend", ["recommend", "--user", str(user), "--format", "json", *common], log))
+        rows.append(median_of_runs("recommend", ["recommend", "--user", str(user), "--format", "json", *common], log))
     if "all-users" in steps:
         out = folder / "all-users.parquet"
-        rows.append(run_step("all-users", ["recommend", "--all-users", "--output", str(out), *common], log))
+        row = run_step("all-users", ["recommend", "--all-users", "--output", str(out), *common], log)
+        row["note"] = f"stages: {stage_times(row['stderr'])}"
+        rows.append(row)
 
     summary = json.loads((data / "summary.json").read_text())
     title = (
@@ -217,7 +259,7 @@ def main() -> None:
     lines = [
         f"_{title}_",
         "",
-        "| step | wall | CPU | peak RSS | load (1 min, before -> after) | notes |",
+        "| step | wall | CPU | peak RSS | load (1 min: before / highest / after) | notes |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -231,7 +273,8 @@ def main() -> None:
     if args.json is not None:
         args.json.write_text(
             json.dumps(
-                {"title": title, "rows": [{k: v for k, v in r.items() if k != "stdout"} for r in rows]}, indent=2
+                {"title": title, "rows": [{k: v for k, v in r.items() if k not in ("stdout", "stderr")} for r in rows]},
+                indent=2,
             )
         )
     if args.readme is not None:

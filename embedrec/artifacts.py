@@ -404,13 +404,11 @@ def load_model(run_dir: Path) -> ModelArtifact:
     model_cfg, train_cfg, shape = validate_model_meta(meta, run_dir / "model.json")
     weights = load_arrays(run_dir / "weights.safetensors")
     validate_model_weights(weights, model_cfg, shape, run_dir / "weights.safetensors")
-    import pyarrow.parquet as pq
-
-    from embedrec.data.store import movies_frame
+    from embedrec.data.store import read_table_frame
 
     try:
-        users = pq.read_table(run_dir / "users.parquet").to_pandas()
-        movies = movies_frame(pq.read_table(run_dir / "movies.parquet").to_pandas())
+        users = read_table_frame(run_dir / "users.parquet")
+        movies = read_table_frame(run_dir / "movies.parquet")
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{run_dir}: vocabulary files are missing or corrupt ({exc}); retrain") from None
     vocab = read_json(run_dir / "vocab.json") if (run_dir / "vocab.json").is_file() else {}

@@ -169,8 +169,14 @@ class TopRated:
         self, user_idx: np.ndarray, movie_idx: np.ndarray, rating: np.ndarray, *, n_users: int, n_movies: int
     ) -> TopRated:
         _, movie_idx, rating = _check_fit_arrays(user_idx, movie_idx, rating, n_users=n_users, n_movies=n_movies)
-        counts = np.bincount(movie_idx, minlength=n_movies).astype(np.float64)
-        sums = np.bincount(movie_idx, rating.astype(np.float64), minlength=n_movies)
+        counts = np.bincount(movie_idx, minlength=n_movies)
+        return self.fit_totals(counts, np.bincount(movie_idx, rating.astype(np.float64), minlength=n_movies))
+
+    def fit_totals(self, counts: np.ndarray, sums: np.ndarray) -> TopRated:
+        """Fit from each movie's rating count and rating sum (what a prepared folder's per-user index stores), so a
+        cold-start list needs no pass over the ratings; equal to :meth:`fit` on the ratings they summarise."""
+        counts = np.asarray(counts).astype(np.float64)
+        sums = np.asarray(sums, dtype=np.float64)
         mean = sums.sum() / counts.sum()
         c = float(counts[counts > 0].mean()) if self.prior_count is None else float(self.prior_count)
         self.prior_count_ = c

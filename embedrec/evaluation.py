@@ -38,12 +38,14 @@ Scoring runs in batches of users: one ``(batch, n_movies)`` score matrix at a ti
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from embedrec.baselines import EASE, BiasBaseline, GlobalMean, MostPopular, TopRated
-from embedrec.blas import single_threaded_blas
+from embedrec.blas import available_cpus, single_threaded_blas
 from embedrec.data.split import SPLIT_CODES, TEST, TRAIN
 from embedrec.errors import ConfigError, DataError
 from embedrec.metrics import ItemSets, mae, ranking_metrics, rmse, top_k
@@ -67,6 +69,85 @@ StageProgressFn = Callable[[str, int, int], None]
 VARIANT_USERS = 2_000
 """Users the rating-only and watch-only variants rank at most (a seeded sample): rating-only ranking has no cheap
 first stage, so over every user of a full-size catalogue it would cost more than the rest of the evaluation."""
+VARIANT_PAIRS = VARIANT_USERS * 25_000
+"""(user, movie) pairs the rating-only variant runs through the network at most: 2,000 users up to the original's
+25,000 movies, fewer beyond (581 at 86,000 movies, where 2,000 users took a minute of a five-minute budget)."""
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """What ranking on one held-out split needs, built once and shared by the model, its variants and the baselines:
+    each user's already-rated movies (never listed) and relevant held-out movies, as CSR.
+
+    Building the seen sets from 22M training pairs costs a sort of them; at full MovieLens scale that was paid once
+    per ranked model (five times per ``evaluate``). :meth:`from_prepared` takes them from the prepared folder's
+    per-user index instead, which is already sorted by user.
+    """
+
+    seen: ItemSets
+    relevant: ItemSets
+
+    @classmethod
+    def from_pairs(
+        cls,
+        *,
+        train_user_idx: np.ndarray,
+        train_movie_idx: np.ndarray,
+        eval_user_idx: np.ndarray,
+        eval_movie_idx: np.ndarray,
+        eval_rating: np.ndarray,
+        n_users: int,
+        n_movies: int,
+        relevance: float,
+    ) -> HeldOut:
+        seen = ItemSets.from_pairs(train_user_idx, train_movie_idx, n_rows=n_users, n_items=n_movies)
+        is_relevant = np.asarray(eval_rating) >= relevance
+        relevant = ItemSets.from_pairs(
+            np.asarray(eval_user_idx)[is_relevant],
+            np.asarray(eval_movie_idx)[is_relevant],
+            n_rows=n_users,
+            n_items=n_movies,
+        )
+        return cls(seen=seen, relevant=relevant)
+
+    @classmethod
+    def from_prepared(cls, prepared: PreparedData, *, split_code: int, relevance: float) -> HeldOut:
+        """Seen: every rating in an earlier split (train for val; train and val for test). Relevant: the split's
+        ratings at or above ``relevance``."""
+        held = prepared.split == split_code
+        is_relevant = held & (prepared.rating >= relevance)
+        relevant = ItemSets.from_pairs(
+            prepared.user_idx[is_relevant],
+            prepared.movie_idx[is_relevant],
+            n_rows=prepared.n_users,
+            n_items=prepared.n_movies,
+        )
+        index = prepared.user_index
+        if index is None:  # a folder prepared before the per-user index
+            earlier = prepared.split < split_code
+            seen = ItemSets.from_pairs(
+                prepared.user_idx[earlier],
+                prepared.movie_idx[earlier],
+                n_rows=prepared.n_users,
+                n_items=prepared.n_movies,
+            )
+        else:
+            keep = np.asarray(index.split) < split_code
+            kept_before = np.zeros(keep.size + 1, dtype=np.int64)
+            np.cumsum(keep, out=kept_before[1:])
+            seen = ItemSets(
+                indptr=kept_before[np.asarray(index.indptr)],
+                indices=np.asarray(index.movie_idx)[keep],
+                n_items=prepared.n_movies,
+            )
+        return cls(seen=seen, relevant=relevant)
+
+    def users(self, *, max_users: int | None, seed: int) -> np.ndarray:
+        """The users evaluated: those with a relevant movie, or a seeded sample of ``max_users`` of them."""
+        users = np.flatnonzero(self.relevant.lengths() > 0)
+        if max_users is not None and users.size > max_users:
+            users = np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
+        return users
 
 
 def default_relevance(rating_min: float, rating_max: float) -> float:
@@ -95,7 +176,8 @@ def evaluate_model(
 
     Returns ``{"rmse", "mae", "precision@K", ..., "n_users", "ranking": {...}, "baselines": {...}}`` and, for models
     with a watch head, ``"variants"`` holding the ranking metrics of rating-only and watch-only scores (on a seeded
-    sample of at most :data:`VARIANT_USERS` users, given as their ``n_users``). The model must have been trained on
+    sample of at most :data:`VARIANT_USERS` users, fewer past 25,000 movies (:data:`VARIANT_PAIRS`), given as their
+    ``n_users``). The model must have been trained on
     ``prepared`` (same fingerprint; the caller checks).
 
     The model ranks by :meth:`Scorer.rank`: two-stage with ``candidates`` movies per user re-ranked by the full
@@ -119,15 +201,16 @@ def evaluate_model(
     u, m, r = prepared.user_idx, prepared.movie_idx, prepared.rating
     with single_threaded_blas():
         result: dict[str, Any] = dict(
-            evaluate_ratings(scorer.predict_pairs, user_idx=u[held], movie_idx=m[held], rating=r[held])
+            evaluate_ratings(in_threads(scorer.predict_pairs), user_idx=u[held], movie_idx=m[held], rating=r[held])
         )
-    seen = prepared.split < code  # train, and val too when evaluating test
-    common = dict(
-        train_user_idx=u[seen],
-        train_movie_idx=m[seen],
-        eval_user_idx=u[held],
-        eval_movie_idx=m[held],
-        eval_rating=r[held],
+    held_out = HeldOut.from_prepared(prepared, split_code=code, relevance=relevance)
+    common: dict[str, Any] = dict(
+        train_user_idx=None,
+        train_movie_idx=None,
+        eval_user_idx=None,
+        eval_movie_idx=None,
+        eval_rating=None,
+        held_out=held_out,
         n_users=prepared.n_users,
         n_movies=prepared.n_movies,
         ks=ks,
@@ -135,10 +218,16 @@ def evaluate_model(
         seed=seed,
     )
 
+    from embedrec.scoring import MoviePool
+
+    every_movie = MoviePool(scorer, None)  # built once: each one copies the movie side of the network
+
     def rank_fn(ranking: Ranking, n_candidates: int | None) -> RankFn:
         def rank(users: np.ndarray, k: int, seen_sets: ItemSets) -> np.ndarray:
             emb, bias = scorer.user_rows(users)
-            return scorer.rank(emb, bias, k, seen=seen_sets, ranking=ranking, candidates=n_candidates).movie_idx
+            return scorer.rank(
+                emb, bias, k, seen=seen_sets, allowed=every_movie, ranking=ranking, candidates=n_candidates
+            ).movie_idx
 
         return rank
 
@@ -157,7 +246,7 @@ def evaluate_model(
     result["scoring"] = scoring_description(scorer.ranking, candidates)
     result["max_users"] = max_users
     if variants and scorer.has_watch:
-        sample = min(max_users or VARIANT_USERS, VARIANT_USERS)
+        sample = min(max_users or VARIANT_USERS, VARIANT_USERS, max(1, VARIANT_PAIRS // prepared.n_movies))
         result["variants"] = {
             "rating_only": evaluate_ranking(
                 None,
@@ -190,8 +279,30 @@ def evaluate_model(
             max_users=max_users,
             seed=seed,
             on_progress=on_progress,
+            held_out=held_out,
         )
     return result
+
+
+def in_threads(predict_fn: PredictFn, *, chunk: int = 1 << 18, workers: int | None = None) -> PredictFn:
+    """``predict_fn`` over fixed chunks of the pairs in parallel threads (numpy releases the GIL in its large
+    operations): the rating error of 5.4M held-out pairs ran on one core before. Chunks have a fixed size, so the
+    numbers do not depend on the number of threads."""
+
+    def predict(user_idx: np.ndarray, movie_idx: np.ndarray) -> np.ndarray:
+        def part(start: int) -> np.ndarray:
+            return np.asarray(predict_fn(user_idx[start : start + chunk], movie_idx[start : start + chunk]))
+
+        starts = range(0, len(user_idx), chunk)
+        n_threads = min(workers or available_cpus(), len(starts))
+        if n_threads <= 1:
+            parts = [part(s) for s in starts]
+        else:
+            with ThreadPoolExecutor(n_threads) as pool:
+                parts = list(pool.map(part, starts))
+        return np.concatenate(parts) if parts else np.asarray(predict_fn(user_idx, movie_idx))
+
+    return predict
 
 
 def ndcg_by_blend(
@@ -274,11 +385,11 @@ def evaluate_ratings(
 def evaluate_ranking(
     score_fn: ScoreFn | None,
     *,
-    train_user_idx: np.ndarray,
-    train_movie_idx: np.ndarray,
-    eval_user_idx: np.ndarray,
-    eval_movie_idx: np.ndarray,
-    eval_rating: np.ndarray,
+    train_user_idx: np.ndarray | None,
+    train_movie_idx: np.ndarray | None,
+    eval_user_idx: np.ndarray | None,
+    eval_movie_idx: np.ndarray | None,
+    eval_rating: np.ndarray | None,
     n_users: int,
     n_movies: int,
     ks: Sequence[int] = (10,),
@@ -288,11 +399,13 @@ def evaluate_ranking(
     seed: int = 0,
     on_progress: ProgressFn | None = None,
     rank_fn: RankFn | None = None,
+    held_out: HeldOut | None = None,
 ) -> dict[str, float]:
     """Full-ranking top-K metrics of ``score_fn`` at each ``k`` in ``ks``, plus ``n_users`` evaluated.
 
     ``rank_fn``, when given, replaces ``score_fn`` (pass None for it): it returns each user's top K directly, so a
-    model can rank without materialising every score (the scorer's two-stage retrieval).
+    model can rank without materialising every score (the scorer's two-stage retrieval). ``held_out``, when given,
+    replaces the five pair arrays (pass None for them): the seen and relevant sets built once for several models.
 
     Each evaluated user's train items are excluded from their ranking (a recommender should not be credited for
     re-recommending what the user already rated, nor penalised for scoring it high). A user is evaluated only if
@@ -302,19 +415,24 @@ def evaluate_ranking(
     :class:`~embedrec.errors.DataError` when no user has a relevant item, since every metric would be undefined.
     """
     ks = _check_ranking_options(ks, batch_size=batch_size, max_users=max_users, n_movies=n_movies)
-    train = ItemSets.from_pairs(train_user_idx, train_movie_idx, n_rows=n_users, n_items=n_movies)
-    is_relevant = np.asarray(eval_rating) >= relevance
-    relevant = ItemSets.from_pairs(
-        np.asarray(eval_user_idx)[is_relevant],
-        np.asarray(eval_movie_idx)[is_relevant],
-        n_rows=n_users,
-        n_items=n_movies,
-    )
-    users = np.flatnonzero(relevant.lengths() > 0)
+    if held_out is None:
+        if train_user_idx is None or train_movie_idx is None or eval_user_idx is None or eval_movie_idx is None:
+            raise ValueError("pass the train and eval pairs, or held_out")
+        assert eval_rating is not None
+        held_out = HeldOut.from_pairs(
+            train_user_idx=train_user_idx,
+            train_movie_idx=train_movie_idx,
+            eval_user_idx=eval_user_idx,
+            eval_movie_idx=eval_movie_idx,
+            eval_rating=eval_rating,
+            n_users=n_users,
+            n_movies=n_movies,
+            relevance=relevance,
+        )
+    train, relevant = held_out.seen, held_out.relevant
+    users = held_out.users(max_users=max_users, seed=seed)
     if users.size == 0:
         raise DataError(f"no user has an eval rating >= {relevance}; ranking metrics are undefined")
-    if max_users is not None and users.size > max_users:
-        users = np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
 
     k_max = max(ks)
     topk = np.empty((users.size, k_max), dtype=np.int32)
@@ -354,6 +472,7 @@ def evaluate_baselines(
     max_users: int | None = None,
     seed: int = 0,
     on_progress: StageProgressFn | None = None,
+    held_out: HeldOut | None = None,
 ) -> dict[str, dict[str, float | str]]:
     """Fit every baseline on the train split and evaluate it on ``eval_split`` (``embedrec.data.split`` codes).
 
@@ -363,7 +482,8 @@ def evaluate_baselines(
     Returns ``{"global_mean": {"rmse", "mae"}, "bias": {"rmse", "mae"}, "popular": {...}, "top_rated": {...},
     "ease": {...}}``, the ranking entries keyed like :func:`evaluate_ranking`. When the catalogue has more than
     ``ease_max_items`` movies, EASE is not fitted and its entry is ``{"skipped": "<reason>"}``, so one
-    oversized baseline does not cost the others.
+    oversized baseline does not cost the others. ``held_out``: the seen and relevant sets of ``eval_split`` when the
+    caller has built them already (:class:`HeldOut`), else they are built here once for every baseline.
     """
     split = np.asarray(split)
     train = split == TRAIN
@@ -378,6 +498,17 @@ def evaluate_baselines(
     sizes: dict[str, Any] = {"n_users": n_users, "n_movies": n_movies}
     test_rows = {"user_idx": user_idx[test], "movie_idx": movie_idx[test], "rating": rating[test]}
 
+    if held_out is None:
+        held_out = HeldOut.from_pairs(
+            train_user_idx=user_idx[seen],
+            train_movie_idx=movie_idx[seen],
+            eval_user_idx=test_rows["user_idx"],
+            eval_movie_idx=test_rows["movie_idx"],
+            eval_rating=test_rows["rating"],
+            n_users=n_users,
+            n_movies=n_movies,
+            relevance=relevance,
+        )
     results: dict[str, dict[str, float | str]] = {}
     for name, rating_model in (("global_mean", GlobalMean()), ("bias", BiasBaseline())):
         rating_model.fit(*fit_args, **sizes)
@@ -389,11 +520,12 @@ def evaluate_baselines(
                 score_fn,
                 rank_fn=rank_fn,
                 on_progress=None if on_progress is None else (lambda done, total: on_progress(name, done, total)),
-                train_user_idx=user_idx[seen],
-                train_movie_idx=movie_idx[seen],
-                eval_user_idx=test_rows["user_idx"],
-                eval_movie_idx=test_rows["movie_idx"],
-                eval_rating=test_rows["rating"],
+                train_user_idx=None,
+                train_movie_idx=None,
+                eval_user_idx=None,
+                eval_movie_idx=None,
+                eval_rating=None,
+                held_out=held_out,
                 ks=ks,
                 relevance=relevance,
                 batch_size=batch_size,

@@ -91,7 +91,10 @@ class ItemSets:
             raise ValueError(f"row index out of range [0, {n_rows})")
         if items.size and (items.min() < 0 or items.max() >= n_items):
             raise ValueError(f"item index out of range [0, {n_items})")
-        keys = np.unique(rows * n_items + items)
+        # sort, then drop repeats: numpy 2's np.unique is ~80x slower than np.sort on 2.5M int64 keys (5.8 s vs 0.07 s)
+        keys = np.sort(rows * n_items + items)
+        if keys.size > 1:
+            keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
         counts = np.bincount(keys // n_items, minlength=n_rows)
         indptr = np.zeros(n_rows + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
@@ -167,7 +170,7 @@ def top_k(scores: np.ndarray, k: int, *, exclude: np.ndarray | None = None) -> n
         raise ValueError(f"k must be at least 1, got {k}")
     if not np.issubdtype(scores.dtype, np.floating):
         scores = scores.astype(np.float64)
-    if np.isnan(scores).any():
+    if scores.size and np.isnan(np.max(scores)):  # max propagates NaN, and reads the matrix once without a mask
         raise ValueError("scores contain NaN")
     if exclude is not None:
         if exclude.shape != scores.shape:
@@ -176,7 +179,7 @@ def top_k(scores: np.ndarray, k: int, *, exclude: np.ndarray | None = None) -> n
     n_rows, n_items = scores.shape
     kk = min(k, n_items)
     if kk < n_items:
-        part = np.argpartition(scores, n_items - kk, axis=1)[:, n_items - kk :]
+        part = _largest_unsorted(scores, kk)
     else:
         part = np.broadcast_to(np.arange(n_items), (n_rows, n_items))
     part_scores = np.take_along_axis(scores, part, axis=1)
@@ -184,6 +187,57 @@ def top_k(scores: np.ndarray, k: int, *, exclude: np.ndarray | None = None) -> n
     out = np.full((n_rows, k), -1, dtype=np.int32)
     out[:, :kk] = np.take_along_axis(part, order, axis=1)
     out[:, :kk][np.take_along_axis(part_scores, order, axis=1) == -np.inf] = -1
+    return out
+
+
+_SAMPLE_RANK = 48
+"""The rank within the sample that sets the threshold: enough sampled values above it that the count of scores
+above it in the whole row varies by ~15%, so it is rarely short of ``k``."""
+
+
+def _largest_unsorted(scores: np.ndarray, kk: int) -> np.ndarray:
+    """Positions of the ``kk`` largest scores of each row (unordered), ``kk < n_items``: the set
+    ``argpartition(scores, n - kk)[:, n - kk:]`` gives, found faster in a wide row.
+
+    A full ``argpartition`` over 86,000 movies per user dominated two-stage ranking at full MovieLens scale. Instead,
+    a threshold per row is read off a strided sample of the row (its ``_SAMPLE_RANK``-th largest value, the stride
+    chosen so that about 3 x ``kk`` scores of the row, and at least ~400, lie at or above it), the scores at or above
+    it are packed into a narrow matrix, and ``argpartition`` runs over that. Every score above the threshold is kept,
+    so when a row has at least ``kk`` of them its top ``kk`` is exactly the row's; the rare row with fewer (or with a
+    non-finite threshold: a row of mostly excluded items) goes through the full ``argpartition``. Ties at the
+    ``kk``-th score may pick other (equal) items than the plain path, as ``argpartition`` itself breaks ties
+    arbitrarily.
+    """
+    n_rows, n_items = scores.shape
+    stride = max(8, (3 * kk) // _SAMPLE_RANK)  # small k: every 8th score, and ~400 kept per row (cheap to pack)
+    if n_items < 8 * _SAMPLE_RANK * stride or n_items < 12 * kk:  # too narrow to save anything: the plain selection
+        return np.argpartition(scores, n_items - kk, axis=1)[:, n_items - kk :]
+    sample = np.ascontiguousarray(scores[:, ::stride])
+    j = min(_SAMPLE_RANK, sample.shape[1])
+    threshold = np.partition(sample, sample.shape[1] - j, axis=1)[:, sample.shape[1] - j]
+    flat = np.flatnonzero(scores >= threshold[:, None])  # ~3 x kk per row; 2-D nonzero is 5x slower
+    r, c = np.divmod(flat, n_items)
+    counts = np.bincount(r, minlength=n_rows)
+    fast = (counts >= kk) & np.isfinite(threshold)
+    out = np.empty((n_rows, kk), dtype=np.intp)
+    slow = np.flatnonzero(~fast)
+    if slow.size:
+        out[slow] = np.argpartition(scores[slow], n_items - kk, axis=1)[:, n_items - kk :]
+        keep = fast[r]
+        r, c = r[keep], c[keep]
+    rows = np.flatnonzero(fast)
+    if rows.size:
+        n = counts[rows]
+        width = int(n.max())
+        packed_row = np.cumsum(fast) - 1  # row index -> its row in the packed matrix
+        # flat positions throughout: 1-D fancy indexing is several times faster than (row, column) pairs
+        dest = packed_row[r] * width + (np.arange(r.size) - np.repeat(np.cumsum(n) - n, n))
+        packed = np.full(rows.size * width, -np.inf, dtype=scores.dtype)
+        packed[dest] = np.take(scores, r * n_items + c)
+        cols = np.zeros(rows.size * width, dtype=np.intp)
+        cols[dest] = c
+        chosen = np.argpartition(packed.reshape(rows.size, width), width - kk, axis=1)[:, width - kk :]
+        out[rows] = np.take_along_axis(cols.reshape(rows.size, width), chosen, axis=1)
     return out
 
 
@@ -229,7 +283,9 @@ def ranking_metrics(topk: np.ndarray, relevant: ItemSets, *, ks: Sequence[int]) 
         out[f"ndcg@{k}"] = float(np.mean((h @ discount[:k]) / idcg))
         out[f"hr@{k}"] = float(np.mean(n_hits > 0))
         out[f"map@{k}"] = float(np.mean((precision_at_i[:, :k] * h).sum(axis=1) / ideal))
-        out[f"coverage@{k}"] = float(np.unique(shown[shown >= 0]).size / n_items)
+        listed = np.zeros(n_items, dtype=bool)  # a flag per item: np.unique over 2.5M entries took seconds
+        listed[shown[shown >= 0]] = True
+        out[f"coverage@{k}"] = float(np.count_nonzero(listed) / n_items)
     return out
 
 

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
     from embedrec.artifacts import ModelArtifact
     from embedrec.data.store import PreparedData
+    from embedrec.data.user_index import UserIndex
 
 USER_BLOCK = 256  # users per block of batch top-K: (256, n_movies) float32 retrieval scores at a time
 
@@ -84,6 +85,7 @@ class Recommender:
         self.prepared = prepared
         self._seen: ItemSets | None = None
         self._rated: tuple[np.ndarray, np.ndarray] | None = None
+        self._index: UserIndex | None = None  # the prepared folder's per-user CSR, when it has one and matches
         self._counts: np.ndarray | None = None
         self._popularity: np.ndarray | None = None
         if prepared is not None:
@@ -120,6 +122,11 @@ class Recommender:
         return self.prepared is not None and self.prepared.fingerprint == self.artifact.fingerprint
 
     def _index_prepared(self, prepared: PreparedData) -> None:
+        if self.fingerprint_matches and prepared.user_index is not None:
+            # the per-user index written by prepare: no rating is read until a batch needs every user's seen set
+            self._index = prepared.user_index
+            self._counts = np.asarray(self._index.movie_counts)
+            return
         if self.fingerprint_matches:
             u, m, r = prepared.user_idx, prepared.movie_idx, prepared.rating
         else:  # re-prepared data: map through raw ids, dropping what the model does not know
@@ -137,6 +144,12 @@ class Recommender:
         and at 27M ratings they cost a few hundred milliseconds of every ``recommend --user`` process."""
         from embedrec.baselines import TopRated
 
+        if self._popularity is None and self._index is not None:
+            self._popularity = (
+                TopRated()
+                .fit_totals(np.asarray(self._index.movie_counts), np.asarray(self._index.movie_rating_sums))
+                .scores_
+            )
         if self._popularity is None and self._rated is not None:
             u, m = self._rated
             n_users, n_movies = len(self.user_vocab), len(self.movie_vocab)
@@ -148,7 +161,14 @@ class Recommender:
         return self._popularity
 
     def _seen_sets(self) -> ItemSets | None:
-        """Every user's rated movies (all splits) as CSR, built on first use by a counting sort (no 2M-key sort)."""
+        """Every user's rated movies (all splits) as CSR: the prepared index, or built on first use by a counting
+        sort (no 2M-key sort)."""
+        if self._seen is None and self._index is not None:
+            self._seen = ItemSets(
+                indptr=np.asarray(self._index.indptr),
+                indices=np.asarray(self._index.movie_idx),
+                n_items=len(self.movie_vocab),
+            )
         if self._seen is None and self._rated is not None:
             u, m = self._rated
             counts = np.bincount(u, minlength=len(self.user_vocab))
@@ -160,7 +180,9 @@ class Recommender:
     def seen_mask(self, user_idx: int) -> np.ndarray:
         """(n_movies,) True where the user rated the movie in the prepared data; all False without it."""
         out = np.zeros(len(self.movie_vocab), dtype=bool)
-        if self._seen is not None:
+        if self._index is not None:
+            out[self._index.movies_of(user_idx)] = True
+        elif self._seen is not None:
             out[self._seen.indices[self._seen.indptr[user_idx] : self._seen.indptr[user_idx + 1]]] = True
         elif self._rated is not None:
             u, m = self._rated

@@ -88,7 +88,10 @@ def find_data_dir(workdir: Path | None, data: Path | None, artifact: ModelArtifa
 def load_model_and_data(
     *, workdir: Path | None = None, model: Path | None = None, data: Path | None = None, strict: bool = False
 ) -> Loaded:
-    """The model and its prepared data. ``strict``: data is required and must be the data the model was trained on."""
+    """The model and its prepared data. ``strict``: data is required and must be the data the model was trained on.
+
+    Not strict (serving), the ratings are read only if something needs them all (``--all-users``, data the model was
+    not trained on, a folder without the per-user index): one user's request reads that index alone."""
     from embedrec.artifacts import load_model
     from embedrec.data.store import load_prepared
 
@@ -100,9 +103,18 @@ def load_model_and_data(
         return Loaded(
             artifact, None, (("note", "no prepared data found: seen movies are not filtered (pass --data DIR)"),)
         )
-    prepared = load_prepared(folder)
+    prepared = load_prepared(folder, lazy=not strict)
     if prepared.fingerprint == artifact.fingerprint:
-        return Loaded(artifact, prepared)
+        notes: tuple[Note, ...] = ()
+        if prepared.user_index is None and not strict:
+            notes = (
+                (
+                    "note",
+                    f"{folder} was prepared by an older embedrec, without the per-user index: every request reads "
+                    "all its ratings (run `embedrec prepare` again to make one user's request fast)",
+                ),
+            )
+        return Loaded(artifact, prepared, notes)
     message = (
         f"the model {artifact.path} was trained on data {artifact.fingerprint or '?'}, but {folder} is "
         f"{prepared.fingerprint}"

@@ -52,7 +52,7 @@ from embedrec.model import TABLE_GROUPS, EmbeddingConcat, GenreInputs, data_shap
 from embedrec.sampling import popularity_cdf, seen_filter
 from embedrec.sparse_adam import SlabLayout, head_optimizer
 from embedrec.step import StepParts, StepSettings, TrainState, init_state, make_train_block, state_tables
-from embedrec.validation import make_predict_fn, make_user_scorer, predict_in_batches, rank_on_split
+from embedrec.validation import SplitRanking, make_predict_fn, make_user_scorer, predict_in_batches
 
 if TYPE_CHECKING:
     from embedrec.data.store import PreparedData
@@ -366,7 +366,7 @@ def _set_up(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConf
     val_split = Ratings.of_split(prepared, VAL, np.float64)
     rank_val = None
     if model_cfg.watch_head and train_cfg.val_users > 0 and len(val_split.users):
-        rank_val = partial(rank_on_split, prepared=prepared, split_code=VAL, max_users=train_cfg.val_users)
+        rank_val = SplitRanking(prepared, split_code=VAL, max_users=train_cfg.val_users)  # sets built once per run
     run = Run(
         prepared=prepared,
         train_cfg=train_cfg,

@@ -56,6 +56,24 @@ def test_recommend_defaults_to_the_workdir(workdir: Path, ids: dict) -> None:
     assert res.exit_code == 0 and len(res.stdout.strip().splitlines()) == 5
 
 
+def test_data_prepared_before_the_user_index_still_serves_and_says_how_to_speed_it_up(
+    workdir: Path, ids: dict, tmp_path: Path
+) -> None:
+    old = tmp_path / "old-data"
+    shutil.copytree(workdir / "data", old)
+    for f in old.glob("*.npy"):
+        f.unlink()
+    summary = json.loads((old / "summary.json").read_text())
+    del summary["user_index"]
+    (old / "summary.json").write_text(json.dumps(summary))
+    args = ("recommend", "--user", ids["user"], "--workdir", workdir, "--format", "json")
+    res_old, res_new = run(*args, "--data", old), run(*args)
+    assert res_old.exit_code == 0, res_old.output
+    assert "without the per-user index" in res_old.stderr and "embedrec prepare" in res_old.stderr
+    assert "per-user index" not in res_new.stderr
+    assert json.loads(res_old.stdout) == json.loads(res_new.stdout)
+
+
 def test_recommend_cold_start_and_fold_in(workdir: Path, ids: dict, tmp_path: Path) -> None:
     res = run("recommend", "--user", 10**9, "--workdir", workdir, "--format", "json", "-k", "5")
     assert res.exit_code == 0

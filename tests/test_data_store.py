@@ -155,3 +155,70 @@ def test_raw_id_lookup_accepts_any_array_like() -> None:
     assert got.tolist() == [2, 2, 2, -1, -1, -1, 3, -1]
     assert lookup_ids(known, np.array([[1, 5], [7, 42]])).tolist() == [[0, 1], [-1, 2]]
     assert lookup_ids(known, []).shape == (0,)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the per-user index (what `recommend --user` reads instead of every rating)
+# ---------------------------------------------------------------------------------------------------------------
+def test_the_user_index_holds_each_users_movies_and_the_movie_totals(synthetic_prepared: Path) -> None:
+    d = load_prepared(synthetic_prepared)
+    index = d.user_index
+    assert index is not None
+    meta = json.loads((synthetic_prepared / "summary.json").read_text())["user_index"]
+    assert meta["schema_version"] == 1 and meta["files"]["movie_idx"]["length"] == d.summary["n_ratings"]
+    for u in (0, 1, 57, d.n_users - 1):
+        mine = d.user_idx == u
+        assert index.movies_of(u).tolist() == sorted(d.movie_idx[mine].tolist())
+        before_test = mine & (d.split < 2)
+        assert index.movies_of(u, before_split=2).tolist() == sorted(d.movie_idx[before_test].tolist())
+    order = np.lexsort((d.movie_idx, d.user_idx))
+    np.testing.assert_array_equal(index.split, d.split[order])
+    np.testing.assert_array_equal(index.movie_counts, np.bincount(d.movie_idx, minlength=d.n_movies))
+    np.testing.assert_array_equal(
+        index.movie_rating_sums, np.bincount(d.movie_idx, d.rating.astype(np.float64), minlength=d.n_movies)
+    )
+    with pytest.raises(IndexError):
+        index.movies_of(d.n_users)
+
+
+def test_a_lazy_load_reads_no_rating_until_one_is_used(synthetic_prepared: Path) -> None:
+    d = load_prepared(synthetic_prepared, lazy=True)
+    assert "_ratings" not in d.__dict__ and d.user_index is not None
+    assert isinstance(d.user_index.movie_idx, np.memmap)
+    eager = load_prepared(synthetic_prepared)
+    np.testing.assert_array_equal(d.rating, eager.rating)  # first use reads them
+    assert "_ratings" in d.__dict__
+
+
+def _without_index(src: Path, dst: Path) -> Path:
+    """A copy of a prepared folder as an embedrec before the per-user index wrote it."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    for f in dst.glob("*.npy"):
+        f.unlink()
+    summary = json.loads((dst / "summary.json").read_text())
+    del summary["user_index"]
+    (dst / "summary.json").write_text(json.dumps(summary))
+    return dst
+
+
+def test_a_folder_prepared_before_the_index_still_loads(synthetic_prepared: Path, tmp_path: Path) -> None:
+    old = load_prepared(_without_index(synthetic_prepared, tmp_path / "old"), lazy=True)
+    assert old.user_index is None
+    np.testing.assert_array_equal(old.movie_idx, load_prepared(synthetic_prepared).movie_idx)
+
+
+def test_a_damaged_index_is_one_clear_error(synthetic_prepared: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from embedrec.errors import ArtifactError
+
+    bad = tmp_path / "bad"
+    shutil.copytree(synthetic_prepared, bad)
+    np.save(bad / "user_ratings_movie_idx.npy", np.zeros(5, np.int32))
+    with pytest.raises(ArtifactError, match=r"user_ratings_movie_idx.npy holds int32\[5\].*prepare"):
+        load_prepared(bad, lazy=True)
+    (bad / "user_ratings_movie_idx.npy").unlink()
+    with pytest.raises(ArtifactError, match="user_ratings_movie_idx.npy is missing or unreadable"):
+        load_prepared(bad)

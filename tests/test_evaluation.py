@@ -184,3 +184,61 @@ def test_evaluate_model_reports_model_and_baselines(trained: Path, prepared) -> 
     assert set(got["variants"]) == {"rating_only", "watch_only"}
     assert got["rmse"] < got["baselines"]["global_mean"]["rmse"]
     json.dumps(got)
+
+
+def _without_user_index(src: Path, dst: Path) -> Path:
+    """A copy of a prepared folder as an embedrec before the per-user index wrote it."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    for f in dst.glob("*.npy"):
+        f.unlink()
+    summary = json.loads((dst / "summary.json").read_text())
+    del summary["user_index"]
+    (dst / "summary.json").write_text(json.dumps(summary))
+    return dst
+
+
+@pytest.mark.parametrize("split_code", [1, 2])
+def test_held_out_sets_from_the_user_index_equal_those_from_the_pairs(prepared, split_code: int) -> None:
+    from embedrec.evaluation import HeldOut
+
+    assert prepared.user_index is not None
+    fast = HeldOut.from_prepared(prepared, split_code=split_code, relevance=4.0)
+    earlier, held = prepared.split < split_code, prepared.split == split_code
+    ref = HeldOut.from_pairs(
+        train_user_idx=prepared.user_idx[earlier],
+        train_movie_idx=prepared.movie_idx[earlier],
+        eval_user_idx=prepared.user_idx[held],
+        eval_movie_idx=prepared.movie_idx[held],
+        eval_rating=prepared.rating[held],
+        n_users=prepared.n_users,
+        n_movies=prepared.n_movies,
+        relevance=4.0,
+    )
+    for a, b in ((fast.seen, ref.seen), (fast.relevant, ref.relevant)):
+        np.testing.assert_array_equal(a.indptr, b.indptr)
+        np.testing.assert_array_equal(a.indices, b.indices)
+    users = fast.users(max_users=50, seed=1)
+    np.testing.assert_array_equal(users, ref.users(max_users=50, seed=1))
+    assert users.size == 50 and (fast.relevant.lengths()[users] > 0).all()
+
+
+def test_evaluate_model_gives_the_same_numbers_with_or_without_the_user_index(
+    trained: Path, synthetic_prepared: Path, tmp_path: Path
+) -> None:
+    from embedrec.artifacts import load_model
+    from embedrec.data import load_prepared
+    from embedrec.evaluation import evaluate_model, in_threads
+    from embedrec.scoring import Scorer
+
+    scorer = Scorer.from_artifact(load_model(trained))
+    new = load_prepared(synthetic_prepared)
+    old = load_prepared(_without_user_index(synthetic_prepared, tmp_path / "old"))
+    assert old.user_index is None and old.fingerprint == new.fingerprint
+    assert evaluate_model(scorer, new, ks=(5, 10)) == evaluate_model(scorer, old, ks=(5, 10))
+    u, m = new.user_idx[:20_000], new.movie_idx[:20_000]
+    threaded = in_threads(scorer.predict_pairs, chunk=4096, workers=3)(u, m)
+    # the chunks, not the threads, decide the numbers (BLAS may round a row differently in another block size)
+    np.testing.assert_array_equal(threaded, in_threads(scorer.predict_pairs, chunk=4096, workers=1)(u, m))
+    np.testing.assert_allclose(threaded, scorer.predict_pairs(u, m), rtol=1e-6)

@@ -65,6 +65,40 @@ def test_top_k_accepts_integer_scores_and_rejects_nan() -> None:
         top_k(np.array([[1.0, np.nan]]), 1)
 
 
+def _top_k_by_full_sort(scores: np.ndarray, k: int) -> np.ndarray:
+    """The definition top_k must meet: a stable sort of every row, -inf never listed."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    out = np.where(np.take_along_axis(scores, order, axis=1) == -np.inf, -1, order)
+    return np.pad(out, ((0, 0), (0, max(0, k - out.shape[1]))), constant_values=-1).astype(np.int32)
+
+
+@pytest.mark.parametrize("k", [1, 10, 100, 500, 800])
+def test_top_k_over_a_wide_catalogue_equals_a_full_sort(k: int) -> None:
+    """Wide rows take the threshold prefilter (a strided sample sets a per-row cut, only scores above it are
+    partitioned); rows where the cut keeps fewer than k scores, mostly-excluded rows and all-excluded rows take the
+    plain path. Every case must list exactly what sorting the whole row lists."""
+    rng = np.random.default_rng(k)
+    n_items = 30_000
+    scores = rng.standard_normal((24, n_items)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.01] = -np.inf  # seen movies
+    scores[1, : n_items - k // 2] = -np.inf  # fewer eligible movies than k: a short list
+    scores[2] = -np.inf  # everything excluded
+    scores[3, :: max(8, 3 * k // 48)] += 10.0  # the sample is the best movies: its cut keeps too few for k >= 48
+    scores[4] = np.linspace(0, 1, n_items, dtype=np.float32)  # sorted rows: the best all at one end
+    scores[5] = scores[4, ::-1]
+    np.testing.assert_array_equal(top_k(scores, k), _top_k_by_full_sort(scores, k))
+    np.testing.assert_array_equal(top_k(scores.astype(np.float64), k), _top_k_by_full_sort(scores, k))
+
+
+def test_top_k_with_ties_lists_the_same_scores_as_a_full_sort() -> None:
+    rng = np.random.default_rng(5)
+    scores = rng.integers(0, 50, (16, 20_000)).astype(np.float32)  # many ties at every cut
+    got = top_k(scores, 500)
+    want = _top_k_by_full_sort(scores, 500)
+    np.testing.assert_array_equal(np.take_along_axis(scores, got, axis=1), np.take_along_axis(scores, want, axis=1))
+    assert all(len(set(row)) == 500 for row in got.tolist())
+
+
 def test_ranking_metrics_by_hand() -> None:
     # 6 items, K = 3.
     # user 0: list [0, 1, 2], relevant {1, 4}: one hit at position 2.

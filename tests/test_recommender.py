@@ -162,3 +162,40 @@ def test_fold_in_and_predict_never_import_jax(planted: Path, synthetic_prepared:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert '"rating"' in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one user's request reads the per-user index, never every rating; folders without it take the old path
+# ---------------------------------------------------------------------------------------------------------------
+def test_one_users_request_reads_no_rating_and_matches_the_full_read(
+    planted: Path, synthetic_prepared: Path, tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    from embedrec.artifacts import load_model
+    from embedrec.data import load_prepared
+    from embedrec.recommender import Recommender
+
+    old_folder = tmp_path / "old"  # the same data as an embedrec before the per-user index wrote it
+    shutil.copytree(synthetic_prepared, old_folder)
+    for f in old_folder.glob("*.npy"):
+        f.unlink()
+    summary = json.loads((old_folder / "summary.json").read_text())
+    del summary["user_index"]
+    (old_folder / "summary.json").write_text(json.dumps(summary))
+    slow = Recommender(load_model(planted), load_prepared(old_folder))
+    lazy = load_prepared(synthetic_prepared, lazy=True)
+    fast = Recommender(load_model(planted), lazy)
+    for u in (0, 5, 77):
+        user = int(lazy.user_ids[u])
+        for options in ({}, {"genre": "Drama", "min_ratings": 10}, {"filter_seen": False}):
+            a, b = fast.recommend(user, k=15, **options), slow.recommend(user, k=15, **options)
+            assert a["movie_id"].tolist() == b["movie_id"].tolist()
+        np.testing.assert_array_equal(fast.seen_mask(u), slow.seen_mask(u))
+    np.testing.assert_array_equal(fast.rating_counts(), slow.rating_counts())
+    a, b = fast.popular(k=20), slow.popular(k=20)
+    assert a["movie_id"].tolist() == b["movie_id"].tolist() and a["score"].tolist() == b["score"].tolist()
+    assert "_ratings" not in lazy.__dict__  # none of the above read ratings.parquet
+    many_fast = fast.recommend_many(lazy.user_ids[:30], k=5)
+    assert many_fast["movie_id"].tolist() == slow.recommend_many(lazy.user_ids[:30], k=5)["movie_id"].tolist()

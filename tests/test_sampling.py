@@ -12,7 +12,10 @@ import pytest
 from embedrec.data import load_prepared
 from embedrec.data.split import TRAIN
 from embedrec.sampling import (
+    MAX_FILTER_BITS,
+    filter_bits,
     maybe_seen,
+    maybe_seen_np,
     mix_seed,
     pair_hash,
     pair_hash_np,
@@ -42,6 +45,38 @@ def test_sampled_negatives_never_include_a_rated_movie(prepared) -> None:
     flagged = np.asarray(maybe_seen(bits, jnp.asarray(cu), jnp.asarray(cm)))
     assert flagged[~unrated].all()
     assert flagged[unrated].mean() < 0.03
+
+
+def test_the_seen_filter_stops_at_the_32_bit_hash_range_past_67m_pairs() -> None:
+    """Past 2**26 pairs 64 bits per pair would need more than 2**32 bits, which a uint32 mask cannot hold (the
+    filter used to crash with an OverflowError there); it stays at 2**32, where every hash bit addresses it."""
+    assert filter_bits(1_000) == 1 << 16
+    assert filter_bits(1 << 26) == 1 << 32
+    assert filter_bits((1 << 26) + 1) == MAX_FILTER_BITS == 1 << 32
+    assert filter_bits(10_000_000_000) == 1 << 32
+    rng = np.random.default_rng(3)
+    u = rng.integers(0, 300_000, 20_000)
+    m = rng.integers(0, 90_000, 20_000)
+    words = seen_filter(u, m, n_bits=MAX_FILTER_BITS)  # what 70M pairs get; zero pages cost no memory until set
+    assert words.size == (1 << 32) // 32
+    assert maybe_seen_np(words, u, m).all()
+    # each distinct 32-bit hash sets its own bit: no mask folded two hashes onto one bit
+    assert int(np.bitwise_count(words).sum()) == np.unique(pair_hash_np(u, m)).size
+    cu, cm = rng.integers(0, 300_000, 20_000), rng.integers(0, 90_000, 20_000)
+    assert maybe_seen_np(words, cu, cm).mean() < 0.001
+    with pytest.raises(ValueError, match="power of two"):
+        seen_filter(u, m, n_bits=(1 << 32) * 2)
+
+
+def test_the_numpy_and_jax_filter_lookups_agree(prepared) -> None:
+    train_rows = prepared.split == TRAIN
+    u, m = prepared.user_idx[train_rows], prepared.movie_idx[train_rows]
+    words = seen_filter(u, m)
+    rng = np.random.default_rng(4)
+    cu, cm = rng.integers(0, prepared.n_users, 20_000), rng.integers(0, prepared.n_movies, 20_000)
+    np.testing.assert_array_equal(
+        maybe_seen_np(words, cu, cm), np.asarray(maybe_seen(jnp.asarray(words), jnp.asarray(cu), jnp.asarray(cm)))
+    )
 
 
 def test_the_numpy_and_jax_pair_hashes_agree() -> None:

@@ -219,3 +219,46 @@ def test_recency_priors_are_offered_only_when_the_data_is_split_by_time(
         )
         np.testing.assert_allclose(prior, want)
         assert np.all(prior <= counts + 1e-6) and prior.sum() < counts.sum()
+
+
+def test_validation_ranking_builds_its_sets_once_and_matches_evaluate_ranking(ml100k_prepared: Path) -> None:
+    """The per-epoch val NDCG@10 (SplitRanking) equals evaluate_ranking over the pairs, epoch after epoch: the sets
+    built once per run from the per-user index change no number on ML-100K."""
+    from embedrec.data import load_prepared
+    from embedrec.data.split import VAL
+    from embedrec.evaluation import evaluate_ranking
+    from embedrec.validation import SplitRanking, rank_on_split, training_relevance
+
+    prepared = load_prepared(ml100k_prepared)
+    rng = np.random.default_rng(0)
+    emb_u = rng.standard_normal((prepared.n_users, 8)).astype(np.float32)
+    emb_m = rng.standard_normal((prepared.n_movies, 8)).astype(np.float32)
+
+    def score(users: np.ndarray) -> np.ndarray:
+        return emb_u[users] @ emb_m.T
+
+    earlier, held = prepared.split < VAL, prepared.split == VAL
+    ref = evaluate_ranking(
+        score,
+        train_user_idx=prepared.user_idx[earlier],
+        train_movie_idx=prepared.movie_idx[earlier],
+        eval_user_idx=prepared.user_idx[held],
+        eval_movie_idx=prepared.movie_idx[held],
+        eval_rating=prepared.rating[held],
+        n_users=prepared.n_users,
+        n_movies=prepared.n_movies,
+        ks=(10,),
+        relevance=training_relevance(prepared),
+        max_users=300,
+        seed=0,
+    )["ndcg@10"]
+    ranking = SplitRanking(prepared, split_code=VAL, max_users=300)
+    assert (
+        ranking(score)
+        == ranking(score)
+        == ref
+        == rank_on_split(score, prepared=prepared, split_code=VAL, max_users=300)
+    )
+    assert ranking._held_out is not None  # kept for the next epoch
+    emb_m[:] = rng.standard_normal(emb_m.shape)  # "the next epoch": other weights, the same sets
+    assert ranking(score) != ref

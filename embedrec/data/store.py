@@ -22,11 +22,19 @@ Folder layout (schema_version 1; this is the contract ``train`` and the recommen
 - ``summary.json``: ``schema_version``, ``format``, ``source``, ``n_ratings``, ``n_users``, ``n_movies``,
   ``n_genre_strings``, ``n_genres``, ``rating_min``, ``rating_max``, ``rating_mean``, ``n_train``, ``n_val``,
   ``n_test``, ``split`` {method, test_frac, val_frac, seed}, ``dropped`` {reason: count}, ``filtered`` {filter: count},
-  ``fingerprint``, ``created`` (ISO time), ``n_read`` (rating rows read).
+  ``fingerprint``, ``created`` (ISO time), ``n_read`` (rating rows read), ``user_index`` (what the next item's
+  files hold, with their own ``schema_version``).
+- ``user_ratings_*.npy``, ``movie_rating_*.npy``: every user's rated movies as CSR and per-movie rating counts and
+  sums, memory-mapped by :func:`load_prepared` so that serving one user never reads ``ratings.parquet``
+  (:mod:`embedrec.data.user_index`). Folders an older embedrec prepared lack them and still load: serving then reads
+  every rating, as before, and says that ``prepare`` again makes it fast.
 
 Indices are dense and follow the sorted raw ids; only users and movies with kept ratings are present. The
 ``fingerprint`` is a blake2b digest (16 hex) of the five rating arrays and the four vocabulary sizes: training stores
 it and refuses to resume on different data.
+
+``load_prepared(path, lazy=True)`` reads ``ratings.parquet`` only when a rating array is first used (the file is
+opened at load time, so a ``prepare`` replacing the folder meanwhile cannot swap it).
 
 Writing is atomic: everything goes to a hidden sibling folder that replaces ``out`` by rename only when complete, and
 ``summary.json`` is written last, so an interrupted prepare never leaves a folder that :func:`load_prepared` accepts.
@@ -39,7 +47,7 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -48,6 +56,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embedrec.data.split import SPLIT_CODES
+from embedrec.data.user_index import FILE_NAMES as INDEX_FILE_NAMES
+from embedrec.data.user_index import UserIndex, build_user_index, open_user_index, write_user_index
 from embedrec.errors import ArtifactError, ConfigError
 from embedrec.locks import folder_lock
 from embedrec.tempfiles import name_target, sweep_stale
@@ -57,7 +67,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 SCHEMA_VERSION = 1
-FILES = ("ratings.parquet", "movies.parquet", "users.parquet", "vocab.json", "summary.json")
+CORE_FILES = ("ratings.parquet", "movies.parquet", "users.parquet", "vocab.json", "summary.json")
+FILES = CORE_FILES + INDEX_FILE_NAMES  # everything prepare writes (the index is absent in older folders)
+RATING_COLUMNS = {"user_idx": "int32", "movie_idx": "int32", "rating": "float32", "timestamp": "int64", "split": "int8"}
 _HOW = "run `embedrec prepare` (or pass the folder it wrote)"
 
 
@@ -194,6 +206,9 @@ def write_prepared(
             row_group_size=1 << 22,
         )
         del ratings
+        index = build_user_index(user_idx, movie_idx, rating, split, n_users=n_users, n_movies=n_movies)
+        summary["user_index"] = write_user_index(tmp, index)
+        del index
         write_vocabulary(tmp, user_ids=user_ids, movies=movies, genres=genres, genre_strings=genre_strings)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         _replace_dir(tmp, out)
@@ -270,19 +285,49 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 # ------------------------------------------------------------------------------------------------------------ reading
 @dataclass(frozen=True, eq=False)
 class PreparedData:
-    """A loaded prepared data set: rating arrays, id maps and the movie table. See the module docstring."""
+    """A loaded prepared data set: rating arrays, id maps and the movie table. See the module docstring.
+
+    The five rating arrays (``user_idx``, ``movie_idx``, ``rating``, ``timestamp``, ``split``) are read from
+    ``ratings_file`` on first use when the folder was loaded with ``lazy=True``; ``user_index`` is the memory-mapped
+    per-user index (None for folders prepared before it existed).
+    """
 
     path: Path
     summary: dict[str, Any]
-    user_idx: np.ndarray
-    movie_idx: np.ndarray
-    rating: np.ndarray
-    timestamp: np.ndarray
-    split: np.ndarray
     user_ids: np.ndarray
     movies: pd.DataFrame
     genres: list[str]
     genre_strings: list[str]
+    ratings_file: Any = field(default=None, repr=False)  # an open pyarrow ParquetFile until the arrays are read
+    user_index: UserIndex | None = None
+
+    @cached_property
+    def _ratings(self) -> dict[str, np.ndarray]:
+        """The rating arrays, read and checked once."""
+        arrays = _read_rating_arrays(self.path, self.ratings_file)
+        self.ratings_file.close()  # read once: the descriptor is not held for the object's lifetime
+        _check_rating_arrays(self, arrays)
+        return arrays
+
+    @property
+    def user_idx(self) -> np.ndarray:
+        return self._ratings["user_idx"]
+
+    @property
+    def movie_idx(self) -> np.ndarray:
+        return self._ratings["movie_idx"]
+
+    @property
+    def rating(self) -> np.ndarray:
+        return self._ratings["rating"]
+
+    @property
+    def timestamp(self) -> np.ndarray:
+        return self._ratings["timestamp"]
+
+    @property
+    def split(self) -> np.ndarray:
+        return self._ratings["split"]
 
     @property
     def n_users(self) -> int:
@@ -339,26 +384,46 @@ class PreparedData:
         return self.split == SPLIT_CODES[name]
 
 
+def read_table_frame(file: Path) -> pd.DataFrame:
+    """A small Parquet table (movies, users) as a DataFrame with the dtypes it was written with (see
+    :func:`movies_frame`). Read through ``ParquetFile``, which, unlike ``pq.read_table``, does not import
+    ``pyarrow.dataset`` (a third of a second of every ``recommend --user``); the genre lists are converted by pyarrow,
+    twice as fast as a Python loop over 86,000 arrays."""
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(file).read()
+    lists = table.column("genre_list").to_pylist() if "genre_list" in table.column_names else None
+    frame = table.drop_columns(["genre_list"]).to_pandas() if lists is not None else table.to_pandas()
+    if lists is not None:
+        frame["genre_list"] = lists
+    return movies_frame(frame)
+
+
 def movies_frame(movies: pd.DataFrame) -> pd.DataFrame:
     """A ``movies.parquet`` table as read by pyarrow, with the dtypes it was written with: Parquet's nullable int32
     year arrives as float64 whenever a year is missing (1995.0), and the genre lists as arrays."""
     if "year" in movies:
         movies["year"] = movies["year"].astype("Int32")
-    if "genre_list" in movies:
+    if "genre_list" in movies and len(movies) and not isinstance(movies["genre_list"].iloc[0], list):
         movies["genre_list"] = [list(g) for g in movies["genre_list"]]
     return movies
 
 
-def load_prepared(path: str | os.PathLike[str]) -> PreparedData:
+def load_prepared(path: str | os.PathLike[str], *, lazy: bool = False) -> PreparedData:
     """Load a folder written by ``embedrec prepare``; ArtifactError (one line) when missing, partial or outdated.
 
-    The files are read under a shared lock on the parent folder, so a ``prepare`` replacing the folder meanwhile
-    waits for the read to finish: the result is always one complete version."""
+    The files are read (or, with ``lazy``, opened) under a shared lock on the parent folder, so a ``prepare``
+    replacing the folder meanwhile waits for the read to finish: the result is always one complete version.
+    ``lazy`` defers reading the ratings to their first use: what serving one user needs (vocabularies, movie table,
+    the memory-mapped per-user index) costs milliseconds at any size."""
     path = Path(path)
     if not path.parent.is_dir():
         raise ArtifactError(f"no prepared data at {path}: {_HOW}")
     with folder_lock(path.parent, exclusive=False):
-        return _read_prepared(path)
+        data = _read_prepared(path)
+        if not lazy:
+            _ = data._ratings
+    return data
 
 
 def _read_prepared(path: Path) -> PreparedData:
@@ -366,7 +431,7 @@ def _read_prepared(path: Path) -> PreparedData:
 
     if not path.is_dir():
         raise ArtifactError(f"no prepared data at {path}: {_HOW}")
-    missing = [f for f in FILES if not (path / f).is_file()]
+    missing = [f for f in CORE_FILES if not (path / f).is_file()]
     if missing:
         raise ArtifactError(f"prepared data at {path} is incomplete (missing {', '.join(missing)}): {_HOW}")
     loaded = {}
@@ -391,62 +456,59 @@ def _read_prepared(path: Path) -> PreparedData:
     if bad or not isinstance(summary.get("fingerprint"), str):
         raise ArtifactError(f"{path / 'summary.json'} lacks or garbles {', '.join(bad) or 'fingerprint'}: {_HOW}")
     try:
-        ratings = pq.read_table(path / "ratings.parquet")
-        movies = pq.read_table(path / "movies.parquet").to_pandas()
-        users = pq.read_table(path / "users.parquet")
+        ratings = pq.ParquetFile(path / "ratings.parquet")
+        movies = read_table_frame(path / "movies.parquet")
+        users = pq.ParquetFile(path / "users.parquet").read()
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise ArtifactError(f"prepared data at {path} has an unreadable Parquet file ({exc}): {_HOW}") from None
-    need = {"user_idx", "movie_idx", "rating", "timestamp", "split"}
-    if not need <= set(ratings.column_names) or ratings.num_rows != summary.get("n_ratings"):
+    if not set(RATING_COLUMNS) <= set(ratings.schema_arrow.names) or ratings.metadata.num_rows != summary.get(
+        "n_ratings"
+    ):
         raise ArtifactError(f"{path / 'ratings.parquet'} does not match summary.json: {_HOW}")
     if len(movies) != summary.get("n_movies") or users.num_rows != summary.get("n_users"):
         raise ArtifactError(f"movies/users tables in {path} do not match summary.json: {_HOW}")
-    movies = movies_frame(movies)
-
-    def col(name: str, dtype: Any) -> np.ndarray:
-        try:
-            return np.ascontiguousarray(ratings.column(name).to_numpy(), dtype=dtype)
-        except (ValueError, TypeError, OverflowError) as exc:  # nulls, or values of another type
-            raise ArtifactError(f"{path / 'ratings.parquet'}: column {name} is unusable ({exc}): {_HOW}") from None
-
+    user_index = open_user_index(
+        path,
+        summary.get("user_index"),
+        n_users=int(summary["n_users"]),
+        n_movies=int(summary["n_movies"]),
+        n_ratings=int(summary["n_ratings"]),
+    )
     data = PreparedData(
         path=path,
         summary=summary,
-        user_idx=col("user_idx", np.int32),
-        movie_idx=col("movie_idx", np.int32),
-        rating=col("rating", np.float32),
-        timestamp=col("timestamp", np.int64),
-        split=col("split", np.int8),
         user_ids=np.ascontiguousarray(users.column("user_id").to_numpy(), dtype=np.int64),
         movies=movies,
         genres=list(vocab["genres"]),
         genre_strings=list(vocab["genre_strings"]),
+        ratings_file=ratings,
+        user_index=user_index,
     )
     check_prepared(data)
     return data
 
 
-def check_prepared(data: PreparedData) -> None:
-    """Refuse a prepared data set whose arrays disagree with its vocabularies.
+def _read_rating_arrays(path: Path, ratings_file: Any) -> dict[str, np.ndarray]:
+    """The five rating columns of the already opened ``ratings.parquet``, as contiguous arrays of their dtypes."""
+    where = path / "ratings.parquet"
+    if ratings_file is None:
+        raise ArtifactError(f"{where} was not opened: load the folder with load_prepared")
+    try:
+        table = ratings_file.read(columns=list(RATING_COLUMNS))
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise ArtifactError(f"prepared data at {path} has an unreadable Parquet file ({exc}): {_HOW}") from None
+    out = {}
+    for name, dtype in RATING_COLUMNS.items():
+        try:
+            out[name] = np.ascontiguousarray(table.column(name).to_numpy(), dtype=dtype)
+        except (ValueError, TypeError, OverflowError) as exc:  # nulls, or values of another type
+            raise ArtifactError(f"{where}: column {name} is unusable ({exc}): {_HOW}") from None
+    return out
 
-    An out-of-range index would not fail where it is used: JAX clamps it to the last row, so training would go on
-    silently on wrong rows and something later would crash. One pass over the arrays costs about 10 ms per million
-    ratings.
-    """
-    where = data.path / "ratings.parquet"
-    for name, values, n in (("user_idx", data.user_idx, data.n_users), ("movie_idx", data.movie_idx, data.n_movies)):
-        if len(values) and (int(values.min()) < 0 or int(values.max()) >= n):
-            raise ArtifactError(
-                f"{where}: {name} spans {int(values.min())}..{int(values.max())} but there are {n} "
-                f"entries in the vocabulary: the folder is damaged; {_HOW}"
-            )
-    codes = sorted(SPLIT_CODES.values())  # 0, 1, 2: a range check is enough
-    if len(data.split) and (int(data.split.min()) < codes[0] or int(data.split.max()) > codes[-1]):
-        raise ArtifactError(
-            f"{where}: split holds codes other than {sorted(SPLIT_CODES.values())}: the folder is damaged; {_HOW}"
-        )
-    if not np.isfinite(data.rating).all():
-        raise ArtifactError(f"{where}: rating holds NaN or infinite values: the folder is damaged; {_HOW}")
+
+def check_prepared(data: PreparedData) -> None:
+    """Refuse a prepared data set whose movie table disagrees with its vocabularies (the rating arrays are checked
+    by :func:`_check_rating_arrays` when they are read)."""
     movies = data.movies
     if "genre_str_idx" not in movies or "genre_list" not in movies:
         raise ArtifactError(f"{data.path / 'movies.parquet'} lacks genre_str_idx or genre_list: {_HOW}")
@@ -463,3 +525,26 @@ def check_prepared(data: PreparedData) -> None:
             f"{data.path / 'movies.parquet'}: genres {sorted(unknown)[:3]} are not in vocab.json: the "
             f"folder is damaged; {_HOW}"
         )
+
+
+def _check_rating_arrays(data: PreparedData, arrays: dict[str, np.ndarray]) -> None:
+    """Refuse rating arrays that disagree with the vocabularies.
+
+    An out-of-range index would not fail where it is used: JAX clamps it to the last row, so training would go on
+    silently on wrong rows and something later would crash. One pass over the arrays costs about 10 ms per million
+    ratings.
+    """
+    where = data.path / "ratings.parquet"
+    for name, n in (("user_idx", data.n_users), ("movie_idx", data.n_movies)):
+        values = arrays[name]
+        if len(values) and (int(values.min()) < 0 or int(values.max()) >= n):
+            raise ArtifactError(
+                f"{where}: {name} spans {int(values.min())}..{int(values.max())} but there are {n} "
+                f"entries in the vocabulary: the folder is damaged; {_HOW}"
+            )
+    codes = sorted(SPLIT_CODES.values())  # 0, 1, 2: a range check is enough
+    split = arrays["split"]
+    if len(split) and (int(split.min()) < codes[0] or int(split.max()) > codes[-1]):
+        raise ArtifactError(f"{where}: split holds codes other than {codes}: the folder is damaged; {_HOW}")
+    if not np.isfinite(arrays["rating"]).all():
+        raise ArtifactError(f"{where}: rating holds NaN or infinite values: the folder is damaged; {_HOW}")
