@@ -35,7 +35,7 @@ browser:
 # fixtures are trained once. TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 2
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py

@@ -9,25 +9,9 @@ Fixtures other test modules rely on (keep the names):
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pytest
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """One JAX compilation cache for the whole run, the CLI subprocesses and pytest-xdist workers included.
-
-    Dozens of tests train through ``embedrec`` subprocesses that compile the same programs; XLA compiles each distinct
-    program once per run and loads it afterwards (the cache key is the program and the JAX version, so a result never
-    depends on it). Set before any test module imports JAX; the file lock (eviction on) keeps concurrent writers safe.
-    """
-    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
-        return
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / f"embedrec-tests-jax-{os.getuid()}")
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.3"
-    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 << 30)
 
 
 @pytest.fixture(scope="session")

@@ -168,7 +168,7 @@ def test_the_served_fast_path_equals_the_library_tables(workdir: Path, ids: dict
     served = load_served_model(ModelSource(workdir=workdir))
     fresh = ids["rec"]  # not indexed: recommend() scans the ratings for one user
     assert served.rec._seen is not None and fresh._seen is None
-    counts = np.bincount(fresh._rated[0], minlength=len(fresh.user_ids))
+    counts = np.array([fresh.seen_mask(u).sum() for u in range(len(fresh.user_ids))])
     for u in [int(np.argmax(counts)), int(np.argmin(counts)), 4, len(fresh.user_ids) - 1]:
         indexed = served.rec.seen_of(u)
         assert indexed.indices.tolist() == np.flatnonzero(fresh.seen_mask(u)).tolist()

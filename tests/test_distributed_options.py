@@ -1,0 +1,57 @@
+"""`--distributed` options and the cross-process check of settings: one clear line, on every process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cluster import COMMON, cluster_env, cluster_processes, free_port, latest_checkpoint, train_process, weights
+
+pytestmark = pytest.mark.slow
+
+
+def test_processes_started_with_different_settings_fail_alike_naming_the_difference(
+    synthetic_prepared: Path, tmp_path: Path
+) -> None:
+    outs, wds = [tmp_path / "a", tmp_path / "b"], [tmp_path / "wa", tmp_path / "wb"]
+    procs = cluster_processes(synthetic_prepared, outs, wds, [["--epochs", "1"], ["--epochs", "1", "--lr", "0.01"]])
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert "process 1 differs from process 0" in lines[0] and "lr (0.01 vs 0.003)" in lines[0], lines[0]
+    assert not any(p.exists() for p in [*outs, *wds])
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--coordinator", "nohost", "--num-processes", "2", "--process-id", "0"], "expected HOST:PORT"),
+        (["--coordinator", "h:1", "--num-processes", "2"], "give all of"),
+        (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], "--process-id 2: must be 0..1"),
+        (["--coordinator", "h:1", "--num-processes", "0", "--process-id", "0"], "--num-processes 0"),
+        (
+            ["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "1", "--join-timeout", "2"],
+            "nothing listens at --coordinator 127.0.0.1:1 after 2 s",
+        ),
+    ],
+)
+def test_bad_cluster_options_are_one_line_before_anything_starts(tmp_path: Path, args: list[str], needle: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "embedrec.cli", "train", "--workdir", str(tmp_path), "--distributed", *args],
+        env=cluster_env(1, cluster_process=False),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], done.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,43 @@
+"""`embedrec tune --distributed`: process 0 runs the study, every trial trains on both processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cluster import COMMON, cluster_env, cluster_processes, free_port, latest_checkpoint, train_process, weights
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_distributed_search_trains_every_trial_on_both_processes_and_process_0_keeps_the_study(
+    synthetic_prepared: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    workdirs = [tmp_path / "w0", tmp_path / "w1"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "embedrec.cli", "tune", "--data", str(synthetic_prepared), "--workdir", str(wd)]
+            + ["--trials", "2", "--max-epochs", "2", "--json", "--distributed", "--coordinator", f"127.0.0.1:{port}"]
+            + ["--num-processes", "2", "--process-id", str(i), "--join-timeout", "60"],
+            env=cluster_env(1, cluster_process=True),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, wd in enumerate(workdirs)
+    ]
+    results = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err
+    reports = [json.loads(out) for out, _ in results]
+    assert reports[0] == reports[1]  # process 1 ends with process 0's outcome
+    assert reports[0]["trials"]["complete"] == 2
+    assert (workdirs[0] / "tuned.toml").is_file() and (workdirs[0] / "tune" / "study.db").is_file()
+    assert not workdirs[1].exists()  # process 1 wrote nothing
