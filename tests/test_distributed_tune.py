@@ -24,7 +24,7 @@ def test_a_distributed_search_trains_every_trial_on_both_processes_and_process_0
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "embedrec.cli", "tune", "--data", str(synthetic_prepared), "--workdir", str(wd)]
-            + ["--trials", "2", "--max-epochs", "2", "--json", "--distributed", "--coordinator", f"127.0.0.1:{port}"]
+            + ["--trials", "2", "--max-epochs", "1", "--json", "--distributed", "--coordinator", f"127.0.0.1:{port}"]
             + ["--num-processes", "2", "--process-id", str(i), "--join-timeout", "60"],
             env=cluster_env(1, cluster_process=True),
             stdout=subprocess.PIPE,
