@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +61,7 @@ class RunResult:
     n_params: int
     ranking: dict[str, Any]
     summary_rows: list[tuple[str, str, int]]
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (see train.train), and writing
 
 
 def _as_json(value: Any) -> str:
@@ -310,7 +311,11 @@ def train_run(
     ranking: dict[str, Any] = {}
     try:
         if not result.interrupted and writer:
+            t_write = time.perf_counter()
             ranking = _write_model(result, plan)
+            result.info.setdefault("timings", {})["write_s"] = round(
+                time.perf_counter() - t_write - result.info["timings"].get("ranking_choice_s", 0.0), 3
+            )
     except (EmbedrecError, OSError) as exc:
         if several:
             distributed.agree(_as_embedrec_error(exc))
@@ -326,6 +331,7 @@ def train_run(
         n_params=int(result.info["n_params"]),
         ranking=ranking,
         summary_rows=summary_rows,
+        timings=dict(result.info.get("timings", {})),
     )
 
 
@@ -469,7 +475,10 @@ def _plan_run(
 def _write_model(result: TrainResult, plan: _Plan) -> dict[str, Any]:
     """Choose the ranking score, write the model into the run folder and make it the latest; the ranking."""
     prepared, model_cfg, train_cfg = plan.prepared, plan.model_cfg, plan.train_cfg
+    t0 = time.perf_counter()
     choice = choose_ranking(result, prepared, model_cfg, train_cfg)
+    timings = result.info.setdefault("timings", {})
+    timings["ranking_choice_s"] = round(time.perf_counter() - t0, 3)
     ranking = choice.ranking
     gi = result.genres
     final = dict(result.history[result.best_epoch - 1]) if result.history and result.best_epoch else {}
@@ -492,6 +501,7 @@ def _write_model(result: TrainResult, plan: _Plan) -> dict[str, Any]:
             "epochs_run": len(result.history),
             "adapted": plan.adapted,
             "metrics": {k: v for k, v in final.items() if k.startswith("val_")},
+            "timings": dict(timings),
         },
     )
     write_learning_curve(plan.run_dir / "learning_curve.png", result.history, title=f"embedrec {plan.preset}")

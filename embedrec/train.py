@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -585,11 +586,13 @@ def train(
     """
     cb = callbacks or Callbacks()
     stop_requested = stop_requested or (lambda: False)
-    run, state = _set_up(prepared, model_cfg, train_cfg)
-    history: list[dict[str, Any]] = []
-    best, position = BestEpoch(), Position()
-    if resume:
-        state, history, best, position = _resume(run, checkpointer, state)
+    clock = _PhaseClock()
+    with clock("setup_s"):  # the model, the step, the seen filter, the arrays on the devices (and a resume's load)
+        run, state = _set_up(prepared, model_cfg, train_cfg)
+        history: list[dict[str, Any]] = []
+        best, position = BestEpoch(), Position()
+        if resume:
+            state, history, best, position = _resume(run, checkpointer, state)
     cb.on_start(
         {
             "n_params": run.model.n_params(),
@@ -606,28 +609,60 @@ def train(
     for epoch in range(position.epoch, train_cfg.epochs + 1):
         lr = jnp.float32(train_cfg.lr * train_cfg.lr_decay ** (epoch - 1))
         start = position if epoch == position.epoch else Position(epoch)
+        t_epoch = time.perf_counter()
         state, reached, samples, seconds, interrupted = _run_epoch(run, state, epoch, start, lr, cb, stop_requested)
+        clock.add("epochs_s", seconds)  # the blocks of steps (the first epoch's include compiling the step)
+        clock.add("shuffle_s", time.perf_counter() - t_epoch - seconds)  # the epoch's permutation onto the devices
         if interrupted:
-            save(state, reached, history, best)
+            with clock("checkpoints_s"):
+                save(state, reached, history, best)
             break
-        record = _epoch_record(run, state, reached, seconds, samples, lr)
+        with clock("validation_s"):
+            record = _epoch_record(run, state, reached, seconds, samples, lr)
         history.append(record)
         keep, improved = select_epoch(
             best, record, rmse_slack=train_cfg.rmse_slack, has_val=bool(len(run.val_split.ratings))
         )
         if keep:
             best.epoch = epoch
-            best.weights = flatten_tree(run.host({"head": state["head"], "tables": run.tables(state)}), "")
+            with clock("best_copy_s"):
+                best.weights = flatten_tree(run.host({"head": state["head"], "tables": run.tables(state)}), "")
         best.bad_epochs = 0 if improved else best.bad_epochs + 1
         cb.on_epoch(record)
-        save(state, reached, history, best)
+        with clock("checkpoints_s"):
+            save(state, reached, history, best)
         if train_cfg.patience and best.bad_epochs >= train_cfg.patience:
             stopped_early = True
             break
         if stop_requested():
             interrupted = epoch < train_cfg.epochs
             break
-    return _result(run, state, history, best, stopped_early=stopped_early, interrupted=interrupted)
+    with clock("final_weights_s"):
+        result = _result(run, state, history, best, stopped_early=stopped_early, interrupted=interrupted)
+    result.info["timings"] = clock.rounded()
+    return result
+
+
+class _PhaseClock:
+    """Seconds spent per phase of a run (``with clock("name"): ...`` or :meth:`add`), so that the time outside the
+    epochs can be read part by part (``model.json``'s ``timings``, the end of ``embedrec train``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(phase, time.perf_counter() - t0)
+
+    def rounded(self) -> dict[str, float]:
+        return {phase: round(value, 3) for phase, value in self.seconds.items()}
 
 
 def _result(

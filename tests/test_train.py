@@ -253,6 +253,11 @@ def test_artifact_round_trip_predicts_the_same(synthetic_prepared: Path, tmp_pat
     ):
         assert (result.run_dir / name).is_file(), name
     assert (tmp_path / "models" / "latest").read_text().strip() == str(result.run_dir.resolve())
+    # where the run's time went, phase by phase, in model.json and in the result
+    timings = json.loads((result.run_dir / "model.json").read_text())["timings"]
+    assert {"setup_s", "epochs_s", "validation_s", "checkpoints_s", "ranking_choice_s"} <= set(timings)
+    assert all(v >= 0 for v in timings.values()) and timings["epochs_s"] > 0
+    assert result.timings["write_s"] >= 0 and result.timings["epochs_s"] == timings["epochs_s"]
     history = json.loads((result.run_dir / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2] and "val_ndcg@10" in history[0]
     with pytest.raises(ArtifactError, match="does not exist"):

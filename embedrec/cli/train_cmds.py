@@ -302,6 +302,7 @@ def _print_result(result: RunResult, *, as_json: bool) -> None:
                     "stopped_early": result.stopped_early,
                     "ranking": result.ranking,
                     "final": last,
+                    "timings": result.timings,
                 }
             )
         )
@@ -321,10 +322,31 @@ def _print_result(result: RunResult, *, as_json: bool) -> None:
         )
     elif result.ranking.get("score") == "rating":
         console.print("recommend ranks by predicted rating (this model has no trained watch output)")
+    if result.timings:
+        console.print(_timings_text(result.timings), highlight=False)
     console.print(
         f"model: {result.run_dir}  (now the latest; next: [bold]embedrec evaluate[/], "
         "[bold]embedrec recommend --user ID[/])"
     )
+
+
+_PHASES = {
+    "setup_s": "setup",
+    "shuffle_s": "shuffles",
+    "validation_s": "validation",
+    "best_copy_s": "best-epoch copies",
+    "checkpoints_s": "checkpoints",
+    "final_weights_s": "final weights",
+    "ranking_choice_s": "ranking choice",
+    "write_s": "writing the model",
+}
+
+
+def _timings_text(timings: dict[str, float]) -> str:
+    """One line: the seconds of the epochs, then of every phase outside them, largest first."""
+    outside = {name: timings[key] for key, name in _PHASES.items() if key in timings}
+    parts = ", ".join(f"{name} {sec:.1f}" for name, sec in sorted(outside.items(), key=lambda kv: -kv[1]))
+    return f"time: epochs {timings.get('epochs_s', 0.0):.1f} s; outside them {sum(outside.values()):.1f} s ({parts})"
 
 
 @app.command("info")
