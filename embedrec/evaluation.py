@@ -318,34 +318,25 @@ def ndcg_by_blend(
     seed: int = 0,
     candidates: int = DEFAULT_CANDIDATES,
     batch_size: int = 256,
+    held_out: HeldOut | None = None,
 ) -> dict[float, float] | None:
     """NDCG@``k`` of the two-stage ranking ``watch + gamma * prior + beta * rating`` for every beta, on a seeded
     user sample (``gamma`` != 0 needs a scorer with a ``popularity_prior``).
 
-    What training needs to choose the blend, with nothing computed twice: the seen and relevant sets are built once,
-    and each user's ``candidates`` movies are retrieved and run through the network once (:meth:`Scorer.candidates`);
-    every beta is then a re-ordering of those arrays. None when no user of ``split`` has a relevant rating.
+    What training needs to choose the blend, with nothing computed twice: the seen and relevant sets are built once
+    (pass ``held_out``, :meth:`HeldOut.from_prepared` of ``split`` at ``relevance``, when calling this for several
+    gammas or priors), and each user's ``candidates`` movies are retrieved and run through the network once
+    (:meth:`Scorer.candidates`); every beta is then a re-ordering of those arrays. None when no user of ``split`` has
+    a relevant rating.
     """
-    code = SPLIT_CODES[split]
-    seen_pairs, held = prepared.split < code, prepared.split == code
-    is_relevant = held & (prepared.rating >= relevance)
-    relevant = ItemSets.from_pairs(
-        prepared.user_idx[is_relevant],
-        prepared.movie_idx[is_relevant],
-        n_rows=prepared.n_users,
-        n_items=prepared.n_movies,
-    )
+    if held_out is None:
+        held_out = HeldOut.from_prepared(prepared, split_code=SPLIT_CODES[split], relevance=relevance)
+    seen, relevant = held_out.seen, held_out.relevant
     users = np.flatnonzero(relevant.lengths() > 0)
     if users.size == 0:
         return None
     if max_users is not None and users.size > max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
-    seen = ItemSets.from_pairs(
-        prepared.user_idx[seen_pairs],
-        prepared.movie_idx[seen_pairs],
-        n_rows=prepared.n_users,
-        n_items=prepared.n_movies,
-    )
     n = min(candidates, prepared.n_movies)
     movies = np.empty((users.size, n), np.int64)
     watch = np.empty((users.size, n), np.float32)

@@ -178,7 +178,8 @@ def choose_ranking(
     from flax import nnx
 
     from embedrec.artifacts import head_weights
-    from embedrec.evaluation import ndcg_by_blend
+    from embedrec.data.split import VAL
+    from embedrec.evaluation import HeldOut, ndcg_by_blend
     from embedrec.scoring import Scorer
     from embedrec.validation import training_relevance
 
@@ -186,6 +187,7 @@ def choose_ranking(
     weights.update(head_weights(nnx.state(result.model.head)))
     weights["genre_idx"], weights["genre_w"] = result.genres.idx, result.genres.weight
     relevance = training_relevance(prepared)
+    held_out = HeldOut.from_prepared(prepared, split_code=VAL, relevance=relevance)  # once for every blend tried
     # (score, -gamma, -prior position, -beta): the best val NDCG@10, ties to the simplest ranking
     best: tuple[tuple[float, float, int, float], float, float, int, dict[float, float]] | None = None
     tried: dict[str, float] = {}
@@ -201,6 +203,7 @@ def choose_ranking(
                 split="val",
                 relevance=relevance,
                 max_users=train_cfg.val_users or None,
+                held_out=held_out,
             )
             if scores is None:
                 no_val = "default (no relevant rating in the val split)"
@@ -311,14 +314,10 @@ def train_run(
     ranking: dict[str, Any] = {}
     try:
         if not result.interrupted and writer:
-            t_write = time.perf_counter()
             ranking = _write_model(result, plan)
-            result.info.setdefault("timings", {})["write_s"] = round(
-                time.perf_counter() - t_write - result.info["timings"].get("ranking_choice_s", 0.0), 3
-            )
     except (EmbedrecError, OSError) as exc:
         if several:
-            distributed.agree(_as_embedrec_error(exc))
+            distributed.agree(distributed.as_error(exc))
         raise
     if several:  # the others wait for process 0's folder, and fail with it when it could not be written
         distributed.agree({})
@@ -333,17 +332,6 @@ def train_run(
         summary_rows=summary_rows,
         timings=dict(result.info.get("timings", {})),
     )
-
-
-def _as_embedrec_error(exc: BaseException) -> EmbedrecError:
-    if isinstance(exc, EmbedrecError):
-        return exc
-    from embedrec.errors import os_error_message
-
-    message, code = os_error_message(exc) if isinstance(exc, OSError) else (str(exc), 1)
-    error = EmbedrecError(message)
-    error.exit_code = code
-    return error
 
 
 @dataclass
@@ -479,6 +467,7 @@ def _write_model(result: TrainResult, plan: _Plan) -> dict[str, Any]:
     choice = choose_ranking(result, prepared, model_cfg, train_cfg)
     timings = result.info.setdefault("timings", {})
     timings["ranking_choice_s"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
     ranking = choice.ranking
     gi = result.genres
     final = dict(result.history[result.best_epoch - 1]) if result.history and result.best_epoch else {}
@@ -506,6 +495,7 @@ def _write_model(result: TrainResult, plan: _Plan) -> dict[str, Any]:
     )
     write_learning_curve(plan.run_dir / "learning_curve.png", result.history, title=f"embedrec {plan.preset}")
     set_latest_run(plan.workdir, plan.run_dir)
+    timings["write_s"] = round(time.perf_counter() - t0, 3)  # after model.json: in the run's result only
     return ranking
 
 
