@@ -200,7 +200,7 @@ def restore_tree(template: Any, arrays: Mapping[str, np.ndarray], prefix: str) -
                 f"checkpoint entry {key} has shape {value.shape}, the model needs {np.shape(leaf)}:"
                 " the data or settings changed since it was written; retrain or pass the same --data"
             )
-        out.append(jnp.asarray(value, dtype=np.asarray(leaf).dtype))
+        out.append(jnp.asarray(value, dtype=leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 

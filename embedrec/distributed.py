@@ -26,7 +26,7 @@ from typing import Any
 
 from embedrec.errors import ConfigError, EmbedrecError
 
-__all__ = ["Cluster", "agree", "any_process", "exchange_text", "is_writer", "join", "joined"]
+__all__ = ["Cluster", "agree", "as_error", "any_process", "exchange_text", "is_writer", "join", "joined"]
 
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$")
 _JOINED: dict[str, Any] = {}
@@ -209,6 +209,21 @@ def _differences(mine: dict[str, Any], theirs: dict[str, Any], prefix: str = "")
         elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
             out.append(f"{prefix}{key} ({json.dumps(a)} vs {json.dumps(b)})")
     return out
+
+
+def as_error(exc: BaseException) -> EmbedrecError:
+    """``exc`` as the one-line error every process of a run ends with (an OSError: its one line and exit code)."""
+    if isinstance(exc, EmbedrecError):
+        return exc
+    if isinstance(exc, OSError):
+        from embedrec.errors import os_error_message
+
+        message, code = os_error_message(exc)
+    else:
+        message, code = f"stopped ({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})", 1
+    error = EmbedrecError(message)
+    error.exit_code = code
+    return error
 
 
 def agree(facts: dict[str, Any] | EmbedrecError) -> None:

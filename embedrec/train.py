@@ -223,7 +223,6 @@ class Run:
     inputs: dict[str, Any]
     rank_val: Callable[..., float | None] | None
     trained_users: np.ndarray  # (n_users,) bool: users with a training rating (the others are served as average)
-    replicated: Any = None  # the sharding of replicated arrays on several devices
     devices: list[Any] = field(default_factory=list)
     batch_columns: Any = None  # the sharding of the epoch's (steps, batch) columns: each device holds its share
     state_shardings: dict[str, Any] | None = None  # per train-state entry; the slab's rows split over the devices
@@ -349,13 +348,14 @@ def _set_up(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConf
         row_decay=train_cfg.row_decay,
         rating_embedding_grad=train_cfg.rating_embedding_grad,
     )
-    replicated = table_rows = state_shardings = None
+    replicated = table_rows = state_shardings = batch_columns = None
     pad_rows = 0
     if mesh is not None:
         from jax.sharding import NamedSharding
         from jax.sharding import PartitionSpec as P
 
         replicated = NamedSharding(mesh, P())
+        batch_columns = NamedSharding(mesh, P(None, "data"))  # each device: its columns of every batch
         state_shardings = {name: replicated for name in state}
         if train_cfg.shard_tables:
             table_rows = state_shardings["slab"] = NamedSharding(mesh, P("data", None))
@@ -384,20 +384,12 @@ def _set_up(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConf
         inputs=inputs,
         rank_val=rank_val,
         trained_users=np.bincount(train_split.users, minlength=prepared.n_users) > 0,
-        replicated=replicated,
         devices=devices,
-        batch_columns=None if mesh is None else _batch_columns(mesh),
+        batch_columns=batch_columns,
         state_shardings=state_shardings,
         pad_rows=pad_rows,
     )
     return run, run.place(state)
-
-
-def _batch_columns(mesh: Any) -> Any:
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
-
-    return NamedSharding(mesh, P(None, "data"))
 
 
 def _resume(
@@ -416,7 +408,7 @@ def _resume(
             f"checkpoint was trained on data {meta.get('fingerprint')} but {prepared.path} is "
             f"{prepared.fingerprint}: the data was re-prepared; resume with the same --data or start a new run"
         )
-    state = run.place(restore_tree(run.unpadded(run.host(state)), arrays, "state"))
+    state = run.place(restore_tree(run.unpadded(state), arrays, "state"))  # the template's shapes and dtypes only
     best = BestEpoch(
         rmse=meta["best_rmse"],
         epoch=meta["best_epoch"],

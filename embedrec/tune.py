@@ -349,6 +349,16 @@ def _check_same_study(study: optuna.Study, identity: dict[str, Any], db: Path) -
             )
 
 
+def _check_rankable(record: dict[str, Any], objective: str, data_path: Path) -> None:
+    """A ranking objective needs an epoch with val NDCG@10 (every process of a distributed trial checks it at the
+    same point, so all of them leave the trial together)."""
+    if _needs_ranking(objective) and "val_ndcg@10" not in record:
+        raise ConfigError(
+            f"{data_path}: the validation split has no rating high enough to rank "
+            "by (NDCG@10 is undefined); use --objective rmse"
+        )
+
+
 class _TrialReport:
     """The training loop's callbacks for one trial: report each epoch's value to Optuna, and prune when it says so.
 
@@ -366,11 +376,7 @@ class _TrialReport:
     def on_epoch(self, record: dict[str, Any]) -> None:
         import optuna
 
-        if _needs_ranking(self.search.objective) and "val_ndcg@10" not in record:
-            raise ConfigError(
-                f"{self.search.data_path}: the validation split has no rating high enough to rank "
-                "by (NDCG@10 is undefined); use --objective rmse"
-            )
+        _check_rankable(record, self.search.objective, self.search.data_path)
         value = objective_value(self.search.objective, record)
         self.trial.report(value, record["epoch"])
         self.search.callbacks.on_epoch(self.trial.number, record, value)
@@ -422,7 +428,13 @@ class _Search:
         if self.several:  # the other processes train the same trial with process 0 (see _follow)
             from embedrec import distributed
 
-            command = {"kind": "trial", "params": params, "fixed": self.fixed, "run_dir": str(run_dir)}
+            command = {
+                "kind": "trial",
+                "params": params,
+                "fixed": self.fixed,
+                "objective": self.objective,
+                "run_dir": str(run_dir),
+            }
             distributed.exchange_text(json.dumps(command))
         t0 = time.monotonic()
         try:
@@ -572,10 +584,8 @@ def tune(
     try:
         result = search(several=True)
     except BaseException as exc:
-        error = exc if isinstance(exc, EmbedrecError) else None
-        message = str(error) if error is not None else f"process 0 stopped ({type(exc).__name__})"
-        code = error.exit_code if error is not None else 1
-        distributed.exchange_text(json.dumps({"kind": "error", "message": message, "exit_code": code}))
+        error = distributed.as_error(exc)
+        distributed.exchange_text(json.dumps({"kind": "error", "message": str(error), "exit_code": error.exit_code}))
         raise
     distributed.exchange_text(json.dumps({"kind": "done", "result": _result_json(result)}))
     return result
@@ -616,7 +626,7 @@ def _follow(data_dir: Path | None, *, workdir: Path) -> TuneResult:
                 workdir=workdir,
                 preset=fixed["preset"],
                 overrides={**command["params"], "epochs": fixed["epochs"], "seed": fixed["seed"]},
-                callbacks=_FollowerReport(),
+                callbacks=_FollowerReport(command["objective"], data_path),
                 stop_requested=lambda: False,  # process 0's budget stops every process (train_run shares it)
             )
         except (_FollowerPruned, EmbedrecError):
@@ -632,12 +642,16 @@ class _FollowerPruned(Exception):
 class _FollowerReport:
     """A following process's training callbacks: learn at each epoch whether process 0's pruner stops the trial."""
 
+    def __init__(self, objective: str, data_path: Path) -> None:
+        self.objective, self.data_path = objective, data_path
+
     def on_start(self, info: dict[str, Any]) -> None: ...
     def on_block(self, epoch: int, step: int, steps: int, loss: float, samples_per_s: float) -> None: ...
 
     def on_epoch(self, record: dict[str, Any]) -> None:
         from embedrec import distributed
 
+        _check_rankable(record, self.objective, self.data_path)  # as process 0 does, before the collective
         if distributed.any_process(False):
             raise _FollowerPruned(f"pruned after epoch {record['epoch']}")
 
