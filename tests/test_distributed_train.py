@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from cluster import COMMON, cluster_env, cluster_processes, free_port, latest_checkpoint, train_process, weights
+from cluster import COMMON, cluster_processes, latest_checkpoint, train_process, weights
 
 pytestmark = pytest.mark.slow
 

@@ -87,26 +87,13 @@ def test_planted_tastes_show_up_in_the_top_10(tmp_path: Path) -> None:
 POPULAR_FACTOR, EASE_FACTOR, BIAS_FACTOR = 1.4, 0.85, 0.99
 
 
-@pytest.fixture(scope="module")
-def few_users_default(ml100k_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The quality matrix's ``ml100k-few-users`` row: every rating of a seeded third of the users, on a 2..10 scale.
-
-    Users keep long histories while most movies keep a handful of ratings (median 11), the shape of MovieLens
-    latest-small; read through the generic CSV reader. The default model is trained once and evaluated as
-    ``embedrec evaluate`` does, relevance at the top quarter of the scale (8 of 2..10).
-    """
+def _prepare_as_csv(raw: Path, ml100k_dir: Path, *, rating_scale: tuple[float, float]) -> None:
+    """Prepare ``raw/ratings.csv`` (written by the caller) as a generic CSV data set into ``raw/data``, with
+    ML-100K's movies as a MovieLens-style ``movies.csv``: a real catalogue read through the generic-CSV path."""
     import pandas as pd
 
     from embedrec.data import PrepareConfig, prepare
-    from embedrec.runs import train_run
 
-    raw = tmp_path_factory.mktemp("few-users")
-    ratings = pd.read_csv(ml100k_dir / "ml-100k.inter", sep="\t")
-    ratings.columns = ["userId", "movieId", "rating", "timestamp"]
-    users = ratings["userId"].unique()
-    kept = np.random.default_rng(11).choice(users, size=len(users) // 3, replace=False)
-    ratings = ratings[ratings["userId"].isin(kept)].assign(rating=lambda f: f["rating"] * 2)
-    ratings.to_csv(raw / "ratings.csv", index=False)
     items = pd.read_csv(ml100k_dir / "ml-100k.item", sep="\t", dtype=str, keep_default_na=False)
     items.columns = ["movieId", "title", "year", "genres"]
     pd.DataFrame(
@@ -123,9 +110,31 @@ def few_users_default(ml100k_dir: Path, tmp_path_factory: pytest.TempPathFactory
             format="csv",
             ratings_file=str(raw / "ratings.csv"),
             movies_file=str(raw / "movies.csv"),
-            rating_scale=(2.0, 10.0),
+            rating_scale=rating_scale,
         ),
     )
+
+
+@pytest.fixture(scope="module")
+def few_users_default(ml100k_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The quality matrix's ``ml100k-few-users`` row: every rating of a seeded third of the users, on a 2..10 scale.
+
+    Users keep long histories while most movies keep a handful of ratings (median 11), the shape of MovieLens
+    latest-small; read through the generic CSV reader. The default model is trained once and evaluated as
+    ``embedrec evaluate`` does, relevance at the top quarter of the scale (8 of 2..10).
+    """
+    import pandas as pd
+
+    from embedrec.runs import train_run
+
+    raw = tmp_path_factory.mktemp("few-users")
+    ratings = pd.read_csv(ml100k_dir / "ml-100k.inter", sep="\t")
+    ratings.columns = ["userId", "movieId", "rating", "timestamp"]
+    users = ratings["userId"].unique()
+    kept = np.random.default_rng(11).choice(users, size=len(users) // 3, replace=False)
+    ratings = ratings[ratings["userId"].isin(kept)].assign(rating=lambda f: f["rating"] * 2)
+    ratings.to_csv(raw / "ratings.csv", index=False)
+    _prepare_as_csv(raw, ml100k_dir, rating_scale=(2.0, 10.0))
     result = train_run(raw / "data", out=raw / "run", workdir=raw, preset="default")
     prepared = load_prepared(raw / "data")
     rec = Recommender.load(result.run_dir, raw / "data")
@@ -164,7 +173,6 @@ def sparse_default(ml100k_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """
     import pandas as pd
 
-    from embedrec.data import PrepareConfig, prepare
     from embedrec.runs import train_run
 
     raw = tmp_path_factory.mktemp("sparse")
@@ -174,25 +182,7 @@ def sparse_default(ml100k_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     rank = shuffled.groupby("movieId").cumcount().to_numpy()
     size = shuffled.groupby("movieId")["movieId"].transform("size").to_numpy()
     shuffled[rank < np.maximum(np.ceil(0.25 * size), 1)].sort_index().to_csv(raw / "ratings.csv", index=False)
-    items = pd.read_csv(ml100k_dir / "ml-100k.item", sep="\t", dtype=str, keep_default_na=False)
-    items.columns = ["movieId", "title", "year", "genres"]
-    pd.DataFrame(
-        {
-            "movieId": items["movieId"].astype(int),
-            "title": items["title"] + " (" + items["year"] + ")",
-            "genres": items["genres"].str.split().str.join("|").replace("", "(no genres listed)"),
-        }
-    ).to_csv(raw / "movies.csv", index=False)
-    prepare(
-        raw / "ratings.csv",
-        out=raw / "data",
-        config=PrepareConfig(
-            format="csv",
-            ratings_file=str(raw / "ratings.csv"),
-            movies_file=str(raw / "movies.csv"),
-            rating_scale=(1.0, 5.0),
-        ),
-    )
+    _prepare_as_csv(raw, ml100k_dir, rating_scale=(1.0, 5.0))
     result = train_run(raw / "data", out=raw / "run", workdir=raw, preset="default")
     rec = Recommender.load(result.run_dir, raw / "data")
     return result, evaluate_model(rec.scorer, load_prepared(raw / "data"), split="test", variants=True)
