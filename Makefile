@@ -38,10 +38,11 @@ test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[bench]'
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/prepare_speed.py --scale both
 	$(BIN)/python benchmarks/recommend_speed.py
-	$(BIN)/python benchmarks/serve_load.py
+	$(BIN)/python benchmarks/serve_load.py --client aiohttp --workers 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check embedrec tests benchmarks examples
@@ -54,7 +55,7 @@ lock:
 	rm -rf .venv-lock
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet --upgrade pip
-	.venv-lock/bin/python -m pip install --quiet -e '.[test,lint]'
+	.venv-lock/bin/python -m pip install --quiet -e '.[test,lint,bench]'
 	.venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^embedrec' > $(LOCK)
 	rm -rf .venv-lock
 

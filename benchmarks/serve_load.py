@@ -279,7 +279,7 @@ def main() -> None:
         "--client",
         choices=("httpx", "aiohttp"),
         default="httpx",
-        help="load generator's HTTP client (aiohttp costs less CPU per request; pip install aiohttp)",
+        help="load generator's HTTP client (aiohttp: less CPU per request; pip install -e .[bench])",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
