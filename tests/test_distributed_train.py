@@ -1,5 +1,9 @@
-"""`embedrec train --distributed`: a killed run resumes on another process count and ends as one process with two
-devices; a Ctrl-C on one process stops all; only process 0 writes."""
+"""`embedrec train --distributed`, one run through every hand-over: a Ctrl-C on one process stops both, the
+checkpoint two processes wrote resumes on one process (two devices), a kill of that process loses nothing, two
+processes finish the run, and the weights equal one uninterrupted process with two devices. Only process 0 writes.
+
+One test rather than one per hand-over: each start of a cluster costs a JAX import, a gloo join and a compile on
+every process, which on CI's two cores is most of the time."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import json
 import signal
 import time
 from pathlib import Path
+from subprocess import Popen
 
 import numpy as np
 import pytest
@@ -15,65 +20,60 @@ from cluster import COMMON, cluster_processes, latest_checkpoint, train_process,
 pytestmark = pytest.mark.slow
 
 
-def test_a_killed_two_process_run_resumes_on_one_process_and_ends_as_one_process_with_two_devices(
+def _wait_for_checkpoint(run: Path, proc: Popen, *, after: str | None) -> str | None:
+    """Poll until the run's LATEST names a checkpoint other than ``after`` (or the process ends, or 5 minutes)."""
+    deadline = time.monotonic() + 300
+    while latest_checkpoint(run) in (None, after) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    return latest_checkpoint(run)
+
+
+def test_a_run_stopped_resumed_and_killed_on_other_process_counts_ends_as_one_uninterrupted_process(
     synthetic_prepared: Path, tmp_path: Path
 ) -> None:
     epochs = ["--epochs", "4"]
     reference = train_process(
-        ["--data", str(synthetic_prepared), "--out", str(tmp_path / "ref"), "--workdir", str(tmp_path), *COMMON]
-        + epochs,
+        ["--data", str(synthetic_prepared), "--out", str(tmp_path / "ref"), "--workdir", str(tmp_path / "ref-work")]
+        + [*COMMON, *epochs],
         devices=2,
     )
     run, other_out, other_wd = tmp_path / "run", tmp_path / "p1-run", tmp_path / "p1-work"
+
+    # 1. two processes; Ctrl-C in process 1's terminal only stops both at the same block, with a checkpoint
     procs = cluster_processes(synthetic_prepared, [run, other_out], [tmp_path, other_wd], [epochs, epochs])
-    deadline = time.monotonic() + 300
-    while latest_checkpoint(run) is None and time.monotonic() < deadline and procs[0].poll() is None:
-        time.sleep(0.02)
-    killed_at = latest_checkpoint(run)
-    procs[1].send_signal(signal.SIGKILL)  # one process dies mid-run; the other cannot go on without it
-    procs[0].send_signal(signal.SIGKILL)
-    for p in procs:
-        p.communicate(timeout=60)
-    assert killed_at is not None and killed_at < "epoch-0004", (killed_at, procs[0].returncode)
-    assert not (run / "model.json").exists()
-    # process 1 wrote nothing: not its --out, not its work folder
-    assert not other_out.exists() and not other_wd.exists()
-
-    # the checkpoint written by two processes resumes in one process (on two devices)
-    resumed = train_process(["--out", str(run), "--workdir", str(tmp_path), "--resume", "--quiet"], devices=2)
-    out, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err
-    ref_out, ref_err = reference.communicate(timeout=600)
-    assert reference.returncode == 0, ref_err
-
-    mine, theirs = weights(run), weights(tmp_path / "ref")
-    assert sorted(mine) == sorted(theirs)
-    for name in mine:
-        np.testing.assert_allclose(mine[name], theirs[name], rtol=1e-5, atol=1e-6, err_msg=name)
-
-
-def test_ctrl_c_on_one_process_stops_both_then_both_resume_and_only_process_0_writes(
-    synthetic_prepared: Path, tmp_path: Path
-) -> None:
-    run, other_out, other_wd = tmp_path / "run", tmp_path / "p1-run", tmp_path / "p1-work"
-    procs = cluster_processes(synthetic_prepared, [run, other_out], [tmp_path, other_wd], [["--epochs", "8"]] * 2)
-    deadline = time.monotonic() + 300
-    while latest_checkpoint(run) is None and time.monotonic() < deadline and procs[0].poll() is None:
-        time.sleep(0.02)
-    procs[1].send_signal(signal.SIGINT)  # Ctrl-C in process 1's terminal only
+    _wait_for_checkpoint(run, procs[0], after=None)
+    procs[1].send_signal(signal.SIGINT)
     results = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, results):
-        assert p.returncode == 130, err  # both stopped at the same block, with process 0's checkpoint
-    assert latest_checkpoint(run) is not None and not (run / "model.json").exists()
+        assert p.returncode == 130, err
+    stopped_at = latest_checkpoint(run)
+    assert stopped_at is not None and not (run / "model.json").exists()
     assert "--resume" in results[0][1]
 
+    # 2. the checkpoint two processes wrote resumes in one process (on two devices); a kill after its next
+    # checkpoint loses nothing
+    alone = train_process(["--out", str(run), "--workdir", str(tmp_path), "--resume", "--quiet"], devices=2)
+    killed_at = _wait_for_checkpoint(run, alone, after=stopped_at)
+    alone.send_signal(signal.SIGKILL)
+    alone.communicate(timeout=60)
+    assert killed_at is not None and stopped_at < killed_at < "epoch-0004", (stopped_at, killed_at, alone.returncode)
+    assert not (run / "model.json").exists()
+
+    # 3. two processes finish it; process 1 reports the folder process 0 wrote
     procs = cluster_processes(synthetic_prepared, [run, run], [tmp_path, other_wd], [["--resume"]] * 2)
     results = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err
     assert (run / "model.json").is_file() and (tmp_path / "models" / "latest").read_text().strip() == str(run)
-    assert str(run) in results[1][0]  # process 1 reports the run folder process 0 wrote
+    assert str(run) in results[1][0]
     # process 1 wrote nothing at any point: not its --out, not its work folder
     assert not other_out.exists() and not other_wd.exists()
     history = json.loads((run / "history.json").read_text())
-    assert [h["epoch"] for h in history] == list(range(1, 9))
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+
+    ref_out, ref_err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, ref_err
+    mine, theirs = weights(run), weights(tmp_path / "ref")
+    assert sorted(mine) == sorted(theirs)
+    for name in mine:
+        np.testing.assert_allclose(mine[name], theirs[name], rtol=1e-5, atol=1e-6, err_msg=name)
