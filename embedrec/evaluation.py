@@ -218,9 +218,7 @@ def evaluate_model(
         seed=seed,
     )
 
-    from embedrec.scoring import MoviePool
-
-    every_movie = MoviePool(scorer, None)  # built once: each one copies the movie side of the network
+    every_movie = scorer.every_movie
 
     def rank_fn(ranking: Ranking, n_candidates: int | None) -> RankFn:
         def rank(users: np.ndarray, k: int, seen_sets: ItemSets) -> np.ndarray:
@@ -317,17 +315,53 @@ def ndcg_by_blend(
     max_users: int | None = 2_000,
     seed: int = 0,
     candidates: int = DEFAULT_CANDIDATES,
-    batch_size: int = 256,
     held_out: HeldOut | None = None,
 ) -> dict[float, float] | None:
     """NDCG@``k`` of the two-stage ranking ``watch + gamma * prior + beta * rating`` for every beta, on a seeded
-    user sample (``gamma`` != 0 needs a scorer with a ``popularity_prior``).
+    user sample (``gamma`` != 0 needs a scorer with a ``popularity_prior``): :func:`ndcg_by_blends` of one side."""
+    side = scorer.watch_side_bias(Ranking("blend", 0.0, gamma))
+    got = ndcg_by_blends(
+        scorer,
+        prepared,
+        sides=[side],
+        betas=betas,
+        split=split,
+        k=k,
+        relevance=relevance,
+        max_users=max_users,
+        seed=seed,
+        candidates=candidates,
+        held_out=held_out,
+    )
+    return None if got is None else got[0]
+
+
+def ndcg_by_blends(
+    scorer: Scorer,
+    prepared: PreparedData,
+    *,
+    sides: Sequence[np.ndarray],
+    betas: Sequence[float],
+    split: str = "val",
+    k: int = 10,
+    relevance: float = 4.0,
+    max_users: int | None = 2_000,
+    seed: int = 0,
+    candidates: int = DEFAULT_CANDIDATES,
+    batch_size: int = 128,
+    held_out: HeldOut | None = None,
+    workers: int | None = None,
+) -> list[dict[float, float]] | None:
+    """For each watch side (a per-movie bias in place of the watch bias: the watch bias + gamma x a prior), NDCG@``k``
+    of the two-stage ranking ``watch logit + side + beta * rating`` for every beta, on a seeded user sample.
 
     What training needs to choose the blend, with nothing computed twice: the seen and relevant sets are built once
-    (pass ``held_out``, :meth:`HeldOut.from_prepared` of ``split`` at ``relevance``, when calling this for several
-    gammas or priors), and each user's ``candidates`` movies are retrieved and run through the network once
-    (:meth:`Scorer.candidates`); every beta is then a re-ordering of those arrays. None when no user of ``split`` has
-    a relevant rating.
+    (pass ``held_out``, :meth:`HeldOut.from_prepared` of ``split`` at ``relevance``, to share them further); per
+    batch of users the watch logits are computed once for every side, each side's ``candidates`` movies retrieved,
+    and each (user, movie) pair run through the network once whichever sides retrieve it
+    (:meth:`Scorer.candidates_by_side`); every beta is then a re-ordering of those arrays. Batches run in
+    ``workers`` threads (default: the CPUs this process may use), one BLAS thread each. None when no user of
+    ``split`` has a relevant rating.
     """
     if held_out is None:
         held_out = HeldOut.from_prepared(prepared, split_code=SPLIT_CODES[split], relevance=relevance)
@@ -338,25 +372,35 @@ def ndcg_by_blend(
     if max_users is not None and users.size > max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
     n = min(candidates, prepared.n_movies)
-    movies = np.empty((users.size, n), np.int64)
-    watch = np.empty((users.size, n), np.float32)
-    rating = np.empty((users.size, n), np.float32)
-    with single_threaded_blas():
-        for start in range(0, users.size, batch_size):
-            batch = users[start : start + batch_size]
-            emb, bias = scorer.user_rows(batch)
-            block = slice(start, start + batch.size)
-            movies[block], watch[block], rating[block] = scorer.candidates(
-                emb, bias, n, seen=seen.take(batch), ranking=Ranking("blend", 0.0, gamma)
-            )
     kk = min(k, n)
-    out: dict[float, float] = {}
-    for beta in betas:
-        blend = np.where(movies >= 0, watch + np.float32(beta) * np.nan_to_num(rating), -np.inf)
-        order = top_k(blend, kk)
-        top = np.where(order >= 0, np.take_along_axis(movies, np.maximum(order, 0), axis=1), -1)
-        out[float(beta)] = ranking_metrics(top, relevant.take(users), ks=(kk,))[f"ndcg@{kk}"]
-    return out
+    tops = np.empty((len(sides), len(betas), users.size, kk), np.int64)  # each blend's top kk, kept per user
+
+    def run(start: int) -> None:
+        batch = users[start : start + batch_size]
+        emb, bias = scorer.user_rows(batch)
+        block = slice(start, start + batch.size)
+        found = scorer.candidates_by_side(emb, bias, n, seen=seen.take(batch), sides=sides)
+        for i, (movies, watch, rating) in enumerate(found):
+            for j, beta in enumerate(betas):
+                blend = np.where(movies >= 0, watch + np.float32(beta) * np.nan_to_num(rating), -np.inf)
+                order = top_k(blend, kk)
+                tops[i, j, block] = np.where(order >= 0, np.take_along_axis(movies, np.maximum(order, 0), axis=1), -1)
+
+    starts = range(0, users.size, batch_size)
+    scorer.every_movie  # noqa: B018  (built here, once, rather than by the first threads at the same time)
+    with single_threaded_blas():
+        threads = min(workers or available_cpus(), len(starts))
+        if threads <= 1:
+            for start in starts:
+                run(start)
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(run, starts))
+    wanted = relevant.take(users)
+    return [
+        {float(beta): ranking_metrics(tops[i, j], wanted, ks=(kk,))[f"ndcg@{kk}"] for j, beta in enumerate(betas)}
+        for i in range(len(sides))
+    ]
 
 
 def evaluate_ratings(

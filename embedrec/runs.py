@@ -168,52 +168,50 @@ def choose_ranking(
     catalogue) or popularity drifts (a temporal split, where new users are served as the average user) the val
     split says how much of it to add. Ties go to the smaller gamma, then the plain counts, then the smaller beta.
 
-    Each blend is ranked two-stage, as ``recommend`` and ``evaluate`` rank it, on the ``val_users`` sample; per
-    (prior, gamma) the candidates are retrieved and run through the network once for all betas
-    (:func:`embedrec.evaluation.ndcg_by_blend`), where scoring every movie through the network once per beta cost
-    minutes at 86,000 movies.
+    Each blend is ranked two-stage, as ``recommend`` and ``evaluate`` rank it, on the ``val_users`` sample, all in
+    one pass (:func:`embedrec.evaluation.ndcg_by_blends`): per batch of users the watch logits once, each (prior,
+    gamma)'s candidates retrieved from them, each (user, movie) pair through the network once, every beta a
+    re-ordering; scoring every movie through the network once per beta cost minutes at 86,000 movies.
     """
-    if not model_cfg.watch_head or result.scorer is None or train_cfg.negatives == 0:
+    if not model_cfg.watch_head or train_cfg.negatives == 0:
         return RankingChoice({"score": "rating"}, {})  # without sampled negatives the watch output never learned
     from flax import nnx
 
-    from embedrec.artifacts import head_weights
-    from embedrec.data.split import VAL
-    from embedrec.evaluation import HeldOut, ndcg_by_blend
-    from embedrec.scoring import Scorer
-    from embedrec.validation import training_relevance
+    from embedrec.evaluation import ndcg_by_blends
+    from embedrec.scoring import Ranking, Scorer
+    from embedrec.validation import scoring_weights, training_relevance
 
-    weights = {name: np.asarray(table) for name, table in result.model.tables().items()}
-    weights.update(head_weights(nnx.state(result.model.head)))
-    weights["genre_idx"], weights["genre_w"] = result.genres.idx, result.genres.weight
-    relevance = training_relevance(prepared)
-    held_out = HeldOut.from_prepared(prepared, split_code=VAL, relevance=relevance)  # once for every blend tried
+    weights = scoring_weights(nnx.state(result.model.head), result.model.tables(), result.genres)
+    priors = prior_candidates(prepared)
+    blends: list[tuple[int, float]] = []  # (prior position, gamma); gamma 0 is the same ranking for every prior
+    sides: list[np.ndarray] = []
+    for position, (_, prior) in enumerate(priors):
+        with_prior = Scorer.from_weights({**weights, "popularity_prior": prior[:, None]}, model_cfg, result.shape)
+        for gamma in GAMMAS if position == 0 else GAMMAS[1:]:
+            blends.append((position, gamma))
+            sides.append(with_prior.watch_side_bias(Ranking("blend", 0.0, gamma)))
+    found = ndcg_by_blends(
+        Scorer.from_weights(weights, model_cfg, result.shape),
+        prepared,
+        sides=sides,
+        betas=BETAS,
+        split="val",
+        relevance=training_relevance(prepared),
+        max_users=train_cfg.val_users or None,
+        held_out=result.val_held_out,  # built by training's validation, when it ranked
+    )
+    if found is None:
+        no_val = "default (no relevant rating in the val split)"
+        return RankingChoice({"score": "blend", "beta": 0.0, "gamma": 0.0, "chosen_by": no_val}, {})
     # (score, -gamma, -prior position, -beta): the best val NDCG@10, ties to the simplest ranking
     best: tuple[tuple[float, float, int, float], float, float, int, dict[float, float]] | None = None
     tried: dict[str, float] = {}
-    priors = prior_candidates(prepared)
-    for position, (half_life, prior) in enumerate(priors):
-        scorer = Scorer.from_weights({**weights, "popularity_prior": prior[:, None]}, model_cfg, result.shape)
-        for gamma in GAMMAS if position == 0 else GAMMAS[1:]:  # gamma 0 is the same ranking for every prior
-            scores = ndcg_by_blend(
-                scorer,
-                prepared,
-                betas=BETAS,
-                gamma=gamma,
-                split="val",
-                relevance=relevance,
-                max_users=train_cfg.val_users or None,
-                held_out=held_out,
-            )
-            if scores is None:
-                no_val = "default (no relevant rating in the val split)"
-                return RankingChoice({"score": "blend", "beta": 0.0, "gamma": 0.0, "chosen_by": no_val}, {})
-            by_beta: dict[float, float] = scores
-            beta = max(BETAS, key=lambda b: (round(by_beta[b], 6), -b))
-            tried[f"{_prior_name(half_life)}, gamma {gamma:g}"] = round(by_beta[beta], 5)
-            key = (round(by_beta[beta], 6), -gamma, -position, -beta)
-            if best is None or key > best[0]:
-                best = (key, beta, gamma, position, by_beta)
+    for (position, gamma), by_beta in zip(blends, found):
+        beta = max(BETAS, key=lambda b: (round(by_beta[b], 6), -b))
+        tried[f"{_prior_name(priors[position][0])}, gamma {gamma:g}"] = round(by_beta[beta], 5)
+        key = (round(by_beta[beta], 6), -gamma, -position, -beta)
+        if best is None or key > best[0]:
+            best = (key, beta, gamma, position, by_beta)
     assert best is not None
     _, beta, gamma, position, scores = best
     half_life, prior = priors[position]

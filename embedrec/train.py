@@ -8,7 +8,7 @@ Synopsis::
 
 The rooms of training: :mod:`embedrec.losses` (the objective), :mod:`embedrec.sparse_adam` (the row-sparse
 optimizer and the packed table slab), :mod:`embedrec.sampling` (shared negatives, the seen filter),
-:mod:`embedrec.step` (the jitted step), :mod:`embedrec.validation` (val metrics in JAX) and
+:mod:`embedrec.step` (the jitted step), :mod:`embedrec.validation` (val metrics, by the serving scorer) and
 :mod:`embedrec.checkpoints`. This module only runs them.
 
 Speed comes from these, each measured (see benchmarks/train_throughput.py and the README):
@@ -53,10 +53,11 @@ from embedrec.model import TABLE_GROUPS, EmbeddingConcat, GenreInputs, data_shap
 from embedrec.sampling import popularity_cdf, seen_filter
 from embedrec.sparse_adam import SlabLayout, head_optimizer
 from embedrec.step import StepParts, StepSettings, TrainState, init_state, make_train_block, state_tables
-from embedrec.validation import SplitRanking, make_predict_fn, make_user_scorer, predict_in_batches
+from embedrec.validation import SplitRanking, scoring_weights, watch_scores
 
 if TYPE_CHECKING:
     from embedrec.data.store import PreparedData
+    from embedrec.evaluation import HeldOut
 
 __all__ = [
     "Callbacks",
@@ -87,10 +88,10 @@ class TrainResult:
     history: list[dict[str, Any]]
     best_epoch: int
     genres: GenreInputs
-    scorer: Callable[[np.ndarray, float], np.ndarray] | None = None  # (users, beta) -> (B, n_movies) scores
     stopped_early: bool = False
     interrupted: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    val_held_out: HeldOut | None = None  # the val split's seen and relevant sets, when validation built them
 
 
 @dataclass(frozen=True)
@@ -218,10 +219,8 @@ class Run:
     model: EmbeddingConcat
     layout: SlabLayout
     run_block: Callable[..., Any]
-    predict: Callable[..., Any]
-    scorer: Callable[..., np.ndarray]
     inputs: dict[str, Any]
-    rank_val: Callable[..., float | None] | None
+    rank_val: SplitRanking | None
     trained_users: np.ndarray  # (n_users,) bool: users with a training rating (the others are served as average)
     devices: list[Any] = field(default_factory=list)
     batch_columns: Any = None  # the sharding of the epoch's (steps, batch) columns: each device holds its share
@@ -363,7 +362,6 @@ def _set_up(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConf
         inputs = _to_devices(inputs, replicated)
     else:
         inputs = jax.device_put(inputs)
-    scorer = make_user_scorer(graphdef, shape, inputs["genre_idx"], inputs["genre_w"])
     val_split = Ratings.of_split(prepared, VAL, np.float64)
     rank_val = None
     if model_cfg.watch_head and train_cfg.val_users > 0 and len(val_split.users):
@@ -379,8 +377,6 @@ def _set_up(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConf
         model=model,
         layout=layout,
         run_block=make_train_block(StepParts(graphdef, layout, shape, settings, tx, mesh, table_rows)),
-        predict=make_predict_fn(graphdef, shape),
-        scorer=scorer,
         inputs=inputs,
         rank_val=rank_val,
         trained_users=np.bincount(train_split.users, minlength=prepared.n_users) > 0,
@@ -442,6 +438,45 @@ def _check_finite(stats: np.ndarray, epoch: int, first_step: int) -> None:
         )
 
 
+def _epoch_columns(run: Run, epoch: int) -> dict[str, np.ndarray]:
+    """The training split in the epoch's order, seeded by (seed, epoch), padded to whole batches (host side)."""
+    schedule, split = run.schedule, run.train_split
+    perm = np.random.default_rng([run.train_cfg.seed, epoch]).permutation(schedule.n_train)
+    return {
+        name: np.pad(arr[perm], (0, schedule.padded - schedule.n_train))
+        for name, arr in (("user", split.users), ("movie", split.movies), ("rating", split.ratings))
+    }
+
+
+class _Shuffles:
+    """Each epoch's shuffled columns, the next epoch's built in a background thread while this one trains.
+
+    Permuting and gathering the split is host work (about 5 s an epoch at 19M training ratings) that would
+    otherwise sit between the epochs; numpy releases the GIL in its large loops, so the thread overlaps the
+    step blocks. The order is the same whichever thread builds it.
+    """
+
+    def __init__(self, run: Run) -> None:
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        self.run = run
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="embedrec-shuffle")
+        self._next: tuple[int, Future[dict[str, np.ndarray]]] | None = None
+
+    def columns(self, epoch: int) -> dict[str, np.ndarray]:
+        ahead, self._next = self._next, None
+        if ahead is not None and ahead[0] == epoch:
+            return ahead[1].result()
+        return _epoch_columns(self.run, epoch)
+
+    def prepare(self, epoch: int) -> None:
+        if epoch <= self.run.train_cfg.epochs:
+            self._next = (epoch, self._pool.submit(_epoch_columns, self.run, epoch))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _run_epoch(
     run: Run,
     state: TrainState,
@@ -450,18 +485,14 @@ def _run_epoch(
     lr: jax.Array,
     cb: Callbacks,
     stop_requested: Callable[[], bool],
+    shuffles: _Shuffles,
 ) -> tuple[TrainState, Position, int, float, bool]:
     """Train one epoch from ``start``; (state, position reached, samples trained, seconds of training (the shuffle
     excluded), whether a stop was requested mid-epoch)."""
-    cfg, schedule, split = run.train_cfg, run.schedule, run.train_split
+    cfg, schedule = run.train_cfg, run.schedule
     n_train, bsz = schedule.n_train, schedule.batch_size
-    perm = np.random.default_rng([cfg.seed, epoch]).permutation(n_train)
-    epoch_ratings = run.batches(
-        {
-            name: np.pad(arr[perm], (0, schedule.padded - n_train))
-            for name, arr in (("user", split.users), ("movie", split.movies), ("rating", split.ratings))
-        }
-    )
+    epoch_ratings = run.batches(shuffles.columns(epoch))
+    shuffles.prepare(epoch + 1)
     sums = start.loss_sums
     t0 = time.perf_counter()
     samples_done = 0
@@ -498,12 +529,14 @@ def _epoch_record(
     run: Run, state: TrainState, position: Position, seconds: float, samples: int, lr: jax.Array
 ) -> dict[str, Any]:
     """The epoch's line in the history: train loss, val RMSE/MAE (and NDCG@10 with the watch output), speed."""
+    from embedrec.evaluation import in_threads
+    from embedrec.scoring import Scorer
+
     val, sums, epoch = run.val_split, position.loss_sums, position.epoch
     head, tables = run.host((state["head"], run.tables(state)))
     tables = untrained_users_as_average(tables, run.trained_users)  # validate what is served
-    pred = predict_in_batches(
-        run.predict, head, tables, val.users, val.movies, run.inputs["genre_idx"], run.inputs["genre_w"]
-    )
+    scorer = Scorer.from_weights(scoring_weights(head, tables, run.genres), run.model.cfg, run.shape)
+    pred = in_threads(scorer.predict_pairs)(val.users, val.movies)
     val_r = val.ratings
     record: dict[str, Any] = {
         "epoch": epoch,
@@ -522,7 +555,7 @@ def _epoch_record(
             "(or raise --weight-decay) and train again"
         )
     if run.rank_val is not None:
-        ndcg = run.rank_val(partial(run.scorer, head, tables, beta=0.0))
+        ndcg = run.rank_val(watch_scores(scorer))
         if ndcg is not None:
             record["val_ndcg@10"] = ndcg
     return record
@@ -598,37 +631,43 @@ def train(
     )
     save = partial(_save_checkpoint, checkpointer, run)
     interrupted = stopped_early = False
-    for epoch in range(position.epoch, train_cfg.epochs + 1):
-        lr = jnp.float32(train_cfg.lr * train_cfg.lr_decay ** (epoch - 1))
-        start = position if epoch == position.epoch else Position(epoch)
-        t_epoch = time.perf_counter()
-        state, reached, samples, seconds, interrupted = _run_epoch(run, state, epoch, start, lr, cb, stop_requested)
-        clock.add("epochs_s", seconds)  # the blocks of steps (the first epoch's include compiling the step)
-        clock.add("shuffle_s", time.perf_counter() - t_epoch - seconds)  # the epoch's permutation onto the devices
-        if interrupted:
+    shuffles = _Shuffles(run)
+    try:
+        for epoch in range(position.epoch, train_cfg.epochs + 1):
+            lr = jnp.float32(train_cfg.lr * train_cfg.lr_decay ** (epoch - 1))
+            start = position if epoch == position.epoch else Position(epoch)
+            t_epoch = time.perf_counter()
+            state, reached, samples, seconds, interrupted = _run_epoch(
+                run, state, epoch, start, lr, cb, stop_requested, shuffles
+            )
+            clock.add("epochs_s", seconds)  # the blocks of steps (the first epoch's include compiling the step)
+            clock.add("shuffle_s", time.perf_counter() - t_epoch - seconds)  # the epoch's permutation onto the devices
+            if interrupted:
+                with clock("checkpoints_s"):
+                    save(state, reached, history, best)
+                break
+            with clock("validation_s"):
+                record = _epoch_record(run, state, reached, seconds, samples, lr)
+            history.append(record)
+            keep, improved = select_epoch(
+                best, record, rmse_slack=train_cfg.rmse_slack, has_val=bool(len(run.val_split.ratings))
+            )
+            if keep:
+                best.epoch = epoch
+                with clock("best_copy_s"):
+                    best.weights = flatten_tree(run.host({"head": state["head"], "tables": run.tables(state)}), "")
+            best.bad_epochs = 0 if improved else best.bad_epochs + 1
+            cb.on_epoch(record)
             with clock("checkpoints_s"):
                 save(state, reached, history, best)
-            break
-        with clock("validation_s"):
-            record = _epoch_record(run, state, reached, seconds, samples, lr)
-        history.append(record)
-        keep, improved = select_epoch(
-            best, record, rmse_slack=train_cfg.rmse_slack, has_val=bool(len(run.val_split.ratings))
-        )
-        if keep:
-            best.epoch = epoch
-            with clock("best_copy_s"):
-                best.weights = flatten_tree(run.host({"head": state["head"], "tables": run.tables(state)}), "")
-        best.bad_epochs = 0 if improved else best.bad_epochs + 1
-        cb.on_epoch(record)
-        with clock("checkpoints_s"):
-            save(state, reached, history, best)
-        if train_cfg.patience and best.bad_epochs >= train_cfg.patience:
-            stopped_early = True
-            break
-        if stop_requested():
-            interrupted = epoch < train_cfg.epochs
-            break
+            if train_cfg.patience and best.bad_epochs >= train_cfg.patience:
+                stopped_early = True
+                break
+            if stop_requested():
+                interrupted = epoch < train_cfg.epochs
+                break
+    finally:
+        shuffles.close()
     with clock("final_weights_s"):
         result = _result(run, state, history, best, stopped_early=stopped_early, interrupted=interrupted)
     result.info["timings"] = clock.rounded()
@@ -685,9 +724,9 @@ def _result(
         history=history,
         best_epoch=int(best_epoch),
         genres=run.genres,
-        scorer=partial(run.scorer, final["head"], final["tables"]),
         stopped_early=stopped_early,
         interrupted=interrupted,
+        val_held_out=run.rank_val.held_out if run.rank_val is not None else None,
         info={
             "n_params": model.n_params(),
             "n_train": run.schedule.n_train,

@@ -1,143 +1,51 @@
-"""Validation during training, in JAX on the train state: val RMSE/MAE, and NDCG@10 of the full ranking.
+"""Validation during training: val RMSE/MAE and NDCG@10 of the full ranking, computed by the serving scorer.
 
 Synopsis::
 
-    predict = make_predict_fn(graphdef, shape)
-    ratings = predict_in_batches(predict, head_state, tables, users, movies, genre_idx, genre_w)
-    score = make_user_scorer(graphdef, shape, genre_idx, genre_w)       # (head, tables, users, beta) -> scores
+    scorer = Scorer.from_weights(scoring_weights(head_state, tables, genres), model_cfg, shape)
+    ratings = in_threads(scorer.predict_pairs)(users, movies)          # embedrec.evaluation.in_threads
     rank_val = SplitRanking(prepared, split_code=VAL, max_users=500)    # the sets are built on the first call
-    ndcg = rank_val(partial(score, head_state, tables, beta=0.0))         # after each epoch
+    ndcg = rank_val(watch_scores(scorer))                               # after each epoch
 
-Everything is jitted with fixed shapes (last batches padded), so a validation pass compiles once per run. The
-served model (numpy, :mod:`embedrec.recommender`) computes the same numbers from the saved weights.
+Each epoch's weights are read off the devices once and validated by :class:`embedrec.scoring.Scorer`, the numpy
+forward pass that ``recommend``, ``evaluate`` and the service run, so validation measures exactly what is served.
+It is also the fast path: numpy's row gathers are 4-5x faster than XLA:CPU's, the movie side of the first Dense
+layer is computed once per epoch and, for many pairs, the user side once per user; at full MovieLens scale (2.7M val
+ratings, 2,000 ranked users over 86,000 movies) validation took 51 s an epoch in JAX.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-
-from embedrec.config import DataShape
-from embedrec.model import (
-    gather_rows,
-    pool_genres,
-    rating_from_rows,
-    rating_logits_for_all_movies,
-    scale_rating,
-    watch_logits_against,
-)
 
 if TYPE_CHECKING:
     from embedrec.data.store import PreparedData
     from embedrec.evaluation import HeldOut
+    from embedrec.model import GenreInputs
+    from embedrec.scoring import Scorer
 
 UserScorer = Callable[[np.ndarray], np.ndarray]  # user indices -> (B, n_movies) scores
 
 
-def make_predict_fn(graphdef: Any, shape: DataShape) -> Callable[..., jax.Array]:
-    """``predict(head_state, tables, users, movies, genre_idx, genre_w) -> ratings``, jitted."""
+def scoring_weights(head_state: Any, tables: Mapping[str, Any], genres: GenreInputs) -> dict[str, np.ndarray]:
+    """The weights :class:`embedrec.scoring.Scorer` takes, from a Head's NNX state and the tables in memory."""
+    from embedrec.artifacts import head_weights
 
-    @jax.jit
-    def predict(
-        head_state: Any,
-        tables: dict[str, jax.Array],
-        u: jax.Array,
-        m: jax.Array,
-        genre_idx: jax.Array,
-        genre_w: jax.Array,
-    ) -> jax.Array:
-        head = nnx.merge(graphdef, head_state)
-        rows = gather_rows(tables, u, m, genre_idx[m])
-        return rating_from_rows(head, rows, genre_w[m], shape=shape)
-
-    return predict
+    weights = {name: np.asarray(table) for name, table in tables.items()}
+    weights.update(head_weights(head_state))
+    weights["genre_idx"], weights["genre_w"] = genres.idx, genres.weight
+    return weights
 
 
-def predict_in_batches(
-    predict: Callable[..., jax.Array],
-    head_state: Any,
-    tables: dict[str, jax.Array],
-    users: np.ndarray,
-    movies: np.ndarray,
-    genre_idx: jax.Array,
-    genre_w: jax.Array,
-    batch_size: int = 65_536,
-) -> np.ndarray:
-    """Ratings for many pairs with one compiled shape (the last batch is padded)."""
-    n = len(users)
-    out = np.empty(n, dtype=np.float32)
-    size = min(batch_size, max(n, 1))
-    for start in range(0, n, size):
-        u = users[start : start + size]
-        m = movies[start : start + size]
-        k = len(u)
-        if k < size:
-            u = np.pad(u, (0, size - k))
-            m = np.pad(m, (0, size - k))
-        out[start : start + k] = np.asarray(predict(head_state, tables, u, m, genre_idx, genre_w))[:k]
-    return out
+def watch_scores(scorer: Scorer) -> UserScorer:
+    """Users -> their watch logits against every movie: the ranking training validates (for it the dot product *is*
+    the full ranking, so two-stage retrieval would return the same top 10)."""
 
-
-def make_user_scorer(
-    graphdef: Any, shape: DataShape, genre_idx: jax.Array, genre_w: jax.Array, *, chunk: int = 64
-) -> Callable[..., np.ndarray]:
-    """``score(head_state, tables, users, beta) -> (B, n_movies)``: watch logit + beta * predicted rating.
-
-    Models without the watch output score by predicted rating alone. Users go in chunks of a fixed size.
-    """
-
-    @partial(jax.jit, static_argnames=("with_rating", "with_watch"))
-    def score_chunk(
-        head_state: Any,
-        tables: dict[str, jax.Array],
-        users: jax.Array,
-        beta: jax.Array,
-        with_rating: bool,
-        with_watch: bool,
-    ) -> jax.Array:
-        head = nnx.merge(graphdef, head_state)
-        pooled = pool_genres(tables["genre_embedding"][genre_idx], genre_w)
-        u = tables["user_embedding"][users]
-        out = jnp.zeros((users.shape[0], shape.n_movies), jnp.float32)
-        if with_rating:
-            logit = rating_logits_for_all_movies(
-                head,
-                u,
-                tables["movie_embedding"],
-                pooled,
-                user_bias=tables["user_bias"][users] if "user_bias" in tables else None,
-                movie_bias=tables.get("movie_bias"),
-            )
-            out = out + beta * scale_rating(logit, shape)
-        if with_watch:  # the movies' item vectors, genres pooled once
-            out = out + watch_logits_against(u, tables["movie_embedding"] + pooled, tables["watch_bias"][:, 0])
-        return out
-
-    def score(head_state: Any, tables: dict[str, jax.Array], users: np.ndarray, beta: float) -> np.ndarray:
-        with_watch = "watch_bias" in tables
-        with_rating = (not with_watch) or beta != 0.0
-        if not with_watch:
-            beta = 1.0
-        parts = []
-        for start in range(0, len(users), chunk):
-            part = np.asarray(users[start : start + chunk], dtype=np.int32)
-            k = len(part)
-            if k < chunk:
-                part = np.pad(part, (0, chunk - k))
-            parts.append(
-                np.asarray(
-                    score_chunk(
-                        head_state, tables, part, jnp.float32(beta), with_rating=with_rating, with_watch=with_watch
-                    )
-                )[:k]
-            )
-        return np.concatenate(parts) if parts else np.zeros((0, shape.n_movies), np.float32)
+    def score(users: np.ndarray) -> np.ndarray:
+        return scorer.watch_logits(scorer.user_rows(users)[0])
 
     return score
 
@@ -173,6 +81,11 @@ class SplitRanking:
         self.relevance = training_relevance(prepared)
         self._held_out: HeldOut | None = None
         self._defined: bool | None = None
+
+    @property
+    def held_out(self) -> HeldOut | None:
+        """The split's seen and relevant sets, once a call has built them (None before, or when undefined)."""
+        return self._held_out
 
     def __call__(self, score_users: UserScorer) -> float | None:
         from embedrec.evaluation import HeldOut, evaluate_ranking

@@ -29,6 +29,9 @@ def test_fast_path_equals_the_flax_model(which: str, request: pytest.FixtureRequ
         ref_rating.ravel(),
         rtol=1e-5,
     )
+    # a few pairs (one user's candidates) go through the first layer per pair, many (a split) by per-user table
+    assert 4 * 2 < artifact.shape.n_users
+    np.testing.assert_allclose(scorer.predict_pairs(users[:2], np.array([0, 3])), ref_rating[[0, 1], [0, 3]], rtol=1e-5)
     np.testing.assert_allclose(scorer.watch_logits(emb), ref_watch, rtol=1e-5, atol=1e-6)
     beta = scorer.ranking.beta
     np.testing.assert_allclose(
