@@ -72,7 +72,12 @@ def seen_filter(user_idx: np.ndarray, movie_idx: np.ndarray, *, n_bits: int | No
     if n_bits < MAX_FILTER_BITS:  # 2**32 bits: every hash bit addresses the filter, nothing to mask
         h &= np.uint32(n_bits - 1)
     words = np.zeros(n_bits // 32, dtype=np.uint32)
-    np.bitwise_or.at(words, h >> np.uint32(5), np.uint32(1) << (h & np.uint32(31)))
+    if h.size:  # sorted, a word's pairs are neighbours: one OR-reduction per word, one plain scatter (at 19M
+        # pairs, full MovieLens scale, about 1 s where np.bitwise_or.at took 4-5 s)
+        h = np.sort(h)
+        word = h >> np.uint32(5)
+        starts = np.flatnonzero(np.concatenate(([True], word[1:] != word[:-1])))
+        words[word[starts]] = np.bitwise_or.reduceat(np.uint32(1) << (h & np.uint32(31)), starts)
     return words
 
 

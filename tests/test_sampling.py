@@ -45,6 +45,11 @@ def test_sampled_negatives_never_include_a_rated_movie(prepared) -> None:
     flagged = np.asarray(maybe_seen(bits, jnp.asarray(cu), jnp.asarray(cm)))
     assert flagged[~unrated].all()
     assert flagged[unrated].mean() < 0.03
+    # exactly the bits of setting each pair's bit one by one
+    one_by_one = np.zeros_like(np.asarray(bits))
+    h = pair_hash_np(u, m) & np.uint32(one_by_one.size * 32 - 1)
+    np.bitwise_or.at(one_by_one, h >> np.uint32(5), np.uint32(1) << (h & np.uint32(31)))
+    np.testing.assert_array_equal(np.asarray(bits), one_by_one)
 
 
 def test_the_seen_filter_stops_at_the_32_bit_hash_range_past_67m_pairs() -> None:
