@@ -141,6 +141,50 @@ class ReadOnlyCheckpoints:
         return self.inner.load()
 
 
+class BackgroundSaves:
+    """A checkpointer whose saves are written by a background thread while training goes on.
+
+    :meth:`save` copies the arrays into host memory first (the device buffers are reused by the next steps), so a
+    checkpoint holds the state of the call; writing the copy (hundreds of MB at full MovieLens scale, fsynced) then
+    overlaps the next epoch. Saves are written one at a time, in order; a save first waits for the previous one, so
+    at most one copy is held. An error of a save (a full disk, a permission) is raised by the next :meth:`save` or
+    by :meth:`wait`, which the training loop calls before it returns: its last checkpoint is on disk by then. The
+    crash safety is :class:`CheckpointDir`'s: a kill mid-write leaves the previous checkpoint.
+    """
+
+    def __init__(self, inner: Checkpointer) -> None:
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        self.inner = inner
+        self._writes = not isinstance(inner, ReadOnlyCheckpoints)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="embedrec-checkpoint")
+        self._pending: Future[None] | None = None
+
+    def save(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        if not self._writes:
+            return
+        self.wait()
+        copied = {name: np.array(value, copy=True) for name, value in arrays.items()}
+        self._pending = self._thread.submit(self.inner.save, copied, meta)
+
+    def wait(self) -> None:
+        """Return once every save is written; raise the error of one that failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def load(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        self.wait()
+        return self.inner.load()
+
+    def close(self) -> None:
+        """:meth:`wait`, then stop the thread."""
+        try:
+            self.wait()
+        finally:
+            self._thread.shutdown(wait=True)
+
+
 # what resuming a training run reads from a checkpoint's meta.json (train.py writes these). train.py also writes
 # best_ndcg, kept_ndcg and kept_rmse (epoch selection with rmse_slack); they are optional, so a checkpoint written
 # before them still resumes (missing or null reads as the initial -inf / inf)

@@ -45,7 +45,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from embedrec.checkpoints import Checkpointer, best_weights_of, checkpoint_arrays, flatten_tree, restore_tree
+from embedrec.checkpoints import (
+    BackgroundSaves,
+    Checkpointer,
+    best_weights_of,
+    checkpoint_arrays,
+    flatten_tree,
+    restore_tree,
+)
 from embedrec.config import DataShape, ModelConfig, TrainConfig, check_settings
 from embedrec.data.split import TRAIN, VAL
 from embedrec.errors import ArtifactError, ConfigError, TrainingDiverged
@@ -629,7 +636,8 @@ def train(
             "summary": run.model.summary(),
         }
     )
-    save = partial(_save_checkpoint, checkpointer, run)
+    saves = BackgroundSaves(checkpointer) if checkpointer is not None else None
+    save = partial(_save_checkpoint, saves, run)
     interrupted = stopped_early = False
     shuffles = _Shuffles(run)
     try:
@@ -668,6 +676,9 @@ def train(
                 break
     finally:
         shuffles.close()
+        if saves is not None:
+            with clock("checkpoints_s"):  # the last checkpoint is on disk before the run returns
+                saves.close()
     with clock("final_weights_s"):
         result = _result(run, state, history, best, stopped_early=stopped_early, interrupted=interrupted)
     result.info["timings"] = clock.rounded()
