@@ -34,8 +34,9 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,6 +52,9 @@ from embedrec.config import (
 from embedrec.errors import ArtifactError, ConfigError
 from embedrec.tempfiles import removed_on_failure, sweep_stale, temp_sibling
 from embedrec.workdir import atomic_write_text
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)  # schema 1: no popularity prior in the ranking
@@ -162,7 +166,11 @@ def read_run_meta(run_dir: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class ModelArtifact:
-    """A trained model as numpy arrays plus everything needed to use it with raw ids."""
+    """A trained model as numpy arrays plus everything needed to use it with raw ids.
+
+    ``movie_table`` is ``movies.parquet`` as a pyarrow Table (row i is movie_idx i); :attr:`movies` is the same as a
+    pandas DataFrame, converted on first use: one user's recommendations list ten rows of the table and never
+    import pandas (half a second of a one-shot ``recommend --user``)."""
 
     path: Path
     model: ModelConfig
@@ -171,12 +179,20 @@ class ModelArtifact:
     weights: dict[str, np.ndarray]
     meta: dict[str, Any]
     user_ids: np.ndarray
-    movies: Any  # pandas.DataFrame
+    movie_ids: np.ndarray
+    movie_table: Any  # pyarrow.Table
     genre_vocab: dict[str, Any] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
         return str(self.meta.get("data", {}).get("fingerprint", ""))
+
+    @cached_property
+    def movies(self) -> pd.DataFrame:
+        """movie_idx, movie_id, title, year, genres, ... one row per movie in index order."""
+        from embedrec.data.store import table_frame
+
+        return table_frame(self.movie_table)
 
     @property
     def hidden_layers(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -404,27 +420,33 @@ def load_model(run_dir: Path) -> ModelArtifact:
     model_cfg, train_cfg, shape = validate_model_meta(meta, run_dir / "model.json")
     weights = load_arrays(run_dir / "weights.safetensors")
     validate_model_weights(weights, model_cfg, shape, run_dir / "weights.safetensors")
-    from embedrec.data.store import read_table_frame
+    from embedrec.data.store import int_column, read_table
 
     try:
-        users = read_table_frame(run_dir / "users.parquet")
-        movies = read_table_frame(run_dir / "movies.parquet")
+        users = read_table(run_dir / "users.parquet")
+        movies = read_table(run_dir / "movies.parquet")
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{run_dir}: vocabulary files are missing or corrupt ({exc}); retrain") from None
     vocab = read_json(run_dir / "vocab.json") if (run_dir / "vocab.json").is_file() else {}
     if not isinstance(vocab, dict):
         raise ArtifactError(f"{run_dir / 'vocab.json'} is not a JSON object: the folder is damaged; retrain")
-    for frame, file, cols in (
+    for table, file, cols in (
         (users, "users.parquet", ("user_idx", "user_id")),
         (movies, "movies.parquet", ("movie_idx", "movie_id", "title")),
     ):
-        missing = [c for c in cols if c not in frame]
+        missing = [c for c in cols if c not in table.column_names]
         if missing:
             raise ArtifactError(f"{run_dir / file} lacks column {', '.join(missing)}: the folder is damaged; retrain")
-    users = users.sort_values("user_idx")
-    movies = movies.sort_values("movie_idx").reset_index(drop=True)
+    try:
+        user_ids = int_column(users, "user_id")[_index_order(int_column(users, "user_idx"))]
+        order = _index_order(int_column(movies, "movie_idx"))
+        if not isinstance(order, slice):
+            movies = movies.take(order)
+        movie_ids = int_column(movies, "movie_id")
+    except ValueError as exc:
+        raise ArtifactError(f"{run_dir}: vocabulary files are damaged ({exc}); retrain") from None
     shape = data_shape_from_dict(meta["shape"])
-    _check_vocabulary_fits(run_dir, weights, shape, n_users=len(users), n_movies=len(movies))
+    _check_vocabulary_fits(run_dir, weights, shape, n_users=len(user_ids), n_movies=len(movie_ids))
     return ModelArtifact(
         path=run_dir,
         model=model_cfg,
@@ -432,10 +454,19 @@ def load_model(run_dir: Path) -> ModelArtifact:
         shape=shape,
         weights=weights,
         meta=meta,
-        user_ids=users["user_id"].to_numpy(np.int64),
-        movies=movies,
+        user_ids=user_ids,
+        movie_ids=movie_ids,
+        movie_table=movies,
         genre_vocab=vocab,
     )
+
+
+def _index_order(idx: np.ndarray) -> np.ndarray | slice:
+    """The row order that sorts a table by its index column: ``slice(None)`` when it is sorted already (as
+    :func:`~embedrec.data.store.write_vocabulary` writes it), so that the usual folder costs no sort."""
+    if len(idx) == 0 or np.all(idx[1:] > idx[:-1]):
+        return slice(None)
+    return np.argsort(idx, kind="stable")
 
 
 def _check_vocabulary_fits(

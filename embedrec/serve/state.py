@@ -124,34 +124,15 @@ class LoadedModel:
         order = np.lexsort((movies, -ratings))
         return movies[order].astype(np.int64), ratings[order]
 
-    @cached_property
+    @property
     def movie_fields(self) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
-        """movieId, title, year, genres of every movie as Python values (None where missing), by movie index:
-        converted once at load, so a response lists its movies with a few list lookups instead of a pandas take
-        (which cost more than the ranking itself)."""
-        movies = self.rec.movies
-        return (
-            _python_values(movies, "movie_id", int),
-            _python_values(movies, "title", str),
-            _python_values(movies, "year", int),
-            _python_values(movies, "genres", str),
-        )
+        """:attr:`Recommender.movie_fields <embedrec.recommender.Recommender.movie_fields>`: every movie's
+        movieId, title, year, genres as Python values, built at load (:meth:`warm`)."""
+        return self.rec.movie_fields
 
     def movie_records(self, movie_idx: np.ndarray, **extra: np.ndarray) -> list[dict[str, Any]]:
-        """``{"movieId", "title", "year", "genres", **extra}`` of the movies at ``movie_idx`` (-1 entries, a short
-        list's padding, dropped); each ``extra`` array is aligned with ``movie_idx``, NaN becomes None."""
-        ids, titles, years, genres = self.movie_fields
-        keep = np.asarray(movie_idx) >= 0
-        extra_values = {
-            name: [None if v != v else v for v in np.asarray(a, np.float64)[keep].tolist()] for name, a in extra.items()
-        }
-        out = []
-        for i, m in enumerate(np.asarray(movie_idx)[keep].tolist()):
-            row = {"movieId": ids[m], "title": titles[m], "year": years[m], "genres": genres[m]}
-            for name, values in extra_values.items():
-                row[name] = values[i]
-            out.append(row)
-        return out
+        """:meth:`Recommender.movie_records <embedrec.recommender.Recommender.movie_records>`."""
+        return self.rec.movie_records(movie_idx, **extra)
 
     def warm(self) -> None:
         """Build now what requests would otherwise build on first use: every user's seen-movie index, the movie
@@ -224,14 +205,6 @@ def load_served_model(source: ModelSource, *, generation: int = 1, previous: Loa
     )
     served.warm()
     return served
-
-
-def _python_values(table: Any, name: str, kind: type) -> list[Any]:
-    """A column of a pandas table as plain Python values, None for missing ones (pandas NA, NaN)."""
-    if name not in table:
-        return [None] * len(table)
-    values = table[name].to_numpy(dtype=object, na_value=None).tolist()
-    return [None if value is None else kind(value) for value in values]
 
 
 def _genre_lists(rec: Recommender) -> list[list[str]]:
