@@ -94,6 +94,68 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
         raise ArtifactError(f"{path} is unreadable ({exc}): the file is corrupt; retrain") from None
 
 
+SAFETENSORS_DTYPES = {
+    "BOOL": "|b1",
+    "U8": "|u1",
+    "I8": "|i1",
+    "I16": "<i2",
+    "I32": "<i4",
+    "I64": "<i8",
+    "U16": "<u2",
+    "U32": "<u4",
+    "U64": "<u8",
+    "F16": "<f2",
+    "F32": "<f4",
+    "F64": "<f8",
+}
+
+
+def map_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a safetensors file as read-only views of one memory map of it; ArtifactError when it is missing
+    or not a safetensors file.
+
+    ``safetensors.numpy.load_file`` reads the whole file and copies every tensor out of it: 0.15 s of every
+    ``recommend --user`` at full scale (a 100 MB model, most of it the user table, of which one row is used). A map
+    costs nothing until a page is read. The format is a little-endian u64 header length, a JSON header naming each
+    tensor's dtype, shape and byte range, then the bytes; every entry is checked against the file before use.
+    Model folders are replaced whole (temp file + rename), never rewritten in place, so the mapped file cannot
+    change under a reader."""
+
+    def bad(problem: str) -> ArtifactError:
+        return ArtifactError(f"{path} is unreadable ({problem}): the file is corrupt; retrain")
+
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(8)
+            n_header = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < n_header <= size - 8:
+                raise bad("no safetensors header")
+            header = json.loads(fh.read(n_header))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is missing: the model folder is incomplete; retrain") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad(f"the header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    n_data = size - 8 - n_header
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n_header) if n_data else np.empty(0, np.uint8)
+    arrays = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = np.dtype(SAFETENSORS_DTYPES[info["dtype"]])
+            shape = tuple(int(n) for n in info["shape"])
+            start, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise bad(f"tensor {name!r} has no valid dtype, shape and data_offsets") from None
+        if min(shape, default=0) < 0 or not 0 <= start <= end <= n_data or end - start != dtype.itemsize * math.prod(shape):
+            raise bad(f"tensor {name!r} does not fit its bytes")
+        arrays[name] = np.ndarray(shape, dtype=dtype, buffer=data, offset=start)
+    return arrays
+
+
 def json_text(obj: Any, *, indent: int | None = 2) -> str:
     """Strict JSON (NaN and Inf become null, which every parser accepts); numpy scalars and arrays allowed."""
     return json.dumps(_finite(obj), indent=indent, default=_json_default, allow_nan=False)
@@ -418,7 +480,7 @@ def load_model(run_dir: Path) -> ModelArtifact:
         raise ArtifactError(f"model folder {run_dir} does not exist: run `embedrec train`, or pass --model DIR")
     meta = read_json(run_dir / "model.json")
     model_cfg, train_cfg, shape = validate_model_meta(meta, run_dir / "model.json")
-    weights = load_arrays(run_dir / "weights.safetensors")
+    weights = map_arrays(run_dir / "weights.safetensors")
     validate_model_weights(weights, model_cfg, shape, run_dir / "weights.safetensors")
     from embedrec.data.store import int_column, read_table
 
