@@ -150,7 +150,8 @@ def map_arrays(path: Path) -> dict[str, np.ndarray]:
             start, end = (int(o) for o in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise bad(f"tensor {name!r} has no valid dtype, shape and data_offsets") from None
-        if min(shape, default=0) < 0 or not 0 <= start <= end <= n_data or end - start != dtype.itemsize * math.prod(shape):
+        fits = min(shape, default=0) >= 0 and 0 <= start <= end <= n_data
+        if not fits or end - start != dtype.itemsize * math.prod(shape):
             raise bad(f"tensor {name!r} does not fit its bytes")
         arrays[name] = np.ndarray(shape, dtype=dtype, buffer=data, offset=start)
     return arrays

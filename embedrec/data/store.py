@@ -319,7 +319,7 @@ class PreparedData:
         try:
             movies = table_frame(self.movies_file.read())
         except Exception as exc:  # pyarrow raises several types for a corrupt file
-            raise ArtifactError(f"prepared data at {self.path} has an unreadable Parquet file ({exc}): {_HOW}") from None
+            raise ArtifactError(f"{where} is an unreadable Parquet file ({exc}): {_HOW}") from None
         finally:
             self.movies_file.close()
         _check_movies(where, movies, genres=self.genres, n_genre_strings=self.n_genre_strings)
