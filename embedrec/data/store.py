@@ -33,8 +33,9 @@ Indices are dense and follow the sorted raw ids; only users and movies with kept
 ``fingerprint`` is a blake2b digest (16 hex) of the five rating arrays and the four vocabulary sizes: training stores
 it and refuses to resume on different data.
 
-``load_prepared(path, lazy=True)`` reads ``ratings.parquet`` only when a rating array is first used (the file is
-opened at load time, so a ``prepare`` replacing the folder meanwhile cannot swap it).
+``load_prepared(path, lazy=True)`` reads ``ratings.parquet`` only when a rating array is first used, and
+``movies.parquet`` when the movie table is (both files are opened at load time, so a ``prepare`` replacing the folder
+meanwhile cannot swap them).
 
 Writing is atomic: everything goes to a hidden sibling folder that replaces ``out`` by rename only when complete, and
 ``summary.json`` is written last, so an interrupted prepare never leaves a folder that :func:`load_prepared` accepts.
@@ -46,7 +47,9 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -300,19 +303,35 @@ class PreparedData:
     ratings_file: Any = field(default=None, repr=False)  # an open pyarrow ParquetFile until the arrays are read
     movies_file: Any = field(default=None, repr=False)  # an open pyarrow ParquetFile until the table is read
     user_index: UserIndex | None = None
+    _read: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _read_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
-    @cached_property
+    def _once(self, name: str, read: Callable[[], Any]) -> Any:
+        """``read()`` on first use, then its result: under a lock, because the HTTP service's threads may ask at
+        once and the file is closed after the read."""
+        with self._read_lock:
+            if name not in self._read:
+                self._read[name] = read()
+            return self._read[name]
+
+    @property
     def _ratings(self) -> dict[str, np.ndarray]:
         """The rating arrays, read and checked once."""
+        return self._once("ratings", self._read_ratings)
+
+    def _read_ratings(self) -> dict[str, np.ndarray]:
         arrays = _read_rating_arrays(self.path, self.ratings_file)
         self.ratings_file.close()  # read once: the descriptor is not held for the object's lifetime
         _check_rating_arrays(self, arrays)
         return arrays
 
-    @cached_property
+    @property
     def movies(self) -> pd.DataFrame:
         """The movie table (see the module docstring), read and checked on first use: serving one user with a model
         trained on this data needs only the model folder's copy."""
+        return self._once("movies", self._read_movies)
+
+    def _read_movies(self) -> pd.DataFrame:
         where = self.path / "movies.parquet"
         if self.movies_file is None:
             raise ArtifactError(f"{where} was not opened: load the folder with load_prepared")

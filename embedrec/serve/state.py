@@ -100,7 +100,8 @@ class LoadedModel:
 
     @cached_property
     def _ratings_by_user(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """(indptr, movie_idx, rating) of every user's ratings, grouped by user: built on the page's first use."""
+        """(indptr, movie_idx, rating) of every user's ratings, grouped by user: built on the page's first use, for
+        a folder whose per-user index lacks the rating values (prepared by an earlier embedrec)."""
         prepared = self.prepared
         if prepared is None:
             return None
@@ -115,12 +116,18 @@ class LoadedModel:
 
         The data and the model share their indices: a model is only served with the data it was trained on.
         """
-        grouped = self._ratings_by_user
-        if grouped is None:
+        if self.prepared is None:
             return np.empty(0, np.int64), np.empty(0, np.float32)
-        indptr, movie_idx, rating = grouped
         u = self.rec.user_vocab.index(user_id)
-        movies, ratings = movie_idx[indptr[u] : indptr[u + 1]], rating[indptr[u] : indptr[u + 1]]
+        index = self.prepared.user_index
+        indexed = index.ratings_of(u) if index is not None else None
+        if indexed is not None:
+            movies, ratings = indexed
+        else:
+            grouped = self._ratings_by_user
+            assert grouped is not None
+            indptr, movie_idx, rating = grouped
+            movies, ratings = movie_idx[indptr[u] : indptr[u + 1]], rating[indptr[u] : indptr[u + 1]]
         order = np.lexsort((movies, -ratings))
         return movies[order].astype(np.int64), ratings[order]
 
@@ -185,7 +192,10 @@ def load_served_model(source: ModelSource, *, generation: int = 1, previous: Loa
         fingerprint = read_json(folder / "summary.json").get("fingerprint")
         old = previous.prepared if previous is not None else None
         same = old is not None and previous is not None and previous.data_dir == folder.resolve()
-        prepared = old if same and old is not None and old.fingerprint == fingerprint else load_prepared(folder)
+        if same and old is not None and old.fingerprint == fingerprint:
+            prepared = old
+        else:  # the ratings are read only if something needs them all: a folder without the per-user index
+            prepared = load_prepared(folder, lazy=True)
         if prepared.fingerprint != artifact.fingerprint:
             raise ArtifactError(
                 f"model {model_dir.name} was trained on data {artifact.fingerprint or '?'}, but the "
