@@ -143,11 +143,16 @@ class LoadedModel:
 
     def warm(self) -> None:
         """Build now what requests would otherwise build on first use: every user's seen-movie index, the movie
-        fields of responses, the cold-start popularity and the unfiltered movie pool."""
+        fields of responses, the cold-start popularity and the unfiltered movie pool; and, for a folder whose
+        per-user index lacks the rating values (an earlier prepare), the page's ratings grouped by user (reading
+        every rating: seconds at 27M, which a fresh ``prepare`` saves)."""
         self.rec.index_seen()
         _ = self.movie_fields
         if self.prepared is not None:
             self.rec.popular(k=1)
+            index = self.prepared.user_index
+            if index is None or index.rating is None:
+                _ = self._ratings_by_user
 
     def info(self) -> dict[str, Any]:
         """The ``GET /model`` answer (no file paths)."""
