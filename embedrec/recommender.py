@@ -256,17 +256,23 @@ class Recommender:
     # -- filters ----------------------------------------------------------------------------------------------
     def genre_mask(self, genre: str) -> np.ndarray:
         """Movies having ``genre`` (case-insensitive); ConfigError listing the genres when there is no such genre."""
-        lists = (
-            self.movies["genre_list"]
-            if "genre_list" in self.movies
-            else self.movies["genres"].astype(str).str.split("|")
-        )
+        lists = self.genre_lists
         known = sorted({g for gl in lists for g in gl})
         match = [g for g in known if g.lower() == genre.strip().lower()]
         if not match:
             raise ConfigError(f"--genre: unknown genre {genre!r}; known: {', '.join(known)}")
         target = match[0]
         return np.fromiter((target in gl for gl in lists), dtype=bool, count=len(lists))
+
+    @cached_property
+    def genre_lists(self) -> list[list[str]]:
+        """Each movie's single genres, by movie index (from the Arrow movie table: no pandas)."""
+        table = self.artifact.movie_table
+        if "genre_list" in table.column_names:
+            return [list(g or ()) for g in table.column("genre_list").to_pylist()]
+        if "genres" in table.column_names:
+            return [str(g).split("|") for g in table.column("genres").to_pylist()]
+        return [[] for _ in range(table.num_rows)]
 
     def _allowed_movies(self, *, genre: str | None, min_ratings: int) -> np.ndarray:
         """Movies eligible for anyone under the filters (True = may be recommended)."""
@@ -421,7 +427,7 @@ class Recommender:
         score and predicted rating: what ``recommend --format json`` prints, without building a DataFrame."""
         return self.movie_records(ranked.movie_idx[0], score=ranked.score[0], rating=ranked.rating[0])
 
-    def movie_records(self, movie_idx: np.ndarray, **extra: np.ndarray) -> list[dict[str, Any]]:
+    def movie_records(self, movie_idx: Sequence[int] | np.ndarray, **extra: np.ndarray) -> list[dict[str, Any]]:
         """``{"movieId", "title", "year", "genres", **extra}`` of the movies at ``movie_idx`` as plain Python values
         (-1 entries, a short list's padding, dropped); each ``extra`` array is aligned with ``movie_idx``, NaN and
         infinities become None. No pandas: a few list lookups once :attr:`movie_fields` is built (a server builds

@@ -52,8 +52,8 @@ def movie_label(rec: Recommender, movie_id: int) -> str:
     idx = int(rec.movie_vocab.indices([movie_id])[0])
     if idx < 0:
         return ""
-    row = rec.movies.iloc[idx]
-    year = clean(row.get("year"))
+    row = rec.movie_records([idx])[0]
+    year = row["year"]
     return f" ({row['title']}{'' if year is None else f', {int(year)}'})"
 
 

@@ -209,7 +209,7 @@ def load_served_model(source: ModelSource, *, generation: int = 1, previous: Loa
             )
     rec = Recommender(artifact, prepared)
     _check_answers(rec, model_dir.name)
-    genres = sorted({g for gl in _genre_lists(rec) for g in gl})
+    genres = sorted({g for gl in rec.genre_lists for g in gl})
     served = LoadedModel(
         rec=rec,
         run=model_dir.name,
@@ -220,15 +220,6 @@ def load_served_model(source: ModelSource, *, generation: int = 1, previous: Loa
     )
     served.warm()
     return served
-
-
-def _genre_lists(rec: Recommender) -> list[list[str]]:
-    movies = rec.movies
-    if "genre_list" in movies:
-        return [list(g) for g in movies["genre_list"]]
-    if "genres" in movies:
-        return [str(g).split("|") for g in movies["genres"]]
-    return []
 
 
 def _check_answers(rec: Recommender, run: str) -> None:
