@@ -21,8 +21,9 @@ Schema versions: 2 adds the popularity prior (``"gamma"`` in ``model.json``'s ``
 ``popularity_prior`` weight). Folders of schema 1 still load (gamma 0, no prior); a reader of schema 1 refuses a
 schema 2 folder instead of ranking it without its prior.
 
-Loading needs only numpy, safetensors and pyarrow: :func:`load_model` never imports JAX, so the recommender's fast path
-starts quickly. No pickle anywhere: JSON, safetensors and Parquet only.
+Loading needs only numpy and pyarrow: :func:`load_model` never imports JAX or pandas, memory-maps the weights
+(:func:`map_arrays`) and keeps the movie table as Arrow, so the recommender's fast path starts quickly. No pickle
+anywhere: JSON, safetensors and Parquet only.
 """
 
 from __future__ import annotations
