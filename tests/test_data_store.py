@@ -248,3 +248,21 @@ def test_a_damaged_index_is_one_clear_error(synthetic_prepared: Path, tmp_path: 
     (bad / "user_ratings_movie_idx.npy").unlink()
     with pytest.raises(ArtifactError, match="user_ratings_movie_idx.npy is missing or unreadable"):
         load_prepared(bad)
+
+
+def test_int_column_reads_arrow_buffers_of_any_chunking_and_refuses_nulls_and_floats() -> None:
+    from embedrec.data.store import int_column
+
+    chunked = pa.chunked_array([pa.array([9, 1, 2, 3], pa.int32()).slice(1), pa.array([], pa.int32()), [7, 8]])
+    table = pa.Table.from_arrays(
+        [chunked, pa.chunked_array([[1, None, 3, 4, 5]], pa.int64()), pa.chunked_array([[1.0, 2, 3, 4, 5]])],
+        names=["ids", "gaps", "floats"],
+    )
+    got = int_column(table, "ids")
+    assert got.dtype == np.int64 and got.tolist() == [1, 2, 3, 7, 8] and got.flags.c_contiguous
+    assert int_column(table, "ids", np.int32).dtype == np.int32
+    assert int_column(table.slice(0, 0), "ids").tolist() == []
+    with pytest.raises(ValueError, match="gaps holds 1 missing values"):
+        int_column(table, "gaps")
+    with pytest.raises(ValueError, match="floats holds double values"):
+        int_column(table, "floats")
