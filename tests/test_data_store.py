@@ -193,11 +193,12 @@ def test_a_lazy_load_reads_no_rating_and_no_movie_until_one_is_used(synthetic_pr
     assert d._read == {} and d.user_index is not None
     assert isinstance(d.user_index.movie_idx, np.memmap)
     eager = load_prepared(synthetic_prepared)
-    assert set(eager._read) == {"ratings", "movies"}
+    assert set(eager._read) == {"ratings", "movies", "users"}
     np.testing.assert_array_equal(d.rating, eager.rating)  # first use reads them
-    assert set(d._read) == {"ratings"} and d.n_movies == eager.n_movies
+    assert set(d._read) == {"ratings"} and (d.n_movies, d.n_users) == (eager.n_movies, eager.n_users)
     pd.testing.assert_frame_equal(d.movies, eager.movies)
-    assert set(d._read) == {"ratings", "movies"}
+    np.testing.assert_array_equal(d.user_ids, eager.user_ids)
+    assert set(d._read) == {"ratings", "movies", "users"}
 
 
 def test_an_index_prepared_before_it_kept_the_rating_values_still_loads(

@@ -297,11 +297,11 @@ class PreparedData:
 
     path: Path
     summary: dict[str, Any]
-    user_ids: np.ndarray
     genres: list[str]
     genre_strings: list[str]
     ratings_file: Any = field(default=None, repr=False)  # an open pyarrow ParquetFile until the arrays are read
     movies_file: Any = field(default=None, repr=False)  # an open pyarrow ParquetFile until the table is read
+    users_file: Any = field(default=None, repr=False)  # an open pyarrow ParquetFile until the ids are read
     user_index: UserIndex | None = None
     _read: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     _read_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -324,6 +324,22 @@ class PreparedData:
         self.ratings_file.close()  # read once: the descriptor is not held for the object's lifetime
         _check_rating_arrays(self, arrays)
         return arrays
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        """Raw user id per user_idx (int64, sorted), read on first use: a model trained on this data carries them."""
+        return self._once("users", self._read_user_ids)
+
+    def _read_user_ids(self) -> np.ndarray:
+        where = self.path / "users.parquet"
+        if self.users_file is None:
+            raise ArtifactError(f"{where} was not opened: load the folder with load_prepared")
+        try:
+            return int_column(self.users_file.read(columns=["user_id"]), "user_id")
+        except Exception as exc:  # pyarrow raises several types for a corrupt file
+            raise ArtifactError(f"{where} is an unreadable Parquet file ({exc}): {_HOW}") from None
+        finally:
+            self.users_file.close()
 
     @property
     def movies(self) -> pd.DataFrame:
@@ -366,7 +382,7 @@ class PreparedData:
 
     @property
     def n_users(self) -> int:
-        return len(self.user_ids)
+        return int(self.summary["n_users"])  # checked against users.parquet's row count at load
 
     @property
     def n_movies(self) -> int:
@@ -482,8 +498,8 @@ def load_prepared(path: str | os.PathLike[str], *, lazy: bool = False) -> Prepar
 
     The files are read (or, with ``lazy``, opened) under a shared lock on the parent folder, so a ``prepare``
     replacing the folder meanwhile waits for the read to finish: the result is always one complete version.
-    ``lazy`` defers reading the ratings and the movie table to their first use: what serving one user needs (the
-    user ids, the memory-mapped per-user index) costs milliseconds at any size."""
+    ``lazy`` defers reading the ratings, the movie table and the user ids to their first use: what serving one user
+    with a model trained on this data needs (the memory-mapped per-user index) costs milliseconds at any size."""
     path = Path(path)
     if not path.parent.is_dir():
         raise ArtifactError(f"no prepared data at {path}: {_HOW}")
@@ -492,6 +508,7 @@ def load_prepared(path: str | os.PathLike[str], *, lazy: bool = False) -> Prepar
         if not lazy:
             _ = data._ratings
             _ = data.movies
+            _ = data.user_ids
     return data
 
 
@@ -526,41 +543,44 @@ def _read_prepared(path: Path) -> PreparedData:
         raise ArtifactError(f"{path / 'summary.json'} lacks or garbles {', '.join(bad) or 'fingerprint'}: {_HOW}")
     opened: list[Any] = []
     try:
-        for name in ("ratings.parquet", "movies.parquet"):
+        for name in ("ratings.parquet", "movies.parquet", "users.parquet"):
             opened.append(pq.ParquetFile(path / name))
-        ratings, movies = opened
-        users = read_table(path / "users.parquet", columns=["user_id"])
-        user_ids = int_column(users, "user_id")
+        ratings, movies, users = opened
+        problem = None
+        if not set(RATING_COLUMNS) <= set(ratings.schema_arrow.names) or ratings.metadata.num_rows != summary.get(
+            "n_ratings"
+        ):
+            problem = f"{path / 'ratings.parquet'} does not match summary.json: {_HOW}"
+        elif movies.metadata.num_rows != summary.get("n_movies") or users.metadata.num_rows != summary.get("n_users"):
+            problem = f"movies/users tables in {path} do not match summary.json: {_HOW}"
+        elif "user_id" not in users.schema_arrow.names:
+            problem = f"{path / 'users.parquet'} lacks column user_id: {_HOW}"
     except Exception as exc:  # pyarrow raises several types for a corrupt file
+        problem = f"prepared data at {path} has an unreadable Parquet file ({exc}): {_HOW}"
+    if problem is not None:
         for parquet in opened:
             parquet.close()
-        raise ArtifactError(f"prepared data at {path} has an unreadable Parquet file ({exc}): {_HOW}") from None
-    problem = None
-    if not set(RATING_COLUMNS) <= set(ratings.schema_arrow.names) or ratings.metadata.num_rows != summary.get(
-        "n_ratings"
-    ):
-        problem = f"{path / 'ratings.parquet'} does not match summary.json: {_HOW}"
-    elif movies.metadata.num_rows != summary.get("n_movies") or len(user_ids) != summary.get("n_users"):
-        problem = f"movies/users tables in {path} do not match summary.json: {_HOW}"
-    if problem is not None:
-        ratings.close()
-        movies.close()
         raise ArtifactError(problem)
-    user_index = open_user_index(
-        path,
-        summary.get("user_index"),
-        n_users=int(summary["n_users"]),
-        n_movies=int(summary["n_movies"]),
-        n_ratings=int(summary["n_ratings"]),
-    )
+    try:
+        user_index = open_user_index(
+            path,
+            summary.get("user_index"),
+            n_users=int(summary["n_users"]),
+            n_movies=int(summary["n_movies"]),
+            n_ratings=int(summary["n_ratings"]),
+        )
+    except BaseException:
+        for parquet in opened:
+            parquet.close()
+        raise
     return PreparedData(
         path=path,
         summary=summary,
-        user_ids=user_ids,
         genres=list(vocab["genres"]),
         genre_strings=list(vocab["genre_strings"]),
         ratings_file=ratings,
         movies_file=movies,
+        users_file=users,
         user_index=user_index,
     )
 
