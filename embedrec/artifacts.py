@@ -21,8 +21,9 @@ Schema versions: 2 adds the popularity prior (``"gamma"`` in ``model.json``'s ``
 ``popularity_prior`` weight). Folders of schema 1 still load (gamma 0, no prior); a reader of schema 1 refuses a
 schema 2 folder instead of ranking it without its prior.
 
-Loading needs only numpy, safetensors and pyarrow: :func:`load_model` never imports JAX, so the recommender's fast path
-starts quickly. No pickle anywhere: JSON, safetensors and Parquet only.
+Loading needs only numpy and pyarrow: :func:`load_model` never imports JAX or pandas, memory-maps the weights
+(:func:`map_arrays`) and keeps the movie table as Arrow, so the recommender's fast path starts quickly. No pickle
+anywhere: JSON, safetensors and Parquet only.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,6 +53,9 @@ from embedrec.config import (
 from embedrec.errors import ArtifactError, ConfigError
 from embedrec.tempfiles import removed_on_failure, sweep_stale, temp_sibling
 from embedrec.workdir import atomic_write_text
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)  # schema 1: no popularity prior in the ranking
@@ -88,6 +93,69 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
         raise ArtifactError(f"{path} is missing: the model folder is incomplete; retrain") from None
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise ArtifactError(f"{path} is unreadable ({exc}): the file is corrupt; retrain") from None
+
+
+SAFETENSORS_DTYPES = {
+    "BOOL": "|b1",
+    "U8": "|u1",
+    "I8": "|i1",
+    "I16": "<i2",
+    "I32": "<i4",
+    "I64": "<i8",
+    "U16": "<u2",
+    "U32": "<u4",
+    "U64": "<u8",
+    "F16": "<f2",
+    "F32": "<f4",
+    "F64": "<f8",
+}
+
+
+def map_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a safetensors file as read-only views of one memory map of it; ArtifactError when it is missing
+    or not a safetensors file.
+
+    ``safetensors.numpy.load_file`` reads the whole file and copies every tensor out of it: 0.15 s of every
+    ``recommend --user`` at full scale (a 100 MB model, most of it the user table, of which one row is used). A map
+    costs nothing until a page is read. The format is a little-endian u64 header length, a JSON header naming each
+    tensor's dtype, shape and byte range, then the bytes; every entry is checked against the file before use.
+    Model folders are replaced whole (temp file + rename), never rewritten in place, so the mapped file cannot
+    change under a reader."""
+
+    def bad(problem: str) -> ArtifactError:
+        return ArtifactError(f"{path} is unreadable ({problem}): the file is corrupt; retrain")
+
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(8)
+            n_header = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < n_header <= size - 8:
+                raise bad("no safetensors header")
+            header = json.loads(fh.read(n_header))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is missing: the model folder is incomplete; retrain") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad(f"the header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    n_data = size - 8 - n_header
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n_header) if n_data else np.empty(0, np.uint8)
+    arrays = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = np.dtype(SAFETENSORS_DTYPES[info["dtype"]])
+            shape = tuple(int(n) for n in info["shape"])
+            start, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise bad(f"tensor {name!r} has no valid dtype, shape and data_offsets") from None
+        fits = min(shape, default=0) >= 0 and 0 <= start <= end <= n_data
+        if not fits or end - start != dtype.itemsize * math.prod(shape):
+            raise bad(f"tensor {name!r} does not fit its bytes")
+        arrays[name] = np.ndarray(shape, dtype=dtype, buffer=data, offset=start)
+    return arrays
 
 
 def json_text(obj: Any, *, indent: int | None = 2) -> str:
@@ -162,7 +230,11 @@ def read_run_meta(run_dir: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class ModelArtifact:
-    """A trained model as numpy arrays plus everything needed to use it with raw ids."""
+    """A trained model as numpy arrays plus everything needed to use it with raw ids.
+
+    ``movie_table`` is ``movies.parquet`` as a pyarrow Table (row i is movie_idx i); :attr:`movies` is the same as a
+    pandas DataFrame, converted on first use: one user's recommendations list ten rows of the table and never
+    import pandas (half a second of a one-shot ``recommend --user``)."""
 
     path: Path
     model: ModelConfig
@@ -171,12 +243,20 @@ class ModelArtifact:
     weights: dict[str, np.ndarray]
     meta: dict[str, Any]
     user_ids: np.ndarray
-    movies: Any  # pandas.DataFrame
+    movie_ids: np.ndarray
+    movie_table: Any  # pyarrow.Table
     genre_vocab: dict[str, Any] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
         return str(self.meta.get("data", {}).get("fingerprint", ""))
+
+    @cached_property
+    def movies(self) -> pd.DataFrame:
+        """movie_idx, movie_id, title, year, genres, ... one row per movie in index order."""
+        from embedrec.data.store import table_frame
+
+        return table_frame(self.movie_table)
 
     @property
     def hidden_layers(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -402,29 +482,35 @@ def load_model(run_dir: Path) -> ModelArtifact:
         raise ArtifactError(f"model folder {run_dir} does not exist: run `embedrec train`, or pass --model DIR")
     meta = read_json(run_dir / "model.json")
     model_cfg, train_cfg, shape = validate_model_meta(meta, run_dir / "model.json")
-    weights = load_arrays(run_dir / "weights.safetensors")
+    weights = map_arrays(run_dir / "weights.safetensors")
     validate_model_weights(weights, model_cfg, shape, run_dir / "weights.safetensors")
-    from embedrec.data.store import read_table_frame
+    from embedrec.data.store import int_column, read_table
 
     try:
-        users = read_table_frame(run_dir / "users.parquet")
-        movies = read_table_frame(run_dir / "movies.parquet")
+        users = read_table(run_dir / "users.parquet")
+        movies = read_table(run_dir / "movies.parquet")
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{run_dir}: vocabulary files are missing or corrupt ({exc}); retrain") from None
     vocab = read_json(run_dir / "vocab.json") if (run_dir / "vocab.json").is_file() else {}
     if not isinstance(vocab, dict):
         raise ArtifactError(f"{run_dir / 'vocab.json'} is not a JSON object: the folder is damaged; retrain")
-    for frame, file, cols in (
+    for table, file, cols in (
         (users, "users.parquet", ("user_idx", "user_id")),
         (movies, "movies.parquet", ("movie_idx", "movie_id", "title")),
     ):
-        missing = [c for c in cols if c not in frame]
+        missing = [c for c in cols if c not in table.column_names]
         if missing:
             raise ArtifactError(f"{run_dir / file} lacks column {', '.join(missing)}: the folder is damaged; retrain")
-    users = users.sort_values("user_idx")
-    movies = movies.sort_values("movie_idx").reset_index(drop=True)
+    try:
+        user_ids = int_column(users, "user_id")[_index_order(int_column(users, "user_idx"))]
+        order = _index_order(int_column(movies, "movie_idx"))
+        if not isinstance(order, slice):
+            movies = movies.take(order)
+        movie_ids = int_column(movies, "movie_id")
+    except ValueError as exc:
+        raise ArtifactError(f"{run_dir}: vocabulary files are damaged ({exc}); retrain") from None
     shape = data_shape_from_dict(meta["shape"])
-    _check_vocabulary_fits(run_dir, weights, shape, n_users=len(users), n_movies=len(movies))
+    _check_vocabulary_fits(run_dir, weights, shape, n_users=len(user_ids), n_movies=len(movie_ids))
     return ModelArtifact(
         path=run_dir,
         model=model_cfg,
@@ -432,10 +518,19 @@ def load_model(run_dir: Path) -> ModelArtifact:
         shape=shape,
         weights=weights,
         meta=meta,
-        user_ids=users["user_id"].to_numpy(np.int64),
-        movies=movies,
+        user_ids=user_ids,
+        movie_ids=movie_ids,
+        movie_table=movies,
         genre_vocab=vocab,
     )
+
+
+def _index_order(idx: np.ndarray) -> np.ndarray | slice:
+    """The row order that sorts a table by its index column: ``slice(None)`` when it is sorted already (as
+    :func:`~embedrec.data.store.write_vocabulary` writes it), so that the usual folder costs no sort."""
+    if len(idx) == 0 or np.all(idx[1:] > idx[:-1]):
+        return slice(None)
+    return np.argsort(idx, kind="stable")
 
 
 def _check_vocabulary_fits(

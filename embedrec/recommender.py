@@ -23,6 +23,7 @@ never allocates more than (users x movies) results, whatever ``-k`` asks for.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -53,6 +54,25 @@ ProgressFn = Callable[[int, int], None]
 __all__ = ["DEFAULT_MIN_RATINGS", "FoldedUser", "Ranking", "Recommender"]
 
 
+MOVIE_FIELDS: tuple[tuple[str, type], ...] = (("movie_id", int), ("title", str), ("year", int), ("genres", str))
+FEW_ROWS = 1000  # movie_records reads up to this many rows from the Arrow table one by one; more: every row at once
+
+
+def _plain(value: Any, kind: type) -> Any:
+    """A value of a movie column as ``kind`` (a year read as 1995.0 is 1995), None when missing or NaN."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return kind(value)
+
+
+def _movie_row(table: Any, movie_idx: int) -> tuple[Any, ...]:
+    """One movie's :data:`MOVIE_FIELDS` from the Arrow movie table, as plain Python values."""
+    return tuple(
+        _plain(table.column(name)[movie_idx].as_py(), kind) if name in table.column_names else None
+        for name, kind in MOVIE_FIELDS
+    )
+
+
 def _pool_key(genre: str | None, min_ratings: int) -> tuple[str | None, int]:
     return (genre.strip().lower() if genre else None, int(min_ratings))
 
@@ -79,9 +99,8 @@ class Recommender:
         self.scorer = Scorer.from_artifact(artifact)
         if ranking is not None:
             self.scorer.ranking = ranking
-        self.movies = artifact.movies.reset_index(drop=True)
         self.user_vocab = Vocabulary(artifact.user_ids, kind="user", owner="the model")
-        self.movie_vocab = Vocabulary(self.movies["movie_id"].to_numpy(np.int64), kind="movie", owner="the model")
+        self.movie_vocab = Vocabulary(artifact.movie_ids, kind="movie", owner="the model")
         self.prepared = prepared
         self._seen: ItemSets | None = None
         self._rated: tuple[np.ndarray, np.ndarray] | None = None
@@ -112,6 +131,11 @@ class Recommender:
     def movie_ids(self) -> np.ndarray:
         """Raw movie ids the model knows, sorted (int64), in the row order of :attr:`movies`."""
         return self.movie_vocab.ids
+
+    @property
+    def movies(self) -> pd.DataFrame:
+        """The model's movie table (movie_idx, movie_id, title, year, genres, ...), row i for movie index i."""
+        return self.artifact.movies
 
     @property
     def ranking(self) -> Ranking:
@@ -232,17 +256,23 @@ class Recommender:
     # -- filters ----------------------------------------------------------------------------------------------
     def genre_mask(self, genre: str) -> np.ndarray:
         """Movies having ``genre`` (case-insensitive); ConfigError listing the genres when there is no such genre."""
-        lists = (
-            self.movies["genre_list"]
-            if "genre_list" in self.movies
-            else self.movies["genres"].astype(str).str.split("|")
-        )
+        lists = self.genre_lists
         known = sorted({g for gl in lists for g in gl})
         match = [g for g in known if g.lower() == genre.strip().lower()]
         if not match:
             raise ConfigError(f"--genre: unknown genre {genre!r}; known: {', '.join(known)}")
         target = match[0]
         return np.fromiter((target in gl for gl in lists), dtype=bool, count=len(lists))
+
+    @cached_property
+    def genre_lists(self) -> list[list[str]]:
+        """Each movie's single genres, by movie index (from the Arrow movie table: no pandas)."""
+        table = self.artifact.movie_table
+        if "genre_list" in table.column_names:
+            return [list(g or ()) for g in table.column("genre_list").to_pylist()]
+        if "genres" in table.column_names:
+            return [str(g).split("|") for g in table.column("genres").to_pylist()]
+        return [[] for _ in range(table.num_rows)]
 
     def _allowed_movies(self, *, genre: str | None, min_ratings: int) -> np.ndarray:
         """Movies eligible for anyone under the filters (True = may be recommended)."""
@@ -391,6 +421,49 @@ class Recommender:
         top = top_k(popularity[movies][None], k)[0]
         top = movies[top[top >= 0]]
         return top, popularity[top]
+
+    def records(self, ranked: Ranked) -> list[dict[str, Any]]:
+        """The first row of ``ranked`` (:meth:`rank_user`, :meth:`rank_folded`) as :meth:`movie_records` with its
+        score and predicted rating: what ``recommend --format json`` prints, without building a DataFrame."""
+        return self.movie_records(ranked.movie_idx[0], score=ranked.score[0], rating=ranked.rating[0])
+
+    def movie_records(self, movie_idx: Sequence[int] | np.ndarray, **extra: np.ndarray) -> list[dict[str, Any]]:
+        """``{"movieId", "title", "year", "genres", **extra}`` of the movies at ``movie_idx`` as plain Python values
+        (-1 entries, a short list's padding, dropped); each ``extra`` array is aligned with ``movie_idx``, NaN and
+        infinities become None. No pandas: a few list lookups once :attr:`movie_fields` is built (a server builds
+        it at load), else a few rows of the Arrow table, so a one-shot ``recommend --user`` converts ten movies, not
+        the catalogue."""
+        keep = np.asarray(movie_idx) >= 0
+        rows = np.asarray(movie_idx)[keep].tolist()
+        extra_values = {
+            name: [v if math.isfinite(v) else None for v in np.asarray(a, np.float64)[keep].tolist()]
+            for name, a in extra.items()
+        }
+        if "movie_fields" in self.__dict__ or len(rows) > FEW_ROWS:
+            ids, titles, years, genres = self.movie_fields
+            fields = [(ids[m], titles[m], years[m], genres[m]) for m in rows]
+        else:
+            fields = [_movie_row(self.artifact.movie_table, m) for m in rows]
+        out = []
+        for i, (movie_id, title, year, genres) in enumerate(fields):
+            row = {"movieId": movie_id, "title": title, "year": year, "genres": genres}
+            for name, values in extra_values.items():
+                row[name] = values[i]
+            out.append(row)
+        return out
+
+    @cached_property
+    def movie_fields(self) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+        """movieId, title, year, genres of every movie as Python values (None where missing), by movie index:
+        converted once, so that a list of movies costs a few list lookups instead of a pandas take (which cost more
+        than the ranking itself in the HTTP service)."""
+        table = self.artifact.movie_table
+        return tuple(  # type: ignore[return-value]
+            [_plain(v, kind) for v in table.column(name).to_pylist()]
+            if name in table.column_names
+            else [None] * table.num_rows
+            for name, kind in MOVIE_FIELDS
+        )
 
     def movie_rows(self, movie_idx: np.ndarray) -> pd.DataFrame:
         """movie_id, title, year, genres of the movies at ``movie_idx``, in that order."""

@@ -437,11 +437,13 @@ def _plan_run(
     prepared = load_prepared(data_dir)
     model_cfg, train_cfg = resolve_configs(preset, overrides)
     train_movies = prepared.movie_idx[prepared.split == 0]
+    # a count per movie: np.unique sorts, 12x slower on numpy 2.4 (2.5 s instead of 0.2 s at 19M train ratings)
+    n_movies_rated = int(np.count_nonzero(np.bincount(train_movies, minlength=prepared.n_movies)))
     train_cfg, adapted = adapt_to_data(
         preset,
         train_cfg,
         n_train=len(train_movies),
-        n_movies_rated=int(np.unique(train_movies).size),
+        n_movies_rated=n_movies_rated,
         split_method=str(prepared.summary.get("split", {}).get("method", "random")),
         explicit=set((overrides or {}).keys()),
     )

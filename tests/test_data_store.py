@@ -173,6 +173,13 @@ def test_the_user_index_holds_each_users_movies_and_the_movie_totals(synthetic_p
         assert index.movies_of(u, before_split=2).tolist() == sorted(d.movie_idx[before_test].tolist())
     order = np.lexsort((d.movie_idx, d.user_idx))
     np.testing.assert_array_equal(index.split, d.split[order])
+    np.testing.assert_array_equal(index.rating, d.rating[order])
+    for u in (0, d.n_users - 1):
+        ratings = index.ratings_of(u)
+        assert ratings is not None
+        mine = np.flatnonzero(d.user_idx == u)
+        expected = dict(zip(d.movie_idx[mine].tolist(), d.rating[mine].tolist()))
+        assert dict(zip(ratings[0].tolist(), ratings[1].tolist())) == expected
     np.testing.assert_array_equal(index.movie_counts, np.bincount(d.movie_idx, minlength=d.n_movies))
     np.testing.assert_array_equal(
         index.movie_rating_sums, np.bincount(d.movie_idx, d.rating.astype(np.float64), minlength=d.n_movies)
@@ -181,13 +188,33 @@ def test_the_user_index_holds_each_users_movies_and_the_movie_totals(synthetic_p
         index.movies_of(d.n_users)
 
 
-def test_a_lazy_load_reads_no_rating_until_one_is_used(synthetic_prepared: Path) -> None:
+def test_a_lazy_load_reads_no_rating_and_no_movie_until_one_is_used(synthetic_prepared: Path) -> None:
     d = load_prepared(synthetic_prepared, lazy=True)
-    assert "_ratings" not in d.__dict__ and d.user_index is not None
+    assert d._read == {} and d.user_index is not None
     assert isinstance(d.user_index.movie_idx, np.memmap)
     eager = load_prepared(synthetic_prepared)
+    assert set(eager._read) == {"ratings", "movies", "users"}
     np.testing.assert_array_equal(d.rating, eager.rating)  # first use reads them
-    assert "_ratings" in d.__dict__
+    assert set(d._read) == {"ratings"} and (d.n_movies, d.n_users) == (eager.n_movies, eager.n_users)
+    pd.testing.assert_frame_equal(d.movies, eager.movies)
+    np.testing.assert_array_equal(d.user_ids, eager.user_ids)
+    assert set(d._read) == {"ratings", "movies", "users"}
+
+
+def test_an_index_prepared_before_it_kept_the_rating_values_still_loads(
+    synthetic_prepared: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    older = tmp_path / "older"
+    shutil.copytree(synthetic_prepared, older)
+    (older / "user_ratings_rating.npy").unlink()
+    summary = json.loads((older / "summary.json").read_text())
+    del summary["user_index"]["files"]["rating"]
+    (older / "summary.json").write_text(json.dumps(summary))
+    index = load_prepared(older, lazy=True).user_index
+    assert index is not None and index.rating is None and index.ratings_of(0) is None
+    assert index.movies_of(0).tolist() == load_prepared(synthetic_prepared).user_index.movies_of(0).tolist()
 
 
 def _without_index(src: Path, dst: Path) -> Path:
@@ -222,3 +249,21 @@ def test_a_damaged_index_is_one_clear_error(synthetic_prepared: Path, tmp_path: 
     (bad / "user_ratings_movie_idx.npy").unlink()
     with pytest.raises(ArtifactError, match="user_ratings_movie_idx.npy is missing or unreadable"):
         load_prepared(bad)
+
+
+def test_int_column_reads_arrow_buffers_of_any_chunking_and_refuses_nulls_and_floats() -> None:
+    from embedrec.data.store import int_column
+
+    chunked = pa.chunked_array([pa.array([9, 1, 2, 3], pa.int32()).slice(1), pa.array([], pa.int32()), [7, 8]])
+    table = pa.Table.from_arrays(
+        [chunked, pa.chunked_array([[1, None, 3, 4, 5]], pa.int64()), pa.chunked_array([[1.0, 2, 3, 4, 5]])],
+        names=["ids", "gaps", "floats"],
+    )
+    got = int_column(table, "ids")
+    assert got.dtype == np.int64 and got.tolist() == [1, 2, 3, 7, 8] and got.flags.c_contiguous
+    assert int_column(table, "ids", np.int32).dtype == np.int32
+    assert int_column(table.slice(0, 0), "ids").tolist() == []
+    with pytest.raises(ValueError, match="gaps holds 1 missing values"):
+        int_column(table, "gaps")
+    with pytest.raises(ValueError, match="floats holds double values"):
+        int_column(table, "floats")

@@ -10,8 +10,10 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from planted import planted, prepared, rec  # noqa: F401  (fixtures)
 
@@ -129,6 +131,54 @@ def test_recommend_path_never_imports_jax(planted: Path, synthetic_prepared: Pat
     assert len(json.loads(proc.stdout)) == 10
 
 
+def test_one_users_recommendations_and_a_prediction_never_import_pandas(
+    planted: Path, synthetic_prepared: Path
+) -> None:
+    """pandas costs half a second of a one-shot process: one user's list (every format, a genre filter, the
+    cold-start list) and one pair's prediction read the model's Arrow movie table instead, and print what the
+    library's DataFrame methods give."""
+    from embedrec.artifacts import load_model
+    from embedrec.data import load_prepared
+    from embedrec.recommender import Recommender
+
+    prepared = load_prepared(synthetic_prepared)
+    user, movie = int(prepared.user_ids[3]), int(prepared.movie_ids[0])
+    where = ["--model", str(planted), "--data", str(synthetic_prepared)]
+    runs = [
+        ["recommend", "--user", str(user), "--format", "json", *where],
+        ["recommend", "--user", str(user), "--format", "json", "--genre", "drama", "-k", "4", *where],
+        ["recommend", "--user", "999999999", "--format", "json", *where],
+        ["recommend", "--user", str(user), *where],
+        ["predict", "--user", str(user), "--movie", str(movie), *where],
+    ]
+    code = (
+        "import sys\n"
+        "from embedrec.cli import app\n"
+        f"for args in {runs!r}:\n"
+        "    try:\n"
+        "        app(args)\n"
+        "    except SystemExit as exc:\n"
+        "        assert not exc.code, exc.code\n"
+        "    print('\\n#####')\n"
+        "assert 'pandas' not in sys.modules, 'pandas was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    outputs = proc.stdout.split("\n#####\n")
+    rec = Recommender(load_model(planted), prepared)
+
+    def records(table: Any) -> list[dict[str, Any]]:
+        rows = table.rename(columns={"movie_id": "movieId"})[["movieId", "title", "year", "genres", "score", "rating"]]
+        return [{k: (None if v is pd.NA or v != v else v) for k, v in r.items()} for r in rows.to_dict("records")]
+
+    assert json.loads(outputs[0]) == records(rec.recommend(user))
+    assert json.loads(outputs[1]) == records(rec.recommend(user, k=4, genre="Drama"))
+    assert json.loads(outputs[2]) == records(rec.popular(k=10))
+    assert f"Top 10 for user {user}" in outputs[3]
+    title = rec.movies["title"].iloc[0]
+    assert f"movie {movie} ({title}" in outputs[4]
+
+
 def test_fold_in_and_predict_never_import_jax(planted: Path, synthetic_prepared: Path, tmp_path: Path) -> None:
     from embedrec.data import load_prepared
 
@@ -196,6 +246,6 @@ def test_one_users_request_reads_no_rating_and_matches_the_full_read(
     np.testing.assert_array_equal(fast.rating_counts(), slow.rating_counts())
     a, b = fast.popular(k=20), slow.popular(k=20)
     assert a["movie_id"].tolist() == b["movie_id"].tolist() and a["score"].tolist() == b["score"].tolist()
-    assert "_ratings" not in lazy.__dict__  # none of the above read ratings.parquet
+    assert set(lazy._read) == {"users"}  # the test's own lookups: nothing above read the ratings or the movies
     many_fast = fast.recommend_many(lazy.user_ids[:30], k=5)
     assert many_fast["movie_id"].tolist() == slow.recommend_many(lazy.user_ids[:30], k=5)["movie_id"].tolist()

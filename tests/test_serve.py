@@ -185,6 +185,38 @@ def test_the_served_fast_path_equals_the_library_tables(workdir: Path, ids: dict
     assert served.movie_records(top, similarity=sims) == movie_records(fresh.similar(ids["movie"], k=5), "similarity")
 
 
+def test_the_user_pages_ratings_come_from_the_index_and_equal_those_of_the_ratings(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """The service loads the data without reading a rating; a user's ratings (highest first, then by movie) come
+    from the per-user index, and equal those of the rating arrays, which a folder prepared before the index kept
+    the values still uses."""
+    from embedrec.data.store import load_prepared
+    from embedrec.serve.state import ModelSource, load_served_model
+    from embedrec.workdir import data_dir
+
+    served = load_served_model(ModelSource(workdir=workdir))
+    assert served.prepared is not None and "ratings" not in served.prepared._read
+    older = tmp_path / "older"
+    shutil.copytree(data_dir(workdir), older)
+    (older / "user_ratings_rating.npy").unlink()
+    summary = json.loads((older / "summary.json").read_text())
+    del summary["user_index"]["files"]["rating"]
+    (older / "summary.json").write_text(json.dumps(summary))
+    served_older = load_served_model(ModelSource(workdir=workdir, data=older))
+    data = load_prepared(data_dir(workdir))
+    for u in (0, 3, len(served.rec.user_ids) - 1):
+        user = int(served.rec.user_ids[u])
+        mine = np.flatnonzero(data.user_idx == u)
+        order = np.lexsort((data.movie_idx[mine], -data.rating[mine]))
+        movies, ratings = served.user_ratings(user)
+        assert "ratings" not in served.prepared._read
+        assert movies.tolist() == data.movie_idx[mine][order].tolist()
+        assert ratings.tolist() == data.rating[mine][order].tolist()
+        older_movies, older_ratings = served_older.user_ratings(user)
+        assert older_movies.tolist() == movies.tolist() and older_ratings.tolist() == ratings.tolist()
+
+
 def test_recommend_gives_what_the_library_gives_with_the_cli_field_names(client: httpx.Client, ids: dict) -> None:
     res = client.get("/recommend", params={"user": ids["user"], "k": 5})
     assert res.status_code == 200, res.text

@@ -194,6 +194,8 @@ def recommend_cmd(
     data: DataOpt = None,
 ) -> None:
     """Top-K movies for a user (not yet rated by them), a new user's own ratings, or many users at once."""
+    import numpy as np
+
     from embedrec.data.user_files import read_user_ids, read_user_ratings
     from embedrec.serving import check_table_path, open_recommender
 
@@ -220,14 +222,14 @@ def recommend_cmd(
     elif mine is not None:
         folded = rec.fold_in(mine)
         render.recommendations(
-            rec.recommend_for(folded, **options),
+            rec.records(rec.rank_folded(folded, **options)),
             fmt=fmt,
             title=f"Top {k} for your {len(folded.movie_idx)} ratings, ranked by {rec.ranking.describe()}",
         )
     elif user is not None and user in rec.user_vocab:
         render.recommendations(
-            rec.recommend(user, **options),
-            fmt=fmt,  # type: ignore[arg-type]
+            rec.records(rec.rank_user(user, **options)),
+            fmt=fmt,
             title=f"Top {k} for user {user}, ranked by {rec.ranking.describe()}",
         )
     else:
@@ -240,8 +242,9 @@ def recommend_cmd(
                 )
             ]
         )
+        top, score = rec.rank_popular(k=k, genre=genre, min_ratings=min_ratings)
         render.recommendations(
-            rec.popular(k=k, genre=genre, min_ratings=min_ratings),
+            rec.movie_records(top, score=score, rating=np.full(len(top), np.nan)),
             fmt=fmt,
             title=f"Top {k} by Bayesian average rating (cold start)",
         )

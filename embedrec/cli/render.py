@@ -52,27 +52,17 @@ def movie_label(rec: Recommender, movie_id: int) -> str:
     idx = int(rec.movie_vocab.indices([movie_id])[0])
     if idx < 0:
         return ""
-    row = rec.movies.iloc[idx]
-    year = clean(row.get("year"))
+    row = rec.movie_records([idx])[0]
+    year = row["year"]
     return f" ({row['title']}{'' if year is None else f', {int(year)}'})"
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # recommend, similar
 # ---------------------------------------------------------------------------------------------------------------
-def recommendations(table: pd.DataFrame, *, fmt: str, title: str) -> None:
-    """A recommendation list as a table, JSON (a list of objects) or CSV."""
-    records = [
-        {
-            "movieId": clean(r.movie_id),
-            "title": clean(r.title),
-            "year": clean(r.year),
-            "genres": clean(r.genres),
-            "score": clean(r.score),
-            "rating": clean(r.rating),
-        }
-        for r in table.itertuples(index=False)
-    ]
+def recommendations(records: list[dict[str, Any]], *, fmt: str, title: str) -> None:
+    """A recommendation list (:meth:`~embedrec.recommender.Recommender.movie_records` with score and rating) as a
+    table, JSON (a list of objects) or CSV."""
     if fmt == "json":
         console.print_json(json.dumps(records))
         return

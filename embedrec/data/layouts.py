@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embedrec.data.config import DEFAULT_TIME_COL, PrepareConfig
+from embedrec.data.encode import dense_index
 from embedrec.data.readers import (
     RatingArrays,
     RatingColumns,
@@ -368,7 +369,7 @@ def placeholder_movies(movie_ids: np.ndarray) -> pd.DataFrame:
     """Metadata for a generic rating file without a movies file: ``movie <id>``, no year, no genres."""
     import pandas as pd
 
-    ids = np.unique(movie_ids)
+    ids = dense_index(np.asarray(movie_ids))[1]  # np.unique: 20 s over 27M ratings on numpy 2.4, this 0.3 s
     title = pd.Series([f"movie {i}" for i in ids], dtype=object)
     return _movies_frame(
         ids, title, pd.Series([None] * len(ids), dtype="Int32"), pd.Series([NO_GENRES] * len(ids), dtype=object)

@@ -33,8 +33,9 @@ Indices are dense and follow the sorted raw ids; only users and movies with kept
 ``fingerprint`` is a blake2b digest (16 hex) of the five rating arrays and the four vocabulary sizes: training stores
 it and refuses to resume on different data.
 
-``load_prepared(path, lazy=True)`` reads ``ratings.parquet`` only when a rating array is first used (the file is
-opened at load time, so a ``prepare`` replacing the folder meanwhile cannot swap it).
+``load_prepared(path, lazy=True)`` reads ``ratings.parquet`` only when a rating array is first used, and
+``movies.parquet`` when the movie table is (both files are opened at load time, so a ``prepare`` replacing the folder
+meanwhile cannot swap them).
 
 Writing is atomic: everything goes to a hidden sibling folder that replaces ``out`` by rename only when complete, and
 ``summary.json`` is written last, so an interrupted prepare never leaves a folder that :func:`load_prepared` accepts.
@@ -46,7 +47,9 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -287,27 +290,75 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 class PreparedData:
     """A loaded prepared data set: rating arrays, id maps and the movie table. See the module docstring.
 
-    The five rating arrays (``user_idx``, ``movie_idx``, ``rating``, ``timestamp``, ``split``) are read from
-    ``ratings_file`` on first use when the folder was loaded with ``lazy=True``; ``user_index`` is the memory-mapped
-    per-user index (None for folders prepared before it existed).
+    The five rating arrays (``user_idx``, ``movie_idx``, ``rating``, ``timestamp``, ``split``) and the movie table
+    are read from ``ratings_file`` and ``movies_file`` on first use when the folder was loaded with ``lazy=True``;
+    ``user_index`` is the memory-mapped per-user index (None for folders prepared before it existed).
     """
 
     path: Path
     summary: dict[str, Any]
-    user_ids: np.ndarray
-    movies: pd.DataFrame
     genres: list[str]
     genre_strings: list[str]
     ratings_file: Any = field(default=None, repr=False)  # an open pyarrow ParquetFile until the arrays are read
+    movies_file: Any = field(default=None, repr=False)  # an open pyarrow ParquetFile until the table is read
+    users_file: Any = field(default=None, repr=False)  # an open pyarrow ParquetFile until the ids are read
     user_index: UserIndex | None = None
+    _read: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _read_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
-    @cached_property
+    def _once(self, name: str, read: Callable[[], Any]) -> Any:
+        """``read()`` on first use, then its result: under a lock, because the HTTP service's threads may ask at
+        once and the file is closed after the read."""
+        with self._read_lock:
+            if name not in self._read:
+                self._read[name] = read()
+            return self._read[name]
+
+    @property
     def _ratings(self) -> dict[str, np.ndarray]:
         """The rating arrays, read and checked once."""
+        return self._once("ratings", self._read_ratings)
+
+    def _read_ratings(self) -> dict[str, np.ndarray]:
         arrays = _read_rating_arrays(self.path, self.ratings_file)
         self.ratings_file.close()  # read once: the descriptor is not held for the object's lifetime
         _check_rating_arrays(self, arrays)
         return arrays
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        """Raw user id per user_idx (int64, sorted), read on first use: a model trained on this data carries them."""
+        return self._once("users", self._read_user_ids)
+
+    def _read_user_ids(self) -> np.ndarray:
+        where = self.path / "users.parquet"
+        if self.users_file is None:
+            raise ArtifactError(f"{where} was not opened: load the folder with load_prepared")
+        try:
+            return int_column(self.users_file.read(columns=["user_id"]), "user_id")
+        except Exception as exc:  # pyarrow raises several types for a corrupt file
+            raise ArtifactError(f"{where} is an unreadable Parquet file ({exc}): {_HOW}") from None
+        finally:
+            self.users_file.close()
+
+    @property
+    def movies(self) -> pd.DataFrame:
+        """The movie table (see the module docstring), read and checked on first use: serving one user with a model
+        trained on this data needs only the model folder's copy."""
+        return self._once("movies", self._read_movies)
+
+    def _read_movies(self) -> pd.DataFrame:
+        where = self.path / "movies.parquet"
+        if self.movies_file is None:
+            raise ArtifactError(f"{where} was not opened: load the folder with load_prepared")
+        try:
+            movies = table_frame(self.movies_file.read())
+        except Exception as exc:  # pyarrow raises several types for a corrupt file
+            raise ArtifactError(f"{where} is an unreadable Parquet file ({exc}): {_HOW}") from None
+        finally:
+            self.movies_file.close()
+        _check_movies(where, movies, genres=self.genres, n_genre_strings=self.n_genre_strings)
+        return movies
 
     @property
     def user_idx(self) -> np.ndarray:
@@ -331,11 +382,11 @@ class PreparedData:
 
     @property
     def n_users(self) -> int:
-        return len(self.user_ids)
+        return int(self.summary["n_users"])  # checked against users.parquet's row count at load
 
     @property
     def n_movies(self) -> int:
-        return len(self.movies)
+        return int(self.summary["n_movies"])  # checked against movies.parquet's row count at load
 
     @property
     def n_genres(self) -> int:
@@ -384,19 +435,52 @@ class PreparedData:
         return self.split == SPLIT_CODES[name]
 
 
-def read_table_frame(file: Path) -> pd.DataFrame:
-    """A small Parquet table (movies, users) as a DataFrame with the dtypes it was written with (see
-    :func:`movies_frame`). Read through ``ParquetFile``, which, unlike ``pq.read_table``, does not import
-    ``pyarrow.dataset`` (a third of a second of every ``recommend --user``); the genre lists are converted by pyarrow,
-    twice as fast as a Python loop over 86,000 arrays."""
+def read_table(file: Path, columns: list[str] | None = None) -> Any:
+    """A small Parquet table (movies, users) as a pyarrow Table. Read through ``ParquetFile``, which, unlike
+    ``pq.read_table``, does not import ``pyarrow.dataset`` (a third of a second of every ``recommend --user``)."""
     import pyarrow.parquet as pq
 
-    table = pq.ParquetFile(file).read()
+    with pq.ParquetFile(file) as parquet:
+        return parquet.read(columns=columns)
+
+
+def read_table_frame(file: Path) -> pd.DataFrame:
+    """A small Parquet table (movies, users) as a DataFrame with the dtypes it was written with
+    (:func:`table_frame`)."""
+    return table_frame(read_table(file))
+
+
+def table_frame(table: Any) -> pd.DataFrame:
+    """A pyarrow Table of ``movies.parquet`` or ``users.parquet`` as a DataFrame with the dtypes it was written with
+    (see :func:`movies_frame`); the genre lists are converted by pyarrow, twice as fast as a Python loop over 86,000
+    arrays."""
     lists = table.column("genre_list").to_pylist() if "genre_list" in table.column_names else None
     frame = table.drop_columns(["genre_list"]).to_pandas() if lists is not None else table.to_pandas()
     if lists is not None:
         frame["genre_list"] = lists
     return movies_frame(frame)
+
+
+def int_column(table: Any, name: str, dtype: Any = np.int64) -> np.ndarray:
+    """An integer column of a pyarrow Table as a numpy array of ``dtype``; ValueError when it holds nulls or values
+    that are not integers.
+
+    Read straight from Arrow's buffers: ``ChunkedArray.to_numpy()`` imports pandas the first time it runs (half a
+    second of a one-shot ``recommend --user``, which needs no pandas)."""
+    import pyarrow as pa
+
+    column = table.column(name)
+    if not pa.types.is_integer(column.type) or column.null_count:
+        problem = f"{column.null_count} missing values" if column.null_count else f"{column.type} values"
+        raise ValueError(f"column {name} holds {problem}, expected integers")
+    own = np.dtype(str(column.type))  # "int32", "int64", ...
+    parts = [
+        np.frombuffer(chunk.buffers()[1], dtype=own, count=chunk.offset + len(chunk))[chunk.offset :]
+        for chunk in column.chunks
+        if len(chunk)
+    ]
+    values = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else np.empty(0, own)
+    return np.ascontiguousarray(values, dtype=dtype)
 
 
 def movies_frame(movies: pd.DataFrame) -> pd.DataFrame:
@@ -414,8 +498,8 @@ def load_prepared(path: str | os.PathLike[str], *, lazy: bool = False) -> Prepar
 
     The files are read (or, with ``lazy``, opened) under a shared lock on the parent folder, so a ``prepare``
     replacing the folder meanwhile waits for the read to finish: the result is always one complete version.
-    ``lazy`` defers reading the ratings to their first use: what serving one user needs (vocabularies, movie table,
-    the memory-mapped per-user index) costs milliseconds at any size."""
+    ``lazy`` defers reading the ratings, the movie table and the user ids to their first use: what serving one user
+    with a model trained on this data needs (the memory-mapped per-user index) costs milliseconds at any size."""
     path = Path(path)
     if not path.parent.is_dir():
         raise ArtifactError(f"no prepared data at {path}: {_HOW}")
@@ -423,6 +507,8 @@ def load_prepared(path: str | os.PathLike[str], *, lazy: bool = False) -> Prepar
         data = _read_prepared(path)
         if not lazy:
             _ = data._ratings
+            _ = data.movies
+            _ = data.user_ids
     return data
 
 
@@ -455,37 +541,48 @@ def _read_prepared(path: Path) -> PreparedData:
     bad = [k for k in numbers if isinstance(summary.get(k), bool) or not isinstance(summary.get(k), (int, float))]
     if bad or not isinstance(summary.get("fingerprint"), str):
         raise ArtifactError(f"{path / 'summary.json'} lacks or garbles {', '.join(bad) or 'fingerprint'}: {_HOW}")
+    opened: list[Any] = []
     try:
-        ratings = pq.ParquetFile(path / "ratings.parquet")
-        movies = read_table_frame(path / "movies.parquet")
-        users = pq.ParquetFile(path / "users.parquet").read()
+        for name in ("ratings.parquet", "movies.parquet", "users.parquet"):
+            opened.append(pq.ParquetFile(path / name))
+        ratings, movies, users = opened
+        problem = None
+        if not set(RATING_COLUMNS) <= set(ratings.schema_arrow.names) or ratings.metadata.num_rows != summary.get(
+            "n_ratings"
+        ):
+            problem = f"{path / 'ratings.parquet'} does not match summary.json: {_HOW}"
+        elif movies.metadata.num_rows != summary.get("n_movies") or users.metadata.num_rows != summary.get("n_users"):
+            problem = f"movies/users tables in {path} do not match summary.json: {_HOW}"
+        elif "user_id" not in users.schema_arrow.names:
+            problem = f"{path / 'users.parquet'} lacks column user_id: {_HOW}"
     except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise ArtifactError(f"prepared data at {path} has an unreadable Parquet file ({exc}): {_HOW}") from None
-    if not set(RATING_COLUMNS) <= set(ratings.schema_arrow.names) or ratings.metadata.num_rows != summary.get(
-        "n_ratings"
-    ):
-        raise ArtifactError(f"{path / 'ratings.parquet'} does not match summary.json: {_HOW}")
-    if len(movies) != summary.get("n_movies") or users.num_rows != summary.get("n_users"):
-        raise ArtifactError(f"movies/users tables in {path} do not match summary.json: {_HOW}")
-    user_index = open_user_index(
-        path,
-        summary.get("user_index"),
-        n_users=int(summary["n_users"]),
-        n_movies=int(summary["n_movies"]),
-        n_ratings=int(summary["n_ratings"]),
-    )
-    data = PreparedData(
+        problem = f"prepared data at {path} has an unreadable Parquet file ({exc}): {_HOW}"
+    if problem is not None:
+        for parquet in opened:
+            parquet.close()
+        raise ArtifactError(problem)
+    try:
+        user_index = open_user_index(
+            path,
+            summary.get("user_index"),
+            n_users=int(summary["n_users"]),
+            n_movies=int(summary["n_movies"]),
+            n_ratings=int(summary["n_ratings"]),
+        )
+    except BaseException:
+        for parquet in opened:
+            parquet.close()
+        raise
+    return PreparedData(
         path=path,
         summary=summary,
-        user_ids=np.ascontiguousarray(users.column("user_id").to_numpy(), dtype=np.int64),
-        movies=movies,
         genres=list(vocab["genres"]),
         genre_strings=list(vocab["genre_strings"]),
         ratings_file=ratings,
+        movies_file=movies,
+        users_file=users,
         user_index=user_index,
     )
-    check_prepared(data)
-    return data
 
 
 def _read_rating_arrays(path: Path, ratings_file: Any) -> dict[str, np.ndarray]:
@@ -506,24 +603,22 @@ def _read_rating_arrays(path: Path, ratings_file: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def check_prepared(data: PreparedData) -> None:
-    """Refuse a prepared data set whose movie table disagrees with its vocabularies (the rating arrays are checked
-    by :func:`_check_rating_arrays` when they are read)."""
-    movies = data.movies
+def _check_movies(where: Path, movies: pd.DataFrame, *, genres: list[str], n_genre_strings: int) -> None:
+    """Refuse a movie table that disagrees with the vocabularies of its folder (the rating arrays are checked by
+    :func:`_check_rating_arrays` when they are read)."""
     if "genre_str_idx" not in movies or "genre_list" not in movies:
-        raise ArtifactError(f"{data.path / 'movies.parquet'} lacks genre_str_idx or genre_list: {_HOW}")
+        raise ArtifactError(f"{where} lacks genre_str_idx or genre_list: {_HOW}")
     gs = movies["genre_str_idx"].to_numpy()
-    if len(gs) and (gs.min() < 0 or gs.max() >= data.n_genre_strings):
+    if len(gs) and (gs.min() < 0 or gs.max() >= n_genre_strings):
         raise ArtifactError(
-            f"{data.path / 'movies.parquet'}: genre_str_idx exceeds the {data.n_genre_strings} genre "
+            f"{where}: genre_str_idx exceeds the {n_genre_strings} genre "
             f"strings of vocab.json: the folder is damaged; {_HOW}"
         )
-    known = set(data.genres)
+    known = set(genres)
     unknown = {g for glist in movies["genre_list"] for g in glist} - known
     if unknown:
         raise ArtifactError(
-            f"{data.path / 'movies.parquet'}: genres {sorted(unknown)[:3]} are not in vocab.json: the "
-            f"folder is damaged; {_HOW}"
+            f"{where}: genres {sorted(unknown)[:3]} are not in vocab.json: the folder is damaged; {_HOW}"
         )
 
 

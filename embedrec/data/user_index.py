@@ -7,6 +7,7 @@ Synopsis::
     index = data.user_index                                # None for a folder an older embedrec prepared
     index.movies_of(7)                                     # movie_idx the user rated (all splits), sorted
     index.movies_of(7, before_split=2)                     # ... in train and val only
+    index.ratings_of(7)                                    # (movie_idx, rating) of each of them; None if not kept
     index.movie_counts, index.movie_rating_sums            # per movie, all splits: min_ratings, top rated
 
 Why: ``recommend --user`` needs the user's seen movies and, for the ``--min-ratings`` filter, each movie's rating
@@ -20,6 +21,9 @@ Files (in the prepared folder, listed with their dtypes in ``summary.json["user_
 - ``user_ratings_indptr.npy``: int64, n_users + 1; user ``u``'s ratings are rows ``indptr[u]:indptr[u + 1]``;
 - ``user_ratings_movie_idx.npy``: int32, n_ratings; movie_idx sorted within each user;
 - ``user_ratings_split.npy``: int8, n_ratings; each rating's split code (0 train, 1 val, 2 test);
+- ``user_ratings_rating.npy``: float32, n_ratings; each rating's value (what the service's user page lists). Folders
+  prepared before it existed lack it (``summary.json`` does not list it) and still load: :meth:`UserIndex.ratings_of`
+  returns None;
 - ``movie_rating_counts.npy``: int64, n_movies; ratings per movie, all splits;
 - ``movie_rating_sums.npy``: float64, n_movies; the sum of each movie's ratings (float32 values summed in source
   order, so the top-rated scores equal those computed from ``ratings.parquet``).
@@ -43,9 +47,11 @@ INDEX_FILES: dict[str, tuple[str, Any]] = {
     "indptr": ("user_ratings_indptr.npy", np.int64),
     "movie_idx": ("user_ratings_movie_idx.npy", np.int32),
     "split": ("user_ratings_split.npy", np.int8),
+    "rating": ("user_ratings_rating.npy", np.float32),
     "movie_counts": ("movie_rating_counts.npy", np.int64),
     "movie_rating_sums": ("movie_rating_sums.npy", np.float64),
 }
+OPTIONAL_KEYS = ("rating",)  # absent from folders an earlier embedrec prepared (same index version)
 FILE_NAMES = tuple(name for name, _ in INDEX_FILES.values())
 
 
@@ -62,6 +68,7 @@ def build_user_index(
         "indptr": indptr,
         "movie_idx": np.ascontiguousarray(movie_idx[order], dtype=np.int32),
         "split": np.ascontiguousarray(split[order], dtype=np.int8),
+        "rating": np.ascontiguousarray(rating[order], dtype=np.float32),
         "movie_counts": np.bincount(movie_idx, minlength=n_movies).astype(np.int64),
         "movie_rating_sums": np.bincount(movie_idx, rating.astype(np.float64), minlength=n_movies),
     }
@@ -87,6 +94,7 @@ class UserIndex:
     split: np.ndarray
     movie_counts: np.ndarray
     movie_rating_sums: np.ndarray
+    rating: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:
@@ -112,6 +120,14 @@ class UserIndex:
             movies = movies[np.asarray(self.split[rows]) < before_split]
         return movies
 
+    def ratings_of(self, user_idx: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(movie_idx, rating) of every rating the user gave (all splits, by movie_idx); None when the folder was
+        prepared before the index kept the values."""
+        if self.rating is None:
+            return None
+        rows = self.rows_of(user_idx)
+        return self.movies_of(user_idx), np.array(self.rating[rows])
+
 
 def open_user_index(path: Path, meta: Any, *, n_users: int, n_movies: int, n_ratings: int) -> UserIndex | None:
     """Memory-map the index that ``summary.json["user_index"]`` (``meta``) describes; None when the folder has none
@@ -126,11 +142,15 @@ def open_user_index(path: Path, meta: Any, *, n_users: int, n_movies: int, n_rat
         "indptr": n_users + 1,
         "movie_idx": n_ratings,
         "split": n_ratings,
+        "rating": n_ratings,
         "movie_counts": n_movies,
         "movie_rating_sums": n_movies,
     }
+    listed = meta.get("files")
     arrays = {}
     for key, (name, dtype) in INDEX_FILES.items():
+        if key in OPTIONAL_KEYS and not (isinstance(listed, dict) and key in listed):
+            continue
         file = path / name
         try:
             arr = np.load(file, mmap_mode="r", allow_pickle=False)

@@ -100,7 +100,8 @@ class LoadedModel:
 
     @cached_property
     def _ratings_by_user(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """(indptr, movie_idx, rating) of every user's ratings, grouped by user: built on the page's first use."""
+        """(indptr, movie_idx, rating) of every user's ratings, grouped by user: built on the page's first use, for
+        a folder whose per-user index lacks the rating values (prepared by an earlier embedrec)."""
         prepared = self.prepared
         if prepared is None:
             return None
@@ -115,51 +116,43 @@ class LoadedModel:
 
         The data and the model share their indices: a model is only served with the data it was trained on.
         """
-        grouped = self._ratings_by_user
-        if grouped is None:
+        if self.prepared is None:
             return np.empty(0, np.int64), np.empty(0, np.float32)
-        indptr, movie_idx, rating = grouped
         u = self.rec.user_vocab.index(user_id)
-        movies, ratings = movie_idx[indptr[u] : indptr[u + 1]], rating[indptr[u] : indptr[u + 1]]
+        index = self.prepared.user_index
+        indexed = index.ratings_of(u) if index is not None else None
+        if indexed is not None:
+            movies, ratings = indexed
+        else:
+            grouped = self._ratings_by_user
+            assert grouped is not None
+            indptr, movie_idx, rating = grouped
+            movies, ratings = movie_idx[indptr[u] : indptr[u + 1]], rating[indptr[u] : indptr[u + 1]]
         order = np.lexsort((movies, -ratings))
         return movies[order].astype(np.int64), ratings[order]
 
-    @cached_property
+    @property
     def movie_fields(self) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
-        """movieId, title, year, genres of every movie as Python values (None where missing), by movie index:
-        converted once at load, so a response lists its movies with a few list lookups instead of a pandas take
-        (which cost more than the ranking itself)."""
-        movies = self.rec.movies
-        return (
-            _python_values(movies, "movie_id", int),
-            _python_values(movies, "title", str),
-            _python_values(movies, "year", int),
-            _python_values(movies, "genres", str),
-        )
+        """:attr:`Recommender.movie_fields <embedrec.recommender.Recommender.movie_fields>`: every movie's
+        movieId, title, year, genres as Python values, built at load (:meth:`warm`)."""
+        return self.rec.movie_fields
 
     def movie_records(self, movie_idx: np.ndarray, **extra: np.ndarray) -> list[dict[str, Any]]:
-        """``{"movieId", "title", "year", "genres", **extra}`` of the movies at ``movie_idx`` (-1 entries, a short
-        list's padding, dropped); each ``extra`` array is aligned with ``movie_idx``, NaN becomes None."""
-        ids, titles, years, genres = self.movie_fields
-        keep = np.asarray(movie_idx) >= 0
-        extra_values = {
-            name: [None if v != v else v for v in np.asarray(a, np.float64)[keep].tolist()] for name, a in extra.items()
-        }
-        out = []
-        for i, m in enumerate(np.asarray(movie_idx)[keep].tolist()):
-            row = {"movieId": ids[m], "title": titles[m], "year": years[m], "genres": genres[m]}
-            for name, values in extra_values.items():
-                row[name] = values[i]
-            out.append(row)
-        return out
+        """:meth:`Recommender.movie_records <embedrec.recommender.Recommender.movie_records>`."""
+        return self.rec.movie_records(movie_idx, **extra)
 
     def warm(self) -> None:
         """Build now what requests would otherwise build on first use: every user's seen-movie index, the movie
-        fields of responses, the cold-start popularity and the unfiltered movie pool."""
+        fields of responses, the cold-start popularity and the unfiltered movie pool; and, for a folder whose
+        per-user index lacks the rating values (an earlier prepare), the page's ratings grouped by user (reading
+        every rating: seconds at 27M, which a fresh ``prepare`` saves)."""
         self.rec.index_seen()
         _ = self.movie_fields
         if self.prepared is not None:
             self.rec.popular(k=1)
+            index = self.prepared.user_index
+            if index is None or index.rating is None:
+                _ = self._ratings_by_user
 
     def info(self) -> dict[str, Any]:
         """The ``GET /model`` answer (no file paths)."""
@@ -204,7 +197,10 @@ def load_served_model(source: ModelSource, *, generation: int = 1, previous: Loa
         fingerprint = read_json(folder / "summary.json").get("fingerprint")
         old = previous.prepared if previous is not None else None
         same = old is not None and previous is not None and previous.data_dir == folder.resolve()
-        prepared = old if same and old is not None and old.fingerprint == fingerprint else load_prepared(folder)
+        if same and old is not None and old.fingerprint == fingerprint:
+            prepared = old
+        else:  # the ratings are read only if something needs them all: a folder without the per-user index
+            prepared = load_prepared(folder, lazy=True)
         if prepared.fingerprint != artifact.fingerprint:
             raise ArtifactError(
                 f"model {model_dir.name} was trained on data {artifact.fingerprint or '?'}, but the "
@@ -213,7 +209,7 @@ def load_served_model(source: ModelSource, *, generation: int = 1, previous: Loa
             )
     rec = Recommender(artifact, prepared)
     _check_answers(rec, model_dir.name)
-    genres = sorted({g for gl in _genre_lists(rec) for g in gl})
+    genres = sorted({g for gl in rec.genre_lists for g in gl})
     served = LoadedModel(
         rec=rec,
         run=model_dir.name,
@@ -224,23 +220,6 @@ def load_served_model(source: ModelSource, *, generation: int = 1, previous: Loa
     )
     served.warm()
     return served
-
-
-def _python_values(table: Any, name: str, kind: type) -> list[Any]:
-    """A column of a pandas table as plain Python values, None for missing ones (pandas NA, NaN)."""
-    if name not in table:
-        return [None] * len(table)
-    values = table[name].to_numpy(dtype=object, na_value=None).tolist()
-    return [None if value is None else kind(value) for value in values]
-
-
-def _genre_lists(rec: Recommender) -> list[list[str]]:
-    movies = rec.movies
-    if "genre_list" in movies:
-        return [list(g) for g in movies["genre_list"]]
-    if "genres" in movies:
-        return [str(g).split("|") for g in movies["genres"]]
-    return []
 
 
 def _check_answers(rec: Recommender, run: str) -> None:
