@@ -489,6 +489,7 @@ def _write_model(result: TrainResult, plan: _Plan) -> dict[str, Any]:
             "stopped_early": result.stopped_early,
             "epochs_run": len(result.history),
             "adapted": plan.adapted,
+            "baseline_blend": result.info.get("baseline_blend"),
             "metrics": {k: v for k, v in final.items() if k.startswith("val_")},
             "timings": dict(timings),
         },
