@@ -62,6 +62,7 @@ class RunResult:
     ranking: dict[str, Any]
     summary_rows: list[tuple[str, str, int]]
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (see train.train), and writing
+    baseline_blend: dict[str, Any] | None = None  # the rating blend with the bias baseline (TrainConfig.baseline_blend)
 
 
 def _as_json(value: Any) -> str:
@@ -331,6 +332,7 @@ def train_run(
         ranking=ranking,
         summary_rows=summary_rows,
         timings=dict(result.info.get("timings", {})),
+        baseline_blend=result.info.get("baseline_blend"),
     )
 
 
