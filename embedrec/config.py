@@ -138,6 +138,9 @@ class TrainConfig:
     baseline fitted on the train split, ``a * network logit + (1 - a) * baseline logit``, with ``a`` chosen on the
     val split from :data:`embedrec.train.BASELINE_BLEND_WEIGHTS` (1, the network alone, is one of them). The blend
     is the same network with other weights, so nothing downstream changes (:func:`embedrec.train.blend_rating_biases`).
+    Off in every preset: on the quality matrix it lowers RMSE wherever it is chosen (ml100k-sparse 0.969 -> 0.961,
+    few-users 1.841 -> 1.833) but the blended rating is a slightly worse ranking term (few-users NDCG@10 0.325 ->
+    0.321 over seeds 42, 1, 2), and a default must not lose on any row.
     """
 
     lr: float = 1e-3
@@ -285,7 +288,6 @@ def preset(name: str) -> tuple[ModelConfig, TrainConfig]:
                 watch_weight=1.0,
                 watch_loss="softmax",
                 sampling="uniform",
-                baseline_blend=True,
             ),
         )
     raise ConfigError(f"--preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

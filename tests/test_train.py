@@ -424,11 +424,11 @@ def test_the_baseline_blend_is_the_same_network_with_its_rating_logit_mixed(prep
     assert jax.tree.structure(blended["head"]) == jax.tree.structure(head)
 
 
-def test_default_training_keeps_the_blend_that_the_val_split_prefers(prepared) -> None:
+def test_with_the_baseline_blend_training_keeps_the_share_that_the_val_split_prefers(prepared) -> None:
     from embedrec.train import BASELINE_BLEND_WEIGHTS
 
     model_cfg, train_cfg = preset("default")
-    train_cfg = train_cfg.replace(epochs=2, patience=0, negatives=8, val_users=100)
+    train_cfg = train_cfg.replace(epochs=2, patience=0, negatives=8, val_users=100, baseline_blend=True)
     result = train(prepared, model_cfg, train_cfg)
     blend = result.info["baseline_blend"]
     assert blend["network_share"] in BASELINE_BLEND_WEIGHTS
