@@ -189,6 +189,7 @@ def run_model(data_dir: Path, prepared: Any, *, seed: int, overrides: dict[str, 
         "prior": (result.ranking.get("prior") or {}).get("half_life_days"),
         "val_ndcg@10_by_prior": result.ranking.get("val_ndcg@10_by_prior"),
         "adapted": meta.get("adapted"),
+        "baseline_blend": meta.get("baseline_blend"),
         "history": [{k: h[k] for k in ("epoch", "val_rmse", "val_ndcg@10") if k in h} for h in result.history],
     }
 
@@ -208,7 +209,8 @@ def run_row(
         log(
             f"{row} seed {seed}: NDCG@10 {got['ndcg@10']:.4f}  RMSE {got['rmse']:.4f}  best epoch "
             f"{got['best_epoch']}/{got['epochs_run']}  beta {got['ranking']}  gamma {got['gamma']}  prior half-life "
-            f"{got['prior']} days  {got['train_s']} s"
+            f"{got['prior']} days  network share {(got['baseline_blend'] or {}).get('network_share')}  "
+            f"{got['train_s']} s"
         )
         runs.append(got)
     s = prepared.summary

@@ -62,6 +62,7 @@ class RunResult:
     ranking: dict[str, Any]
     summary_rows: list[tuple[str, str, int]]
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (see train.train), and writing
+    baseline_blend: dict[str, Any] | None = None  # the rating blend with the bias baseline (TrainConfig.baseline_blend)
 
 
 def _as_json(value: Any) -> str:
@@ -329,6 +330,7 @@ def train_run(
         ranking=ranking,
         summary_rows=summary_rows,
         timings=dict(result.info.get("timings", {})),
+        baseline_blend=result.info.get("baseline_blend"),
     )
 
 
@@ -489,6 +491,7 @@ def _write_model(result: TrainResult, plan: _Plan) -> dict[str, Any]:
             "stopped_early": result.stopped_early,
             "epochs_run": len(result.history),
             "adapted": plan.adapted,
+            "baseline_blend": result.info.get("baseline_blend"),
             "metrics": {k: v for k, v in final.items() if k.startswith("val_")},
             "timings": dict(timings),
         },

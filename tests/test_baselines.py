@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedrec.baselines import EASE, BiasBaseline, GlobalMean, MostPopular, TopRated
+from embedrec.baselines import EASE, BiasBaseline, GlobalMean, MostPopular, SigmoidBiasBaseline, TopRated
 from embedrec.errors import ConfigError
 from embedrec.metrics import rmse
 
@@ -59,6 +59,41 @@ def test_bias_recovers_planted_biases_and_beats_global_mean() -> None:
     assert bias_rmse < rmse(r[test], mean.predict(u[test], m[test])) - 0.3
     assert np.corrcoef(bias.movie_bias_, b_movie)[0, 1] > 0.95
     assert np.corrcoef(bias.user_bias_, b_user)[0, 1] > 0.95
+
+
+def test_sigmoid_bias_recovers_planted_biases_through_the_link() -> None:
+    # every pair rated exactly lo + span * sigmoid(c + b_user + b_movie): without shrinkage the fit reproduces them
+    rng = np.random.default_rng(1)
+    n_users, n_movies = 40, 30
+    c, b_user, b_movie = 0.4, rng.normal(0, 0.6, n_users), rng.normal(0, 0.6, n_movies)
+    u, m = (a.ravel().astype(np.int32) for a in np.meshgrid(np.arange(n_users), np.arange(n_movies), indexing="ij"))
+    r = (1.0 + 4.0 / (1.0 + np.exp(-(c + b_user[u] + b_movie[m])))).astype(np.float32)
+    model = SigmoidBiasBaseline(rating_min=1.0, rating_max=5.0, reg_user=0.0, reg_movie=0.0, n_sweeps=60)
+    model.fit(u, m, r, n_users=n_users, n_movies=n_movies)
+    np.testing.assert_allclose(model.predict(u, m), r, atol=2e-3)
+    # the logit splits into the three terms the network's rating logit also has
+    np.testing.assert_allclose(model.logit(u, m), model.offset_ + model.user_bias_[u] + model.movie_bias_[m])
+
+
+def test_sigmoid_bias_stays_in_range_shrinks_thin_rows_and_matches_the_linear_baseline_on_noisy_data() -> None:
+    rng = np.random.default_rng(0)
+    n_users, n_movies, n = 300, 200, 12_000
+    u = rng.integers(0, n_users, n).astype(np.int32)
+    m = rng.integers(0, n_movies, n).astype(np.int32)
+    r = np.clip(
+        np.round(3.5 + rng.normal(0, 0.5, n_users)[u] + rng.normal(0, 0.5, n_movies)[m] + rng.normal(0, 0.8, n)), 1, 5
+    )
+    train = rng.random(n) < 0.8
+    sizes = {"n_users": n_users + 1, "n_movies": n_movies + 1}  # one user and one movie without ratings
+    linked = SigmoidBiasBaseline(rating_min=1.0, rating_max=5.0).fit(u[train], m[train], r[train], **sizes)
+    linear = BiasBaseline().fit(u[train], m[train], r[train], **sizes)
+    pred = linked.predict(u[~train], m[~train])
+    assert np.all((pred > 1.0) & (pred < 5.0))
+    assert linked.user_bias_[n_users] == 0.0 and linked.movie_bias_[n_movies] == 0.0
+    assert abs(rmse(r[~train], pred) - rmse(r[~train], linear.predict(u[~train], m[~train]))) < 0.01
+    loose = SigmoidBiasBaseline(rating_min=1.0, rating_max=5.0, reg_user=0.0, reg_movie=0.0)
+    loose.fit(u[train], m[train], r[train], **sizes)
+    assert np.abs(linked.movie_bias_).sum() < np.abs(loose.movie_bias_).sum()
 
 
 def test_most_popular_ranks_by_count_for_every_user() -> None:
@@ -120,5 +155,7 @@ def test_options_are_validated() -> None:
         BiasBaseline(reg_user=-1.0)
     with pytest.raises(ConfigError):
         TopRated(prior_count=-1.0)
+    with pytest.raises(ConfigError):
+        SigmoidBiasBaseline(rating_min=5.0, rating_max=5.0)
     with pytest.raises(ValueError, match="movie_idx out of range"):
         GlobalMean().fit(np.array([0]), np.array([3]), np.array([4.0]), n_users=1, n_movies=3)

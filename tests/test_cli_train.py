@@ -77,6 +77,27 @@ def test_flags_become_overrides_with_library_names(calls: list[dict], tmp_path: 
     assert "1,234 parameters" in res.output and "val RMSE 0.9000" in res.output
 
 
+def test_the_rating_blend_is_reported_in_text_and_json(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import dataclasses
+
+    import embedrec.runs
+
+    blend = {"network_share": 0.75, "val_rmse": 0.9412, "val_rmse_by_share": {"1": 0.95, "0.75": 0.9412}}
+    record = {"epoch": 1, "train_loss": 1.0, "val_rmse": 0.95, "val_mae": 0.7, "seconds": 1.0, "samples_per_s": 1.0}
+    done = RunResult(tmp_path / "run", [record], False, False, 1, 10, {"score": "rating"}, [], baseline_blend=blend)
+    monkeypatch.setattr(embedrec.runs, "train_run", lambda data_dir, **kwargs: done)
+    args = ["train", "--data", str(tmp_path / "d"), "--workdir", str(tmp_path), "--quiet"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "network share 0.75 (chosen on val: RMSE 0.9500 -> 0.9412)" in " ".join(res.output.split())
+    res = runner.invoke(app, [*args, "--json"])
+    assert json.loads(res.output)["baseline_blend"] == blend
+    monkeypatch.setattr(
+        embedrec.runs, "train_run", lambda data_dir, **kwargs: dataclasses.replace(done, baseline_blend=None)
+    )
+    assert "blended" not in runner.invoke(app, args).output
+
+
 def test_a_config_file_sets_the_preset_and_flags_win(calls: list[dict], tmp_path: Path) -> None:
     cfg = tmp_path / "hp.toml"
     cfg.write_text('preset = "seed"\nlr = 0.5\nepochs = 3\n')

@@ -378,3 +378,67 @@ def test_at_rating_embedding_grad_zero_the_ratings_never_move_the_embeddings(pre
     np.testing.assert_array_equal(np.asarray(trained["genre_embedding"]), np.asarray(init["genre_embedding"]))
     assert not np.allclose(np.asarray(trained["movie_bias"]), 0.0)  # the rating output itself did learn
     assert result.history[-1]["val_rmse"] < result.history[0]["val_rmse"] + 0.05
+
+
+def test_the_baseline_blend_is_the_same_network_with_its_rating_logit_mixed(prepared) -> None:
+    import jax
+    from flax import nnx
+
+    from embedrec.baselines import SigmoidBiasBaseline
+    from embedrec.model import EmbeddingConcat, data_shape, genre_inputs
+    from embedrec.scoring import Scorer
+    from embedrec.train import blend_rating_biases
+    from embedrec.validation import scoring_weights
+
+    model_cfg, _ = preset("default")
+    genres = genre_inputs(prepared, model_cfg.genre_mode)
+    shape = data_shape(prepared, genres)
+    model = EmbeddingConcat(model_cfg, shape, rngs=nnx.Rngs(3))
+    rng = np.random.default_rng(3)
+    tables = dict(model.tables())
+    for name in ("user_bias", "movie_bias"):
+        tables[name] = rng.normal(0, 0.5, tables[name].shape).astype(np.float32)
+    _, head = nnx.split(model.head)
+    train_mask = prepared.split == TRAIN
+    baseline = SigmoidBiasBaseline(rating_min=shape.rating_min, rating_max=shape.rating_max).fit(
+        prepared.user_idx[train_mask],
+        prepared.movie_idx[train_mask],
+        prepared.rating[train_mask],
+        n_users=shape.n_users,
+        n_movies=shape.n_movies,
+    )
+    users, movies = prepared.user_idx[:500], prepared.movie_idx[:500]
+
+    def logit(head_state, tables_):
+        scorer = Scorer.from_weights(scoring_weights(head_state, tables_, genres), model_cfg, shape)
+        pred = scorer.predict_pairs(users, movies).astype(np.float64)
+        q = (pred - shape.rating_min) / (shape.rating_max - shape.rating_min)
+        return np.log(q / (1 - q))
+
+    network = logit(head, tables)
+    for share in (1.0, 0.625):
+        blended = blend_rating_biases({"head": head, "tables": tables}, baseline, share)
+        expected = share * network + (1 - share) * baseline.logit(users, movies)
+        np.testing.assert_allclose(logit(blended["head"], blended["tables"]), expected, atol=2e-3)
+        for name in ("user_embedding", "movie_embedding", "genre_embedding"):  # the watch output is untouched
+            np.testing.assert_array_equal(np.asarray(blended["tables"][name]), np.asarray(tables[name]))
+    assert jax.tree.structure(blended["head"]) == jax.tree.structure(head)
+
+
+def test_with_the_baseline_blend_training_keeps_the_share_that_the_val_split_prefers(prepared) -> None:
+    from embedrec.train import BASELINE_BLEND_WEIGHTS
+
+    model_cfg, train_cfg = preset("default")
+    train_cfg = train_cfg.replace(epochs=2, patience=0, negatives=8, val_users=100, baseline_blend=True)
+    result = train(prepared, model_cfg, train_cfg)
+    blend = result.info["baseline_blend"]
+    assert blend["network_share"] in BASELINE_BLEND_WEIGHTS
+    assert blend["val_rmse"] == min(blend["val_rmse_by_share"].values()) <= blend["val_rmse_by_share"]["1"]
+    assert blend["val_rmse_by_share"]["1"] == pytest.approx(result.history[-1]["val_rmse"], abs=1e-5)
+    val = prepared.split == VAL
+    u, m = prepared.user_idx[val], prepared.movie_idx[val]
+    pred = np.asarray(result.model(u, m, result.genres.idx[m], result.genres.weight[m]))
+    served_rmse = float(np.sqrt(np.mean((pred - prepared.rating[val]) ** 2)))
+    assert served_rmse == pytest.approx(blend["val_rmse"], abs=1e-5)  # the model returned is the one chosen
+    off = train(prepared, model_cfg, train_cfg.replace(baseline_blend=False))
+    assert "baseline_blend" not in off.info

@@ -303,6 +303,7 @@ def _print_result(result: RunResult, *, as_json: bool) -> None:
                     "ranking": result.ranking,
                     "final": last,
                     "timings": result.timings,
+                    "baseline_blend": result.baseline_blend,
                 }
             )
         )
@@ -313,6 +314,12 @@ def _print_result(result: RunResult, *, as_json: bool) -> None:
         f"[green]trained[/] {result.n_params:,} parameters: val RMSE {last['val_rmse']:.4f}, "
         f"MAE {last['val_mae']:.4f}{ndcg}{note}"
     )
+    blend = result.baseline_blend
+    if blend and blend["network_share"] < 1.0:
+        console.print(
+            f"ratings blended with the bias baseline, network share {blend['network_share']:g} "
+            f"(chosen on val: RMSE {blend['val_rmse_by_share']['1']:.4f} -> {blend['val_rmse']:.4f})"
+        )
     if result.ranking.get("score") == "blend":
         from embedrec.scoring import Ranking
 
