@@ -5,6 +5,7 @@ Usage::
     python benchmarks/tune_quality.py                              # every row, --budget 10m, a text table
     python benchmarks/tune_quality.py --markdown --json tune.json  # the README's table, and every number
     python benchmarks/tune_quality.py --rows ml100k-llo --budget 2m
+    python benchmarks/tune_quality.py --from-json tune.json --markdown   # the table again, from saved numbers
 
 For each row this runs what a user runs, as subprocesses of ``python -m embedrec.cli`` in a fresh work folder:
 ``embedrec tune --budget B --objective ndcg@10 --seed 42 --out tuned.toml`` (the validation split only), then
@@ -169,8 +170,10 @@ def table(results: list[dict[str, Any]], *, markdown: bool) -> str:
         ease, bias = base["ease"].get("ndcg@10"), base["bias"]["rmse"]
         tuned = res.get("tuned", {})
         if tuned:
-            met = tuned["ndcg@10"] >= ease and tuned["rmse"] < bias
-            target = ("yes" if met else "no") + (f" ({tuned['ndcg@10'] / ease:.2f} x EASE)" if ease else "")
+            missed = [
+                name for name, ok in (("NDCG", tuned["ndcg@10"] >= ease), ("RMSE", tuned["rmse"] < bias)) if not ok
+            ]
+            target = ("no: " + ", ".join(missed) if missed else "yes") + f" ({tuned['ndcg@10'] / ease:.3f} x EASE)"
         else:
             target = res.get("error", "-")
         trials = res.get("trials")
@@ -226,7 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write every row's numbers to this JSON file (after each row)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's)")
+    parser.add_argument(
+        "--from-json", nargs="+", type=Path, metavar="FILE", help="print the table of earlier --json files; run nothing"
+    )
     args = parser.parse_args(argv)
+    if args.from_json:
+        results = [res for path in args.from_json for res in json.loads(path.read_text())]
+        print(table(results, markdown=args.markdown))
+        print("\n".join(["", *settings_lines(results)]))
+        return 0
     args.cache.mkdir(parents=True, exist_ok=True)
     results = []
     for row in args.rows:
