@@ -157,12 +157,21 @@ def run_baselines(prepared: Any) -> dict[str, dict[str, Any]]:
     )
 
 
-def run_model(data_dir: Path, prepared: Any, *, seed: int, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Train the default preset (seed + overrides) as ``embedrec train`` does; evaluate as ``embedrec evaluate``."""
+def evaluate_run(run_dir: Path, prepared: Any) -> dict[str, Any]:
+    """Test metrics of the model in ``run_dir`` as ``embedrec evaluate`` computes them (full ranking, k = 10)."""
     from embedrec.artifacts import load_model
     from embedrec.evaluation import evaluate_model
-    from embedrec.runs import train_run
     from embedrec.scoring import Scorer
+
+    scorer = Scorer.from_artifact(load_model(run_dir))
+    return evaluate_model(
+        scorer, prepared, split="test", ks=(10,), relevance=relevance_of(prepared), baselines=False, variants=False
+    )
+
+
+def run_model(data_dir: Path, prepared: Any, *, seed: int, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Train the default preset (seed + overrides) as ``embedrec train`` does; evaluate as ``embedrec evaluate``."""
+    from embedrec.runs import train_run
 
     with tempfile.TemporaryDirectory(prefix="embedrec-quality-") as tmp:
         work = Path(tmp)
@@ -171,10 +180,7 @@ def run_model(data_dir: Path, prepared: Any, *, seed: int, overrides: dict[str, 
             data_dir, out=work / "run", workdir=work, preset="default", overrides={**overrides, "seed": seed}
         )
         train_s = time.perf_counter() - t0
-        scorer = Scorer.from_artifact(load_model(result.run_dir))
-        metrics = evaluate_model(
-            scorer, prepared, split="test", ks=(10,), relevance=relevance_of(prepared), baselines=False, variants=False
-        )
+        metrics = evaluate_run(result.run_dir, prepared)
         meta = json.loads((result.run_dir / "model.json").read_text())
     return {
         "seed": seed,

@@ -19,6 +19,7 @@ from embedrec.config import load_config_file, preset
 from embedrec.errors import ConfigError
 from embedrec.tune import (
     CONFIG_MARKER,
+    best_trial_number,
     config_text,
     parse_budget,
     preset_point,
@@ -77,6 +78,27 @@ def test_the_search_space_follows_the_data_size_and_holds_the_preset() -> None:
     }
     rating_only = {p.name for p in search_space(preset="seed", n_train=14_000, n_movies=400)}
     assert "negatives" not in rating_only and "watch_weight" not in rating_only and "lr" in rating_only
+
+
+def test_the_best_trial_keeps_val_rmse_below_the_ceiling_when_any_trial_does() -> None:
+    import optuna
+
+    def study_of(*trials: tuple[float, float]):  # (val NDCG@10, val RMSE) of finished trials
+        study = optuna.create_study(direction="maximize")
+        for ndcg, rmse in trials:
+            study.add_trial(
+                optuna.trial.create_trial(
+                    value=ndcg, params={}, distributions={}, user_attrs={"metrics": {"val_rmse": rmse}}
+                )
+            )
+        return study
+
+    mixed = study_of((0.30, 0.95), (0.33, 0.97), (0.31, 0.94))
+    assert best_trial_number(mixed) == 1  # no ceiling: the objective alone
+    assert best_trial_number(mixed, 0.96) == 2  # the best of the trials below the bias baseline's val RMSE
+    assert best_trial_number(mixed, 0.945) == 2 and best_trial_number(mixed, 0.94) == 1  # equal is not below
+    assert best_trial_number(study_of((0.30, 0.99), (0.32, 0.98)), 0.96) == 1  # none below: the best of all
+    assert best_trial_number(study_of(), 0.96) is None
 
 
 def test_the_config_text_reads_back_as_the_same_settings(tmp_path: Path) -> None:
@@ -162,7 +184,12 @@ def test_tune_writes_a_config_that_train_uses(tuned, synthetic_prepared: Path) -
     assert settings == report["best"]["settings"] and settings["epochs"] == 2 and settings["preset"] == "default"
     study = _study(work)
     best = study.trials[report["best"]["trial"]]
-    assert best.value == pytest.approx(report["best"]["value"]) == max(t.value for t in study.trials)
+    # a ranking objective chooses among the trials whose val RMSE is 1% below the bias baseline's, if any is (after
+    # 2 epochs here, often none is)
+    ceiling = report["rmse_ceiling"]
+    below = [t for t in study.trials if t.user_attrs["metrics"]["val_rmse"] < ceiling]
+    assert best.value == pytest.approx(report["best"]["value"]) == max(t.value for t in below or study.trials)
+    assert 0.5 < ceiling < 1.5  # 0.99 x the bias baseline's val RMSE, on a 0.5..5 scale
     assert 0 < report["best"]["metrics"]["val_ndcg@10"] <= 1 and report["best"]["metrics"]["val_rmse"] > 0
     # trial runs live under tune/, only the best is kept, and the user's `latest` model is not a trial
     assert sorted(p.name for p in (work / "tune" / "models").glob("*/trial-*")) == [

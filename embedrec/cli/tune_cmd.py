@@ -238,6 +238,7 @@ def tune_cmd(
                         "run_dir": str(result.best_run_dir) if result.best_run_dir else None,
                     },
                     "trials": {"this_call": result.n_this_call, **result.counts},
+                    "rmse_ceiling": result.rmse_ceiling,
                 }
             )
         )
@@ -248,6 +249,13 @@ def tune_cmd(
         f"{c['pruned']} pruned, {c['failed']} stopped in the study so far"
     )
     console.print(f"best: trial {result.best_number}, val {_metrics_text(result.best_metrics)}", highlight=False)
+    ceiling, best_rmse = result.rmse_ceiling, result.best_metrics.get("val_rmse")
+    if ceiling is not None and best_rmse is not None and not best_rmse < ceiling:
+        console.print(
+            f"[yellow]no finished trial kept val RMSE below {ceiling:.4f} (1% under the bias baseline's); "
+            "this one ranks best[/]",
+            highlight=False,
+        )
     console.print(
         f"settings written to {result.config_path}; train with:\n  [bold]{result.command}[/]", highlight=False
     )
