@@ -273,6 +273,18 @@ def _data_cell(d: dict[str, Any]) -> str:
     return f"{d['n_users']:,} x {d['n_movies']:,}, {d['n_ratings'] / 1000:.0f}k ({per_movie:.0f}/movie), {lo:g}..{hi:g}"
 
 
+def render_table(head: list[str], lines: list[list[str]], *, markdown: bool) -> str:
+    """Rows of cells as a Markdown table (the README's) or as aligned plain text."""
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(line) + " |" for line in lines]
+        return "\n".join(out)
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    return "\n".join(out)
+
+
 def table(results: list[dict[str, Any]], *, markdown: bool) -> str:
     head = [
         "row",
@@ -312,14 +324,7 @@ def table(results: list[dict[str, Any]], *, markdown: bool) -> str:
                 f"{res['seconds']:.0f} s",
             ]
         )
-    if markdown:
-        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        out += ["| " + " | ".join(line) + " |" for line in lines]
-        return "\n".join(out)
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
-    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
-    return "\n".join(out)
+    return render_table(head, lines, markdown=markdown)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

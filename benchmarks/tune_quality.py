@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from quality import ROWS, evaluate_run, prepare_row, run_baselines, run_model  # noqa: E402
+from quality import ROWS, evaluate_run, prepare_row, render_table, run_baselines, run_model  # noqa: E402
 
 TUNE_ORDER = ("ml100k-llo", "ml100k-few-users", "ml100k-random", "ml100k-temporal", "ml100k-sparse", "synthetic")
 SEED = 42
@@ -193,14 +193,7 @@ def table(results: list[dict[str, Any]], *, markdown: bool) -> str:
                 f"{res['tune_s']:.0f} + {res.get('train_s', 0):.0f} s",
             ]
         )
-    if markdown:
-        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        out += ["| " + " | ".join(line) + " |" for line in lines]
-        return "\n".join(out)
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
-    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
-    return "\n".join(out)
+    return render_table(head, lines, markdown=markdown)
 
 
 def settings_lines(results: list[dict[str, Any]]) -> list[str]:

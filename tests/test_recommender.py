@@ -151,20 +151,10 @@ def test_one_users_recommendations_and_a_prediction_never_import_pandas(
         ["recommend", "--user", str(user), *where],
         ["predict", "--user", str(user), "--movie", str(movie), *where],
     ]
-    code = (
-        "import sys\n"
-        "from embedrec.cli import app\n"
-        f"for args in {runs!r}:\n"
-        "    try:\n"
-        "        app(args)\n"
-        "    except SystemExit as exc:\n"
-        "        assert not exc.code, exc.code\n"
-        "    print('\\n#####')\n"
-        "assert 'pandas' not in sys.modules, 'pandas was imported'\n"
+    stdout = _cli_in_one_process(
+        runs, after_each="print('\\n#####')\n", after_all="assert 'pandas' not in sys.modules, 'pandas was imported'\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    outputs = proc.stdout.split("\n#####\n")
+    outputs = stdout.split("\n#####\n")
     rec = Recommender(load_model(planted), prepared)
 
     def records(table: Any) -> list[dict[str, Any]]:
@@ -198,20 +188,12 @@ def test_fold_in_and_predict_never_import_jax(planted: Path, synthetic_prepared:
             *where,
         ],
     ]
-    code = (
-        "import sys\n"
-        "from embedrec.cli import app\n"
-        f"for args in {runs!r}:\n"
-        "    try:\n"
-        "        app(args)\n"
-        "    except SystemExit as exc:\n"
-        "        assert not exc.code, exc.code\n"
-        "for name in ('jax', 'jaxlib', 'flax', 'optax'):\n"
-        "    assert name not in sys.modules, name + ' was imported'\n"
+    stdout = _cli_in_one_process(
+        runs,
+        after_all="for name in ('jax', 'jaxlib', 'flax', 'optax'):\n"
+        "    assert name not in sys.modules, name + ' was imported'\n",
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert '"rating"' in proc.stdout
+    assert '"rating"' in stdout
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -249,3 +231,22 @@ def test_one_users_request_reads_no_rating_and_matches_the_full_read(
     assert set(lazy._read) == {"users"}  # the test's own lookups: nothing above read the ratings or the movies
     many_fast = fast.recommend_many(lazy.user_ids[:30], k=5)
     assert many_fast["movie_id"].tolist() == slow.recommend_many(lazy.user_ids[:30], k=5)["movie_id"].tolist()
+
+
+def _cli_in_one_process(runs: list[list[str]], *, after_each: str = "", after_all: str = "") -> str:
+    """Run several embedrec commands in one fresh Python process (so its imports can be checked after them, in
+    ``after_all``); each must exit 0. Returns the process's stdout."""
+    code = (
+        "import sys\n"
+        "from embedrec.cli import app\n"
+        f"for args in {runs!r}:\n"
+        "    try:\n"
+        "        app(args)\n"
+        "    except SystemExit as exc:\n"
+        "        assert not exc.code, exc.code\n"
+        + "".join("    " + line + "\n" for line in after_each.splitlines())
+        + after_all
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
