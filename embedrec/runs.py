@@ -179,20 +179,20 @@ def choose_ranking(
     from flax import nnx
 
     from embedrec.evaluation import ndcg_by_blends
-    from embedrec.scoring import Ranking, Scorer
+    from embedrec.scoring import Scorer, blend_watch_side
     from embedrec.validation import scoring_weights, training_relevance
 
     weights = scoring_weights(nnx.state(result.model.head), result.model.tables(), result.genres)
     priors = prior_candidates(prepared)
     blends: list[tuple[int, float]] = []  # (prior position, gamma); gamma 0 is the same ranking for every prior
     sides: list[np.ndarray] = []
+    scorer = Scorer.from_weights(weights, model_cfg, result.shape)
     for position, (_, prior) in enumerate(priors):
-        with_prior = Scorer.from_weights({**weights, "popularity_prior": prior[:, None]}, model_cfg, result.shape)
         for gamma in GAMMAS if position == 0 else GAMMAS[1:]:
-            blends.append((position, gamma))
-            sides.append(with_prior.watch_side_bias(Ranking("blend", 0.0, gamma)))
+            blends.append((position, gamma))  # the side served with this prior (stored as float32) and gamma
+            sides.append(blend_watch_side(scorer.watch_bias, prior.astype(np.float32), gamma))
     found = ndcg_by_blends(
-        Scorer.from_weights(weights, model_cfg, result.shape),
+        scorer,
         prepared,
         sides=sides,
         betas=BETAS,

@@ -250,7 +250,7 @@ class Scorer:
     def watch_side_bias(self, ranking: Ranking) -> np.ndarray:
         """(n_movies,) the per-movie part of the watch side of ``ranking``: watch bias + gamma * popularity prior."""
         self.check_ranking(ranking)
-        return _watch_side_bias(self.watch_bias, self.popularity_prior, ranking.gamma)
+        return blend_watch_side(self.watch_bias, self.popularity_prior, ranking.gamma)
 
     def user_rows(self, user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings (B, d), rating biases (B,)) of known users; biases are 0 for models without them."""
@@ -652,7 +652,7 @@ class MoviePool:
     def watch_side_bias(self, ranking: Ranking) -> np.ndarray:
         """(pool size,) watch bias + gamma * popularity prior of the pool's movies (:meth:`Scorer.watch_side_bias`)."""
         self.scorer.check_ranking(ranking)
-        return _watch_side_bias(self.watch_bias, self.popularity_prior, ranking.gamma)
+        return blend_watch_side(self.watch_bias, self.popularity_prior, ranking.gamma)
 
     def scores(self, emb: np.ndarray, bias: np.ndarray, ranking: Ranking) -> np.ndarray:
         """(B, pool size) ranking scores through the full network (the exhaustive path)."""
@@ -681,7 +681,7 @@ def transposed_rows(table: np.ndarray, rows: np.ndarray | None, *, block: int = 
     return out
 
 
-def _watch_side_bias(watch_bias: np.ndarray | None, prior: np.ndarray | None, gamma: float) -> np.ndarray:
+def blend_watch_side(watch_bias: np.ndarray | None, prior: np.ndarray | None, gamma: float) -> np.ndarray:
     """watch bias + gamma * popularity prior, per movie (the watch bias itself when gamma is 0)."""
     if watch_bias is None:
         raise ArtifactError("this model has no watch head")
