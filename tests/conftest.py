@@ -18,15 +18,24 @@ import pytest
 # One persistent XLA compilation cache for the whole run: the pytest workers and every `embedrec` subprocess they
 # start (which inherit this environment) compile the same small training steps again and again, and compiling is most
 # of a small run's time (a 2-epoch synthetic `embedrec train`: 26 s of CPU cold, 10 s from the cache). Results are
-# the same bits: the cache keys on the program, the XLA flags and the devices. Its size limit turns on JAX's file
-# lock, so concurrent processes never read a half-written entry. EMBEDREC_TEST_JAX_CACHE=off runs without it.
+# the same bits: the cache keys on the program, the XLA flags and the devices. JAX writes an entry in place, so an
+# entry a killed test process left half-written (or one read while another process writes it) fails to decompress:
+# JAX warns and compiles afresh. Those warnings are silenced (they would add a line to the stderr that tests read);
+# without a size limit JAX keeps no access-time files, whose loss to a kill would stop all later writes.
+# EMBEDREC_TEST_JAX_CACHE=off runs without the cache.
 if os.environ.get("EMBEDREC_TEST_JAX_CACHE", "") != "off":
     os.environ.setdefault(
         "JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"embedrec-tests-jax-cache-{os.getuid()}")
     )
-    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    os.environ["PYTHONWARNINGS"] = ",".join(
+        [
+            *filter(None, [os.environ.get("PYTHONWARNINGS")]),
+            "ignore:Error reading persistent compilation cache entry:UserWarning",
+            "ignore:Error writing persistent compilation cache entry:UserWarning",
+        ]
+    )
 
 
 @pytest.fixture(scope="session")
