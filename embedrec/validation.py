@@ -87,8 +87,10 @@ class SplitRanking:
         """The split's seen and relevant sets, once a call has built them (None before, or when undefined)."""
         return self._held_out
 
-    def __call__(self, score_users: UserScorer) -> float | None:
-        from embedrec.evaluation import HeldOut, evaluate_ranking
+    def build(self) -> None:
+        """Build the split's seen and relevant sets now (else the first call does): training builds them while the
+        model initialises."""
+        from embedrec.evaluation import HeldOut
 
         p = self.prepared
         if self._defined is None:
@@ -96,6 +98,12 @@ class SplitRanking:
             self._defined = bool((p.rating[held] >= self.relevance).any())
             if self._defined:
                 self._held_out = HeldOut.from_prepared(p, split_code=self.split_code, relevance=self.relevance)
+
+    def __call__(self, score_users: UserScorer) -> float | None:
+        from embedrec.evaluation import evaluate_ranking
+
+        p = self.prepared
+        self.build()
         if not self._defined:
             return None
         got = evaluate_ranking(
