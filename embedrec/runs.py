@@ -139,11 +139,14 @@ def prior_candidates(prepared: PreparedData) -> list[tuple[float | None, np.ndar
     from embedrec.baselines import popularity_prior
 
     train = prepared.split == 0
-    movies, stamps = prepared.movie_idx[train], prepared.timestamp[train]
+    movies = prepared.movie_idx[train]
     out: list[tuple[float | None, np.ndarray]] = [(None, popularity_prior(movies, None, n_movies=prepared.n_movies))]
     method = str(prepared.summary.get("split", {}).get("method", "random"))
+    if method not in TIME_SPLITS:
+        return out
+    stamps = prepared.timestamp[train]
     span = float(stamps.max() - stamps.min()) if stamps.size else 0.0
-    if method in TIME_SPLITS and span > 0:
+    if span > 0:
         for share in RECENT_HALF_LIVES:
             half_life = share * span
             out.append((half_life, popularity_prior(movies, stamps, n_movies=prepared.n_movies, half_life=half_life)))

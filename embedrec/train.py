@@ -501,10 +501,12 @@ def _check_finite(stats: np.ndarray, epoch: int, first_step: int) -> None:
 def _epoch_columns(schedule: Schedule, split: Ratings, seed: int, epoch: int) -> dict[str, np.ndarray]:
     """The training split in the epoch's order, seeded by (seed, epoch), padded to whole batches (host side)."""
     perm = np.random.default_rng([seed, epoch]).permutation(schedule.n_train)
-    return {
-        name: np.pad(arr[perm], (0, schedule.padded - schedule.n_train))
-        for name, arr in (("user", split.users), ("movie", split.movies), ("rating", split.ratings))
-    }
+    columns = {}
+    for name, arr in (("user", split.users), ("movie", split.movies), ("rating", split.ratings)):
+        column = np.zeros(schedule.padded, dtype=arr.dtype)  # the padding stays zero
+        np.take(arr, perm, out=column[: schedule.n_train])  # gathered in place: no second copy to pad
+        columns[name] = column
+    return columns
 
 
 class _Shuffles:

@@ -24,6 +24,7 @@ import numpy as np
 if TYPE_CHECKING:
     from embedrec.data.store import PreparedData
     from embedrec.evaluation import HeldOut
+    from embedrec.metrics import ItemSets
     from embedrec.model import GenreInputs
     from embedrec.scoring import Scorer
 
@@ -100,14 +101,23 @@ class SplitRanking:
                 self._held_out = HeldOut.from_prepared(p, split_code=self.split_code, relevance=self.relevance)
 
     def __call__(self, score_users: UserScorer) -> float | None:
+        """NDCG@10 of ``score_users``, which must return a new array per call: its seen movies are masked in place."""
         from embedrec.evaluation import evaluate_ranking
+        from embedrec.metrics import top_k
 
         p = self.prepared
         self.build()
         if not self._defined:
             return None
+        def rank(users: np.ndarray, k: int, seen: ItemSets) -> np.ndarray:
+            scores = score_users(users)
+            rows, movies = seen.coordinates()
+            scores[rows, movies] = -np.inf  # in place, from the sparse sets: no dense mask and no masked copy
+            return top_k(scores, k)
+
         got = evaluate_ranking(
-            score_users,
+            None,
+            rank_fn=rank,
             train_user_idx=None,
             train_movie_idx=None,
             eval_user_idx=None,
