@@ -169,18 +169,24 @@ class EmbeddingConcat(nnx.Module):
             def init(key: jax.Array, n: int) -> jax.Array:
                 return jax.random.uniform(key, (n, d), jnp.float32, -0.05, 0.05)
         else:  # small normal rows, so the watch dot product starts near zero whatever d is
+            # the scale and the product in numpy: the same float32 operations as eager jnp, without an XLA
+            # compilation per table shape at start-up (the normals themselves must come from jax.random)
+            scale = np.float32(0.1) / np.sqrt(np.float32(d / 16.0))
 
             def init(key: jax.Array, n: int) -> jax.Array:
-                return jax.random.normal(key, (n, d), jnp.float32) * (0.1 / jnp.sqrt(d / 16.0))
+                return jnp.asarray(np.asarray(jax.random.normal(key, (n, d), jnp.float32)) * scale)
+
+        def zeros(n: int) -> jax.Array:
+            return jnp.asarray(np.zeros((n, 1), np.float32))
 
         self.user_embedding = EmbeddingTable(init(rngs.params(), shape.n_users))
         self.movie_embedding = EmbeddingTable(init(rngs.params(), shape.n_movies))
         self.genre_embedding = EmbeddingTable(init(rngs.params(), shape.n_genres))
         if cfg.biases:
-            self.user_bias = EmbeddingTable(jnp.zeros((shape.n_users, 1), jnp.float32))
-            self.movie_bias = EmbeddingTable(jnp.zeros((shape.n_movies, 1), jnp.float32))
+            self.user_bias = EmbeddingTable(zeros(shape.n_users))
+            self.movie_bias = EmbeddingTable(zeros(shape.n_movies))
         if cfg.watch_head:
-            self.watch_bias = EmbeddingTable(jnp.zeros((shape.n_movies, 1), jnp.float32))
+            self.watch_bias = EmbeddingTable(zeros(shape.n_movies))
         self.head = Head(3 * d, cfg.hidden, cfg.dropout, rngs=rngs)
 
     # -- tables -------------------------------------------------------------------------------------------------

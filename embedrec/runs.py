@@ -139,11 +139,14 @@ def prior_candidates(prepared: PreparedData) -> list[tuple[float | None, np.ndar
     from embedrec.baselines import popularity_prior
 
     train = prepared.split == 0
-    movies, stamps = prepared.movie_idx[train], prepared.timestamp[train]
+    movies = prepared.movie_idx[train]
     out: list[tuple[float | None, np.ndarray]] = [(None, popularity_prior(movies, None, n_movies=prepared.n_movies))]
     method = str(prepared.summary.get("split", {}).get("method", "random"))
+    if method not in TIME_SPLITS:
+        return out
+    stamps = prepared.timestamp[train]
     span = float(stamps.max() - stamps.min()) if stamps.size else 0.0
-    if method in TIME_SPLITS and span > 0:
+    if span > 0:
         for share in RECENT_HALF_LIVES:
             half_life = share * span
             out.append((half_life, popularity_prior(movies, stamps, n_movies=prepared.n_movies, half_life=half_life)))
@@ -464,39 +467,46 @@ def _plan_run(
 
 def _write_model(result: TrainResult, plan: _Plan) -> dict[str, Any]:
     """Choose the ranking score, write the model into the run folder and make it the latest; the ranking."""
+    from concurrent.futures import ThreadPoolExecutor
+
     prepared, model_cfg, train_cfg = plan.prepared, plan.model_cfg, plan.train_cfg
-    t0 = time.perf_counter()
-    choice = choose_ranking(result, prepared, model_cfg, train_cfg)
-    timings = result.info.setdefault("timings", {})
-    timings["ranking_choice_s"] = round(time.perf_counter() - t0, 3)
-    t0 = time.perf_counter()
-    ranking = choice.ranking
-    gi = result.genres
-    final = dict(result.history[result.best_epoch - 1]) if result.history and result.best_epoch else {}
-    save_model(
-        plan.run_dir,
-        module=result.model,
-        model_cfg=model_cfg,
-        train_cfg=train_cfg,
-        shape=result.shape,
-        genre_idx=gi.idx,
-        genre_w=gi.weight,
-        prepared=prepared,
-        history=result.history,
-        extra_weights=choice.weights,
-        extra_meta={
-            "preset": plan.preset,
-            "ranking": ranking,
-            "best_epoch": result.best_epoch,
-            "stopped_early": result.stopped_early,
-            "epochs_run": len(result.history),
-            "adapted": plan.adapted,
-            "baseline_blend": result.info.get("baseline_blend"),
-            "metrics": {k: v for k, v in final.items() if k.startswith("val_")},
-            "timings": dict(timings),
-        },
-    )
-    write_learning_curve(plan.run_dir / "learning_curve.png", result.history, title=f"embedrec {plan.preset}")
+    with ThreadPoolExecutor(1, thread_name_prefix="embedrec-curve") as pool:
+        # the curve needs only the history: drawn (matplotlib's import included, ~2 s) while the ranking is chosen
+        curve = pool.submit(
+            write_learning_curve, plan.run_dir / "learning_curve.png", result.history, title=f"embedrec {plan.preset}"
+        )
+        t0 = time.perf_counter()
+        choice = choose_ranking(result, prepared, model_cfg, train_cfg)
+        timings = result.info.setdefault("timings", {})
+        timings["ranking_choice_s"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        ranking = choice.ranking
+        gi = result.genres
+        final = dict(result.history[result.best_epoch - 1]) if result.history and result.best_epoch else {}
+        save_model(
+            plan.run_dir,
+            module=result.model,
+            model_cfg=model_cfg,
+            train_cfg=train_cfg,
+            shape=result.shape,
+            genre_idx=gi.idx,
+            genre_w=gi.weight,
+            prepared=prepared,
+            history=result.history,
+            extra_weights=choice.weights,
+            extra_meta={
+                "preset": plan.preset,
+                "ranking": ranking,
+                "best_epoch": result.best_epoch,
+                "stopped_early": result.stopped_early,
+                "epochs_run": len(result.history),
+                "adapted": plan.adapted,
+                "baseline_blend": result.info.get("baseline_blend"),
+                "metrics": {k: v for k, v in final.items() if k.startswith("val_")},
+                "timings": dict(timings),
+            },
+        )
+        curve.result()
     set_latest_run(plan.workdir, plan.run_dir)
     timings["write_s"] = round(time.perf_counter() - t0, 3)  # after model.json: in the run's result only
     return ranking
@@ -518,19 +528,20 @@ def _drop_unresumable(run_dir: Path, *, created: bool) -> None:
 
 
 def write_learning_curve(path: Path, history: list[dict[str, Any]], *, title: str) -> None:
-    """Train loss (MSE) and val RMSE² per epoch (same units), plus val NDCG@10 when present; written atomically."""
+    """Train loss (MSE) and val RMSE² per epoch (same units), plus val NDCG@10 when present; written atomically.
+
+    Drawn on a bare :class:`matplotlib.figure.Figure` (no pyplot: no global figure registry, no backend choice), so
+    it may run in a background thread beside other work."""
     if not history:
         return
     import os
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     epochs = [h["epoch"] for h in history]
     has_ndcg = any("val_ndcg@10" in h for h in history)
-    fig, axes = plt.subplots(1, 2 if has_ndcg else 1, figsize=(10 if has_ndcg else 6, 4), squeeze=False)
+    fig = Figure(figsize=(10 if has_ndcg else 6, 4))
+    axes = fig.subplots(1, 2 if has_ndcg else 1, squeeze=False)
     ax = axes[0][0]
     ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train MSE")
     ax.plot(epochs, [h["val_rmse"] ** 2 for h in history], marker="o", label="val MSE (RMSE²)")
@@ -551,10 +562,7 @@ def write_learning_curve(path: Path, history: list[dict[str, Any]], *, title: st
     fig.tight_layout()
     from embedrec.tempfiles import removed_on_failure, temp_sibling
 
-    try:
-        tmp = temp_sibling(path)
-        with removed_on_failure(tmp.with_name(tmp.name + ".png")) as tmp:
-            fig.savefig(tmp, dpi=100)
-            os.replace(tmp, path)
-    finally:
-        plt.close(fig)
+    tmp = temp_sibling(path)
+    with removed_on_failure(tmp.with_name(tmp.name + ".png")) as tmp:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -80,6 +80,12 @@ __all__ = [
     "untrained_users_as_average",
 ]
 
+VAL_RATINGS_MAX = 500_000
+"""Val RMSE and MAE are computed on at most this many val ratings: a fixed sample (seed 0, the same every epoch and
+run, so epochs are compared on the same ratings). Every data set of the README's quality tables has fewer, so their
+figures are over the whole val split. At full MovieLens scale (2.7M val ratings) predicting all of them was about
+half of validation's time outside the epochs; the sample's RMSE has a standard error of about 0.001, and the
+difference between two epochs, measured on the same ratings, much less."""
 DENSE_GENRE_MAX = 1 << 18  # genre tables up to this many parameters are updated densely, outside the slab
 BASELINE_BLEND_WEIGHTS = (1.0, 0.875, 0.75, 0.625, 0.5)
 """The network's share ``a`` in the rating blend with the bias baseline (``TrainConfig.baseline_blend``), chosen on
@@ -127,6 +133,14 @@ class Ratings:
             prepared.movie_idx[mask].astype(np.int32),
             prepared.rating[mask].astype(rating_dtype),
         )
+
+    def sample(self, max_rows: int, *, seed: int = 0) -> Ratings:
+        """At most ``max_rows`` of the rows: all of them when there are no more, else a subset drawn with ``seed``,
+        in the rows' order."""
+        if len(self.users) <= max_rows:
+            return self
+        keep = np.sort(np.random.default_rng(seed).choice(len(self.users), size=max_rows, replace=False))
+        return Ratings(self.users[keep], self.movies[keep], self.ratings[keep])
 
 
 @dataclass(frozen=True)
@@ -232,6 +246,7 @@ class Run:
     shape: DataShape
     train_split: Ratings
     val_split: Ratings
+    val_scored: Ratings  # the val ratings whose RMSE/MAE validation reports: at most VAL_RATINGS_MAX of val_split
     schedule: Schedule
     model: EmbeddingConcat
     layout: SlabLayout
@@ -239,6 +254,7 @@ class Run:
     inputs: dict[str, Any]
     rank_val: SplitRanking | None
     trained_users: np.ndarray  # (n_users,) bool: users with a training rating (the others are served as average)
+    shuffles: _Shuffles  # each epoch's order, built ahead in a background thread; closed by train()
     devices: list[Any] = field(default_factory=list)
     batch_columns: Any = None  # the sharding of the epoch's (steps, batch) columns: each device holds its share
     state_shardings: dict[str, Any] | None = None  # per train-state entry; the slab's rows split over the devices
@@ -317,18 +333,22 @@ def _device_mesh(batch_size: int) -> tuple[list[Any], Any]:
     return devices, Mesh(np.array(devices), ("data",))
 
 
-def _set_up(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig) -> tuple[Run, TrainState]:
-    """Build the model, the step and the validation functions; return them with the fresh train state."""
+def _set_up(
+    prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, *, first_epoch: int | None = None
+) -> tuple[Run, TrainState]:
+    """Build the model, the step and the validation functions; return them with the fresh train state.
+
+    The model's initialisation (mostly small XLA compilations, one per table shape) runs in a background thread
+    while this one builds the host-side arrays (the split, the seen filter, the val sets), and the shuffle of
+    ``first_epoch`` starts as soon as the split is known: at full MovieLens scale the three overlap on two cores
+    instead of taking turns. The weights are the same whichever thread draws them.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     check_settings(model_cfg, train_cfg)
     genres = genre_inputs(prepared, model_cfg.genre_mode)
     shape = data_shape(prepared, genres)
-    train_split = Ratings.of_split(prepared, TRAIN, np.float32)
-    if len(train_split.users) == 0:
-        raise ConfigError("the prepared data has no training ratings; prepare it again with smaller --test-frac")
-    devices, mesh = _device_mesh(train_cfg.batch_size)
     bsz = train_cfg.batch_size
-    schedule = Schedule.of(len(train_split.users), bsz, train_cfg.steps_per_call)
-    inputs: dict[str, Any] = {"genre_idx": genres.idx, "genre_w": genres.weight}
     # a genre table with at most twice as many rows as a step has genre slots (single genres always; the original's
     # ~1,400 genre strings from batch 1024 up) is updated densely: a dense Adam step on it is cheaper than the
     # row-sparse gather / de-duplicate / scatter of B * G slots. Measured on the seed preset: +10% at batch 1024,
@@ -337,72 +357,95 @@ def _set_up(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConf
         genres.n_genres <= 2 * bsz * genres.idx.shape[1]
         and genres.n_genres * model_cfg.embedding_dim <= DENSE_GENRE_MAX
     )
-    if train_cfg.row_decay > 0:
-        inputs["user_inv_count"] = _inverse_counts(train_split.users, prepared.n_users)
-        inputs["movie_inv_count"] = _inverse_counts(train_split.movies, prepared.n_movies)
-    if train_cfg.negatives > 0:
-        inputs["seen_bits"] = seen_filter(train_split.users, train_split.movies)
-        inputs["neg_cdf"] = popularity_cdf(train_split.movies, prepared.n_movies, alpha=train_cfg.sampling_alpha)
-
-    model = EmbeddingConcat(model_cfg, shape, rngs=nnx.Rngs(train_cfg.seed))
     tx = head_optimizer()
     rowwise = train_cfg.optimizer == "rowwise_adam"
-    graphdef, layout, state = init_state(model, tx, genre_table=genre_table, rowwise=rowwise)
-    settings = StepSettings(
-        batch_size=bsz,
-        steps_in_block=schedule.steps_in_block,
-        n_train=schedule.n_train,
-        negatives=train_cfg.negatives,
-        watch_weight=train_cfg.watch_weight,
-        watch_loss=train_cfg.watch_loss,
-        weight_decay=train_cfg.weight_decay,
-        lazy=train_cfg.optimizer in ("lazy_adam", "rowwise_adam"),
-        rowwise=rowwise,
-        sampling=train_cfg.sampling,
-        genre_table=genre_table,
-        genre_width=int(model_cfg.embedding_dim),
-        row_decay=train_cfg.row_decay,
-        rating_embedding_grad=train_cfg.rating_embedding_grad,
-    )
-    replicated = table_rows = state_shardings = batch_columns = None
-    pad_rows = 0
-    if mesh is not None:
-        from jax.sharding import NamedSharding
-        from jax.sharding import PartitionSpec as P
+    with ThreadPoolExecutor(1, thread_name_prefix="embedrec-init") as init_pool, ExitStack() as on_failure:
+        initialised = init_pool.submit(_initial_model, model_cfg, shape, train_cfg.seed, tx, genre_table, rowwise)
+        train_split = Ratings.of_split(prepared, TRAIN, np.float32)
+        if len(train_split.users) == 0:
+            raise ConfigError("the prepared data has no training ratings; prepare it again with smaller --test-frac")
+        schedule = Schedule.of(len(train_split.users), bsz, train_cfg.steps_per_call)
+        shuffles = _Shuffles(schedule, train_split, seed=train_cfg.seed, last_epoch=train_cfg.epochs)
+        on_failure.callback(shuffles.close)
+        if first_epoch is not None:
+            shuffles.prepare(first_epoch)
+        devices, mesh = _device_mesh(bsz)
+        inputs: dict[str, Any] = {"genre_idx": genres.idx, "genre_w": genres.weight}
+        if train_cfg.row_decay > 0:
+            inputs["user_inv_count"] = _inverse_counts(train_split.users, prepared.n_users)
+            inputs["movie_inv_count"] = _inverse_counts(train_split.movies, prepared.n_movies)
+        if train_cfg.negatives > 0:
+            inputs["seen_bits"] = seen_filter(train_split.users, train_split.movies)
+            inputs["neg_cdf"] = popularity_cdf(train_split.movies, prepared.n_movies, alpha=train_cfg.sampling_alpha)
+        val_split = Ratings.of_split(prepared, VAL, np.float64)
+        rank_val = None
+        if model_cfg.watch_head and train_cfg.val_users > 0 and len(val_split.users):
+            rank_val = SplitRanking(prepared, split_code=VAL, max_users=train_cfg.val_users)
+            rank_val.build()  # the val sets, once per run, while the model initialises
+        model, graphdef, layout, state = initialised.result()
+        settings = StepSettings(
+            batch_size=bsz,
+            steps_in_block=schedule.steps_in_block,
+            n_train=schedule.n_train,
+            negatives=train_cfg.negatives,
+            watch_weight=train_cfg.watch_weight,
+            watch_loss=train_cfg.watch_loss,
+            weight_decay=train_cfg.weight_decay,
+            lazy=train_cfg.optimizer in ("lazy_adam", "rowwise_adam"),
+            rowwise=rowwise,
+            sampling=train_cfg.sampling,
+            genre_table=genre_table,
+            genre_width=int(model_cfg.embedding_dim),
+            row_decay=train_cfg.row_decay,
+            rating_embedding_grad=train_cfg.rating_embedding_grad,
+        )
+        replicated = table_rows = state_shardings = batch_columns = None
+        pad_rows = 0
+        if mesh is not None:
+            from jax.sharding import NamedSharding
+            from jax.sharding import PartitionSpec as P
 
-        replicated = NamedSharding(mesh, P())
-        batch_columns = NamedSharding(mesh, P(None, "data"))  # each device: its columns of every batch
-        state_shardings = {name: replicated for name in state}
-        if train_cfg.shard_tables:
-            table_rows = state_shardings["slab"] = NamedSharding(mesh, P("data", None))
-            pad_rows = -layout.n_rows % len(devices)
-        inputs = _to_devices(inputs, replicated)
-    else:
-        inputs = jax.device_put(inputs)
-    val_split = Ratings.of_split(prepared, VAL, np.float64)
-    rank_val = None
-    if model_cfg.watch_head and train_cfg.val_users > 0 and len(val_split.users):
-        rank_val = SplitRanking(prepared, split_code=VAL, max_users=train_cfg.val_users)  # sets built once per run
-    run = Run(
-        prepared=prepared,
-        train_cfg=train_cfg,
-        genres=genres,
-        shape=shape,
-        train_split=train_split,
-        val_split=val_split,
-        schedule=schedule,
-        model=model,
-        layout=layout,
-        run_block=make_train_block(StepParts(graphdef, layout, shape, settings, tx, mesh, table_rows)),
-        inputs=inputs,
-        rank_val=rank_val,
-        trained_users=np.bincount(train_split.users, minlength=prepared.n_users) > 0,
-        devices=devices,
-        batch_columns=batch_columns,
-        state_shardings=state_shardings,
-        pad_rows=pad_rows,
-    )
+            replicated = NamedSharding(mesh, P())
+            batch_columns = NamedSharding(mesh, P(None, "data"))  # each device: its columns of every batch
+            state_shardings = {name: replicated for name in state}
+            if train_cfg.shard_tables:
+                table_rows = state_shardings["slab"] = NamedSharding(mesh, P("data", None))
+                pad_rows = -layout.n_rows % len(devices)
+            inputs = _to_devices(inputs, replicated)
+        else:
+            inputs = jax.device_put(inputs)
+        run = Run(
+            prepared=prepared,
+            train_cfg=train_cfg,
+            genres=genres,
+            shape=shape,
+            train_split=train_split,
+            val_split=val_split,
+            val_scored=val_split.sample(VAL_RATINGS_MAX),
+            schedule=schedule,
+            model=model,
+            layout=layout,
+            run_block=make_train_block(StepParts(graphdef, layout, shape, settings, tx, mesh, table_rows)),
+            inputs=inputs,
+            rank_val=rank_val,
+            trained_users=np.bincount(train_split.users, minlength=prepared.n_users) > 0,
+            devices=devices,
+            batch_columns=batch_columns,
+            state_shardings=state_shardings,
+            pad_rows=pad_rows,
+            shuffles=shuffles,
+        )
+        on_failure.pop_all()  # the run owns the shuffles from here
     return run, run.place(state)
+
+
+def _initial_model(
+    model_cfg: ModelConfig, shape: DataShape, seed: int, tx: Any, genre_table: bool, rowwise: bool
+) -> tuple[EmbeddingConcat, Any, SlabLayout, TrainState]:
+    """The freshly initialised model and its train state (run in :func:`_set_up`'s background thread)."""
+    model = EmbeddingConcat(model_cfg, shape, rngs=nnx.Rngs(seed))
+    graphdef, layout, state = init_state(model, tx, genre_table=genre_table, rowwise=rowwise)
+    return model, graphdef, layout, state
 
 
 def _resume(
@@ -455,14 +498,15 @@ def _check_finite(stats: np.ndarray, epoch: int, first_step: int) -> None:
         )
 
 
-def _epoch_columns(run: Run, epoch: int) -> dict[str, np.ndarray]:
+def _epoch_columns(schedule: Schedule, split: Ratings, seed: int, epoch: int) -> dict[str, np.ndarray]:
     """The training split in the epoch's order, seeded by (seed, epoch), padded to whole batches (host side)."""
-    schedule, split = run.schedule, run.train_split
-    perm = np.random.default_rng([run.train_cfg.seed, epoch]).permutation(schedule.n_train)
-    return {
-        name: np.pad(arr[perm], (0, schedule.padded - schedule.n_train))
-        for name, arr in (("user", split.users), ("movie", split.movies), ("rating", split.ratings))
-    }
+    perm = np.random.default_rng([seed, epoch]).permutation(schedule.n_train)
+    columns = {}
+    for name, arr in (("user", split.users), ("movie", split.movies), ("rating", split.ratings)):
+        column = np.zeros(schedule.padded, dtype=arr.dtype)  # the padding stays zero
+        np.take(arr, perm, out=column[: schedule.n_train])  # gathered in place: no second copy to pad
+        columns[name] = column
+    return columns
 
 
 class _Shuffles:
@@ -470,13 +514,15 @@ class _Shuffles:
 
     Permuting and gathering the split is host work (about 5 s an epoch at 19M training ratings) that would
     otherwise sit between the epochs; numpy releases the GIL in its large loops, so the thread overlaps the
-    step blocks. The order is the same whichever thread builds it.
+    step blocks (and, for the first epoch, the rest of the set-up). The order is the same whichever thread builds
+    it.
     """
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, schedule: Schedule, split: Ratings, *, seed: int, last_epoch: int) -> None:
         from concurrent.futures import Future, ThreadPoolExecutor
 
-        self.run = run
+        self._build = partial(_epoch_columns, schedule, split, seed)
+        self.last_epoch = last_epoch
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="embedrec-shuffle")
         self._next: tuple[int, Future[dict[str, np.ndarray]]] | None = None
 
@@ -484,11 +530,11 @@ class _Shuffles:
         ahead, self._next = self._next, None
         if ahead is not None and ahead[0] == epoch:
             return ahead[1].result()
-        return _epoch_columns(self.run, epoch)
+        return self._build(epoch)
 
     def prepare(self, epoch: int) -> None:
-        if epoch <= self.run.train_cfg.epochs:
-            self._next = (epoch, self._pool.submit(_epoch_columns, self.run, epoch))
+        if epoch <= self.last_epoch:
+            self._next = (epoch, self._pool.submit(self._build, epoch))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -545,11 +591,12 @@ def _run_epoch(
 def _epoch_record(
     run: Run, state: TrainState, position: Position, seconds: float, samples: int, lr: jax.Array
 ) -> dict[str, Any]:
-    """The epoch's line in the history: train loss, val RMSE/MAE (and NDCG@10 with the watch output), speed."""
+    """The epoch's line in the history: train loss, val RMSE/MAE (on :data:`VAL_RATINGS_MAX` of them at most; and
+    NDCG@10 with the watch output), speed."""
     from embedrec.evaluation import in_threads
     from embedrec.scoring import Scorer
 
-    val, sums, epoch = run.val_split, position.loss_sums, position.epoch
+    val, sums, epoch = run.val_scored, position.loss_sums, position.epoch
     head, tables = run.host((state["head"], run.tables(state)))
     tables = untrained_users_as_average(tables, run.trained_users)  # validate what is served
     scorer = Scorer.from_weights(scoring_weights(head, tables, run.genres), run.model.cfg, run.shape)
@@ -630,11 +677,17 @@ def train(
     stop_requested = stop_requested or (lambda: False)
     clock = _PhaseClock()
     with clock("setup_s"):  # the model, the step, the seen filter, the arrays on the devices (and a resume's load)
-        run, state = _set_up(prepared, model_cfg, train_cfg)
+        run, state = _set_up(prepared, model_cfg, train_cfg, first_epoch=None if resume else 1)
+        shuffles = run.shuffles
         history: list[dict[str, Any]] = []
         best, position = BestEpoch(), Position()
         if resume:
-            state, history, best, position = _resume(run, checkpointer, state)
+            try:
+                state, history, best, position = _resume(run, checkpointer, state)
+            except BaseException:
+                shuffles.close()
+                raise
+            shuffles.prepare(position.epoch)
     cb.on_start(
         {
             "n_params": run.model.n_params(),
@@ -649,7 +702,6 @@ def train(
     saves = BackgroundSaves(checkpointer) if checkpointer is not None else None
     save = partial(_save_checkpoint, saves, run)
     interrupted = stopped_early = False
-    shuffles = _Shuffles(run)
     try:
         for epoch in range(position.epoch, train_cfg.epochs + 1):
             lr = jnp.float32(train_cfg.lr * train_cfg.lr_decay ** (epoch - 1))
@@ -791,7 +843,7 @@ def _blend_with_baseline(run: Run, final: dict[str, Any]) -> tuple[dict[str, Any
     from embedrec.evaluation import in_threads
     from embedrec.scoring import Scorer
 
-    train_split, val, shape = run.train_split, run.val_split, run.shape
+    train_split, val, shape = run.train_split, run.val_scored, run.shape
     baseline = SigmoidBiasBaseline(rating_min=shape.rating_min, rating_max=shape.rating_max).fit(
         train_split.users, train_split.movies, train_split.ratings, n_users=shape.n_users, n_movies=shape.n_movies
     )

@@ -24,6 +24,7 @@ import numpy as np
 if TYPE_CHECKING:
     from embedrec.data.store import PreparedData
     from embedrec.evaluation import HeldOut
+    from embedrec.metrics import ItemSets
     from embedrec.model import GenreInputs
     from embedrec.scoring import Scorer
 
@@ -87,8 +88,10 @@ class SplitRanking:
         """The split's seen and relevant sets, once a call has built them (None before, or when undefined)."""
         return self._held_out
 
-    def __call__(self, score_users: UserScorer) -> float | None:
-        from embedrec.evaluation import HeldOut, evaluate_ranking
+    def build(self) -> None:
+        """Build the split's seen and relevant sets now (else the first call does): training builds them while the
+        model initialises."""
+        from embedrec.evaluation import HeldOut
 
         p = self.prepared
         if self._defined is None:
@@ -96,10 +99,25 @@ class SplitRanking:
             self._defined = bool((p.rating[held] >= self.relevance).any())
             if self._defined:
                 self._held_out = HeldOut.from_prepared(p, split_code=self.split_code, relevance=self.relevance)
+
+    def __call__(self, score_users: UserScorer) -> float | None:
+        """NDCG@10 of ``score_users``, which must return a new array per call: its seen movies are masked in place."""
+        from embedrec.evaluation import evaluate_ranking
+        from embedrec.metrics import top_k
+
+        p = self.prepared
+        self.build()
         if not self._defined:
             return None
+        def rank(users: np.ndarray, k: int, seen: ItemSets) -> np.ndarray:
+            scores = score_users(users)
+            rows, movies = seen.coordinates()
+            scores[rows, movies] = -np.inf  # in place, from the sparse sets: no dense mask and no masked copy
+            return top_k(scores, k)
+
         got = evaluate_ranking(
-            score_users,
+            None,
+            rank_fn=rank,
             train_user_idx=None,
             train_movie_idx=None,
             eval_user_idx=None,

@@ -442,3 +442,34 @@ def test_with_the_baseline_blend_training_keeps_the_share_that_the_val_split_pre
     assert served_rmse == pytest.approx(blend["val_rmse"], abs=1e-5)  # the model returned is the one chosen
     off = train(prepared, model_cfg, train_cfg.replace(baseline_blend=False))
     assert "baseline_blend" not in off.info
+
+
+def test_above_the_cap_val_rmse_is_that_of_a_fixed_sample_of_val_ratings(prepared, monkeypatch) -> None:
+    from flax import nnx
+
+    import embedrec.train as train_module
+    from embedrec.scoring import Scorer
+    from embedrec.train import Ratings
+    from embedrec.validation import scoring_weights
+
+    full = Ratings.of_split(prepared, VAL, np.float64)
+    cap = len(full.users) // 4
+    sample = full.sample(cap)
+    assert full.sample(len(full.users)) is full  # at or under the cap: every val rating
+    assert len(sample.users) == cap
+    again = full.sample(cap)  # the same ratings every time
+    for a, b in ((sample.users, again.users), (sample.movies, again.movies), (sample.ratings, again.ratings)):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.setattr(train_module, "VAL_RATINGS_MAX", cap)
+    model_cfg, train_cfg = _seed_cfg(epochs=1, lr=3e-3)
+    result = train(prepared, model_cfg, train_cfg)
+    model = result.model
+    scorer = Scorer.from_weights(
+        scoring_weights(nnx.state(model.head), model.tables(), result.genres), model_cfg, result.shape
+    )
+
+    def rmse(split: Ratings) -> float:
+        return float(np.sqrt(np.mean((scorer.predict_pairs(split.users, split.movies) - split.ratings) ** 2)))
+
+    assert result.history[0]["val_rmse"] == pytest.approx(rmse(sample), rel=1e-6)
+    assert result.history[0]["val_rmse"] != pytest.approx(rmse(full), rel=1e-6)
