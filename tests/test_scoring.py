@@ -6,20 +6,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from planted import flax_reference, planted, prepared, rec, trained, write_planted_model  # noqa: F401  (fixtures)
+from planted import (  # noqa: F401  (fixtures)
+    flax_reference,
+    planted,
+    prepared,
+    rec,
+    trained,
+    trained_with_history,
+    write_planted_model,
+)
 
 from embedrec.errors import ArtifactError, ConfigError
 
 
-@pytest.mark.parametrize("which", ["planted", "trained"])
-def test_fast_path_equals_the_flax_model(which: str, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("which", ["planted", "trained", "trained_with_history"])
+def test_fast_path_equals_the_flax_model(which: str, request: pytest.FixtureRequest, prepared) -> None:
     from embedrec.artifacts import load_model
+    from embedrec.history import UserHistories
     from embedrec.scoring import Ranking, Scorer
 
     artifact = load_model(request.getfixturevalue(which))
     scorer = Scorer.from_artifact(artifact)
     users = np.array([0, 1, 7, artifact.shape.n_users - 1])
-    ref_rating, ref_watch = flax_reference(artifact, users)
+    histories = UserHistories.of_prepared(prepared)
+    assert (histories.counts[users] > 0).all()  # the served vector of a user without training movies is the average
+    ref_rating, ref_watch = flax_reference(artifact, users, histories)
     emb, bias = scorer.user_rows(users)
     np.testing.assert_allclose(scorer.ratings(emb, bias), ref_rating, rtol=1e-5)
     np.testing.assert_allclose(
