@@ -57,8 +57,10 @@ from embedrec.workdir import atomic_write_text
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)  # schema 1: no popularity prior in the ranking
+SCHEMA_VERSION = 3
+# schema 1: no popularity prior in the ranking; 2: no user_history (model) / history_samples (train) settings, and
+# so never the history_embedding / user_history_vector weights (they load with user_history off)
+READABLE_SCHEMAS = (1, 2, 3)
 OPTIONAL_WEIGHTS = ("popularity_prior",)
 MODEL_KIND = "embedrec-model"
 VOCAB_FILES = ("users.parquet", "movies.parquet", "vocab.json")

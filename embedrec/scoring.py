@@ -175,10 +175,11 @@ class Scorer:
         # ModelConfig.user_history: the served user vector is the user's own row plus the mean of their training
         # movies' history rows, stored per user (embedrec.history); the history table stays for fold-in
         self.history_embedding = _optional(weights, "history_embedding")
+        self.user_history_vector = _optional(weights, "user_history_vector")
         if self.history_embedding is not None:
-            if "user_history_vector" not in weights:
+            if self.user_history_vector is None:
                 raise ArtifactError("weights have a history_embedding but no user_history_vector: retrain")
-            self.user_embedding = self.user_embedding + np.asarray(weights["user_history_vector"], f32)
+            self.user_embedding = self.user_embedding + self.user_history_vector
         self.movie_embedding = np.asarray(weights["movie_embedding"], f32)
         genre_table = np.asarray(weights["genre_embedding"], f32)
         genre_idx = np.asarray(weights["genre_idx"])
