@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/fold_in_quality.py [--cache DIR] [--users 300] [--json]
+    python benchmarks/fold_in_quality.py [--cache DIR] [--users 300] [--json] [--override user_history=true]
 
 Prepares MovieLens-100K (random 70/10/20 split, from the RecBole wheel) and trains the ``default`` preset once
 (both cached under ``--cache``). Then, for a seeded sample of test users, it forgets each user's learned embedding:
@@ -14,7 +14,9 @@ learned embeddings of the same users, ranked the same way: what fold-in tries to
 
 MovieLens-100K has 1,682 movies, so every row but the last uses every unrated movie as a negative (fewer than the
 4,096 sampled in larger catalogues); the last samples 1,024 of them, to show what a smaller sample costs. CPU times
-are ML-100K's; ``benchmarks/serve_load.py`` measures fold-in at the original's scale.
+are ML-100K's; ``benchmarks/serve_load.py`` measures fold-in at the original's scale. The row "no solve" is the
+mean user's row without any Adam step: with ``--override user_history=true`` (the model trained with a user's history
+as an input) that user still gets the mean history row of their ratings, so it shows what the history alone buys.
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "float32, early stop (served default)": {},
     "float32, early stop tol 1e-3": {"tol": 1e-3},
     "float32, early stop, 1,024 negatives": {"sample": 1024},
+    "no solve: the mean user (+ the history part, with user_history)": {"steps": 0},
 }
 
 
-def ensure_model(cache: Path) -> tuple[Path, Path]:
-    """(prepared data, trained default-preset run folder), made once."""
+def ensure_model(cache: Path, overrides: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """(prepared data, trained default-preset run folder with ``overrides``), made once each."""
     from embedrec.data import PrepareConfig, prepare
     from embedrec.data.recbole import fetch_ml100k
     from embedrec.runs import train_run
@@ -48,9 +51,10 @@ def ensure_model(cache: Path) -> tuple[Path, Path]:
     data = cache / "fold-in-quality" / "data"
     if not (data / "summary.json").is_file():
         prepare(fetch_ml100k(), out=data, config=PrepareConfig(split="random", test_frac=0.2, val_frac=0.1, seed=42))
-    run = cache / "fold-in-quality" / "run"
+    suffix = "".join(f"-{k}={v}" for k, v in sorted((overrides or {}).items()))
+    run = cache / "fold-in-quality" / f"run{suffix}"
     if not (run / "model.json").is_file():
-        train_run(data, out=run, workdir=cache / "fold-in-quality", preset="default")
+        train_run(data, out=run, workdir=cache / "fold-in-quality", preset="default", overrides=overrides)
     return data, run
 
 
@@ -59,14 +63,16 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "embedrec" / "bench")
     parser.add_argument("--users", type=int, default=300, help="test users sampled (seeded)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="a train setting")
     args = parser.parse_args()
+    from quality import parse_override
 
     from embedrec.data.split import TEST
     from embedrec.evaluation import default_relevance
     from embedrec.metrics import ItemSets, ranking_metrics
     from embedrec.recommender import Recommender
 
-    data, run = ensure_model(args.cache)
+    data, run = ensure_model(args.cache, dict(parse_override(o) for o in args.override))
     rec = Recommender.load(run, data)
     prepared = rec.prepared
     assert prepared is not None

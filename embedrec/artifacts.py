@@ -57,8 +57,10 @@ from embedrec.workdir import atomic_write_text
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)  # schema 1: no popularity prior in the ranking
+SCHEMA_VERSION = 3
+# schema 1: no popularity prior in the ranking; 2: no user_history (model) / history_samples (train) settings, and
+# so never the history_embedding / user_history_vector weights (they load with user_history off)
+READABLE_SCHEMAS = (1, 2, 3)
 OPTIONAL_WEIGHTS = ("popularity_prior",)
 MODEL_KIND = "embedrec-model"
 VOCAB_FILES = ("users.parquet", "movies.parquet", "vocab.json")
@@ -328,6 +330,10 @@ def save_model(
     weights.update(head_weights(nnx.state(module.head)))
     weights["genre_idx"] = np.asarray(genre_idx, dtype=np.int32)
     weights["genre_w"] = np.asarray(genre_w, dtype=np.float32)
+    if "history_embedding" in weights:  # the served history part of every user vector (embedrec.history)
+        from embedrec.history import UserHistories
+
+        weights["user_history_vector"] = UserHistories.of_prepared(prepared).means(weights["history_embedding"])
     weights.update({k: np.asarray(v, dtype=np.float32) for k, v in (extra_weights or {}).items()})
     from embedrec.data.store import write_vocabulary
 
@@ -425,6 +431,8 @@ def expected_weight_shapes(model_cfg: ModelConfig, shape: DataShape) -> dict[str
         out.update(user_bias=(shape.n_users, 1), movie_bias=(shape.n_movies, 1))
     if model_cfg.watch_head:
         out["watch_bias"] = (shape.n_movies, 1)
+    if model_cfg.user_history:
+        out.update(history_embedding=(shape.n_movies, d), user_history_vector=(shape.n_users, d))
     sizes = (3 * d, *model_cfg.hidden)
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         out[f"head.layers.{i}.kernel"] = (a, b)

@@ -89,6 +89,11 @@ class ModelConfig:
     ``"bag"`` averages the embeddings of the movie's single genres. ``biases`` adds user and movie bias terms to
     the rating logit. ``watch_head`` adds the second output, the logit of "this user watches this movie", scored as a
     dot product of the shared user embedding with the movie (+ genre) embedding plus a movie bias.
+
+    ``user_history`` (SVD++ / the YouTube network's watch history as an input): a user is represented by their own
+    embedding plus the mean of learned *history* embeddings of the movies they rated in the train split, in both
+    outputs. Training samples ``TrainConfig.history_samples`` of them per rating; serving uses the exact mean
+    (:mod:`embedrec.history`), and a folded-in user gets the history part from their ratings alone.
     """
 
     embedding_dim: int = 50
@@ -98,6 +103,7 @@ class ModelConfig:
     biases: bool = False
     watch_head: bool = False
     init: Literal["keras", "scaled"] = "keras"
+    user_history: bool = False
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -163,6 +169,7 @@ class TrainConfig:
     rating_embedding_grad: float = 1.0
     baseline_blend: bool = False
     shard_tables: bool = True  # on several devices: embedding tables split by rows over them (else replicated)
+    history_samples: int = 32  # with ModelConfig.user_history: history movies sampled per rating in a batch
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -200,6 +207,7 @@ class TrainConfig:
         )
         _check(0 <= self.seed <= SEED_LIMIT, "--seed", f"must be a whole number in 0..{SEED_LIMIT}, got {self.seed}")
         _check(self.steps_per_call >= 1, "steps_per_call", f"must be >= 1, got {self.steps_per_call}")
+        _check(self.history_samples >= 1, "history_samples", f"must be >= 1, got {self.history_samples}")
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)

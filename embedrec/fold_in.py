@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedrec.errors import DataError
+from embedrec.history import history_mean
 from embedrec.scoring import DenseLayers, Scorer, dense_relu_chain, sigmoid
 
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-7  # training's Adam (embedrec.sparse_adam.B1, B2, EPS)
@@ -43,7 +44,10 @@ FOLD_PATIENCE = 10
 
 @dataclass(frozen=True)
 class FoldedUser:
-    """A user that the model never saw, fitted from their own ratings: an embedding and a rating bias."""
+    """A user that the model never saw, fitted from their own ratings: an embedding and a rating bias.
+
+    ``embedding`` is the served user vector; with a user history (``ModelConfig.user_history``) it is the fitted own
+    row plus the mean history row of the rated movies, as a trained user's is (:mod:`embedrec.history`)."""
 
     embedding: np.ndarray
     bias: float
@@ -120,8 +124,10 @@ def fold_in_loss(
     watch_weight: float,
     watch_loss: str = "bce",
     negatives: int = 4,
+    history: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray, float]:
-    """(loss, d loss / d u, d loss / d b) of one user's fold-in objective (see :func:`fold_in`), in float64."""
+    """(loss, d loss / d u, d loss / d b) of one user's fold-in objective (see :func:`fold_in`), in float64; the
+    network sees ``u + history`` (the user's history part, fixed), the L2 takes ``u``."""
     problem = _fold_problem(scorer, movie_idx, rating)
     return _fold_loss(
         problem,
@@ -132,6 +138,7 @@ def fold_in_loss(
         watch_weight=watch_weight,
         watch_loss=watch_loss,
         negatives=negatives,
+        history=history,
     )
 
 
@@ -145,13 +152,15 @@ def _fold_loss(
     watch_weight: float,
     watch_loss: str = "bce",
     negatives: int = 4,
+    history: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray, float]:
     # One fold-in runs this up to FOLD_STEPS times on tiny arrays, where each numpy call's overhead outweighs its
     # arithmetic: sums over means, Python floats over numpy scalars, one sigmoid for the rating and its gradient.
     n = len(p.rating)
     lo, span = scorer.shape.rating_min, scorer.shape.rating_max - scorer.shape.rating_min
     pre_acts: list[np.ndarray] = []
-    logit = dense_relu_chain(u @ p.w_user + p.movie_part, p.layers, pre_acts=pre_acts) + b + p.movie_bias
+    served = u if history is None else u + history
+    logit = dense_relu_chain(served @ p.w_user + p.movie_part, p.layers, pre_acts=pre_acts) + b + p.movie_bias
     sig = sigmoid(logit)
     err = (lo + span * sig) - p.rating  # scale_rating(logit) - rating, its sigmoid kept for the gradient
     loss = float(err @ err) / n + weight_decay * (float(u @ u) + b * b)
@@ -162,7 +171,7 @@ def _fold_loss(
     grad_u = p.w_user @ g.sum(axis=0) + (2.0 * weight_decay) * u
     grad_b = float(g_logit.sum()) + 2.0 * weight_decay * b
     if p.watch_pos is not None and p.watch_neg is not None and watch_weight > 0 and len(p.watch_neg):
-        watch_term, watch_grad = _watch_loss(p, u, watch_loss=watch_loss, negatives=negatives)
+        watch_term, watch_grad = _watch_loss(p, served, watch_loss=watch_loss, negatives=negatives)
         loss += watch_weight * watch_term
         grad_u += watch_weight * watch_grad
     return loss, grad_u, grad_b
@@ -219,14 +228,22 @@ def fold_in(
     ``steps`` full-batch steps from the mean user, and stops early once the loss has not fallen below
     ``(1 - tol)`` times its best for ``patience`` steps (``tol=0``: never early); the best iterate is returned.
     ``dtype`` float64 with ``tol=0`` and ``sample=4096`` is the original solve (benchmarks/fold_in_quality.py).
+    With a user history the fitted row is the user's own, and the network sees it plus the mean history row of
+    ``movie_idx`` (fixed by the ratings, so a new user gets it for free; the L2 takes the own row only).
     """
     movie_idx = np.asarray(movie_idx, dtype=np.int64)
     if movie_idx.size == 0:
         raise DataError("fold-in needs at least one rating")
     problem = _fold_problem(scorer, movie_idx, rating, seed=seed, sample=sample, dtype=dtype)
     d = scorer.user_embedding.shape[1]
+    history: np.ndarray | None = None
+    own_mean = scorer.user_embedding.mean(axis=0)
+    if scorer.history_embedding is not None:
+        history = history_mean(scorer.history_embedding, movie_idx).astype(dtype)
+        assert scorer.user_history_vector is not None
+        own_mean = own_mean - scorer.user_history_vector.mean(axis=0)
     params = np.empty(d + 1, dtype=dtype)  # [u; b]: one Adam update for both
-    params[:d] = scorer.user_embedding.mean(axis=0)
+    params[:d] = own_mean
     params[d] = float(scorer.user_bias.mean()) if scorer.user_bias is not None else 0.0
     bias_mask = np.ones(d + 1, dtype=dtype)
     bias_mask[d] = 1.0 if scorer.user_bias is not None else 0.0
@@ -244,6 +261,7 @@ def fold_in(
             watch_weight=watch_weight,
             watch_loss=watch_loss,
             negatives=negatives,
+            history=history,
         )
         # the loss at the current params, before this step moves them
         since_best = 0 if loss < best * (1 - tol) else since_best + 1
@@ -261,8 +279,9 @@ def fold_in(
         params -= (lr / (1 - ADAM_B1**t)) * m1 / (np.sqrt(m2 / (1 - ADAM_B2**t)) + ADAM_EPS)
     if tol <= 0:  # the original solve: the last iterate
         best_params, best = params, loss
+    served = best_params[:d] if history is None else best_params[:d] + history
     return FoldedUser(
-        embedding=best_params[:d].astype(np.float32),
+        embedding=served.astype(np.float32),
         bias=float(best_params[d]),
         movie_idx=np.unique(movie_idx),
         loss=float(best),

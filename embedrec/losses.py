@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from embedrec.config import DataShape
-from embedrec.model import TABLE_GROUPS, Head, item_vectors, rating_from_rows, watch_logits_against
+from embedrec.model import TABLE_GROUPS, Head, item_vectors, rating_from_rows, watch_logits_against, with_history
 
 EMBEDDINGS = ("user_embedding", "movie_embedding", "genre_embedding")  # the tables both outputs share
 GROUP_OF = {name: group for group, names in TABLE_GROUPS.items() for name in names}
@@ -123,15 +123,32 @@ def batch_loss(
     shape: DataShape,
     settings: LossSettings,
     reg_coef: Mapping[str, jax.Array] | None = None,
+    history_w: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """(mean loss per rating, stats): MSE + L2 + watch weight * watch loss, all per rating.
 
     The L2 coefficient of each rating's user and movie rows is ``reg_coef[group]`` (B,) when given (the step adds
     ``row_decay / n_ratings`` there), else ``weight_decay``. Below ``rating_embedding_grad`` 1 the MSE's gradient
     reaches the shared embeddings scaled by that factor; the watch loss and the L2 keep their full gradient.
+
+    With a user history (``rows["history_embedding"]`` (B, H, d) and ``history_w`` (B, H)) both outputs see the
+    user as :func:`embedrec.model.with_history`; the L2 takes the user's own row and each history row weighted by
+    its share of the mean, as it takes genre slots.
     """
     bsz = settings.batch_size
+    rows = dict(rows)
+    history_reg = jnp.float32(0.0)
+    if "history_embedding" in rows:
+        assert history_w is not None
+        hist = rows.pop("history_embedding")
+        if settings.weight_decay > 0:
+            history_reg = settings.weight_decay * jnp.sum(weight[:, None] * jnp.sum(hist * hist, axis=-1) * history_w)
+        own_rows = rows
+        rows = {**rows, "user_embedding": with_history(rows["user_embedding"], hist, history_w)}
+    else:
+        own_rows = rows
     pos_rows = {name: (r[:bsz] if r.shape[0] > bsz else r) for name, r in rows.items()}
+    own_pos_rows = {name: (r[:bsz] if r.shape[0] > bsz else r) for name, r in own_rows.items()}
     rating_rows = pos_rows
     if settings.rating_embedding_grad < 1.0:
         rating_rows = with_scaled_embedding_grad(pos_rows, settings.rating_embedding_grad)
@@ -142,11 +159,8 @@ def batch_loss(
     if settings.weight_decay > 0 or settings.row_decay > 0:
         if reg_coef is None:
             reg_coef = {group: jnp.full((bsz,), settings.weight_decay, jnp.float32) for group in ("user", "movie")}
-        loss = (
-            loss
-            + decay_sum(pos_rows, weight, genre_w[:bsz], reg_coef=reg_coef, weight_decay=settings.weight_decay)
-            / n_valid
-        )
+        decay = decay_sum(own_pos_rows, weight, genre_w[:bsz], reg_coef=reg_coef, weight_decay=settings.weight_decay)
+        loss = loss + (decay + history_reg) / n_valid
     watch_sum = jnp.float32(0.0)
     if settings.negatives > 0:
         items = item_vectors(rows["movie_embedding"], rows["genre_embedding"], genre_w)

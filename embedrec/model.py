@@ -42,6 +42,7 @@ TABLE_GROUPS: dict[str, tuple[str, ...]] = {
     "user": ("user_embedding", "user_bias"),
     "movie": ("movie_embedding", "movie_bias", "watch_bias"),
     "genre": ("genre_embedding",),
+    "history": ("history_embedding",),  # ModelConfig.user_history: indexed by the movies of a user's history
 }
 
 
@@ -187,6 +188,8 @@ class EmbeddingConcat(nnx.Module):
             self.movie_bias = EmbeddingTable(zeros(shape.n_movies))
         if cfg.watch_head:
             self.watch_bias = EmbeddingTable(zeros(shape.n_movies))
+        if cfg.user_history:  # zeros: training starts from the network without the history input
+            self.history_embedding = EmbeddingTable(jnp.asarray(np.zeros((shape.n_movies, d), np.float32)))
         self.head = Head(3 * d, cfg.hidden, cfg.dropout, rngs=rngs)
 
     # -- tables -------------------------------------------------------------------------------------------------
@@ -248,32 +251,76 @@ class EmbeddingConcat(nnx.Module):
         if self.cfg.watch_head:
             rows.append(("watch_bias (Embedding)", "(None, 1)", self.shape.n_movies))
             rows.append(("watch (Dot)", "(None, 1)", 0))
+        if self.cfg.user_history:
+            rows.append(("history_embedding (mean of the user's movies)", f"(None, {d})", self.shape.n_movies * d))
         return rows
 
     # -- forward ------------------------------------------------------------------------------------------------
     def __call__(
-        self, user_idx: jax.Array, movie_idx: jax.Array, genre_idx: jax.Array, genre_w: jax.Array
+        self,
+        user_idx: jax.Array,
+        movie_idx: jax.Array,
+        genre_idx: jax.Array,
+        genre_w: jax.Array,
+        history_idx: jax.Array | None = None,
+        history_w: jax.Array | None = None,
     ) -> jax.Array:
-        """Predicted ratings (deterministic: no dropout)."""
-        rows = gather_rows(self.tables(), user_idx, movie_idx, genre_idx)
+        """Predicted ratings (deterministic: no dropout). With ``user_history``, ``history_idx``/``history_w``
+        (B, H) are each user's history movies and their weights (1/n over the user's n movies, 0 for padding)."""
+        rows = self._rows(user_idx, movie_idx, genre_idx, history_idx, history_w)
         return rating_from_rows(self.head, rows, genre_w, cfg=self.cfg, shape=self.shape)
 
     def watch_logit(
-        self, user_idx: jax.Array, movie_idx: jax.Array, genre_idx: jax.Array, genre_w: jax.Array
+        self,
+        user_idx: jax.Array,
+        movie_idx: jax.Array,
+        genre_idx: jax.Array,
+        genre_w: jax.Array,
+        history_idx: jax.Array | None = None,
+        history_w: jax.Array | None = None,
     ) -> jax.Array:
         """Logit of "the user watches (rates) this movie"; needs ``watch_head``."""
-        rows = gather_rows(self.tables(), user_idx, movie_idx, genre_idx)
+        rows = self._rows(user_idx, movie_idx, genre_idx, history_idx, history_w)
         return watch_logit_from_rows(rows, genre_w)
+
+    def _rows(
+        self,
+        user_idx: jax.Array,
+        movie_idx: jax.Array,
+        genre_idx: jax.Array,
+        history_idx: jax.Array | None,
+        history_w: jax.Array | None,
+    ) -> dict[str, jax.Array]:
+        tables = self.tables()
+        rows = gather_rows(tables, user_idx, movie_idx, genre_idx)
+        if self.cfg.user_history:
+            if history_idx is None or history_w is None:
+                raise ValueError("a model with user_history needs history_idx and history_w")
+            rows["user_embedding"] = with_history(
+                rows["user_embedding"], tables["history_embedding"][history_idx], history_w
+            )
+        return rows
 
 
 def gather_rows(
     tables: Mapping[str, jax.Array], user_idx: jax.Array, movie_idx: jax.Array, genre_idx: jax.Array
 ) -> dict[str, jax.Array]:
-    """Look up every table's rows for a batch: {table name: rows}, genre rows shaped (B, G, d)."""
+    """Look up every table's rows for a batch: {table name: rows}, genre rows shaped (B, G, d). The history
+    table is not gathered here: its rows are indexed by each user's history (:func:`with_history`)."""
     index = {"user": user_idx, "movie": movie_idx, "genre": genre_idx}
     return {
-        name: tables[name][index[group]] for group, names in TABLE_GROUPS.items() for name in names if name in tables
+        name: tables[name][index[group]]
+        for group, names in TABLE_GROUPS.items()
+        if group in index
+        for name in names
+        if name in tables
     }
+
+
+def with_history(user_rows: jax.Array, history_rows: jax.Array, history_w: jax.Array) -> jax.Array:
+    """The user vector both outputs see: the user's own row plus the weighted sum of their history rows,
+    (B, d) + (B, H, d) . (B, H) -> (B, d). See :mod:`embedrec.history`."""
+    return user_rows + jnp.einsum("bhd,bh->bd", history_rows, history_w)
 
 
 def pool_genres(genre_rows: jax.Array, genre_w: jax.Array) -> jax.Array:

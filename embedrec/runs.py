@@ -185,7 +185,7 @@ def choose_ranking(
     from embedrec.scoring import Scorer, blend_watch_side
     from embedrec.validation import scoring_weights, training_relevance
 
-    weights = scoring_weights(nnx.state(result.model.head), result.model.tables(), result.genres)
+    weights = scoring_weights(nnx.state(result.model.head), result.model.tables(), result.genres, result.histories)
     priors = prior_candidates(prepared)
     blends: list[tuple[int, float]] = []  # (prior position, gamma); gamma 0 is the same ranking for every prior
     sides: list[np.ndarray] = []

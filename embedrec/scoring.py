@@ -172,6 +172,14 @@ class Scorer:
         self.shape = shape
         self.model_cfg = model_cfg
         self.user_embedding = np.asarray(weights["user_embedding"], f32)
+        # ModelConfig.user_history: the served user vector is the user's own row plus the mean of their training
+        # movies' history rows, stored per user (embedrec.history); the history table stays for fold-in
+        self.history_embedding = _optional(weights, "history_embedding")
+        self.user_history_vector = _optional(weights, "user_history_vector")
+        if self.history_embedding is not None:
+            if self.user_history_vector is None:
+                raise ArtifactError("weights have a history_embedding but no user_history_vector: retrain")
+            self.user_embedding = self.user_embedding + self.user_history_vector
         self.movie_embedding = np.asarray(weights["movie_embedding"], f32)
         genre_table = np.asarray(weights["genre_embedding"], f32)
         genre_idx = np.asarray(weights["genre_idx"])
@@ -689,6 +697,10 @@ def blend_watch_side(watch_bias: np.ndarray | None, prior: np.ndarray | None, ga
         return watch_bias
     assert prior is not None  # check_ranking refused a gamma without a prior
     return (watch_bias + np.float32(gamma) * prior).astype(np.float32)
+
+
+def _optional(weights: Mapping[str, np.ndarray], name: str) -> np.ndarray | None:
+    return np.asarray(weights[name], np.float32) if name in weights else None
 
 
 def _column(weights: Mapping[str, np.ndarray], name: str) -> np.ndarray | None:

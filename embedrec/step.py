@@ -65,6 +65,7 @@ class StepSettings:
     genre_width: int = 0
     row_decay: float = 0.0  # per-row prior, spread over the row's ratings (TrainConfig.row_decay)
     rating_embedding_grad: float = 1.0  # TrainConfig.rating_embedding_grad
+    history_samples: int = 0  # ModelConfig.user_history: history movies per rating (0: no history input)
 
     def loss_settings(self) -> LossSettings:
         return LossSettings(
@@ -131,6 +132,7 @@ def step_loss(
     neg_weight: jax.Array,
     seed: jax.Array,
     reg_coef: Mapping[str, jax.Array] | None = None,
+    history_w: jax.Array | None = None,
     *,
     graphdef: Any,
     shape: DataShape,
@@ -144,7 +146,17 @@ def step_loss(
     if "genre_table" in rows:
         rows["genre_embedding"] = rows.pop("genre_table")[genre_idx]
     return batch_loss(
-        head, rows, genre_w, rating, weight, neg_weight, seed, shape=shape, settings=settings, reg_coef=reg_coef
+        head,
+        rows,
+        genre_w,
+        rating,
+        weight,
+        neg_weight,
+        seed,
+        shape=shape,
+        settings=settings,
+        reg_coef=reg_coef,
+        history_w=history_w,
     )
 
 
@@ -172,6 +184,30 @@ def _negatives(
     neg = sample_negatives(jax.random.key(seed), settings.negatives, n_movies=n_movies, cdf=cdf)
     seen = maybe_seen(inputs["seen_bits"], users[:, None], neg[None, :])  # (B, K)
     return neg, weight[:, None] * (1.0 - seen.astype(jnp.float32))
+
+
+def history_slots(
+    inputs: Mapping[str, jax.Array], users: jax.Array, targets: jax.Array, valid: jax.Array, seed: jax.Array, h: int
+) -> tuple[jax.Array, jax.Array]:
+    """Each rating's user history as (B, h) movies and weights (see :mod:`embedrec.history`).
+
+    A user with at most ``h`` training movies gets all of them; one with more gets ``h`` drawn uniformly with
+    replacement (an unbiased estimate of the mean). The rated movie itself is left out (served histories never hold
+    the movie being scored), and the weights are 1 / (the slots kept), 0 for padding: static shapes, one gather.
+    ``inputs["history_ptr"]``/``["history_movies"]`` are :class:`embedrec.history.UserHistories`' CSR.
+    """
+    ptr = inputs["history_ptr"]
+    start, n = ptr[users], ptr[users + 1] - ptr[users]
+    slot = jnp.arange(h, dtype=jnp.int32)[None, :]
+    drawn = jax.random.randint(jax.random.key(mix_seed(seed, 0x4B1D)), (users.shape[0], h), 0, 1 << 30, jnp.int32)
+    few = n[:, None] <= h
+    pos = jnp.where(few, slot, drawn % jnp.maximum(n, 1)[:, None])
+    present = (~few | (slot < n[:, None])) & valid[:, None]
+    movies = inputs["history_movies"][start[:, None] + jnp.where(present, pos, 0)]
+    present = present & (movies != targets[:, None])
+    kept = present.astype(jnp.float32)
+    weight = kept / jnp.maximum(kept.sum(axis=1, keepdims=True), 1.0)
+    return jnp.where(present, movies, 0), weight
 
 
 def _reg_coef(
@@ -254,6 +290,9 @@ def train_step(
     step_seed = mix_seed(run_seed, epoch, step)
     live = valid.any()  # false only for the padding steps at the end of an epoch's last block
     reg_coef = _reg_coef(inputs, users, movies, settings=settings)  # the batch's own movies, not its negatives
+    history_w = None
+    if settings.history_samples > 0:
+        history, history_w = history_slots(inputs, users, movies, valid, step_seed, settings.history_samples)
     keep_movies = valid
     neg_weight = jnp.zeros((bsz, 0), jnp.float32)
     if settings.negatives > 0:
@@ -268,13 +307,17 @@ def train_step(
         lookup["genre"] = genre_idx.reshape(-1)
         keep["genre"] = (keep_movies[:, None] & (genre_w > 0)).reshape(-1)  # weightless slots take no update
         lead["genre"] = genre_idx.shape
+    if history_w is not None:
+        lookup["history"] = history.reshape(-1)
+        keep["history"] = (history_w > 0).reshape(-1)
+        lead["history"] = history.shape
     slab = state["slab"]
     gathered, update_idx, rows = _gather_rows(slab, layout, lookup, keep, lead)
     if settings.genre_table:
         rows["genre_table"] = state["genre"][:, : settings.genre_width]
     loss = partial(step_loss, graphdef=parts.graphdef, shape=parts.shape, settings=settings.loss_settings())
     (g_head, g_rows), stats = jax.grad(loss, argnums=(0, 1), has_aux=True)(
-        state["head"], rows, genre_idx, genre_w, rating, weight, neg_weight, step_seed, reg_coef
+        state["head"], rows, genre_idx, genre_w, rating, weight, neg_weight, step_seed, reg_coef, history_w
     )
 
     count = state["count"] + live.astype(jnp.int32)

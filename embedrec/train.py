@@ -57,6 +57,7 @@ from embedrec.checkpoints import (
 from embedrec.config import DataShape, ModelConfig, TrainConfig, check_settings
 from embedrec.data.split import TRAIN, VAL
 from embedrec.errors import ArtifactError, ConfigError, TrainingDiverged
+from embedrec.history import UserHistories
 from embedrec.model import TABLE_GROUPS, EmbeddingConcat, GenreInputs, data_shape, genre_inputs
 from embedrec.sampling import popularity_cdf, seen_filter
 from embedrec.sparse_adam import SlabLayout, head_optimizer
@@ -115,6 +116,7 @@ class TrainResult:
     interrupted: bool = False
     info: dict[str, Any] = field(default_factory=dict)
     val_held_out: HeldOut | None = None  # the val split's seen and relevant sets, when validation built them
+    histories: UserHistories | None = None  # the train split's user histories (ModelConfig.user_history)
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,7 @@ class Run:
     rank_val: SplitRanking | None
     trained_users: np.ndarray  # (n_users,) bool: users with a training rating (the others are served as average)
     shuffles: _Shuffles  # each epoch's order, built ahead in a background thread; closed by train()
+    histories: UserHistories | None = None  # the train split's user histories (ModelConfig.user_history)
     devices: list[Any] = field(default_factory=list)
     batch_columns: Any = None  # the sharding of the epoch's (steps, batch) columns: each device holds its share
     state_shardings: dict[str, Any] | None = None  # per train-state entry; the slab's rows split over the devices
@@ -377,6 +380,11 @@ def _set_up(
         if train_cfg.negatives > 0:
             inputs["seen_bits"] = seen_filter(train_split.users, train_split.movies)
             inputs["neg_cdf"] = popularity_cdf(train_split.movies, prepared.n_movies, alpha=train_cfg.sampling_alpha)
+        histories = None
+        if model_cfg.user_history:
+            histories = UserHistories.of_pairs(train_split.users, train_split.movies, n_users=prepared.n_users)
+            inputs["history_ptr"] = histories.ptr.astype(np.int32)
+            inputs["history_movies"] = histories.movies
         val_split = Ratings.of_split(prepared, VAL, np.float64)
         rank_val = None
         if model_cfg.watch_head and train_cfg.val_users > 0 and len(val_split.users):
@@ -398,6 +406,7 @@ def _set_up(
             genre_width=int(model_cfg.embedding_dim),
             row_decay=train_cfg.row_decay,
             rating_embedding_grad=train_cfg.rating_embedding_grad,
+            history_samples=train_cfg.history_samples if model_cfg.user_history else 0,
         )
         replicated = table_rows = state_shardings = batch_columns = None
         pad_rows = 0
@@ -429,6 +438,7 @@ def _set_up(
             inputs=inputs,
             rank_val=rank_val,
             trained_users=np.bincount(train_split.users, minlength=prepared.n_users) > 0,
+            histories=histories,
             devices=devices,
             batch_columns=batch_columns,
             state_shardings=state_shardings,
@@ -599,7 +609,7 @@ def _epoch_record(
     val, sums, epoch = run.val_scored, position.loss_sums, position.epoch
     head, tables = run.host((state["head"], run.tables(state)))
     tables = untrained_users_as_average(tables, run.trained_users)  # validate what is served
-    scorer = Scorer.from_weights(scoring_weights(head, tables, run.genres), run.model.cfg, run.shape)
+    scorer = Scorer.from_weights(scoring_weights(head, tables, run.genres, run.histories), run.model.cfg, run.shape)
     pred = in_threads(scorer.predict_pairs)(val.users, val.movies)
     val_r = val.ratings
     record: dict[str, Any] = {
@@ -803,6 +813,7 @@ def _result(
         stopped_early=stopped_early,
         interrupted=interrupted,
         val_held_out=run.rank_val.held_out if run.rank_val is not None else None,
+        histories=run.histories,
         info={
             "n_params": model.n_params(),
             "n_train": run.schedule.n_train,
@@ -852,7 +863,9 @@ def _blend_with_baseline(run: Run, final: dict[str, Any]) -> tuple[dict[str, Any
     for share in BASELINE_BLEND_WEIGHTS:
         blended = blend_rating_biases(final, baseline, share)
         tables = untrained_users_as_average(blended["tables"], run.trained_users)  # as served
-        scorer = Scorer.from_weights(scoring_weights(blended["head"], tables, run.genres), run.model.cfg, shape)
+        scorer = Scorer.from_weights(
+            scoring_weights(blended["head"], tables, run.genres, run.histories), run.model.cfg, shape
+        )
         pred = in_threads(scorer.predict_pairs)(val.users, val.movies)
         rmse = float(np.sqrt(np.mean((pred - val.ratings) ** 2)))
         val_rmse[f"{share:g}"] = round(rmse, 6)

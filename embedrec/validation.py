@@ -24,6 +24,7 @@ import numpy as np
 if TYPE_CHECKING:
     from embedrec.data.store import PreparedData
     from embedrec.evaluation import HeldOut
+    from embedrec.history import UserHistories
     from embedrec.metrics import ItemSets
     from embedrec.model import GenreInputs
     from embedrec.scoring import Scorer
@@ -31,13 +32,20 @@ if TYPE_CHECKING:
 UserScorer = Callable[[np.ndarray], np.ndarray]  # user indices -> (B, n_movies) scores
 
 
-def scoring_weights(head_state: Any, tables: Mapping[str, Any], genres: GenreInputs) -> dict[str, np.ndarray]:
-    """The weights :class:`embedrec.scoring.Scorer` takes, from a Head's NNX state and the tables in memory."""
+def scoring_weights(
+    head_state: Any, tables: Mapping[str, Any], genres: GenreInputs, histories: UserHistories | None = None
+) -> dict[str, np.ndarray]:
+    """The weights :class:`embedrec.scoring.Scorer` takes, from a Head's NNX state and the tables in memory; with a
+    history table, ``histories`` (the train split's) gives each user's served history vector."""
     from embedrec.artifacts import head_weights
 
     weights = {name: np.asarray(table) for name, table in tables.items()}
     weights.update(head_weights(head_state))
     weights["genre_idx"], weights["genre_w"] = genres.idx, genres.weight
+    if "history_embedding" in weights:
+        if histories is None:
+            raise ValueError("a model with a user history needs the train split's histories to be scored")
+        weights["user_history_vector"] = histories.means(weights["history_embedding"])
     return weights
 
 
@@ -109,6 +117,7 @@ class SplitRanking:
         self.build()
         if not self._defined:
             return None
+
         def rank(users: np.ndarray, k: int, seen: ItemSets) -> np.ndarray:
             scores = score_users(users)
             rows, movies = seen.coordinates()

@@ -120,19 +120,17 @@ def rec(planted: Path, prepared):
     return Recommender(load_model(planted), prepared)
 
 
-@pytest.fixture(scope="module")
-def trained(prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real default-preset model, trained for 2 epochs (a few seconds, most of it compiling)."""
+def train_tiny(prepared, out: Path, **model_changes) -> Path:
+    """A real default-preset model, trained for 2 epochs (a few seconds, most of it compiling), saved to ``out``."""
     from embedrec import artifacts
     from embedrec.config import preset
     from embedrec.train import genre_inputs, train
 
     model_cfg, train_cfg = preset("default")
-    model_cfg = model_cfg.replace(embedding_dim=16, hidden=(16, 8))
+    model_cfg = model_cfg.replace(embedding_dim=16, hidden=(16, 8), **model_changes)
     train_cfg = train_cfg.replace(epochs=2, batch_size=512, steps_per_call=50, patience=0)
     res = train(prepared, model_cfg, train_cfg)
     gi = genre_inputs(prepared, model_cfg.genre_mode)
-    out = tmp_path_factory.mktemp("trained") / "model"
     artifacts.save_model(
         out,
         module=res.model,
@@ -148,7 +146,22 @@ def trained(prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def flax_reference(artifact, users: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def history_inputs(histories, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's whole training history as the Flax model's (B, H) history input: movies and 1/n weights."""
+    counts = histories.counts[users]
+    width = max(int(counts.max(initial=0)), 1)
+    idx = np.zeros((len(users), width), np.int32)
+    w = np.zeros((len(users), width), np.float32)
+    for row, u in enumerate(users):
+        movies = histories.movies[histories.ptr[u] : histories.ptr[u + 1]]
+        idx[row, : len(movies)] = movies
+        w[row, : len(movies)] = 1.0 / max(len(movies), 1)
+    return idx, w
+
+
+def flax_reference(artifact, users: np.ndarray, histories=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The Flax network's ratings and watch logits of ``users`` against every movie; a model with a user history
+    takes each user's whole history from ``histories`` (:class:`embedrec.history.UserHistories`)."""
     import jax.numpy as jnp
 
     module = artifact.to_flax()
@@ -156,7 +169,22 @@ def flax_reference(artifact, users: np.ndarray) -> tuple[np.ndarray, np.ndarray 
     uu = np.repeat(users, n_movies)
     mm = np.tile(np.arange(n_movies), len(users))
     gi, gw = artifact.weights["genre_idx"][mm], artifact.weights["genre_w"][mm]
-    args = (jnp.asarray(uu), jnp.asarray(mm), jnp.asarray(gi), jnp.asarray(gw))
+    args: tuple = (jnp.asarray(uu), jnp.asarray(mm), jnp.asarray(gi), jnp.asarray(gw))
+    if artifact.model.user_history:
+        hi, hw = history_inputs(histories, users)
+        args = (*args, jnp.asarray(np.repeat(hi, n_movies, axis=0)), jnp.asarray(np.repeat(hw, n_movies, axis=0)))
     rating = np.asarray(module(*args)).reshape(len(users), n_movies)
     watch = np.asarray(module.watch_logit(*args)).reshape(len(users), n_movies) if artifact.model.watch_head else None
     return rating, watch
+
+
+@pytest.fixture(scope="module")
+def trained(prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real default-preset model, trained for 2 epochs (a few seconds, most of it compiling)."""
+    return train_tiny(prepared, tmp_path_factory.mktemp("trained") / "model")
+
+
+@pytest.fixture(scope="module")
+def trained_with_history(prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same, with a user's history as an input (``user_history``)."""
+    return train_tiny(prepared, tmp_path_factory.mktemp("trained_history") / "model", user_history=True)

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from planted import planted, prepared, rec  # noqa: F401  (fixtures)
+from planted import planted, prepared, rec, trained_with_history  # noqa: F401  (fixtures)
 
 from embedrec.errors import DataError, UnknownIdError
 
@@ -183,3 +183,39 @@ def test_fold_in_rejects_bad_input(rec) -> None:
         rec.fold_in([(int(rec.movie_ids[0]), 9.0)])
     with pytest.raises(DataError):
         rec.fold_in([])
+
+
+def test_with_a_user_history_a_folded_in_user_gets_the_mean_history_row_of_the_rated_movies(
+    trained_with_history, prepared
+) -> None:
+    from embedrec.artifacts import load_model
+    from embedrec.data.split import TRAIN
+    from embedrec.fold_in import fold_in, fold_in_loss
+    from embedrec.scoring import Scorer
+
+    scorer = Scorer.from_artifact(load_model(trained_with_history))
+    assert scorer.history_embedding is not None and scorer.user_history_vector is not None
+    mine = (prepared.user_idx == 3) & (prepared.split == TRAIN)
+    movies, ratings = prepared.movie_idx[mine], prepared.rating[mine]
+    history = scorer.history_embedding[movies].mean(axis=0)
+    assert np.abs(history).max() > 1e-3  # training moved the history rows
+    # the same movies give the same history part as the trained user's served one
+    np.testing.assert_allclose(history, scorer.user_history_vector[3], rtol=1e-5, atol=1e-6)
+
+    user = fold_in(scorer, movies, ratings)
+    own = user.embedding - history  # the fitted row; the network saw own + history
+    opts = {"weight_decay": 0.05, "watch_weight": 1.0, "watch_loss": "bce", "negatives": 4}
+    loss = fold_in_loss(scorer, own, user.bias, movies, ratings, history=history, **opts)[0]
+    assert loss == pytest.approx(user.loss, rel=1e-4)
+    assert fold_in_loss(scorer, own, user.bias, movies, ratings, **opts)[0] != pytest.approx(user.loss, rel=1e-3)
+    # the hand-written gradient with the history part: finite differences
+    _, grad_u, _ = fold_in_loss(scorer, own, user.bias, movies, ratings, history=history, **opts)
+    eps = 1e-5
+    for j in (0, 7):
+        du = np.zeros_like(own, dtype=np.float64)
+        du[j] = eps
+        num = (
+            fold_in_loss(scorer, own + du, user.bias, movies, ratings, history=history, **opts)[0]
+            - fold_in_loss(scorer, own - du, user.bias, movies, ratings, history=history, **opts)[0]
+        ) / (2 * eps)
+        assert num == pytest.approx(grad_u[j], rel=1e-3, abs=1e-6)

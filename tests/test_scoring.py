@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from planted import flax_reference, planted, prepared, rec, trained, write_planted_model  # noqa: F401  (fixtures)
+from planted import (  # noqa: F401  (fixtures)
+    flax_reference,
+    planted,
+    prepared,
+    rec,
+    trained,
+    trained_with_history,
+    write_planted_model,
+)
 
 from embedrec.errors import ArtifactError, ConfigError
 
 
-@pytest.mark.parametrize("which", ["planted", "trained"])
-def test_fast_path_equals_the_flax_model(which: str, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("which", ["planted", "trained", "trained_with_history"])
+def test_fast_path_equals_the_flax_model(which: str, request: pytest.FixtureRequest, prepared) -> None:
     from embedrec.artifacts import load_model
+    from embedrec.history import UserHistories
     from embedrec.scoring import Ranking, Scorer
 
     artifact = load_model(request.getfixturevalue(which))
     scorer = Scorer.from_artifact(artifact)
     users = np.array([0, 1, 7, artifact.shape.n_users - 1])
-    ref_rating, ref_watch = flax_reference(artifact, users)
+    histories = UserHistories.of_prepared(prepared)
+    assert (histories.counts[users] > 0).all()  # the served vector of a user without training movies is the average
+    if artifact.model.user_history:  # trained: the history part of the served vectors is not zero
+        assert np.abs(artifact.weights["user_history_vector"][users]).max() > 1e-3
+    ref_rating, ref_watch = flax_reference(artifact, users, histories)
     emb, bias = scorer.user_rows(users)
     np.testing.assert_allclose(scorer.ratings(emb, bias), ref_rating, rtol=1e-5)
     np.testing.assert_allclose(
@@ -137,6 +151,13 @@ def test_model_folders_without_the_prior_still_load_and_one_that_needs_it_must_c
 
     old = write_planted_model(prepared, tmp_path / "v1", ranking={"score": "blend", "beta": 0.5}, schema_version=1)
     assert Scorer.from_artifact(load_model(old)).ranking == Ranking("blend", 0.5, 0.0)
+    # schema 2 (before the user history): no user_history setting, served without a history part
+    v2 = write_planted_model(prepared, tmp_path / "v2", ranking={"score": "blend", "beta": 0.5}, schema_version=2)
+    meta = json.loads((v2 / "model.json").read_text())
+    del meta["model"]["user_history"], meta["train"]["history_samples"]
+    (v2 / "model.json").write_text(json.dumps(meta))
+    artifact = load_model(v2)
+    assert not artifact.model.user_history and Scorer.from_artifact(artifact).history_embedding is None
     lacking = write_planted_model(prepared, tmp_path / "lacking", ranking={"score": "blend", "beta": 0.5, "gamma": 1.0})
     with pytest.raises(ArtifactError, match="popularity_prior"):
         Scorer.from_artifact(load_model(lacking))

@@ -96,7 +96,10 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(EMBEDREC + args, capture_output=True, text=True, cwd=cwd)
 
 
-def test_resume_after_a_kill_ends_with_the_same_weights(synthetic_prepared: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("user_history", [False, True])
+def test_resume_after_a_kill_ends_with_the_same_weights(
+    synthetic_prepared: Path, tmp_path: Path, user_history: bool
+) -> None:
     common = [
         "train",
         "--data",
@@ -109,6 +112,9 @@ def test_resume_after_a_kill_ends_with_the_same_weights(synthetic_prepared: Path
         "256",
         "--quiet",
     ]
+    if user_history:  # the history rows live in the checkpointed slab; their samples are counter-based
+        (tmp_path / "history.toml").write_text("user_history = true\nhistory_samples = 8\n")
+        common += ["--config", str(tmp_path / "history.toml")]
     straight = tmp_path / "straight"
     done = _cli(common + ["--out", str(straight)], tmp_path)
     assert done.returncode == 0, done.stderr
@@ -262,6 +268,37 @@ def test_artifact_round_trip_predicts_the_same(synthetic_prepared: Path, tmp_pat
     assert [h["epoch"] for h in history] == [1, 2] and "val_ndcg@10" in history[0]
     with pytest.raises(ArtifactError, match="does not exist"):
         load_model(tmp_path / "nowhere")
+
+
+def test_with_a_user_history_the_saved_model_serves_what_training_validated(
+    synthetic_prepared: Path, tmp_path: Path
+) -> None:
+    from embedrec.history import UserHistories
+    from embedrec.runs import train_run
+    from embedrec.scoring import Scorer
+
+    result = train_run(
+        synthetic_prepared,
+        out=tmp_path / "run",
+        workdir=tmp_path,
+        preset="default",
+        overrides={"epochs": 3, "user_history": True},
+    )
+    artifact = load_model(result.run_dir)
+    assert artifact.model.user_history and artifact.meta["schema_version"] == 3
+    data = load_prepared(synthetic_prepared)
+    history_rows = artifact.weights["history_embedding"]
+    assert np.abs(history_rows).max() > 1e-2  # the history input learned
+    # served: each user's exact mean over every training movie (training sampled them)
+    np.testing.assert_allclose(
+        artifact.weights["user_history_vector"], UserHistories.of_prepared(data).means(history_rows), rtol=1e-6
+    )
+    val = data.split == VAL
+    served = Scorer.from_artifact(artifact).predict_pairs(data.user_idx[val], data.movie_idx[val])
+    kept = result.history[result.best_epoch - 1]
+    assert float(np.sqrt(np.mean((served - data.rating[val]) ** 2))) == pytest.approx(kept["val_rmse"], rel=1e-5)
+    mean_rmse = float(np.sqrt(np.mean((data.rating[val] - data.rating[data.split == TRAIN].mean()) ** 2)))
+    assert kept["val_rmse"] < mean_rmse - 0.05 and kept["val_ndcg@10"] > 0
 
 
 def test_config_file_and_info_json(synthetic_prepared: Path, tmp_path: Path) -> None:
