@@ -137,7 +137,7 @@ def batch_loss(
     """
     bsz = settings.batch_size
     rows = dict(rows)
-    history_reg = jnp.float32(0.0)
+    history_reg = None
     if "history_embedding" in rows:
         assert history_w is not None
         hist = rows.pop("history_embedding")
@@ -148,7 +148,9 @@ def batch_loss(
     else:
         own_rows = rows
     pos_rows = {name: (r[:bsz] if r.shape[0] > bsz else r) for name, r in rows.items()}
-    own_pos_rows = {name: (r[:bsz] if r.shape[0] > bsz else r) for name, r in own_rows.items()}
+    own_pos_rows = pos_rows  # without a history the same slices, so the gradient is summed as before it existed
+    if own_rows is not rows:
+        own_pos_rows = {name: (r[:bsz] if r.shape[0] > bsz else r) for name, r in own_rows.items()}
     rating_rows = pos_rows
     if settings.rating_embedding_grad < 1.0:
         rating_rows = with_scaled_embedding_grad(pos_rows, settings.rating_embedding_grad)
@@ -160,7 +162,9 @@ def batch_loss(
         if reg_coef is None:
             reg_coef = {group: jnp.full((bsz,), settings.weight_decay, jnp.float32) for group in ("user", "movie")}
         decay = decay_sum(own_pos_rows, weight, genre_w[:bsz], reg_coef=reg_coef, weight_decay=settings.weight_decay)
-        loss = loss + (decay + history_reg) / n_valid
+        if history_reg is not None:
+            decay = decay + history_reg
+        loss = loss + decay / n_valid
     watch_sum = jnp.float32(0.0)
     if settings.negatives > 0:
         items = item_vectors(rows["movie_embedding"], rows["genre_embedding"], genre_w)
