@@ -75,9 +75,12 @@ def test_the_search_space_follows_the_data_size_and_holds_the_preset() -> None:
         "patience": train_cfg.patience,
         "negatives": train_cfg.negatives,
         "watch_weight": train_cfg.watch_weight,
+        "user_history": model_cfg.user_history,
     }
+    assert small["user_history"].choices == (False, True) and model_cfg.user_history is False
     rating_only = {p.name for p in search_space(preset="seed", n_train=14_000, n_movies=400)}
     assert "negatives" not in rating_only and "watch_weight" not in rating_only and "lr" in rating_only
+    assert "user_history" not in rating_only
 
 
 def test_the_best_trial_keeps_val_rmse_below_the_ceiling_when_any_trial_does() -> None:
