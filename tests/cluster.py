@@ -21,8 +21,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# the run's shared compilation cache (tests/conftest.py) is the one JAX setting the processes inherit
+COMPILATION_CACHE = (
+    "JAX_COMPILATION_CACHE_DIR",
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES",
+)
+
+
 def cluster_env(devices: int, *, cluster_process: bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_")) or k in COMPILATION_CACHE}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     if cluster_process:
         env["JAX_NUM_CPU_DEVICES"] = str(devices)
