@@ -67,6 +67,7 @@ from embedrec.validation import SplitRanking, scoring_weights, watch_scores
 if TYPE_CHECKING:
     from embedrec.data.store import PreparedData
     from embedrec.evaluation import HeldOut
+    from embedrec.scoring import Scorer
 
 __all__ = [
     "BASELINE_BLEND_WEIGHTS",
@@ -305,6 +306,16 @@ class Run:
 
     def tables(self, state: TrainState) -> dict[str, jax.Array]:
         return state_tables(state, self.layout)
+
+    def served_scorer(self, head: Any, tables: dict[str, Any]) -> Scorer:
+        """The numpy serving scorer of these host weights as they would be served (users without training ratings
+        as the average user; with ``user_history``, each user's history part from the train split): validation
+        and the choices made on val judge what is served."""
+        from embedrec.scoring import Scorer
+
+        tables = untrained_users_as_average(tables, self.trained_users)
+        weights = scoring_weights(head, tables, self.genres, self.histories)
+        return Scorer.from_weights(weights, self.model.cfg, self.shape)
 
 
 def _to_devices(tree: Any, sharding: Any, *, local_shards: bool = False) -> Any:
@@ -604,12 +615,9 @@ def _epoch_record(
     """The epoch's line in the history: train loss, val RMSE/MAE (on :data:`VAL_RATINGS_MAX` of them at most; and
     NDCG@10 with the watch output), speed."""
     from embedrec.evaluation import in_threads
-    from embedrec.scoring import Scorer
 
     val, sums, epoch = run.val_scored, position.loss_sums, position.epoch
-    head, tables = run.host((state["head"], run.tables(state)))
-    tables = untrained_users_as_average(tables, run.trained_users)  # validate what is served
-    scorer = Scorer.from_weights(scoring_weights(head, tables, run.genres, run.histories), run.model.cfg, run.shape)
+    scorer = run.served_scorer(*run.host((state["head"], run.tables(state))))
     pred = in_threads(scorer.predict_pairs)(val.users, val.movies)
     val_r = val.ratings
     record: dict[str, Any] = {
@@ -852,7 +860,6 @@ def _blend_with_baseline(run: Run, final: dict[str, Any]) -> tuple[dict[str, Any
     """The final weights blended with the bias baseline at the network share that the val split prefers (ties keep
     the larger share), and the record of the choice: the share and the val RMSE of each one tried."""
     from embedrec.evaluation import in_threads
-    from embedrec.scoring import Scorer
 
     train_split, val, shape = run.train_split, run.val_scored, run.shape
     baseline = SigmoidBiasBaseline(rating_min=shape.rating_min, rating_max=shape.rating_max).fit(
@@ -862,11 +869,7 @@ def _blend_with_baseline(run: Run, final: dict[str, Any]) -> tuple[dict[str, Any
     best_share, best_rmse, best = 1.0, math.inf, final
     for share in BASELINE_BLEND_WEIGHTS:
         blended = blend_rating_biases(final, baseline, share)
-        tables = untrained_users_as_average(blended["tables"], run.trained_users)  # as served
-        scorer = Scorer.from_weights(
-            scoring_weights(blended["head"], tables, run.genres, run.histories), run.model.cfg, shape
-        )
-        pred = in_threads(scorer.predict_pairs)(val.users, val.movies)
+        pred = in_threads(run.served_scorer(blended["head"], blended["tables"]).predict_pairs)(val.users, val.movies)
         rmse = float(np.sqrt(np.mean((pred - val.ratings) ** 2)))
         val_rmse[f"{share:g}"] = round(rmse, 6)
         if rmse < best_rmse:
