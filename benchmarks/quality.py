@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 ROWS = ("ml100k-random", "ml100k-temporal", "ml100k-llo", "ml100k-sparse", "ml100k-few-users", "synthetic")
 DEFAULT_SEEDS = (42, 1, 2)
+DEFAULT_CACHE = Path.home() / ".cache" / "embedrec" / "quality"  # the prepared rows, kept between runs
 THIN_SEED = 11  # the thinned catalogues are fixed data sets: their own seed, not a training seed
 BASELINE_ROWS = ("global_mean", "bias", "popular", "top_rated", "ease")
 
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cache",
         type=Path,
-        default=Path.home() / ".cache" / "embedrec" / "quality",
+        default=DEFAULT_CACHE,
         help="where the prepared data sets are kept",
     )
     parser.add_argument("--json", type=Path, help="also write every run's numbers to this JSON file")

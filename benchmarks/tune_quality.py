@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from quality import ROWS, evaluate_run, prepare_row, render_table, run_baselines, run_model  # noqa: E402
+from quality import DEFAULT_CACHE, ROWS, evaluate_run, prepare_row, render_table, run_baselines, run_model  # noqa: E402
 
 TUNE_ORDER = ("ml100k-llo", "ml100k-few-users", "ml100k-random", "ml100k-temporal", "ml100k-sparse", "synthetic")
 SEED = 42
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cache",
         type=Path,
-        default=Path.home() / ".cache" / "embedrec" / "quality",
+        default=DEFAULT_CACHE,
         help="where the prepared data sets are kept (shared with benchmarks/quality.py)",
     )
     parser.add_argument("--json", type=Path, help="also write every row's numbers to this JSON file (after each row)")
