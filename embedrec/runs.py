@@ -63,6 +63,7 @@ class RunResult:
     summary_rows: list[tuple[str, str, int]]
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (see train.train), and writing
     baseline_blend: dict[str, Any] | None = None  # the rating blend with the bias baseline (TrainConfig.baseline_blend)
+    adapted: dict[str, Any] = field(default_factory=dict)  # the default preset's settings that followed the data
 
 
 def _as_json(value: Any) -> str:
@@ -334,6 +335,7 @@ def train_run(
         summary_rows=summary_rows,
         timings=dict(result.info.get("timings", {})),
         baseline_blend=result.info.get("baseline_blend"),
+        adapted=dict(plan.adapted),
     )
 
 
@@ -444,8 +446,9 @@ def _plan_run(
     train_movies = prepared.movie_idx[prepared.split == 0]
     # a count per movie: np.unique sorts, 12x slower on numpy 2.4 (2.5 s instead of 0.2 s at 19M train ratings)
     n_movies_rated = int(np.count_nonzero(np.bincount(train_movies, minlength=prepared.n_movies)))
-    train_cfg, adapted = adapt_to_data(
+    model_cfg, train_cfg, adapted = adapt_to_data(
         preset,
+        model_cfg,
         train_cfg,
         n_train=len(train_movies),
         n_movies_rated=n_movies_rated,

@@ -82,9 +82,10 @@ def test_planted_tastes_show_up_in_the_top_10(tmp_path: Path) -> None:
     assert np.mean(shares) > 5 * is_scifi.mean()
 
 
-# ml100k-few-users in benchmarks/quality.py, seeds 42 / 1 / 2: NDCG@10 0.310 / 0.313 / 0.321 (most popular 0.194,
-# EASE 0.338), RMSE 1.838 / 1.832 / 1.852 (bias baseline 1.890). Before issue #11: 0.194 and 1.878 (seed 42).
-POPULAR_FACTOR, EASE_FACTOR, BIAS_FACTOR = 1.4, 0.85, 0.99
+# ml100k-few-users in benchmarks/quality.py, seeds 42 / 1 / 2: NDCG@10 0.332 / 0.341 / 0.335 (most popular 0.194,
+# EASE 0.338), RMSE 1.843 / 1.833 / 1.832 (bias baseline 1.890). Without the user's history as an input (before
+# it adapted on sparse catalogues): 0.324 / 0.321 / 0.329. Before issue #11: 0.194 and 1.878 (seed 42).
+POPULAR_FACTOR, EASE_FACTOR, BIAS_FACTOR = 1.4, 0.9, 0.99
 
 
 def _prepare_as_csv(raw: Path, ml100k_dir: Path, *, rating_scale: tuple[float, float]) -> None:
@@ -148,8 +149,10 @@ def test_on_a_sparse_catalogue_the_default_model_ranks_above_most_popular_and_be
     few_users_default,
 ) -> None:
     """Before issue #11 the default ranked exactly as well as most-popular here (1.00x) and its RMSE was 0.6% below
-    the bias baseline; now the MSE reaches the shared embeddings at a tenth of its gradient."""
+    the bias baseline; now the MSE reaches the shared embeddings at a tenth of its gradient and the user's history
+    is an input."""
     result, metrics = few_users_default
+    assert result.adapted["user_history"] is True  # a sparse catalogue: the history is an input
     base = metrics["baselines"]
     assert metrics["ndcg@10"] >= POPULAR_FACTOR * base["popular"]["ndcg@10"], (metrics["ndcg@10"], base["popular"])
     assert metrics["ndcg@10"] >= EASE_FACTOR * base["ease"]["ndcg@10"], (metrics["ndcg@10"], base["ease"])
@@ -157,8 +160,9 @@ def test_on_a_sparse_catalogue_the_default_model_ranks_above_most_popular_and_be
     assert result.ranking["score"] == "blend"
 
 
-# ml100k-sparse in benchmarks/quality.py, seeds 42 / 1 / 2: NDCG@10 0.070 / 0.074 / 0.074 (most popular 0.063, EASE
-# 0.050), RMSE 0.964 / 0.974 / 0.967 (bias baseline 0.967). Before the popularity prior in the ranking: 0.057 +- 0.003,
+# ml100k-sparse in benchmarks/quality.py, seeds 42 / 1 / 2: NDCG@10 0.071 / 0.072 / 0.079 (most popular 0.063, EASE
+# 0.050), RMSE 0.965 / 0.964 / 0.966 (bias baseline 0.967); without the history input 0.070 / 0.074 / 0.074 and
+# 0.964 / 0.974 / 0.967. Before the popularity prior in the ranking: 0.057 +- 0.003,
 # 0.90 x most popular. The factors leave room for a change elsewhere to move seed 42 a little; the RMSE target of
 # the issue (2% below the bias baseline) is not met on this row, so the test holds the model level with it.
 SPARSE_POPULAR_FACTOR, SPARSE_BIAS_FACTOR = 1.05, 1.005

@@ -5,6 +5,7 @@ JAX and Flax load inside the commands, so ``embedrec --help`` and ``embedrec tra
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -304,6 +305,7 @@ def _print_result(result: RunResult, *, as_json: bool) -> None:
                     "final": last,
                     "timings": result.timings,
                     "baseline_blend": result.baseline_blend,
+                    "adapted": result.adapted,
                 }
             )
         )
@@ -314,6 +316,13 @@ def _print_result(result: RunResult, *, as_json: bool) -> None:
         f"[green]trained[/] {result.n_params:,} parameters: val RMSE {last['val_rmse']:.4f}, "
         f"MAE {last['val_mae']:.4f}{ndcg}{note}"
     )
+    if result.adapted:
+        settings = ", ".join(f"{k} {json.dumps(v)}" for k, v in result.adapted.items() if k != "because")
+        console.print(
+            f"adapted to the data ({result.adapted.get('because', '')}): {settings}; a setting named in --config "
+            "or a flag is never adapted",
+            highlight=False,
+        )
     blend = result.baseline_blend
     if blend and blend["network_share"] < 1.0:
         console.print(
