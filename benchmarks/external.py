@@ -68,9 +68,11 @@ def _surprise() -> Any:
     try:
         import surprise
     except ImportError:
-        raise SystemExit(
-            "benchmarks/external.py needs Surprise: pip install scikit-surprise (not an embedrec dependency)"
-        ) from None
+        print(
+            "benchmarks/external.py needs Surprise: pip install scikit-surprise (not an embedrec dependency)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
     return surprise
 
 
