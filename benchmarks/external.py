@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -63,16 +63,18 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
 }
 
 
+def _fail(message: str) -> NoReturn:
+    """One line on stderr and exit 2, as embedrec's own commands do for a bad input."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _surprise() -> Any:
     """The ``surprise`` module, or exit with one line saying how to install it (it is not an embedrec dependency)."""
     try:
         import surprise
     except ImportError:
-        print(
-            "benchmarks/external.py needs Surprise: pip install scikit-surprise (not an embedrec dependency)",
-            file=sys.stderr,
-        )
-        raise SystemExit(2) from None
+        _fail("benchmarks/external.py needs Surprise: pip install scikit-surprise (not an embedrec dependency)")
     return surprise
 
 
@@ -92,7 +94,7 @@ def make_algorithm(name: str, params: dict[str, Any], *, seed: int) -> Any:
     if name == "NMF":
         reg = params["reg"]
         return surprise.NMF(n_factors=params["n_factors"], reg_pu=reg, reg_qi=reg, n_epochs=50, random_state=seed)
-    raise SystemExit(f"unknown algorithm {name!r}; choose from {', '.join(ALGORITHMS)}")
+    _fail(f"unknown algorithm {name!r}; choose from {', '.join(ALGORITHMS)}")
 
 
 def _ratings(prepared: Any, split: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -175,9 +177,9 @@ def default_rmse_by_row(path: Path) -> dict[str, float]:
     """Mean test RMSE over seeds of embedrec's default per row, from a ``quality.py --json`` file."""
     try:
         rows = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"--quality-json: cannot read {path} ({exc}); write it with quality.py --json") from None
-    return {r["row"]: float(np.mean([run["rmse"] for run in r["runs"]])) for r in rows}
+        return {r["row"]: float(np.mean([run["rmse"] for run in r["runs"]])) for r in rows}
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        _fail(f"--quality-json: cannot read {path} ({exc!r}); write it with benchmarks/quality.py --json FILE")
 
 
 def _vs(value: float, bias: float) -> str:
