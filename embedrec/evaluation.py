@@ -623,7 +623,9 @@ def _check_ranking_options(ks: Sequence[int], *, batch_size: int, max_users: int
     if not ks or ks[0] < 1:
         raise ConfigError(f"every k must be a positive integer, got {list(ks)}")
     if ks[-1] > n_movies:
-        raise ConfigError(f"k={ks[-1]} is larger than the catalogue ({n_movies} movies)")
+        raise ConfigError(
+            f"--k: {ks[-1]} is larger than the catalogue ({n_movies} movies); pass --k {n_movies} or less"
+        )
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if max_users is not None and max_users < 1:

@@ -260,6 +260,8 @@ class Recommender:
         known = sorted({g for gl in lists for g in gl})
         match = [g for g in known if g.lower() == genre.strip().lower()]
         if not match:
+            if not known:
+                raise ConfigError(f"--genre: the model's movies have no genres, so none is {genre!r}; drop --genre")
             raise ConfigError(f"--genre: unknown genre {genre!r}; known: {', '.join(known)}")
         target = match[0]
         return np.fromiter((target in gl for gl in lists), dtype=bool, count=len(lists))

@@ -56,6 +56,19 @@ def test_recommend_defaults_to_the_workdir(workdir: Path, ids: dict) -> None:
     assert res.exit_code == 0 and len(res.stdout.strip().splitlines()) == 5
 
 
+def test_an_empty_list_names_the_filters_that_emptied_it_and_k_beyond_the_catalogue_says_what_fits(
+    workdir: Path, ids: dict
+) -> None:
+    res = run("recommend", "--user", ids["user"], "--workdir", workdir, "--min-ratings", 10**6)
+    assert res.exit_code == 0
+    assert "no movie passes the filters" in res.stdout and f"--min-ratings {10**6}" in res.stdout
+    assert "--include-seen" in res.stdout
+    n_movies = len(ids["movies"])
+    res = run("evaluate", "--workdir", workdir, "--k", n_movies + 1)
+    assert res.exit_code == 2
+    assert f"pass --k {n_movies} or less" in res.output and "Traceback" not in res.output
+
+
 def test_data_prepared_before_the_user_index_still_serves_and_says_how_to_speed_it_up(
     workdir: Path, ids: dict, tmp_path: Path
 ) -> None:

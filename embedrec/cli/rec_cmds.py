@@ -216,6 +216,18 @@ def recommend_cmd(
     assert rec is not None
     rec.candidates = None if exhaustive else candidates
     options: dict[str, Any] = {"k": k, "filter_seen": not include_seen, "genre": genre, "min_ratings": min_ratings}
+    # what an empty list is blamed on: the filters in force, and how to loosen them
+    filters = "; ".join(
+        f
+        for f in (
+            f"--min-ratings {min_ratings}: a movie needs {min_ratings} ratings in the data, lower it"
+            if min_ratings
+            else "",
+            f"--genre {genre}" if genre else "",
+            "movies the user rated are left out (--include-seen keeps them)" if not include_seen else "",
+        )
+        if f
+    )
     if batch:
         assert output is not None
         _recommend_batch(rec, user_ids, output, options)
@@ -225,12 +237,14 @@ def recommend_cmd(
             rec.records(rec.rank_folded(folded, **options)),
             fmt=fmt,
             title=f"Top {k} for your {len(folded.movie_idx)} ratings, ranked by {rec.ranking.describe()}",
+            filters=filters,
         )
     elif user is not None and user in rec.user_vocab:
         render.recommendations(
             rec.records(rec.rank_user(user, **options)),
             fmt=fmt,
             title=f"Top {k} for user {user}, ranked by {rec.ranking.describe()}",
+            filters=filters,
         )
     else:
         render.notes(
@@ -247,6 +261,7 @@ def recommend_cmd(
             rec.movie_records(top, score=score, rating=np.full(len(top), np.nan)),
             fmt=fmt,
             title=f"Top {k} by Bayesian average rating (cold start)",
+            filters="; ".join(f for f in filters.split("; ") if not f.startswith("movies the user rated")),
         )
 
 

@@ -60,9 +60,9 @@ def movie_label(rec: Recommender, movie_id: int) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # recommend, similar
 # ---------------------------------------------------------------------------------------------------------------
-def recommendations(records: list[dict[str, Any]], *, fmt: str, title: str) -> None:
+def recommendations(records: list[dict[str, Any]], *, fmt: str, title: str, filters: str = "") -> None:
     """A recommendation list (:meth:`~embedrec.recommender.Recommender.movie_records` with score and rating) as a
-    table, JSON (a list of objects) or CSV."""
+    table, JSON (a list of objects) or CSV; an empty table names the ``filters`` that emptied it."""
     if fmt == "json":
         console.print_json(json.dumps(records))
         return
@@ -72,7 +72,7 @@ def recommendations(records: list[dict[str, Any]], *, fmt: str, title: str) -> N
         writer.writerows(records)
         return
     if not records:
-        console.print("[yellow]no movie passes the filters[/]")
+        console.print(f"[yellow]no movie passes the filters{f' ({filters})' if filters else ''}[/]", highlight=False)
         return
     from rich.table import Table
 

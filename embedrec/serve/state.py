@@ -96,6 +96,8 @@ class LoadedModel:
         for known in self.genres:
             if known.lower() == wanted:
                 return known
+        if not self.genres:
+            raise ConfigError(f"genre: the model's movies have no genres, so none is {genre!r}; leave genre out")
         raise ConfigError(f"genre: unknown genre {genre!r}; known: {', '.join(self.genres)}")
 
     @cached_property
