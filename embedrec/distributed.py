@@ -82,8 +82,14 @@ def join(cluster: Cluster) -> tuple[int, int]:
 
     if "count" not in _JOINED:
         timeout_s = cluster.timeout_s
-        if cluster.coordinator is not None and cluster.process_id:
-            timeout_s = _wait_for_coordinator(cluster.coordinator, timeout_s)
+        address, n, me = cluster.coordinator, cluster.num_processes, cluster.process_id
+        if address is not None and n is not None and n > 1 and me is not None:
+            # a roll call before JAX's own join: JAX ends a process whose peers never come (see _wait_for_coordinator)
+            if me == 0:
+                timeout_s = _call_the_roll(address, n, timeout_s)
+            else:
+                timeout_s = _answer_the_roll(address, me, n, timeout_s)
+                timeout_s = _wait_for_coordinator(address, timeout_s)
         try:
             jax.distributed.initialize(
                 coordinator_address=cluster.coordinator,
@@ -128,6 +134,150 @@ def _stdout_silenced() -> Iterator[None]:
     finally:
         os.dup2(saved, 1)
         os.close(saved)
+
+
+_ROLL_CALL = "embedrec-join 1"  # the roll call's greeting: protocol name and version
+
+
+def _call_the_roll(address: str, n: int, timeout_s: int) -> int:
+    """Process 0: wait at the coordinator's port until processes 1..n-1 have said who they are; the seconds left.
+
+    JAX's coordination service aborts process 0 (a fatal log and SIGABRT, which Python cannot catch) when a peer
+    never registers, so process 0 first holds its own roll call on the same port: a missing process, a duplicate
+    ``--process-id`` or another ``--num-processes`` is one line on every process that came. The port is closed
+    before anyone is told to go on, so that a peer's next connection reaches JAX's service, not this one.
+    """
+    import socket
+    import time
+
+    port = int(address.rsplit(":", 1)[1])
+    deadline = time.monotonic() + timeout_s
+    try:
+        if socket.has_dualstack_ipv6():
+            server = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True)
+        else:
+            server = socket.create_server(("", port))
+    except OSError as exc:
+        raise ConfigError(
+            f"--distributed: cannot listen at port {port} of --coordinator {address} ({exc.strerror or exc}); "
+            "choose a free port"
+        ) from None
+    present: dict[int, socket.socket] = {}
+    try:
+        with server:
+            server.settimeout(0.5)
+            while len(present) < n - 1:
+                if time.monotonic() >= deadline:
+                    missing = ", ".join(str(i) for i in range(1, n) if i not in present)
+                    raise ConfigError(
+                        f"--distributed: process {missing} of {n} did not join --coordinator {address} within "
+                        f"{timeout_s} s; start every process with the same --coordinator and --num-processes {n} "
+                        "(or raise --join-timeout)"
+                    )
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    continue
+                who = _greeting(conn)
+                if who is None:  # not an embedrec process (a port probe, a stray client): not ours to answer
+                    conn.close()
+                    continue
+                pid, their_n = who
+                problem = None
+                if their_n != n:
+                    problem = f"process {pid} was started with --num-processes {their_n}, process 0 with {n}"
+                elif pid in present:
+                    problem = f"two processes were started with --process-id {pid}"
+                elif not 0 < pid < n:
+                    problem = f"a process was started with --process-id {pid}, not one of 1..{n - 1}"
+                if problem is not None:
+                    for refused in (conn, *present.values()):  # everyone who came hears why the cluster failed
+                        try:
+                            _send_line(refused, f"refused {problem}")
+                        except OSError:
+                            pass
+                    conn.close()
+                    raise ConfigError(
+                        f"--distributed: {problem}; start every process with the same --coordinator and "
+                        f"--num-processes {n} and its own --process-id 0..{n - 1}"
+                    )
+                present[pid] = conn
+        for conn in present.values():  # the roll-call port is closed: the next connection reaches JAX's service
+            _send_line(conn, "go")
+        for conn in present.values():  # the peer closes first (so this side keeps no TIME_WAIT on the port)
+            conn.settimeout(5)
+            try:
+                conn.recv(1)
+            except OSError:
+                pass
+    finally:
+        for conn in present.values():
+            conn.close()
+    return max(1, int(deadline - time.monotonic()))
+
+
+def _answer_the_roll(address: str, process_id: int, n: int, timeout_s: int) -> int:
+    """Processes 1..n-1: tell process 0's roll call who this is and wait for its go; the seconds left."""
+    import socket
+    import time
+
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn = socket.create_connection((host.strip("[]"), int(port)), timeout=2)
+            break
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                reason = exc.strerror or type(exc).__name__
+                raise ConfigError(
+                    f"--distributed: nothing listens at --coordinator {address} after {timeout_s} s ({reason}); "
+                    "start process 0 with the same --coordinator, or check the host and port"
+                ) from None
+            time.sleep(0.5)
+    with conn:
+        answer = ""
+        try:
+            _send_line(conn, f"{_ROLL_CALL} {process_id} {n}")
+            conn.settimeout(max(1.0, deadline - time.monotonic()))
+            answer = _read_line(conn)
+        except OSError:
+            pass
+    if answer == "go":
+        return max(1, int(deadline - time.monotonic()))
+    if answer.startswith("refused "):
+        raise ConfigError(f"--distributed: process 0 refused this process: {answer[len('refused ') :]}")
+    raise ConfigError(
+        f"--distributed: process 0 at --coordinator {address} did not let this process join within {timeout_s} s "
+        "(it stopped, or it is already running with other processes); start all of them again"
+    )
+
+
+def _greeting(conn: Any) -> tuple[int, int] | None:
+    """(process id, process count) from an embedrec peer's first line; None for anything else."""
+    conn.settimeout(5)
+    try:
+        words = _read_line(conn).split()
+    except OSError:
+        return None
+    if len(words) != 4 or " ".join(words[:2]) != _ROLL_CALL or not all(w.isdigit() for w in words[2:]):
+        return None
+    return int(words[2]), int(words[3])
+
+
+def _send_line(conn: Any, text: str) -> None:
+    conn.sendall(text.encode() + b"\n")
+
+
+def _read_line(conn: Any, limit: int = 512) -> str:
+    """One line of at most ``limit`` bytes ("" when the peer closed first)."""
+    data = b""
+    while not data.endswith(b"\n") and len(data) < limit:
+        chunk = conn.recv(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data.decode("utf-8", "replace").strip()
 
 
 def _wait_for_coordinator(address: str, timeout_s: int) -> int:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cluster import cluster_env, cluster_processes
+from cluster import cluster_env, cluster_processes, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +37,11 @@ def test_processes_started_with_different_settings_fail_alike_naming_the_differe
             ["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "1", "--join-timeout", "2"],
             "nothing listens at --coordinator 127.0.0.1:1 after 2 s",
         ),
+        (  # process 0 alone: JAX would abort it (SIGABRT and a C++ stack) when its peer never registers
+            ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "3", "--process-id", "0"]
+            + ["--join-timeout", "2"],
+            "process 1, 2 of 3 did not join",
+        ),
     ],
 )
 def test_bad_cluster_options_are_one_line_before_anything_starts(tmp_path: Path, args: list[str], needle: str) -> None:
@@ -50,4 +55,33 @@ def test_bad_cluster_options_are_one_line_before_anything_starts(tmp_path: Path,
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_processes_started_with_other_process_counts_or_one_id_twice_are_refused_on_every_process(
+    tmp_path: Path,
+) -> None:
+    def start(port: int, process_id: int, num_processes: int, wd: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "embedrec.cli", "train", "--workdir", str(tmp_path / wd), "--distributed"]
+            + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(num_processes)]
+            + ["--process-id", str(process_id), "--join-timeout", "60"],
+            env=cluster_env(1, cluster_process=True),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    for peers, needle in (
+        ([(1, 3)], "process 1 was started with --num-processes 3, process 0 with 2"),
+        ([(1, 3), (1, 3)], "two processes were started with --process-id 1"),
+    ):
+        port = free_port()
+        procs = [start(port, 0, 2 if len(peers) == 1 else 3, "w0")]
+        procs += [start(port, pid, n if len(peers) == 1 else 3, f"w{i + 1}") for i, (pid, n) in enumerate(peers)]
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 2, err
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and needle in lines[0], err
     assert list(tmp_path.iterdir()) == []
