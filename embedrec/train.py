@@ -116,7 +116,7 @@ class TrainResult:
     stopped_early: bool = False
     interrupted: bool = False
     info: dict[str, Any] = field(default_factory=dict)
-    val_held_out: HeldOut | None = None  # the val split's seen and relevant sets, when validation built them
+    val_held_out: HeldOut | None = None  # the val split's relevant sets, its ranked users' seen sets (validation's)
     histories: UserHistories | None = None  # the train split's user histories (ModelConfig.user_history)
 
 
