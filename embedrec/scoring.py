@@ -479,7 +479,12 @@ class Scorer:
         _mask_seen(base, seen, pool)
         user_part = emb @ self.w_user
         known = np.full(base.shape, np.nan, np.float32)  # the ratings computed so far, by (row, movie)
-        return [self._rerank_top(user_part, bias, base + side, n, pool, known=known) for side in sides]
+        scores = np.empty_like(base)  # one buffer for every side: a fresh (B, n_movies) array each cost page faults
+        found = []
+        for side in sides:
+            np.add(base, side, out=scores)
+            found.append(self._rerank_top(user_part, bias, scores, n, pool, known=known))
+        return found
 
     def _rerank_top(
         self,
