@@ -370,7 +370,9 @@ class Scorer:
         if self.watch_item is None:
             raise ArtifactError("this model has no watch head")
         bias = self.watch_bias if ranking is None else self.watch_side_bias(ranking)
-        return np.atleast_2d(np.asarray(emb, np.float32)) @ self.watch_item.T + bias
+        out = np.atleast_2d(np.asarray(emb, np.float32)) @ self.watch_item.T
+        out += bias  # in place: a second (B, n_movies) array cost a fifth of validation's ranking at full scale
+        return out
 
     def scores(self, emb: np.ndarray, bias: np.ndarray, ranking: Ranking | None = None) -> np.ndarray:
         """(B, n_movies) ranking scores of user rows under ``ranking`` (default: the model's own)."""
