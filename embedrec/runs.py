@@ -29,7 +29,7 @@ from embedrec.artifacts import (
     write_json,
     write_model_vocabulary,
 )
-from embedrec.checkpoints import RESUME_KEYS, BackgroundSaves, CheckpointDir, ReadOnlyCheckpoints
+from embedrec.checkpoints import RESUME_KEYS, CheckpointDir, ReadOnlyCheckpoints
 from embedrec.config import (
     ModelConfig,
     TrainConfig,
@@ -305,34 +305,25 @@ def train_run(
         checkpoints = ReadOnlyCheckpoints(checkpoints)
     from embedrec.train import train
 
-    # written in the background; the last checkpoint (hundreds of MB at full MovieLens scale, fsynced) while the
-    # ranking is chosen, and on disk before this returns
-    saves = BackgroundSaves(checkpoints)
     try:
         result = train(
             prepared,
             model_cfg,
             train_cfg,
             callbacks=callbacks,
-            checkpointer=saves,
+            checkpointer=checkpoints,
             resume=resume,
             stop_requested=stop_requested,
         )
     except BaseException:
-        try:
-            saves.close()
-        finally:
-            if not resume and writer:
-                _drop_unresumable(run_dir, created=created_run_dir)
+        if not resume and writer:
+            _drop_unresumable(run_dir, created=created_run_dir)
         raise
     summary_rows = result.model.summary()
     ranking: dict[str, Any] = {}
     try:
-        try:
-            if not result.interrupted and writer:
-                ranking = _write_model(result, plan)
-        finally:
-            saves.close()
+        if not result.interrupted and writer:
+            ranking = _write_model(result, plan)
     except (EmbedrecError, OSError) as exc:
         if several:
             distributed.agree(distributed.as_error(exc))

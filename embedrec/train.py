@@ -684,15 +684,12 @@ def train(
     """Train on the prepared data's train split, validating on its val split after every epoch.
 
     ``checkpointer`` receives a full checkpoint after every epoch (and when ``stop_requested`` turns true between
-    blocks), written by a background thread; with ``resume`` the loop continues from the checkpointer's latest one.
-    Passed as a :class:`~embedrec.checkpoints.BackgroundSaves`, it is the caller's to close: the last checkpoint may
-    still be being written when this returns (:func:`embedrec.runs.train_run` chooses the ranking meanwhile). Models
-    with the watch output also get val NDCG@10 (full ranking by watch logit) on ``train_cfg.val_users`` sampled users
-    every epoch. With ``patience`` the loop stops after that many epochs without a better val RMSE (or, with
-    ``rmse_slack``, val NDCG@10) and returns the kept epoch's weights (:func:`select_epoch`); otherwise the last
-    epoch's. Users without a training rating are validated and returned as the average user
-    (:func:`untrained_users_as_average`). Raises :class:`TrainingDiverged` on a NaN/Inf loss, naming epoch and step; the
-    last checkpoint is kept.
+    blocks); with ``resume`` the loop continues from the checkpointer's latest one. Models with the watch output
+    also get val NDCG@10 (full ranking by watch logit) on ``train_cfg.val_users`` sampled users every epoch.
+    With ``patience`` the loop stops after that many epochs without a better val RMSE (or, with ``rmse_slack``, val
+    NDCG@10) and returns the kept epoch's weights (:func:`select_epoch`); otherwise the last epoch's. Users without
+    a training rating are validated and returned as the average user (:func:`untrained_users_as_average`). Raises
+    :class:`TrainingDiverged` on a NaN/Inf loss, naming epoch and step; the last checkpoint is kept.
     """
     cb = callbacks or Callbacks()
     stop_requested = stop_requested or (lambda: False)
@@ -720,10 +717,7 @@ def train(
             "summary": run.model.summary(),
         }
     )
-    own_saves = None  # the BackgroundSaves this call opens, and so closes (a caller's is the caller's to close)
-    saves = checkpointer
-    if checkpointer is not None and not isinstance(checkpointer, BackgroundSaves):
-        saves = own_saves = BackgroundSaves(checkpointer)
+    saves = BackgroundSaves(checkpointer) if checkpointer is not None else None
     save = partial(_save_checkpoint, saves, run)
     interrupted = stopped_early = False
     try:
@@ -762,9 +756,9 @@ def train(
                 break
     finally:
         shuffles.close()
-        if own_saves is not None:
+        if saves is not None:
             with clock("checkpoints_s"):  # the last checkpoint is on disk before the run returns
-                own_saves.close()
+                saves.close()
     with clock("final_weights_s"):
         result = _result(run, state, history, best, stopped_early=stopped_early, interrupted=interrupted)
     result.info["timings"] = clock.rounded()
