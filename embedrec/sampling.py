@@ -26,12 +26,17 @@ _USER_MULT, _MOVIE_MULT = 0x9E3779B1, 0x85EBCA77
 def pair_hash_np(users: np.ndarray, movies: np.ndarray) -> np.ndarray:
     """The (user, movie) hash of :func:`pair_hash`, in numpy (uint32 arithmetic wraps the same way)."""
     with np.errstate(over="ignore"):
-        x = users.astype(np.uint32) * np.uint32(_USER_MULT) ^ movies.astype(np.uint32) * np.uint32(_MOVIE_MULT)
-        x ^= x >> np.uint32(16)
-        x *= np.uint32(0x7FEB352D)
-        x ^= x >> np.uint32(15)
-        x *= np.uint32(0x846CA68B)
-        return x ^ (x >> np.uint32(16))
+        x = np.asarray(
+            users.astype(np.uint32) * np.uint32(_USER_MULT) ^ movies.astype(np.uint32) * np.uint32(_MOVIE_MULT)
+        )
+        scratch = np.empty_like(x)  # the rest in place: a seen filter hashes 19M pairs at full MovieLens scale
+        for shift, mult in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+            np.right_shift(x, np.uint32(shift), out=scratch)
+            x ^= scratch
+            x *= np.uint32(mult)
+        np.right_shift(x, np.uint32(16), out=scratch)
+        x ^= scratch
+        return x
 
 
 def pair_hash(users: jax.Array, movies: jax.Array) -> jax.Array:
@@ -72,12 +77,20 @@ def seen_filter(user_idx: np.ndarray, movie_idx: np.ndarray, *, n_bits: int | No
     if n_bits < MAX_FILTER_BITS:  # 2**32 bits: every hash bit addresses the filter, nothing to mask
         h &= np.uint32(n_bits - 1)
     words = np.zeros(n_bits // 32, dtype=np.uint32)
-    if h.size:  # sorted, a word's pairs are neighbours: one OR-reduction per word, one plain scatter (at 19M
-        # pairs, full MovieLens scale, about 1 s where np.bitwise_or.at took 4-5 s)
-        h = np.sort(h)
-        word = h >> np.uint32(5)
-        starts = np.flatnonzero(np.concatenate(([True], word[1:] != word[:-1])))
-        words[word[starts]] = np.bitwise_or.reduceat(np.uint32(1) << (h & np.uint32(31)), starts)
+    if h.size:
+        # sorted, a word's pairs are neighbours (np.bitwise_or.at in hash order took 4-5 s at 19M pairs). A plain
+        # scatter of every pair's bit leaves each word its last pair's; the pairs followed by one of the same word
+        # (13% at 64 bits a pair) are then OR-reduced per word and added. Reducing all 19M pairs per word instead
+        # cost ~30% more (0.77 s against 1.09 s, medians at full MovieLens scale)
+        h.sort()
+        bits = np.left_shift(np.uint32(1), h & np.uint32(31))
+        h >>= np.uint32(5)  # each pair's word, still sorted
+        words[h] = bits
+        earlier = np.flatnonzero(h[1:] == h[:-1])
+        if earlier.size:
+            word, bit = h[earlier], bits[earlier]
+            starts = np.flatnonzero(np.concatenate(([True], word[1:] != word[:-1])))
+            words[word[starts]] |= np.bitwise_or.reduceat(bit, starts)  # distinct words: no repeat in the index
     return words
 
 

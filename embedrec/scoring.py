@@ -370,7 +370,9 @@ class Scorer:
         if self.watch_item is None:
             raise ArtifactError("this model has no watch head")
         bias = self.watch_bias if ranking is None else self.watch_side_bias(ranking)
-        return np.atleast_2d(np.asarray(emb, np.float32)) @ self.watch_item.T + bias
+        out = np.atleast_2d(np.asarray(emb, np.float32)) @ self.watch_item.T
+        out += bias  # in place: a second (B, n_movies) array cost a fifth of validation's ranking at full scale
+        return out
 
     def scores(self, emb: np.ndarray, bias: np.ndarray, ranking: Ranking | None = None) -> np.ndarray:
         """(B, n_movies) ranking scores of user rows under ``ranking`` (default: the model's own)."""
@@ -479,7 +481,12 @@ class Scorer:
         _mask_seen(base, seen, pool)
         user_part = emb @ self.w_user
         known = np.full(base.shape, np.nan, np.float32)  # the ratings computed so far, by (row, movie)
-        return [self._rerank_top(user_part, bias, base + side, n, pool, known=known) for side in sides]
+        scores = np.empty_like(base)  # one buffer for every side: a fresh (B, n_movies) array each cost page faults
+        found = []
+        for side in sides:
+            np.add(base, side, out=scores)
+            found.append(self._rerank_top(user_part, bias, scores, n, pool, known=known))
+        return found
 
     def _rerank_top(
         self,

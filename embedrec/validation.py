@@ -93,7 +93,8 @@ class SplitRanking:
 
     @property
     def held_out(self) -> HeldOut | None:
-        """The split's seen and relevant sets, once a call has built them (None before, or when undefined)."""
+        """The split's relevant sets and its sampled users' seen sets, once a call has built them (None before, or
+        when undefined)."""
         return self._held_out
 
     def build(self) -> None:
@@ -101,12 +102,13 @@ class SplitRanking:
         model initialises."""
         from embedrec.evaluation import HeldOut
 
-        p = self.prepared
         if self._defined is None:
-            held = p.split == self.split_code
-            self._defined = bool((p.rating[held] >= self.relevance).any())
+            held_out = HeldOut.from_prepared(
+                self.prepared, split_code=self.split_code, relevance=self.relevance, sample=(self.max_users, self.seed)
+            )
+            self._defined = bool(held_out.relevant.indices.size)
             if self._defined:
-                self._held_out = HeldOut.from_prepared(p, split_code=self.split_code, relevance=self.relevance)
+                self._held_out = held_out
 
     def __call__(self, score_users: UserScorer) -> float | None:
         """NDCG@10 of ``score_users``, which must return a new array per call: its seen movies are masked in place."""

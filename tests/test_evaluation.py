@@ -224,6 +224,25 @@ def test_held_out_sets_from_the_user_index_equal_those_from_the_pairs(prepared, 
     assert users.size == 50 and (fast.relevant.lengths()[users] > 0).all()
 
 
+def test_held_out_sets_built_for_a_user_sample_give_those_users_the_full_sets(prepared) -> None:
+    """Validation builds the seen sets of the users it ranks only; they must equal the full sets, and a draw of
+    other users must be refused rather than ranked with nothing masked."""
+    from embedrec.evaluation import HeldOut
+
+    full = HeldOut.from_prepared(prepared, split_code=1, relevance=4.0)
+    sampled = HeldOut.from_prepared(prepared, split_code=1, relevance=4.0, sample=(40, 3))
+    users = sampled.users(max_users=40, seed=3)
+    np.testing.assert_array_equal(users, full.users(max_users=40, seed=3))
+    assert users.size == 40 and sampled.seen.lengths()[users].sum() > 0
+    for a, b in ((sampled.seen.take(users), full.seen.take(users)), (sampled.relevant, full.relevant)):
+        np.testing.assert_array_equal(a.indptr, b.indptr)
+        np.testing.assert_array_equal(a.indices, b.indices)
+    others = np.setdiff1d(np.arange(prepared.n_users), users)
+    assert sampled.seen.lengths()[others].sum() == 0
+    with pytest.raises(ValueError, match="sample of 40 users"):
+        sampled.users(max_users=40, seed=4)
+
+
 def test_evaluate_model_gives_the_same_numbers_with_or_without_the_user_index(
     trained: Path, synthetic_prepared: Path, tmp_path: Path
 ) -> None:

@@ -52,6 +52,20 @@ def test_sampled_negatives_never_include_a_rated_movie(prepared) -> None:
     np.testing.assert_array_equal(np.asarray(bits), one_by_one)
 
 
+@pytest.mark.parametrize(("n_pairs", "n_bits"), [(1, 32), (100, 32), (5_000, 1 << 10), (50_000, 1 << 16), (0, 64)])
+def test_a_crowded_seen_filter_holds_exactly_the_bits_of_its_pairs(n_pairs: int, n_bits: int) -> None:
+    """The filter scatters each word's last pair and ORs in the others: with many pairs per word (a small
+    ``n_bits``, or past 2**26 pairs) and repeated pairs it must still hold every pair's bit and no other."""
+    rng = np.random.default_rng(n_pairs)
+    u = rng.integers(0, 3_000, n_pairs)
+    m = rng.integers(0, 500, n_pairs)
+    u, m = np.concatenate([u, u[: n_pairs // 10]]), np.concatenate([m, m[: n_pairs // 10]])  # some pairs twice
+    expected = np.zeros(n_bits // 32, np.uint32)
+    h = pair_hash_np(u, m) & np.uint32(n_bits - 1)
+    np.bitwise_or.at(expected, h >> np.uint32(5), np.uint32(1) << (h & np.uint32(31)))
+    np.testing.assert_array_equal(seen_filter(u, m, n_bits=n_bits), expected)
+
+
 def test_the_seen_filter_stops_at_the_32_bit_hash_range_past_67m_pairs() -> None:
     """Past 2**26 pairs 64 bits per pair would need more than 2**32 bits, which a uint32 mask cannot hold (the
     filter used to crash with an OverflowError there); it stays at 2**32, where every hash bit addresses it."""
