@@ -29,7 +29,7 @@ from embedrec.artifacts import (
     write_json,
     write_model_vocabulary,
 )
-from embedrec.checkpoints import RESUME_KEYS, CheckpointDir, ReadOnlyCheckpoints
+from embedrec.checkpoints import RESUME_KEYS, BackgroundSaves, CheckpointDir, ReadOnlyCheckpoints
 from embedrec.config import (
     ModelConfig,
     TrainConfig,
@@ -48,6 +48,8 @@ from embedrec.workdir import data_dir as data_dir_of
 from embedrec.workdir import models_dir, set_latest_run
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from embedrec.data.store import PreparedData
     from embedrec.distributed import Cluster
     from embedrec.train import TrainResult
@@ -306,25 +308,42 @@ def train_run(
         checkpoints = ReadOnlyCheckpoints(checkpoints)
     from embedrec.train import train
 
+    # written in the background; the last checkpoint is waited for while the ranking is chosen (not before)
+    saves = BackgroundSaves(checkpoints)
+
+    def last_checkpoint_on_disk() -> None:
+        """Wait for the last checkpoint; a run whose checkpoint failed before any was written is removed."""
+        try:
+            saves.close()
+        except BaseException:
+            if not resume and writer:
+                _drop_unresumable(run_dir, created=created_run_dir)
+            raise
+
     try:
         result = train(
             prepared,
             model_cfg,
             train_cfg,
             callbacks=callbacks,
-            checkpointer=checkpoints,
+            checkpointer=saves,
             resume=resume,
             stop_requested=stop_requested,
         )
     except BaseException:
-        if not resume and writer:
-            _drop_unresumable(run_dir, created=created_run_dir)
+        try:
+            saves.close()  # the last good checkpoint is on disk before the error is reported
+        finally:
+            if not resume and writer:
+                _drop_unresumable(run_dir, created=created_run_dir)
         raise
     summary_rows = result.model.summary()
     ranking: dict[str, Any] = {}
     try:
-        if not result.interrupted and writer:
-            ranking = _write_model(result, plan)
+        if result.interrupted or not writer:
+            last_checkpoint_on_disk()
+        else:
+            ranking = _write_model(result, plan, last_checkpoint_on_disk)
     except (EmbedrecError, OSError) as exc:
         if several:
             distributed.agree(distributed.as_error(exc))
@@ -475,18 +494,28 @@ def _plan_run(
     )
 
 
-def _write_model(result: TrainResult, plan: _Plan) -> dict[str, Any]:
-    """Choose the ranking score, write the model into the run folder and make it the latest; the ranking."""
+def _write_model(result: TrainResult, plan: _Plan, last_checkpoint: Callable[[], None]) -> dict[str, Any]:
+    """Choose the ranking score, write the model into the run folder and make it the latest; the ranking.
+
+    ``last_checkpoint`` waits for the run's last checkpoint (raising its error): nothing of the model is written
+    before it returns, so a run whose checkpoint failed leaves no half-written model."""
     from concurrent.futures import ThreadPoolExecutor
 
     prepared, model_cfg, train_cfg = plan.prepared, plan.model_cfg, plan.train_cfg
-    with ThreadPoolExecutor(2, thread_name_prefix="embedrec-write") as pool:
-        # what does not depend on the ranking is written while it is chosen: the curve (matplotlib's import
+    with ThreadPoolExecutor(3, thread_name_prefix="embedrec-write") as pool:
+        # done while the ranking is chosen: waiting for the last checkpoint (hundreds of MB at full MovieLens scale,
+        # mostly disk waits), then writing what does not depend on the ranking: the curve (matplotlib's import
         # included, ~2 s) and the id maps (1-1.8 s at full MovieLens scale, mostly disk waits)
+        checkpointed = pool.submit(last_checkpoint)
         curve = pool.submit(
-            write_learning_curve, plan.run_dir / "learning_curve.png", result.history, title=f"embedrec {plan.preset}"
+            _after,
+            checkpointed,
+            write_learning_curve,
+            plan.run_dir / "learning_curve.png",
+            result.history,
+            title=f"embedrec {plan.preset}",
         )
-        vocabulary = pool.submit(write_model_vocabulary, plan.run_dir, prepared)
+        vocabulary = pool.submit(_after, checkpointed, write_model_vocabulary, plan.run_dir, prepared)
         t0 = time.perf_counter()
         choice = choose_ranking(result, prepared, model_cfg, train_cfg)
         timings = result.info.setdefault("timings", {})
@@ -494,6 +523,7 @@ def _write_model(result: TrainResult, plan: _Plan) -> dict[str, Any]:
         t0 = time.perf_counter()
         ranking = choice.ranking
         gi = result.genres
+        checkpointed.result()
         vocabulary.result()
         final = dict(result.history[result.best_epoch - 1]) if result.history and result.best_epoch else {}
         save_model(
@@ -524,6 +554,12 @@ def _write_model(result: TrainResult, plan: _Plan) -> dict[str, Any]:
     set_latest_run(plan.workdir, plan.run_dir)
     timings["write_s"] = round(time.perf_counter() - t0, 3)  # after model.json: in the run's result only
     return ranking
+
+
+def _after(first: Future[None], then: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """``then(*args, **kwargs)`` once ``first`` has succeeded (its error, if it failed)."""
+    first.result()
+    then(*args, **kwargs)
 
 
 def _drop_unresumable(run_dir: Path, *, created: bool) -> None:

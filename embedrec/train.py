@@ -684,7 +684,9 @@ def train(
     """Train on the prepared data's train split, validating on its val split after every epoch.
 
     ``checkpointer`` receives a full checkpoint after every epoch (and when ``stop_requested`` turns true between
-    blocks); with ``resume`` the loop continues from the checkpointer's latest one. Models with the watch output
+    blocks), written by a background thread; the last one is on disk when this returns, unless the checkpointer
+    is the caller's own :class:`BackgroundSaves`, which the caller closes. With ``resume`` the loop continues from
+    the checkpointer's latest one. Models with the watch output
     also get val NDCG@10 (full ranking by watch logit) on ``train_cfg.val_users`` sampled users every epoch.
     With ``patience`` the loop stops after that many epochs without a better val RMSE (or, with ``rmse_slack``, val
     NDCG@10) and returns the kept epoch's weights (:func:`select_epoch`); otherwise the last epoch's. Users without
@@ -717,7 +719,9 @@ def train(
             "summary": run.model.summary(),
         }
     )
-    saves = BackgroundSaves(checkpointer) if checkpointer is not None else None
+    # a caller's BackgroundSaves stays open (the caller waits for the last checkpoint while it does other work)
+    owned = checkpointer is not None and not isinstance(checkpointer, BackgroundSaves)
+    saves = BackgroundSaves(checkpointer) if owned and checkpointer is not None else checkpointer
     save = partial(_save_checkpoint, saves, run)
     interrupted = stopped_early = False
     try:
@@ -756,7 +760,7 @@ def train(
                 break
     finally:
         shuffles.close()
-        if saves is not None:
+        if owned and isinstance(saves, BackgroundSaves):
             with clock("checkpoints_s"):  # the last checkpoint is on disk before the run returns
                 saves.close()
     with clock("final_weights_s"):
