@@ -85,11 +85,12 @@ def join(cluster: Cluster) -> tuple[int, int]:
         address, n, me = cluster.coordinator, cluster.num_processes, cluster.process_id
         if address is not None and n is not None and n > 1 and me is not None:
             # a roll call before JAX's own join: JAX ends a process whose peers never come (see _wait_for_coordinator)
-            if me == 0:
-                timeout_s = _call_the_roll(address, n, timeout_s)
-            else:
-                timeout_s = _answer_the_roll(address, me, n, timeout_s)
-                timeout_s = _wait_for_coordinator(address, timeout_s)
+            with _ctrl_c_stops():
+                if me == 0:
+                    timeout_s = _call_the_roll(address, n, timeout_s)
+                else:
+                    timeout_s = _answer_the_roll(address, me, n, timeout_s)
+                    timeout_s = _wait_for_coordinator(address, timeout_s)
         try:
             jax.distributed.initialize(
                 coordinator_address=cluster.coordinator,
@@ -120,6 +121,27 @@ def join(cluster: Cluster) -> tuple[int, int]:
 
 
 @contextmanager
+def _ctrl_c_stops() -> Iterator[None]:
+    """Ctrl-C ends the process at once (KeyboardInterrupt) while it waits for its peers.
+
+    ``embedrec train`` and ``tune`` turn a first Ctrl-C into "stop at the next checkpoint", which would leave a
+    process waiting at the roll call until ``--join-timeout`` (300 s by default): before the join there is nothing to
+    save, so Python's own handler is put back for the wait.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
 def _stdout_silenced() -> Iterator[None]:
     """File descriptor 1 to /dev/null for the block (what native libraries print there, not only Python)."""
     import os
@@ -147,6 +169,7 @@ def _call_the_roll(address: str, n: int, timeout_s: int) -> int:
     ``--process-id`` or another ``--num-processes`` is one line on every process that came. The port is closed
     before anyone is told to go on, so that a peer's next connection reaches JAX's service, not this one.
     """
+    import os
     import socket
     import time
 
@@ -157,16 +180,20 @@ def _call_the_roll(address: str, n: int, timeout_s: int) -> int:
             server = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True)
         else:
             server = socket.create_server(("", port))
-    except OSError as exc:
+    except OSError as exc:  # create_server's strerror also names the address: the errno's text alone
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise ConfigError(
-            f"--distributed: cannot listen at port {port} of --coordinator {address} ({exc.strerror or exc}); "
-            "choose a free port"
+            f"--distributed: cannot listen at port {port} of --coordinator {address} ({reason}); choose a free port"
         ) from None
     present: dict[int, socket.socket] = {}
     try:
         with server:
             server.settimeout(0.5)
-            while len(present) < n - 1:
+            while True:
+                for gone in [pid for pid, conn in present.items() if not _still_there(conn)]:
+                    present.pop(gone).close()  # stopped or restarted while waiting: its place is free again
+                if len(present) == n - 1:
+                    break
                 if time.monotonic() >= deadline:
                     missing = ", ".join(str(i) for i in range(1, n) if i not in present)
                     raise ConfigError(
@@ -183,6 +210,8 @@ def _call_the_roll(address: str, n: int, timeout_s: int) -> int:
                     conn.close()
                     continue
                 pid, their_n = who
+                if pid in present and not _still_there(present[pid]):
+                    present.pop(pid).close()  # the same process started again: the earlier one is gone
                 problem = None
                 if their_n != n:
                     problem = f"process {pid} was started with --num-processes {their_n}, process 0 with {n}"
@@ -263,6 +292,22 @@ def _greeting(conn: Any) -> tuple[int, int] | None:
     if len(words) != 4 or " ".join(words[:2]) != _ROLL_CALL or not all(w.isdigit() for w in words[2:]):
         return None
     return int(words[2]), int(words[3])
+
+
+def _still_there(conn: Any) -> bool:
+    """Whether a peer that said who it is still holds its connection (it sends nothing more until told to go)."""
+    import socket
+
+    timeout = conn.gettimeout()
+    conn.settimeout(0)  # a look, not a wait (with a timeout, Python would first wait for data)
+    try:
+        return bool(conn.recv(1, socket.MSG_PEEK))  # a peer sends nothing more: b"" is its close
+    except BlockingIOError:
+        return True  # nothing to read and not closed: still waiting
+    except OSError:
+        return False
+    finally:
+        conn.settimeout(timeout)
 
 
 def _send_line(conn: Any, text: str) -> None:

@@ -745,10 +745,14 @@ def _tune_here(
     prepared = load_prepared(data_path)
     n_train = int((prepared.split == 0).sum())
     if not (prepared.split == 1).any():
-        raise ConfigError(
-            f"{data_path} has no validation split to tune on (the test split is never used): prepare "
-            "it again with --val-frac above 0"
+        val_frac = float(prepared.summary.get("split", {}).get("val_frac", 0) or 0)
+        fix = (
+            f"its --val-frac {val_frac:g} of {len(prepared.split)} ratings left none: prepare more ratings, or "
+            "again with a larger --val-frac"
+            if val_frac > 0
+            else "prepare it again with --val-frac above 0"
         )
+        raise ConfigError(f"{data_path} has no validation split to tune on (the test split is never used): {fix}")
     epochs = int(max_epochs if max_epochs is not None else train_cfg.epochs)
     ceiling = rmse_ceiling(prepared) if _needs_ranking(objective) else None
     space = search_space(preset=preset, n_train=n_train, n_movies=prepared.n_movies)

@@ -63,6 +63,15 @@ def test_an_empty_list_names_the_filters_that_emptied_it_and_k_beyond_the_catalo
     assert res.exit_code == 0
     assert "no movie passes the filters" in res.stdout and f"--min-ratings {10**6}" in res.stdout
     assert "--include-seen" in res.stdout
+    for fmt in ("json", "csv"):  # stdout stays what a script parses; the reason goes to stderr
+        res = run("recommend", "--user", ids["user"], "--workdir", workdir, "--min-ratings", 10**6, "--format", fmt)
+        assert res.exit_code == 0 and f"--min-ratings {10**6}" in res.stderr
+        assert res.stdout.strip() == ("[]" if fmt == "json" else "movieId,title,year,genres,score,rating")
+    out = workdir / "empty-batch.csv"
+    res = run("recommend", "--all-users", "--output", out, "--workdir", workdir, "--min-ratings", 10**6)
+    assert res.exit_code == 0 and "(0 rows)" in res.stderr
+    assert "no movie passes the filters for any user" in res.stderr and f"--min-ratings {10**6}" in res.stderr
+    out.unlink()
     n_movies = len(ids["movies"])
     res = run("evaluate", "--workdir", workdir, "--k", n_movies + 1)
     assert res.exit_code == 2

@@ -169,3 +169,19 @@ def test_info_reads_a_model_folder(tmp_path: Path) -> None:
     assert table.exit_code == 0 and "predicted rating" in table.output and "0.9500" in table.output
     missing = runner.invoke(app, ["info", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "Traceback" not in missing.output
+
+
+def test_a_data_set_too_small_for_a_val_split_trains_and_says_so_instead_of_nan(tmp_path: Path) -> None:
+    """Four ratings: the random split leaves val empty, and the summary once read "val RMSE nan, MAE nan"."""
+    from embedrec.data.pipeline import prepare
+
+    csv = tmp_path / "four.csv"
+    csv.write_text("userId,movieId,rating\n1,1,4\n2,1,3\n1,2,5\n2,2,1\n")
+    summary = prepare(str(csv), out=tmp_path / "data")
+    assert summary["n_val"] == 0
+    res = runner.invoke(app, ["train", "--workdir", str(tmp_path), "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "nan" not in text.lower(), text
+    assert "epoch 1 loss" in text and "no val " in text
+    assert "trained" in text and "no val ratings to score it on (the val split is empty" in text

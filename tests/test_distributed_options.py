@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from cluster import cluster_env, cluster_processes, free_port
+
+from embedrec.errors import ConfigError
 
 pytestmark = pytest.mark.slow
 
@@ -84,4 +90,82 @@ def test_processes_started_with_other_process_counts_or_one_id_twice_are_refused
             assert p.returncode == 2, err
             lines = err.strip().splitlines()
             assert len(lines) == 1 and needle in lines[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def _connect(port: int) -> socket.socket:
+    for _ in range(100):  # until process 0 listens
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=1)
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens at port {port}")
+
+
+def test_a_peer_killed_during_the_roll_call_and_started_again_takes_its_place() -> None:
+    """Before: the second process 1 was refused as a duplicate --process-id and the whole cluster failed."""
+    from embedrec.distributed import _answer_the_roll, _call_the_roll
+
+    port = free_port()
+    outcome: dict[str, object] = {}
+
+    def process(process_id: int) -> None:
+        address = f"127.0.0.1:{port}"
+        try:
+            if process_id == 0:
+                outcome["0"] = _call_the_roll(address, 3, 20)
+            else:
+                outcome[str(process_id)] = _answer_the_roll(address, process_id, 3, 20)
+        except ConfigError as exc:
+            outcome[str(process_id)] = exc
+
+    threads = [threading.Thread(target=process, args=(0,))]
+    threads[0].start()
+    first = _connect(port)  # the first process 1 says who it is, then dies while process 2 is not there yet
+    first.sendall(b"embedrec-join 1 1 3\n")
+    time.sleep(1.5)  # process 0 has taken it in
+    first.close()
+    threads += [threading.Thread(target=process, args=(i,)) for i in (1, 2)]
+    for t in threads[1:]:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert all(isinstance(outcome.get(str(i)), int) for i in range(3)), outcome
+
+
+def test_a_port_in_use_is_named_once() -> None:
+    from embedrec.distributed import _call_the_roll
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError) as caught:
+            _call_the_roll(f"127.0.0.1:{port}", 2, 2)
+    message = str(caught.value)
+    assert message.endswith("(Address already in use); choose a free port"), message
+
+
+def test_ctrl_c_while_process_0_waits_for_its_peers_ends_it_at_once(tmp_path: Path) -> None:
+    """Before: train's "checkpoint at the end of this block" handler took the Ctrl-C and the process waited on
+    until --join-timeout."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "embedrec.cli", "train", "--workdir", str(tmp_path), "--distributed"]
+        + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", "0"]
+        + ["--join-timeout", "120"],
+        env=cluster_env(1, cluster_process=True),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with _connect(port) as probe:  # the roll call is open; a stray line is dropped
+            probe.sendall(b"hello\n")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip() == "interrupted", err
     assert list(tmp_path.iterdir()) == []

@@ -702,3 +702,31 @@ def test_help_lists_serve_and_imports_no_web_stack() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "serve" in proc.stdout
+
+
+def test_a_model_whose_users_rated_the_whole_catalogue_is_served(tmp_path: Path) -> None:
+    """Two users who rated every movie (a tiny CSV): every seen-filtered list is empty, which the load check once
+    took for damaged weights ("gives non-finite scores ... retrain")."""
+    from planted import write_planted_model
+
+    from embedrec.data import load_prepared
+    from embedrec.data.config import PrepareConfig
+    from embedrec.data.pipeline import prepare
+    from embedrec.serve.state import ModelSource, load_served_model
+    from embedrec.workdir import data_dir, models_dir, set_latest_run
+
+    csv = tmp_path / "two-users.csv"
+    csv.write_text(
+        "userId,movieId,rating\n" + "".join(f"{u},{m},{1 + (u + m) % 5}\n" for u in (1, 2) for m in range(30))
+    )
+    movies = tmp_path / "movies.csv"  # genres: the planted model has a genre table
+    movies.write_text(
+        "movieId,title,genres\n"
+        + "".join(f"{m},Movie {m} (1999),{'Drama' if m % 2 else 'Comedy'}\n" for m in range(30))
+    )
+    prepare(str(csv), out=data_dir(tmp_path), config=PrepareConfig(movies_file=str(movies)))
+    prepared = load_prepared(data_dir(tmp_path))
+    set_latest_run(tmp_path, write_planted_model(prepared, models_dir(tmp_path) / "run-1"))
+    served = load_served_model(ModelSource(workdir=tmp_path))
+    assert served.rec.recommend_many(prepared.user_ids, k=5, min_ratings=0).empty  # every movie was seen
+    assert len(served.rec.recommend_many(prepared.user_ids, k=5, min_ratings=0, filter_seen=False)) == 10

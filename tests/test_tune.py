@@ -367,3 +367,15 @@ def test_the_budget_stops_a_running_trial(synthetic_prepared: Path, tmp_path: Pa
     point = preset_point("seed", search_space(preset="seed", n_train=14_000, n_movies=400))
     assert point == {"lr": preset("seed")[1].lr, "dropout": preset("seed")[0].dropout}  # the rest is outside the space
     assert {k: first.params[k] for k in point} == {k: second.params[k] for k in point} == point
+
+
+def test_a_data_set_too_small_for_a_val_split_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    """Four ratings at the default --val-frac 0.1: the advice was "--val-frac above 0", which it already was."""
+    from embedrec.data.pipeline import prepare
+
+    csv = tmp_path / "four.csv"
+    csv.write_text("userId,movieId,rating\n1,1,4\n2,1,3\n1,2,5\n2,2,1\n")
+    prepare(str(csv), out=tmp_path / "data")
+    res = CliRunner().invoke(app, ["tune", "--workdir", str(tmp_path), "--trials", "1", "--max-epochs", "1"])
+    assert res.exit_code == 2
+    assert "its --val-frac 0.1 of 4 ratings left none: prepare more ratings" in " ".join(res.output.split())

@@ -230,7 +230,7 @@ def recommend_cmd(
     )
     if batch:
         assert output is not None
-        _recommend_batch(rec, user_ids, output, options)
+        _recommend_batch(rec, user_ids, output, options, filters=filters)
     elif mine is not None:
         folded = rec.fold_in(mine)
         render.recommendations(
@@ -265,7 +265,9 @@ def recommend_cmd(
         )
 
 
-def _recommend_batch(rec: Recommender, user_ids: np.ndarray | None, output: Path, options: dict[str, Any]) -> None:
+def _recommend_batch(
+    rec: Recommender, user_ids: np.ndarray | None, output: Path, options: dict[str, Any], *, filters: str
+) -> None:
     from embedrec.serving import recommend_to_file
 
     with progress("recommend") as update:
@@ -276,7 +278,7 @@ def _recommend_batch(rec: Recommender, user_ids: np.ndarray | None, output: Path
             **options,
             on_progress=lambda done, total: update("all users" if user_ids is None else "users", done, total),
         )
-    render.batch_summary(summary)
+    render.batch_summary(summary, filters=filters)
 
 
 @app.command("similar")

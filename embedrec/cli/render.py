@@ -60,19 +60,26 @@ def movie_label(rec: Recommender, movie_id: int) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # recommend, similar
 # ---------------------------------------------------------------------------------------------------------------
+RECOMMENDATION_COLUMNS = ["movieId", "title", "year", "genres", "score", "rating"]
+
+
 def recommendations(records: list[dict[str, Any]], *, fmt: str, title: str, filters: str = "") -> None:
     """A recommendation list (:meth:`~embedrec.recommender.Recommender.movie_records` with score and rating) as a
-    table, JSON (a list of objects) or CSV; an empty table names the ``filters`` that emptied it."""
+    table, JSON (a list of objects) or CSV; an empty list names the ``filters`` that emptied it (on stderr for JSON
+    and CSV, whose stdout a script reads)."""
+    empty = f"[yellow]no movie passes the filters{f' ({filters})' if filters else ''}[/]"
+    if fmt in ("json", "csv") and not records:
+        err_console.print(empty, highlight=False)
     if fmt == "json":
         console.print_json(json.dumps(records))
         return
-    if fmt == "csv":
-        writer = csv.DictWriter(console.file, fieldnames=list(records[0]) if records else ["movieId"])
+    if fmt == "csv":  # the same columns with or without rows
+        writer = csv.DictWriter(console.file, fieldnames=list(records[0]) if records else RECOMMENDATION_COLUMNS)
         writer.writeheader()
         writer.writerows(records)
         return
     if not records:
-        console.print(f"[yellow]no movie passes the filters{f' ({filters})' if filters else ''}[/]", highlight=False)
+        console.print(empty, highlight=False)
         return
     from rich.table import Table
 
@@ -92,7 +99,8 @@ def recommendations(records: list[dict[str, Any]], *, fmt: str, title: str, filt
     console.print(out)
 
 
-def batch_summary(summary: BatchSummary) -> None:
+def batch_summary(summary: BatchSummary, *, filters: str = "") -> None:
+    """What a batch wrote; when no user got a movie, the ``filters`` that emptied every list."""
     if summary.n_unknown:
         err_console.print(
             f"[yellow]note:[/] {summary.n_unknown:,} unknown user id(s) skipped, e.g. {summary.first_unknown}",
@@ -102,6 +110,11 @@ def batch_summary(summary: BatchSummary) -> None:
         f"wrote top {summary.k} for {summary.n_users:,} users ({summary.n_rows:,} rows) to {summary.output}",
         highlight=False,
     )
+    if summary.n_users and not summary.n_rows:
+        err_console.print(
+            f"[yellow]no movie passes the filters for any user{f' ({filters})' if filters else ''}[/]",
+            highlight=False,
+        )
 
 
 def similar(table: pd.DataFrame, *, movie_id: int, title: Any, json_out: bool) -> None:

@@ -107,9 +107,10 @@ class _Progress:
         speed = record["samples_per_s"]
         speed_text = f"{speed / 1000:,.0f}k/s" if speed >= 10_000 else f"{speed:,.0f}/s"
         # one line within 80 columns: train loss, then the val metrics, then time and throughput
+        val = f"val RMSE {record['val_rmse']:.4f}  MAE {record['val_mae']:.4f}{extra}" if _has_val(record) else "no val"
         self.progress.console.print(
-            f"epoch {record['epoch']:>3}  loss {record['train_loss']:.4f}  val RMSE {record['val_rmse']:.4f}  "
-            f"MAE {record['val_mae']:.4f}{extra}  {record['seconds']:.1f}s {speed_text}",
+            f"epoch {record['epoch']:>3}  loss {record['train_loss']:.4f}  {val}  "
+            f"{record['seconds']:.1f}s {speed_text}",
             highlight=False,
         )
 
@@ -280,6 +281,15 @@ def train_cmd(
     _print_result(result, as_json=as_json)
 
 
+NO_VAL = "no val ratings to score it on (the val split is empty: prepare with more ratings or a larger --val-frac)"
+
+
+def _has_val(record: dict[str, Any]) -> bool:
+    """Whether an epoch record has val scores (an empty val split leaves them NaN or None)."""
+    value = record.get("val_rmse")
+    return value is not None and value == value
+
+
 def _print_result(result: RunResult, *, as_json: bool) -> None:
     """The closing summary of a run (or, when it was interrupted, how to resume it: exit 130)."""
     if result.interrupted:
@@ -312,10 +322,11 @@ def _print_result(result: RunResult, *, as_json: bool) -> None:
         return
     note = f" (early stop; best weights from epoch {result.best_epoch})" if result.stopped_early else ""
     ndcg = f", val NDCG@10 {last['val_ndcg@10']:.4f}" if "val_ndcg@10" in last else ""
-    console.print(
-        f"[green]trained[/] {result.n_params:,} parameters: val RMSE {last['val_rmse']:.4f}, "
-        f"MAE {last['val_mae']:.4f}{ndcg}{note}"
-    )
+    if _has_val(last):
+        scores = f"val RMSE {last['val_rmse']:.4f}, MAE {last['val_mae']:.4f}{ndcg}"
+    else:
+        scores = NO_VAL
+    console.print(f"[green]trained[/] {result.n_params:,} parameters: {scores}{note}", highlight=False)
     if result.adapted:
         settings = ", ".join(f"{k} {json.dumps(v)}" for k, v in result.adapted.items() if k != "because")
         console.print(
