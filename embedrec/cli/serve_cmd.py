@@ -12,7 +12,7 @@ import typer
 
 from embedrec.cli.common import WorkdirOpt, app, err_console, handle_errors
 from embedrec.cli.rec_cmds import DataOpt, ModelOpt
-from embedrec.errors import ConfigError
+from embedrec.errors import ConfigError, Terminated
 
 API_KEY_ENV = "EMBEDREC_API_KEY"  # kept equal to embedrec.serve.app.API_KEY_ENV (not imported: --help stays instant)
 
@@ -81,7 +81,11 @@ def serve_cmd(
         highlight=False,
         soft_wrap=True,
     )
-    run_server(holder, settings, host=host, port=port, access_log=access_log)
+    try:
+        run_server(holder, settings, host=host, port=port, access_log=access_log)
+    except Terminated:  # the server has stopped cleanly; serve writes nothing, so there is nothing to clean up
+        err_console.print("stopped by SIGTERM (in-flight requests were finished)", highlight=False)
+        raise typer.Exit(Terminated.exit_code) from None
 
 
 def _url_host(host: str) -> str:
