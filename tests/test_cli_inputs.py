@@ -79,6 +79,22 @@ def test_fold_in_refuses_a_non_integer_movie_id(workdir: Path, tmp_path: Path) -
     assert f"mine.csv line 3: movieId '{movie}.5' is not an integer" in line
 
 
+def test_fold_in_names_the_file_and_line_of_an_unknown_movie_or_a_rating_off_the_scale(
+    workdir: Path, tmp_path: Path
+) -> None:
+    from embedrec.data import load_prepared
+
+    ids = load_prepared(workdir / "data").movie_ids
+    unknown = int(ids.max()) + 1
+    mine = tmp_path / "mine.csv"
+    mine.write_text(f"movieId,rating\n{ids[0]},4\n{unknown},5\n")
+    line = one_line_error(run("recommend", "--ratings", mine, "--workdir", workdir))
+    assert f"--ratings: {mine} line 3: movie {unknown} is not known to the model" in line
+    mine.write_text(f"movieId,rating\n{ids[0]},4\n{ids[1]},7\n")
+    line = one_line_error(run("recommend", "--ratings", mine, "--workdir", workdir))
+    assert f"{mine} line 3: rating 7 is outside the model's rating scale" in line
+
+
 def test_users_file_with_an_id_past_64_bits_is_one_line(workdir: Path, tmp_path: Path) -> None:
     users = tmp_path / "users.txt"
     users.write_text(f"1\n{10**23}\n")

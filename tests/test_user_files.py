@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedrec.data.user_files import read_pairs, read_user_ids, read_user_ratings
+from embedrec.data.user_files import check_user_ratings, read_pairs, read_user_ids, read_user_ratings
 from embedrec.errors import DataError
 
 
@@ -40,11 +40,23 @@ def test_user_ratings_are_integer_ids_and_numbers(tmp_path: Path) -> None:
         ("movieId,rating\n1,great\n", r"mine.csv line 2: rating 'great' is not a number"),
         ("movieId,stars\n1,5\n", r"needs a header with movieId and rating"),
         ("movieId,rating\n", r"mine.csv has no ratings"),
+        ("movieId,rating\n1,5\n2,3\n01,2\n", r"mine.csv lines 2 and 4 both rate movie 1: keep one"),
     ],
 )
 def test_bad_user_ratings_name_the_file_and_line(tmp_path: Path, body: str, message: str) -> None:
     with pytest.raises(DataError, match=message):
         read_user_ratings(write(tmp_path / "mine.csv", body))
+
+
+def test_ratings_a_model_cannot_fold_in_name_the_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "mine.csv", "movieId,rating\n1,5\n7,4\n8,9\n")
+    mine = read_user_ratings(path)
+    unknown = r"--ratings: .*mine.csv line 3: movie 7 is not known to the model \(and 1 more\)"
+    with pytest.raises(DataError, match=unknown):
+        check_user_ratings(mine, path, known=np.array([True, False, False]), scale=(1.0, 5.0))
+    with pytest.raises(DataError, match=r"mine.csv line 4: rating 9 is outside the model's rating scale 1..5"):
+        check_user_ratings(mine, path, known=np.ones(3, bool), scale=(1.0, 5.0))
+    check_user_ratings(mine, path, known=np.ones(3, bool), scale=(0.5, 10.0))  # all of them fold in
 
 
 def test_user_ids_one_per_line_or_a_csv_column(tmp_path: Path) -> None:

@@ -196,7 +196,7 @@ def recommend_cmd(
     """Top-K movies for a user (not yet rated by them), a new user's own ratings, or many users at once."""
     import numpy as np
 
-    from embedrec.data.user_files import read_user_ids, read_user_ratings
+    from embedrec.data.user_files import check_user_ratings, read_user_ids, read_user_ratings
     from embedrec.serving import check_table_path, open_recommender
 
     if fmt not in ("table", "json", "csv"):
@@ -232,6 +232,13 @@ def recommend_cmd(
         assert output is not None
         _recommend_batch(rec, user_ids, output, options, filters=filters)
     elif mine is not None:
+        assert ratings_file is not None
+        check_user_ratings(
+            mine,
+            ratings_file,
+            known=rec.movie_vocab.indices(mine["movieId"].to_numpy()) >= 0,
+            scale=(rec.scorer.shape.rating_min, rec.scorer.shape.rating_max),
+        )
         folded = rec.fold_in(mine)
         render.recommendations(
             rec.records(rec.rank_folded(folded, **options)),

@@ -55,7 +55,43 @@ def read_user_ratings(path: Path, *, option: str = "--ratings") -> pd.DataFrame:
         raise DataError(
             f"{option}: {path} line {line + 2}: rating {frame[cols['rating']].iloc[line]!r} is not a number"
         )
+    repeated = pd.Series(movie_ids).duplicated(keep=False).to_numpy()
+    if repeated.any():  # two ratings of one movie: which one the user meant is not ours to guess
+        twice = movie_ids[int(repeated.argmax())]
+        lines = np.flatnonzero(movie_ids == twice)[:2] + 2
+        raise DataError(
+            f"{option}: {path} lines {lines[0]} and {lines[1]} both rate movie {twice}: keep one of the two rows"
+        )
     return pd.DataFrame({"movieId": movie_ids, "rating": ratings.to_numpy(np.float64)})
+
+
+def check_user_ratings(
+    mine: pd.DataFrame,
+    path: Path,
+    *,
+    known: np.ndarray,
+    scale: tuple[float, float],
+    option: str = "--ratings",
+) -> None:
+    """DataError naming the file and line of the first rating a model cannot fold in: a movie it does not know
+    (``known`` is False for it; :func:`read_user_ratings`' row order) or a rating outside its ``scale``."""
+    unknown = np.flatnonzero(~np.asarray(known, dtype=bool))
+    if unknown.size:
+        row = int(unknown[0])
+        more = f" (and {unknown.size - 1} more)" if unknown.size > 1 else ""
+        raise DataError(
+            f"{option}: {path} line {row + 2}: movie {int(mine['movieId'].iloc[row])} is not known to the model"
+            f"{more}: it was not in the data the model was trained on; remove the row, or retrain with it"
+        )
+    lo, hi = scale
+    values = mine["rating"].to_numpy(np.float64)
+    outside = np.flatnonzero(~np.isfinite(values) | (values < lo) | (values > hi))
+    if outside.size:
+        row = int(outside[0])
+        raise DataError(
+            f"{option}: {path} line {row + 2}: rating {values[row]:g} is outside the model's rating scale "
+            f"{lo:g}..{hi:g}"
+        )
 
 
 def read_user_ids(path: Path, *, option: str = "--users-file") -> np.ndarray:
