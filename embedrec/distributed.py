@@ -247,24 +247,10 @@ def _call_the_roll(address: str, n: int, timeout_s: int) -> int:
 
 def _answer_the_roll(address: str, process_id: int, n: int, timeout_s: int) -> int:
     """Processes 1..n-1: tell process 0's roll call who this is and wait for its go; the seconds left."""
-    import socket
     import time
 
-    host, port = address.rsplit(":", 1)
     deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            conn = socket.create_connection((host.strip("[]"), int(port)), timeout=2)
-            break
-        except OSError as exc:
-            if time.monotonic() >= deadline:
-                reason = exc.strerror or type(exc).__name__
-                raise ConfigError(
-                    f"--distributed: nothing listens at --coordinator {address} after {timeout_s} s ({reason}); "
-                    "start process 0 with the same --coordinator, or check the host and port"
-                ) from None
-            time.sleep(0.5)
-    with conn:
+    with _connect(address, deadline, timeout_s) as conn:
         answer = ""
         try:
             _send_line(conn, f"{_ROLL_CALL} {process_id} {n}")
@@ -332,15 +318,23 @@ def _wait_for_coordinator(address: str, timeout_s: int) -> int:
     in time, so a process other than 0 first waits for process 0's service here, where a wrong address or a process
     0 that never started is one line.
     """
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    with _connect(address, deadline, timeout_s):
+        return max(1, int(deadline - time.monotonic()))
+
+
+def _connect(address: str, deadline: float, timeout_s: int) -> Any:
+    """A TCP connection to the coordinator's address, tried every half second until ``deadline`` (a monotonic
+    time); past it, one line saying nothing listens there."""
     import socket
     import time
 
     host, port = address.rsplit(":", 1)
-    deadline = time.monotonic() + timeout_s
     while True:
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
-                return max(1, int(deadline - time.monotonic()))
+            return socket.create_connection((host.strip("[]"), int(port)), timeout=2)
         except OSError as exc:
             if time.monotonic() >= deadline:
                 reason = exc.strerror or type(exc).__name__
