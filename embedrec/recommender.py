@@ -565,6 +565,10 @@ class Recommender:
         idx = self.movie_vocab.indices(movie_ids)
         if (idx < 0).any():
             raise UnknownIdError(f"movie {np.asarray(movie_ids)[idx < 0][0]} in the ratings is not known to the model")
+        unique, counts = np.unique(idx, return_counts=True)
+        if (counts > 1).any():
+            twice = int(self.movie_vocab.ids[unique[counts > 1][0]])
+            raise DataError(f"movie {twice} is rated twice in the ratings: pass each movie once")
         lo, hi = self.scorer.shape.rating_min, self.scorer.shape.rating_max
         if not np.all(np.isfinite(values)) or values.min(initial=lo) < lo or values.max(initial=hi) > hi:
             raise DataError(f"ratings must lie in the model's range {lo:g}..{hi:g}")

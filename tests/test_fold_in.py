@@ -183,6 +183,9 @@ def test_fold_in_rejects_bad_input(rec) -> None:
         rec.fold_in([(int(rec.movie_ids[0]), 9.0)])
     with pytest.raises(DataError):
         rec.fold_in([])
+    movie = int(rec.movie_ids[0])
+    with pytest.raises(DataError, match=f"movie {movie} is rated twice"):
+        rec.fold_in([(movie, 4.0), (int(rec.movie_ids[1]), 3.0), (movie, 2.0)])
 
 
 def test_with_a_user_history_a_folded_in_user_gets_the_mean_history_row_of_the_rated_movies(

@@ -336,6 +336,8 @@ def test_every_bad_request_gets_one_clear_json_line(client: httpx.Client, ids: d
     assert_clean_error(client.get("/recommend", params={"user": u, "min_ratings": -1}), 422, "min_ratings")
     assert_clean_error(client.post("/recommend", json={"ratings": [{"movieId": m, "rating": 99}]}), 422, "range")
     assert_clean_error(client.post("/recommend", json={"ratings": []}), 422, "ratings")
+    twice = {"ratings": [{"movieId": m, "rating": 4}, {"movieId": m, "rating": 2}]}
+    assert_clean_error(client.post("/recommend", json=twice), 422, "rated twice (ratings[0] and ratings[1])")
     assert_clean_error(client.post("/recommend", json={"ratings": [{"movieId": m, "rating": 4}], "kk": 3}), 422, "kk")
     assert_clean_error(
         client.post("/recommend", content=b'{"ratings": [', headers={"content-type": "application/json"}),

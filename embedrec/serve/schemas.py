@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_K = 100
 """Largest ``k`` any endpoint accepts: a page of results, not a catalogue dump (use ``recommend --all-users``)."""
@@ -64,6 +64,20 @@ class FoldInRequest(_Strict):
     genre: str | None = None
     min_ratings: int = Field(default=5, ge=0)
     include_seen: bool = False
+
+    @field_validator("ratings")
+    @classmethod
+    def _each_movie_once(cls, ratings: list[RatedMovie]) -> list[RatedMovie]:
+        """Two ratings of one movie: which one the user meant is not the server's to guess."""
+        first: dict[int, int] = {}
+        for i, rated in enumerate(ratings):
+            if rated.movieId in first:
+                raise ValueError(
+                    f"movie {rated.movieId} is rated twice (ratings[{first[rated.movieId]}] and ratings[{i}]): "
+                    "send it once"
+                )
+            first[rated.movieId] = i
+        return ratings
 
 
 class SimilarMovie(Movie):
