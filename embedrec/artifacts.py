@@ -57,6 +57,8 @@ from embedrec.workdir import atomic_write_text
 if TYPE_CHECKING:
     import pandas as pd
 
+    from embedrec.history import UserHistories
+
 SCHEMA_VERSION = 3
 # schema 1: no popularity prior in the ranking; 2: no user_history (model) / history_samples (train) settings, and
 # so never the history_embedding / user_history_vector weights (they load with user_history off)
@@ -320,11 +322,14 @@ def save_model(
     extra_meta: dict[str, Any] | None = None,
     extra_weights: dict[str, np.ndarray] | None = None,
     vocabulary_written: bool = False,
+    histories: UserHistories | None = None,
 ) -> Path:
     """Write a complete model folder (weights last-but-one, model.json last, each atomically).
 
     ``extra_weights`` are arrays beside the network's (the :data:`OPTIONAL_WEIGHTS`, e.g. the popularity prior).
-    ``vocabulary_written``: the caller has already written :func:`write_model_vocabulary` into ``run_dir``."""
+    ``vocabulary_written``: the caller has already written :func:`write_model_vocabulary` into ``run_dir``.
+    ``histories``: the train split's :class:`~embedrec.history.UserHistories` when the caller has them (training
+    does), for a model with ``user_history``; else they are built from ``prepared``."""
     from flax import nnx
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -335,7 +340,8 @@ def save_model(
     if "history_embedding" in weights:  # the served history part of every user vector (embedrec.history)
         from embedrec.history import UserHistories
 
-        weights["user_history_vector"] = UserHistories.of_prepared(prepared).means(weights["history_embedding"])
+        histories = histories if histories is not None else UserHistories.of_prepared(prepared)
+        weights["user_history_vector"] = histories.means(weights["history_embedding"])
     weights.update({k: np.asarray(v, dtype=np.float32) for k, v in (extra_weights or {}).items()})
     if not vocabulary_written:
         write_model_vocabulary(run_dir, prepared)

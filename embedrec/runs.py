@@ -538,6 +538,7 @@ def _write_model(result: TrainResult, plan: _Plan, last_checkpoint: Callable[[],
             history=result.history,
             extra_weights=choice.weights,
             vocabulary_written=True,
+            histories=result.histories,
             extra_meta={
                 "preset": plan.preset,
                 "ranking": ranking,
