@@ -216,18 +216,15 @@ def recommend_cmd(
     assert rec is not None
     rec.candidates = None if exhaustive else candidates
     options: dict[str, Any] = {"k": k, "filter_seen": not include_seen, "genre": genre, "min_ratings": min_ratings}
-    # what an empty list is blamed on: the filters in force, and how to loosen them
-    filters = "; ".join(
-        f
-        for f in (
-            f"--min-ratings {min_ratings}: a movie needs {min_ratings} ratings in the data, lower it"
-            if min_ratings
-            else "",
-            f"--genre {genre}" if genre else "",
-            "movies the user rated are left out (--include-seen keeps them)" if not include_seen else "",
-        )
-        if f
-    )
+    # what an empty list is blamed on: the filters in force, and how to loosen them (a cold-start list has no
+    # rated movies to leave out)
+    movie_filters = []
+    if min_ratings:
+        movie_filters.append(f"--min-ratings {min_ratings}: a movie needs {min_ratings} ratings in the data, lower it")
+    if genre:
+        movie_filters.append(f"--genre {genre}")
+    seen_filter = [] if include_seen else ["movies the user rated are left out (--include-seen keeps them)"]
+    filters = "; ".join(movie_filters + seen_filter)
     if batch:
         assert output is not None
         _recommend_batch(rec, user_ids, output, options, filters=filters)
@@ -268,7 +265,7 @@ def recommend_cmd(
             rec.movie_records(top, score=score, rating=np.full(len(top), np.nan)),
             fmt=fmt,
             title=f"Top {k} by Bayesian average rating (cold start)",
-            filters="; ".join(f for f in filters.split("; ") if not f.startswith("movies the user rated")),
+            filters="; ".join(movie_filters),
         )
 
 
