@@ -719,10 +719,12 @@ def train(
             "summary": run.model.summary(),
         }
     )
-    # a caller's BackgroundSaves stays open (the caller waits for the last checkpoint while it does other work)
-    owned = checkpointer is not None and not isinstance(checkpointer, BackgroundSaves)
-    saves = BackgroundSaves(checkpointer) if owned and checkpointer is not None else checkpointer
-    save = partial(_save_checkpoint, saves, run)
+    # checkpoints are written by a background writer: this run's own, closed below, unless the caller passed its
+    # own BackgroundSaves, which stays open (the caller waits for the last checkpoint while it does other work)
+    own_saves = None
+    if checkpointer is not None and not isinstance(checkpointer, BackgroundSaves):
+        own_saves = BackgroundSaves(checkpointer)
+    save = partial(_save_checkpoint, own_saves or checkpointer, run)
     interrupted = stopped_early = False
     try:
         for epoch in range(position.epoch, train_cfg.epochs + 1):
@@ -760,9 +762,9 @@ def train(
                 break
     finally:
         shuffles.close()
-        if owned and isinstance(saves, BackgroundSaves):
+        if own_saves is not None:
             with clock("checkpoints_s"):  # the last checkpoint is on disk before the run returns
-                saves.close()
+                own_saves.close()
     with clock("final_weights_s"):
         result = _result(run, state, history, best, stopped_early=stopped_early, interrupted=interrupted)
     result.info["timings"] = clock.rounded()
