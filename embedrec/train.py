@@ -65,6 +65,8 @@ from embedrec.step import StepParts, StepSettings, TrainState, init_state, make_
 from embedrec.validation import SplitRanking, scoring_weights, watch_scores
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from embedrec.data.store import PreparedData
     from embedrec.evaluation import HeldOut
     from embedrec.scoring import Scorer
@@ -77,6 +79,7 @@ __all__ = [
     "blend_rating_biases",
     "data_shape",
     "genre_inputs",
+    "initialise",
     "select_epoch",
     "train",
     "untrained_users_as_average",
@@ -347,18 +350,31 @@ def _device_mesh(batch_size: int) -> tuple[list[Any], Any]:
     return devices, Mesh(np.array(devices), ("data",))
 
 
-def _set_up(
-    prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig, *, first_epoch: int | None = None
-) -> tuple[Run, TrainState]:
-    """Build the model, the step and the validation functions; return them with the fresh train state.
+@dataclass
+class Initialised:
+    """The fresh model of one run's settings, and what its train state was built for (:func:`initialise`)."""
 
-    The model's initialisation (mostly small XLA compilations, one per table shape) runs in a background thread
-    while this one builds the host-side arrays (the split, the seen filter, the val sets), and the shuffle of
-    ``first_epoch`` starts as soon as the split is known: at full MovieLens scale the three overlap on two cores
-    instead of taking turns. The weights are the same whichever thread draws them.
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    genres: GenreInputs
+    shape: DataShape
+    genre_table: bool  # the genre table is updated densely, outside the slab
+    tx: Any  # the head's optimizer
+    model: EmbeddingConcat
+    graphdef: Any
+    layout: SlabLayout
+    state: TrainState
+
+
+def initialise(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig) -> Initialised:
+    """The freshly initialised model and train state that :func:`train` starts from (a resumed run replaces the
+    state with its checkpoint's).
+
+    Needs the prepared folder's summary and movie table, not its ratings: :func:`embedrec.runs.train_run` calls it in
+    a background thread (importing JAX there too) while the ratings are read, and passes the future to
+    :func:`train`. Most of its time is small XLA compilations, one per table shape; the weights are the same
+    whichever thread draws them.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     check_settings(model_cfg, train_cfg)
     genres = genre_inputs(prepared, model_cfg.genre_mode)
     shape = data_shape(prepared, genres)
@@ -372,9 +388,36 @@ def _set_up(
         and genres.n_genres * model_cfg.embedding_dim <= DENSE_GENRE_MAX
     )
     tx = head_optimizer()
+    model = EmbeddingConcat(model_cfg, shape, rngs=nnx.Rngs(train_cfg.seed))
+    graphdef, layout, state = init_state(
+        model, tx, genre_table=genre_table, rowwise=train_cfg.optimizer == "rowwise_adam"
+    )
+    return Initialised(model_cfg, train_cfg, genres, shape, genre_table, tx, model, graphdef, layout, state)
+
+
+def _set_up(
+    prepared: PreparedData,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    first_epoch: int | None = None,
+    initialised: Future[Initialised] | None = None,
+) -> tuple[Run, TrainState]:
+    """Build the model, the step and the validation functions; return them with the fresh train state.
+
+    The model's initialisation (:func:`initialise`, mostly small XLA compilations) runs in a background thread
+    (``initialised``, when the caller started it earlier) while this one builds the host-side arrays (the split,
+    the seen filter, the val sets), and the shuffle of ``first_epoch`` starts as soon as the split is known: at full
+    MovieLens scale they overlap on two cores instead of taking turns.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    check_settings(model_cfg, train_cfg)
+    bsz = train_cfg.batch_size
     rowwise = train_cfg.optimizer == "rowwise_adam"
     with ThreadPoolExecutor(1, thread_name_prefix="embedrec-init") as init_pool, ExitStack() as on_failure:
-        initialised = init_pool.submit(_initial_model, model_cfg, shape, train_cfg.seed, tx, genre_table, rowwise)
+        if initialised is None:
+            initialised = init_pool.submit(initialise, prepared, model_cfg, train_cfg)
         train_split = Ratings.of_split(prepared, TRAIN, np.float32)
         if len(train_split.users) == 0:
             raise ConfigError("the prepared data has no training ratings; prepare it again with smaller --test-frac")
@@ -384,7 +427,7 @@ def _set_up(
         if first_epoch is not None:
             shuffles.prepare(first_epoch)
         devices, mesh = _device_mesh(bsz)
-        inputs: dict[str, Any] = {"genre_idx": genres.idx, "genre_w": genres.weight}
+        inputs: dict[str, Any] = {}
         if train_cfg.row_decay > 0:
             inputs["user_inv_count"] = _inverse_counts(train_split.users, prepared.n_users)
             inputs["movie_inv_count"] = _inverse_counts(train_split.movies, prepared.n_movies)
@@ -401,7 +444,11 @@ def _set_up(
         if model_cfg.watch_head and train_cfg.val_users > 0 and len(val_split.users):
             rank_val = SplitRanking(prepared, split_code=VAL, max_users=train_cfg.val_users)
             rank_val.build()  # the val sets, once per run, while the model initialises
-        model, graphdef, layout, state = initialised.result()
+        init = initialised.result()
+        if (init.model_cfg, init.train_cfg) != (model_cfg, train_cfg):
+            raise ValueError("the initialised model was built for other settings than this run's")
+        genres, model, layout = init.genres, init.model, init.layout
+        inputs.update({"genre_idx": genres.idx, "genre_w": genres.weight})
         settings = StepSettings(
             batch_size=bsz,
             steps_in_block=schedule.steps_in_block,
@@ -413,7 +460,7 @@ def _set_up(
             lazy=train_cfg.optimizer in ("lazy_adam", "rowwise_adam"),
             rowwise=rowwise,
             sampling=train_cfg.sampling,
-            genre_table=genre_table,
+            genre_table=init.genre_table,
             genre_width=int(model_cfg.embedding_dim),
             row_decay=train_cfg.row_decay,
             rating_embedding_grad=train_cfg.rating_embedding_grad,
@@ -427,7 +474,7 @@ def _set_up(
 
             replicated = NamedSharding(mesh, P())
             batch_columns = NamedSharding(mesh, P(None, "data"))  # each device: its columns of every batch
-            state_shardings = {name: replicated for name in state}
+            state_shardings = {name: replicated for name in init.state}
             if train_cfg.shard_tables:
                 table_rows = state_shardings["slab"] = NamedSharding(mesh, P("data", None))
                 pad_rows = -layout.n_rows % len(devices)
@@ -438,14 +485,16 @@ def _set_up(
             prepared=prepared,
             train_cfg=train_cfg,
             genres=genres,
-            shape=shape,
+            shape=init.shape,
             train_split=train_split,
             val_split=val_split,
             val_scored=val_split.sample(VAL_RATINGS_MAX),
             schedule=schedule,
             model=model,
             layout=layout,
-            run_block=make_train_block(StepParts(graphdef, layout, shape, settings, tx, mesh, table_rows)),
+            run_block=make_train_block(
+                StepParts(init.graphdef, layout, init.shape, settings, init.tx, mesh, table_rows)
+            ),
             inputs=inputs,
             rank_val=rank_val,
             trained_users=np.bincount(train_split.users, minlength=prepared.n_users) > 0,
@@ -457,16 +506,7 @@ def _set_up(
             shuffles=shuffles,
         )
         on_failure.pop_all()  # the run owns the shuffles from here
-    return run, run.place(state)
-
-
-def _initial_model(
-    model_cfg: ModelConfig, shape: DataShape, seed: int, tx: Any, genre_table: bool, rowwise: bool
-) -> tuple[EmbeddingConcat, Any, SlabLayout, TrainState]:
-    """The freshly initialised model and its train state (run in :func:`_set_up`'s background thread)."""
-    model = EmbeddingConcat(model_cfg, shape, rngs=nnx.Rngs(seed))
-    graphdef, layout, state = init_state(model, tx, genre_table=genre_table, rowwise=rowwise)
-    return model, graphdef, layout, state
+    return run, run.place(init.state)
 
 
 def _resume(
@@ -540,7 +580,7 @@ class _Shuffles:
     """
 
     def __init__(self, schedule: Schedule, split: Ratings, *, seed: int, last_epoch: int) -> None:
-        from concurrent.futures import Future, ThreadPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor
 
         self._build = partial(_epoch_columns, schedule, split, seed)
         self.last_epoch = last_epoch
@@ -680,6 +720,7 @@ def train(
     checkpointer: Checkpointer | None = None,
     resume: bool = False,
     stop_requested: Callable[[], bool] | None = None,
+    initialised: Future[Initialised] | None = None,
 ) -> TrainResult:
     """Train on the prepared data's train split, validating on its val split after every epoch.
 
@@ -692,12 +733,14 @@ def train(
     NDCG@10) and returns the kept epoch's weights (:func:`select_epoch`); otherwise the last epoch's. Users without
     a training rating are validated and returned as the average user (:func:`untrained_users_as_average`). Raises
     :class:`TrainingDiverged` on a NaN/Inf loss, naming epoch and step; the last checkpoint is kept.
+    ``initialised``: :func:`initialise` of these settings, started by the caller (in a thread) before the ratings
+    were read; by default it runs while the split is built.
     """
     cb = callbacks or Callbacks()
     stop_requested = stop_requested or (lambda: False)
     clock = _PhaseClock()
     with clock("setup_s"):  # the model, the step, the seen filter, the arrays on the devices (and a resume's load)
-        run, state = _set_up(prepared, model_cfg, train_cfg, first_epoch=None if resume else 1)
+        run, state = _set_up(prepared, model_cfg, train_cfg, first_epoch=None if resume else 1, initialised=initialised)
         shuffles = run.shuffles
         history: list[dict[str, Any]] = []
         best, position = BestEpoch(), Position()

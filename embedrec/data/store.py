@@ -325,6 +325,23 @@ class PreparedData:
         _check_rating_arrays(self, arrays)
         return arrays
 
+    def split_extent(self, split_code: int) -> tuple[int, int]:
+        """(ratings, distinct movies rated) in the split ``split_code``. From the memory-mapped user index while the
+        ratings are unread (a folder loaded with ``lazy=True``): training chooses its settings from them before it
+        reads 27M ratings; else from the rating arrays."""
+        if self.user_index is not None and "ratings" not in self._read:
+            return self.user_index.split_extent(split_code)
+        movies = self.movie_idx[self.split == split_code]
+        return len(movies), int(np.count_nonzero(np.bincount(movies, minlength=self.n_movies)))
+
+    def read_all(self) -> PreparedData:
+        """Read what ``lazy=True`` deferred (the ratings, the movie table, the user ids), checking each; returns
+        itself. Files were opened by :func:`load_prepared`, so this reads the version it opened."""
+        _ = self._ratings
+        _ = self.movies
+        _ = self.user_ids
+        return self
+
     @property
     def user_ids(self) -> np.ndarray:
         """Raw user id per user_idx (int64, sorted), read on first use: a model trained on this data carries them."""
@@ -506,9 +523,7 @@ def load_prepared(path: str | os.PathLike[str], *, lazy: bool = False) -> Prepar
     with folder_lock(path.parent, exclusive=False):
         data = _read_prepared(path)
         if not lazy:
-            _ = data._ratings
-            _ = data.movies
-            _ = data.user_ids
+            data.read_all()
     return data
 
 

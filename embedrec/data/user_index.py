@@ -120,6 +120,18 @@ class UserIndex:
             movies = movies[np.asarray(self.split[rows]) < before_split]
         return movies
 
+    def split_extent(self, split_code: int) -> tuple[int, int]:
+        """(ratings, distinct movies rated) in the split ``split_code``: what training needs to know about the
+        catalogue's sparsity before it reads a rating (one pass over two memory-mapped columns)."""
+        n_movies = len(self.movie_counts)
+        movies = np.asarray(self.movie_idx)[np.asarray(self.split) == split_code]
+        if movies.size and (int(movies.min()) < 0 or int(movies.max()) >= n_movies):
+            raise ArtifactError(
+                f"{self.path / INDEX_FILES['movie_idx'][0]} holds movies outside 0..{n_movies - 1}: the folder is "
+                "damaged; run `embedrec prepare` again"
+            )
+        return len(movies), int(np.count_nonzero(np.bincount(movies, minlength=n_movies)))
+
     def ratings_of(self, user_idx: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(movie_idx, rating) of every rating the user gave (all splits, by movie_idx); None when the folder was
         prepared before the index kept the values."""
