@@ -310,6 +310,19 @@ class Run:
     def tables(self, state: TrainState) -> dict[str, jax.Array]:
         return state_tables(state, self.layout)
 
+    def host_tables(self, state: TrainState) -> dict[str, np.ndarray]:
+        """Every table of ``state``, readable on this host (what validation and the best-epoch copy read).
+
+        In one process the slab's params block is copied to the host once and each table is a numpy view of that
+        copy (never of the state, whose buffers the next step block reuses): slicing each table on the device
+        compiled one small XLA program per table, ~0.4 s of the first validation at full MovieLens scale."""
+        if jax.process_count() > 1 or self.state_shardings is not None:
+            return self.host(self.tables(state))
+        host: dict[str, Any] = {"slab": np.asarray(state["slab"][:, : self.layout.width])}
+        if "genre" in state:
+            host["genre"] = np.array(state["genre"])
+        return state_tables(host, self.layout)
+
     def served_scorer(self, head: Any, tables: dict[str, Any]) -> Scorer:
         """The numpy serving scorer of these host weights as they would be served (users without training ratings
         as the average user; with ``user_history``, each user's history part from the train split): validation
@@ -657,7 +670,7 @@ def _epoch_record(
     from embedrec.evaluation import in_threads
 
     val, sums, epoch = run.val_scored, position.loss_sums, position.epoch
-    scorer = run.served_scorer(*run.host((state["head"], run.tables(state))))
+    scorer = run.served_scorer(run.host(state["head"]), run.host_tables(state))
     pred = in_threads(scorer.predict_pairs)(val.users, val.movies)
     val_r = val.ratings
     record: dict[str, Any] = {
@@ -792,7 +805,7 @@ def train(
             if keep:
                 best.epoch = epoch
                 with clock("best_copy_s"):
-                    best.weights = flatten_tree(run.host({"head": state["head"], "tables": run.tables(state)}), "")
+                    best.weights = flatten_tree({"head": run.host(state["head"]), "tables": run.host_tables(state)}, "")
             best.bad_epochs = 0 if improved else best.bad_epochs + 1
             cb.on_epoch(record)
             with clock("checkpoints_s"):
@@ -846,7 +859,7 @@ def _result(
     interrupted: bool,
 ) -> TrainResult:
     """The model with its final weights: the best epoch's with early stopping, else the last epoch's."""
-    final = run.host({"head": state["head"], "tables": run.tables(state)})
+    final = {"head": run.host(state["head"]), "tables": run.host_tables(state)}
     restore = best.weights is not None and (run.train_cfg.patience or stopped_early) and not interrupted
     best_epoch = best.epoch
     if restore:
@@ -859,7 +872,7 @@ def _result(
         final, blend = _blend_with_baseline(run, final)
     final["tables"] = untrained_users_as_average(final["tables"], run.trained_users)
     model = run.model
-    model.set_tables(final["tables"])
+    model.set_tables({name: jnp.asarray(table) for name, table in final["tables"].items()})
     nnx.update(model.head, final["head"])
     return TrainResult(
         model=model,
