@@ -201,6 +201,32 @@ def test_a_lazy_load_reads_no_rating_and_no_movie_until_one_is_used(synthetic_pr
     assert set(d._read) == {"ratings", "movies", "users"}
 
 
+def test_split_extent_comes_from_the_index_without_reading_a_rating_and_equals_the_ratings(
+    synthetic_prepared: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from embedrec.errors import ArtifactError
+
+    eager = load_prepared(synthetic_prepared)
+    without = load_prepared(_without_index(synthetic_prepared, tmp_path / "old"), lazy=True)
+    for code in (0, 1, 2):
+        movies = eager.movie_idx[eager.split == code]
+        expected = (len(movies), len(np.unique(movies)))
+        lazy = load_prepared(synthetic_prepared, lazy=True)
+        assert lazy.split_extent(code) == expected
+        assert lazy._read == {}  # training chose its settings before the ratings were read
+        assert eager.split_extent(code) == expected == without.split_extent(code)
+    assert 0 < expected[1] < eager.n_movies  # the test split misses some movies: a count, not the catalogue
+    bad = tmp_path / "bad"
+    shutil.copytree(synthetic_prepared, bad)
+    damaged = np.load(bad / "user_ratings_movie_idx.npy")
+    damaged[3] = eager.n_movies
+    np.save(bad / "user_ratings_movie_idx.npy", damaged)
+    with pytest.raises(ArtifactError, match=r"user_ratings_movie_idx.npy holds movies outside 0\.\.\d+.*prepare"):
+        load_prepared(bad, lazy=True).split_extent(int(np.load(bad / "user_ratings_split.npy")[3]))
+
+
 def test_an_index_prepared_before_it_kept_the_rating_values_still_loads(
     synthetic_prepared: Path, tmp_path: Path
 ) -> None:
