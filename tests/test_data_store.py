@@ -227,6 +227,23 @@ def test_split_extent_comes_from_the_index_without_reading_a_rating_and_equals_t
         load_prepared(bad, lazy=True).split_extent(int(np.load(bad / "user_ratings_split.npy")[3]))
 
 
+def test_timestamps_are_read_on_first_use_from_the_file_opened_at_load(
+    synthetic_prepared: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "data"
+    shutil.copytree(synthetic_prepared, folder)
+    expected = pq.read_table(folder / "ratings.parquet", columns=["timestamp"]).column(0).to_numpy()
+    d = load_prepared(folder)
+    assert "timestamp" not in d._read and len(d.user_idx) == len(expected)  # training on a random split reads none
+    (folder / "ratings.parquet").unlink()  # as when `prepare` replaces the folder: the opened version is read
+    np.testing.assert_array_equal(d.timestamp, expected)
+    assert d.timestamp.dtype == np.int64 and d.ratings_file.closed  # both reads done: the descriptor is released
+
+
 def test_an_index_prepared_before_it_kept_the_rating_values_still_loads(
     synthetic_prepared: Path, tmp_path: Path
 ) -> None:
