@@ -37,6 +37,7 @@ Scoring runs in batches of users: one ``(batch, n_movies)`` score matrix at a ti
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -473,6 +474,7 @@ def evaluate_ranking(
     on_progress: ProgressFn | None = None,
     rank_fn: RankFn | None = None,
     held_out: HeldOut | None = None,
+    workers: int = 1,
 ) -> dict[str, float]:
     """Full-ranking top-K metrics of ``score_fn`` at each ``k`` in ``ks``, plus ``n_users`` evaluated.
 
@@ -486,6 +488,8 @@ def evaluate_ranking(
     ``max_users`` evaluates a random subset of those users drawn with ``seed`` (the same subset every call, so
     a per-epoch validation NDCG is comparable across epochs); ``None`` evaluates all. Raises
     :class:`~embedrec.errors.DataError` when no user has a relevant item, since every metric would be undefined.
+    ``workers`` > 1 ranks batches in that many threads, one BLAS thread each (the same lists: each batch is ranked
+    alone); ``score_fn`` / ``rank_fn`` must then be safe to call from several threads, as the numpy scorer is.
     """
     ks = _check_ranking_options(ks, batch_size=batch_size, max_users=max_users, n_movies=n_movies)
     if held_out is None:
@@ -511,7 +515,11 @@ def evaluate_ranking(
     topk = np.empty((users.size, k_max), dtype=np.int32)
     if on_progress is not None:
         on_progress(0, users.size)
-    for start in range(0, users.size, batch_size):
+    done = 0
+    lock = threading.Lock()
+
+    def run(start: int) -> None:
+        nonlocal done
         batch = users[start : start + batch_size]
         if rank_fn is not None:
             topk[start : start + batch.size] = rank_fn(batch, k_max, train.take(batch))
@@ -521,8 +529,19 @@ def evaluate_ranking(
             if scores.shape != (batch.size, n_movies):
                 raise ValueError(f"score_fn returned shape {scores.shape}, expected {(batch.size, n_movies)}")
             topk[start : start + batch.size] = top_k(scores, k_max, exclude=train.mask(batch))
-        if on_progress is not None:
-            on_progress(start + batch.size, users.size)
+        with lock:
+            done += batch.size
+            if on_progress is not None:
+                on_progress(done, users.size)
+
+    starts = range(0, users.size, batch_size)
+    threads = min(workers, len(starts))
+    if threads <= 1:
+        for start in starts:
+            run(start)
+    else:  # each batch's top K is its own: the same lists in any order of the threads
+        with single_threaded_blas(), ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, starts))
     result = ranking_metrics(topk, relevant.take(users), ks=ks)
     result["n_users"] = int(users.size)
     return result

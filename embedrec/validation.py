@@ -112,6 +112,7 @@ class SplitRanking:
 
     def __call__(self, score_users: UserScorer) -> float | None:
         """NDCG@10 of ``score_users``, which must return a new array per call: its seen movies are masked in place."""
+        from embedrec.blas import available_cpus
         from embedrec.evaluation import evaluate_ranking
         from embedrec.metrics import top_k
 
@@ -142,6 +143,7 @@ class SplitRanking:
             max_users=self.max_users,
             seed=self.seed,
             batch_size=256,
+            workers=available_cpus(),  # 1.2 -> 0.8 s an epoch on 2 cores at full MovieLens scale
         )
         return float(got[f"ndcg@{self.k}"])
 

@@ -98,6 +98,24 @@ def test_batch_size_does_not_change_results_and_progress_is_reported() -> None:
     assert calls[-1] == (one["n_users"], one["n_users"]) and len(calls) == 1 + -(-one["n_users"] // 7)
 
 
+def test_threads_give_the_same_lists_and_progress_counts_up_to_the_total() -> None:
+    u, m, r, split, n_users, n_movies = _random_problem()
+    table = np.random.default_rng(2).random((n_users, n_movies))
+    kwargs = _ranking_kwargs(u, m, r, split, n_users, n_movies)
+    one = evaluate_ranking(lambda b: table[b], **kwargs, ks=(5, 10), batch_size=7)
+    calls: list[tuple[int, int]] = []
+    threaded = evaluate_ranking(
+        lambda b: table[b], **kwargs, ks=(5, 10), batch_size=7, workers=3, on_progress=lambda d, t: calls.append((d, t))
+    )
+    assert threaded == one
+    done = [d for d, _ in calls]
+    assert (
+        done == sorted(done)
+        and calls[-1] == (one["n_users"], one["n_users"])
+        and len(calls) == 1 + -(-one["n_users"] // 7)
+    )
+
+
 def test_max_users_draws_a_seeded_subset() -> None:
     u, m, r, split, n_users, n_movies = _random_problem()
     table = np.random.default_rng(1).random((n_users, n_movies))
