@@ -30,7 +30,7 @@ and NDCG, and counting them as zero would punish a model for the split rather th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -182,7 +182,78 @@ def top_k(scores: np.ndarray, k: int, *, exclude: np.ndarray | None = None) -> n
         part = _largest_unsorted(scores, kk)
     else:
         part = np.broadcast_to(np.arange(n_items), (n_rows, n_items))
-    part_scores = np.take_along_axis(scores, part, axis=1)
+    return _best_first(part, np.take_along_axis(scores, part, axis=1), k)
+
+
+def top_k_of_sums(base: np.ndarray, offsets: Sequence[np.ndarray], k: int) -> list[np.ndarray]:
+    """``[top_k(base + offset, k) for offset in offsets]``, each sum stored in ``base``'s dtype, without forming
+    any sum matrix: the same int32 matrices, entry for entry, ties included.
+
+    ``base`` is ``(n_rows, n_items)``, each offset ``(n_items,)``: one per-item bias per ranking, such as training's
+    blend choice, which ranks the watch logits of 2,000 users under 6 to 26 popularity biases and took most of
+    its time in one full :func:`top_k` per bias (86,000 movies per user: add, NaN check, threshold, argpartition).
+
+    Here the NaN check and a column maximum read ``base`` once for every offset. :func:`top_k` keeps a row's
+    scores at or above a threshold read off a strided sample of the row; a column can hold such a score only if
+    its maximum plus the offset reaches the lowest threshold of the rows (float rounding is monotonic, so this
+    holds exactly), and at full scale most columns cannot (the larger the popularity weight, the fewer can).
+    Only the columns that can are gathered and compared, and the kept scores are selected exactly as
+    :func:`top_k` selects them (the same packed matrix, hence the same ties). Offsets that are not finite, or not
+    of ``base``'s dtype, and catalogues too narrow for :func:`top_k`'s sampled threshold, take :func:`top_k` itself.
+    """
+    base = np.asarray(base)
+    if base.ndim != 2:
+        raise ValueError(f"scores must be 2-D (users, items), got shape {base.shape}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    n_rows, n_items = base.shape
+    offsets = [np.asarray(offset) for offset in offsets]
+    for offset in offsets:
+        if offset.shape != (n_items,):
+            raise ValueError(f"an offset has shape {offset.shape}, expected ({n_items},)")
+    kk = min(k, n_items)
+    stride = _sample_stride(kk)
+    floating = np.issubdtype(base.dtype, np.floating)
+
+    def plain(offset: np.ndarray) -> np.ndarray:
+        return top_k(np.add(base, offset, out=np.empty_like(base)) if floating else base + offset, k)
+
+    if not floating or n_rows == 0 or kk >= n_items or _too_narrow(n_items, kk, stride):
+        return [plain(offset) for offset in offsets]
+    column_max = np.max(base, axis=0)
+    if np.isnan(column_max).any():  # NaN in base; an offset's NaN is caught below (not finite)
+        raise ValueError("scores contain NaN")
+    sample_base = np.ascontiguousarray(base[:, ::stride])
+    out = []
+    for offset in offsets:
+        if offset.dtype != base.dtype or not np.isfinite(offset).all():
+            out.append(plain(offset))
+            continue
+        threshold = _sample_threshold(sample_base + offset[::stride])
+        finite = np.isfinite(threshold)
+        # the columns where some row with a finite threshold can reach it
+        cols = np.flatnonzero(column_max + offset >= threshold[finite].min()) if finite.any() else np.arange(0)
+        kept = np.take(base, cols, axis=1)
+        kept += offset[cols]
+        above = kept >= np.where(finite, threshold, np.nan)[:, None]  # rows without a finite threshold: none
+        flat = np.flatnonzero(above)
+        r, at = np.divmod(flat, max(1, cols.size))
+        part = _select_kept(
+            r,
+            cols[at],
+            kept.ravel()[flat],
+            finite,
+            kk,
+            lambda rows, offset=offset: np.add(base[rows], offset),  # type: ignore[misc]
+        )
+        out.append(_best_first(part, np.take_along_axis(base, part, axis=1) + offset[part], k))
+    return out
+
+
+def _best_first(part: np.ndarray, part_scores: np.ndarray, k: int) -> np.ndarray:
+    """:func:`top_k`'s result from each row's largest ``kk`` positions (any order) and their scores: sorted best
+    first (a stable sort, so equal scores keep ``part``'s order), -inf entries and the tail past ``kk`` as -1."""
+    n_rows, kk = part.shape
     order = np.argsort(-part_scores, axis=1, kind="stable")
     out = np.full((n_rows, k), -1, dtype=np.int32)
     out[:, :kk] = np.take_along_axis(part, order, axis=1)
@@ -193,6 +264,23 @@ def top_k(scores: np.ndarray, k: int, *, exclude: np.ndarray | None = None) -> n
 _SAMPLE_RANK = 48
 """The rank within the sample that sets the threshold: enough sampled values above it that the count of scores
 above it in the whole row varies by ~15%, so it is rarely short of ``k``."""
+
+
+def _sample_stride(kk: int) -> int:
+    """Every how many scores :func:`_largest_unsorted` samples: about 3 x ``kk`` of a row, and at least ~400, lie
+    at or above the sample's threshold (small k: every 8th score, cheap to pack)."""
+    return max(8, (3 * kk) // _SAMPLE_RANK)
+
+
+def _too_narrow(n_items: int, kk: int, stride: int) -> bool:
+    """Whether a row is too narrow for the sampled threshold to save anything over a plain selection."""
+    return n_items < 8 * _SAMPLE_RANK * stride or n_items < 12 * kk
+
+
+def _sample_threshold(sample: np.ndarray) -> np.ndarray:
+    """Each row's ``_SAMPLE_RANK``-th largest sampled score."""
+    j = min(_SAMPLE_RANK, sample.shape[1])
+    return np.partition(sample, sample.shape[1] - j, axis=1)[:, sample.shape[1] - j]
 
 
 def _largest_unsorted(scores: np.ndarray, kk: int) -> np.ndarray:
@@ -209,22 +297,38 @@ def _largest_unsorted(scores: np.ndarray, kk: int) -> np.ndarray:
     arbitrarily.
     """
     n_rows, n_items = scores.shape
-    stride = max(8, (3 * kk) // _SAMPLE_RANK)  # small k: every 8th score, and ~400 kept per row (cheap to pack)
-    if n_items < 8 * _SAMPLE_RANK * stride or n_items < 12 * kk:  # too narrow to save anything: the plain selection
+    stride = _sample_stride(kk)
+    if _too_narrow(n_items, kk, stride):  # too narrow to save anything: the plain selection
         return np.argpartition(scores, n_items - kk, axis=1)[:, n_items - kk :]
-    sample = np.ascontiguousarray(scores[:, ::stride])
-    j = min(_SAMPLE_RANK, sample.shape[1])
-    threshold = np.partition(sample, sample.shape[1] - j, axis=1)[:, sample.shape[1] - j]
+    threshold = _sample_threshold(np.ascontiguousarray(scores[:, ::stride]))
     flat = np.flatnonzero(scores >= threshold[:, None])  # ~3 x kk per row; 2-D nonzero is 5x slower
     r, c = np.divmod(flat, n_items)
+    return _select_kept(r, c, np.take(scores, flat), np.isfinite(threshold), kk, lambda rows: scores[rows])
+
+
+def _select_kept(
+    r: np.ndarray,
+    c: np.ndarray,
+    values: np.ndarray,
+    finite: np.ndarray,
+    kk: int,
+    full_rows: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """The ``kk`` largest positions of each row (unordered) from the scores kept at or above its sampled threshold:
+    (row, column, score) in row-major order, each row's kept scores complete. Rows with at least ``kk`` kept and a
+    finite threshold are packed (-inf padding) and partitioned; the others (``full_rows(rows)``: their whole score
+    rows) are partitioned whole."""
+    n_rows = finite.size
     counts = np.bincount(r, minlength=n_rows)
-    fast = (counts >= kk) & np.isfinite(threshold)
+    fast = (counts >= kk) & finite
     out = np.empty((n_rows, kk), dtype=np.intp)
     slow = np.flatnonzero(~fast)
     if slow.size:
-        out[slow] = np.argpartition(scores[slow], n_items - kk, axis=1)[:, n_items - kk :]
+        rows_scores = full_rows(slow)
+        n_items = rows_scores.shape[1]
+        out[slow] = np.argpartition(rows_scores, n_items - kk, axis=1)[:, n_items - kk :]
         keep = fast[r]
-        r, c = r[keep], c[keep]
+        r, c, values = r[keep], c[keep], values[keep]
     rows = np.flatnonzero(fast)
     if rows.size:
         n = counts[rows]
@@ -232,8 +336,8 @@ def _largest_unsorted(scores: np.ndarray, kk: int) -> np.ndarray:
         packed_row = np.cumsum(fast) - 1  # row index -> its row in the packed matrix
         # flat positions throughout: 1-D fancy indexing is several times faster than (row, column) pairs
         dest = packed_row[r] * width + (np.arange(r.size) - np.repeat(np.cumsum(n) - n, n))
-        packed = np.full(rows.size * width, -np.inf, dtype=scores.dtype)
-        packed[dest] = np.take(scores, r * n_items + c)
+        packed = np.full(rows.size * width, -np.inf, dtype=values.dtype)
+        packed[dest] = values
         cols = np.zeros(rows.size * width, dtype=np.intp)
         cols[dest] = c
         chosen = np.argpartition(packed.reshape(rows.size, width), width - kk, axis=1)[:, width - kk :]

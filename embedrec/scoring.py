@@ -30,7 +30,7 @@ stage of the two-stage ranking retrieves by it, so a blend with beta 0 is exact 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -41,7 +41,7 @@ import numpy as np
 from embedrec.blas import available_cpus, single_threaded_blas
 from embedrec.config import DataShape, ModelConfig
 from embedrec.errors import ArtifactError, ConfigError
-from embedrec.metrics import ItemSets, top_k
+from embedrec.metrics import ItemSets, top_k, top_k_of_sums
 from embedrec.serving import DEFAULT_CANDIDATES
 
 if TYPE_CHECKING:
@@ -473,40 +473,55 @@ class Scorer:
         """:meth:`candidates` over every movie for several watch sides of the same user rows: ``sides`` are
         per-movie biases in place of the watch bias (the watch bias + gamma x a popularity prior, see
         :meth:`watch_side_bias`). The watch logits are computed once for all sides, and a (user, movie) pair's
-        rating once however many sides retrieve it: choosing the blend tries 6 to 26 sides, which mostly agree."""
+        rating once however many sides retrieve it: choosing the blend tries 6 to 26 sides, which mostly agree.
+
+        Each side's retrieval is :func:`embedrec.metrics.top_k` of the logits plus the side, as
+        :meth:`candidates` does it, but through :func:`~embedrec.metrics.top_k_of_sums`: no (B, n_movies) sum
+        per side, and only the movies some user of the rows could retrieve under that side are compared (at 86,000
+        movies, a quarter of them for the plain watch bias, a twentieth for the heaviest prior). The ratings
+        computed so far are kept for the movies some side retrieved only, not in a (B, n_movies) buffer. The
+        results are those of one :meth:`candidates` per side, value for value."""
         pool = self.every_movie
         if pool.watch_item_t is None or self.watch_bias is None:
             raise ArtifactError("this model has no watch head")
         base = emb @ pool.watch_item_t  # the watch logits without their bias
         _mask_seen(base, seen, pool)
         user_part = emb @ self.w_user
-        known = np.full(base.shape, np.nan, np.float32)  # the ratings computed so far, by (row, movie)
-        scores = np.empty_like(base)  # one buffer for every side: a fresh (B, n_movies) array each cost page faults
+        firsts = top_k_of_sums(base, sides, n)  # positions in the pool, per side
+        known = _RatingsSoFar(len(base), firsts, pool.size)
         found = []
-        for side in sides:
-            np.add(base, side, out=scores)
-            found.append(self._rerank_top(user_part, bias, scores, n, pool, known=known))
+        for first, side in zip(firsts, sides):
+
+            def watch_at(rows: np.ndarray, cols: np.ndarray, side: np.ndarray = side) -> np.ndarray:
+                return base[rows, cols] + side[cols]  # the (base + side) entries, not the whole sum
+
+            found.append(self._rate_top(user_part, bias, first, pool, watch_at, known=known))
         return found
 
     def _rerank_top(
+        self, user_part: np.ndarray, bias: np.ndarray, scores: np.ndarray, n: int, pool: MoviePool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The top ``n`` pool positions of each row of ``scores`` and the network's rating of each: (movies (B, n),
+        -1 padding; their scores; their ratings). ``user_part`` is the rows' user half of the first Dense layer."""
+        return self._rate_top(user_part, bias, top_k(scores, n), pool, lambda rows, cols: scores[rows, cols])
+
+    def _rate_top(
         self,
         user_part: np.ndarray,
         bias: np.ndarray,
-        scores: np.ndarray,
-        n: int,
+        first: np.ndarray,
         pool: MoviePool,
+        watch_at: Callable[[np.ndarray, np.ndarray], np.ndarray],
         *,
-        known: np.ndarray | None = None,
+        known: _RatingsSoFar | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The top ``n`` pool positions of each row of ``scores`` and the network's rating of each: (movies (B, n),
-        -1 padding; their scores; their ratings). ``user_part`` is the rows' user half of the first Dense layer;
-        ``known`` (B, pool size), NaN where not yet computed, supplies and keeps ratings across calls."""
-        first = top_k(scores, n)  # positions in the pool
+        """(movies (B, n), -1 padding; their retrieval scores, ``watch_at(rows, pool positions)``; their ratings) of
+        the pool positions ``first`` ((B, n), -1 padding). ``known`` supplies and keeps ratings across calls."""
         valid = first >= 0
         rows, cols = np.nonzero(valid)[0], first[valid]
         movies = np.full(first.shape, -1, np.int64)
         movies[valid] = pool.movies[cols]
-        values = np.full(rows.shape, np.nan, np.float32) if known is None else known[rows, cols]
+        values = np.full(rows.shape, np.nan, np.float32) if known is None else known.get(rows, cols)
         todo = np.isnan(values)
         r, m = rows[todo], movies[valid][todo]
         # the first Dense layer's user half once per user, not once per candidate; the watch logits are the
@@ -517,9 +532,9 @@ class Scorer:
             logit += self.movie_bias[m]
         values[todo] = scale_rating(logit, self.shape)
         if known is not None:
-            known[r, cols[todo]] = values[todo]
+            known.put(r, cols[todo], values[todo])
         watch = np.full(first.shape, -np.inf, np.float32)
-        watch[valid] = scores[rows, cols]
+        watch[valid] = watch_at(rows, cols)
         rating = np.full(first.shape, np.nan, np.float32)
         rating[valid] = values
         return movies, watch, rating
@@ -607,6 +622,31 @@ def _mask_seen(scores: np.ndarray, seen: ItemSets | None, pool: MoviePool) -> No
         pos = pool.position[cols]
         keep = pos >= 0
         scores[rows[keep], pos[keep]] = -np.inf
+
+
+class _RatingsSoFar:
+    """The ratings computed so far for (row, pool position) pairs of one batch of user rows, NaN where none: the
+    positions any of the batch's lists hold get a column each, so the table is (B, movies listed), a few MB,
+    where a (B, pool size) NaN buffer took 44 MB per batch of 128 users at 86,000 movies (and its page faults)."""
+
+    def __init__(self, n_rows: int, lists: Sequence[np.ndarray], pool_size: int) -> None:
+        listed = np.zeros(pool_size, dtype=bool)
+        for positions in lists:
+            listed[positions[positions >= 0]] = True
+        self.column = np.cumsum(listed) - 1  # pool position -> its column (where listed)
+        self.width = int(listed.sum())
+        self.done = np.zeros(n_rows * self.width, dtype=bool)
+        self.value = np.empty(n_rows * self.width, dtype=np.float32)
+
+    def get(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """The ratings of (rows[i], positions[i]), NaN where not yet computed."""
+        at = rows * self.width + self.column[positions]
+        return np.where(self.done[at], self.value[at], np.float32(np.nan))
+
+    def put(self, rows: np.ndarray, positions: np.ndarray, values: np.ndarray) -> None:
+        at = rows * self.width + self.column[positions]
+        self.done[at] = True
+        self.value[at] = values
 
 
 @dataclass(frozen=True)
