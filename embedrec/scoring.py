@@ -30,7 +30,7 @@ stage of the two-stage ranking retrieves by it, so a blend with beta 0 is exact 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -487,23 +487,20 @@ class Scorer:
         base = emb @ pool.watch_item_t  # the watch logits without their bias
         _mask_seen(base, seen, pool)
         user_part = emb @ self.w_user
-        firsts = top_k_of_sums(base, sides, n)  # positions in the pool, per side
-        known = _RatingsSoFar(len(base), firsts, pool.size)
-        found = []
-        for first, side in zip(firsts, sides):
-
-            def watch_at(rows: np.ndarray, cols: np.ndarray, side: np.ndarray = side) -> np.ndarray:
-                return base[rows, cols] + side[cols]  # the (base + side) entries, not the whole sum
-
-            found.append(self._rate_top(user_part, bias, first, pool, watch_at, known=known))
-        return found
+        firsts = top_k_of_sums(base, sides, n)  # (positions in the pool, their watch-side scores), per side
+        known = _RatingsSoFar(len(base), [first for first, _ in firsts], pool.size)
+        return [self._rate_top(user_part, bias, first, pool, watch, known=known) for first, watch in firsts]
 
     def _rerank_top(
         self, user_part: np.ndarray, bias: np.ndarray, scores: np.ndarray, n: int, pool: MoviePool
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The top ``n`` pool positions of each row of ``scores`` and the network's rating of each: (movies (B, n),
         -1 padding; their scores; their ratings). ``user_part`` is the rows' user half of the first Dense layer."""
-        return self._rate_top(user_part, bias, top_k(scores, n), pool, lambda rows, cols: scores[rows, cols])
+        first = top_k(scores, n)
+        watch = np.full(first.shape, -np.inf, np.float32)
+        valid = first >= 0
+        watch[valid] = scores[np.nonzero(valid)[0], first[valid]]
+        return self._rate_top(user_part, bias, first, pool, watch)
 
     def _rate_top(
         self,
@@ -511,12 +508,12 @@ class Scorer:
         bias: np.ndarray,
         first: np.ndarray,
         pool: MoviePool,
-        watch_at: Callable[[np.ndarray, np.ndarray], np.ndarray],
+        watch: np.ndarray,
         *,
         known: _RatingsSoFar | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(movies (B, n), -1 padding; their retrieval scores, ``watch_at(rows, pool positions)``; their ratings) of
-        the pool positions ``first`` ((B, n), -1 padding). ``known`` supplies and keeps ratings across calls."""
+        """(movies (B, n), -1 padding; their retrieval scores ``watch`` (float32, -inf at -1); their ratings) of the
+        pool positions ``first`` ((B, n), -1 padding). ``known`` supplies and keeps ratings across calls."""
         valid = first >= 0
         rows, cols = np.nonzero(valid)[0], first[valid]
         movies = np.full(first.shape, -1, np.int64)
@@ -533,8 +530,6 @@ class Scorer:
         values[todo] = scale_rating(logit, self.shape)
         if known is not None:
             known.put(r, cols[todo], values[todo])
-        watch = np.full(first.shape, -np.inf, np.float32)
-        watch[valid] = watch_at(rows, cols)
         rating = np.full(first.shape, np.nan, np.float32)
         rating[valid] = values
         return movies, watch, rating
