@@ -72,8 +72,11 @@ def main() -> None:
     held_out = HeldOut.from_prepared(
         prepared, split_code=SPLIT_CODES["val"], relevance=relevance, sample=(max_users, 0)
     )
-    print(f"embedrec from {Path(embedrec.__file__).parent}; {prepared.n_users:,} users x {prepared.n_movies:,} "
-          f"movies; {len(sides)} sides x {len(BETAS)} betas; {max_users} users", flush=True)
+    print(
+        f"embedrec from {Path(embedrec.__file__).parent}; {prepared.n_users:,} users x {prepared.n_movies:,} "
+        f"movies; {len(sides)} sides x {len(BETAS)} betas; {max_users} users",
+        flush=True,
+    )
 
     runs = []
     found = None

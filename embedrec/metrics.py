@@ -186,10 +186,10 @@ def top_k_of_sums(base: np.ndarray, offsets: Sequence[np.ndarray], k: int) -> li
     scores at or above a threshold read off a strided sample of the row; a column can hold such a score only if
     its maximum plus the offset reaches the lowest threshold of the rows (float rounding is monotonic, so this
     holds exactly), and at full scale most columns cannot (the larger the popularity weight, the fewer can).
-    Only the columns that can are gathered and compared, and the kept scores are selected exactly as
-    :func:`top_k` selects them (the same packed matrix, hence the same ties). Offsets that are not finite, or not
-    of ``base``'s dtype, and catalogues too narrow for :func:`top_k`'s sampled threshold, take :func:`top_k`'s
-    own path.
+    Only the columns that can are gathered (one pass over ``base`` for every offset, then narrower copies) and
+    compared, and the kept scores are selected exactly as :func:`top_k` selects them (the same packed matrix, hence
+    the same ties). Offsets that are not finite, or not of ``base``'s dtype, and catalogues too narrow for
+    :func:`top_k`'s sampled threshold, take :func:`top_k`'s own path.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -215,17 +215,33 @@ def top_k_of_sums(base: np.ndarray, offsets: Sequence[np.ndarray], k: int) -> li
     if np.isnan(column_max).any():  # NaN in base; an offset's NaN is caught below (not finite)
         raise ValueError("scores contain NaN")
     sample_base = np.ascontiguousarray(base[:, ::stride])
+    thresholds: dict[int, np.ndarray] = {}
+    reach: dict[int, np.ndarray] = {}  # per offset: the columns where a row with a finite threshold can reach it
+    for i, offset in enumerate(offsets):
+        if offset.dtype == base.dtype and np.isfinite(offset).all():
+            thresholds[i] = threshold = _sample_threshold(sample_base + offset[::stride])
+            finite = np.isfinite(threshold)
+            lowest = threshold[finite].min() if finite.any() else np.inf
+            reach[i] = column_max + offset >= lowest
+    # one pass over base gathers every column some offset needs; each offset then reads that narrower copy
+    in_union = np.logical_or.reduce(list(reach.values())) if reach else np.zeros(n_items, dtype=bool)
+    union = np.flatnonzero(in_union)
+    union_base = np.take(base, union, axis=1)
+    union_at = np.cumsum(in_union) - 1  # column -> its column in union_base
     out = []
-    for offset in offsets:
-        if offset.dtype != base.dtype or not np.isfinite(offset).all():
+    for i, offset in enumerate(offsets):
+        if i not in thresholds:
             out.append(plain(offset))
             continue
-        threshold = _sample_threshold(sample_base + offset[::stride])
+        threshold = thresholds[i]
         finite = np.isfinite(threshold)
-        # the columns where some row with a finite threshold can reach it
-        cols = np.flatnonzero(column_max + offset >= threshold[finite].min()) if finite.any() else np.arange(0)
-        kept = np.take(base, cols, axis=1)
-        kept += offset[cols]
+        cols = np.flatnonzero(reach[i])
+        if 2 * cols.size > union.size:  # most of the union: compare it all rather than copy again
+            cols = union
+            kept = union_base + offset[union]
+        else:
+            kept = np.take(union_base, union_at[cols], axis=1)
+            kept += offset[cols]
         above = kept >= np.where(finite, threshold, np.nan)[:, None]  # rows without a finite threshold: none
         flat = np.flatnonzero(above)
         r, at = np.divmod(flat, max(1, cols.size))
