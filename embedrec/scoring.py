@@ -479,8 +479,10 @@ class Scorer:
         :meth:`candidates` does it, but through :func:`~embedrec.metrics.top_k_of_sums`: no (B, n_movies) sum
         per side, and only the movies some user of the rows could retrieve under that side are compared (at 86,000
         movies, a quarter of them for the plain watch bias, a twentieth for the heaviest prior). The ratings
-        computed so far are kept for the movies some side retrieved only, not in a (B, n_movies) buffer. The
-        results are those of one :meth:`candidates` per side, value for value."""
+        computed so far are kept for the movies some side retrieved only, not in a (B, n_movies) buffer. Each side
+        lists what :meth:`candidates` lists for it, ties included, and the network rates the same new pairs per side
+        in the same calls as when each side formed its sum matrix, so every number is the same to the bit (BLAS
+        results depend on which rows share a call, so this is kept deliberately)."""
         pool = self.every_movie
         if pool.watch_item_t is None or self.watch_bias is None:
             raise ArtifactError("this model has no watch head")
