@@ -273,11 +273,38 @@ def _top_k_with_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
     """:func:`top_k` of checked scores, with the scores it lists (-inf where it lists -1)."""
     n_rows, n_items = scores.shape
     kk = min(k, n_items)
-    if kk < n_items:
-        part, part_scores = _largest_unsorted(scores, kk)
-    else:
-        part, part_scores = np.broadcast_to(np.arange(n_items), (n_rows, n_items)), scores
-    return _best_first(part, part_scores, k)
+    if kk >= n_items:
+        return _best_first(np.broadcast_to(np.arange(n_items), (n_rows, n_items)), scores, k)
+    if _too_narrow(n_items, kk, _sample_stride(kk)):
+        return _top_k_narrow(scores, kk, k)
+    return _best_first(*_largest_unsorted(scores, kk), k)
+
+
+def _top_k_narrow(scores: np.ndarray, kk: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_top_k_with_scores` of rows too narrow for the sampled threshold (``kk < n_items``): what
+    ``argpartition`` and :func:`_best_first` give, found by value where that is the same thing.
+
+    ``np.partition`` gives each row's ``kk``-th largest score three times faster than ``argpartition`` gives
+    positions (float32, numpy 2's vectorised selection), and a row with exactly ``kk`` scores at or above it and
+    no two of them equal has one answer, whatever order the positions come in. Rows with a tie at the cut or
+    among the listed scores, or with -inf listed, take ``argpartition`` itself, whose order decides ties.
+    Training's blend choice ranks 500 candidates per user under 5 betas for each of 6 to 26 sides this way."""
+    n_rows, n_items = scores.shape
+    kth = np.partition(scores, n_items - kk, axis=1)[:, n_items - kk]
+    at_least = scores >= kth[:, None]
+    clean = (np.count_nonzero(at_least, axis=1) == kk) & (kth > -np.inf)
+    rows = np.flatnonzero(clean)
+    out = np.full((n_rows, k), -1, dtype=np.int32)
+    listed = np.full((n_rows, k), -np.inf, dtype=scores.dtype)
+    if rows.size:
+        part = np.nonzero(at_least[rows])[1].reshape(rows.size, kk)
+        out[rows], listed[rows] = _best_first(part, np.take_along_axis(scores[rows], part, axis=1), k)
+        clean[rows] = ~(listed[rows, 1:kk] == listed[rows, : kk - 1]).any(axis=1)
+    redo = np.flatnonzero(~clean)
+    if redo.size:
+        part = np.argpartition(scores[redo], n_items - kk, axis=1)[:, n_items - kk :]
+        out[redo], listed[redo] = _best_first(part, np.take_along_axis(scores[redo], part, axis=1), k)
+    return out, listed
 
 
 def _best_first(part: np.ndarray, part_scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
