@@ -99,6 +99,32 @@ def test_top_k_with_ties_lists_the_same_scores_as_a_full_sort() -> None:
     assert all(len(set(row)) == 500 for row in got.tolist())
 
 
+def _top_k_by_argpartition(scores: np.ndarray, k: int) -> np.ndarray:
+    """top_k's former path over narrow rows: argpartition, then a stable sort of the k, -inf as -1."""
+    n = scores.shape[1]
+    part = np.argpartition(scores, n - k, axis=1)[:, n - k :]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    out = np.take_along_axis(part, order, axis=1).astype(np.int32)
+    out[np.take_along_axis(part_scores, order, axis=1) == -np.inf] = -1
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 10, 50])
+def test_top_k_over_narrow_rows_lists_what_argpartition_lists_ties_included(k: int) -> None:
+    """Narrow rows (500 candidates re-ranked) find the k-th score by value; where equal scores make the list depend
+    on argpartition's order (a tie at the cut or inside the list, -inf listed), it is argpartition's list."""
+    rng = np.random.default_rng(k)
+    scores = rng.standard_normal((300, 500)).astype(np.float32)
+    scores[:100] = np.round(scores[:100] * 3)  # ties at the cut and inside the lists
+    scores[100:150, rng.integers(0, 500, 400)] = -np.inf
+    scores[150, :-3] = -np.inf  # fewer than k finite
+    scores[151] = -np.inf
+    scores[152, :20] = 7.0  # the best twenty all equal
+    for matrix in (scores, scores.astype(np.float64)):
+        np.testing.assert_array_equal(top_k(matrix, k), _top_k_by_argpartition(matrix, k))
+
+
 def _sums_with_ties(seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
     """Watch-logit-like rows (low rank, users of every scale; wide enough for top_k's sampled threshold) rounded
     to quarters, so that ties are everywhere, with the cases top_k treats apart; per-column offsets like a
