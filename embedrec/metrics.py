@@ -411,9 +411,11 @@ def _select_kept(
     if rows.size:
         n = counts[rows]
         width = int(n.max())
-        packed_row = np.cumsum(fast) - 1  # row index -> its row in the packed matrix
-        # flat positions throughout: 1-D fancy indexing is several times faster than (row, column) pairs
-        dest = packed_row[r] * width + (np.arange(r.size) - np.repeat(np.cumsum(n) - n, n))
+        # flat positions throughout: 1-D fancy indexing is several times faster than (row, column) pairs; the
+        # i-th kept score, the j-th of packed row p, goes to p * width + j = i + (p * width - kept before the row)
+        shift = np.zeros(n_rows, dtype=np.intp)
+        shift[rows] = np.arange(rows.size) * width - (np.cumsum(n) - n)
+        dest = np.arange(r.size) + shift[r]
         packed = np.full(rows.size * width, -np.inf, dtype=values.dtype)
         packed[dest] = values
         cols = np.zeros(rows.size * width, dtype=np.intp)
