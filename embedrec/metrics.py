@@ -186,10 +186,10 @@ def top_k_of_sums(base: np.ndarray, offsets: Sequence[np.ndarray], k: int) -> li
     scores at or above a threshold read off a strided sample of the row; a column can hold such a score only if
     its maximum plus the offset reaches the lowest threshold of the rows (float rounding is monotonic, so this
     holds exactly), and at full scale most columns cannot (the larger the popularity weight, the fewer can).
-    Only the columns that can are gathered (one pass over ``base`` for every offset, then narrower copies) and
-    compared, and the kept scores are selected exactly as :func:`top_k` selects them (the same packed matrix, hence
-    the same ties). Offsets that are not finite, or not of ``base``'s dtype, and catalogues too narrow for
-    :func:`top_k`'s sampled threshold, take :func:`top_k`'s own path.
+    Only the columns that can are gathered (per block of :data:`_ROW_BLOCK` rows: one pass for every offset, then
+    narrower copies) and compared, and the kept scores are selected exactly as :func:`top_k` selects them (the
+    same packed matrix, hence the same ties). Offsets that are not finite, or not of ``base``'s dtype, and
+    catalogues too narrow for :func:`top_k`'s sampled threshold, take :func:`top_k`'s own path.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -211,49 +211,74 @@ def top_k_of_sums(base: np.ndarray, offsets: Sequence[np.ndarray], k: int) -> li
 
     if not floating or n_rows == 0 or kk >= n_items or _too_narrow(n_items, kk, stride):
         return [plain(offset) for offset in offsets]
-    column_max = np.max(base, axis=0)
-    if np.isnan(column_max).any():  # NaN in base; an offset's NaN is caught below (not finite)
-        raise ValueError("scores contain NaN")
     sample_base = np.ascontiguousarray(base[:, ::stride])
-    thresholds: dict[int, np.ndarray] = {}
-    reach: dict[int, np.ndarray] = {}  # per offset: the columns where a row with a finite threshold can reach it
+    thresholds: dict[int, np.ndarray] = {}  # per offset of base's dtype and finite: each row's sampled threshold
     for i, offset in enumerate(offsets):
         if offset.dtype == base.dtype and np.isfinite(offset).all():
-            thresholds[i] = threshold = _sample_threshold(sample_base + offset[::stride])
-            finite = np.isfinite(threshold)
-            lowest = threshold[finite].min() if finite.any() else np.inf
-            reach[i] = column_max + offset >= lowest
-    # one pass over base gathers every column some offset needs; each offset then reads that narrower copy
-    in_union = np.logical_or.reduce(list(reach.values())) if reach else np.zeros(n_items, dtype=bool)
-    union = np.flatnonzero(in_union)
-    union_base = np.take(base, union, axis=1)
-    union_at = np.cumsum(in_union) - 1  # column -> its column in union_base
+            thresholds[i] = _sample_threshold(sample_base + offset[::stride])
+    found: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {i: [] for i in thresholds}
+    for start in range(0, n_rows if thresholds else 0, _ROW_BLOCK):
+        block = base[start : start + _ROW_BLOCK]
+        cuts = {i: threshold[start : start + len(block)] for i, threshold in thresholds.items()}
+        for i, (r, c, values) in _at_or_above(block, {i: offsets[i] for i in cuts}, cuts).items():
+            found[i].append((r + start, c, values))
     out = []
     for i, offset in enumerate(offsets):
         if i not in thresholds:
             out.append(plain(offset))
             continue
-        threshold = thresholds[i]
-        finite = np.isfinite(threshold)
-        cols = np.flatnonzero(reach[i])
-        if 2 * cols.size > union.size:  # most of the union: compare it all rather than copy again
-            cols = union
-            kept = union_base + offset[union]
-        else:
-            kept = np.take(union_base, union_at[cols], axis=1)
-            kept += offset[cols]
-        above = kept >= np.where(finite, threshold, np.nan)[:, None]  # rows without a finite threshold: none
-        flat = np.flatnonzero(above)
-        r, at = np.divmod(flat, max(1, cols.size))
+        r, c, values = (np.concatenate(parts) for parts in zip(*found[i]))
         part, part_scores = _select_kept(
             r,
-            cols[at],
-            kept.ravel()[flat],
-            finite,
+            c,
+            values,
+            np.isfinite(thresholds[i]),
             kk,
             lambda rows, offset=offset: np.add(base[rows], offset),  # type: ignore[misc]
         )
         out.append(_best_first(part, part_scores, k))
+    return out
+
+
+_ROW_BLOCK = 32
+"""Rows :func:`top_k_of_sums` scans at a time: the columns a block of rows can reach are fewer than a whole
+batch's (at full MovieLens scale, 15,000 of 86,000 for 32 users against 22,000 for 128), and its copies stay in
+cache."""
+
+
+def _at_or_above(
+    block: np.ndarray, offsets: dict[int, np.ndarray], cuts: dict[int, np.ndarray]
+) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """For each offset, the (row, column, sum) of every sum ``block + offset`` at or above its row's cut (none in a
+    row whose cut is not finite), row-major; ``ValueError`` if ``block`` holds a NaN.
+
+    A column can hold such a sum only if its maximum plus the offset reaches the lowest finite cut (float rounding
+    is monotonic, so this is exact); one gather copies the columns any offset can use, and each offset reads that
+    copy (or a narrower copy of it)."""
+    column_max = np.max(block, axis=0)
+    if np.isnan(column_max).any():
+        raise ValueError("scores contain NaN")
+    reach = {}
+    for i, offset in offsets.items():
+        finite = np.isfinite(cuts[i])
+        reach[i] = column_max + offset >= (cuts[i][finite].min() if finite.any() else np.inf)
+    in_union = np.logical_or.reduce(list(reach.values()))
+    union = np.flatnonzero(in_union)
+    union_block = np.take(block, union, axis=1)
+    union_at = np.cumsum(in_union) - 1  # column -> its column in union_block
+    out = {}
+    for i, offset in offsets.items():
+        cols = np.flatnonzero(reach[i])
+        if 2 * cols.size > union.size:  # most of the union: compare it all rather than copy again
+            cols = union
+            kept = union_block + offset[union]
+        else:
+            kept = np.take(union_block, union_at[cols], axis=1)
+            kept += offset[cols]
+        cut = np.where(np.isfinite(cuts[i]), cuts[i], np.nan)  # NaN: no sum is at or above it
+        flat = np.flatnonzero(kept >= cut[:, None])
+        r, at = np.divmod(flat, max(1, cols.size))
+        out[i] = (r, cols[at], kept.ravel()[flat])
     return out
 
 
