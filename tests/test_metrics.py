@@ -131,8 +131,8 @@ def _sums_with_ties(seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
     popularity prior at several weights, which leave most columns unable to reach a row's top."""
     rng = np.random.default_rng(seed)
     n_items = 8_000  # at k = 300 top_k samples every 18th score, and needs 8 x 48 x 18 = 6,912
-    scale = rng.choice([0.05, 0.3, 1.0], size=(30, 1))
-    base = (np.round(4 * scale * (rng.standard_normal((30, 4)) @ rng.standard_normal((4, n_items)))) / 4).astype(
+    scale = rng.choice([0.05, 0.3, 1.0], size=(70, 1))  # three blocks of rows for top_k_of_sums, the last partial
+    base = (np.round(4 * scale * (rng.standard_normal((70, 4)) @ rng.standard_normal((4, n_items)))) / 4).astype(
         np.float32
     )
     base[rng.random(base.shape) < 0.02] = -np.inf  # seen movies
