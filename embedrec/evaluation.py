@@ -37,6 +37,7 @@ Scoring runs in batches of users: one ``(batch, n_movies)`` score matrix at a ti
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -414,11 +415,15 @@ def ndcg_by_blends(
     tops = np.empty((len(sides), len(betas), users.size, kk), np.int64)  # each blend's top kk, kept per user
     beta_column = np.asarray(betas, dtype=np.float32)[:, None, None]
 
+    own = threading.local()  # each thread's buffer for its batches' watch logits
+
     def run(start: int) -> None:
         batch = users[start : start + batch_size]
         emb, bias = scorer.user_rows(batch)
         block = slice(start, start + batch.size)
-        found = scorer.candidates_by_side(emb, bias, n, seen=seen.take(batch), sides=sides)
+        if getattr(own, "logits", None) is None:
+            own.logits = np.empty(batch_size * scorer.n_movies, np.float32)
+        found = scorer.candidates_by_side(emb, bias, n, seen=seen.take(batch), sides=sides, logits_buffer=own.logits)
         for i, (movies, watch, rating) in enumerate(found):
             # every beta's blend as rows of one matrix: top_k ranks each row alone, in one call
             blend = watch + beta_column * np.nan_to_num(rating)
