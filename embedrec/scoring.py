@@ -505,7 +505,8 @@ class Scorer:
         _mask_seen(base, seen, pool)
         user_part = emb @ self.w_user
         firsts = top_k_of_sums(base, sides, n)  # (positions in the pool, their watch-side scores), per side
-        known = _RatingsSoFar(len(base), [first for first, _ in firsts], pool.size)
+        # the logits are read: their memory holds the ratings computed so far
+        known = _RatingsSoFar(len(base), [first for first, _ in firsts], pool.size, storage=base.reshape(-1))
         return [self._rate_top(user_part, bias, first, pool, watch, known=known) for first, watch in firsts]
 
     def _rerank_top(
@@ -638,27 +639,26 @@ def _mask_seen(scores: np.ndarray, seen: ItemSets | None, pool: MoviePool) -> No
 
 class _RatingsSoFar:
     """The ratings computed so far for (row, pool position) pairs of one batch of user rows, NaN where none: the
-    positions any of the batch's lists hold get a column each, so the table is (B, movies listed), a few MB,
-    where a (B, pool size) NaN buffer took 44 MB per batch of 128 users at 86,000 movies (and its page faults)."""
+    positions any of the batch's lists hold get a column each, so the table is (B, movies listed), where a (B, pool
+    size) NaN buffer took 44 MB per batch of 128 users at 86,000 movies (and its page faults). ``storage``, a
+    float32 array of at least that many values that is no longer needed (the batch's watch logits, once each
+    side's candidates are found), holds the table without a new allocation."""
 
-    def __init__(self, n_rows: int, lists: Sequence[np.ndarray], pool_size: int) -> None:
+    def __init__(self, n_rows: int, lists: Sequence[np.ndarray], pool_size: int, storage: np.ndarray) -> None:
         listed = np.zeros(pool_size, dtype=bool)
         for positions in lists:
             listed[positions[positions >= 0]] = True
         self.column = np.cumsum(listed) - 1  # pool position -> its column (where listed)
         self.width = int(listed.sum())
-        self.done = np.zeros(n_rows * self.width, dtype=bool)
-        self.value = np.empty(n_rows * self.width, dtype=np.float32)
+        self.value = storage[: n_rows * self.width]
+        self.value.fill(np.nan)
 
     def get(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """The ratings of (rows[i], positions[i]), NaN where not yet computed."""
-        at = rows * self.width + self.column[positions]
-        return np.where(self.done[at], self.value[at], np.float32(np.nan))
+        return np.take(self.value, rows * self.width + self.column[positions])
 
     def put(self, rows: np.ndarray, positions: np.ndarray, values: np.ndarray) -> None:
-        at = rows * self.width + self.column[positions]
-        self.done[at] = True
-        self.value[at] = values
+        self.value[rows * self.width + self.column[positions]] = values
 
 
 @dataclass(frozen=True)
