@@ -3,7 +3,7 @@
 
 Usage::
 
-    python benchmarks/blend_choice.py --model DIR --data DIR [--repeat 3] [--json PATH]
+    python benchmarks/blend_choice.py --model DIR --data DIR [--repeat 3] [--recency-priors] [--json PATH]
 
 Builds the inputs the way ``choose_ranking`` does (every side of :data:`embedrec.runs.GAMMAS` x
 :func:`embedrec.runs.prior_candidates`, :data:`embedrec.runs.BETAS`, the val split at the training relevance, the
@@ -44,6 +44,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None, help="threads (default: the CPUs this process may use)")
+    parser.add_argument(
+        "--recency-priors",
+        action="store_true",
+        help="also the time-decayed priors a time-based split is offered (26 sides, not 6), even on a random split",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the timings and every NDCG here")
     parser.add_argument("--compare", type=Path, default=None, help="a --json file whose NDCGs must be equal")
     args = parser.parse_args()
@@ -52,10 +57,11 @@ def main() -> None:
 
     import embedrec
     from embedrec.artifacts import load_model
+    from embedrec.baselines import popularity_prior
     from embedrec.data.split import SPLIT_CODES
     from embedrec.data.store import load_prepared
     from embedrec.evaluation import HeldOut, ndcg_by_blends
-    from embedrec.runs import BETAS, GAMMAS, prior_candidates
+    from embedrec.runs import BETAS, GAMMAS, RECENT_HALF_LIVES, prior_candidates
     from embedrec.scoring import Scorer, blend_watch_side
     from embedrec.validation import training_relevance
 
@@ -65,7 +71,17 @@ def main() -> None:
     max_users = artifact.train.val_users or None
     relevance = training_relevance(prepared)
     names, sides = [], []
-    for position, (half_life, prior) in enumerate(prior_candidates(prepared)):
+    priors = prior_candidates(prepared)
+    if args.recency_priors and len(priors) == 1:  # as prior_candidates offers them under a time-based split
+        train = prepared.split == 0
+        stamps = prepared.timestamp[train]
+        span = float(stamps.max() - stamps.min())
+        for share in RECENT_HALF_LIVES:
+            decayed = popularity_prior(
+                prepared.movie_idx[train], stamps, n_movies=prepared.n_movies, half_life=share * span
+            )
+            priors.append((share * span, decayed))
+    for position, (half_life, prior) in enumerate(priors):
         for gamma in GAMMAS if position == 0 else GAMMAS[1:]:
             names.append(f"prior {position} (half-life {half_life}), gamma {gamma:g}")
             sides.append(blend_watch_side(scorer.watch_bias, prior.astype(np.float32), gamma))
