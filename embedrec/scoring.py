@@ -533,9 +533,13 @@ class Scorer:
         """(movies (B, n), -1 padding; their retrieval scores ``watch`` (float32, -inf at -1); their ratings) of the
         pool positions ``first`` ((B, n), -1 padding). ``known`` supplies and keeps ratings across calls."""
         valid = first >= 0
-        rows, cols = np.nonzero(valid)[0], first[valid]
-        movies = np.full(first.shape, -1, np.int64)
-        movies[valid] = pool.movies[cols]
+        rows = np.repeat(np.arange(len(first)), np.count_nonzero(valid, axis=1))  # row-major, as np.nonzero
+        cols = first[valid]
+        if pool.position is pool.movies:  # every movie: a pool position is the movie
+            movies = first.astype(np.int64)
+        else:
+            movies = np.full(first.shape, -1, np.int64)
+            movies[valid] = pool.movies[cols]
         values = np.full(rows.shape, np.nan, np.float32) if known is None else known.get(rows, cols)
         todo = np.isnan(values)
         r, m = rows[todo], movies[valid][todo]
