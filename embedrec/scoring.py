@@ -41,7 +41,7 @@ import numpy as np
 from embedrec.blas import available_cpus, single_threaded_blas
 from embedrec.config import DataShape, ModelConfig
 from embedrec.errors import ArtifactError, ConfigError
-from embedrec.metrics import ItemSets, top_k
+from embedrec.metrics import ItemSets, top_k, top_k_of_sums
 from embedrec.serving import DEFAULT_CANDIDATES
 
 if TYPE_CHECKING:
@@ -468,45 +468,79 @@ class Scorer:
         return self._rerank_top(emb @ self.w_user, bias, scores, n, pool)
 
     def candidates_by_side(
-        self, emb: np.ndarray, bias: np.ndarray, n: int, *, seen: ItemSets | None, sides: Sequence[np.ndarray]
+        self,
+        emb: np.ndarray,
+        bias: np.ndarray,
+        n: int,
+        *,
+        seen: ItemSets | None,
+        sides: Sequence[np.ndarray],
+        logits_buffer: np.ndarray | None = None,
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """:meth:`candidates` over every movie for several watch sides of the same user rows: ``sides`` are
         per-movie biases in place of the watch bias (the watch bias + gamma x a popularity prior, see
         :meth:`watch_side_bias`). The watch logits are computed once for all sides, and a (user, movie) pair's
-        rating once however many sides retrieve it: choosing the blend tries 6 to 26 sides, which mostly agree."""
+        rating once however many sides retrieve it: choosing the blend tries 6 to 26 sides, which mostly agree.
+
+        Each side's retrieval is :func:`embedrec.metrics.top_k` of the logits plus the side, as
+        :meth:`candidates` does it, but through :func:`~embedrec.metrics.top_k_of_sums`: no (B, n_movies) sum
+        per side, and only the movies some user of the rows could retrieve under that side are compared (at 86,000
+        movies, a quarter of them for the plain watch bias, a twentieth for the heaviest prior). The ratings
+        computed so far are kept for the movies some side retrieved only, not in a (B, n_movies) buffer. Each side
+        lists what :meth:`candidates` lists for it, ties included, and the network rates the same new pairs per side
+        in the same calls as when each side formed its sum matrix, so every number is the same to the bit (BLAS
+        results depend on which rows share a call, so this is kept deliberately).
+
+        ``logits_buffer``, a float32 array of at least B x n_movies values, receives the watch logits (the same
+        product, so the same bits): a caller that ranks batch after batch in one thread passes the same one, as
+        a fresh (128, 86,000) array each time cost 5 ms of page faults."""
         pool = self.every_movie
         if pool.watch_item_t is None or self.watch_bias is None:
             raise ArtifactError("this model has no watch head")
-        base = emb @ pool.watch_item_t  # the watch logits without their bias
+        shape = (len(emb), pool.size)
+        out = None
+        if logits_buffer is not None and emb.dtype == np.float32:
+            out = logits_buffer[: shape[0] * shape[1]].reshape(shape)
+        base = np.matmul(emb, pool.watch_item_t, out=out)  # the watch logits without their bias
         _mask_seen(base, seen, pool)
         user_part = emb @ self.w_user
-        known = np.full(base.shape, np.nan, np.float32)  # the ratings computed so far, by (row, movie)
-        scores = np.empty_like(base)  # one buffer for every side: a fresh (B, n_movies) array each cost page faults
-        found = []
-        for side in sides:
-            np.add(base, side, out=scores)
-            found.append(self._rerank_top(user_part, bias, scores, n, pool, known=known))
-        return found
+        firsts = top_k_of_sums(base, sides, n)  # (positions in the pool, their watch-side scores), per side
+        # the logits are read: their memory holds the ratings computed so far
+        known = _RatingsSoFar(len(base), [first for first, _ in firsts], pool.size, storage=base.reshape(-1))
+        return [self._rate_top(user_part, bias, first, pool, watch, known=known) for first, watch in firsts]
 
     def _rerank_top(
+        self, user_part: np.ndarray, bias: np.ndarray, scores: np.ndarray, n: int, pool: MoviePool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The top ``n`` pool positions of each row of ``scores`` and the network's rating of each: (movies (B, n),
+        -1 padding; their scores; their ratings). ``user_part`` is the rows' user half of the first Dense layer."""
+        first = top_k(scores, n)
+        watch = np.full(first.shape, -np.inf, np.float32)
+        valid = first >= 0
+        watch[valid] = scores[np.nonzero(valid)[0], first[valid]]
+        return self._rate_top(user_part, bias, first, pool, watch)
+
+    def _rate_top(
         self,
         user_part: np.ndarray,
         bias: np.ndarray,
-        scores: np.ndarray,
-        n: int,
+        first: np.ndarray,
         pool: MoviePool,
+        watch: np.ndarray,
         *,
-        known: np.ndarray | None = None,
+        known: _RatingsSoFar | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The top ``n`` pool positions of each row of ``scores`` and the network's rating of each: (movies (B, n),
-        -1 padding; their scores; their ratings). ``user_part`` is the rows' user half of the first Dense layer;
-        ``known`` (B, pool size), NaN where not yet computed, supplies and keeps ratings across calls."""
-        first = top_k(scores, n)  # positions in the pool
+        """(movies (B, n), -1 padding; their retrieval scores ``watch`` (float32, -inf at -1); their ratings) of the
+        pool positions ``first`` ((B, n), -1 padding). ``known`` supplies and keeps ratings across calls."""
         valid = first >= 0
-        rows, cols = np.nonzero(valid)[0], first[valid]
-        movies = np.full(first.shape, -1, np.int64)
-        movies[valid] = pool.movies[cols]
-        values = np.full(rows.shape, np.nan, np.float32) if known is None else known[rows, cols]
+        rows = np.repeat(np.arange(len(first)), np.count_nonzero(valid, axis=1))  # row-major, as np.nonzero
+        cols = first[valid]
+        if pool.position is pool.movies:  # every movie: a pool position is the movie
+            movies = first.astype(np.int64)
+        else:
+            movies = np.full(first.shape, -1, np.int64)
+            movies[valid] = pool.movies[cols]
+        values = np.full(rows.shape, np.nan, np.float32) if known is None else known.get(rows, cols)
         todo = np.isnan(values)
         r, m = rows[todo], movies[valid][todo]
         # the first Dense layer's user half once per user, not once per candidate; the watch logits are the
@@ -517,9 +551,7 @@ class Scorer:
             logit += self.movie_bias[m]
         values[todo] = scale_rating(logit, self.shape)
         if known is not None:
-            known[r, cols[todo]] = values[todo]
-        watch = np.full(first.shape, -np.inf, np.float32)
-        watch[valid] = scores[rows, cols]
+            known.put(r, cols[todo], values[todo])
         rating = np.full(first.shape, np.nan, np.float32)
         rating[valid] = values
         return movies, watch, rating
@@ -607,6 +639,30 @@ def _mask_seen(scores: np.ndarray, seen: ItemSets | None, pool: MoviePool) -> No
         pos = pool.position[cols]
         keep = pos >= 0
         scores[rows[keep], pos[keep]] = -np.inf
+
+
+class _RatingsSoFar:
+    """The ratings computed so far for (row, pool position) pairs of one batch of user rows, NaN where none: the
+    positions any of the batch's lists hold get a column each, so the table is (B, movies listed), where a (B, pool
+    size) NaN buffer took 44 MB per batch of 128 users at 86,000 movies (and its page faults). ``storage``, a
+    float32 array of at least that many values that is no longer needed (the batch's watch logits, once each
+    side's candidates are found), holds the table without a new allocation."""
+
+    def __init__(self, n_rows: int, lists: Sequence[np.ndarray], pool_size: int, storage: np.ndarray) -> None:
+        listed = np.zeros(pool_size, dtype=bool)
+        for positions in lists:
+            listed[positions[positions >= 0]] = True
+        self.column = np.cumsum(listed) - 1  # pool position -> its column (where listed)
+        self.width = int(listed.sum())
+        self.value = storage[: n_rows * self.width]
+        self.value.fill(np.nan)
+
+    def get(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """The ratings of (rows[i], positions[i]), NaN where not yet computed."""
+        return np.take(self.value, rows * self.width + self.column[positions])
+
+    def put(self, rows: np.ndarray, positions: np.ndarray, values: np.ndarray) -> None:
+        self.value[rows * self.width + self.column[positions]] = values
 
 
 @dataclass(frozen=True)

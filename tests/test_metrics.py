@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from embedrec.metrics import ItemSets, mae, ranking_metrics, rmse, top_k
+from embedrec.metrics import ItemSets, mae, ranking_metrics, rmse, top_k, top_k_of_sums
 
 INV_LOG2_3 = 1.0 / math.log2(3)  # the discount at position 2
 
@@ -97,6 +97,101 @@ def test_top_k_with_ties_lists_the_same_scores_as_a_full_sort() -> None:
     want = _top_k_by_full_sort(scores, 500)
     np.testing.assert_array_equal(np.take_along_axis(scores, got, axis=1), np.take_along_axis(scores, want, axis=1))
     assert all(len(set(row)) == 500 for row in got.tolist())
+
+
+def _top_k_by_argpartition(scores: np.ndarray, k: int) -> np.ndarray:
+    """top_k's former path over narrow rows: argpartition, then a stable sort of the k, -inf as -1."""
+    n = scores.shape[1]
+    part = np.argpartition(scores, n - k, axis=1)[:, n - k :]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    out = np.take_along_axis(part, order, axis=1).astype(np.int32)
+    out[np.take_along_axis(part_scores, order, axis=1) == -np.inf] = -1
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 10, 50])
+def test_top_k_over_narrow_rows_lists_what_argpartition_lists_ties_included(k: int) -> None:
+    """Narrow rows (500 candidates re-ranked) find the k-th score by value; where equal scores make the list depend
+    on argpartition's order (a tie at the cut or inside the list, -inf listed), it is argpartition's list."""
+    rng = np.random.default_rng(k)
+    scores = rng.standard_normal((300, 500)).astype(np.float32)
+    scores[:100] = np.round(scores[:100] * 3)  # ties at the cut and inside the lists
+    scores[100:150, rng.integers(0, 500, 400)] = -np.inf
+    scores[150, :-3] = -np.inf  # fewer than k finite
+    scores[151] = -np.inf
+    scores[152, :20] = 7.0  # the best twenty all equal
+    for matrix in (scores, scores.astype(np.float64)):
+        np.testing.assert_array_equal(top_k(matrix, k), _top_k_by_argpartition(matrix, k))
+
+
+def _sums_with_ties(seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Watch-logit-like rows (low rank, users of every scale; wide enough for top_k's sampled threshold) rounded
+    to quarters, so that ties are everywhere, with the cases top_k treats apart; per-column offsets like a
+    popularity prior at several weights, which leave most columns unable to reach a row's top."""
+    rng = np.random.default_rng(seed)
+    n_items = 8_000  # at k = 300 top_k samples every 18th score, and needs 8 x 48 x 18 = 6,912
+    scale = rng.choice([0.05, 0.3, 1.0], size=(70, 1))  # three blocks of rows for top_k_of_sums, the last partial
+    base = (np.round(4 * scale * (rng.standard_normal((70, 4)) @ rng.standard_normal((4, n_items)))) / 4).astype(
+        np.float32
+    )
+    base[rng.random(base.shape) < 0.02] = -np.inf  # seen movies
+    base[1, :-40] = -np.inf  # fewer eligible movies than k: a short list
+    base[2] = -np.inf  # everything seen
+    base[3] = 0.0  # one score for every movie: the offset alone decides, ties and all
+    base[4, :: max(8, 3 * 300 // 48)] += 100.0  # the sample is the best movies: its cut keeps too few
+    base[5] = rng.standard_normal(n_items).astype(np.float32)  # continuous scores
+    prior = np.log1p(rng.zipf(1.5, n_items).clip(max=10_000)).astype(np.float32)  # equal counts tie
+    offsets = [np.zeros(n_items, np.float32), rng.integers(0, 3, n_items).astype(np.float32)]
+    offsets += [(gamma * prior).astype(np.float32) for gamma in (0.5, 2.0, 8.0)]
+    offsets.append(rng.standard_normal(n_items).astype(np.float32))
+    return base, offsets
+
+
+@pytest.mark.parametrize("k", [1, 10, 60, 300])
+def test_top_k_of_sums_lists_what_top_k_of_each_sum_lists_ties_included(k: int) -> None:
+    """The same movies in the same order as top_k over each sum matrix, even where equal scores make the choice
+    arbitrary (top_k_of_sums reproduces top_k's own packed partition), and the sums they score."""
+    base, offsets = _sums_with_ties(k)
+    offsets.append(offsets[3].astype(np.float64))  # another dtype, and a non-finite offset: top_k's own path
+    offsets.append(np.where(np.arange(base.shape[1]) % 7 == 0, -np.inf, offsets[1]).astype(np.float32))
+    got = top_k_of_sums(base, offsets, k)
+    assert len(got) == len(offsets)
+    for offset, (listed, scores) in zip(offsets, got):
+        sums = np.add(base, offset, out=np.empty_like(base))
+        want = top_k(sums, k)
+        np.testing.assert_array_equal(listed, want)
+        at = np.take_along_axis(sums, np.maximum(want, 0), axis=1)
+        np.testing.assert_array_equal(scores, np.where(want >= 0, at, -np.inf))
+    assert (got[0][0][2] == -1).all() and (got[0][0][1, 40:] == -1).all()
+
+
+def test_top_k_of_sums_refuses_nan_like_top_k() -> None:
+    base, offsets = _sums_with_ties(0)
+    bad = base.copy()
+    bad[7, 11] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        top_k_of_sums(bad, offsets, 10)
+    with pytest.raises(ValueError, match="NaN"):
+        top_k_of_sums(base, [np.where(np.arange(base.shape[1]) == 3, np.nan, offsets[1])], 10)
+    with pytest.raises(ValueError, match="offset has shape"):
+        top_k_of_sums(base, [offsets[0][:-1]], 10)
+
+
+def test_descending_order_is_the_stable_descending_argsort() -> None:
+    """The float32 key sort that orders top_k's kept scores: equal scores (0.0 and -0.0 among them) keep their
+    order, infinities sort to the ends."""
+    from embedrec.metrics import _descending_order
+
+    rng = np.random.default_rng(3)
+    scores = rng.integers(-3, 4, (50, 300)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.1] = -np.inf
+    scores[rng.random(scores.shape) < 0.05] = np.inf
+    scores[rng.random(scores.shape) < 0.1] = -0.0
+    scores[:5] = rng.standard_normal((5, 300)).astype(np.float32) * 1e-30  # subnormal and tiny magnitudes
+    want = np.argsort(-scores, axis=1, kind="stable")
+    np.testing.assert_array_equal(_descending_order(scores), want)
+    np.testing.assert_array_equal(_descending_order(scores.astype(np.float64)), want)
 
 
 def test_ranking_metrics_by_hand() -> None:

@@ -262,3 +262,94 @@ def test_validation_ranking_builds_its_sets_once_and_matches_evaluate_ranking(ml
     assert ranking._held_out is not None  # kept for the next epoch
     emb_m[:] = rng.standard_normal(emb_m.shape)  # "the next epoch": other weights, the same sets
     assert ranking(score) != ref
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory: pytest.TempPathFactory):
+    """A catalogue wide enough (4,000 movies) for top_k's sampled threshold at 100 candidates, the path that
+    candidates_by_side speeds up (ML-100K's 1,682 movies and the 400 of the synthetic fixture are too narrow),
+    and a real model trained on it."""
+    from planted import train_tiny
+
+    from embedrec.artifacts import load_model
+    from embedrec.data import PrepareConfig, load_prepared, prepare_synthetic
+
+    out = tmp_path_factory.mktemp("wide") / "data"
+    prepare_synthetic(out=out, n_users=200, n_movies=4_000, n_ratings=24_000, seed=3, config=PrepareConfig())
+    data = load_prepared(out)
+    return data, load_model(train_tiny(data, tmp_path_factory.mktemp("wide_model") / "model"))
+
+
+def _candidates_by_side_reference(scorer, emb, bias, n, seen_mask, sides):
+    """What candidates_by_side did before it stopped forming each side's sum matrix: per side, the whole
+    (users, movies) sum, top_k of it, and the ratings of the pairs no earlier side retrieved, kept in a (users,
+    movies) NaN matrix. Same network calls on the same pairs, so the same bits."""
+    from embedrec.metrics import top_k
+    from embedrec.scoring import dense_relu_chain, scale_rating
+
+    base = emb @ scorer.every_movie.watch_item_t
+    base[seen_mask] = -np.inf
+    user_part = emb @ scorer.w_user
+    known = np.full(base.shape, np.nan, np.float32)
+    found = []
+    for side in sides:
+        scores = np.add(base, side, out=np.empty_like(base))
+        first = top_k(scores, n)
+        valid = first >= 0
+        rows, cols = np.nonzero(valid)[0], first[valid]
+        values = known[rows, cols]
+        todo = np.isnan(values)
+        r, m = rows[todo], cols[todo]
+        logit = dense_relu_chain(user_part[r] + scorer.movie_part_of(m), scorer.layers[1:])
+        logit += bias[r]
+        logit += scorer.movie_bias[m]
+        values[todo] = scale_rating(logit, scorer.shape)
+        known[r, m] = values[todo]
+        movies = np.where(valid, first, -1).astype(np.int64)
+        watch = np.full(first.shape, -np.inf, np.float32)
+        watch[valid] = scores[rows, cols]
+        rating = np.full(first.shape, np.nan, np.float32)
+        rating[valid] = values
+        found.append((movies, watch, rating))
+    return found
+
+
+def test_candidates_by_side_equals_one_full_retrieval_per_side_bit_for_bit(wide) -> None:
+    """Training's blend choice retrieves each side's candidates without each side's (users, movies) sum: the same
+    movies in the same order, the same watch scores and the same ratings, to the bit, as the plain way; including
+    a user with fewer unseen movies than candidates and a user whose scores tie everywhere (a zero embedding under
+    a side of popularity counts alone)."""
+    from embedrec.baselines import popularity_prior
+    from embedrec.metrics import ItemSets
+    from embedrec.scoring import Scorer, blend_watch_side
+
+    data, artifact = wide
+    scorer = Scorer.from_artifact(artifact)
+    train = data.split == 0
+    users = np.arange(0, data.n_users, 3)
+    emb, bias = scorer.user_rows(users)
+    emb[5] = 0.0  # every watch logit 0: the side alone orders this user's movies, with ties
+    seen = ItemSets.from_pairs(
+        data.user_idx[train], data.movie_idx[train], n_rows=data.n_users, n_items=data.n_movies
+    ).take(users)
+    rows, movies = seen.coordinates()
+    keep = rows != 7
+    few_left = np.arange(30, data.n_movies)  # user row 7 has seen every movie but 30: fewer than the 100 candidates
+    seen = ItemSets.from_pairs(
+        np.concatenate([rows[keep], np.full(few_left.size, 7)]),
+        np.concatenate([movies[keep], few_left]),
+        n_rows=len(users),
+        n_items=data.n_movies,
+    )
+    prior = popularity_prior(data.movie_idx[train], None, n_movies=data.n_movies)
+    sides = [blend_watch_side(scorer.watch_bias, prior, gamma) for gamma in (0.0, 0.5, 4.0)]
+    sides.append((2.0 * prior).astype(np.float32))  # equal counts tie
+    got = scorer.candidates_by_side(emb, bias, 100, seen=seen, sides=sides)
+    want = _candidates_by_side_reference(scorer, emb, bias, 100, seen.mask(np.arange(len(users))), sides)
+    for (movies_got, watch_got, rating_got), (movies_want, watch_want, rating_want) in zip(got, want):
+        np.testing.assert_array_equal(movies_got, movies_want)
+        np.testing.assert_array_equal(watch_got, watch_want)
+        np.testing.assert_array_equal(rating_got, rating_want)
+        assert (movies_got[7] >= 0).sum() == 30
+    tied = watch_got[5][movies_got[5] >= 0]
+    assert np.unique(tied).size < tied.size / 2  # the zero-embedding user's last side is mostly ties
