@@ -321,7 +321,7 @@ class Run:
         host: dict[str, Any] = {"slab": np.asarray(state["slab"][:, : self.layout.width])}
         if "genre" in state:
             host["genre"] = np.array(state["genre"])
-        return state_tables(host, self.layout)
+        return {name: np.asarray(table) for name, table in state_tables(host, self.layout).items()}  # views
 
     def served_scorer(self, head: Any, tables: dict[str, Any]) -> Scorer:
         """The numpy serving scorer of these host weights as they would be served (users without training ratings
