@@ -222,8 +222,9 @@ def flatten_tree(tree: Any, prefix: str) -> dict[str, np.ndarray]:
     return {prefix + jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
-def restore_tree(template: Any, arrays: Mapping[str, np.ndarray], prefix: str) -> Any:
-    """The pytree ``template`` with its leaves read from ``arrays`` (written by :func:`flatten_tree`).
+def restore_tree(template: Any, arrays: Mapping[str, np.ndarray], prefix: str, *, on_device: bool = True) -> Any:
+    """The pytree ``template`` with its leaves read from ``arrays`` (written by :func:`flatten_tree`): JAX arrays, or
+    with ``on_device=False`` host arrays of the template's dtypes (for a caller that works on the host next).
 
     Raises ArtifactError naming the key when an entry is missing or has another shape (other model or data).
     """
@@ -244,7 +245,8 @@ def restore_tree(template: Any, arrays: Mapping[str, np.ndarray], prefix: str) -
                 f"checkpoint entry {key} has shape {value.shape}, the model needs {np.shape(leaf)}:"
                 " the data or settings changed since it was written; retrain or pass the same --data"
             )
-        out.append(jnp.asarray(value, dtype=leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype))
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        out.append(jnp.asarray(value, dtype=dtype) if on_device else np.asarray(value, dtype=dtype))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 

@@ -215,21 +215,22 @@ def _inverse_counts(idx: np.ndarray, n: int) -> np.ndarray:
     return (1.0 / np.maximum(np.bincount(idx, minlength=n), 1)).astype(np.float32)
 
 
-def untrained_users_as_average(tables: dict[str, jax.Array], trained: np.ndarray) -> dict[str, jax.Array]:
-    """User rows that no training rating ever touched, set to the mean of the trained rows.
+def untrained_users_as_average(tables: Mapping[str, Any], trained: np.ndarray) -> dict[str, Any]:
+    """User rows that no training rating ever touched, set to the mean of the trained rows (the user tables come
+    back as new host arrays; the others as they were).
 
     Such a row still holds its random initialisation, which scores a new user by noise around the movie biases;
     the average user's row ranks what the average user watches and predicts the average user's ratings. Under a
     temporal split most test users are new (203 of 290 on MovieLens-100K), so this is most of that row's ranking.
     """
-    if trained.all() or not trained.any():
-        return tables
     out = dict(tables)
+    if trained.all() or not trained.any():
+        return out
     for name in TABLE_GROUPS["user"]:
         if name in out:
-            table = np.asarray(out[name])
-            table = np.where(trained[:, None], table, table[trained].mean(axis=0, keepdims=True))
-            out[name] = jnp.asarray(table, dtype=out[name].dtype)
+            table = np.array(out[name])  # a copy: the caller's table stays as it was
+            table[~trained] = table[trained].mean(axis=0, keepdims=True)
+            out[name] = table
     return out
 
 
@@ -865,7 +866,7 @@ def _result(
         assert best.weights is not None
         # the model's initial tables are the template (names, shapes, dtypes): reading the last state's from the
         # devices here cost up to 0.8 s at full MovieLens scale, for values that are replaced
-        final = restore_tree({"head": state["head"], "tables": run.model.tables()}, best.weights, "")
+        final = restore_tree({"head": state["head"], "tables": run.model.tables()}, best.weights, "", on_device=False)
     else:
         final = {"head": run.host(state["head"]), "tables": run.host_tables(state)}
         if history:  # without early stopping the last epoch's weights are the model (as in the original)
@@ -876,7 +877,7 @@ def _result(
     final["tables"] = untrained_users_as_average(final["tables"], run.trained_users)
     model = run.model
     model.set_tables({name: jnp.asarray(table) for name, table in final["tables"].items()})
-    nnx.update(model.head, final["head"])
+    nnx.update(model.head, jax.tree.map(jnp.asarray, final["head"]))
     return TrainResult(
         model=model,
         shape=run.shape,
