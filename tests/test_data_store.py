@@ -244,6 +244,16 @@ def test_timestamps_are_read_on_first_use_from_the_file_opened_at_load(
     assert d.timestamp.dtype == np.int64 and d.ratings_file.closed  # both reads done: the descriptor is released
 
 
+def test_the_movie_table_is_read_while_another_thread_reads_the_ratings(synthetic_prepared: Path) -> None:
+    """Training initialises the model (which needs the movie table) while the main thread reads the ratings."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    d = load_prepared(synthetic_prepared, lazy=True)
+    with d._read_locks["ratings"], ThreadPoolExecutor(1) as pool:  # as while the ratings are being read
+        movies = pool.submit(lambda: d.movies).result(timeout=30)
+        assert len(movies) == d.n_movies and "ratings" not in d._read
+
+
 def test_an_index_prepared_before_it_kept_the_rating_values_still_loads(
     synthetic_prepared: Path, tmp_path: Path
 ) -> None:

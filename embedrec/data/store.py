@@ -305,12 +305,17 @@ class PreparedData:
     users_file: Any = field(default=None, repr=False)  # an open pyarrow ParquetFile until the ids are read
     user_index: UserIndex | None = None
     _read: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
-    _read_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _read_locks: dict[str, threading.Lock] = field(
+        default_factory=lambda: {file: threading.Lock() for file in ("ratings", "movies", "users")},
+        init=False,
+        repr=False,
+    )
 
-    def _once(self, name: str, read: Callable[[], Any]) -> Any:
-        """``read()`` on first use, then its result: under a lock, because the HTTP service's threads may ask at
-        once and the file is closed after the read."""
-        with self._read_lock:
+    def _once(self, name: str, read: Callable[[], Any], *, file: str) -> Any:
+        """``read()`` on first use, then its result: under the lock of the file it reads, because the HTTP service's
+        threads may ask at once and the file is closed after the read. One lock per file, so that training's model
+        set-up (the movie table) does not wait for the ratings another thread is reading."""
+        with self._read_locks[file]:
             if name not in self._read:
                 self._read[name] = read()
             return self._read[name]
@@ -318,7 +323,7 @@ class PreparedData:
     @property
     def _ratings(self) -> dict[str, np.ndarray]:
         """The rating arrays, read and checked once."""
-        return self._once("ratings", self._read_ratings)
+        return self._once("ratings", self._read_ratings, file="ratings")
 
     def _read_ratings(self) -> dict[str, np.ndarray]:
         arrays = _read_rating_arrays(self.path, self.ratings_file, [c for c in RATING_COLUMNS if c != "timestamp"])
@@ -334,7 +339,7 @@ class PreparedData:
         return stamps
 
     def _close_ratings_file(self, *, reading: str) -> None:
-        """Close ``ratings.parquet`` once both of its reads are done (``reading`` is finishing now, under the read
+        """Close ``ratings.parquet`` once both of its reads are done (``reading`` is finishing now, under the file's
         lock): the descriptor is not held for the object's lifetime, but it is held until then, so that the
         timestamps come from the version the ratings came from even if ``prepare`` replaced the folder since."""
         other = "timestamp" if reading == "ratings" else "ratings"
@@ -361,7 +366,7 @@ class PreparedData:
     @property
     def user_ids(self) -> np.ndarray:
         """Raw user id per user_idx (int64, sorted), read on first use: a model trained on this data carries them."""
-        return self._once("users", self._read_user_ids)
+        return self._once("users", self._read_user_ids, file="users")
 
     def _read_user_ids(self) -> np.ndarray:
         where = self.path / "users.parquet"
@@ -378,7 +383,7 @@ class PreparedData:
     def movies(self) -> pd.DataFrame:
         """The movie table (see the module docstring), read and checked on first use: serving one user with a model
         trained on this data needs only the model folder's copy."""
-        return self._once("movies", self._read_movies)
+        return self._once("movies", self._read_movies, file="movies")
 
     def _read_movies(self) -> pd.DataFrame:
         where = self.path / "movies.parquet"
@@ -407,7 +412,7 @@ class PreparedData:
 
     @property
     def timestamp(self) -> np.ndarray:
-        return self._once("timestamp", self._read_timestamps)
+        return self._once("timestamp", self._read_timestamps, file="ratings")
 
     @property
     def split(self) -> np.ndarray:
