@@ -204,7 +204,11 @@ def popularity_prior(
     if half_life is not None and timestamp is not None and len(movie_idx):
         age = (np.max(timestamp) - np.asarray(timestamp, dtype=np.float64)).astype(np.float64)
         weight = np.exp2(-age / float(half_life))
-    counts = np.bincount(movie_idx, weights=weight, minlength=n_movies)
+    return prior_of_counts(np.bincount(movie_idx, weights=weight, minlength=n_movies))
+
+
+def prior_of_counts(counts: np.ndarray) -> np.ndarray:
+    """:func:`popularity_prior` from the (n_movies,) training counts already counted (training has them)."""
     return np.log1p(counts).astype(np.float32)
 
 

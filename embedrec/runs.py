@@ -138,8 +138,11 @@ def _check_resumable(run_dir: Path, train_cfg: TrainConfig) -> None:
         )
 
 
-def prior_candidates(prepared: PreparedData) -> list[tuple[float | None, np.ndarray]]:
-    """The popularity priors the ranking may weigh, as (half-life in seconds or None, (n_movies,) prior).
+def prior_candidates(
+    prepared: PreparedData, train_counts: np.ndarray | None = None
+) -> list[tuple[float | None, np.ndarray]]:
+    """The popularity priors the ranking may weigh, as (half-life in seconds or None, (n_movies,) prior);
+    ``train_counts``: the train split's ratings per movie when the caller has them (training does), else counted.
 
     Always the plain training counts. When the data is split by time (and has timestamps), also counts decayed
     with each of :data:`RECENT_HALF_LIVES` of the training span: the model is then judged on later ratings, and the
@@ -147,12 +150,14 @@ def prior_candidates(prepared: PreparedData) -> list[tuple[float | None, np.ndar
     split gets no recency candidates: its val ratings are spread over the same period as train, so recency has
     nothing to predict there, and each extra candidate is one more chance to fit the val sample's noise.
     """
-    from embedrec.baselines import popularity_prior
+    from embedrec.baselines import popularity_prior, prior_of_counts
 
+    method = str(prepared.summary.get("split", {}).get("method", "random"))
+    if train_counts is not None and method not in TIME_SPLITS:  # no pass over the ratings
+        return [(None, prior_of_counts(train_counts))]
     train = prepared.split == 0
     movies = prepared.movie_idx[train]
     out: list[tuple[float | None, np.ndarray]] = [(None, popularity_prior(movies, None, n_movies=prepared.n_movies))]
-    method = str(prepared.summary.get("split", {}).get("method", "random"))
     if method not in TIME_SPLITS:
         return out
     stamps = prepared.timestamp[train]
@@ -197,7 +202,7 @@ def choose_ranking(
     from embedrec.validation import scoring_weights, training_relevance
 
     weights = scoring_weights(nnx.state(result.model.head), result.model.tables(), result.genres, result.histories)
-    priors = prior_candidates(prepared)
+    priors = prior_candidates(prepared, result.train_movie_counts)
     blends: list[tuple[int, float]] = []  # (prior position, gamma); gamma 0 is the same ranking for every prior
     sides: list[np.ndarray] = []
     scorer = Scorer.from_weights(weights, model_cfg, result.shape)

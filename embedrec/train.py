@@ -121,6 +121,7 @@ class TrainResult:
     info: dict[str, Any] = field(default_factory=dict)
     val_held_out: HeldOut | None = None  # the val split's relevant sets, its ranked users' seen sets (validation's)
     histories: UserHistories | None = None  # the train split's user histories (ModelConfig.user_history)
+    train_movie_counts: np.ndarray | None = None  # (n_movies,) int64: the train split's ratings per movie
 
 
 @dataclass(frozen=True)
@@ -888,6 +889,7 @@ def _result(
         interrupted=interrupted,
         val_held_out=run.rank_val.held_out if run.rank_val is not None else None,
         histories=run.histories,
+        train_movie_counts=np.bincount(run.train_split.movies, minlength=run.prepared.n_movies),
         info={
             "n_params": model.n_params(),
             "n_train": run.schedule.n_train,

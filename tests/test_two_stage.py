@@ -204,6 +204,11 @@ def test_recency_priors_are_offered_only_when_the_data_is_split_by_time(
 
     random_split = prior_candidates(load_prepared(synthetic_prepared))
     assert [half_life for half_life, _ in random_split] == [None]
+    d = load_prepared(synthetic_prepared)  # training passes the counts it has: the same prior, bit for bit
+    counted = np.bincount(d.movie_idx[d.split == 0], minlength=d.n_movies)
+    [(_, given)] = prior_candidates(d, counted)
+    np.testing.assert_array_equal(given, random_split[0][1])
+    assert given.dtype == np.float32 and given.max() > 0
     prepare_synthetic(
         out=tmp_path / "t", n_users=300, n_movies=400, n_ratings=20_000, seed=0, config=PrepareConfig(split="temporal")
     )
