@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -296,18 +297,20 @@ def train_run(
     # training's slow start begins before the ratings are read: one thread imports JAX and initialises the model
     # (mostly small XLA compilations) while this one reads them (at full MovieLens scale ~5 s and ~2 s, on two
     # cores). Not on a distributed run, whose processes first agree on the settings
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor, wait
 
     starting = None if several else ThreadPoolExecutor(1, thread_name_prefix="embedrec-init")
     initialised: Future[Initialised] | None = None
     try:
-        if starting is not None:
-            starting.submit(_import_training)
-        plan = _plan_run(data_dir, out=out, workdir=workdir, preset=preset, overrides=overrides, resume=resume)
-        plan.check_writable(writer)
-        if starting is not None:
-            initialised = starting.submit(_initialise, plan.prepared, plan.model_cfg, plan.train_cfg)
-        plan.prepared.read_all()  # the ratings (checked), while the model initialises
+        with _signals_held(starting is not None):  # the two threads import at once until `imported` is done
+            imported = starting.submit(_import_training) if starting is not None else None
+            plan = _plan_run(data_dir, out=out, workdir=workdir, preset=preset, overrides=overrides, resume=resume)
+            plan.check_writable(writer)
+            if starting is not None:
+                initialised = starting.submit(_initialise, plan.prepared, plan.model_cfg, plan.train_cfg)
+            plan.prepared.read_all()  # the ratings (checked), while the model initialises
+            if imported is not None:
+                wait([imported])  # its error, if any, comes from `initialised`
     except EmbedrecError as exc:
         if several:
             distributed.agree(exc)  # every process fails with it
@@ -580,6 +583,36 @@ def _write_model(result: TrainResult, plan: _Plan, last_checkpoint: Callable[[],
 def _import_training() -> None:
     """Import the training modules (JAX, Flax, Optax: ~1.5 s), in :func:`train_run`'s starting thread."""
     import embedrec.train  # noqa: F401
+
+
+@contextmanager
+def _signals_held(hold: bool) -> Iterator[None]:
+    """Run the block with SIGINT and SIGTERM held back, then deliver them to the handlers they had (in order).
+
+    While :func:`train_run`'s starting thread imports JAX, the main thread imports too (pandas, pyarrow): the
+    exception that the CLI's handlers raise (KeyboardInterrupt, Terminated) landed inside the main thread's import
+    machinery and left Python's import locks held, so the process hung, or a module half imported (a wrong
+    "unreadable Parquet file" error). Held here, the signal raises once both imports are done, outside any import.
+    Only the main thread can change handlers; elsewhere (or with ``hold`` False) the block runs as it is."""
+    import signal
+    import threading
+
+    if not hold or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold_back(signum: int, frame: Any) -> None:
+        caught.append(signum)
+
+    previous = {signum: signal.signal(signum, hold_back) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)  # None: not set from Python
+        for signum in caught:
+            signal.raise_signal(signum)
 
 
 def _initialise(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig) -> Initialised:

@@ -969,3 +969,36 @@ def test_utf8_u_item_titles_are_not_mojibake(tmp_path: Path) -> None:
     from embedrec.data import load_prepared
 
     assert list(load_prepared(tmp_path / "data").movies["title"]) == ["Amélie", "Léon", "Crouching Tiger"]
+
+
+@pytest.mark.parametrize("jax_modules_imported", [1, 30, 120, 250])
+def test_sigterm_while_training_starts_ends_the_process_cleanly(
+    synthetic_prepared: Path, tmp_path: Path, jax_modules_imported: int
+) -> None:
+    """SIGTERM while one thread imports JAX and the other reads the data (the first seconds of ``train``): one line,
+    exit 143, no run folder, no hang. The signal is sent when the import log (``PYTHONPROFILEIMPORTTIME``) shows
+    that many JAX modules imported, so it lands inside the concurrent imports whatever the machine's speed: raised
+    inside the main thread's own import, it once left Python's import locks held (a hang) or a module half
+    imported (a wrong "unreadable Parquet file" error)."""
+    (tmp_path / "systmp").mkdir()
+    env = {**cli_env(tmp_path), "PYTHONPROFILEIMPORTTIME": "1"}
+    args = ["train", "--data", str(synthetic_prepared), "--workdir", str(tmp_path / "wd"), "--epochs", "2", "-q"]
+    proc = subprocess.Popen(CLI + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    seen, head = 0, []
+    for line in proc.stderr:
+        head.append(line)
+        seen += bool(re.search(r"\| +jax[._]", line))
+        if seen >= jax_modules_imported:
+            break
+    assert seen == jax_modules_imported, f"train imported only {seen} JAX modules"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        stdout, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail(f"train hung after SIGTERM at the {jax_modules_imported}th JAX module imported")
+    stderr = "".join(line for line in head + stderr.splitlines(keepends=True) if not line.startswith("import time:"))
+    assert_one_error_line(Outcome(proc.returncode, stdout, stderr), 143, r"terminated by SIGTERM")
+    assert not any((tmp_path / "wd" / "models").glob("*")), "a run folder was left behind"
