@@ -983,7 +983,9 @@ def test_sigterm_while_training_starts_ends_the_process_cleanly(
     (tmp_path / "systmp").mkdir()
     env = {**cli_env(tmp_path), "PYTHONPROFILEIMPORTTIME": "1"}
     args = ["train", "--data", str(synthetic_prepared), "--workdir", str(tmp_path / "wd"), "--epochs", "2", "-q"]
-    proc = subprocess.Popen(CLI + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        CLI + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert proc.stderr is not None
     seen, head = 0, []
     for line in proc.stderr:
