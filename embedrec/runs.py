@@ -153,7 +153,7 @@ def prior_candidates(
     """
     from embedrec.baselines import popularity_prior, prior_of_counts
 
-    method = str(prepared.summary.get("split", {}).get("method", "random"))
+    method = _split_method(prepared)
     if train_counts is not None and method not in TIME_SPLITS:  # no pass over the ratings
         return [(None, prior_of_counts(train_counts))]
     train = prepared.split == 0
@@ -168,6 +168,11 @@ def prior_candidates(
             half_life = share * span
             out.append((half_life, popularity_prior(movies, stamps, n_movies=prepared.n_movies, half_life=half_life)))
     return out
+
+
+def _split_method(prepared: PreparedData) -> str:
+    """How ``prepare`` split the ratings (random, temporal, leave-last-out)."""
+    return str(prepared.summary.get("split", {}).get("method", "random"))
 
 
 @dataclass
@@ -309,6 +314,8 @@ def train_run(
             if starting is not None:
                 initialised = starting.submit(_initialise, plan.prepared, plan.model_cfg, plan.train_cfg)
             plan.prepared.read_all()  # the ratings (checked), while the model initialises
+            if _split_method(plan.prepared) in TIME_SPLITS:  # the ranking choice's recency priors read them, after
+                _ = plan.prepared.timestamp  # training: a damaged column is found now, with the ratings
             if imported is not None:
                 wait([imported])  # its error, if any, comes from `initialised`
     except EmbedrecError as exc:
@@ -501,7 +508,7 @@ def _plan_run(
         train_cfg,
         n_train=n_train,
         n_movies_rated=n_movies_rated,
-        split_method=str(prepared.summary.get("split", {}).get("method", "random")),
+        split_method=_split_method(prepared),
         explicit=set((overrides or {}).keys()),
     )
     return _Plan(

@@ -1004,3 +1004,26 @@ def test_sigterm_while_training_starts_ends_the_process_cleanly(
     stderr = "".join(line for line in head + stderr.splitlines(keepends=True) if not line.startswith("import time:"))
     assert_one_error_line(Outcome(proc.returncode, stdout, stderr), 143, r"terminated by SIGTERM")
     assert not any((tmp_path / "wd" / "models").glob("*")), "a run folder was left behind"
+
+
+def test_a_damaged_timestamp_column_of_a_temporal_split_is_refused_before_training(tmp_path: Path) -> None:
+    """The timestamps are read on their own (a random split never needs them), but a time-based split's ranking
+    choice does, after training: the column is read with the ratings, so a damaged one stops the run at once (one
+    line, exit 2) instead of after every epoch, leaving no half-written run folder."""
+    import pyarrow.parquet as pq
+
+    (tmp_path / "systmp").mkdir()
+    data = tmp_path / "data"
+    prep = ["prepare", "--synthetic", "--users", "200", "--movies", "150", "--ratings", "6000", "--split", "temporal"]
+    assert run_cli([*prep, "--out", str(data)], tmp_path).code == 0
+    ratings = data / "ratings.parquet"
+    meta = pq.ParquetFile(ratings).metadata
+    names = [meta.row_group(0).column(i).path_in_schema for i in range(meta.num_columns)]
+    column = meta.row_group(0).column(names.index("timestamp"))
+    start = column.dictionary_page_offset or column.data_page_offset
+    raw = bytearray(ratings.read_bytes())
+    raw[start : start + column.total_compressed_size] = b"\xff" * column.total_compressed_size
+    ratings.write_bytes(bytes(raw))
+    out = run_cli(["train", "--data", str(data), "--workdir", str(tmp_path / "wd"), "--epochs", "2", "-q"], tmp_path)
+    assert_one_error_line(out, 2, r"ratings\.parquet|unreadable Parquet")
+    assert not (tmp_path / "wd" / "models").exists() or not any((tmp_path / "wd" / "models").iterdir())

@@ -375,7 +375,7 @@ class PreparedData:
         try:
             return int_column(self.users_file.read(columns=["user_id"]), "user_id")
         except Exception as exc:  # pyarrow raises several types for a corrupt file
-            raise ArtifactError(f"{where} is an unreadable Parquet file ({exc}): {_HOW}") from None
+            raise ArtifactError(f"{where} is an unreadable Parquet file ({_one_line(exc)}): {_HOW}") from None
         finally:
             self.users_file.close()
 
@@ -392,7 +392,7 @@ class PreparedData:
         try:
             movies = table_frame(self.movies_file.read())
         except Exception as exc:  # pyarrow raises several types for a corrupt file
-            raise ArtifactError(f"{where} is an unreadable Parquet file ({exc}): {_HOW}") from None
+            raise ArtifactError(f"{where} is an unreadable Parquet file ({_one_line(exc)}): {_HOW}") from None
         finally:
             self.movies_file.close()
         _check_movies(where, movies, genres=self.genres, n_genre_strings=self.n_genre_strings)
@@ -592,7 +592,7 @@ def _read_prepared(path: Path) -> PreparedData:
         elif "user_id" not in users.schema_arrow.names:
             problem = f"{path / 'users.parquet'} lacks column user_id: {_HOW}"
     except Exception as exc:  # pyarrow raises several types for a corrupt file
-        problem = f"prepared data at {path} has an unreadable Parquet file ({exc}): {_HOW}"
+        problem = f"prepared data at {path} has an unreadable Parquet file ({_one_line(exc)}): {_HOW}"
     if problem is not None:
         for parquet in opened:
             parquet.close()
@@ -621,6 +621,12 @@ def _read_prepared(path: Path) -> PreparedData:
     )
 
 
+def _one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line of printable characters: pyarrow's span several lines (a thrift error and its
+    context) and may quote the damaged bytes, and an error is one line."""
+    return " ".join("".join(c if c.isprintable() else " " for c in str(exc)).split())
+
+
 def _read_rating_arrays(path: Path, ratings_file: Any, columns: list[str]) -> dict[str, np.ndarray]:
     """``columns`` (of :data:`RATING_COLUMNS`) of the already opened ``ratings.parquet``, as contiguous arrays of
     their dtypes."""
@@ -630,7 +636,9 @@ def _read_rating_arrays(path: Path, ratings_file: Any, columns: list[str]) -> di
     try:
         table = ratings_file.read(columns=columns)
     except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise ArtifactError(f"prepared data at {path} has an unreadable Parquet file ({exc}): {_HOW}") from None
+        raise ArtifactError(
+            f"prepared data at {path} has an unreadable Parquet file ({_one_line(exc)}): {_HOW}"
+        ) from None
     out = {}
     for name in columns:
         dtype = RATING_COLUMNS[name]
