@@ -367,10 +367,11 @@ def _device_mesh(batch_size: int) -> tuple[list[Any], Any]:
 
 @dataclass
 class Initialised:
-    """The fresh model of one run's settings, and what its train state was built for (:func:`initialise`)."""
+    """The fresh model of one run's settings and data, and what its train state was built for (:func:`initialise`)."""
 
     model_cfg: ModelConfig
     train_cfg: TrainConfig
+    data_fingerprint: str  # of the prepared data it was sized for (:attr:`PreparedData.fingerprint`)
     genres: GenreInputs
     shape: DataShape
     genre_table: bool  # the genre table is updated densely, outside the slab
@@ -407,7 +408,9 @@ def initialise(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainC
     graphdef, layout, state = init_state(
         model, tx, genre_table=genre_table, rowwise=train_cfg.optimizer == "rowwise_adam"
     )
-    return Initialised(model_cfg, train_cfg, genres, shape, genre_table, tx, model, graphdef, layout, state)
+    return Initialised(
+        model_cfg, train_cfg, prepared.fingerprint, genres, shape, genre_table, tx, model, graphdef, layout, state
+    )
 
 
 def _set_up(
@@ -462,6 +465,8 @@ def _set_up(
         init = initialised.result()
         if (init.model_cfg, init.train_cfg) != (model_cfg, train_cfg):
             raise ValueError("the initialised model was built for other settings than this run's")
+        if init.data_fingerprint != prepared.fingerprint:  # tables sized for other data: JAX clamps, never fails
+            raise ValueError("the initialised model was built for other data than this run's")
         genres, model, layout = init.genres, init.model, init.layout
         inputs.update({"genre_idx": genres.idx, "genre_w": genres.weight})
         settings = StepSettings(

@@ -510,3 +510,48 @@ def test_above_the_cap_val_rmse_is_that_of_a_fixed_sample_of_val_ratings(prepare
 
     assert result.history[0]["val_rmse"] == pytest.approx(rmse(sample), rel=1e-6)
     assert result.history[0]["val_rmse"] != pytest.approx(rmse(full), rel=1e-6)
+
+
+def test_an_initialised_model_started_early_trains_to_the_same_numbers(prepared) -> None:
+    """What train_run does (the model initialised in a thread before the ratings are read) is what train does."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from embedrec.train import initialise
+
+    model_cfg, train_cfg = _seed_cfg(epochs=1)
+    plain = train(prepared, model_cfg, train_cfg)
+    with ThreadPoolExecutor(1) as pool:
+        early = train(
+            prepared, model_cfg, train_cfg, initialised=pool.submit(initialise, prepared, model_cfg, train_cfg)
+        )
+    assert early.history[0]["train_loss"] == plain.history[0]["train_loss"]
+    np.testing.assert_array_equal(early.model.tables()["movie_embedding"], plain.model.tables()["movie_embedding"])
+
+
+def test_an_initialised_model_of_other_settings_or_other_data_is_refused(prepared, tmp_path: Path) -> None:
+    """Tables sized for another catalogue would not fail where they are used (JAX clamps an index to the last row):
+    the model must have been initialised for this data, not only for these settings."""
+    from concurrent.futures import Future
+
+    from embedrec.data import PrepareConfig, prepare_synthetic
+    from embedrec.train import initialise
+
+    model_cfg, train_cfg = _seed_cfg(epochs=1)
+    other_path = tmp_path / "other"
+    prepare_synthetic(out=other_path, n_users=200, n_movies=900, n_ratings=8_000, seed=1, config=PrepareConfig())
+    other = load_prepared(other_path)
+
+    def ready(init) -> Future:
+        done: Future = Future()
+        done.set_result(init)
+        return done
+
+    with pytest.raises(ValueError, match="settings"):
+        train(
+            prepared,
+            model_cfg,
+            train_cfg,
+            initialised=ready(initialise(prepared, model_cfg, train_cfg.replace(seed=9))),
+        )
+    with pytest.raises(ValueError, match="data"):
+        train(prepared, model_cfg, train_cfg, initialised=ready(initialise(other, model_cfg, train_cfg)))
