@@ -225,6 +225,10 @@ def test_split_extent_comes_from_the_index_without_reading_a_rating_and_equals_t
     np.save(bad / "user_ratings_movie_idx.npy", damaged)
     with pytest.raises(ArtifactError, match=r"user_ratings_movie_idx.npy holds movies outside 0\.\.\d+.*prepare"):
         load_prepared(bad, lazy=True).split_extent(int(np.load(bad / "user_ratings_split.npy")[3]))
+    shutil.copytree(synthetic_prepared, bad, dirs_exist_ok=True)
+    np.save(bad / "user_ratings_split.npy", np.zeros_like(np.load(bad / "user_ratings_split.npy")))  # all "train"
+    with pytest.raises(ArtifactError, match=r"user_ratings_split.npy puts \d+ ratings in the train split.*damaged"):
+        load_prepared(bad, lazy=True).split_extent(0)
 
 
 def test_timestamps_are_read_on_first_use_from_the_file_opened_at_load(

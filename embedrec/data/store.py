@@ -351,7 +351,15 @@ class PreparedData:
         ratings are unread (a folder loaded with ``lazy=True``): training chooses its settings from them before it
         reads 27M ratings; else from the rating arrays."""
         if self.user_index is not None and "ratings" not in self._read:
-            return self.user_index.split_extent(split_code)
+            extent = self.user_index.split_extent(split_code)
+            name = next(name for name, code in SPLIT_CODES.items() if code == split_code)
+            listed = self.summary.get(f"n_{name}")
+            if isinstance(listed, int) and extent[0] != listed:  # the settings would follow a damaged file silently
+                raise ArtifactError(
+                    f"{self.path / 'user_ratings_split.npy'} puts {extent[0]} ratings in the {name} split, "
+                    f"summary.json says {listed}: the folder is damaged; {_HOW}"
+                )
+            return extent
         movies = self.movie_idx[self.split == split_code]
         return len(movies), int(np.count_nonzero(np.bincount(movies, minlength=self.n_movies)))
 
