@@ -618,8 +618,8 @@ def _signals_held(hold: bool) -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)  # None: not set from Python
-        for signum in caught:
-            signal.raise_signal(signum)
+        for held in caught:
+            signal.raise_signal(held)
 
 
 def _initialise(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig) -> Initialised:
