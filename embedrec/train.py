@@ -367,7 +367,10 @@ def _device_mesh(batch_size: int) -> tuple[list[Any], Any]:
 
 @dataclass
 class Initialised:
-    """The fresh model of one run's settings and data, and what its train state was built for (:func:`initialise`)."""
+    """The fresh model of one run's settings and data, and what its train state was built for (:func:`initialise`).
+
+    It trains one run: training consumes its state (the step donates the buffers) and the run's result is its model.
+    """
 
     model_cfg: ModelConfig
     train_cfg: TrainConfig
@@ -380,6 +383,7 @@ class Initialised:
     graphdef: Any
     layout: SlabLayout
     state: TrainState
+    used: bool = False  # set by the run that trains it
 
 
 def initialise(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig) -> Initialised:
@@ -467,6 +471,9 @@ def _set_up(
             raise ValueError("the initialised model was built for other settings than this run's")
         if init.data_fingerprint != prepared.fingerprint:  # tables sized for other data: JAX clamps, never fails
             raise ValueError("the initialised model was built for other data than this run's")
+        if init.used:  # its state's buffers were donated to that run's steps, and its model is that run's result
+            raise ValueError("the initialised model has trained a run already: call initialise again for another")
+        init.used = True
         genres, model, layout = init.genres, init.model, init.layout
         inputs.update({"genre_idx": genres.idx, "genre_w": genres.weight})
         settings = StepSettings(

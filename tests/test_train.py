@@ -526,6 +526,11 @@ def test_an_initialised_model_started_early_trains_to_the_same_numbers(prepared)
         )
     assert early.history[0]["train_loss"] == plain.history[0]["train_loss"]
     np.testing.assert_array_equal(early.model.tables()["movie_embedding"], plain.model.tables()["movie_embedding"])
+    with ThreadPoolExecutor(1) as pool:
+        once = pool.submit(initialise, prepared, model_cfg, train_cfg)
+        train(prepared, model_cfg, train_cfg, initialised=once)
+        with pytest.raises(ValueError, match="trained a run already"):  # its buffers were donated to that run
+            train(prepared, model_cfg, train_cfg, initialised=once)
 
 
 def test_an_initialised_model_of_other_settings_or_other_data_is_refused(prepared, tmp_path: Path) -> None:
