@@ -79,6 +79,7 @@ __all__ = [
     "blend_rating_biases",
     "data_shape",
     "genre_inputs",
+    "Initialised",
     "initialise",
     "select_epoch",
     "train",
