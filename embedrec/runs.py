@@ -328,11 +328,7 @@ def train_run(
     if several:
         distributed.agree(plan.facts())
         plan.run_dir = Path(distributed.exchange_text(str(plan.run_dir))[0])  # process 0's folder, for the report
-    created_run_dir = False
-    if not resume and writer:
-        created_run_dir = not plan.run_dir.exists()
-        plan.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(plan.run_dir / "run.json", plan.run_meta())
+    created_run_dir = not resume and writer and not plan.run_dir.exists()
     run_dir, prepared, model_cfg, train_cfg = plan.run_dir, plan.prepared, plan.model_cfg, plan.train_cfg
     checkpoints: Any = CheckpointDir(run_dir / "checkpoints", required=RESUME_KEYS)
     if not writer:
@@ -352,6 +348,9 @@ def train_run(
             raise
 
     try:
+        if not resume and writer:  # inside the try: a signal or a full disk from here on leaves no run folder
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / "run.json", plan.run_meta())
         result = train(
             prepared,
             model_cfg,
