@@ -17,10 +17,12 @@ import ctypes
 import functools
 import glob
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 @functools.cache
@@ -60,6 +62,20 @@ def single_threaded_blas() -> Iterator[None]:
         yield
     finally:
         set_(before)
+
+
+def each_in_threads(fn: Callable[[T], None], items: Sequence[T], workers: int) -> None:
+    """``fn(item)`` for every item, in up to ``workers`` threads with one BLAS thread each (numpy releases the GIL in
+    its large operations); in this thread, BLAS as it is, when one thread is all there is to use."""
+    threads = min(workers, len(items))
+    if threads <= 1:
+        for item in items:
+            fn(item)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with single_threaded_blas(), ThreadPoolExecutor(threads) as pool:
+        list(pool.map(fn, items))
 
 
 def set_blas_threads(n: int) -> None:

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embedrec.baselines import EASE, BiasBaseline, GlobalMean, MostPopular, TopRated
-from embedrec.blas import available_cpus, single_threaded_blas
+from embedrec.blas import available_cpus, each_in_threads, single_threaded_blas
 from embedrec.data.split import SPLIT_CODES, TEST, TRAIN
 from embedrec.errors import ConfigError, DataError
 from embedrec.metrics import ItemSets, mae, ranking_metrics, rmse, top_k
@@ -438,16 +438,9 @@ def ndcg_by_blends(
             listed = np.take_along_axis(movies[None], np.maximum(order, 0), axis=2)
             tops[i, :, block] = np.where(order >= 0, listed, -1)
 
-    starts = range(0, users.size, batch_size)
     scorer.every_movie  # noqa: B018  (built here, once, rather than by the first threads at the same time)
-    with single_threaded_blas():
-        threads = min(workers or available_cpus(), len(starts))
-        if threads <= 1:
-            for start in starts:
-                run(start)
-        else:
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(run, starts))
+    with single_threaded_blas():  # with one worker too, as with several: the numbers do not depend on the count
+        each_in_threads(run, range(0, users.size, batch_size), workers or available_cpus())
     wanted = relevant.take(users)
     return [
         {float(beta): ranking_metrics(tops[i, j], wanted, ks=(kk,))[f"ndcg@{kk}"] for j, beta in enumerate(betas)}
@@ -547,14 +540,7 @@ def evaluate_ranking(
             if on_progress is not None:
                 on_progress(done, users.size)
 
-    starts = range(0, users.size, batch_size)
-    threads = min(workers, len(starts))
-    if threads <= 1:
-        for start in starts:
-            run(start)
-    else:  # each batch's top K is its own: the same lists in any order of the threads
-        with single_threaded_blas(), ThreadPoolExecutor(threads) as pool:
-            list(pool.map(run, starts))
+    each_in_threads(run, range(0, users.size, batch_size), workers)  # each batch's top K is its own
     result = ranking_metrics(topk, relevant.take(users), ks=ks)
     result["n_users"] = int(users.size)
     return result
