@@ -30,6 +30,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -245,21 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     _surprise()  # fail in one line before any data is prepared
     defaults = default_rmse_by_row(args.quality_json) if args.quality_json else {}
     args.cache.mkdir(parents=True, exist_ok=True)
-    results = []
-    for row in args.rows:
-        results.append(
-            run_row(
-                row,
-                cache=args.cache,
-                algorithms=args.algorithms,
-                seed=args.seed,
-                log=lambda line: print(line, file=sys.stderr, flush=True),
-            )
-        )
-        if args.json:
-            tmp = args.json.with_name(args.json.name + ".tmp")
-            tmp.write_text(json.dumps(results, indent=1, default=float))
-            tmp.replace(args.json)
+    results = quality.each_row(
+        args.rows, partial(run_row, cache=args.cache, algorithms=args.algorithms, seed=args.seed), args.json
+    )
     print(summary_table(results, defaults, markdown=args.markdown))
     print()
     print(detail_table(results, markdown=args.markdown))

@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +200,20 @@ def run_model(data_dir: Path, prepared: Any, *, seed: int, overrides: dict[str, 
         "baseline_blend": meta.get("baseline_blend"),
         "history": [{k: h[k] for k in ("epoch", "val_rmse", "val_ndcg@10") if k in h} for h in result.history],
     }
+
+
+def each_row(rows: list[str], run_one: Callable[..., dict[str, Any]], json_path: Path | None) -> list[dict[str, Any]]:
+    """``run_one(row, log=...)`` for every row, its progress lines on stderr; after each row every result so far is
+    written to ``json_path`` (a temporary file, then renamed), so that a long run stopped midway keeps the rows it
+    finished. The main loop of this script, ``external.py`` and ``tune_quality.py``."""
+    results = []
+    for row in rows:
+        results.append(run_one(row, log=lambda line: print(line, file=sys.stderr, flush=True)))
+        if json_path is not None:
+            tmp = json_path.with_name(json_path.name + ".tmp")
+            tmp.write_text(json.dumps(results, indent=1, default=float))
+            tmp.replace(json_path)
+    return results
 
 
 def run_row(
@@ -362,19 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = dict(parse_override(o) for o in args.override)
     args.cache.mkdir(parents=True, exist_ok=True)
-    results = []
-    for row in args.rows:
-        results.append(
-            run_row(
-                row,
-                cache=args.cache,
-                seeds=args.seeds,
-                overrides=overrides,
-                log=lambda line: print(line, file=sys.stderr, flush=True),
-            )
-        )
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=1, default=float))
+    results = each_row(args.rows, partial(run_row, cache=args.cache, seeds=args.seeds, overrides=overrides), args.json)
     print(table(results, markdown=args.markdown))
     if overrides:
         print(f"overrides: {overrides}")

@@ -31,13 +31,23 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from quality import DEFAULT_CACHE, ROWS, evaluate_run, prepare_row, render_table, run_baselines, run_model  # noqa: E402
+from quality import (  # noqa: E402
+    DEFAULT_CACHE,
+    ROWS,
+    each_row,
+    evaluate_run,
+    prepare_row,
+    render_table,
+    run_baselines,
+    run_model,
+)
 
 TUNE_ORDER = ("ml100k-llo", "ml100k-few-users", "ml100k-random", "ml100k-temporal", "ml100k-sparse", "synthetic")
 SEED = 42
@@ -232,19 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(["", *settings_lines(results)]))
         return 0
     args.cache.mkdir(parents=True, exist_ok=True)
-    results = []
-    for row in args.rows:
-        results.append(
-            tune_row(
-                row,
-                cache=args.cache,
-                budget=args.budget,
-                with_default=not args.skip_default,
-                log=lambda line: print(line, file=sys.stderr, flush=True),
-            )
-        )
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=1, default=float))
+    results = each_row(
+        args.rows,
+        partial(tune_row, cache=args.cache, budget=args.budget, with_default=not args.skip_default),
+        args.json,
+    )
     print(table(results, markdown=args.markdown))
     print()
     print("\n".join(settings_lines(results)))
