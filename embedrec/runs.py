@@ -153,14 +153,13 @@ def prior_candidates(
     """
     from embedrec.baselines import popularity_prior, prior_of_counts
 
-    method = _split_method(prepared)
-    if train_counts is not None and method not in TIME_SPLITS:  # no pass over the ratings
-        return [(None, prior_of_counts(train_counts))]
+    if train_counts is None:
+        train_counts = np.bincount(prepared.movie_idx[prepared.split == 0], minlength=prepared.n_movies)
+    out: list[tuple[float | None, np.ndarray]] = [(None, prior_of_counts(train_counts))]
+    if _split_method(prepared) not in TIME_SPLITS:
+        return out
     train = prepared.split == 0
     movies = prepared.movie_idx[train]
-    out: list[tuple[float | None, np.ndarray]] = [(None, popularity_prior(movies, None, n_movies=prepared.n_movies))]
-    if method not in TIME_SPLITS:
-        return out
     stamps = prepared.timestamp[train]
     span = float(stamps.max() - stamps.min()) if stamps.size else 0.0
     if span > 0:
