@@ -51,6 +51,21 @@ def test_the_heads_dense_layers_start_exactly_as_nnxs_own_initialisers_start_the
         assert any(np.asarray(a).std() > 0 for _, a in ours)  # kernels are drawn, not zeros
 
 
+def test_the_embedding_tables_start_as_one_normal_draw_per_table_would_start_them() -> None:
+    """The three tables' normals come from one compiled program (one compilation, not one per table shape); each
+    must equal ``jax.random.normal`` of its own key and shape, scaled as before."""
+    shape = DataShape(n_users=1_001, n_movies=257, n_genres=19, rating_min=0.5, rating_max=5.0)
+    cfg = ModelConfig(embedding_dim=24, init="scaled")
+    for seed in (0, 42):
+        model = EmbeddingConcat(cfg, shape, rngs=nnx.Rngs(seed))
+        rngs = nnx.Rngs(seed)
+        scale = np.float32(0.1) / np.sqrt(np.float32(24 / 16.0))
+        for name, n in (("user_embedding", 1_001), ("movie_embedding", 257), ("genre_embedding", 19)):
+            expected = np.asarray(jax.random.normal(rngs.params(), (n, 24), jnp.float32)) * scale
+            np.testing.assert_array_equal(np.asarray(getattr(model, name)[...]), expected, err_msg=name)
+        assert np.asarray(model.user_embedding[...]).std() > 0.01
+
+
 def test_keras_initialisation_of_the_seed_preset() -> None:
     model = EmbeddingConcat(preset("seed")[0], SEED_SHAPE, rngs=nnx.Rngs(0))
     table = np.asarray(model.user_embedding[...])
