@@ -587,9 +587,36 @@ def _check_finite(stats: np.ndarray, epoch: int, first_step: int) -> None:
         )
 
 
+BUCKETED_ORDER_MIN = 1 << 22
+"""From this many training ratings on, an epoch's order is drawn by :func:`epoch_order`'s bucketed shuffle."""
+
+
+def epoch_order(n: int, seed: int, epoch: int, *, bucketed_from: int = BUCKETED_ORDER_MIN) -> np.ndarray:
+    """A uniformly random permutation of ``range(n)`` (int64), the same for the same (seed, epoch, n).
+
+    Below ``bucketed_from`` it is numpy's ``permutation``. That Fisher-Yates shuffle makes every swap a cache miss
+    once the array outgrows the caches (32 MB of int64 at 2**22): ~2 s of CPU at 19M training ratings, in the first
+    epoch's critical path and beside every later epoch's training. From there on each index goes to one of 256
+    buckets drawn at random (one radix pass of numpy's stable argsort groups them, in index order), and each bucket
+    is shuffled on its own, mostly in cache: 0.75 s at 19M. The result is as uniform: the buckets' contents are a
+    uniformly random partition of the indices, each bucket uniformly ordered. Small data sets keep their orders.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    if n < bucketed_from:
+        return rng.permutation(n)
+    keys = rng.integers(0, 256, n, dtype=np.uint8)
+    order = np.argsort(keys, kind="stable")
+    bounds = np.zeros(257, np.int64)
+    np.cumsum(np.bincount(keys, minlength=256), out=bounds[1:])
+    del keys
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        rng.shuffle(order[lo:hi])
+    return order
+
+
 def _epoch_columns(schedule: Schedule, split: Ratings, seed: int, epoch: int) -> dict[str, np.ndarray]:
     """The training split in the epoch's order, seeded by (seed, epoch), padded to whole batches (host side)."""
-    perm = np.random.default_rng([seed, epoch]).permutation(schedule.n_train)
+    perm = epoch_order(schedule.n_train, seed, epoch)
     columns = {}
     for name, arr in (("user", split.users), ("movie", split.movies), ("rating", split.ratings)):
         column = np.zeros(schedule.padded, dtype=arr.dtype)  # the padding stays zero

@@ -560,3 +560,29 @@ def test_an_initialised_model_of_other_settings_or_other_data_is_refused(prepare
         )
     with pytest.raises(ValueError, match="data"):
         train(prepared, model_cfg, train_cfg, initialised=ready(initialise(other, model_cfg, train_cfg)))
+
+
+def test_an_epochs_order_is_numpys_permutation_below_the_bucketed_size_and_as_uniform_above_it() -> None:
+    """Small data keeps numpy's orders (every figure measured on it stays); from BUCKETED_ORDER_MIN on the order is
+    the bucketed shuffle, which must still be a permutation, fixed by (seed, epoch), and uniform: where each index
+    lands, and which index comes first, are spread evenly over many seeds (a chi-square bound that an order keeping
+    low indices early, as grouping without the in-bucket shuffles would, fails by far)."""
+    from embedrec.train import BUCKETED_ORDER_MIN, epoch_order
+
+    assert BUCKETED_ORDER_MIN >= 1 << 20  # the quality matrix and the tests' data sets are far below it
+    np.testing.assert_array_equal(epoch_order(5_000, 42, 3), np.random.default_rng([42, 3]).permutation(5_000))
+
+    big = epoch_order(70_000, 42, 1, bucketed_from=0)
+    np.testing.assert_array_equal(np.sort(big), np.arange(70_000))
+    np.testing.assert_array_equal(big, epoch_order(70_000, 42, 1, bucketed_from=0))
+    assert not np.array_equal(big, epoch_order(70_000, 42, 2, bucketed_from=0))
+    assert not np.array_equal(big, epoch_order(70_000, 7, 1, bucketed_from=0))
+
+    n, draws, bins = 4_096, 1_600, 16  # 16 indices a bucket: the in-bucket shuffles matter
+    orders = np.stack([epoch_order(n, seed, 1, bucketed_from=0) for seed in range(draws)])
+    expected = draws / bins
+    first = np.bincount(orders[:, 0] * bins // n, minlength=bins)  # which index comes first (in 16 ranges)
+    where_zero = np.bincount(np.argmax(orders == 0, axis=1) * bins // n, minlength=bins)  # where index 0 lands
+    for counts in (first, where_zero):
+        chi2 = float(((counts - expected) ** 2 / expected).sum())
+        assert chi2 < 50, counts  # 15 degrees of freedom: mean 15, sd 5.5 (without the in-bucket shuffles: 10,000)
