@@ -201,31 +201,53 @@ def test_a_lazy_load_reads_no_rating_and_no_movie_until_one_is_used(synthetic_pr
     assert set(d._read) == {"ratings", "movies", "users"}
 
 
-def test_split_extent_comes_from_the_index_without_reading_a_rating_and_equals_the_ratings(
+def test_split_extent_comes_from_the_summary_or_the_index_without_reading_a_rating_and_equals_the_ratings(
     synthetic_prepared: Path, tmp_path: Path
 ) -> None:
     import shutil
 
     from embedrec.errors import ArtifactError
 
+    def copy(name: str, *, summary_counts: bool) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(synthetic_prepared, folder, dirs_exist_ok=True)
+        if not summary_counts:  # as an embedrec before n_movies_rated prepared it
+            summary = json.loads((folder / "summary.json").read_text())
+            del summary["n_movies_rated"]
+            (folder / "summary.json").write_text(json.dumps(summary))
+        return folder
+
     eager = load_prepared(synthetic_prepared)
-    without = load_prepared(_without_index(synthetic_prepared, tmp_path / "old"), lazy=True)
+    without = load_prepared(_without_index(copy("old", summary_counts=False), tmp_path / "older"), lazy=True)
+    index_only = copy("index-only", summary_counts=False)
     for code in (0, 1, 2):
         movies = eager.movie_idx[eager.split == code]
         expected = (len(movies), len(np.unique(movies)))
-        lazy = load_prepared(synthetic_prepared, lazy=True)
-        assert lazy.split_extent(code) == expected
-        assert lazy._read == {}  # training chose its settings before the ratings were read
+        for folder in (synthetic_prepared, index_only):
+            lazy = load_prepared(folder, lazy=True)
+            assert lazy.split_extent(code) == expected
+            assert lazy._read == {}  # training chose its settings before the ratings were read
         assert eager.split_extent(code) == expected == without.split_extent(code)
     assert 0 < expected[1] < eager.n_movies  # the test split misses some movies: a count, not the catalogue
-    bad = tmp_path / "bad"
-    shutil.copytree(synthetic_prepared, bad)
+
+    # the summary's counts are prepare's own: the index is not read for them (a damaged one serves no settings)
+    bad = copy("bad", summary_counts=True)
+    np.save(bad / "user_ratings_split.npy", np.zeros_like(np.load(bad / "user_ratings_split.npy")))
+    assert load_prepared(bad, lazy=True).split_extent(0) == load_prepared(synthetic_prepared).split_extent(0)
+    summary = json.loads((bad / "summary.json").read_text())
+    summary["n_movies_rated"]["train"] = eager.n_movies + 1
+    (bad / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ArtifactError, match=r"summary.json says the train split has \d+ ratings of \d+ movies"):
+        load_prepared(bad, lazy=True).split_extent(0)
+
+    # without them, a damaged index is refused
+    bad = copy("bad-index", summary_counts=False)
     damaged = np.load(bad / "user_ratings_movie_idx.npy")
     damaged[3] = eager.n_movies
     np.save(bad / "user_ratings_movie_idx.npy", damaged)
     with pytest.raises(ArtifactError, match=r"user_ratings_movie_idx.npy holds movies outside 0\.\.\d+.*prepare"):
         load_prepared(bad, lazy=True).split_extent(int(np.load(bad / "user_ratings_split.npy")[3]))
-    shutil.copytree(synthetic_prepared, bad, dirs_exist_ok=True)
+    bad = copy("bad-split", summary_counts=False)
     np.save(bad / "user_ratings_split.npy", np.zeros_like(np.load(bad / "user_ratings_split.npy")))  # all "train"
     with pytest.raises(ArtifactError, match=r"user_ratings_split.npy puts \d+ ratings in the train split.*damaged"):
         load_prepared(bad, lazy=True).split_extent(0)
