@@ -1,0 +1,60 @@
+"""The console entry point ends the process without the interpreter's teardown (~1 s after a training run), and
+must still exit as ``sys.exit`` would: the same status, the exit handlers run, the streams flushed, and the normal
+exit whenever another thread is still working."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _run(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    prelude = (
+        "import atexit, sys, threading, time\n"
+        "from pathlib import Path\n"
+        "from embedrec.cli import exit_without_teardown\n"
+        f"out = Path({str(tmp_path)!r})\n"
+        "atexit.register(lambda: (out / 'atexit').write_text('ran'))\n"
+        "sys.stdout.write('buffered, no newline')\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+
+
+def test_the_status_the_handlers_and_the_streams_survive_the_fast_exit(tmp_path: Path) -> None:
+    done = _run("exit_without_teardown(3)", tmp_path)
+    assert done.returncode == 3
+    assert done.stdout == "buffered, no newline"
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert _run("exit_without_teardown(None)", tmp_path).returncode == 0
+
+
+def test_a_thread_still_working_or_a_message_takes_the_normal_exit(tmp_path: Path) -> None:
+    worker = (
+        "def late():\n"
+        "    time.sleep(0.5)\n"
+        "    (out / 'late').write_text('written')\n"
+        "threading.Thread(target=late).start()\n"
+        "exit_without_teardown(4)\n"
+    )
+    done = _run(worker, tmp_path)
+    assert done.returncode == 4
+    assert (tmp_path / "late").read_text() == "written"  # the normal exit waited for the thread
+    assert (tmp_path / "atexit").read_text() == "ran"
+    message = _run("exit_without_teardown('no such run folder')", tmp_path)
+    assert message.returncode == 1 and "no such run folder" in message.stderr
+
+
+def test_the_command_line_exits_with_its_status_through_the_entry_point(tmp_path: Path) -> None:
+    bad = subprocess.run(
+        [sys.executable, "-m", "embedrec.cli", "train", "--data", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr and str(tmp_path / "missing") in bad.stderr
+    ok = subprocess.run([sys.executable, "-m", "embedrec.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "train" in ok.stdout
