@@ -705,14 +705,14 @@ def _run_epoch(
 
 
 def _epoch_record(
-    run: Run, state: TrainState, position: Position, seconds: float, samples: int, lr: jax.Array
+    run: Run, weights: dict[str, Any], position: Position, seconds: float, samples: int, lr: jax.Array
 ) -> dict[str, Any]:
     """The epoch's line in the history: train loss, val RMSE/MAE (on :data:`VAL_RATINGS_MAX` of them at most; and
-    NDCG@10 with the watch output), speed."""
+    NDCG@10 with the watch output), speed. ``weights``: the epoch's ``{"head", "tables"}`` on the host."""
     from embedrec.evaluation import in_threads
 
     val, sums, epoch = run.val_scored, position.loss_sums, position.epoch
-    scorer = run.served_scorer(run.host(state["head"]), run.host_tables(state))
+    scorer = run.served_scorer(weights["head"], weights["tables"])
     pred = in_threads(scorer.predict_pairs)(val.users, val.movies)
     val_r = val.ratings
     record: dict[str, Any] = {
@@ -838,8 +838,9 @@ def train(
                 with clock("checkpoints_s"):
                     save(state, reached, history, best)
                 break
-            with clock("validation_s"):
-                record = _epoch_record(run, state, reached, seconds, samples, lr)
+            with clock("validation_s"):  # the epoch's weights copied to the host once, for validation and the best copy
+                weights = {"head": run.host(state["head"]), "tables": run.host_tables(state)}
+                record = _epoch_record(run, weights, reached, seconds, samples, lr)
             history.append(record)
             keep, improved = select_epoch(
                 best, record, rmse_slack=train_cfg.rmse_slack, has_val=bool(len(run.val_split.ratings))
@@ -847,7 +848,8 @@ def train(
             if keep:
                 best.epoch = epoch
                 with clock("best_copy_s"):
-                    best.weights = flatten_tree({"head": run.host(state["head"]), "tables": run.host_tables(state)}, "")
+                    best.weights = flatten_tree(weights, "")
+            del weights
             best.bad_epochs = 0 if improved else best.bad_epochs + 1
             cb.on_epoch(record)
             with clock("checkpoints_s"):
