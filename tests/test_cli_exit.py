@@ -96,3 +96,23 @@ def test_output_that_the_disk_refuses_at_the_exit_fails_the_command(synthetic_pr
     assert lost.returncode == 74, lost.stderr  # a fault of the machine, as when the write fails inside the command
     assert "No space left on device" in lost.stderr and "stdout" in lost.stderr and "incomplete" in lost.stderr
     assert "Traceback" not in lost.stderr and "Exception ignored" not in lost.stderr
+
+
+def test_a_command_started_without_stdout_writes_its_file_and_exits_0(synthetic_prepared: Path, tmp_path: Path) -> None:
+    """A batch job started with stdout closed (`embedrec ... >&-`, some schedulers): Python's sys.stdout is None,
+    and a command whose output is a file must still end as it did before the fast exit: 0, without a traceback."""
+    import os
+
+    workdir, _ = _planted_workdir(synthetic_prepared, tmp_path / "wd")
+    out = tmp_path / "recs.csv"
+    args = [sys.executable, "-m", "embedrec.cli", "recommend", "--all-users", "--output", str(out)]
+    done = subprocess.run(
+        [*args, "--workdir", str(workdir), "-k", "2"],
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.close(1),  # noqa: PLW1509  (the child starts without fd 1)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "wrote top 2" in done.stderr
+    assert len(out.read_text().splitlines()) > 2
