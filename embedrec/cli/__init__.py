@@ -43,6 +43,8 @@ def exit_without_teardown(code: str | int | None) -> None:
         sys.exit(code)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started without that descriptor (`embedrec ... >&-`): Python made it None
+            continue
         try:
             stream.flush()
         except (BrokenPipeError, ValueError):  # a closed pipe (`embedrec ... | head`) or a closed stream
