@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def _run(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     prelude = (
@@ -58,3 +60,59 @@ def test_the_command_line_exits_with_its_status_through_the_entry_point(tmp_path
     assert "Traceback" not in bad.stderr and str(tmp_path / "missing") in bad.stderr
     ok = subprocess.run([sys.executable, "-m", "embedrec.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "train" in ok.stdout
+
+
+def _planted_workdir(synthetic_prepared: Path, wd: Path) -> tuple[Path, int]:
+    """A work folder as `embedrec prepare` + `embedrec train` leave it (a planted model: serving needs no training),
+    and a user id it knows."""
+    import shutil
+
+    from planted import write_planted_model
+
+    from embedrec.data import load_prepared
+    from embedrec.workdir import data_dir, models_dir, set_latest_run
+
+    shutil.copytree(synthetic_prepared, data_dir(wd))
+    prepared = load_prepared(data_dir(wd))
+    set_latest_run(wd, write_planted_model(prepared, models_dir(wd) / "run-1"))
+    return wd, int(prepared.user_ids[4])
+
+
+def test_output_that_the_disk_refuses_at_the_exit_fails_the_command(synthetic_prepared: Path, tmp_path: Path) -> None:
+    """A CSV on stdout sits in Python's buffer until the exit (no PYTHONUNBUFFERED, as in a user's shell): when that
+    last write fails (a full disk), the command must not report success with its output lost."""
+    import os
+
+    workdir, user = _planted_workdir(synthetic_prepared, tmp_path / "wd")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    args = [sys.executable, "-m", "embedrec.cli", "recommend", "--user", str(user), "--workdir", str(workdir)]
+    csv_args = [*args, "--format", "csv", "-k", "3"]
+    written = subprocess.run(csv_args, capture_output=True, text=True, timeout=120, env=env)
+    assert written.returncode == 0 and len(written.stdout.splitlines()) == 4  # the header and three movies
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full (a device whose every write fails with ENOSPC)")
+    with open("/dev/full", "w") as full:
+        lost = subprocess.run(csv_args, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, env=env)
+    assert lost.returncode == 74, lost.stderr  # a fault of the machine, as when the write fails inside the command
+    assert "No space left on device" in lost.stderr and "stdout" in lost.stderr and "incomplete" in lost.stderr
+    assert "Traceback" not in lost.stderr and "Exception ignored" not in lost.stderr
+
+
+def test_a_command_started_without_stdout_writes_its_file_and_exits_0(synthetic_prepared: Path, tmp_path: Path) -> None:
+    """A batch job started with stdout closed (`embedrec ... >&-`, some schedulers): Python's sys.stdout is None,
+    and a command whose output is a file must still end as it did before the fast exit: 0, without a traceback."""
+    import os
+
+    workdir, _ = _planted_workdir(synthetic_prepared, tmp_path / "wd")
+    out = tmp_path / "recs.csv"
+    args = [sys.executable, "-m", "embedrec.cli", "recommend", "--all-users", "--output", str(out)]
+    done = subprocess.run(
+        [*args, "--workdir", str(workdir), "-k", "2"],
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.close(1),  # noqa: PLW1509  (the child starts without fd 1)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "wrote top 2" in done.stderr
+    assert len(out.read_text().splitlines()) > 2

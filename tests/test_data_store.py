@@ -346,3 +346,23 @@ def test_int_column_reads_arrow_buffers_of_any_chunking_and_refuses_nulls_and_fl
         int_column(table, "gaps")
     with pytest.raises(ValueError, match="floats holds double values"):
         int_column(table, "floats")
+
+
+def test_a_summary_that_counts_more_movies_rated_than_ratings_in_a_split_is_refused(
+    synthetic_prepared: Path, tmp_path: Path
+) -> None:
+    """Each movie rated in a split needs a rating there: 300 movies rated by 200 ratings is impossible, and training
+    would adapt to it (0.7 ratings a movie: a "sparse catalogue" for dense data) instead of saying the folder is
+    damaged."""
+    import shutil
+
+    from embedrec.errors import ArtifactError
+
+    folder = tmp_path / "data"
+    shutil.copytree(synthetic_prepared, folder)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["n_movies"] >= 300 and summary["n_train"] > 300
+    summary["n_train"], summary["n_movies_rated"]["train"] = 200, 300
+    (folder / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ArtifactError, match=r"summary.json says the train split has 200 ratings of 300 movies"):
+        load_prepared(folder, lazy=True).split_extent(0)

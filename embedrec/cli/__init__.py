@@ -43,11 +43,34 @@ def exit_without_teardown(code: str | int | None) -> None:
         sys.exit(code)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started without that descriptor (`embedrec ... >&-`): Python made it None
+            continue
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe (`embedrec ... | head`) or a closed stream: nothing to lose
+        except (BrokenPipeError, ValueError):  # a closed pipe (`embedrec ... | head`) or a closed stream
             pass
+        except OSError as exc:  # output still buffered that the disk refused: the command's result is lost
+            if stream is sys.stdout:
+                status = status or _output_lost(exc)
     os._exit(status & 0xFF)
+
+
+def _output_lost(exc: OSError) -> int:
+    """Say on stderr that the last of stdout could not be written (a full disk, a failing device); the exit code
+    of a machine fault, as when the same write fails while the command runs. The normal exit would report it as
+    status 120 and a Python message."""
+    from embedrec.cli.common import err_console
+    from embedrec.errors import IO_FAULT_EXIT_CODE
+
+    try:
+        err_console.print(
+            f"[bold red]error:[/] could not write the output to stdout ({exc.strerror or exc}): it is incomplete",
+            highlight=False,
+            soft_wrap=True,
+        )
+    except (OSError, ValueError):
+        pass
+    return IO_FAULT_EXIT_CODE
 
 
 __all__ = ["app", "exit_without_teardown", "main"]

@@ -361,7 +361,7 @@ class PreparedData:
         per_split = self.summary.get("n_movies_rated")
         rated = per_split.get(name) if isinstance(per_split, dict) else None
         if isinstance(listed, int) and isinstance(rated, int) and _is_count(listed) and _is_count(rated):
-            if rated > self.n_movies or (rated == 0) != (listed == 0):
+            if rated > min(self.n_movies, listed) or (rated == 0) != (listed == 0):
                 raise ArtifactError(
                     f"{self.path / 'summary.json'} says the {name} split has {listed} ratings of {rated} movies "
                     f"(of {self.n_movies}): the folder is damaged; {_HOW}"
