@@ -24,6 +24,8 @@ Rows (all real MovieLens-100K from the RecBole wheel, except the last):
   and read as a generic CSV: users keep their long histories while most movies have a handful of ratings (the
   shape of MovieLens "latest-small": 610 users, 9,700 movies, 10 ratings per movie), another rating scale, and the
   generic reader;
+* ``ml100k-wide-scale``: every rating, the stars mapped to Jester's -10..10 scale (``5 * (stars - 3)``) and read as
+  a generic CSV, random split: a scale whose squared errors are 25 times those of 1..5;
 * ``synthetic``: the built-in synthetic set (600 users, 900 movies, 60,000 ratings), random split.
 
 Targets (issue #11), for every row: NDCG@10 >= 1.1 x most popular and >= 0.9 x EASE; RMSE >= 2% below the bias
@@ -51,7 +53,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ROWS = ("ml100k-random", "ml100k-temporal", "ml100k-llo", "ml100k-sparse", "ml100k-few-users", "synthetic")
+ROWS = (
+    "ml100k-random",
+    "ml100k-temporal",
+    "ml100k-llo",
+    "ml100k-sparse",
+    "ml100k-few-users",
+    "ml100k-wide-scale",
+    "synthetic",
+)
 DEFAULT_SEEDS = (42, 1, 2)
 DEFAULT_CACHE = Path.home() / ".cache" / "embedrec" / "quality"  # the prepared rows, kept between runs
 THIN_SEED = 11  # the thinned catalogues are fixed data sets: their own seed, not a training seed
@@ -120,6 +130,9 @@ def prepare_row(row: str, cache: Path) -> Path:
         thinned = ratings[ratings["userId"].isin(kept)]
         thinned = thinned.assign(rating=thinned["rating"] * 2)
         scale = (2.0, 10.0)
+    elif row == "ml100k-wide-scale":
+        thinned = ratings.assign(rating=(ratings["rating"] - 3.0) * 5.0)
+        scale = (-10.0, 10.0)
     else:
         raise SystemExit(f"--rows: unknown row {row!r}; choose from {', '.join(ROWS)}")
     thinned.to_csv(raw / "ratings.csv", index=False)

@@ -140,6 +140,10 @@ class TrainConfig:
     embeddings (the forward pass is unchanged); below 1 the embeddings are shaped mostly by the watch output, which
     on a sparse catalogue keeps the ratings from overfitting them (see :func:`adapt_to_data`).
 
+    ``scale_free_rating_loss``: the rating MSE is weighed as on a 1..5 scale (:func:`rating_loss_weight`), so the
+    balance of the objective does not depend on the data's rating scale. On in the default preset (on 1..5 data it
+    changes nothing); off in the seed preset, the original's plain MSE.
+
     ``baseline_blend`` (needs the model's rating biases): after training, the rating output is blended with the bias
     baseline fitted on the train split, ``a * network logit + (1 - a) * baseline logit``, with ``a`` chosen on the
     val split from :data:`embedrec.train.BASELINE_BLEND_WEIGHTS` (1, the network alone, is one of them). The blend
@@ -170,6 +174,7 @@ class TrainConfig:
     baseline_blend: bool = False
     shard_tables: bool = True  # on several devices: embedding tables split by rows over them (else replicated)
     history_samples: int = 32  # with ModelConfig.user_history: history movies sampled per rating in a batch
+    scale_free_rating_loss: bool = False  # the rating MSE weighed as on a 1..5 scale (rating_loss_weight)
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -296,9 +301,29 @@ def preset(name: str) -> tuple[ModelConfig, TrainConfig]:
                 watch_weight=1.0,
                 watch_loss="softmax",
                 sampling="uniform",
+                scale_free_rating_loss=True,
             ),
         )
     raise ConfigError(f"--preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+
+
+FIVE_STAR_SPAN = 4.0
+"""The span of a 1..5 scale: the one :func:`rating_loss_weight` weighs every scale's rating loss as."""
+
+
+def rating_loss_weight(train_cfg: TrainConfig, rating_min: float, rating_max: float) -> float:
+    """The factor on the rating MSE in the training objective (and in fold-in): 1, or with
+    ``scale_free_rating_loss`` ``(4 / (rating_max - rating_min))**2``, exactly 1 on a 1..5 scale.
+
+    The objective adds the rating MSE, the watch loss and the L2 penalty. The MSE grows with the square of the
+    rating scale while the other two do not, so on a -10..10 scale (Jester's) it is 25 times what it is on 1..5,
+    and it drowned the watch output: MovieLens-100K with its stars mapped to -10..10 ranked at NDCG@10 0.155 against
+    EASE's 0.287. Weighed as on a 1..5 scale, every scale trains as that one does (the sigmoid output is already
+    scaled to the data's range). The seed preset keeps the original's plain MSE."""
+    span = float(rating_max) - float(rating_min)
+    if not train_cfg.scale_free_rating_loss or span <= 0:
+        return 1.0
+    return (FIVE_STAR_SPAN / span) ** 2
 
 
 SPARSE_RATINGS_PER_MOVIE = 25.0

@@ -125,6 +125,7 @@ def fold_in_loss(
     watch_loss: str = "bce",
     negatives: int = 4,
     history: np.ndarray | None = None,
+    rating_loss_weight: float = 1.0,
 ) -> tuple[float, np.ndarray, float]:
     """(loss, d loss / d u, d loss / d b) of one user's fold-in objective (see :func:`fold_in`), in float64; the
     network sees ``u + history`` (the user's history part, fixed), the L2 takes ``u``."""
@@ -139,6 +140,7 @@ def fold_in_loss(
         watch_loss=watch_loss,
         negatives=negatives,
         history=history,
+        rating_loss_weight=rating_loss_weight,
     )
 
 
@@ -153,6 +155,7 @@ def _fold_loss(
     watch_loss: str = "bce",
     negatives: int = 4,
     history: np.ndarray | None = None,
+    rating_loss_weight: float = 1.0,
 ) -> tuple[float, np.ndarray, float]:
     # One fold-in runs this up to FOLD_STEPS times on tiny arrays, where each numpy call's overhead outweighs its
     # arithmetic: sums over means, Python floats over numpy scalars, one sigmoid for the rating and its gradient.
@@ -163,8 +166,9 @@ def _fold_loss(
     logit = dense_relu_chain(served @ p.w_user + p.movie_part, p.layers, pre_acts=pre_acts) + b + p.movie_bias
     sig = sigmoid(logit)
     err = (lo + span * sig) - p.rating  # scale_rating(logit) - rating, its sigmoid kept for the gradient
-    loss = float(err @ err) / n + weight_decay * (float(u @ u) + b * b)
-    g_logit = (2.0 * span / n) * err * sig * (1.0 - sig)
+    w = rating_loss_weight  # 1 but for a model trained with scale_free_rating_loss on another scale than 1..5
+    loss = w * float(err @ err) / n + weight_decay * (float(u @ u) + b * b)
+    g_logit = (2.0 * w * span / n) * err * sig * (1.0 - sig)
     g = g_logit[:, None]
     for pre, (kernel, _) in zip(reversed(pre_acts), reversed(p.layers)):
         g = (g @ kernel.T) * (pre > 0)
@@ -217,10 +221,12 @@ def fold_in(
     tol: float = FOLD_TOL,
     patience: int = FOLD_PATIENCE,
     dtype: type = np.float32,
+    rating_loss_weight: float = 1.0,
 ) -> FoldedUser:
     """Fit a user embedding (and rating bias) to ``rating`` of ``movie_idx``, the rest of the model frozen.
 
-    The loss is the training loss for one user: mean squared rating error + ``weight_decay * (|u|^2 + b^2)`` and,
+    The loss is the training loss for one user: ``rating_loss_weight`` times the mean squared rating error (the
+    weight training used: :func:`embedrec.config.rating_loss_weight`) + ``weight_decay * (|u|^2 + b^2)`` and,
     with a watch head, ``watch_weight`` times the watch loss the model was trained with (``watch_loss``): binary
     cross-entropy with the rated movies as positives and the unrated movies as negatives, or the sampled softmax of
     each positive against ``negatives`` unrated movies, in expectation. "Unrated movies" are all of them, or a
@@ -262,6 +268,7 @@ def fold_in(
             watch_loss=watch_loss,
             negatives=negatives,
             history=history,
+            rating_loss_weight=rating_loss_weight,
         )
         # the loss at the current params, before this step moves them
         since_best = 0 if loss < best * (1 - tol) else since_best + 1

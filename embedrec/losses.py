@@ -39,6 +39,7 @@ class LossSettings:
     watch_loss: Literal["bce", "softmax"]
     row_decay: float = 0.0  # per-row prior, spread over the row's ratings (TrainConfig.row_decay)
     rating_embedding_grad: float = 1.0  # TrainConfig.rating_embedding_grad
+    rating_loss_weight: float = 1.0  # the factor on the rating MSE (config.rating_loss_weight)
 
 
 def squared_error_sum(pred: jax.Array, rating: jax.Array, weight: jax.Array) -> jax.Array:
@@ -125,7 +126,8 @@ def batch_loss(
     reg_coef: Mapping[str, jax.Array] | None = None,
     history_w: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """(mean loss per rating, stats): MSE + L2 + watch weight * watch loss, all per rating.
+    """(mean loss per rating, stats): rating loss weight * MSE + L2 + watch weight * watch loss, all per rating
+    (the stats keep the plain squared-error sum: the reported train MSE is on the data's scale).
 
     The L2 coefficient of each rating's user and movie rows is ``reg_coef[group]`` (B,) when given (the step adds
     ``row_decay / n_ratings`` there), else ``weight_decay``. Below ``rating_embedding_grad`` 1 the MSE's gradient
@@ -158,6 +160,8 @@ def batch_loss(
     n_valid = jnp.maximum(weight.sum(), 1.0)
     sq_sum = squared_error_sum(pred, rating, weight)
     loss = sq_sum / n_valid
+    if settings.rating_loss_weight != 1.0:  # weighed as on a 1..5 scale (exactly 1 there: the same program)
+        loss = loss * settings.rating_loss_weight
     if settings.weight_decay > 0 or settings.row_decay > 0:
         if reg_coef is None:
             reg_coef = {group: jnp.full((bsz,), settings.weight_decay, jnp.float32) for group in ("user", "movie")}

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from embedrec.config import rating_loss_weight
 from embedrec.errors import ConfigError, DataError, UnknownIdError
 from embedrec.fold_in import FoldedUser, fold_in
 from embedrec.metrics import ItemSets, top_k
@@ -577,6 +578,7 @@ class Recommender:
         options.setdefault("watch_weight", train.watch_weight)
         options.setdefault("watch_loss", getattr(train, "watch_loss", "bce"))
         options.setdefault("negatives", max(int(train.negatives), 1))
+        options.setdefault("rating_loss_weight", rating_loss_weight(train, lo, hi))
         return fold_in(self.scorer, idx, values, **options)
 
     # -- similar ----------------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ class StepSettings:
     row_decay: float = 0.0  # per-row prior, spread over the row's ratings (TrainConfig.row_decay)
     rating_embedding_grad: float = 1.0  # TrainConfig.rating_embedding_grad
     history_samples: int = 0  # ModelConfig.user_history: history movies per rating (0: no history input)
+    rating_loss_weight: float = 1.0  # the factor on the rating MSE (config.rating_loss_weight)
 
     def loss_settings(self) -> LossSettings:
         return LossSettings(
@@ -76,6 +77,7 @@ class StepSettings:
             watch_loss=self.watch_loss,
             row_decay=self.row_decay,
             rating_embedding_grad=self.rating_embedding_grad,
+            rating_loss_weight=self.rating_loss_weight,
         )
 
 

@@ -54,7 +54,7 @@ from embedrec.checkpoints import (
     flatten_tree,
     restore_tree,
 )
-from embedrec.config import DataShape, ModelConfig, TrainConfig, check_settings
+from embedrec.config import DataShape, ModelConfig, TrainConfig, check_settings, rating_loss_weight
 from embedrec.data.split import TRAIN, VAL
 from embedrec.errors import ArtifactError, ConfigError, TrainingDiverged
 from embedrec.history import UserHistories
@@ -493,6 +493,7 @@ def _set_up(
             row_decay=train_cfg.row_decay,
             rating_embedding_grad=train_cfg.rating_embedding_grad,
             history_samples=train_cfg.history_samples if model_cfg.user_history else 0,
+            rating_loss_weight=rating_loss_weight(train_cfg, init.shape.rating_min, init.shape.rating_max),
         )
         replicated = table_rows = state_shardings = batch_columns = None
         pad_rows = 0

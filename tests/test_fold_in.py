@@ -82,13 +82,19 @@ def _fold_problem(rec):
     return movies, ratings, u, 0.1
 
 
-@pytest.mark.parametrize("watch_loss", ["bce", "softmax"])
-def test_fold_in_gradient_matches_finite_differences(rec, watch_loss: str) -> None:
+@pytest.mark.parametrize("watch_loss,rating_loss_weight", [("bce", 1.0), ("softmax", 1.0), ("softmax", 0.04)])
+def test_fold_in_gradient_matches_finite_differences(rec, watch_loss: str, rating_loss_weight: float) -> None:
     from embedrec.fold_in import fold_in_loss
 
     scorer = rec.scorer
     movies, ratings, u, b = _fold_problem(rec)
-    opts = {"weight_decay": 0.03, "watch_weight": 0.7, "watch_loss": watch_loss, "negatives": 4}
+    opts = {
+        "weight_decay": 0.03,
+        "watch_weight": 0.7,
+        "watch_loss": watch_loss,
+        "negatives": 4,
+        "rating_loss_weight": rating_loss_weight,  # a -10..10 model trained scale-free: 0.04
+    }
     _, grad_u, grad_b = fold_in_loss(scorer, u, b, movies, ratings, **opts)
     eps = 1e-5
     for j in (0, 5, len(u) - 1):

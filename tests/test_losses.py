@@ -64,6 +64,22 @@ def test_rating_loss_is_the_mean_squared_error_of_the_real_ratings(batch) -> Non
     np.testing.assert_allclose(np.asarray(stats), [3 * expected, 3.0, 0.0], rtol=1e-5)
 
 
+def test_the_rating_loss_weight_scales_the_loss_and_not_the_reported_squared_errors(batch) -> None:
+    """A scale-free rating loss weighs the MSE by (4 / span)**2 (a -10..10 scale: 0.04); the stats stay the plain
+    squared-error sum, so the reported train MSE is on the data's own scale."""
+    from embedrec.config import TrainConfig, rating_loss_weight
+
+    assert rating_loss_weight(TrainConfig(scale_free_rating_loss=True), 1.0, 5.0) == 1.0  # 1..5 trains as before
+    assert rating_loss_weight(TrainConfig(scale_free_rating_loss=True), -10.0, 10.0) == pytest.approx(0.04)
+    assert rating_loss_weight(TrainConfig(scale_free_rating_loss=False), -10.0, 10.0) == 1.0
+    model, rows, genre_w, rating, weight, neg_weight = batch
+    args = (model.head, rows, genre_w, rating, weight, neg_weight, jnp.uint32(0))
+    plain, plain_stats = batch_loss(*args, shape=SHAPE, settings=_settings())
+    scaled, scaled_stats = batch_loss(*args, shape=SHAPE, settings=_settings(rating_loss_weight=0.04))
+    assert float(scaled) == pytest.approx(0.04 * float(plain), rel=1e-6)
+    np.testing.assert_array_equal(np.asarray(scaled_stats), np.asarray(plain_stats))
+
+
 def test_weight_decay_adds_the_squared_norms_of_each_real_ratings_rows(batch) -> None:
     model, rows, genre_w, rating, weight, neg_weight = batch
     plain, _ = batch_loss(
