@@ -33,6 +33,7 @@ step), so a run resumed from a checkpoint ends with the same weights as an unint
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -549,6 +550,8 @@ def _resume(
         raise ArtifactError("no complete checkpoint to resume from; start a new run without --resume")
     arrays, meta = loaded
     prepared = run.prepared
+    if meta.get("epoch_order") != EPOCH_ORDER:  # written before the bucketed order existed: the run keeps numpy's
+        run.shuffles.legacy_order()
     if meta.get("fingerprint") != prepared.fingerprint:
         raise ArtifactError(
             f"checkpoint was trained on data {meta.get('fingerprint')} but {prepared.path} is "
@@ -615,9 +618,16 @@ def epoch_order(n: int, seed: int, epoch: int, *, bucketed_from: int = BUCKETED_
     return order
 
 
-def _epoch_columns(schedule: Schedule, split: Ratings, seed: int, epoch: int) -> dict[str, np.ndarray]:
+EPOCH_ORDER = "bucketed-2**22"
+"""What a checkpoint's meta says of the order its run's epochs follow (:func:`epoch_order` with its default size);
+a checkpoint without it was written before the bucketed shuffle existed, and its run resumes in numpy's order."""
+
+
+def _epoch_columns(
+    schedule: Schedule, split: Ratings, seed: int, epoch: int, *, bucketed_from: int = BUCKETED_ORDER_MIN
+) -> dict[str, np.ndarray]:
     """The training split in the epoch's order, seeded by (seed, epoch), padded to whole batches (host side)."""
-    perm = epoch_order(schedule.n_train, seed, epoch)
+    perm = epoch_order(schedule.n_train, seed, epoch, bucketed_from=bucketed_from)
     columns = {}
     for name, arr in (("user", split.users), ("movie", split.movies), ("rating", split.ratings)):
         column = np.zeros(schedule.padded, dtype=arr.dtype)  # the padding stays zero
@@ -639,9 +649,16 @@ class _Shuffles:
         from concurrent.futures import ThreadPoolExecutor
 
         self._build = partial(_epoch_columns, schedule, split, seed)
+        self.bucketed = True  # epoch_order's own choice by size; False: numpy's permutation at every size
         self.last_epoch = last_epoch
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="embedrec-shuffle")
         self._next: tuple[int, Future[dict[str, np.ndarray]]] | None = None
+
+    def legacy_order(self) -> None:
+        """Every epoch in numpy's permutation, whatever its size (a run resumed from a checkpoint written before
+        :func:`epoch_order`'s bucketed shuffle: the rest of its epoch must not repeat or skip ratings)."""
+        self._build = partial(self._build, bucketed_from=sys.maxsize)
+        self.bucketed = False
 
     def columns(self, epoch: int) -> dict[str, np.ndarray]:
         ahead, self._next = self._next, None
@@ -763,6 +780,7 @@ def _save_checkpoint(
             "kept_ndcg": best.kept_ndcg,
             "kept_rmse": best.kept_rmse,
             "fingerprint": run.prepared.fingerprint,
+            "epoch_order": EPOCH_ORDER if run.shuffles.bucketed else "numpy",
         },
     )
 

@@ -586,3 +586,46 @@ def test_an_epochs_order_is_numpys_permutation_below_the_bucketed_size_and_as_un
     for counts in (first, where_zero):
         chi2 = float(((counts - expected) ** 2 / expected).sum())
         assert chi2 < 50, counts  # 15 degrees of freedom: mean 15, sd 5.5 (without the in-bucket shuffles: 10,000)
+
+
+def test_a_checkpoint_written_before_the_bucketed_order_resumes_in_numpys_order(
+    prepared, tmp_path: Path, monkeypatch
+) -> None:
+    """A run stopped by an embedrec that shuffled every epoch with numpy's permutation must finish in that order
+    (the bucketed one would repeat some of the epoch's ratings and skip others); a checkpoint that names the
+    bucketed order resumes in it. The bucketed order is forced at this small size through its size parameter."""
+    import shutil
+
+    import embedrec.train as train_module
+
+    monkeypatch.setitem(train_module._epoch_columns.__kwdefaults__, "bucketed_from", 0)
+    calls: list[int] = []
+    real_order = train_module.epoch_order
+
+    def spy(n: int, seed: int, epoch: int, *, bucketed_from: int) -> np.ndarray:
+        calls.append(bucketed_from)
+        return real_order(n, seed, epoch, bucketed_from=bucketed_from)
+
+    monkeypatch.setattr(train_module, "epoch_order", spy)
+    model_cfg, train_cfg = _seed_cfg(epochs=1)
+    ckpt = CheckpointDir(tmp_path / "checkpoints")
+    train(prepared, model_cfg, train_cfg, checkpointer=ckpt)
+    assert calls and set(calls) == {0}
+    meta_file = max((tmp_path / "checkpoints").glob("epoch-*")) / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["epoch_order"] == train_module.EPOCH_ORDER
+
+    calls.clear()
+    train(prepared, model_cfg, train_cfg.replace(epochs=2), checkpointer=ckpt, resume=True)
+    assert calls and set(calls) == {0}  # its own order
+
+    del meta["epoch_order"]  # as the embedrec before the bucketed order wrote it
+    meta_file.write_text(json.dumps(meta))
+    for newer in (tmp_path / "checkpoints").glob("epoch-*"):
+        if newer != meta_file.parent:
+            shutil.rmtree(newer)
+    calls.clear()
+    train(prepared, model_cfg, train_cfg.replace(epochs=2), checkpointer=ckpt, resume=True)
+    assert calls and set(calls) == {sys.maxsize}  # numpy's permutation, whatever the size
+    latest = max((tmp_path / "checkpoints").glob("epoch-*")) / "meta.json"
+    assert json.loads(latest.read_text())["epoch_order"] == "numpy"  # and it says so for the next resume
