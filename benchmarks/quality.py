@@ -24,6 +24,8 @@ Rows (all real MovieLens-100K from the RecBole wheel, except the last):
   and read as a generic CSV: users keep their long histories while most movies have a handful of ratings (the
   shape of MovieLens "latest-small": 610 users, 9,700 movies, 10 ratings per movie), another rating scale, and the
   generic reader;
+* ``ml100k-sparse-users``: a seeded random 15% of each user's ratings (at least 5), random split: short user
+  histories (~17 ratings a user, ~10 a movie), sparser than MovieLens-100K in both directions;
 * ``ml100k-wide-scale``: every rating, the stars mapped to Jester's -10..10 scale (``5 * (stars - 3)``) and read as
   a generic CSV, random split: a scale whose squared errors are 25 times those of 1..5;
 * ``synthetic``: the built-in synthetic set (600 users, 900 movies, 60,000 ratings), random split.
@@ -59,6 +61,7 @@ ROWS = (
     "ml100k-llo",
     "ml100k-sparse",
     "ml100k-few-users",
+    "ml100k-sparse-users",
     "ml100k-wide-scale",
     "synthetic",
 )
@@ -102,13 +105,35 @@ def _thin(ratings: Any, *, by: str, keep: float, at_least: int, seed: int) -> An
     return shuffled[rank < quota].sort_index()
 
 
+# what each row's data is: a cached folder prepared by another recipe (an older row of the same name) is redone
+RECIPES = {
+    "ml100k-random": "ML-100K, random split",
+    "ml100k-temporal": "ML-100K, temporal split",
+    "ml100k-llo": "ML-100K, leave-last-out split",
+    "ml100k-sparse": "ML-100K, 25% of each movie's ratings (at least 1), seed 11, 1..5, random split",
+    "ml100k-few-users": "ML-100K, every rating of a third of the users, seed 11, doubled to 2..10, random split",
+    "ml100k-sparse-users": "ML-100K, 15% of each user's ratings (at least 5), seed 11, 1..5, random split",
+    "ml100k-wide-scale": "ML-100K, 5 x (stars - 3) on -10..10, random split",
+    "synthetic": "the built-in synthetic set, random split",
+}
+
+
 def prepare_row(row: str, cache: Path) -> Path:
-    """The prepared data folder of ``row`` (prepared once into ``cache``)."""
+    """The prepared data folder of ``row`` (prepared once into ``cache``, and again when its recipe changed)."""
+    out = cache / row
+    recipe = cache / f"{row}.recipe"
+    if (out / "summary.json").is_file() and recipe.is_file() and recipe.read_text() == RECIPES[row]:
+        return out
+    out = _prepare_row(row, cache)
+    recipe.write_text(RECIPES[row])
+    return out
+
+
+def _prepare_row(row: str, cache: Path) -> Path:
+    """Prepare ``row``'s data into ``cache / row`` (replacing what an earlier run prepared there)."""
     from embedrec.data import PrepareConfig, prepare, prepare_synthetic
 
     out = cache / row
-    if (out / "summary.json").is_file():
-        return out
     if row == "synthetic":
         prepare_synthetic(out=out, config=PrepareConfig())
         return out
@@ -130,6 +155,9 @@ def prepare_row(row: str, cache: Path) -> Path:
         thinned = ratings[ratings["userId"].isin(kept)]
         thinned = thinned.assign(rating=thinned["rating"] * 2)
         scale = (2.0, 10.0)
+    elif row == "ml100k-sparse-users":
+        thinned = _thin(ratings, by="userId", keep=0.15, at_least=5, seed=THIN_SEED)
+        scale = (1.0, 5.0)
     elif row == "ml100k-wide-scale":
         thinned = ratings.assign(rating=(ratings["rating"] - 3.0) * 5.0)
         scale = (-10.0, 10.0)
