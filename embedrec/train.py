@@ -624,7 +624,7 @@ a checkpoint without it was written before the bucketed shuffle existed, and its
 
 
 def _epoch_columns(
-    schedule: Schedule, split: Ratings, seed: int, epoch: int, *, bucketed_from: int = BUCKETED_ORDER_MIN
+    schedule: Schedule, split: Ratings, seed: int, epoch: int, *, bucketed_from: int
 ) -> dict[str, np.ndarray]:
     """The training split in the epoch's order, seeded by (seed, epoch), padded to whole batches (host side)."""
     perm = epoch_order(schedule.n_train, seed, epoch, bucketed_from=bucketed_from)
@@ -648,8 +648,8 @@ class _Shuffles:
     def __init__(self, schedule: Schedule, split: Ratings, *, seed: int, last_epoch: int) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        self._build = partial(_epoch_columns, schedule, split, seed)
-        self.bucketed = True  # epoch_order's own choice by size; False: numpy's permutation at every size
+        self._columns = partial(_epoch_columns, schedule, split, seed)
+        self.bucketed_from = BUCKETED_ORDER_MIN  # epoch_order's size for the bucketed shuffle (see legacy_order)
         self.last_epoch = last_epoch
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="embedrec-shuffle")
         self._next: tuple[int, Future[dict[str, np.ndarray]]] | None = None
@@ -657,8 +657,15 @@ class _Shuffles:
     def legacy_order(self) -> None:
         """Every epoch in numpy's permutation, whatever its size (a run resumed from a checkpoint written before
         :func:`epoch_order`'s bucketed shuffle: the rest of its epoch must not repeat or skip ratings)."""
-        self._build = partial(self._build, bucketed_from=sys.maxsize)
-        self.bucketed = False
+        self.bucketed_from = sys.maxsize
+
+    @property
+    def order(self) -> str:
+        """The order its epochs follow, as a checkpoint's meta records it (:data:`EPOCH_ORDER`, or numpy's)."""
+        return "numpy" if self.bucketed_from == sys.maxsize else EPOCH_ORDER
+
+    def _build(self, epoch: int) -> dict[str, np.ndarray]:
+        return self._columns(epoch, bucketed_from=self.bucketed_from)
 
     def columns(self, epoch: int) -> dict[str, np.ndarray]:
         ahead, self._next = self._next, None
@@ -780,7 +787,7 @@ def _save_checkpoint(
             "kept_ndcg": best.kept_ndcg,
             "kept_rmse": best.kept_rmse,
             "fingerprint": run.prepared.fingerprint,
-            "epoch_order": EPOCH_ORDER if run.shuffles.bucketed else "numpy",
+            "epoch_order": run.shuffles.order,
         },
     )
 

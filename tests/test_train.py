@@ -598,7 +598,7 @@ def test_a_checkpoint_written_before_the_bucketed_order_resumes_in_numpys_order(
 
     import embedrec.train as train_module
 
-    monkeypatch.setitem(train_module._epoch_columns.__kwdefaults__, "bucketed_from", 0)
+    monkeypatch.setattr(train_module, "BUCKETED_ORDER_MIN", 0)
     calls: list[int] = []
     real_order = train_module.epoch_order
 
