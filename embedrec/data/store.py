@@ -55,13 +55,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 
 from embedrec.data.split import SPLIT_CODES
 from embedrec.data.user_index import FILE_NAMES as INDEX_FILE_NAMES
-from embedrec.data.user_index import UserIndex, build_user_index, open_user_index, write_user_index
+from embedrec.data.user_index import UserIndex, build_user_index, movies_rated, open_user_index, write_user_index
 from embedrec.errors import ArtifactError, ConfigError
 from embedrec.locks import folder_lock
 from embedrec.tempfiles import name_target, sweep_stale
@@ -175,8 +175,7 @@ def write_prepared(
     n_users, n_movies = len(user_ids), len(movies)
     summary = dict(summary)
     summary["n_movies_rated"] = {  # what training adapts its settings to, known before it reads a rating
-        name: int(np.count_nonzero(np.bincount(movie_idx[split == code], minlength=n_movies)))
-        for name, code in SPLIT_CODES.items()
+        name: movies_rated(movie_idx[split == code], n_movies) for name, code in SPLIT_CODES.items()
     }
     summary["fingerprint"] = fingerprint(
         user_idx,
@@ -360,7 +359,7 @@ class PreparedData:
         listed = self.summary.get(f"n_{name}")
         per_split = self.summary.get("n_movies_rated")
         rated = per_split.get(name) if isinstance(per_split, dict) else None
-        if isinstance(listed, int) and isinstance(rated, int) and _is_count(listed) and _is_count(rated):
+        if _is_count(listed) and _is_count(rated):
             if rated > min(self.n_movies, listed) or (rated == 0) != (listed == 0):
                 raise ArtifactError(
                     f"{self.path / 'summary.json'} says the {name} split has {listed} ratings of {rated} movies "
@@ -376,7 +375,7 @@ class PreparedData:
                 )
             return extent
         movies = self.movie_idx[self.split == split_code]
-        return len(movies), int(np.count_nonzero(np.bincount(movies, minlength=self.n_movies)))
+        return len(movies), movies_rated(movies, self.n_movies)
 
     def read_all(self) -> PreparedData:
         """Read what ``lazy=True`` deferred (the ratings, the movie table, the user ids), checking each; returns
@@ -714,6 +713,6 @@ def _check_rating_arrays(data: PreparedData, arrays: dict[str, np.ndarray]) -> N
         raise ArtifactError(f"{where}: rating holds NaN or infinite values: the folder is damaged; {_HOW}")
 
 
-def _is_count(value: Any) -> bool:
+def _is_count(value: Any) -> TypeGuard[int]:
     """A non-negative JSON integer (not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
