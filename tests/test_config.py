@@ -79,7 +79,9 @@ def test_the_default_preset_adapts_to_a_sparse_catalogue_but_never_overrides_the
     dense_model, dense, why = adapt_to_data("default", model_cfg, train_cfg, n_train=70_000, n_movies_rated=1_650)
     assert dense == train_cfg and dense_model == model_cfg and why == {}
     sparse_model, sparse, why = adapt_to_data("default", model_cfg, train_cfg, n_train=23_000, n_movies_rated=1_480)
-    assert (sparse.rating_embedding_grad, sparse.rmse_slack) == (0.1, 0.01)
+    assert (sparse.rating_embedding_grad, sparse.rmse_slack, sparse.baseline_blend) == (0.1, 0.01, True)
+    no_biases = model_cfg.replace(biases=False)
+    assert "baseline_blend" not in adapt_to_data("default", no_biases, train_cfg, n_train=23_000, n_movies_rated=1_480)[2]
     assert sparse_model == model_cfg.replace(user_history=True) and why["user_history"] is True
     assert "15.5 training ratings per movie" in why["because"]
     mine_model, mine, why = adapt_to_data(
@@ -88,9 +90,10 @@ def test_the_default_preset_adapts_to_a_sparse_catalogue_but_never_overrides_the
         train_cfg,
         n_train=23_000,
         n_movies_rated=1_480,
-        explicit={"rating_embedding_grad", "user_history"},
+        explicit={"rating_embedding_grad", "user_history", "baseline_blend"},
     )
     assert mine.rating_embedding_grad == 1.0 and why["rmse_slack"] == 0.01
+    assert not mine.baseline_blend and "baseline_blend" not in why
     assert not mine_model.user_history and "user_history" not in why
     seed_model, seed_train = preset("seed")
     assert adapt_to_data("seed", seed_model, seed_train, n_train=100, n_movies_rated=50)[2] == {}
@@ -98,5 +101,5 @@ def test_the_default_preset_adapts_to_a_sparse_catalogue_but_never_overrides_the
         by_time_model, by_time, why = adapt_to_data(
             "default", model_cfg, train_cfg, n_train=70_000, n_movies_rated=1_600, split_method=split
         )
-        assert by_time.rating_embedding_grad == 0.1 and not by_time_model.user_history
+        assert by_time.rating_embedding_grad == 0.1 and by_time.baseline_blend and not by_time_model.user_history
         assert why["because"] == f"a {split} split (the model is judged on later ratings)"
