@@ -506,6 +506,7 @@ def _plan_run(
         train_cfg,
         n_train=n_train,
         n_movies_rated=n_movies_rated,
+        n_users=prepared.n_users,
         split_method=_split_method(prepared),
         explicit=set((overrides or {}).keys()),
     )

@@ -81,9 +81,22 @@ def test_the_default_preset_adapts_to_a_sparse_catalogue_but_never_overrides_the
     sparse_model, sparse, why = adapt_to_data("default", model_cfg, train_cfg, n_train=23_000, n_movies_rated=1_480)
     assert (sparse.rating_embedding_grad, sparse.rmse_slack, sparse.baseline_blend) == (0.1, 0.01, True)
     no_biases = model_cfg.replace(biases=False)
-    assert "baseline_blend" not in adapt_to_data("default", no_biases, train_cfg, n_train=23_000, n_movies_rated=1_480)[2]
+    no_blend = adapt_to_data("default", no_biases, train_cfg, n_train=23_000, n_movies_rated=1_480)[2]
+    assert "baseline_blend" not in no_blend
     assert sparse_model == model_cfg.replace(user_history=True) and why["user_history"] is True
     assert "15.5 training ratings per movie" in why["because"]
+    assert sparse.negatives == train_cfg.negatives and "negatives" not in why  # no user count: histories unknown
+    long_users = adapt_to_data("default", model_cfg, train_cfg, n_train=23_000, n_movies_rated=1_480, n_users=314)[1]
+    assert long_users.negatives == train_cfg.negatives  # 73 ratings a user: long histories keep 64
+    _, short, why = adapt_to_data("default", model_cfg, train_cfg, n_train=11_000, n_movies_rated=1_280, n_users=943)
+    assert short.negatives == 128 and why["negatives"] == 128
+    assert why["because"].endswith("; 11.7 per user (< 40: short histories)")
+    mine_negatives = adapt_to_data(
+        "default", model_cfg, train_cfg, n_train=11_000, n_movies_rated=1_280, n_users=943, explicit={"negatives"}
+    )[1]
+    assert mine_negatives.negatives == train_cfg.negatives
+    dense_short = adapt_to_data("default", model_cfg, train_cfg, n_train=9_000, n_movies_rated=200, n_users=943)[1]
+    assert dense_short.negatives == train_cfg.negatives  # short histories alone, on a dense catalogue: not adapted
     mine_model, mine, why = adapt_to_data(
         "default",
         model_cfg,
