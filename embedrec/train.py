@@ -941,7 +941,9 @@ def _result(
         if history:  # without early stopping the last epoch's weights are the model (as in the original)
             best_epoch = history[-1]["epoch"]
     blend = None
-    if run.train_cfg.baseline_blend and "user_bias" in final["tables"] and len(run.val_split.ratings):
+    # an interrupted run writes no model (its checkpoint resumes), so the blend would only delay its stop
+    blending = run.train_cfg.baseline_blend and "user_bias" in final["tables"] and len(run.val_split.ratings)
+    if blending and not interrupted:
         final, blend = _blend_with_baseline(run, final)
     final["tables"] = untrained_users_as_average(final["tables"], run.trained_users)
     model = run.model

@@ -481,6 +481,16 @@ def test_with_the_baseline_blend_training_keeps_the_share_that_the_val_split_pre
     assert "baseline_blend" not in off.info
 
 
+def test_an_interrupted_run_does_not_fit_the_baseline_blend(prepared) -> None:
+    """An interrupted run writes no model (its checkpoint is what resumes), so the blend (a bias fit over every
+    training rating and five val predictions: seconds at full MovieLens scale) would only delay the Ctrl-C or a tune
+    trial stopped by its budget."""
+    model_cfg, train_cfg = preset("default")
+    train_cfg = train_cfg.replace(epochs=2, patience=0, negatives=8, val_users=100, baseline_blend=True)
+    stopped = train(prepared, model_cfg, train_cfg, stop_requested=lambda: True)
+    assert stopped.interrupted and "baseline_blend" not in stopped.info
+
+
 def test_above_the_cap_val_rmse_is_that_of_a_fixed_sample_of_val_ratings(prepared, monkeypatch) -> None:
     from flax import nnx
 
