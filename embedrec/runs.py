@@ -90,6 +90,29 @@ def resolve_configs(preset: str, overrides: dict[str, Any] | None) -> tuple[Mode
     return model_cfg, train_cfg
 
 
+def adapt_to_prepared(
+    preset: str,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    prepared: PreparedData,
+    *,
+    explicit: set[str] | frozenset[str] = frozenset(),
+) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
+    """:func:`embedrec.config.adapt_to_data` on ``prepared``'s train split: the settings a run trains, and the
+    first trial of ``embedrec tune`` (the default as ``train`` trains it), adapted from the same counts."""
+    n_train, n_movies_rated = prepared.split_extent(TRAIN)
+    return adapt_to_data(
+        preset,
+        model_cfg,
+        train_cfg,
+        n_train=n_train,
+        n_movies_rated=n_movies_rated,
+        n_users=prepared.n_users,
+        split_method=_split_method(prepared),
+        explicit=explicit,
+    )
+
+
 def new_run_dir(workdir: Path, preset: str) -> Path:
     base = models_dir(workdir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{preset}"
     run = base
@@ -499,16 +522,8 @@ def _plan_run(
     data_dir = Path(data_dir) if data_dir is not None else data_dir_of(workdir)
     prepared = load_prepared(data_dir, lazy=True)  # train_run reads the ratings while the model initialises
     model_cfg, train_cfg = resolve_configs(preset, overrides)
-    n_train, n_movies_rated = prepared.split_extent(TRAIN)
-    model_cfg, train_cfg, adapted = adapt_to_data(
-        preset,
-        model_cfg,
-        train_cfg,
-        n_train=n_train,
-        n_movies_rated=n_movies_rated,
-        n_users=prepared.n_users,
-        split_method=_split_method(prepared),
-        explicit=set((overrides or {}).keys()),
+    model_cfg, train_cfg, adapted = adapt_to_prepared(
+        preset, model_cfg, train_cfg, prepared, explicit=set((overrides or {}).keys())
     )
     return _Plan(
         run_dir=Path(out) if out is not None else new_run_dir(workdir, preset),

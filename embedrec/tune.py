@@ -12,9 +12,9 @@ Choices, and why:
 * **Search**: Optuna's multivariate TPE (seeded), over the settings that moved the README's sweeps: learning rate,
   weight decay, embedding size, dropout, batch size, early-stopping patience and, for the ranking (watch) output,
   the shared negatives, the watch loss weight and ``user_history`` (:func:`search_space`; sizes are filtered by the
-  data's size). The first trial of a new study is the preset itself, so the search starts from the measured default
-  and, once that trial has finished, the best it reports is never worse on validation than the default with the
-  same epochs.
+  data's size). The first trial of a new study is the preset itself, as ``embedrec train`` trains it on this data
+  (the default's adaptation to the data included), so the search starts from the measured default and, once that
+  trial has finished, the best it reports is never worse on validation than the default with the same epochs.
 * **Objective**: ``ndcg@10`` maximises val NDCG@10 of the ranking the saved model uses (the blend chosen on val);
   ``rmse`` minimises val RMSE; ``both`` maximises ``val NDCG@10 - 0.35 x val RMSE`` (a scalarisation, so pruning
   works: at ML-100K's operating point, NDCG@10 about 0.34 and RMSE about 0.90, one percent of either weighs the same).
@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from embedrec.config import PRESETS
+from embedrec.config import PRESETS, ModelConfig, TrainConfig
 from embedrec.config import preset as preset_configs
 from embedrec.errors import ConfigError, EmbedrecError, TrainingDiverged
 from embedrec.workdir import atomic_write_text, set_latest_run
@@ -203,9 +203,13 @@ def search_space(*, preset: str, n_train: int, n_movies: int) -> list[Param]:
     return space
 
 
-def preset_point(preset: str, space: list[Param]) -> dict[str, Any]:
-    """The preset's own values of the searched settings that lie in the space (the first trial of a new study)."""
-    model_cfg, train_cfg = preset_configs(preset)
+def preset_point(
+    preset: str, space: list[Param], configs: tuple[ModelConfig, TrainConfig] | None = None
+) -> dict[str, Any]:
+    """The preset's own values of the searched settings that lie in the space (the first trial of a new study);
+    ``configs``: the preset as adapted to the data (:func:`embedrec.runs.adapt_to_prepared`), which is what
+    ``embedrec train`` trains (on a sparse catalogue the default turns on ``user_history`` and more negatives)."""
+    model_cfg, train_cfg = configs if configs is not None else preset_configs(preset)
     point = {}
     for p in space:
         value = getattr(model_cfg, p.name, getattr(train_cfg, p.name, None))
@@ -780,7 +784,10 @@ def _tune_here(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.sampler = optuna.samplers.TPESampler(seed=seed + n_before, multivariate=True, n_startup_trials=5)
     if all(t.state == optuna.trial.TrialState.FAIL for t in study.trials):  # new, or its first trials were stopped
-        study.enqueue_trial(preset_point(preset, space))
+        from embedrec.runs import adapt_to_prepared
+
+        adapted = adapt_to_prepared(preset, model_cfg, train_cfg, prepared)
+        study.enqueue_trial(preset_point(preset, space, adapted[:2]))
 
     fixed = {"preset": preset, "epochs": epochs, "seed": seed}
     deadline = time.monotonic() + budget_s if budget_s is not None else math.inf

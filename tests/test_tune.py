@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from embedrec.cli import app
-from embedrec.config import load_config_file, preset
+from embedrec.config import load_config_file, preset, to_dict
 from embedrec.errors import ConfigError
 from embedrec.tune import (
     CONFIG_MARKER,
@@ -290,6 +290,27 @@ def test_the_test_split_never_changes_a_result(tuned, synthetic_prepared: Path, 
     assert result.best_number == 0
     assert result.best_metrics == original.user_attrs["metrics"]
     assert result.best_value == original.value
+
+
+def test_on_data_the_default_adapts_to_the_first_trial_is_what_train_trains(tmp_path: Path) -> None:
+    """The first trial of a new study is the default, so the best tune reports is never worse on val than `train`
+    with the same epochs. On a sparse catalogue with short user histories the default adapts ``user_history`` and
+    ``negatives``, both searched: a first trial with the preset's own values (off, 64) was not the default."""
+    from embedrec.data import PrepareConfig, prepare_synthetic
+    from embedrec.runs import _plan_run
+
+    data = tmp_path / "data"
+    prepare_synthetic(out=data, n_users=300, n_movies=600, n_ratings=6_000, seed=0, config=PrepareConfig())
+    plan = _plan_run(data, out=None, workdir=tmp_path / "plain", preset="default", overrides=None, resume=False)
+    assert plan.adapted["user_history"] is True and plan.adapted["negatives"] == 128  # the data is such data
+    tune(data, workdir=tmp_path / "work", n_trials=1, budget_s=None, max_epochs=1)
+    first = _study(tmp_path / "work").trials[0]
+    default = {**to_dict(plan.model_cfg), **to_dict(plan.train_cfg)}
+    n_train, _ = plan.prepared.split_extent(0)
+    space = search_space(preset="default", n_train=n_train, n_movies=plan.prepared.n_movies)
+    expected = {p.name: default[p.name] for p in space if p.contains(default[p.name])}  # the rest: outside it
+    assert {"user_history", "negatives", "lr"} <= set(expected)
+    assert {name: first.params[name] for name in expected} == expected
 
 
 @pytest.mark.slow
