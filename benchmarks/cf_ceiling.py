@@ -67,15 +67,19 @@ def ndcg_by_gamma(
 
 
 def run_row(row: str, cache: Path) -> list[dict[str, object]]:
-    from quality import relevance_of
+    from quality import RECIPES, relevance_of
 
     from embedrec.baselines import EASE, popularity_prior
     from embedrec.data import load_prepared
     from embedrec.evaluation import HeldOut
 
-    folder = cache / row
+    if row not in RECIPES:
+        raise SystemExit(f"--rows: unknown row {row!r}; the quality matrix's rows are {', '.join(RECIPES)}")
+    folder, recipe = cache / row, cache / f"{row}.recipe"
     if not (folder / "summary.json").exists():
         raise SystemExit(f"{folder}: not prepared; run python benchmarks/quality.py --rows {row} first")
+    if not recipe.is_file() or recipe.read_text() != RECIPES[row]:  # quality.py would prepare it again
+        raise SystemExit(f"{folder} was prepared by another recipe; run python benchmarks/quality.py --rows {row}")
     prepared = load_prepared(folder)
     relevance = relevance_of(prepared)
     n_users, n_movies = prepared.n_users, prepared.n_movies
