@@ -372,8 +372,9 @@ def adapt_to_data(
     for 0.001-0.002 NDCG@10 (ml100k-random, wide-scale) and costs a bias fit over every training rating at full
     MovieLens scale, so dense data keeps it off.
     A sparse catalogue whose users are short too (fewer than ``SHORT_HISTORY_RATINGS_PER_USER`` training ratings
-    per user, ``n_train / n_users``) trains the watch output against ``SHORT_HISTORY_NEGATIVES`` shared negatives
-    instead of 64. Measured on benchmarks/quality.py, seeds 42 / 1 / 2 / 3 / 4, NDCG@10 (RMSE):
+    per user, ``n_train / n_users``, ``n_users`` counting those with training ratings) trains the watch output
+    against ``SHORT_HISTORY_NEGATIVES`` shared negatives instead of 64. Measured on benchmarks/quality.py, seeds
+    42 / 1 / 2 / 3 / 4, NDCG@10 (RMSE):
     ``ml100k-sparse-users`` (11.6 a user) 0.051 -> 0.057 (0.974 -> 0.970), most-popular 0.051; ``ml100k-sparse``
     (19.1 a user) 0.075 -> 0.076 (0.960 both). On long histories it loses: ``ml100k-few-users`` (74 a user) 0.330 ->
     0.318 (1.832 -> 1.821), so that row keeps 64.

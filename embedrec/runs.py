@@ -107,7 +107,7 @@ def adapt_to_prepared(
         train_cfg,
         n_train=n_train,
         n_movies_rated=n_movies_rated,
-        n_users=prepared.n_users,
+        n_users=prepared.users_rated(TRAIN),
         split_method=_split_method(prepared),
         explicit=explicit,
     )

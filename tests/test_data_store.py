@@ -366,3 +366,31 @@ def test_a_summary_that_counts_more_movies_rated_than_ratings_in_a_split_is_refu
     (folder / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(ArtifactError, match=r"summary.json says the train split has 200 ratings of 300 movies"):
         load_prepared(folder, lazy=True).split_extent(0)
+
+
+def test_users_rated_counts_the_users_with_a_rating_in_a_split(synthetic_prepared: Path, tmp_path: Path) -> None:
+    """Under a time-based split many users have no training rating; training's per-user counts are over those who
+    do. prepare writes the count per split; an older folder answers every user; an impossible count is refused."""
+    import shutil
+
+    from embedrec.data import PrepareConfig, prepare_synthetic
+    from embedrec.errors import ArtifactError
+
+    out = tmp_path / "temporal"
+    config = PrepareConfig(split="temporal")
+    prepare_synthetic(out=out, n_users=300, n_movies=400, n_ratings=20_000, seed=0, config=config)
+    eager = load_prepared(out)
+    for code in (0, 1, 2):
+        assert load_prepared(out, lazy=True).users_rated(code) == len(np.unique(eager.user_idx[eager.split == code]))
+    assert load_prepared(out, lazy=True).users_rated(0) < eager.n_users  # the latest ratings' new users
+
+    folder = tmp_path / "old"
+    shutil.copytree(synthetic_prepared, folder)
+    summary = json.loads((folder / "summary.json").read_text())
+    del summary["n_users_rated"]  # as an embedrec before the count prepared it
+    (folder / "summary.json").write_text(json.dumps(summary))
+    assert load_prepared(folder, lazy=True).users_rated(0) == summary["n_users"]
+    summary["n_users_rated"] = {"train": summary["n_users"] + 1, "val": 1, "test": 1}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ArtifactError, match=r"summary.json says the train split has \d+ ratings by 301 users"):
+        load_prepared(folder, lazy=True).users_rated(0)

@@ -22,9 +22,9 @@ Folder layout (schema_version 1; this is the contract ``train`` and the recommen
 - ``summary.json``: ``schema_version``, ``format``, ``source``, ``n_ratings``, ``n_users``, ``n_movies``,
   ``n_genre_strings``, ``n_genres``, ``rating_min``, ``rating_max``, ``rating_mean``, ``n_train``, ``n_val``,
   ``n_test``, ``split`` {method, test_frac, val_frac, seed}, ``dropped`` {reason: count}, ``filtered`` {filter: count},
-  ``n_movies_rated`` {split: movies with a rating in it}, ``fingerprint``, ``created`` (ISO time), ``n_read``
-  (rating rows read), ``user_index`` (what the next item's files hold, with their own ``schema_version``). Folders
-  prepared before ``n_movies_rated`` existed lack it and still load.
+  ``n_movies_rated`` and ``n_users_rated`` {split: movies / users with a rating in it}, ``fingerprint``, ``created``
+  (ISO time), ``n_read`` (rating rows read), ``user_index`` (what the next item's files hold, with their own
+  ``schema_version``). Folders prepared before ``n_movies_rated`` or ``n_users_rated`` existed lack them and still load.
 - ``user_ratings_*.npy``, ``movie_rating_*.npy``: every user's rated movies as CSR and per-movie rating counts and
   sums, memory-mapped by :func:`load_prepared` so that serving one user never reads ``ratings.parquet``
   (:mod:`embedrec.data.user_index`). Folders an older embedrec prepared lack them and still load: serving then reads
@@ -61,7 +61,7 @@ import numpy as np
 
 from embedrec.data.split import SPLIT_CODES
 from embedrec.data.user_index import FILE_NAMES as INDEX_FILE_NAMES
-from embedrec.data.user_index import UserIndex, build_user_index, movies_rated, open_user_index, write_user_index
+from embedrec.data.user_index import UserIndex, build_user_index, n_distinct, open_user_index, write_user_index
 from embedrec.errors import ArtifactError, ConfigError
 from embedrec.locks import folder_lock
 from embedrec.tempfiles import name_target, sweep_stale
@@ -174,8 +174,12 @@ def write_prepared(
     check_replaceable(out)
     n_users, n_movies = len(user_ids), len(movies)
     summary = dict(summary)
-    summary["n_movies_rated"] = {  # what training adapts its settings to, known before it reads a rating
-        name: movies_rated(movie_idx[split == code], n_movies) for name, code in SPLIT_CODES.items()
+    # what training adapts its settings to, known before it reads a rating
+    summary["n_movies_rated"] = {
+        name: n_distinct(movie_idx[split == code], n_movies) for name, code in SPLIT_CODES.items()
+    }
+    summary["n_users_rated"] = {
+        name: n_distinct(user_idx[split == code], n_users) for name, code in SPLIT_CODES.items()
     }
     summary["fingerprint"] = fingerprint(
         user_idx,
@@ -375,7 +379,24 @@ class PreparedData:
                 )
             return extent
         movies = self.movie_idx[self.split == split_code]
-        return len(movies), movies_rated(movies, self.n_movies)
+        return len(movies), n_distinct(movies, self.n_movies)
+
+    def users_rated(self, split_code: int) -> int:
+        """How many users have a rating in the split ``split_code`` (``summary.json``'s ``n_users_rated``): under a
+        time-based split many users have none in train, and training's per-user counts are over those who do. A
+        folder prepared before the count existed answers every user, ``n_users``."""
+        name = next(name for name, code in SPLIT_CODES.items() if code == split_code)
+        listed = self.summary.get(f"n_{name}")
+        per_split = self.summary.get("n_users_rated")
+        rated = per_split.get(name) if isinstance(per_split, dict) else None
+        if not _is_count(rated):
+            return self.n_users
+        if _is_count(listed) and (rated > min(self.n_users, listed) or (rated == 0) != (listed == 0)):
+            raise ArtifactError(
+                f"{self.path / 'summary.json'} says the {name} split has {listed} ratings by {rated} users "
+                f"(of {self.n_users}): the folder is damaged; {_HOW}"
+            )
+        return rated
 
     def read_all(self) -> PreparedData:
         """Read what ``lazy=True`` deferred (the ratings, the movie table, the user ids), checking each; returns
