@@ -12,12 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-EMBEDREC = [sys.executable, "-m", "embedrec.cli"]
-
-
-def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(EMBEDREC + [str(a) for a in args], capture_output=True, text=True, cwd=cwd)
+from cli import EMBEDREC, run_cli
 
 
 def _ratings_csv(path: Path, *, n_users: int = 30, n_movies: int = 25, seed: int = 0) -> Path:
@@ -42,7 +37,7 @@ def test_prepare_refuses_a_folder_that_merely_holds_a_summary_json(tmp_path: Pat
     (proj / "notes.txt").write_text("keep\n")
     (proj / "src" / "main.py").write_text("print('mine')\n")
     before = _tree(proj)
-    res = _cli(["prepare", ratings, "--out", proj], tmp_path)
+    res = run_cli(["prepare", ratings, "--out", proj], tmp_path)
     assert res.returncode == 2, res.stderr
     lines = [line for line in res.stderr.strip().splitlines() if line.startswith("error:")]  # not progress lines
     assert len(lines) == 1 and "did not write" in lines[0] and "Traceback" not in res.stderr
@@ -54,7 +49,7 @@ def test_prepare_refuses_a_foreign_summary_json_alone(tmp_path: Path) -> None:
     proj = tmp_path / "proj"
     proj.mkdir()
     (proj / "summary.json").write_text('{"mine": true}\n')
-    res = _cli(["prepare", ratings, "--out", proj], tmp_path)
+    res = run_cli(["prepare", ratings, "--out", proj], tmp_path)
     assert res.returncode == 2 and "not a data set embedrec prepared" in res.stderr
     assert (proj / "summary.json").read_text() == '{"mine": true}\n'
 
@@ -63,11 +58,11 @@ def test_prepare_still_replaces_its_own_data_set(tmp_path: Path) -> None:
     from embedrec.data import load_prepared
 
     out = tmp_path / "data"
-    assert _cli(["prepare", _ratings_csv(tmp_path / "a.csv", n_users=30), "--out", out], tmp_path).returncode == 0
-    assert _cli(["prepare", _ratings_csv(tmp_path / "b.csv", n_users=40), "--out", out], tmp_path).returncode == 0
+    assert run_cli(["prepare", _ratings_csv(tmp_path / "a.csv", n_users=30), "--out", out], tmp_path).returncode == 0
+    assert run_cli(["prepare", _ratings_csv(tmp_path / "b.csv", n_users=40), "--out", out], tmp_path).returncode == 0
     assert load_prepared(out).n_users == 40
     (out / "notes.txt").write_text("mine\n")  # once the user adds a file, the folder is theirs too
-    res = _cli(["prepare", tmp_path / "a.csv", "--out", out], tmp_path)
+    res = run_cli(["prepare", tmp_path / "a.csv", "--out", out], tmp_path)
     assert res.returncode == 2 and (out / "notes.txt").exists() and load_prepared(out).n_users == 40
 
 
@@ -75,7 +70,7 @@ def test_train_refuses_an_out_folder_holding_other_files(tmp_path: Path, synthet
     out = tmp_path / "run"
     out.mkdir()
     (out / "run.json").write_text("my own notes\n")
-    res = _cli(["train", "--data", synthetic_prepared, "--out", out, "--epochs", "1"], tmp_path)
+    res = run_cli(["train", "--data", synthetic_prepared, "--out", out, "--epochs", "1"], tmp_path)
     assert res.returncode == 2 and "not empty" in res.stderr and "Traceback" not in res.stderr
     assert _tree(out) == {"run.json": b"my own notes\n"}
 
@@ -126,7 +121,7 @@ def test_load_model_refuses_a_vocabulary_that_does_not_fit_the_weights(
     shutil.copyfile(other / "users.parquet", run / "users.parquet")
     with pytest.raises(ArtifactError, match="users.parquet lists .* ids but user_embedding has"):
         load_model(run)
-    res = _cli(["predict", "--model", run, "--user", "1", "--movie", "1"], tmp_path)
+    res = run_cli(["predict", "--model", run, "--user", "1", "--movie", "1"], tmp_path)
     assert res.returncode == 2 and "does not belong to these weights" in res.stderr and "Traceback" not in res.stderr
 
 
@@ -204,6 +199,6 @@ def test_predict_prints_a_movie_without_a_year(tmp_path: Path) -> None:
     assert prepared.movies["year"].isna().all()
     run = train_run(data, out=tmp_path / "run", overrides={"epochs": 1}).run_dir
     user, movie = int(prepared.user_ids[0]), int(prepared.movie_ids[0])
-    res = _cli(["predict", "--model", run, "--data", data, "--user", user, "--movie", movie], tmp_path)
+    res = run_cli(["predict", "--model", run, "--data", data, "--user", user, "--movie", movie], tmp_path)
     assert res.returncode == 0, res.stderr
     assert f"user {user}, movie {movie}" in res.stdout and "predicted rating" in res.stdout

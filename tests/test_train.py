@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli import EMBEDREC, run_cli
 
 from embedrec.artifacts import load_arrays, load_model
 from embedrec.checkpoints import CheckpointDir
@@ -20,8 +21,6 @@ from embedrec.data import load_prepared
 from embedrec.data.split import TRAIN, VAL
 from embedrec.errors import ArtifactError, TrainingDiverged
 from embedrec.train import train
-
-EMBEDREC = [sys.executable, "-m", "embedrec.cli"]
 
 
 def _seed_cfg(**train_changes):
@@ -91,11 +90,6 @@ def test_nan_loss_stops_with_epoch_and_step(prepared, tmp_path: Path) -> None:
     assert ckpt.load() is None  # nothing bad was written
 
 
-def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """Run the real CLI in ``cwd`` (its default work folder, ./.embedrec, lands there, not in the repo)."""
-    return subprocess.run(EMBEDREC + args, capture_output=True, text=True, cwd=cwd)
-
-
 @pytest.mark.parametrize("user_history", [False, True])
 def test_resume_after_a_kill_ends_with_the_same_weights(
     synthetic_prepared: Path, tmp_path: Path, user_history: bool
@@ -116,7 +110,7 @@ def test_resume_after_a_kill_ends_with_the_same_weights(
         (tmp_path / "history.toml").write_text("user_history = true\nhistory_samples = 8\n")
         common += ["--config", str(tmp_path / "history.toml")]
     straight = tmp_path / "straight"
-    done = _cli(common + ["--out", str(straight)], tmp_path)
+    done = run_cli(common + ["--out", str(straight)], tmp_path)
     assert done.returncode == 0, done.stderr
 
     killed = tmp_path / "killed"
@@ -133,7 +127,7 @@ def test_resume_after_a_kill_ends_with_the_same_weights(
     assert marker.exists(), "training never wrote a checkpoint"
     assert not (killed / "model.json").exists(), "the run finished before it could be killed; make it longer"
 
-    resumed = _cli(common + ["--out", str(killed), "--resume"], tmp_path)
+    resumed = run_cli(common + ["--out", str(killed), "--resume"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     a = load_arrays(straight / "weights.safetensors")
     b = load_arrays(killed / "weights.safetensors")
@@ -183,14 +177,14 @@ def test_resume_refuses_re_prepared_data(synthetic_prepared: Path, tmp_path: Pat
     from embedrec.data import PrepareConfig, prepare_synthetic
 
     run = tmp_path / "run"
-    first = _cli(
+    first = run_cli(
         ["train", "--data", str(synthetic_prepared), "--preset", "seed", "--epochs", "1", "--out", str(run), "--quiet"],
         tmp_path,
     )
     assert first.returncode == 0, first.stderr
     other = tmp_path / "other"
     prepare_synthetic(out=other, n_users=300, n_movies=400, n_ratings=20_000, seed=0, config=PrepareConfig(seed=1))
-    again = _cli(["train", "--data", str(other), "--out", str(run), "--resume", "--epochs", "2"], tmp_path)
+    again = run_cli(["train", "--data", str(other), "--out", str(run), "--resume", "--epochs", "2"], tmp_path)
     assert again.returncode == 2
     assert "re-prepared" in again.stderr and "Traceback" not in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
@@ -305,11 +299,11 @@ def test_config_file_and_info_json(synthetic_prepared: Path, tmp_path: Path) -> 
     cfg = tmp_path / "hp.toml"
     cfg.write_text('preset = "seed"\nepochs = 1\nhidden = [32, 8]\nbatch-size = 256\n')
     run = tmp_path / "run"
-    done = _cli(
+    done = run_cli(
         ["train", "--data", str(synthetic_prepared), "--config", str(cfg), "--out", str(run), "--quiet"], tmp_path
     )
     assert done.returncode == 0, done.stderr
-    info = _cli(["info", str(run), "--json"], tmp_path)
+    info = run_cli(["info", str(run), "--json"], tmp_path)
     assert info.returncode == 0, info.stderr
     meta = json.loads(info.stdout)
     assert meta["model"]["hidden"] == [32, 8] and meta["train"]["batch_size"] == 256
@@ -319,7 +313,7 @@ def test_config_file_and_info_json(synthetic_prepared: Path, tmp_path: Path) -> 
     assert meta["n_params"] == expected
     bad = tmp_path / "bad.json"
     bad.write_text('{"learning_rate": 0.1}')
-    fail = _cli(
+    fail = run_cli(
         ["train", "--data", str(synthetic_prepared), "--config", str(bad), "--out", str(tmp_path / "x")], tmp_path
     )
     assert fail.returncode == 2 and "learning_rate" in fail.stderr and "Traceback" not in fail.stderr
@@ -334,7 +328,7 @@ def test_without_early_stopping_the_reported_epoch_is_the_saved_one(synthetic_pr
     assert result.best_epoch == 4  # patience 0: the last epoch's weights are the model, as in the original
     meta = json.loads((result.run_dir / "model.json").read_text())
     assert meta["metrics"]["val_rmse"] == result.history[-1]["val_rmse"]
-    resumed = _cli(["train", "--resume", "--out", str(result.run_dir)], tmp_path)
+    resumed = run_cli(["train", "--resume", "--out", str(result.run_dir)], tmp_path)
     assert resumed.returncode == 2 and "already finished its 4 epochs" in resumed.stderr
 
 
@@ -347,13 +341,15 @@ def test_other_rating_scales_and_no_val_split_train_and_print_strict_json(tmp_pa
     stars = rng.integers(1, 4, n)  # a 1..3 scale
     csv.write_text("userId,movieId,rating\n" + "".join(f"{u},{m},{r}\n" for u, m, r in zip(users, movies, stars)))
     work = tmp_path / "w"
-    prep = _cli(["prepare", str(csv), "--workdir", str(work), "--time-col", "", "--val-frac", "0", "--json"], tmp_path)
+    prep = run_cli(
+        ["prepare", str(csv), "--workdir", str(work), "--time-col", "", "--val-frac", "0", "--json"], tmp_path
+    )
     assert prep.returncode == 0, prep.stderr
-    done = _cli(["train", "--workdir", str(work), "--epochs", "2", "--json"], tmp_path)
+    done = run_cli(["train", "--workdir", str(work), "--epochs", "2", "--json"], tmp_path)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)  # strict JSON: no bare NaN for the missing val metrics
     assert out["final"]["val_rmse"] is None
-    info = _cli(["info", "--workdir", str(work), "--json"], tmp_path)
+    info = run_cli(["info", "--workdir", str(work), "--json"], tmp_path)
     assert info.returncode == 0 and json.loads(info.stdout)["shape"]["rating_max"] == 3.0
 
 
@@ -361,7 +357,7 @@ def test_config_values_of_the_wrong_type_are_one_line_errors(synthetic_prepared:
     for text, key in (('{"lr": "0.1"}', "lr"), ('{"hidden": 64}', "hidden"), ('{"batch_size": 1.5}', "batch_size")):
         cfg = tmp_path / "hp.json"
         cfg.write_text(text)
-        fail = _cli(
+        fail = run_cli(
             ["train", "--data", str(synthetic_prepared), "--config", str(cfg), "--out", str(tmp_path / "x")], tmp_path
         )
         assert fail.returncode == 2, fail.stderr

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli import EMBEDREC, run_cli
 from typer.testing import CliRunner
 
 from embedrec.cli import app
@@ -27,12 +28,7 @@ from embedrec.tune import (
     tune,
 )
 
-EMBEDREC = [sys.executable, "-m", "embedrec.cli"]
 SMALL = ["--trials", "2", "--max-epochs", "2"]
-
-
-def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(EMBEDREC + args, capture_output=True, text=True, cwd=cwd, timeout=1200)
 
 
 def _study(workdir: Path, name: str = "default-ndcg@10"):
@@ -171,7 +167,7 @@ def test_bad_options_are_refused_before_any_training(synthetic_prepared: Path, t
 def tuned(synthetic_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """Two trials of two epochs, through the CLI, as a user would run it."""
     work = tmp_path_factory.mktemp("tuned")
-    done = _cli(["tune", "--data", str(synthetic_prepared), "--workdir", str(work), *SMALL, "--json"], work)
+    done = run_cli(["tune", "--data", str(synthetic_prepared), "--workdir", str(work), *SMALL, "--json"], work)
     assert done.returncode == 0, done.stderr
     return work, json.loads(done.stdout)
 
@@ -201,7 +197,7 @@ def test_tune_writes_a_config_that_train_uses(tuned, synthetic_prepared: Path) -
     assert not (work / "models" / "latest").exists()
 
     run = work / "run"
-    done = _cli(
+    done = run_cli(
         [
             "train",
             "--config",
@@ -234,7 +230,7 @@ def test_a_second_call_continues_the_study(tuned, synthetic_prepared: Path, tmp_
     first_work, _ = tuned
     work = tmp_path / "work"
     shutil.copytree(first_work, work)
-    done = _cli(
+    done = run_cli(
         [
             "tune",
             "--data",
@@ -256,7 +252,7 @@ def test_a_second_call_continues_the_study(tuned, synthetic_prepared: Path, tmp_
     assert [t.number for t in trials] == [0, 1, 2]
     assert trials[2].params != trials[1].params  # the resumed sampler does not replay the first call's samples
     assert len(list((work / "tune" / "models").glob("*/trial-*"))) == 1
-    changed = _cli(
+    changed = run_cli(
         ["tune", "--data", str(synthetic_prepared), "--workdir", str(work), "--trials", "1", "--max-epochs", "3"], work
     )
     assert changed.returncode == 2 and "--max-epochs" in changed.stderr and "Traceback" not in changed.stderr
@@ -340,7 +336,7 @@ def test_a_pruned_trial_stops_training_and_leaves_nothing(synthetic_prepared: Pa
 def test_the_budget_stops_a_running_trial(synthetic_prepared: Path, tmp_path: Path) -> None:
     import optuna
 
-    done = _cli(
+    done = run_cli(
         [
             "tune",
             "--data",
@@ -365,7 +361,7 @@ def test_the_budget_stops_a_running_trial(synthetic_prepared: Path, tmp_path: Pa
     assert len(trial.intermediate_values) < 500
     assert not list((tmp_path / "tune" / "models").glob("*/trial-*"))
     # the next call starts again from the preset, since its trial never finished
-    again = _cli(
+    again = run_cli(
         [
             "tune",
             "--data",
