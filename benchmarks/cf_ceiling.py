@@ -20,8 +20,12 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from embedrec.evaluation import HeldOut
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,7 +46,7 @@ def item_knn(train: np.ndarray, shrink: float) -> np.ndarray:
 
 
 def ndcg_by_gamma(
-    score: Callable[[np.ndarray], np.ndarray], prior: np.ndarray, held_out: object, n_users: int, n_movies: int
+    score: Callable[[np.ndarray], np.ndarray], prior: np.ndarray, held_out: HeldOut, n_users: int, n_movies: int
 ) -> dict[float, float]:
     from embedrec.evaluation import evaluate_ranking
 
@@ -50,18 +54,9 @@ def ndcg_by_gamma(
         return lambda users: score(users) + gamma * prior
 
     return {
-        gamma: evaluate_ranking(
-            with_prior(gamma),
-            train_user_idx=None,
-            train_movie_idx=None,
-            eval_user_idx=None,
-            eval_movie_idx=None,
-            eval_rating=None,
-            held_out=held_out,
-            n_users=n_users,
-            n_movies=n_movies,
-            ks=(10,),
-        )["ndcg@10"]
+        gamma: evaluate_ranking(with_prior(gamma), held_out=held_out, n_users=n_users, n_movies=n_movies, ks=(10,))[
+            "ndcg@10"
+        ]
         for gamma in GAMMAS
     }
 
