@@ -340,6 +340,7 @@ def adapt_to_data(
     n_train: int,
     n_movies_rated: int,
     n_users: int | None = None,
+    n_val: int | None = None,
     split_method: str = "random",
     explicit: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
@@ -392,7 +393,7 @@ def adapt_to_data(
             ("rating_embedding_grad", SPARSE_RATING_EMBEDDING_GRAD),
             ("rmse_slack", SPARSE_RMSE_SLACK),
         ]
-        if model_cfg.biases:
+        if model_cfg.biases and n_val != 0:  # the share is chosen on val: without val ratings there is no blend
             settings.append(("baseline_blend", True))
         for name, value in settings:
             if name not in explicit:

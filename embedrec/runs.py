@@ -101,6 +101,7 @@ def adapt_to_prepared(
     """:func:`embedrec.config.adapt_to_data` on ``prepared``'s train split: the settings a run trains, and the
     first trial of ``embedrec tune`` (the default as ``train`` trains it), adapted from the same counts."""
     n_train, n_movies_rated = prepared.split_extent(TRAIN)
+    n_val = prepared.summary.get("n_val")
     return adapt_to_data(
         preset,
         model_cfg,
@@ -108,6 +109,7 @@ def adapt_to_prepared(
         n_train=n_train,
         n_movies_rated=n_movies_rated,
         n_users=prepared.users_rated(TRAIN),
+        n_val=n_val if isinstance(n_val, int) else None,
         split_method=_split_method(prepared),
         explicit=explicit,
     )

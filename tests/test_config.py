@@ -83,6 +83,8 @@ def test_the_default_preset_adapts_to_a_sparse_catalogue_but_never_overrides_the
     no_biases = model_cfg.replace(biases=False)
     no_blend = adapt_to_data("default", no_biases, train_cfg, n_train=23_000, n_movies_rated=1_480)[2]
     assert "baseline_blend" not in no_blend
+    no_val = adapt_to_data("default", model_cfg, train_cfg, n_train=23_000, n_movies_rated=1_480, n_val=0)
+    assert not no_val[1].baseline_blend and "baseline_blend" not in no_val[2]  # nothing to choose the share on
     assert sparse_model == model_cfg.replace(user_history=True) and why["user_history"] is True
     assert "15.5 training ratings per movie" in why["because"]
     assert sparse.negatives == train_cfg.negatives and "negatives" not in why  # no user count: histories unknown
