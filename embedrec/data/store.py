@@ -359,16 +359,8 @@ class PreparedData:
         before it reads 27M ratings. From ``summary.json`` (``n_<split>``, ``n_movies_rated``); for a folder prepared
         before ``n_movies_rated`` existed, from the memory-mapped user index while the ratings are unread (a folder
         loaded with ``lazy=True``: ~0.5 s at full MovieLens scale), else from the rating arrays."""
-        name = next(name for name, code in SPLIT_CODES.items() if code == split_code)
-        listed = self.summary.get(f"n_{name}")
-        per_split = self.summary.get("n_movies_rated")
-        rated = per_split.get(name) if isinstance(per_split, dict) else None
-        if _is_count(listed) and _is_count(rated):
-            if rated > min(self.n_movies, listed) or (rated == 0) != (listed == 0):
-                raise ArtifactError(
-                    f"{self.path / 'summary.json'} says the {name} split has {listed} ratings of {rated} movies "
-                    f"(of {self.n_movies}): the folder is damaged; {_HOW}"
-                )
+        name, listed, rated = self._rated_in_split(split_code, "n_movies_rated", of=self.n_movies, what="of {} movies")
+        if _is_count(listed) and rated is not None:
             return listed, rated
         if self.user_index is not None and "ratings" not in self._read:
             extent = self.user_index.split_extent(split_code)
@@ -385,18 +377,25 @@ class PreparedData:
         """How many users have a rating in the split ``split_code`` (``summary.json``'s ``n_users_rated``): under a
         time-based split many users have none in train, and training's per-user counts are over those who do. A
         folder prepared before the count existed answers every user, ``n_users``."""
+        rated = self._rated_in_split(split_code, "n_users_rated", of=self.n_users, what="by {} users")[2]
+        return self.n_users if rated is None else rated
+
+    def _rated_in_split(self, split_code: int, key: str, *, of: int, what: str) -> tuple[str, Any, int | None]:
+        """(split name, ``n_<split>``, the split's entry of the summary's per-split count ``key``: distinct movies
+        or users rated, None when the folder was prepared before it). A count that cannot be (more than the
+        catalogue's ``of`` or the split's ratings, or zero beside ratings) is refused; ``what`` names it."""
         name = next(name for name, code in SPLIT_CODES.items() if code == split_code)
         listed = self.summary.get(f"n_{name}")
-        per_split = self.summary.get("n_users_rated")
+        per_split = self.summary.get(key)
         rated = per_split.get(name) if isinstance(per_split, dict) else None
         if not _is_count(rated):
-            return self.n_users
-        if _is_count(listed) and (rated > min(self.n_users, listed) or (rated == 0) != (listed == 0)):
+            return name, listed, None
+        if _is_count(listed) and (rated > min(of, listed) or (rated == 0) != (listed == 0)):
             raise ArtifactError(
-                f"{self.path / 'summary.json'} says the {name} split has {listed} ratings by {rated} users "
-                f"(of {self.n_users}): the folder is damaged; {_HOW}"
+                f"{self.path / 'summary.json'} says the {name} split has {listed} ratings {what.format(rated)} "
+                f"(of {of}): the folder is damaged; {_HOW}"
             )
-        return rated
+        return name, listed, rated
 
     def read_all(self) -> PreparedData:
         """Read what ``lazy=True`` deferred (the ratings, the movie table, the user ids), checking each; returns
