@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli import EMBEDREC, run_cli
 
 
 def _run(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -50,15 +51,10 @@ def test_a_thread_still_working_or_a_message_takes_the_normal_exit(tmp_path: Pat
 
 
 def test_the_command_line_exits_with_its_status_through_the_entry_point(tmp_path: Path) -> None:
-    bad = subprocess.run(
-        [sys.executable, "-m", "embedrec.cli", "train", "--data", str(tmp_path / "missing")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = run_cli(["train", "--data", tmp_path / "missing"], tmp_path, timeout=120)
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr and str(tmp_path / "missing") in bad.stderr
-    ok = subprocess.run([sys.executable, "-m", "embedrec.cli", "--help"], capture_output=True, text=True, timeout=60)
+    ok = run_cli(["--help"], tmp_path, timeout=60)
     assert ok.returncode == 0 and "train" in ok.stdout
 
 
@@ -85,7 +81,7 @@ def test_output_that_the_disk_refuses_at_the_exit_fails_the_command(synthetic_pr
 
     workdir, user = _planted_workdir(synthetic_prepared, tmp_path / "wd")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    args = [sys.executable, "-m", "embedrec.cli", "recommend", "--user", str(user), "--workdir", str(workdir)]
+    args = [*EMBEDREC, "recommend", "--user", str(user), "--workdir", str(workdir)]
     csv_args = [*args, "--format", "csv", "-k", "3"]
     written = subprocess.run(csv_args, capture_output=True, text=True, timeout=120, env=env)
     assert written.returncode == 0 and len(written.stdout.splitlines()) == 4  # the header and three movies
@@ -105,7 +101,7 @@ def test_a_command_started_without_stdout_writes_its_file_and_exits_0(synthetic_
 
     workdir, _ = _planted_workdir(synthetic_prepared, tmp_path / "wd")
     out = tmp_path / "recs.csv"
-    args = [sys.executable, "-m", "embedrec.cli", "recommend", "--all-users", "--output", str(out)]
+    args = [*EMBEDREC, "recommend", "--all-users", "--output", str(out)]
     done = subprocess.run(
         [*args, "--workdir", str(workdir), "-k", "2"],
         stderr=subprocess.PIPE,

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from cli import EMBEDREC, cli_env, run_cli
 
 KEY = "test-key-0123456789abcdef"
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,14 +78,12 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        full_env = {**os.environ, **(env or {})}
-        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
         self._log_file = open(log, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "embedrec.cli", "serve", "--port", str(self.port), *args],
+            [*EMBEDREC, "serve", "--port", str(self.port), *args],
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            env=full_env,
+            env=cli_env(env),
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -574,13 +573,7 @@ def test_with_workers_sighup_rolls_them_to_the_new_model_and_keeps_them_on_a_ref
 
 
 def test_a_missing_model_fails_at_start_with_one_line(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "embedrec.cli", "serve", "--workdir", str(tmp_path / "empty")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    proc = run_cli(["serve", "--workdir", tmp_path / "empty"], tmp_path, timeout=120)
     assert proc.returncode == 2
     assert "embedrec train" in proc.stderr and "Traceback" not in proc.stderr
 
