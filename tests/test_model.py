@@ -52,7 +52,7 @@ def test_the_heads_dense_layers_start_exactly_as_nnxs_own_initialisers_start_the
 
 
 def test_the_embedding_tables_start_as_one_normal_draw_per_table_would_start_them() -> None:
-    """The three tables' normals come from one compiled program (one compilation, not one per table shape); each
+    """The three tables' normals are cut from one compiled draw of the largest table's size (one compilation); each
     must equal ``jax.random.normal`` of its own key and shape, scaled as before."""
     shape = DataShape(n_users=1_001, n_movies=257, n_genres=19, rating_min=0.5, rating_max=5.0)
     cfg = ModelConfig(embedding_dim=24, init="scaled")

@@ -12,7 +12,7 @@ from embedrec.config import DataShape, ModelConfig
 from embedrec.model import EmbeddingConcat
 from embedrec.sampling import seen_filter
 from embedrec.sparse_adam import head_optimizer
-from embedrec.step import StepParts, StepSettings, init_state, make_train_block, state_tables
+from embedrec.step import StepParts, StepSettings, init_state, make_train_block, state_tables, zero_optimizer_state
 
 SHAPE = DataShape(n_users=20, n_movies=30, n_genres=5, rating_min=1.0, rating_max=5.0)
 BATCH = 4
@@ -99,3 +99,17 @@ def test_the_same_block_twice_gives_the_same_state() -> None:
     b, _ = _run(block, _copy(state), inputs, epoch_ratings, 0)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_the_head_optimizers_state_starts_as_its_own_init_would_start_it() -> None:
+    """``init_state`` builds the Head's Adam state on the host; it must be ``tx.init``'s, leaf for leaf: the same tree,
+    shapes, dtypes and (zero) values."""
+    cfg = ModelConfig(embedding_dim=8, hidden=(16, 4), dropout=0.0, biases=True, watch_head=True, init="scaled")
+    _, head = nnx.split(EmbeddingConcat(cfg, SHAPE, rngs=nnx.Rngs(0)).head)
+    tx = head_optimizer()
+    ours, stock = zero_optimizer_state(tx, head), tx.init(head)
+    assert jax.tree.structure(ours) == jax.tree.structure(stock)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(stock), strict=True):
+        assert (a.shape, a.dtype) == (b.shape, b.dtype)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert len(jax.tree.leaves(ours)) == 1 + 2 * len(jax.tree.leaves(head))  # the count, mu and nu per parameter
