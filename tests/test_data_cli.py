@@ -74,8 +74,28 @@ def test_generic_csv_options(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "bad rating 1" in text and "--strict" in text
+    cells = " ".join(result.output.replace("│", " ").split())  # the table's text, cell borders out
+    assert "rating scale 1..5 (--rating-scale; ratings outside it are dropped)" in cells
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert (s["format"], s["n_ratings"], s["n_test"]) == ("csv", 3, 1)
+
+
+def test_a_movielens_folder_rated_zero_to_one_keeps_its_scale_and_says_so(tmp_path: Path) -> None:
+    """A ratings.csv / movies.csv pair (MovieLens's layout) rated 0..1 in steps of 0.2: every rating is kept, and the
+    prepare table says the scale is the data's own (before, the ratings under 0.5 were dropped as bad rows)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = [f"{u},{m},{((u + m) % 6) / 5:g},{1000 + u * 10 + m}" for u in range(1, 21) for m in range(1, 6)]
+    (src / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "\n".join(rows) + "\n")
+    (src / "movies.csv").write_text("movieId,title,genres\n" + "".join(f"{m},M{m} (1999),Drama\n" for m in range(1, 6)))
+    result = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.replace("│", " ").split())  # the table's text, cell borders out
+    below = sum(((u + m) % 6) / 5 < 0.5 for u in range(1, 21) for m in range(1, 6))
+    assert f"the data's own: {below} ratings lie outside ml-csv's usual 0.5..5" in text
+    assert "dropped rows none" in text
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert (s["n_ratings"], s["rating_min"], s["rating_max"]) == (100, 0.0, 1.0)
 
 
 def test_bad_option_values_exit_2(tmp_path: Path) -> None:

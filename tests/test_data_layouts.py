@@ -147,6 +147,38 @@ def test_ml10m_and_csv_accept_half_stars_ml1m_does_not(tmp_path: Path) -> None:
         fh.write("9::1::0.5::964982703\n")
     s = prepare(src, out=tmp_path / "o2", config=NO_SPLIT)
     assert s["dropped"]["bad_rating"] == 1 and s["n_ratings"] == len(RATINGS)
+    assert s["rating_scale"] == {"min": 1.0, "max": 5.0, "source": "format"}  # one stray value is not a scale
+
+
+# 50 ratings on a 1..10 scale (each user rates the five rated movies), 25 of them above MovieLens's 5
+OTHER_SCALE = [
+    (u, m, (3 * u + 7 * i) % 10 + 1, 964_980_000 + 100 * u + i)
+    for u in range(1, 11)
+    for i, m in enumerate((1, 2, 5, 10, 32))
+]
+
+
+@pytest.mark.parametrize("fmt", list(WRITERS))
+def test_a_layout_rated_on_another_scale_keeps_every_rating(fmt: str, tmp_path: Path) -> None:
+    """A MovieLens- or RecBole-shaped folder whose ratings are on its own 1..10 scale loses none of them: dropping
+    the half above the layout's usual 5 as bad rows would silently train on the lower half. The summary says the
+    scale is the data's own and how many ratings lay outside the usual one."""
+    globals()["RATINGS"], saved = OTHER_SCALE, RATINGS
+    try:
+        src = WRITERS[fmt](tmp_path / "src")
+    finally:
+        globals()["RATINGS"] = saved
+    s = prepare(src, out=tmp_path / "out", config=NO_SPLIT)
+    above = sum(r > 5 for _, _, r, _ in OTHER_SCALE)
+    assert s["format"] == fmt and above == 25
+    assert s["n_ratings"] == len(OTHER_SCALE) and s["dropped"]["bad_rating"] == 0
+    assert (s["rating_min"], s["rating_max"]) == (1.0, 10.0)
+    assert s["rating_scale"]["source"] == "data" and s["rating_scale"]["outside_usual"] == above
+    assert sorted(load_prepared(tmp_path / "out").rating.tolist()) == sorted(float(r) for _, _, r, _ in OTHER_SCALE)
+    # the user's --rating-scale is the scale on any layout (it was ignored outside generic CSVs)
+    s = prepare(src, out=tmp_path / "out2", config=PrepareConfig(test_frac=0.0, val_frac=0.0, rating_scale=(1, 8)))
+    assert s["dropped"]["bad_rating"] == sum(r > 8 for _, _, r, _ in OTHER_SCALE) > 0
+    assert s["rating_scale"] == {"min": 1.0, "max": 8.0, "source": "--rating-scale"} and s["rating_max"] == 8.0
 
 
 def test_zip_with_top_folder_and_nested_folder(tmp_path: Path) -> None:

@@ -39,6 +39,9 @@ def _summary_table(summary: dict[str, Any], out: Path) -> Any:
     t.add_row("min rating", f"{summary['rating_min']:g}")
     t.add_row("max rating", f"{summary['rating_max']:g}")
     t.add_row("mean rating", f"{summary['rating_mean']:.3f}")
+    scale = _scale_text(summary)
+    if scale:
+        t.add_row("rating scale", scale)
     sp = summary["split"]
     t.add_row(
         "split",
@@ -51,6 +54,21 @@ def _summary_table(summary: dict[str, Any], out: Path) -> Any:
         t.add_row("filtered", ", ".join(f"--{k.replace('_', '-')}: {v:,}" for k, v in filtered.items()))
     t.add_row("written to", str(out))
     return t
+
+
+def _scale_text(summary: dict[str, Any]) -> str | None:
+    """How the ratings' scale was decided (``summary.json``'s ``rating_scale``; None for older folders)."""
+    scale = summary.get("rating_scale")
+    if not scale:
+        return None if "rating_scale" not in summary else "not checked (no --rating-scale)"
+    if scale["source"] == "data":
+        lo, hi = scale["usual"]
+        return (
+            f"the data's own: {scale['outside_usual']:,} ratings lie outside {summary['format']}'s usual "
+            f"{lo:g}..{hi:g}, so every rating is kept (--rating-scale MIN,MAX checks another)"
+        )
+    where = "--rating-scale" if scale["source"] == "--rating-scale" else f"{summary['format']}'s usual"
+    return f"{scale['min']:g}..{scale['max']:g} ({where}; ratings outside it are dropped)"
 
 
 @app.command("prepare")
@@ -123,7 +141,10 @@ def prepare_cmd(
     rating_scale: Annotated[
         str | None,
         typer.Option(
-            "--rating-scale", help="MIN,MAX: drop ratings outside it.", show_default=False, rich_help_panel=_CSV
+            "--rating-scale",
+            help="MIN,MAX: the ratings' scale; ratings outside it are dropped. Default: the layout's usual scale "
+            "(MovieLens 0.5..5 or 1..5; a file rated on another scale keeps its own), none for a generic CSV.",
+            show_default=False,
         ),
     ] = None,
     as_json: JsonOpt = False,

@@ -41,8 +41,9 @@ SEED_LIMIT = 2**32 - 1  # the same range as training seeds
 class PrepareConfig:
     """How to read, filter and split the ratings.
 
-    The CSV options (``ratings_file`` .. ``rating_scale``) matter only for ``format="csv"`` (a generic rating file);
-    the MovieLens layouts know their own files, columns and rating scale.
+    The CSV options (``ratings_file`` .. ``time_col``) matter only for ``format="csv"`` (a generic rating file); the
+    MovieLens layouts know their own files and columns. ``rating_scale`` applies to every layout: without it a
+    MovieLens or RecBole layout checks its usual scale (see :mod:`embedrec.data.validate`) and a generic CSV none.
     """
 
     split: str = "random"

@@ -17,6 +17,10 @@ Formats (the ``--format`` names):
 - ``recbole``: RecBole atomic files ``*.inter`` + ``*.item`` (tab-separated, ``name:type`` headers). Scale 1..5.
 - ``csv``: any rating file, with column names, delimiter and scale from the config; movies file optional.
 
+A layout's scale is its usual one: ``--rating-scale`` replaces it on any layout, and a file whose ratings are on
+another scale (many ratings outside the usual one: a MovieLens-shaped export of other data, a RecBole data set
+rated 1..10) keeps them all (:func:`embedrec.data.validate.clean_ratings`).
+
 Every reader returns genres as one pipe-joined string per movie (``(no genres listed)`` when none) and the title
 without its `` (YEAR)`` suffix, the year in its own nullable column.
 """
@@ -97,6 +101,9 @@ class RawData:
     movies: pd.DataFrame  # movie_id int64, title str, year Int32, genres str
     movies_file: str
     rating_scale: tuple[float, float] | None
+    # where rating_scale came from: "--rating-scale" (the user's), "format" (the layout's usual scale, which a file
+    # in that layout with ratings on another scale overrides: see embedrec.data.validate) or None (no scale)
+    scale_source: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------- detection
@@ -467,10 +474,22 @@ def read_layout(layout: Layout, *, config: PrepareConfig) -> RawData:
             movies=movies,
             movies_file=str(layout.movies or layout.ratings),
             rating_scale=config.rating_scale,
+            scale_source="--rating-scale" if config.rating_scale is not None else None,
         )
     else:  # pragma: no cover - detect_layout only returns the formats above
         raise DataError(f"unknown format {fmt!r}")
-    return RawData(format=fmt, ratings=ratings, movies=movies, movies_file=str(layout.movies), rating_scale=SCALES[fmt])
+    if config.rating_scale is not None:  # the user's scale, on any layout
+        scale, source = config.rating_scale, "--rating-scale"
+    else:
+        scale, source = SCALES[fmt], "format"
+    return RawData(
+        format=fmt,
+        ratings=ratings,
+        movies=movies,
+        movies_file=str(layout.movies),
+        rating_scale=scale,
+        scale_source=source,
+    )
 
 
 def _movie_id_col(path: Path, config: PrepareConfig) -> str:

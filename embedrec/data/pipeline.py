@@ -77,6 +77,7 @@ def prepare_raw(
         "rating_min": float(rating.min()),
         "rating_max": float(rating.max()),
         "rating_mean": round(float(rating.mean(dtype=np.float64)), 6),
+        "rating_scale": clean.scale,
         "n_train": int(counts[TRAIN]),
         "n_val": int(counts[VAL]),
         "n_test": int(counts[TEST]),

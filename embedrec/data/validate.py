@@ -10,6 +10,12 @@ Bad rows inside an otherwise good file are dropped, never guessed at: a NaN or o
 timestamp, a movie id without a metadata row, and repeated (user, movie) pairs, of which the latest rating is kept
 (latest timestamp; the later row on a tie). With ``strict`` any of them is a DataError naming the first offending line.
 
+The scale a rating is checked against is ``--rating-scale`` when given, else the layout's usual scale (MovieLens's
+0.5..5 or 1..5). A file in a MovieLens or RecBole layout may hold ratings on another scale (0..1, 1..10, -10..10):
+when at least :data:`OTHER_SCALE_MIN_ROWS` ratings and :data:`OTHER_SCALE_MIN_SHARE` of them lie outside the usual
+scale, they are the data's own scale, not bad rows, and every rating is kept (``CleanRatings.scale`` says so, and
+``prepare`` prints it); a few stray values in a file on the usual scale are still dropped as bad.
+
 Duplicates are found by sorting one int64 key per row (``user_idx * n_movies + movie_idx``), which is several times
 faster and leaner than ``DataFrame.duplicated``; the full argsort only runs when a duplicate exists.
 """
@@ -17,7 +23,7 @@ faster and leaner than ``DataFrame.duplicated``; the full argsort only runs when
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +35,8 @@ from embedrec.errors import DataError
 if TYPE_CHECKING:
     import pandas as pd
 
+OTHER_SCALE_MIN_ROWS = 20
+OTHER_SCALE_MIN_SHARE = 0.01
 DROP_REASONS = ("bad_rating", "bad_timestamp", "unknown_movie", "duplicate")
 _DESCRIBE = {
     "bad_rating": "a missing, non-finite or out-of-scale rating",
@@ -52,6 +60,10 @@ class CleanRatings:
     dropped: dict[str, int] = field(default_factory=dict)
     filtered: dict[str, int] = field(default_factory=dict)
     n_read: int = 0
+    # the scale the ratings were checked against: {"min", "max", "source"} ("--rating-scale" or "format"), or
+    # {"min": None, "max": None, "source": "data", "usual": [lo, hi], "outside_usual": n} when the file's ratings
+    # were on another scale than its layout's usual one; None without a scale (a generic CSV without --rating-scale)
+    scale: dict[str, Any] | None = None
 
 
 def _strict_error(reason: str, count: int, file: str, line: int | None, detail: str = "") -> DataError:
@@ -109,10 +121,23 @@ def clean_ratings(raw: RawData, *, config: PrepareConfig) -> CleanRatings:
         return pos + r.first_line
 
     bad = ~np.isfinite(r.rating)
+    scale: dict[str, Any] | None = None
     if raw.rating_scale is not None:
         lo, hi = raw.rating_scale
         with np.errstate(invalid="ignore"):
-            bad |= (r.rating < lo) | (r.rating > hi)
+            outside = (r.rating < lo) | (r.rating > hi)
+        n_outside = int(outside.sum())
+        finite = n - int(bad.sum())
+        if (
+            raw.scale_source == "format"
+            and n_outside >= OTHER_SCALE_MIN_ROWS
+            and n_outside >= OTHER_SCALE_MIN_SHARE * finite
+        ):  # the data's own scale, not stray values: keep them
+            scale = {"min": None, "max": None, "source": "data", "usual": [lo, hi], "outside_usual": n_outside}
+        else:
+            bad |= outside
+            scale = {"min": lo, "max": hi, "source": raw.scale_source or "format"}
+        del outside
     dropped["bad_rating"] = int(bad.sum())
     if dropped["bad_rating"] and config.strict:
         pos = int(np.argmax(bad))
@@ -204,6 +229,7 @@ def clean_ratings(raw: RawData, *, config: PrepareConfig) -> CleanRatings:
         dropped=dropped,
         filtered=filtered,
         n_read=n,
+        scale=scale,
     )
 
 
