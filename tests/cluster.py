@@ -4,13 +4,12 @@ mesh as one process with two forced devices."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+from cli import EMBEDREC, cli_env
 
 COMMON = ["--preset", "default", "--batch-size", "1024", "--patience", "0", "--quiet"]
 
@@ -30,8 +29,7 @@ COMPILATION_CACHE = (
 
 
 def cluster_env(devices: int, *, cluster_process: bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_")) or k in COMPILATION_CACHE}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env = {k: v for k, v in cli_env().items() if not k.startswith(("JAX_", "XLA_")) or k in COMPILATION_CACHE}
     if cluster_process:
         env["JAX_NUM_CPU_DEVICES"] = str(devices)
     else:
@@ -41,7 +39,7 @@ def cluster_env(devices: int, *, cluster_process: bool) -> dict[str, str]:
 
 def train_process(args: list[str], *, devices: int = 1, cluster_process: bool = False) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "embedrec.cli", "train", *args],
+        EMBEDREC + ["train", *args],
         env=cluster_env(devices, cluster_process=cluster_process),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -34,9 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli import EMBEDREC, cli_env
 
-ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "embedrec.cli"]
 ERROR_LINE = re.compile(r"^error: ")
 
 
@@ -48,9 +47,10 @@ class Outcome:
     stderr: str
 
 
-def cli_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDREC_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+def corpus_env(tmp_path: Path) -> dict[str, str]:
+    """The CLI's environment (tests/cli.py) without the caller's ``EMBEDREC_*`` settings, its temp folder inside
+    ``tmp_path``, and plain, wide, warning-free output."""
+    env = {k: v for k, v in cli_env().items() if not k.startswith("EMBEDREC_")}
     env["TMPDIR"] = str(tmp_path / "systmp")
     env.update(COLUMNS="200", NO_COLOR="1", TERM="dumb", PYTHONWARNINGS="ignore", JAX_PLATFORMS="cpu")
     return env
@@ -84,9 +84,9 @@ def limited(cmd: list[str], limits: dict | None) -> list[str]:
 def run_cli(args: list[str], tmp_path: Path, *, limits: dict | None = None, timeout: float = 600) -> Outcome:
     """``embedrec ARGS`` in a fresh process with its cwd and temp folder inside ``tmp_path``."""
     proc = subprocess.run(
-        limited(CLI + args, limits),
+        limited(EMBEDREC + args, limits),
         cwd=tmp_path,
-        env=cli_env(tmp_path),
+        env=corpus_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -739,7 +739,7 @@ def test_sigterm_during_prepare_leaves_no_temp_folder(tmp_path: Path) -> None:
     assert first.code == 0, first.stderr
     before = snapshot(tmp_path)
     proc = subprocess.Popen(
-        CLI
+        EMBEDREC
         + [
             "prepare",
             "--synthetic",
@@ -753,7 +753,7 @@ def test_sigterm_during_prepare_leaves_no_temp_folder(tmp_path: Path) -> None:
             str(tmp_path / "data"),
         ],
         cwd=tmp_path,
-        env=cli_env(tmp_path),
+        env=corpus_env(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -857,9 +857,9 @@ def _download(server: _Server, tmp_path: Path, *flags: str) -> Outcome:
     env_url = f"http://127.0.0.1:{server.server_address[1]}/ml"
     args = ["download", "ml-latest-small", "--cache", str(tmp_path / "cache"), *flags]
     proc = subprocess.run(
-        CLI + args,
+        EMBEDREC + args,
         cwd=tmp_path,
-        env={**cli_env(tmp_path), "EMBEDREC_DOWNLOAD_URL": env_url},
+        env={**corpus_env(tmp_path), "EMBEDREC_DOWNLOAD_URL": env_url},
         capture_output=True,
         text=True,
         timeout=300,
@@ -981,10 +981,10 @@ def test_sigterm_while_training_starts_ends_the_process_cleanly(
     inside the main thread's own import, it once left Python's import locks held (a hang) or a module half
     imported (a wrong "unreadable Parquet file" error)."""
     (tmp_path / "systmp").mkdir()
-    env = {**cli_env(tmp_path), "PYTHONPROFILEIMPORTTIME": "1"}
+    env = {**corpus_env(tmp_path), "PYTHONPROFILEIMPORTTIME": "1"}
     args = ["train", "--data", str(synthetic_prepared), "--workdir", str(tmp_path / "wd"), "--epochs", "2", "-q"]
     proc = subprocess.Popen(
-        CLI + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        EMBEDREC + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     assert proc.stderr is not None
     seen, head = 0, []

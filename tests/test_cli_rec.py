@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cli import EMBEDREC, cli_env
 from planted import write_planted_model
 from typer.testing import CliRunner
 
@@ -252,16 +253,11 @@ def test_missing_model_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_long_commands_write_plain_progress_lines_when_piped(workdir: Path, tmp_path: Path) -> None:
     """Not a terminal (a log, CI, nohup): each stage says it started and when it ended, with counts."""
-    import os
     import subprocess
-    import sys
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "EMBEDREC_PROGRESS_SECONDS": "0"}
+    env = cli_env({"EMBEDREC_PROGRESS_SECONDS": "0"})
     proc = subprocess.run(
-        [sys.executable, "-m", "embedrec.cli", "evaluate", "--workdir", str(workdir), "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
+        EMBEDREC + ["evaluate", "--workdir", str(workdir), "--json"], capture_output=True, text=True, env=env
     )
     assert proc.returncode == 0, proc.stderr
     json.loads(proc.stdout)  # progress never mixes into the machine-readable output
@@ -272,17 +268,7 @@ def test_long_commands_write_plain_progress_lines_when_piped(workdir: Path, tmp_
     assert any("users/s, about" in line for line in lines), proc.stderr  # periodic lines: rate and time left
     out = tmp_path / "all.csv"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "embedrec.cli",
-            "recommend",
-            "--all-users",
-            "--workdir",
-            str(workdir),
-            "--output",
-            str(out),
-        ],
+        EMBEDREC + ["recommend", "--all-users", "--workdir", str(workdir), "--output", str(out)],
         capture_output=True,
         text=True,
         env=env,

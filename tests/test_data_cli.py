@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli import EMBEDREC, cli_env
 from typer.testing import CliRunner
 
 from embedrec.cli import app
@@ -126,30 +127,9 @@ def test_help_and_data_package_import_nothing_heavy() -> None:
 
 
 def test_prepare_writes_one_plain_line_per_step_when_piped(tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    args = ["prepare", "--synthetic", "--users", "100", "--movies", "120", "--ratings", "2000"]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "embedrec.cli",
-            "prepare",
-            "--synthetic",
-            "--users",
-            "100",
-            "--movies",
-            "120",
-            "--ratings",
-            "2000",
-            "--out",
-            str(tmp_path / "d"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+        EMBEDREC + args + ["--out", str(tmp_path / "d")], capture_output=True, text=True, env=cli_env()
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from cluster import cluster_env, cluster_processes, free_port
+from cli import EMBEDREC
+from cluster import cluster_env, cluster_processes, free_port, train_process
 
 from embedrec.errors import ConfigError
 
@@ -52,7 +52,7 @@ def test_processes_started_with_different_settings_fail_alike_naming_the_differe
 )
 def test_bad_cluster_options_are_one_line_before_anything_starts(tmp_path: Path, args: list[str], needle: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "embedrec.cli", "train", "--workdir", str(tmp_path), "--distributed", *args],
+        EMBEDREC + ["train", "--workdir", str(tmp_path), "--distributed", *args],
         env=cluster_env(1, cluster_process=False),
         capture_output=True,
         text=True,
@@ -68,14 +68,11 @@ def test_processes_started_with_other_process_counts_or_one_id_twice_are_refused
     tmp_path: Path,
 ) -> None:
     def start(port: int, process_id: int, num_processes: int, wd: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "embedrec.cli", "train", "--workdir", str(tmp_path / wd), "--distributed"]
+        return train_process(
+            ["--workdir", str(tmp_path / wd), "--distributed"]
             + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(num_processes)]
             + ["--process-id", str(process_id), "--join-timeout", "60"],
-            env=cluster_env(1, cluster_process=True),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            cluster_process=True,
         )
 
     for peers, needle in (
@@ -150,14 +147,11 @@ def test_ctrl_c_while_process_0_waits_for_its_peers_ends_it_at_once(tmp_path: Pa
     """Before: train's "checkpoint at the end of this block" handler took the Ctrl-C and the process waited on
     until --join-timeout."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "embedrec.cli", "train", "--workdir", str(tmp_path), "--distributed"]
+    proc = train_process(
+        ["--workdir", str(tmp_path), "--distributed"]
         + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", "0"]
         + ["--join-timeout", "120"],
-        env=cluster_env(1, cluster_process=True),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        cluster_process=True,
     )
     try:
         with _connect(port) as probe:  # the roll call is open; a stray line is dropped
