@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli import EMBEDREC
 from cluster import cluster_env, free_port
 
 pytestmark = pytest.mark.slow
@@ -20,7 +20,8 @@ def test_a_distributed_search_trains_every_trial_on_both_processes_and_process_0
     workdirs = [tmp_path / "w0", tmp_path / "w1"]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "embedrec.cli", "tune", "--data", str(synthetic_prepared), "--workdir", str(wd)]
+            EMBEDREC
+            + ["tune", "--data", str(synthetic_prepared), "--workdir", str(wd)]
             + ["--trials", "2", "--max-epochs", "1", "--json", "--distributed", "--coordinator", f"127.0.0.1:{port}"]
             + ["--num-processes", "2", "--process-id", str(i), "--join-timeout", "60"],
             env=cluster_env(1, cluster_process=True),
