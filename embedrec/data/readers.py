@@ -261,12 +261,17 @@ def read_rating_columns(
                     integer=integer,
                 )
                 kind = "an integer id" if integer else "a number"
+                todo = (
+                    "embedrec reads whole-number ids, as MovieLens numbers them: number the users and movies first"
+                    if integer
+                    else "fix or remove that row"
+                )
                 if hit is not None:
                     row, value = hit
                     raise DataError(
-                        f"{path}, line {row + first_line}: column {failed!r} has {value!r}, expected {kind}"
+                        f"{path}, line {row + first_line}: column {failed!r} has {value!r}, expected {kind}; {todo}"
                     ) from None
-                raise DataError(f"{path}: column {failed!r} has a value that is not {kind}") from None
+                raise DataError(f"{path}: column {failed!r} has a value that is not {kind}; {todo}") from None
             raise _arrow_error(path, exc) from None
     n = table.num_rows
     if n == 0:
