@@ -141,9 +141,9 @@ def clean_ratings(raw: RawData, *, config: PrepareConfig) -> CleanRatings:
     dropped["bad_rating"] = int(bad.sum())
     if dropped["bad_rating"] and config.strict:
         pos = int(np.argmax(bad))
-        scale = f", scale {raw.rating_scale[0]:g}..{raw.rating_scale[1]:g}" if raw.rating_scale else ""
+        on = f", scale {raw.rating_scale[0]:g}..{raw.rating_scale[1]:g}" if raw.rating_scale else ""
         raise _strict_error(
-            "bad_rating", dropped["bad_rating"], r.file, line_of(pos), f" ({float(r.rating[pos]):g}{scale})"
+            "bad_rating", dropped["bad_rating"], r.file, line_of(pos), f" ({float(r.rating[pos]):g}{on})"
         )
     keep = ~bad
     del bad
