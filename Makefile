@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "embedrec needs Python >= 3.11 (found " + sys.version.split()[0] + "); run: make PYTHON=python3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[test,lint]'
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[test,lint,ann]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -282,7 +282,7 @@ def evaluate_model(
     )
     result["ranking"] = scorer.ranking.to_dict()
     result["candidates"] = candidates
-    result["scoring"] = scoring_description(scorer.ranking, candidates)
+    result["scoring"] = scoring_description(scorer.ranking, candidates, ann=scorer.ann)
     result["max_users"] = max_users
     if variants and scorer.has_watch:
         sample = min(max_users or VARIANT_USERS, VARIANT_USERS, max(1, VARIANT_PAIRS // prepared.n_movies))
@@ -639,15 +639,16 @@ def evaluate_baselines(
     return results
 
 
-def scoring_description(ranking: Ranking, candidates: int | None) -> str:
-    """How :meth:`Scorer.rank` ranks under these settings, in words for a report."""
+def scoring_description(ranking: Ranking, candidates: int | None, *, ann: bool = False) -> str:
+    """How :meth:`Scorer.rank` ranks under these settings (``ann``: :attr:`Scorer.ann`), in words for a report."""
     if ranking.score == "rating":
         return "every movie through the network (the rating ranking has no cheap first stage)"
+    index = " from an approximate HNSW index (--ann)" if ann else ""
     if ranking.beta == 0.0:
-        return "the watch output over every movie (exact: it is the ranking)"
+        return f"the watch output{index}" if ann else "the watch output over every movie (exact: it is the ranking)"
     if candidates is None:
         return "every movie through the network (--exhaustive)"
-    return f"the top {candidates:,} by watch output, re-ranked by the network"
+    return f"the top {candidates:,} by watch output{index}, re-ranked by the network"
 
 
 def rank_by_item_scores(item_scores: np.ndarray) -> RankFn:

@@ -46,6 +46,7 @@ from embedrec.metrics import ItemSets, top_k, top_k_of_sums
 from embedrec.serving import DEFAULT_CANDIDATES
 
 if TYPE_CHECKING:
+    from embedrec.ann import WatchIndex
     from embedrec.artifacts import ModelArtifact
 
 PAIR_CHUNK = 1 << 16
@@ -173,6 +174,9 @@ class Scorer:
         self.shape = shape
         self.model_cfg = model_cfg
         self._pair_tables_lock = threading.Lock()
+        # the first stage from an approximate HNSW index (embedrec.ann, the optional usearch extra) instead of the
+        # exact product over every movie: for catalogues of millions; False (exact) unless a caller turns it on
+        self.ann = False
         self.user_embedding = np.asarray(weights["user_embedding"], f32)
         # ModelConfig.user_history: the served user vector is the user's own row plus the mean of their training
         # movies' history rows, stored per user (embedrec.history); the history table stays for fold-in
@@ -469,8 +473,8 @@ class Scorer:
         (training) scores the candidates once for every beta.
         """
         pool = pool or self.every_movie
-        scores = self._retrieval_scores(emb, pool, seen, ranking or Ranking("blend", 0.0))
-        return self._rerank_top(emb @ self.w_user, bias, scores, n, pool)
+        first, watch = self._first_stage(emb, n, seen, pool, ranking or Ranking("blend", 0.0))
+        return self._rate_top(emb @ self.w_user, bias, first, pool, watch)
 
     def candidates_by_side(
         self,
@@ -514,16 +518,21 @@ class Scorer:
         known = _RatingsSoFar(len(base), [first for first, _ in firsts], pool.size, storage=base.reshape(-1))
         return [self._rate_top(user_part, bias, first, pool, watch, known=known) for first, watch in firsts]
 
-    def _rerank_top(
-        self, user_part: np.ndarray, bias: np.ndarray, scores: np.ndarray, n: int, pool: MoviePool
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The top ``n`` pool positions of each row of ``scores`` and the network's rating of each: (movies (B, n),
-        -1 padding; their scores; their ratings). ``user_part`` is the rows' user half of the first Dense layer."""
+    def _first_stage(
+        self, emb: np.ndarray, n: int, seen: ItemSets | None, pool: MoviePool, ranking: Ranking
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(pool positions (B, n), -1 padding; their watch-side scores, -inf at -1): each row's ``n`` best unseen
+        pool movies by the watch side of ``ranking``, exactly (one product over the pool, :func:`top_k`) or, with
+        :attr:`ann`, from the pool's HNSW index (:class:`embedrec.ann.WatchIndex`; the scores still exact)."""
+        if self.ann:
+            position = None if pool.position is pool.movies else pool.position
+            return pool.watch_index(ranking).search(emb, n, seen=seen, position=position)
+        scores = self._retrieval_scores(emb, pool, seen, ranking)
         first = top_k(scores, n)
         watch = np.full(first.shape, -np.inf, np.float32)
         valid = first >= 0
         watch[valid] = scores[np.nonzero(valid)[0], first[valid]]
-        return self._rate_top(user_part, bias, first, pool, watch)
+        return first, watch
 
     def _rate_top(
         self,
@@ -594,12 +603,11 @@ class Scorer:
             order = top_k(rerank, k)
             top = np.where(order >= 0, np.take_along_axis(movies, np.maximum(order, 0), axis=1), -1)
             chosen = np.where(top >= 0, pool.position[np.maximum(top, 0)], -1)
+        elif retrieve_only:  # the watch side is the ranking: retrieval alone answers
+            chosen, _ = self._first_stage(emb, k, seen, pool, ranking)  # positions in the pool
         else:
-            if retrieve_only:
-                scores = self._retrieval_scores(emb, pool, seen, ranking)
-            else:
-                scores = pool.scores(emb, bias, ranking)
-                _mask_seen(scores, seen, pool)
+            scores = pool.scores(emb, bias, ranking)
+            _mask_seen(scores, seen, pool)
             chosen = top_k(scores, k)  # positions in the pool
         valid = chosen >= 0
         top = np.full((b, k), -1, np.int32)
@@ -711,6 +719,23 @@ class MoviePool:
         self.popularity_prior = cut(scorer.popularity_prior)
         self.movie_bias = cut(scorer.movie_bias)
         self._cut = cut
+        self._indexes: dict[float, WatchIndex] = {}  # per gamma: the watch side an HNSW index was built for
+        self._indexes_lock = threading.Lock()
+
+    def watch_index(self, ranking: Ranking) -> WatchIndex:
+        """The pool's HNSW index under the watch side of ``ranking`` (:class:`embedrec.ann.WatchIndex`), built on
+        first use (seconds per million movies) and kept for the pool's later calls."""
+        from embedrec.ann import WatchIndex
+
+        side = self.watch_side_bias(ranking)
+        item = self.scorer.watch_item
+        assert item is not None  # watch_side_bias refused a model without a watch head
+        with self._indexes_lock:
+            index = self._indexes.get(ranking.gamma)
+            if index is None:
+                rows = item if self.position is self.movies else item[self.movies]
+                index = self._indexes[ranking.gamma] = WatchIndex(rows, side)
+        return index
 
     @cached_property
     def neg_movie_part(self) -> np.ndarray:

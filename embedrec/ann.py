@@ -1,0 +1,131 @@
+"""An approximate first stage for catalogues of millions: the watch output's retrieval through an HNSW index.
+
+The two-stage ranking (:meth:`embedrec.scoring.Scorer.rank`) retrieves each user's candidates by the watch side
+``u . (m + genres) + side_m`` (the watch bias, plus gamma x the popularity prior when the ranking adds it), exactly,
+as one matrix product over every movie. That is cheap at MovieLens's 86,000 movies; at millions of items it is
+the whole cost. :class:`WatchIndex` answers the same question from a `usearch <https://github.com/unum-cloud/usearch>`_
+HNSW graph (the optional extra ``pip install 'embedrec[ann]'``), and the network then re-ranks the candidates as
+before, so only the retrieval is approximate.
+
+Maximum inner product is turned into nearest neighbours by the standard augmentation (Bachrach et al., 2014): an
+item ``x = [m + genres, side]`` becomes ``[x, sqrt(M^2 - |x|^2)]`` with ``M`` the largest ``|x|``, a query
+``[u, 1, 0]``, so that the squared distance is ``|u|^2 + 1 + M^2 - 2 (u . x)``: the nearest items are the ones with
+the largest watch-side score. The scores handed on are recomputed exactly for the items found. Seen movies cannot be
+excluded inside the graph, so each user asks for ``n`` plus the number of movies they have seen, and those are
+dropped afterwards. The graph is built single-threaded in a fixed order, so the same model gives the same index
+and the same answers. numpy and usearch only: no JAX here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from embedrec.errors import ConfigError
+
+if TYPE_CHECKING:
+    from embedrec.metrics import ItemSets
+
+CONNECTIVITY = 16
+EXPANSION_ADD = 64
+EXPANSION_SEARCH = 128
+"""HNSW settings: edges per node, the beam width while building and while searching (at least the count asked for:
+usearch widens it to ``count``). Chosen by ``benchmarks/two_stage.py --ann``; see the README."""
+
+EXTRA_HINT = "pip install 'embedrec[ann]'"
+
+
+def _index_class() -> type:
+    try:
+        from usearch.index import Index
+    except ImportError:
+        raise ConfigError(f"--ann needs the optional usearch library: {EXTRA_HINT}") from None
+    return Index
+
+
+def available() -> bool:
+    """Whether the optional extra (usearch) is installed."""
+    try:
+        _index_class()
+    except ConfigError:
+        return False
+    return True
+
+
+class WatchIndex:
+    """An HNSW index over one pool of movies under one watch side; :meth:`search` gives each user row's best
+    unseen movies by ``emb . item + side``, approximately, with their exact scores."""
+
+    def __init__(
+        self,
+        item: np.ndarray,
+        side: np.ndarray,
+        *,
+        connectivity: int = CONNECTIVITY,
+        expansion_add: int = EXPANSION_ADD,
+        expansion_search: int = EXPANSION_SEARCH,
+    ) -> None:
+        """``item``: (n, d) the pool's watch vectors (movie + pooled genres); ``side``: (n,) their watch-side bias."""
+        index_class = _index_class()
+        item = np.ascontiguousarray(item, dtype=np.float32)
+        side = np.asarray(side, dtype=np.float32).reshape(-1)
+        if item.ndim != 2 or side.shape != (len(item),):
+            raise ValueError(f"item must be (n, d) and side (n,), got {item.shape} and {side.shape}")
+        self.item, self.side = item, side
+        self.size, d = item.shape
+        x = np.concatenate([item, side[:, None]], axis=1)
+        sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+        lift = np.sqrt(np.maximum(sq.max(initial=0.0) - sq, 0.0)).astype(np.float32)
+        vectors = np.ascontiguousarray(np.concatenate([x, lift[:, None]], axis=1))
+        self.expansion_search = expansion_search
+        self.index = index_class(
+            ndim=d + 2,
+            metric="l2sq",
+            dtype="f32",
+            connectivity=connectivity,
+            expansion_add=expansion_add,
+            expansion_search=expansion_search,
+        )
+        if self.size:
+            # one thread, in key order: the same graph every time (several threads insert in a racing order)
+            self.index.add(np.arange(self.size, dtype=np.uint64), vectors, threads=1)
+
+    def search(
+        self, emb: np.ndarray, n: int, *, seen: ItemSets | None = None, position: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(pool positions (B, n), -1 padding; their exact scores ``emb . item + side``, -inf at -1), best first.
+
+        ``seen``: row i's seen movies (movie indices), left out; ``position`` maps a movie index to its pool
+        position (-1: not in the pool), the identity when None."""
+        emb = np.atleast_2d(np.asarray(emb, dtype=np.float32))
+        b = len(emb)
+        first = np.full((b, n), -1, np.int64)
+        watch = np.full((b, n), -np.inf, np.float32)
+        if b == 0 or self.size == 0 or n < 1:
+            return first, watch
+        seen_rows: list[np.ndarray] = [np.zeros(0, np.int64)] * b
+        if seen is not None:
+            for i in range(b):
+                movies = seen.indices[seen.indptr[i] : seen.indptr[i + 1]].astype(np.int64)
+                pos = movies if position is None else position[movies]
+                seen_rows[i] = pos[pos >= 0]
+        want = min(self.size, n + max((len(s) for s in seen_rows), default=0))
+        query = np.zeros((b, emb.shape[1] + 2), np.float32)
+        query[:, : emb.shape[1]] = emb
+        query[:, emb.shape[1]] = 1.0
+        found = self.index.search(query, want, exact=False, threads=1)
+        keys = np.asarray(found.keys).reshape(b, -1)
+        # one query row comes back as a single Matches (its keys all valid), several as BatchMatches with counts
+        counts = np.asarray(found.counts).reshape(b) if hasattr(found, "counts") else np.array([keys.shape[1]])
+        for i in range(b):
+            got = keys[i, : counts[i]].astype(np.int64)
+            if len(seen_rows[i]):
+                got = got[~np.isin(got, seen_rows[i])]
+            if not len(got):
+                continue
+            scores = self.item[got] @ emb[i] + self.side[got]
+            order = np.argsort(-scores, kind="stable")[:n]
+            first[i, : len(order)] = got[order]
+            watch[i, : len(order)] = scores[order]
+        return first, watch
