@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -177,6 +178,7 @@ class Scorer:
         # the first stage from an approximate HNSW index (embedrec.ann, the optional usearch extra) instead of the
         # exact product over every movie: for catalogues of millions; False (exact) unless a caller turns it on
         self.ann = False
+        self.ann_cache: Path | None = None  # where the whole catalogue's index is kept (from_artifact: <model>/ann)
         self.user_embedding = np.asarray(weights["user_embedding"], f32)
         # ModelConfig.user_history: the served user vector is the user's own row plus the mean of their training
         # movies' history rows, stored per user (embedrec.history); the history table stays for fold-in
@@ -250,7 +252,9 @@ class Scorer:
     @classmethod
     def from_artifact(cls, artifact: ModelArtifact) -> Scorer:
         ranking = Ranking.from_meta(artifact.meta, has_watch="watch_bias" in artifact.weights)
-        return cls(artifact.weights, artifact.model, artifact.shape, ranking)
+        scorer = cls(artifact.weights, artifact.model, artifact.shape, ranking)
+        scorer.ann_cache = Path(artifact.path) / "ann"
+        return scorer
 
     @property
     def has_watch(self) -> bool:
@@ -733,8 +737,10 @@ class MoviePool:
         with self._indexes_lock:
             index = self._indexes.get(ranking.gamma)
             if index is None:
-                rows = item if self.position is self.movies else item[self.movies]
-                index = self._indexes[ranking.gamma] = WatchIndex(rows, side)
+                whole = self.position is self.movies  # a filtered pool's index is not kept: one file per filter
+                rows = item if whole else item[self.movies]
+                cache = self.scorer.ann_cache if whole else None
+                index = self._indexes[ranking.gamma] = WatchIndex(rows, side, cache=cache)
         return index
 
     @cached_property

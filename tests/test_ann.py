@@ -50,6 +50,30 @@ def test_the_index_finds_the_exact_top_movies_with_their_exact_scores_and_skips_
     np.testing.assert_array_equal(first, again)
 
 
+def test_the_index_is_kept_in_its_cache_folder_and_a_damaged_or_unwritable_one_is_built_again(tmp_path: Path) -> None:
+    item, side, emb = _catalogue(2_000)
+    cache = tmp_path / "model" / "ann"
+    built = WatchIndex(item, side, cache=cache)
+    assert built.source == "built and cached"
+    (saved,) = cache.iterdir()  # one whole file, no temporary left
+    assert saved.name.startswith("watch-") and saved.suffix == ".usearch"
+    first, _ = built.search(emb, 30)
+    again = WatchIndex(item, side, cache=cache)
+    assert again.source == "cached"
+    np.testing.assert_array_equal(again.search(emb, 30)[0], first)
+    # other vectors (another model, another watch side) are another file
+    assert WatchIndex(item, side + 0.5, cache=cache).source == "built and cached" and len(list(cache.iterdir())) == 2
+    saved.write_bytes(saved.read_bytes()[:100])  # a damaged file: rebuilt, the same answers
+    rebuilt = WatchIndex(item, side, cache=cache)
+    assert rebuilt.source == "built and cached"
+    np.testing.assert_array_equal(rebuilt.search(emb, 30)[0], first)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    unkept = WatchIndex(item, side, cache=blocked / "ann")  # the cache cannot be made: built, answers the same
+    assert unkept.source == "built" and blocked.read_text() == "not a folder"
+    np.testing.assert_array_equal(unkept.search(emb, 30)[0], first)
+
+
 def test_a_pool_of_some_movies_answers_in_pool_positions_and_a_short_pool_pads() -> None:
     item, side, emb = _catalogue(300)
     movies = np.arange(0, 300, 3)  # the pool: every third movie
