@@ -135,3 +135,24 @@ def test_the_cli_takes_ann_and_refuses_it_beside_exhaustive(trained: Path, prepa
     assert "approximate HNSW index (--ann)" in json.loads(evaluated.stdout)["scoring"]
     both = runner.invoke(app, [*args, "--ann", "--exhaustive"])
     assert both.exit_code == 2 and "--ann and --exhaustive" in both.output
+
+
+def test_serve_with_ann_builds_the_index_before_serving_and_workers_inherit_it(trained: Path, prepared) -> None:  # noqa: F811
+    import json
+
+    from embedrec.serve.app import SETTINGS_ENV, ServeSettings, settings_to_env
+    from embedrec.serve.state import ModelSource, load_served_model
+
+    source = ModelSource(model=trained, data=Path(prepared.path), ann=True)
+    served = load_served_model(source)
+    scorer = served.rec.scorer
+    assert scorer.ann and list(scorer.every_movie._indexes) == [scorer.ranking.gamma]  # built while loading
+    assert any(p.suffix == ".usearch" for p in (trained / "ann").iterdir())
+    user = int(served.rec.user_ids[3])
+    served.rec.candidates = max(1, len(served.rec.movie_ids) // 10)  # the two-stage path on this small catalogue
+    approx = served.rec.rank_user(user, k=10)
+    scorer.ann = False
+    exact = served.rec.rank_user(user, k=10)
+    assert len(set(approx.movie_idx[0]) & set(exact.movie_idx[0])) >= 9
+    payload = json.loads(settings_to_env(ServeSettings(source=source))[SETTINGS_ENV])
+    assert payload["ann"] is True  # each worker process rebuilds its ModelSource from this

@@ -50,6 +50,14 @@ def serve_cmd(
         ),
     ] = None,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = True,
+    ann: Annotated[
+        bool,
+        typer.Option(
+            "--ann",
+            help="Retrieve candidates from an approximate HNSW index (usearch: pip install 'embedrec[ann]'), built "
+            "or read from the model folder when the model loads: for catalogues of millions.",
+        ),
+    ] = False,
 ) -> None:
     """Answer recommendations over HTTP (JSON API, docs at /docs, a small page at /) until SIGTERM or Ctrl-C.
 
@@ -62,7 +70,12 @@ def serve_cmd(
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # concurrency comes from requests; see Scorer's BLAS note
     from embedrec.serve import ModelHolder, ModelSource, ServeSettings, run_server
 
-    source = ModelSource(workdir=workdir, model=model, data=data)
+    if ann:
+        from embedrec import ann as ann_index
+
+        if not ann_index.available():
+            raise ConfigError(f"--ann needs the optional usearch library: {ann_index.EXTRA_HINT}")
+    source = ModelSource(workdir=workdir, model=model, data=data, ann=ann)
     holder = ModelHolder(source)  # fails here, with one red line, before the port opens
     served = holder.current
     if served.prepared is None:

@@ -481,6 +481,7 @@ def settings_to_env(settings: ServeSettings) -> dict[str, str]:
         "workdir": _path_str(src.workdir),
         "model": _path_str(src.model),
         "data": _path_str(src.data),
+        "ann": src.ann,
         "cors_origins": list(settings.cors_origins),
         "workers": settings.workers,
         "max_body_bytes": settings.max_body_bytes,
@@ -498,7 +499,8 @@ def _path_str(path: Path | None) -> str | None:
 def app_from_env() -> FastAPI:
     """The factory each uvicorn worker process calls (``--workers N > 1``): settings from the environment."""
     raw = json.loads(os.environ[SETTINGS_ENV])
-    source = ModelSource(**{k: None if raw[k] is None else Path(raw[k]) for k in ("workdir", "model", "data")})
+    paths = {k: None if raw[k] is None else Path(raw[k]) for k in ("workdir", "model", "data")}
+    source = ModelSource(**paths, ann=bool(raw.get("ann", False)))
     settings = ServeSettings(
         api_key=os.environ.get(API_KEY_ENV) or None,
         cors_origins=tuple(raw["cors_origins"]),

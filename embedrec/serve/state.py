@@ -49,11 +49,14 @@ class ModelSource:
     ``model``: a fixed run folder (reload re-reads that folder); None: the work folder's latest run.
     ``data``: a fixed prepared-data folder; None: the work folder's data, else the folder the model was trained on
     (the same rule as ``embedrec recommend``).
+    ``ann``: rank with the approximate first stage (``embedrec serve --ann``, :mod:`embedrec.ann`); its index is
+    built, or read from the model folder, when the model loads, before it serves.
     """
 
     workdir: Path | None = None
     model: Path | None = None
     data: Path | None = None
+    ann: bool = False
 
     def model_dir(self) -> Path:
         from embedrec.workdir import latest_run, resolve_workdir
@@ -150,6 +153,8 @@ class LoadedModel:
         every rating: seconds at 27M, which a fresh ``prepare`` saves)."""
         self.rec.index_seen()
         _ = self.movie_fields
+        if self.rec.scorer.ann and self.rec.scorer.ranking.score == "blend":  # the HNSW index of its watch side
+            self.rec.scorer.every_movie.watch_index(self.rec.scorer.ranking)
         if self.prepared is not None:
             self.rec.popular(k=1)
             index = self.prepared.user_index
@@ -210,6 +215,7 @@ def load_served_model(source: ModelSource, *, generation: int = 1, previous: Loa
                 "trained on (--data DIR), or retrain"
             )
     rec = Recommender(artifact, prepared)
+    rec.scorer.ann = source.ann
     _check_answers(rec, model_dir.name)
     genres = sorted({g for gl in rec.genre_lists for g in gl})
     served = LoadedModel(
