@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +130,9 @@ class WatchIndex:
         lift = np.sqrt(np.maximum(sq.max(initial=0.0) - sq, 0.0)).astype(np.float32)
         vectors = np.ascontiguousarray(np.concatenate([x, lift[:, None]], axis=1))
         self.expansion_search = expansion_search
+        # one search at a time: a one-thread search uses the index's first search context, which two calls from
+        # two threads (Scorer.rank's workers, the service's requests) would share
+        self._search_lock = threading.Lock()
         import usearch
 
         settings = {"connectivity": connectivity, "expansion_add": expansion_add, "usearch": usearch.__version__}
@@ -176,7 +180,8 @@ class WatchIndex:
         query = np.zeros((b, emb.shape[1] + 2), np.float32)
         query[:, : emb.shape[1]] = emb
         query[:, emb.shape[1]] = 1.0
-        found = self.index.search(query, want, exact=False, threads=1)
+        with self._search_lock:
+            found = self.index.search(query, want, exact=False, threads=1)
         keys = np.asarray(found.keys).reshape(b, -1)
         # one query row comes back as a single Matches (its keys all valid), several as BatchMatches with counts
         counts = np.asarray(found.counts).reshape(b) if hasattr(found, "counts") else np.array([keys.shape[1]])
