@@ -48,6 +48,11 @@ EXTRA_HINT = "pip install 'embedrec[ann]'"
 
 
 def _index_class() -> Any:
+    # pyarrow first: usearch's compiled module, loaded before pyarrow's libraries, binds symbols that pyarrow's C++
+    # then resolves to it, and pyarrow's error messages come out cut ("In CSV column #" and nothing after it), which
+    # embedrec reads to name a bad file's line; loaded after pyarrow, both are whole (tests/test_ann.py checks)
+    import pyarrow  # noqa: F401
+
     try:
         from usearch.index import Index
     except ImportError:

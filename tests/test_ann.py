@@ -10,11 +10,12 @@ import pytest
 from planted import prepared, trained  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
+from embedrec import ann
+from embedrec.ann import WatchIndex
 from embedrec.metrics import ItemSets, top_k
 
-pytest.importorskip("usearch", reason="the optional extra embedrec[ann] (usearch) is not installed")
-
-from embedrec.ann import WatchIndex  # noqa: E402
+if not ann.available():  # imports usearch the way embedrec does (after pyarrow: see the last test)
+    pytest.skip("the optional extra embedrec[ann] (usearch) is not installed", allow_module_level=True)
 
 
 def _catalogue(n: int, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -156,3 +157,24 @@ def test_serve_with_ann_builds_the_index_before_serving_and_workers_inherit_it(t
     assert len(set(approx.movie_idx[0]) & set(exact.movie_idx[0])) >= 9
     payload = json.loads(settings_to_env(ServeSettings(source=source))[SETTINGS_ENV])
     assert payload["ann"] is True  # each worker process rebuilds its ModelSource from this
+
+
+def test_loading_the_index_library_leaves_pyarrows_error_messages_whole(tmp_path: Path) -> None:
+    """usearch loaded before pyarrow cuts pyarrow's error messages short ("In CSV column #"), and embedrec reads
+    them to name a bad file's line: in a fresh process, embedrec's way of loading usearch must leave them whole."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "ratings.csv"
+    bad.write_text("userId,movieId,rating\n1,2,4\n1,3,abc\n")
+    code = (
+        "from pathlib import Path\n"
+        "from embedrec import ann\n"
+        "assert ann.available()\n"
+        "from embedrec.data import PrepareConfig, prepare\n"
+        f"prepare(Path({str(bad)!r}), out=Path({str(tmp_path / 'out')!r}), config=PrepareConfig(format='csv'))\n"
+    )
+    from cli import cli_env
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=cli_env())
+    assert out.returncode != 0 and "line 3: column 'rating' has 'abc'" in out.stderr, out.stderr[-500:]
