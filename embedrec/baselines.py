@@ -117,7 +117,8 @@ class SigmoidBiasBaseline:
     baseline_logit`` is the same network with its output layer scaled by ``a`` and its bias rows mixed
     (:func:`embedrec.train.blend_rating_biases`). Fitted like :class:`BiasBaseline` (alternating sweeps over movie
     biases, user biases and the offset, each a Gauss-Newton step of the regularised squared error, shrinkage
-    ``reg_user`` / ``reg_movie`` per row); on ML-100K's sparse quality row its test RMSE equals the linear
+    ``reg_user`` / ``reg_movie`` per row, weighed as on a 1..5 scale: ``reg x (range / 4)^2``, so that the same
+    ratings on any scale get the same logit biases); on ML-100K's sparse quality row its test RMSE equals the linear
     baseline's (0.967 both). Rows without training ratings keep a zero bias.
     """
 
@@ -138,6 +139,9 @@ class SigmoidBiasBaseline:
     ) -> SigmoidBiasBaseline:
         user_idx, movie_idx, rating = _check_fit_arrays(user_idx, movie_idx, rating, n_users=n_users, n_movies=n_movies)
         r = rating.astype(np.float64)
+        # the squared error grows with the square of the rating range and the logit biases do not: the shrinkage is
+        # weighed as on a 1..5 scale (exactly reg there), so every scale is shrunk as 1..5 is
+        reg_user, reg_movie = (reg * (self.span / 4.0) ** 2 for reg in (self.reg_user, self.reg_movie))
         mean = np.clip((r.mean() - self.rating_min) / self.span, 1e-3, 1 - 1e-3)
         offset = float(np.log(mean / (1 - mean)))
         b_user, b_movie = np.zeros(n_users), np.zeros(n_movies)
@@ -147,12 +151,12 @@ class SigmoidBiasBaseline:
                 slope = self.span * s * (1.0 - s)  # d prediction / d logit
                 err = self.rating_min + self.span * s - r
                 if part == "movie":
-                    grad = np.bincount(movie_idx, err * slope, minlength=n_movies) + self.reg_movie * b_movie
-                    curvature = np.bincount(movie_idx, slope * slope, minlength=n_movies) + self.reg_movie
+                    grad = np.bincount(movie_idx, err * slope, minlength=n_movies) + reg_movie * b_movie
+                    curvature = np.bincount(movie_idx, slope * slope, minlength=n_movies) + reg_movie
                     b_movie -= grad / (curvature + 1e-12)
                 elif part == "user":
-                    grad = np.bincount(user_idx, err * slope, minlength=n_users) + self.reg_user * b_user
-                    curvature = np.bincount(user_idx, slope * slope, minlength=n_users) + self.reg_user
+                    grad = np.bincount(user_idx, err * slope, minlength=n_users) + reg_user * b_user
+                    curvature = np.bincount(user_idx, slope * slope, minlength=n_users) + reg_user
                     b_user -= grad / (curvature + 1e-12)
                 else:
                     offset -= float((err * slope).sum() / max((slope * slope).sum(), 1e-12))

@@ -96,6 +96,28 @@ def test_sigmoid_bias_stays_in_range_shrinks_thin_rows_and_matches_the_linear_ba
     assert np.abs(linked.movie_bias_).sum() < np.abs(loose.movie_bias_).sum()
 
 
+def test_sigmoid_bias_shrinks_every_rating_scale_as_it_shrinks_one_to_five() -> None:
+    """The same ratings on -10..10 or 0..1 instead of 1..5 (an affine map) get the same logit biases: the squared
+    error grows with the square of the range and the shrinkage is weighed to match. Before, 0..1 was shrunk 16 times
+    harder than 1..5 (a bias baseline worse than the plain one, and a blend that could not help) and -10..10 25
+    times less."""
+    rng = np.random.default_rng(3)
+    n_users, n_movies, n = 200, 150, 6_000
+    u = rng.integers(0, n_users, n).astype(np.int32)
+    m = rng.integers(0, n_movies, n).astype(np.int32)
+    stars = np.clip(
+        np.round(3.5 + rng.normal(0, 0.5, n_users)[u] + rng.normal(0, 0.6, n_movies)[m] + rng.normal(0, 0.9, n)), 1, 5
+    )
+    sizes = {"n_users": n_users, "n_movies": n_movies}
+    five = SigmoidBiasBaseline(rating_min=1.0, rating_max=5.0).fit(u, m, stars, **sizes)
+    for lo, hi in ((-10.0, 10.0), (0.0, 1.0)):
+        scaled = lo + (stars - 1.0) * (hi - lo) / 4.0
+        other = SigmoidBiasBaseline(rating_min=lo, rating_max=hi).fit(u, m, scaled, **sizes)
+        np.testing.assert_allclose(other.movie_bias_, five.movie_bias_, atol=1e-6)
+        np.testing.assert_allclose(other.user_bias_, five.user_bias_, atol=1e-6)
+        np.testing.assert_allclose(other.offset_, five.offset_, atol=1e-6)
+
+
 def test_most_popular_ranks_by_count_for_every_user() -> None:
     u, m, r = _arrays([(0, 2, 1.0), (1, 2, 1.0), (2, 2, 1.0), (0, 0, 5.0), (1, 0, 5.0), (2, 1, 5.0)])
     scores = MostPopular().fit(u, m, r, n_users=3, n_movies=4).score(np.array([0, 2]))
