@@ -15,6 +15,17 @@ def _arrays(triples: list[tuple[int, int, float]]) -> tuple[np.ndarray, np.ndarr
     return np.array(u, dtype=np.int32), np.array(m, dtype=np.int32), np.array(r, dtype=np.float32)
 
 
+def _noisy_stars(
+    rng: np.random.Generator, n_users: int, n_movies: int, n: int, *, movie_sd: float, noise_sd: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` random (user, movie) pairs rated in whole stars 1..5: 3.5 + a user bias (sd 0.5) + a movie bias + noise,
+    rounded and clipped."""
+    u = rng.integers(0, n_users, n).astype(np.int32)
+    m = rng.integers(0, n_movies, n).astype(np.int32)
+    raw = 3.5 + rng.normal(0, 0.5, n_users)[u] + rng.normal(0, movie_sd, n_movies)[m] + rng.normal(0, noise_sd, n)
+    return u, m, np.clip(np.round(raw), 1, 5)
+
+
 def test_global_mean_predicts_the_train_mean() -> None:
     u, m, r = _arrays([(0, 0, 5.0), (0, 1, 3.0), (1, 0, 4.0), (1, 1, 2.0)])
     model = GlobalMean().fit(u, m, r, n_users=2, n_movies=2)
@@ -78,11 +89,7 @@ def test_sigmoid_bias_recovers_planted_biases_through_the_link() -> None:
 def test_sigmoid_bias_stays_in_range_shrinks_thin_rows_and_matches_the_linear_baseline_on_noisy_data() -> None:
     rng = np.random.default_rng(0)
     n_users, n_movies, n = 300, 200, 12_000
-    u = rng.integers(0, n_users, n).astype(np.int32)
-    m = rng.integers(0, n_movies, n).astype(np.int32)
-    r = np.clip(
-        np.round(3.5 + rng.normal(0, 0.5, n_users)[u] + rng.normal(0, 0.5, n_movies)[m] + rng.normal(0, 0.8, n)), 1, 5
-    )
+    u, m, r = _noisy_stars(rng, n_users, n_movies, n, movie_sd=0.5, noise_sd=0.8)
     train = rng.random(n) < 0.8
     sizes = {"n_users": n_users + 1, "n_movies": n_movies + 1}  # one user and one movie without ratings
     linked = SigmoidBiasBaseline(rating_min=1.0, rating_max=5.0).fit(u[train], m[train], r[train], **sizes)
@@ -101,13 +108,8 @@ def test_sigmoid_bias_shrinks_every_rating_scale_as_it_shrinks_one_to_five() -> 
     error grows with the square of the range and the shrinkage is weighed to match. Before, 0..1 was shrunk 16 times
     harder than 1..5 (a bias baseline worse than the plain one, and a blend that could not help) and -10..10 25
     times less."""
-    rng = np.random.default_rng(3)
-    n_users, n_movies, n = 200, 150, 6_000
-    u = rng.integers(0, n_users, n).astype(np.int32)
-    m = rng.integers(0, n_movies, n).astype(np.int32)
-    stars = np.clip(
-        np.round(3.5 + rng.normal(0, 0.5, n_users)[u] + rng.normal(0, 0.6, n_movies)[m] + rng.normal(0, 0.9, n)), 1, 5
-    )
+    n_users, n_movies = 200, 150
+    u, m, stars = _noisy_stars(np.random.default_rng(3), n_users, n_movies, 6_000, movie_sd=0.6, noise_sd=0.9)
     sizes = {"n_users": n_users, "n_movies": n_movies}
     five = SigmoidBiasBaseline(rating_min=1.0, rating_max=5.0).fit(u, m, stars, **sizes)
     for lo, hi in ((-10.0, 10.0), (0.0, 1.0)):
