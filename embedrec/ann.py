@@ -42,7 +42,7 @@ CONNECTIVITY = 16
 EXPANSION_ADD = 64
 EXPANSION_SEARCH = 128
 """HNSW settings: edges per node, the beam width while building and while searching (at least the count asked for:
-usearch widens it to ``count``). Chosen by ``benchmarks/two_stage.py --ann``; see the README."""
+usearch widens it to ``count``). Measured by ``benchmarks/ann.py``; see the README."""
 
 EXTRA_HINT = "pip install 'embedrec[ann]'"
 
@@ -60,10 +60,16 @@ def _index_class() -> Any:
     return Index
 
 
+def require() -> None:
+    """Refuse, with the one-line ConfigError that says how to install it, when the optional extra (usearch) is
+    missing: what ``--ann`` checks before it loads a model."""
+    _index_class()
+
+
 def available() -> bool:
     """Whether the optional extra (usearch) is installed."""
     try:
-        _index_class()
+        require()
     except ConfigError:
         return False
     return True
@@ -134,7 +140,6 @@ class WatchIndex:
         sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
         lift = np.sqrt(np.maximum(sq.max(initial=0.0) - sq, 0.0)).astype(np.float32)
         vectors = np.ascontiguousarray(np.concatenate([x, lift[:, None]], axis=1))
-        self.expansion_search = expansion_search
         # one search at a time: a one-thread search uses the index's first search context, which two calls from
         # two threads (Scorer.rank's workers, the service's requests) would share
         self._search_lock = threading.Lock()

@@ -731,12 +731,12 @@ class MoviePool:
         first use (seconds per million movies) and kept for the pool's later calls."""
         from embedrec.ann import WatchIndex
 
-        side = self.watch_side_bias(ranking)
-        item = self.scorer.watch_item
-        assert item is not None  # watch_side_bias refused a model without a watch head
         with self._indexes_lock:
             index = self._indexes.get(ranking.gamma)
-            if index is None:
+            if index is None:  # the side and the graph once per pool and gamma, not per block of users
+                side = self.watch_side_bias(ranking)
+                item = self.scorer.watch_item
+                assert item is not None  # watch_side_bias refused a model without a watch head
                 whole = self.position is self.movies  # a filtered pool's index is not kept: one file per filter
                 rows = item if whole else item[self.movies]
                 cache = self.scorer.ann_cache if whole else None

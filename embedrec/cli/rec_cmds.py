@@ -71,8 +71,7 @@ def _use_ann(scorer: Any, ann: bool, exhaustive: bool) -> None:
         raise ConfigError("--ann and --exhaustive ask for opposite first stages: pass one of them")
     from embedrec import ann as ann_index
 
-    if not ann_index.available():
-        raise ConfigError(f"--ann needs the optional usearch library: {ann_index.EXTRA_HINT}")
+    ann_index.require()
     scorer.ann = True
 
 

@@ -73,8 +73,7 @@ def serve_cmd(
     if ann:
         from embedrec import ann as ann_index
 
-        if not ann_index.available():
-            raise ConfigError(f"--ann needs the optional usearch library: {ann_index.EXTRA_HINT}")
+        ann_index.require()
     source = ModelSource(workdir=workdir, model=model, data=data, ann=ann)
     holder = ModelHolder(source)  # fails here, with one red line, before the port opens
     served = holder.current
