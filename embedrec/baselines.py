@@ -116,7 +116,8 @@ class SigmoidBiasBaseline:
     movie bias term, so these three terms can be blended into it exactly: ``a * network_logit + (1 - a) *
     baseline_logit`` is the same network with its output layer scaled by ``a`` and its bias rows mixed
     (:func:`embedrec.train.blend_rating_biases`). Fitted like :class:`BiasBaseline` (alternating sweeps over movie
-    biases, user biases and the offset, each a Gauss-Newton step of the regularised squared error, shrinkage
+    biases, user biases and the offset, each a Gauss-Newton step of the regularised squared error, after an exact
+    step that moves the trained biases' mean into the offset, shrinkage
     ``reg_user`` / ``reg_movie`` per row, weighed as on a 1..5 scale: ``reg x (range / 4)^2``, so that the same
     ratings on any scale get the same logit biases); on ML-100K's sparse quality row its test RMSE equals the linear
     baseline's (0.967 both). Rows without training ratings keep a zero bias.
@@ -145,7 +146,18 @@ class SigmoidBiasBaseline:
         mean = np.clip((r.mean() - self.rating_min) / self.span, 1e-3, 1 - 1e-3)
         offset = float(np.log(mean / (1 - mean)))
         b_user, b_movie = np.zeros(n_users), np.zeros(n_movies)
+        seen_users = np.bincount(user_idx, minlength=n_users) > 0
+        seen_movies = np.bincount(movie_idx, minlength=n_movies) > 0
         for _ in range(self.n_sweeps):
+            # moving the same amount from every trained user's (or movie's) bias into the offset leaves every train
+            # logit as it was, and the shrinkage is least where those biases average zero: that exact step, which the
+            # sweeps alone approach only slowly (ML-100K temporal: 120 sweeps to settle the offset; the rows without
+            # ratings, scored by the offset alone, were 0.006 RMSE off after 15)
+            for seen, bias in ((seen_users, b_user), (seen_movies, b_movie)):
+                if seen.any():
+                    shift = float(bias[seen].mean())
+                    bias[seen] -= shift
+                    offset += shift
             for part in ("movie", "user", "offset"):
                 s = 1.0 / (1.0 + np.exp(-(offset + b_user[user_idx] + b_movie[movie_idx])))
                 slope = self.span * s * (1.0 - s)  # d prediction / d logit
