@@ -159,9 +159,10 @@ def top_k(scores: np.ndarray, k: int, *, exclude: np.ndarray | None = None) -> n
     ``exclude`` is a boolean matrix shaped like ``scores``; excluded items (a user's train ratings) are never
     returned. When a row has fewer than ``k`` eligible items the tail is padded with -1, which the ranking
     metrics treat as a miss: a user who has rated almost everything gets a short list, not seen items.
-    ``argpartition`` finds the top ``k`` in linear time and only those ``k`` are sorted. Ties are broken
-    arbitrarily. NaN scores raise ``ValueError``: they mean the model is broken, and ranking them silently would
-    hide that.
+    ``argpartition`` finds the top ``k`` in linear time and only those ``k`` are sorted. Equal scores go to the
+    lower index, at the cut and inside the list: exactly what a stable sort of the whole row lists, on every
+    machine (``argpartition``'s own choice among equal scores depends on numpy's SIMD sort). NaN scores raise
+    ``ValueError``: they mean the model is broken, and ranking them silently would hide that.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -306,14 +307,14 @@ def _top_k_with_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
 
 
 def _top_k_narrow(scores: np.ndarray, kk: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_top_k_with_scores` of rows too narrow for the sampled threshold (``kk < n_items``): what
-    ``argpartition`` and :func:`_best_first` give, found by value where that is the same thing.
+    """:func:`_top_k_with_scores` of rows too narrow for the sampled threshold (``kk < n_items``), found by value
+    where that is the same thing.
 
     ``np.partition`` gives each row's ``kk``-th largest score three times faster than ``argpartition`` gives
-    positions (float32, numpy 2's vectorised selection), and a row with exactly ``kk`` scores at or above it and
-    no two of them equal has one answer, whatever order the positions come in. Rows with a tie at the cut or
-    among the listed scores, or with -inf listed, take ``argpartition`` itself, whose order decides ties.
-    Training's blend choice ranks 500 candidates per user under 5 betas for each of 6 to 26 sides this way."""
+    positions (float32, numpy 2's vectorised selection), and a row with exactly ``kk`` scores at or above it has
+    one set of ``kk`` positions, whatever order they come in. Rows with a tie at the cut, or with -inf listed,
+    take :func:`_top_positions`. Training's blend choice ranks 500 candidates per user under 5 betas for each of
+    6 to 26 sides this way."""
     n_rows, n_items = scores.shape
     kth = np.partition(scores, n_items - kk, axis=1)[:, n_items - kk]
     at_least = scores >= kth[:, None]
@@ -324,41 +325,59 @@ def _top_k_narrow(scores: np.ndarray, kk: int, k: int) -> tuple[np.ndarray, np.n
     if rows.size:
         part = np.nonzero(at_least[rows])[1].reshape(rows.size, kk)
         out[rows], listed[rows] = _best_first(part, _take_in_rows(scores[rows], part), k)
-        clean[rows] = ~(listed[rows, 1:kk] == listed[rows, : kk - 1]).any(axis=1)
     redo = np.flatnonzero(~clean)
     if redo.size:
-        part = np.argpartition(scores[redo], n_items - kk, axis=1)[:, n_items - kk :]
+        part = _top_positions(scores[redo], kk)
         out[redo], listed[redo] = _best_first(part, _take_in_rows(scores[redo], part), k)
     return out, listed
 
 
+def _top_positions(scores: np.ndarray, kk: int) -> np.ndarray:
+    """Positions of each row's ``kk`` largest scores (``kk < n_items``), unordered; where the ``kk``-th score is
+    tied, the lowest positions among the tied, as a stable sort of the row takes them.
+
+    ``argpartition`` decides ties by its own order, which depends on the machine (numpy's SIMD sorts differ by
+    CPU): a test that passed on one machine listed two equal float32 scores the other way round on another.
+    Rows with more than ``kk`` scores at or above the cut (rare with real-valued scores) are sorted whole."""
+    n_items = scores.shape[1]
+    part = np.argpartition(scores, n_items - kk, axis=1)[:, n_items - kk :]
+    kth = _take_in_rows(scores, part[:, :1])  # argpartition leaves the kk-th largest at the cut
+    tied = np.flatnonzero((kth[:, 0] > -np.inf) & (np.count_nonzero(scores >= kth, axis=1) > kk))
+    if tied.size:
+        part[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :kk]
+    return part
+
+
 def _best_first(part: np.ndarray, part_scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`top_k`'s result from each row's largest ``kk`` positions (any order) and their scores: sorted best
-    first (equal scores keep ``part``'s order), -inf entries and the tail past ``kk`` as -1; and the sorted scores
-    (-inf where -1)."""
+    """:func:`top_k`'s result from each row's largest ``kk`` items (any order) and their scores: sorted best
+    first (equal scores by item index), -inf entries and the tail past ``kk`` as -1; and the sorted scores (-inf
+    where -1)."""
     n_rows, kk = part.shape
-    order = _descending_order(part_scores)
+    items, scores = _sorted_best_first(part, part_scores)
     out = np.full((n_rows, k), -1, dtype=np.int32)
     listed = np.full((n_rows, k), -np.inf, dtype=part_scores.dtype)
-    listed[:, :kk] = _take_in_rows(part_scores, order)
-    out[:, :kk] = _take_in_rows(part, order)
+    listed[:, :kk] = scores
+    out[:, :kk] = items
     out[listed == -np.inf] = -1
     return out, listed
 
 
-def _descending_order(scores: np.ndarray) -> np.ndarray:
-    """``np.argsort(-scores, axis=1, kind="stable")`` (NaN-free scores): for float32, one plain sort of int64 keys,
-    the score's order in the high half and the position in the low half, so the keys are distinct and no stable
-    sort is needed (under half the time of numpy's stable float sort on (128, 500), six times per batch of
-    training's blend choice)."""
-    n_cols = scores.shape[1]
-    if scores.dtype != np.float32 or scores.ndim != 2 or n_cols == 0:
-        return np.argsort(-scores, axis=1, kind="stable")
+def _sorted_best_first(items: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``items`` and ``scores`` (2-D, NaN-free; items non-negative, below 2**31) sorted by descending
+    score, equal scores by ascending item. For float32, one plain sort of int64 keys, the score's order in the high
+    half and the item in the low half, read back from the sorted keys (under half the time of numpy's stable float
+    sort on (128, 500), six times per batch of training's blend choice); other dtypes take ``np.lexsort``."""
+    items = np.asarray(items)
+    if scores.dtype != np.float32 or scores.ndim != 2 or scores.shape[1] == 0:
+        order = np.lexsort((items, -scores), axis=-1)
+        return _take_in_rows(np.ascontiguousarray(items), order), _take_in_rows(scores, order)
     bits = (scores + np.float32(0.0)).view(np.int32).astype(np.int64)  # + 0: -0.0 ties with 0.0, as in a sort
-    ascending = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # orders like the float, as a signed integer
-    keys = (~ascending << 32) | np.arange(n_cols, dtype=np.int64)  # descending score, then position
+    ascending = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # orders like the float, as a signed integer (an involution)
+    keys = (~ascending << 32) | items.astype(np.int64)  # descending score, then item
     keys.sort(axis=1)
-    return keys & 0xFFFFFFFF
+    ascending = ~(keys >> 32)
+    bits = ascending ^ ((ascending >> 31) & 0x7FFFFFFF)
+    return keys & 0xFFFFFFFF, bits.astype(np.int32).view(np.float32)
 
 
 def _take_in_rows(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -399,16 +418,12 @@ def _largest_unsorted(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarr
     a threshold per row is read off a strided sample of the row (its ``_SAMPLE_RANK``-th largest value, the stride
     chosen so that about 3 x ``kk`` scores of the row, and at least ~400, lie at or above it), the scores at or above
     it are packed into a narrow matrix, and ``argpartition`` runs over that. Every score above the threshold is kept,
-    so when a row has at least ``kk`` of them its top ``kk`` is exactly the row's; the rare row with fewer (or with a
-    non-finite threshold: a row of mostly excluded items) goes through the full ``argpartition``. Ties at the
-    ``kk``-th score may pick other (equal) items than the plain path, as ``argpartition`` itself breaks ties
-    arbitrarily.
+    so when a row has at least ``kk`` of them its top ``kk`` is exactly the row's (ties at the ``kk``-th score to the
+    lowest columns, as the packed row keeps column order); the rare row with fewer (or with a non-finite
+    threshold: a row of mostly excluded items) goes through :func:`_top_positions` whole.
     """
     n_rows, n_items = scores.shape
     stride = _sample_stride(kk)
-    if _too_narrow(n_items, kk, stride):  # too narrow to save anything: the plain selection
-        part = np.argpartition(scores, n_items - kk, axis=1)[:, n_items - kk :]
-        return part, _take_in_rows(scores, part)
     threshold = _sample_threshold(np.ascontiguousarray(scores[:, ::stride]))
     flat = np.flatnonzero(scores >= threshold[:, None])  # ~3 x kk per row; 2-D nonzero is 5x slower
     r, c = np.divmod(flat, n_items)
@@ -435,8 +450,7 @@ def _select_kept(
     slow = np.flatnonzero(~fast)
     if slow.size:
         rows_scores = full_rows(slow)
-        n_items = rows_scores.shape[1]
-        out[slow] = np.argpartition(rows_scores, n_items - kk, axis=1)[:, n_items - kk :]
+        out[slow] = _top_positions(rows_scores, kk)
         out_scores[slow] = _take_in_rows(rows_scores, out[slow])
         keep = fast[r]
         r, c, values = r[keep], c[keep], values[keep]
@@ -454,7 +468,7 @@ def _select_kept(
         cols = np.zeros(rows.size * width, dtype=np.intp)
         cols[dest] = c
         packed = packed.reshape(rows.size, width)
-        chosen = np.argpartition(packed, width - kk, axis=1)[:, width - kk :]
+        chosen = _top_positions(packed, kk)
         out[rows] = _take_in_rows(cols.reshape(rows.size, width), chosen)
         out_scores[rows] = _take_in_rows(packed, chosen)
     return out, out_scores

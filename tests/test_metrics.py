@@ -90,30 +90,20 @@ def test_top_k_over_a_wide_catalogue_equals_a_full_sort(k: int) -> None:
     np.testing.assert_array_equal(top_k(scores.astype(np.float64), k), _top_k_by_full_sort(scores, k))
 
 
-def test_top_k_with_ties_lists_the_same_scores_as_a_full_sort() -> None:
+@pytest.mark.parametrize("k", [7, 500])
+def test_top_k_with_ties_lists_what_a_full_sort_lists(k: int) -> None:
+    """Equal scores at the cut and inside the list go to the lower index, wide rows (the packed prefilter) and
+    narrow ones alike, whatever order argpartition leaves them in on this machine."""
     rng = np.random.default_rng(5)
     scores = rng.integers(0, 50, (16, 20_000)).astype(np.float32)  # many ties at every cut
-    got = top_k(scores, 500)
-    want = _top_k_by_full_sort(scores, 500)
-    np.testing.assert_array_equal(np.take_along_axis(scores, got, axis=1), np.take_along_axis(scores, want, axis=1))
-    assert all(len(set(row)) == 500 for row in got.tolist())
-
-
-def _top_k_by_argpartition(scores: np.ndarray, k: int) -> np.ndarray:
-    """top_k's former path over narrow rows: argpartition, then a stable sort of the k, -inf as -1."""
-    n = scores.shape[1]
-    part = np.argpartition(scores, n - k, axis=1)[:, n - k :]
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    out = np.take_along_axis(part, order, axis=1).astype(np.int32)
-    out[np.take_along_axis(part_scores, order, axis=1) == -np.inf] = -1
-    return out
+    for matrix in (scores, scores[:, :600], scores.astype(np.float64)):
+        np.testing.assert_array_equal(top_k(matrix, k), _top_k_by_full_sort(matrix, k))
 
 
 @pytest.mark.parametrize("k", [1, 10, 50])
-def test_top_k_over_narrow_rows_lists_what_argpartition_lists_ties_included(k: int) -> None:
-    """Narrow rows (500 candidates re-ranked) find the k-th score by value; where equal scores make the list depend
-    on argpartition's order (a tie at the cut or inside the list, -inf listed), it is argpartition's list."""
+def test_top_k_over_narrow_rows_lists_what_a_full_sort_lists_ties_included(k: int) -> None:
+    """Narrow rows (500 candidates re-ranked) find the k-th score by value; where equal scores could make the list
+    depend on argpartition's order (a tie at the cut or inside the list, -inf listed), it is still the full sort's."""
     rng = np.random.default_rng(k)
     scores = rng.standard_normal((300, 500)).astype(np.float32)
     scores[:100] = np.round(scores[:100] * 3)  # ties at the cut and inside the lists
@@ -122,7 +112,7 @@ def test_top_k_over_narrow_rows_lists_what_argpartition_lists_ties_included(k: i
     scores[151] = -np.inf
     scores[152, :20] = 7.0  # the best twenty all equal
     for matrix in (scores, scores.astype(np.float64)):
-        np.testing.assert_array_equal(top_k(matrix, k), _top_k_by_argpartition(matrix, k))
+        np.testing.assert_array_equal(top_k(matrix, k), _top_k_by_full_sort(matrix, k))
 
 
 def _sums_with_ties(seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -178,10 +168,10 @@ def test_top_k_of_sums_refuses_nan_like_top_k() -> None:
         top_k_of_sums(base, [offsets[0][:-1]], 10)
 
 
-def test_descending_order_is_the_stable_descending_argsort() -> None:
-    """The float32 key sort that orders top_k's kept scores: equal scores (0.0 and -0.0 among them) keep their
-    order, infinities sort to the ends."""
-    from embedrec.metrics import _descending_order
+def test_sorted_best_first_orders_by_score_then_item() -> None:
+    """The float32 key sort that orders top_k's kept scores and reads them back: equal scores (0.0 and -0.0 among
+    them) by item, infinities at the ends, every score returned bit for bit (-0.0 as 0.0)."""
+    from embedrec.metrics import _sorted_best_first
 
     rng = np.random.default_rng(3)
     scores = rng.integers(-3, 4, (50, 300)).astype(np.float32)
@@ -189,9 +179,17 @@ def test_descending_order_is_the_stable_descending_argsort() -> None:
     scores[rng.random(scores.shape) < 0.05] = np.inf
     scores[rng.random(scores.shape) < 0.1] = -0.0
     scores[:5] = rng.standard_normal((5, 300)).astype(np.float32) * 1e-30  # subnormal and tiny magnitudes
-    want = np.argsort(-scores, axis=1, kind="stable")
-    np.testing.assert_array_equal(_descending_order(scores), want)
-    np.testing.assert_array_equal(_descending_order(scores.astype(np.float64)), want)
+    items = np.argsort(rng.random(scores.shape), axis=1)  # a permutation per row: ties are ordered by these
+    order = np.lexsort((items, -scores), axis=-1)
+    want_items = np.take_along_axis(items, order, axis=1)
+    want_scores = np.take_along_axis(scores, order, axis=1) + np.float32(0.0)
+    for matrix in (scores, scores.astype(np.float64)):
+        got_items, got_scores = _sorted_best_first(items, matrix)
+        np.testing.assert_array_equal(got_items, want_items)
+        np.testing.assert_array_equal(got_scores, want_scores.astype(matrix.dtype))
+        assert got_scores.dtype == matrix.dtype
+    got_bits = _sorted_best_first(items, scores)[1].view(np.int32)
+    np.testing.assert_array_equal(got_bits, want_scores.view(np.int32))
 
 
 def test_ranking_metrics_by_hand() -> None:
