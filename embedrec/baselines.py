@@ -109,6 +109,31 @@ class BiasBaseline:
         return np.clip(pred, self.min_rating_, self.max_rating_).astype(np.float32)
 
 
+MOVIE_PRIOR_YEAR_WIDTH = 5
+"""Release years per bucket of the movie-bias prior (:func:`movie_prior_features`). Test RMSE of the sigmoid bias
+baseline alone, 5 / 10 year buckets (ridge 1): ML-100K sparse 0.9640 / 0.9639, sparse-users 0.9702 / 0.9705,
+few-users 1.8768 / 1.8766, temporal 1.0287 / 1.0284, leave-last-out 1.0227 / 1.0231, random 0.9383 / 0.9385 (no
+prior: 0.9670, 0.9813, 1.8897, 1.0289, 1.0243, 0.9399); the val split chose 5 on four rows of six."""
+
+
+def movie_prior_features(genre_multi_hot: np.ndarray, year: np.ndarray) -> np.ndarray:
+    """What a movie's bias is predicted from before its ratings are counted: ``(n_movies, f)`` float64, its genres
+    (each ``1 / number of genres``; none for a movie without genres) beside a one-hot bucket of
+    :data:`MOVIE_PRIOR_YEAR_WIDTH` release years (unknown years share a bucket of their own). Columns that no movie
+    or every movie has are dropped, so a catalogue with neither genres nor years has no columns (and no prior)."""
+    multi_hot = np.asarray(genre_multi_hot, dtype=np.float64)
+    year = np.asarray(year, dtype=np.float64)
+    if multi_hot.ndim != 2 or year.shape != (multi_hot.shape[0],):
+        raise ValueError(f"genres {multi_hot.shape} and years {year.shape} must describe the same movies")
+    counts = multi_hot.sum(axis=1, keepdims=True)
+    genres = np.divide(multi_hot, counts, out=np.zeros_like(multi_hot), where=counts > 0)
+    bucket = np.where(np.isnan(year), -1.0, np.floor(np.nan_to_num(year) / MOVIE_PRIOR_YEAR_WIDTH))
+    years = (bucket[:, None] == np.unique(bucket)[None, :]).astype(np.float64)
+    features = np.hstack([genres, years])
+    varies = (features != features[:1]).any(axis=0) if len(features) else np.zeros(features.shape[1], bool)
+    return features[:, varies]
+
+
 class SigmoidBiasBaseline:
     """The bias baseline on the network's rating scale: ``lo + (hi - lo) * sigmoid(c + b_user + b_movie)``.
 
@@ -121,10 +146,25 @@ class SigmoidBiasBaseline:
     ``reg_user`` / ``reg_movie`` per row, weighed as on a 1..5 scale: ``reg x (range / 4)^2``, so that the same
     ratings on any scale get the same logit biases); on ML-100K's sparse quality row its test RMSE equals the linear
     baseline's (0.967 both). Rows without training ratings keep a zero bias.
+
+    With ``movie_features`` (:func:`movie_prior_features`: genres and release years) the movie biases are shrunk
+    toward a prior instead of zero: a ridge regression (``prior_reg``) of the trained movies' biases on their
+    features, refitted every sweep. A movie with few ratings then starts from what movies like it average, and one
+    without training ratings (a new movie under a time split) gets that prior as its bias; both are numbers the
+    network's movie bias row can hold, so the blend stays exact. The biases alone, ML-100K quality rows, test RMSE
+    without / with: sparse 0.9670 / 0.9640, sparse-users 0.9813 / 0.9702, few-users 1.8897 / 1.8768, temporal
+    1.0289 / 1.0287, leave-last-out 1.0243 / 1.0227, random 0.9399 / 0.9383.
     """
 
     def __init__(
-        self, *, rating_min: float, rating_max: float, reg_user: float = 5.0, reg_movie: float = 5.0, n_sweeps: int = 15
+        self,
+        *,
+        rating_min: float,
+        rating_max: float,
+        reg_user: float = 5.0,
+        reg_movie: float = 5.0,
+        n_sweeps: int = 15,
+        prior_reg: float = 1.0,
     ) -> None:
         if not rating_max > rating_min:
             raise ConfigError(f"rating range must not be empty, got {rating_min}..{rating_max}")
@@ -132,13 +172,25 @@ class SigmoidBiasBaseline:
             raise ConfigError(f"bias regularisation must be >= 0, got reg_user={reg_user}, reg_movie={reg_movie}")
         if n_sweeps < 1:
             raise ConfigError(f"n_sweeps must be >= 1, got {n_sweeps}")
+        if not prior_reg > 0:
+            raise ConfigError(f"prior_reg must be > 0, got {prior_reg}")
         self.rating_min, self.span = float(rating_min), float(rating_max) - float(rating_min)
-        self.reg_user, self.reg_movie, self.n_sweeps = reg_user, reg_movie, n_sweeps
+        self.reg_user, self.reg_movie, self.n_sweeps, self.prior_reg = reg_user, reg_movie, n_sweeps, prior_reg
 
     def fit(
-        self, user_idx: np.ndarray, movie_idx: np.ndarray, rating: np.ndarray, *, n_users: int, n_movies: int
+        self,
+        user_idx: np.ndarray,
+        movie_idx: np.ndarray,
+        rating: np.ndarray,
+        *,
+        n_users: int,
+        n_movies: int,
+        movie_features: np.ndarray | None = None,
     ) -> SigmoidBiasBaseline:
         user_idx, movie_idx, rating = _check_fit_arrays(user_idx, movie_idx, rating, n_users=n_users, n_movies=n_movies)
+        if movie_features is not None and (movie_features.ndim != 2 or movie_features.shape[0] != n_movies):
+            raise ValueError(f"movie_features has shape {movie_features.shape}, expected ({n_movies}, f)")
+        features = None if movie_features is None or movie_features.shape[1] == 0 else movie_features
         r = rating.astype(np.float64)
         # the squared error grows with the square of the rating range and the logit biases do not: the shrinkage is
         # weighed as on a 1..5 scale (exactly reg there), so every scale is shrunk as 1..5 is
@@ -148,6 +200,10 @@ class SigmoidBiasBaseline:
         b_user, b_movie = np.zeros(n_users), np.zeros(n_movies)
         seen_users = np.bincount(user_idx, minlength=n_users) > 0
         seen_movies = np.bincount(movie_idx, minlength=n_movies) > 0
+        prior = np.zeros(n_movies)
+        if features is not None:
+            trained = np.asarray(features[seen_movies], dtype=np.float64)
+            normal = trained.T @ trained + self.prior_reg * np.eye(features.shape[1])
         for _ in range(self.n_sweeps):
             # moving the same amount from every trained user's (or movie's) bias into the offset leaves every train
             # logit as it was, and the shrinkage is least where those biases average zero: that exact step, which the
@@ -158,12 +214,14 @@ class SigmoidBiasBaseline:
                     shift = float(bias[seen].mean())
                     bias[seen] -= shift
                     offset += shift
+            if features is not None:
+                prior = features @ np.linalg.solve(normal, trained.T @ b_movie[seen_movies])
             for part in ("movie", "user", "offset"):
                 s = 1.0 / (1.0 + np.exp(-(offset + b_user[user_idx] + b_movie[movie_idx])))
                 slope = self.span * s * (1.0 - s)  # d prediction / d logit
                 err = self.rating_min + self.span * s - r
                 if part == "movie":
-                    grad = np.bincount(movie_idx, err * slope, minlength=n_movies) + reg_movie * b_movie
+                    grad = np.bincount(movie_idx, err * slope, minlength=n_movies) + reg_movie * (b_movie - prior)
                     curvature = np.bincount(movie_idx, slope * slope, minlength=n_movies) + reg_movie
                     b_movie -= grad / (curvature + 1e-12)
                 elif part == "user":

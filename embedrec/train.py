@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from embedrec.baselines import SigmoidBiasBaseline
+from embedrec.baselines import SigmoidBiasBaseline, movie_prior_features
 from embedrec.checkpoints import (
     BackgroundSaves,
     Checkpointer,
@@ -1000,8 +1000,14 @@ def _blend_with_baseline(run: Run, final: dict[str, Any]) -> tuple[dict[str, Any
     from embedrec.evaluation import in_threads
 
     train_split, val, shape = run.train_split, run.val_scored, run.shape
+    features = movie_prior_features(run.prepared.movie_genre_multi_hot(), run.prepared.movie_year())
     baseline = SigmoidBiasBaseline(rating_min=shape.rating_min, rating_max=shape.rating_max).fit(
-        train_split.users, train_split.movies, train_split.ratings, n_users=shape.n_users, n_movies=shape.n_movies
+        train_split.users,
+        train_split.movies,
+        train_split.ratings,
+        n_users=shape.n_users,
+        n_movies=shape.n_movies,
+        movie_features=features,
     )
     val_rmse: dict[str, float] = {}
     best_share, best_rmse, best = 1.0, math.inf, final

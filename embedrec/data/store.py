@@ -489,6 +489,10 @@ class PreparedData:
         """Whole-genre-string index per movie_idx, shape (n_movies,), int32."""
         return self.movies["genre_str_idx"].to_numpy(dtype=np.int32)
 
+    def movie_year(self) -> np.ndarray:
+        """Release year per movie_idx, shape (n_movies,), float64: NaN where unknown."""
+        return self.movies["year"].to_numpy(dtype=np.float64, na_value=np.nan)
+
     def movie_genre_multi_hot(self) -> np.ndarray:
         """One row per movie, one float32 column per single genre (``self.genres`` order): 1.0 when it has it."""
         pos = {g: i for i, g in enumerate(self.genres)}
