@@ -171,11 +171,11 @@ def test_with_short_user_histories_the_default_model_ranks_above_most_popular_an
     12 training ratings a user and 9 a movie. With 64 negatives and no baseline blend the default ranked level with
     most-popular (1.02 x over seeds 42 / 1 / 2) and predicted 0.3% worse than the bias baseline; it now trains the
     watch output against 128 negatives on such data and blends the rating output with the bias baseline, whose
-    movie biases are shrunk toward a genre and release-year prior (seed 42: NDCG@10 0.055, 1.07 x most-popular;
-    RMSE 0.964 against 0.980, where the baseline without the prior gave 0.968). The ranking at seed 42 moved with the
-    val split's choice of the popularity weight (0.25 now, 1 before, 0.001 apart on val); at equal weights the two
-    models rank the test split alike (beta 2, gamma 1: 0.0598 / 0.0599; gamma 0.25: 0.0547 / 0.0549), and over
-    seeds 42 and 1 to 7 the mean NDCG@10 is 0.0555 against 0.0561 before (1.09 x / 1.10 x)."""
+    movie biases are shrunk toward a genre and release-year prior (seed 42: NDCG@10 0.058, 1.12 x most-popular;
+    RMSE 0.964 against 0.980, where the baseline without the prior gave 0.968). The ranking at seed 42 moves with the
+    val split's choice of the popularity weight, which is noise there (0.001 apart on val: 0.055 to 0.060 on test),
+    so the bar is the failure this guards, not the seed's figure; over seeds 42 and 1 to 7 the mean NDCG@10 is
+    0.0563 (1.10 x)."""
     import pandas as pd
 
     from embedrec.runs import train_run
@@ -195,7 +195,7 @@ def test_with_short_user_histories_the_default_model_ranks_above_most_popular_an
     rec = Recommender.load(result.run_dir, tmp_path / "data")
     metrics = evaluate_model(rec.scorer, load_prepared(tmp_path / "data"), split="test", variants=False)
     base = metrics["baselines"]
-    # level with most-popular (1.02 x) is the failure this guards; 1.07 x at seed 42, 1.06 x to 1.17 x over seeds
+    # level with most-popular (1.02 x) is the failure this guards; 1.12 x at seed 42, 1.04 x to 1.21 x over seeds
     assert metrics["ndcg@10"] >= 1.04 * base["popular"]["ndcg@10"], (metrics["ndcg@10"], base["popular"])
     assert metrics["ndcg@10"] >= base["ease"]["ndcg@10"], (metrics["ndcg@10"], base["ease"])
     # -1.6% against the bias baseline; -1.2% without the movie prior, +0.3% without the blend
