@@ -6,6 +6,7 @@ These train the real default model (no mocks) and so take tens of seconds; the n
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -88,6 +89,19 @@ def test_planted_tastes_show_up_in_the_top_10(tmp_path: Path) -> None:
 # history as an input (before it adapted on sparse catalogues): 0.324 / 0.321 / 0.329. Before issue #11: 0.194 and
 # 1.878 (seed 42).
 POPULAR_FACTOR, EASE_FACTOR, BIAS_FACTOR = 1.4, 0.9, 0.99
+
+
+def _thin_users(ml100k_dir: Path, *, keep: float, at_least: int) -> Any:
+    """ML-100K's ratings (userId,movieId,rating,timestamp), a seeded ``keep`` share of each user's (at least
+    ``at_least``): the quality matrix's thinned rows, the same seed and rule."""
+    import pandas as pd
+
+    ratings = pd.read_csv(ml100k_dir / "ml-100k.inter", sep="\t")
+    ratings.columns = ["userId", "movieId", "rating", "timestamp"]
+    shuffled = ratings.iloc[np.random.default_rng(11).permutation(len(ratings))]
+    size = shuffled.groupby("userId")["userId"].transform("size").to_numpy()
+    quota = np.maximum(np.ceil(keep * size), np.minimum(at_least, size))
+    return shuffled[shuffled.groupby("userId").cumcount().to_numpy() < quota].sort_index()
 
 
 def _prepare_as_csv(raw: Path, ml100k_dir: Path, *, rating_scale: tuple[float, float]) -> None:
@@ -180,14 +194,7 @@ def test_with_short_user_histories_the_default_model_ranks_above_most_popular_an
 
     from embedrec.runs import train_run
 
-    ratings = pd.read_csv(ml100k_dir / "ml-100k.inter", sep="\t")
-    ratings.columns = ["userId", "movieId", "rating", "timestamp"]
-    shuffled = ratings.iloc[np.random.default_rng(11).permutation(len(ratings))]
-    size = shuffled.groupby("userId")["userId"].transform("size").to_numpy()
-    quota = np.maximum(np.ceil(0.15 * size), np.minimum(5, size))
-    shuffled[shuffled.groupby("userId").cumcount().to_numpy() < quota].sort_index().to_csv(
-        tmp_path / "ratings.csv", index=False
-    )
+    _thin_users(ml100k_dir, keep=0.15, at_least=5).to_csv(tmp_path / "ratings.csv", index=False)
     _prepare_as_csv(tmp_path, ml100k_dir, rating_scale=(1.0, 5.0))
     result = train_run(tmp_path / "data", out=tmp_path / "run", workdir=tmp_path, preset="default")
     assert result.adapted["negatives"] == 128 and result.adapted["baseline_blend"] is True
@@ -200,6 +207,31 @@ def test_with_short_user_histories_the_default_model_ranks_above_most_popular_an
     assert metrics["ndcg@10"] >= base["ease"]["ndcg@10"], (metrics["ndcg@10"], base["ease"])
     # -1.6% against the bias baseline; -1.2% without the movie prior, +0.3% without the blend
     assert metrics["rmse"] < 0.986 * base["bias"]["rmse"], (metrics["rmse"], base["bias"]["rmse"])
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_on_the_sparsest_row_on_a_zero_to_one_scale_the_default_meets_every_target(
+    ml100k_dir: Path, tmp_path: Path
+) -> None:
+    """The quality matrix's ``ml100k-thin-01`` row: a seeded 8% of each user's ratings (at least 3; ~10 a user, ~7 a
+    movie), the stars mapped to 0..1, read as a generic CSV: the shape of the data the project is also judged on.
+    Seed 42: NDCG@10 0.045 (1.22 x most-popular), RMSE 0.2526 against the bias baseline's 0.2580 (-2.1%). Before
+    the blend's movie prior and its shares below 0.5: 0.2564 (-0.6%); with the prior alone 0.2546 (-1.3%)."""
+    from embedrec.runs import train_run
+
+    thinned = _thin_users(ml100k_dir, keep=0.08, at_least=3)
+    thinned.assign(rating=(thinned["rating"] - 1.0) / 4.0).to_csv(tmp_path / "ratings.csv", index=False)
+    _prepare_as_csv(tmp_path, ml100k_dir, rating_scale=(0.0, 1.0))
+    result = train_run(tmp_path / "data", out=tmp_path / "run", workdir=tmp_path, preset="default")
+    assert result.adapted["baseline_blend"] is True
+    rec = Recommender.load(result.run_dir, tmp_path / "data")
+    metrics = evaluate_model(rec.scorer, load_prepared(tmp_path / "data"), split="test", variants=False)
+    base = metrics["baselines"]
+    assert metrics["ndcg@10"] >= 1.1 * base["popular"]["ndcg@10"], (metrics["ndcg@10"], base["popular"])
+    assert metrics["ndcg@10"] >= base["ease"]["ndcg@10"], (metrics["ndcg@10"], base["ease"])
+    # -2.1%; the bar leaves room for another machine's last bits, and still fails the code before (-0.6%, -1.3%)
+    assert metrics["rmse"] < 0.985 * base["bias"]["rmse"], (metrics["rmse"], base["bias"]["rmse"])
 
 
 @pytest.mark.realdata
