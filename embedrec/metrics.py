@@ -370,7 +370,7 @@ def _sorted_best_first(items: np.ndarray, scores: np.ndarray) -> tuple[np.ndarra
     items = np.asarray(items)
     if scores.dtype != np.float32 or scores.ndim != 2 or scores.shape[1] == 0:
         order = np.lexsort((items, -scores), axis=-1)
-        return _take_in_rows(np.ascontiguousarray(items), order), _take_in_rows(scores, order)
+        return _take_in_rows(items, order), _take_in_rows(scores, order)
     bits = (scores + np.float32(0.0)).view(np.int32).astype(np.int64)  # + 0: -0.0 ties with 0.0, as in a sort
     ascending = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # orders like the float, as a signed integer (an involution)
     keys = (~ascending << 32) | items.astype(np.int64)  # descending score, then item
