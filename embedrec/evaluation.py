@@ -37,6 +37,7 @@ Scoring runs in batches of users: one ``(batch, n_movies)`` score matrix at a ti
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +50,7 @@ from embedrec.baselines import EASE, BiasBaseline, GlobalMean, MostPopular, TopR
 from embedrec.blas import available_cpus, each_in_threads, single_threaded_blas
 from embedrec.data.split import SPLIT_CODES, TEST, TRAIN
 from embedrec.errors import ConfigError, DataError
-from embedrec.metrics import ItemSets, mae, ranking_metrics, rmse, top_k
+from embedrec.metrics import ItemSets, mae, ndcg_per_user, ranking_metrics, rmse, top_k
 from embedrec.scoring import DEFAULT_CANDIDATES, Ranking
 
 if TYPE_CHECKING:
@@ -544,6 +545,87 @@ def evaluate_ranking(
     result = ranking_metrics(topk, relevant.take(users), ks=ks)
     result["n_users"] = int(users.size)
     return result
+
+
+@dataclass(frozen=True)
+class PairedGain:
+    """How much one model beats another on the same held-out split, paired unit by unit: ``ndcg_gain`` the mean
+    over the same users of (new - base) NDCG@k of their served rankings, ``mse_gain`` the mean over the same ratings
+    of (base - new) squared error, so that a positive gain is always the new model's; each ``*_se`` is that mean's
+    standard error. ``ndcg_gain`` is None when no user has a relevant held-out rating."""
+
+    ndcg_gain: float | None
+    ndcg_se: float | None
+    n_users: int
+    mse_gain: float
+    mse_se: float
+    n_ratings: int
+    base_rmse: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+def paired_gain(
+    new: Scorer,
+    base: Scorer,
+    prepared: PreparedData,
+    *,
+    split: str = "val",
+    k: int = 10,
+    relevance: float | None = None,
+    max_users: int | None = None,
+    seed: int = 0,
+    candidates: int | None = DEFAULT_CANDIDATES,
+) -> PairedGain:
+    """:class:`PairedGain` of ``new`` over ``base`` on ``split``: each ranks the same users (every user with a
+    relevant rating, or a seeded sample of ``max_users``) as ``evaluate`` ranks them (its own served ranking,
+    two-stage with ``candidates``), and predicts the same ratings. Both models must be of ``prepared``."""
+    if relevance is None:
+        relevance = default_relevance(float(prepared.summary["rating_min"]), float(prepared.summary["rating_max"]))
+    code = SPLIT_CODES[split]
+    held = prepared.split == code
+    if not held.any():
+        raise DataError(f"the {split} split of {prepared.path} is empty")
+    u, m, r = prepared.user_idx[held], prepared.movie_idx[held], prepared.rating[held].astype(np.float64)
+    with single_threaded_blas():
+        errors = [(np.asarray(in_threads(s.predict_pairs)(u, m), np.float64) - r) ** 2 for s in (base, new)]
+    mse_diff = errors[0] - errors[1]
+    held_out = HeldOut.from_prepared(prepared, split_code=code, relevance=relevance)
+    users = held_out.users(max_users=max_users, seed=seed)
+    ndcg_gain = ndcg_se = None
+    if users.size:
+        relevant = held_out.relevant.take(users)
+        ndcg = [ndcg_per_user(_served_top(s, held_out.seen, users, k, candidates), relevant, k=k) for s in (new, base)]
+        ndcg_gain, ndcg_se = _mean_and_se(ndcg[0] - ndcg[1])
+    mse_gain, mse_se = _mean_and_se(mse_diff)
+    return PairedGain(
+        ndcg_gain=ndcg_gain,
+        ndcg_se=ndcg_se,
+        n_users=int(users.size),
+        mse_gain=mse_gain,
+        mse_se=mse_se,
+        n_ratings=int(r.size),
+        base_rmse=float(np.sqrt(errors[0].mean())),
+    )
+
+
+def _served_top(scorer: Scorer, seen: ItemSets, users: np.ndarray, k: int, candidates: int | None) -> np.ndarray:
+    """(users, k) the served top ``k`` of each user (-1 pads), ranked as ``evaluate`` ranks."""
+    pool = scorer.every_movie
+    top = np.empty((users.size, k), np.int64)
+    for start in range(0, users.size, 256):
+        batch = users[start : start + 256]
+        emb, bias = scorer.user_rows(batch)
+        ranked = scorer.rank(emb, bias, k, seen=seen.take(batch), allowed=pool, candidates=candidates)
+        top[start : start + batch.size] = ranked.movie_idx
+    return top
+
+
+def _mean_and_se(diff: np.ndarray) -> tuple[float, float]:
+    n = diff.size
+    se = float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else math.inf
+    return float(diff.mean()), se
 
 
 def evaluate_baselines(

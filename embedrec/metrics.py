@@ -474,6 +474,44 @@ def _select_kept(
     return out, out_scores
 
 
+def ndcg_per_user(topk: np.ndarray, relevant: ItemSets, *, k: int) -> np.ndarray:
+    """NDCG@``k`` of each user with a relevant item, in row order (float64): the values whose mean is
+    :func:`ranking_metrics`' ``ndcg@k``, for paired comparisons of two rankings of the same users."""
+    topk = _check_topk(topk, relevant)
+    hits, n_rel, _ = _hits(topk, relevant, _check_ks([k], max_k=topk.shape[1]))
+    return _ndcg_rows(hits[:, :k], n_rel, k)
+
+
+def _check_topk(topk: np.ndarray, relevant: ItemSets) -> np.ndarray:
+    topk = np.asarray(topk)
+    if topk.ndim != 2 or topk.shape[0] != relevant.n_rows:
+        raise ValueError(f"topk has shape {topk.shape} but there are {relevant.n_rows} relevant sets")
+    return topk
+
+
+def _hits(topk: np.ndarray, relevant: ItemSets, ks: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hits (n, max(ks)) bool, relevant counts (n,) float64, the top lists (n, max(ks)) int64) of the n users
+    with a relevant item."""
+    n_rel_all = relevant.lengths()
+    users = np.flatnonzero(n_rel_all > 0)
+    if users.size == 0:
+        raise ValueError("no user has a relevant item; ranking metrics are undefined")
+    topk = topk[users, : max(ks)].astype(np.int64)
+    relevant = relevant.take(users)
+    n_rel = n_rel_all[users].astype(np.float64)
+    n_items = relevant.n_items
+    rel_keys = np.repeat(np.arange(users.size, dtype=np.int64), relevant.lengths()) * n_items + relevant.indices
+    cand_keys = np.arange(users.size, dtype=np.int64)[:, None] * n_items + topk
+    pos = np.minimum(np.searchsorted(rel_keys, cand_keys), rel_keys.size - 1)
+    return (rel_keys[pos] == cand_keys) & (topk >= 0), n_rel, topk
+
+
+def _ndcg_rows(h: np.ndarray, n_rel: np.ndarray, k: int) -> np.ndarray:
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = np.minimum(n_rel, k).astype(np.int64)
+    return np.asarray((h @ discount) / np.cumsum(discount)[ideal - 1], dtype=np.float64)
+
+
 def ranking_metrics(topk: np.ndarray, relevant: ItemSets, *, ks: Sequence[int]) -> dict[str, float]:
     """Precision, recall, NDCG, HR, MAP and coverage at each ``k`` in ``ks`` (see the module docstring).
 
@@ -483,25 +521,10 @@ def ranking_metrics(topk: np.ndarray, relevant: ItemSets, *, ks: Sequence[int]) 
     :data:`RANKING_METRICS`, e.g. ``"ndcg@10"``. Everything is vectorised over users: membership of every
     ``(user, item)`` in the relevant sets is one ``searchsorted`` over sorted ``user * n_items + item`` keys.
     """
-    topk = np.asarray(topk)
-    if topk.ndim != 2 or topk.shape[0] != relevant.n_rows:
-        raise ValueError(f"topk has shape {topk.shape} but there are {relevant.n_rows} relevant sets")
+    topk = _check_topk(topk, relevant)
     ks = _check_ks(ks, max_k=topk.shape[1])
-    n_rel_all = relevant.lengths()
-    users = np.flatnonzero(n_rel_all > 0)
-    if users.size == 0:
-        raise ValueError("no user has a relevant item; ranking metrics are undefined")
-    topk = topk[users, : max(ks)].astype(np.int64)
-    relevant = relevant.take(users)
-    n_rel = n_rel_all[users].astype(np.float64)
-    n_users, n_items = users.size, relevant.n_items
-
-    rel_keys = np.repeat(np.arange(n_users, dtype=np.int64), relevant.lengths()) * n_items + relevant.indices
-    cand_keys = np.arange(n_users, dtype=np.int64)[:, None] * n_items + topk
-    pos = np.minimum(np.searchsorted(rel_keys, cand_keys), rel_keys.size - 1)
-    hits = (rel_keys[pos] == cand_keys) & (topk >= 0)
-
-    discount = 1.0 / np.log2(np.arange(2, max(ks) + 2))
+    hits, n_rel, topk = _hits(topk, relevant, ks)
+    n_items = relevant.n_items
     cum_hits = np.cumsum(hits, axis=1)
     precision_at_i = cum_hits / np.arange(1, max(ks) + 1)
     out: dict[str, float] = {}
@@ -509,11 +532,10 @@ def ranking_metrics(topk: np.ndarray, relevant: ItemSets, *, ks: Sequence[int]) 
         h = hits[:, :k]
         n_hits = cum_hits[:, k - 1]
         ideal = np.minimum(n_rel, k).astype(np.int64)
-        idcg = np.cumsum(discount[:k])[ideal - 1]
         shown = topk[:, :k]
         out[f"precision@{k}"] = float(np.mean(n_hits / k))
         out[f"recall@{k}"] = float(np.mean(n_hits / n_rel))
-        out[f"ndcg@{k}"] = float(np.mean((h @ discount[:k]) / idcg))
+        out[f"ndcg@{k}"] = float(np.mean(_ndcg_rows(h, n_rel, k)))
         out[f"hr@{k}"] = float(np.mean(n_hits > 0))
         out[f"map@{k}"] = float(np.mean((precision_at_i[:, :k] * h).sum(axis=1) / ideal))
         listed = np.zeros(n_items, dtype=bool)  # a flag per item: np.unique over 2.5M entries took seconds

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from planted import prepared, trained  # noqa: F401  (fixtures)
+from planted import planted, prepared, trained  # noqa: F401  (fixtures)
 
 from embedrec.errors import ConfigError, DataError
 from embedrec.evaluation import evaluate_baselines, evaluate_ranking, evaluate_ratings
@@ -279,3 +279,30 @@ def test_evaluate_model_gives_the_same_numbers_with_or_without_the_user_index(
     # the chunks, not the threads, decide the numbers (BLAS may round a row differently in another block size)
     np.testing.assert_array_equal(threaded, in_threads(scorer.predict_pairs, chunk=4096, workers=1)(u, m))
     np.testing.assert_allclose(threaded, scorer.predict_pairs(u, m), rtol=1e-6)
+
+
+def test_a_paired_gain_is_the_difference_of_the_two_models_evaluations_with_its_error(
+    trained: Path, planted: Path, prepared
+) -> None:
+    from embedrec.artifacts import load_model
+    from embedrec.evaluation import evaluate_model, paired_gain
+    from embedrec.scoring import Scorer
+
+    new, base = (Scorer.from_artifact(load_model(path)) for path in (trained, planted))
+    gain = paired_gain(new, base, prepared, split="val")
+    ev = {
+        name: evaluate_model(s, prepared, split="val", baselines=False, variants=False)
+        for name, s in (("new", new), ("base", base))
+    }
+    assert gain.n_users == ev["new"]["n_users"] == ev["base"]["n_users"] > 50
+    assert gain.ndcg_gain == pytest.approx(ev["new"]["ndcg@10"] - ev["base"]["ndcg@10"], abs=1e-12)
+    assert gain.mse_gain == pytest.approx(ev["base"]["rmse"] ** 2 - ev["new"]["rmse"] ** 2, rel=1e-6)
+    assert gain.base_rmse == pytest.approx(ev["base"]["rmse"], rel=1e-6)
+    assert gain.n_ratings == int((prepared.split == 1).sum())
+    assert 0 < gain.ndcg_se < 0.1 and 0 < gain.mse_se
+    flipped = paired_gain(base, new, prepared, split="val")
+    assert flipped.ndcg_gain == pytest.approx(-gain.ndcg_gain) and flipped.ndcg_se == pytest.approx(gain.ndcg_se)
+    same = paired_gain(new, new, prepared, split="val")
+    assert same.ndcg_gain == same.ndcg_se == same.mse_gain == same.mse_se == 0.0
+    sample = paired_gain(new, base, prepared, split="val", max_users=40)
+    assert sample.n_users == 40 and sample.n_ratings == gain.n_ratings

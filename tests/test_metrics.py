@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from embedrec.metrics import ItemSets, mae, ranking_metrics, rmse, top_k, top_k_of_sums
+from embedrec.metrics import ItemSets, mae, ndcg_per_user, ranking_metrics, rmse, top_k, top_k_of_sums
 
 INV_LOG2_3 = 1.0 / math.log2(3)  # the discount at position 2
 
@@ -221,6 +221,19 @@ def test_ranking_metrics_by_hand() -> None:
     assert got["coverage@1"] == pytest.approx(2 / 6)  # {0, 3}; user 2's item 5 does not count
 
     assert set(got) == {f"{m}@{k}" for m in ("precision", "recall", "ndcg", "hr", "map", "coverage") for k in (1, 3)}
+
+
+def test_ndcg_per_user_holds_each_relevant_users_value_whose_mean_is_the_reported_ndcg() -> None:
+    topk = np.array([[0, 1, 2], [3, 5, 4], [5, 4, 3], [2, -1, -1]])
+    relevant = ItemSets.from_lists([[1, 4], [3], [], [0, 2]], n_items=6)
+    per_user = ndcg_per_user(topk, relevant, k=3)  # user 2 has no relevant item: left out
+    assert per_user == pytest.approx([INV_LOG2_3 / (1.0 + INV_LOG2_3), 1.0, 1.0 / (1.0 + INV_LOG2_3)])
+    assert per_user.mean() == ranking_metrics(topk, relevant, ks=(3,))["ndcg@3"]
+    assert ndcg_per_user(topk, relevant, k=1) == pytest.approx([0.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="k=4"):
+        ndcg_per_user(topk, relevant, k=4)
+    with pytest.raises(ValueError, match="relevant sets"):
+        ndcg_per_user(topk[:2], relevant, k=3)
 
 
 def test_recall_divides_by_all_relevant_and_map_by_min_relevant_k() -> None:
