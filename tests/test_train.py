@@ -449,13 +449,16 @@ def test_the_baseline_blend_is_the_same_network_with_its_rating_logit_mixed(prep
         return np.log(q / (1 - q))
 
     network = logit(head, tables)
-    for share in (1.0, 0.625):
+    for share in (1.0, 0.625, 0.0):  # 0: the bias baseline alone, its predictions exactly
         blended = blend_rating_biases({"head": head, "tables": tables}, baseline, share)
         expected = share * network + (1 - share) * baseline.logit(users, movies)
         np.testing.assert_allclose(logit(blended["head"], blended["tables"]), expected, atol=2e-3)
         for name in ("user_embedding", "movie_embedding", "genre_embedding"):  # the watch output is untouched
             np.testing.assert_array_equal(np.asarray(blended["tables"][name]), np.asarray(tables[name]))
     assert jax.tree.structure(blended["head"]) == jax.tree.structure(head)
+    alone = blend_rating_biases({"head": head, "tables": tables}, baseline, 0.0)
+    served = Scorer.from_weights(scoring_weights(alone["head"], alone["tables"], genres), model_cfg, shape)
+    np.testing.assert_allclose(served.predict_pairs(users, movies), baseline.predict(users, movies), atol=1e-5)
 
 
 def test_with_the_baseline_blend_training_keeps_the_share_that_the_val_split_prefers(prepared) -> None:
