@@ -5,6 +5,7 @@ split never influences anything."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -22,8 +23,10 @@ from embedrec.tune import (
     CONFIG_MARKER,
     best_trial_number,
     config_text,
+    gain_z,
     parse_budget,
     preset_point,
+    preset_trial_number,
     search_space,
     tune,
 )
@@ -74,6 +77,12 @@ def test_the_search_space_follows_the_data_size_and_holds_the_preset() -> None:
         "user_history": model_cfg.user_history,
     }
     assert small["user_history"].choices == (False, True) and model_cfg.user_history is False
+    tiny = {p.name: p for p in search_space(preset="default", n_train=5_000, n_movies=400)}
+    assert tiny["batch_size"].choices == (128,)
+    held = {p.name: p for p in search_space(preset="default", n_train=5_000, n_movies=400, holds=point)}
+    assert held["batch_size"].choices == (128, 256) and preset_point("default", list(held.values())) == point
+    wide = {p.name: p for p in search_space(preset="default", n_train=5_000, n_movies=400, holds={"lr": 0.05})}
+    assert (wide["lr"].low, wide["lr"].high) == (1e-3, 0.05) and wide["dropout"] == tiny["dropout"]
     rating_only = {p.name for p in search_space(preset="seed", n_train=14_000, n_movies=400)}
     assert "negatives" not in rating_only and "watch_weight" not in rating_only and "lr" in rating_only
     assert "user_history" not in rating_only
@@ -98,6 +107,51 @@ def test_the_best_trial_keeps_val_rmse_below_the_ceiling_when_any_trial_does() -
     assert best_trial_number(mixed, 0.945) == 2 and best_trial_number(mixed, 0.94) == 1  # equal is not below
     assert best_trial_number(study_of((0.30, 0.99), (0.32, 0.98)), 0.96) == 1  # none below: the best of all
     assert best_trial_number(study_of(), 0.96) is None
+
+
+def test_a_trial_replaces_the_preset_only_when_it_beats_it_beyond_the_val_noise() -> None:
+    import optuna
+
+    def study_of(*trials: tuple[float, dict]):  # (val NDCG@10, user attrs) of finished trials
+        study = optuna.create_study(direction="maximize")
+        for value, attrs in trials:
+            metrics = {"metrics": {"val_rmse": 0.9}}
+            study.add_trial(
+                optuna.trial.create_trial(value=value, params={}, distributions={}, user_attrs={**metrics, **attrs})
+            )
+        return study
+
+    preset_trial = (0.30, {"preset": True})
+    lucky = (0.34, {"vs_preset": {"z": 1.2, "significant": False}})
+    better = (0.32, {"vs_preset": {"z": 2.6, "significant": True}})
+    never_compared = (0.36, {})
+    assert best_trial_number(study_of(preset_trial, lucky, better, never_compared)) == 2
+    assert best_trial_number(study_of(preset_trial, lucky, never_compared)) == 0  # the preset stays
+    assert preset_trial_number(study_of(lucky, preset_trial)) == 1
+    # no finished preset trial (a study from before the marker, or its preset trial was stopped): by value alone
+    assert best_trial_number(study_of(lucky, better, never_compared)) == 2
+    assert preset_trial_number(study_of(lucky, better)) is None
+    # the RMSE ceiling comes first: a preset above it does not hold back the trials below it
+    assert best_trial_number(study_of(preset_trial, lucky), 0.95) == 0
+    assert best_trial_number(study_of(preset_trial, lucky), 0.85) == 0  # every trial above: the gate still holds
+
+
+def test_the_gain_over_the_preset_is_counted_in_standard_errors_of_the_objective() -> None:
+    from embedrec.evaluation import PairedGain
+
+    gain = PairedGain(
+        ndcg_gain=0.01, ndcg_se=0.004, n_users=500, mse_gain=0.02, mse_se=0.01, n_ratings=900, base_rmse=0.9
+    )
+    assert gain_z("ndcg@10", gain) == pytest.approx(2.5)
+    assert gain_z("rmse", gain) == pytest.approx(2.0)
+    w = 0.35 / (2 * 0.9)  # d RMSE = d MSE / (2 RMSE), weighed as the objective weighs RMSE
+    assert gain_z("both", gain) == pytest.approx((0.01 + w * 0.02) / np.hypot(0.004, w * 0.01))
+    nothing_ranked = PairedGain(
+        ndcg_gain=None, ndcg_se=None, n_users=0, mse_gain=0.02, mse_se=0.01, n_ratings=900, base_rmse=0.9
+    )
+    assert gain_z("ndcg@10", nothing_ranked) == -math.inf and gain_z("rmse", nothing_ranked) == pytest.approx(2.0)
+    same = PairedGain(ndcg_gain=0.0, ndcg_se=0.0, n_users=500, mse_gain=0.0, mse_se=0.0, n_ratings=900, base_rmse=0.9)
+    assert gain_z("ndcg@10", same) == 0.0  # the preset against itself is no gain
 
 
 def test_the_config_text_reads_back_as_the_same_settings(tmp_path: Path) -> None:
@@ -187,13 +241,23 @@ def test_tune_writes_a_config_that_train_uses(tuned, synthetic_prepared: Path) -
     # 2 epochs here, often none is)
     ceiling = report["rmse_ceiling"]
     below = [t for t in study.trials if t.user_attrs["metrics"]["val_rmse"] < ceiling]
-    assert best.value == pytest.approx(report["best"]["value"]) == max(t.value for t in below or study.trials)
+    # and among the preset's trial (the first) and those that beat it on val beyond the noise
+    assert study.trials[0].user_attrs["preset"] is True and report["preset_trial"] == 0
+    eligible = [
+        t for t in below or study.trials if t.number == 0 or t.user_attrs.get("vs_preset", {}).get("significant")
+    ]
+    assert best.value == pytest.approx(report["best"]["value"]) == max(t.value for t in eligible)
+    if report["best"]["trial"] != 0:
+        assert report["vs_preset"]["z"] >= 2.0
+    for t in study.trials[1:]:  # a trial that could have been the best was compared with the preset
+        if t.value > study.trials[0].value and t.user_attrs["metrics"]["val_rmse"] < ceiling:
+            assert t.user_attrs["vs_preset"]["n_users"] > 0
     assert 0.5 < ceiling < 1.5  # 0.99 x the bias baseline's val RMSE, on a 0.5..5 scale
     assert 0 < report["best"]["metrics"]["val_ndcg@10"] <= 1 and report["best"]["metrics"]["val_rmse"] > 0
-    # trial runs live under tune/, only the best is kept, and the user's `latest` model is not a trial
-    assert sorted(p.name for p in (work / "tune" / "models").glob("*/trial-*")) == [
-        f"trial-{report['best']['trial']:04d}"
-    ]
+    # trial runs live under tune/, only the best's and the preset's are kept, and the user's `latest` is not a trial
+    assert sorted(p.name for p in (work / "tune" / "models").glob("*/trial-*")) == sorted(
+        {f"trial-{report['best']['trial']:04d}", "trial-0000"}
+    )
     assert not (work / "models" / "latest").exists()
 
     run = work / "run"
@@ -251,7 +315,10 @@ def test_a_second_call_continues_the_study(tuned, synthetic_prepared: Path, tmp_
     trials = _study(work).trials
     assert [t.number for t in trials] == [0, 1, 2]
     assert trials[2].params != trials[1].params  # the resumed sampler does not replay the first call's samples
-    assert len(list((work / "tune" / "models").glob("*/trial-*"))) == 1
+    best = json.loads(done.stdout)["best"]["trial"]
+    assert sorted(p.name for p in (work / "tune" / "models").glob("*/trial-*")) == sorted(
+        {f"trial-{best:04d}", "trial-0000"}
+    )
     changed = run_cli(
         ["tune", "--data", str(synthetic_prepared), "--workdir", str(work), "--trials", "1", "--max-epochs", "3"], work
     )
@@ -303,10 +370,12 @@ def test_on_data_the_default_adapts_to_the_first_trial_is_what_train_trains(tmp_
     first = _study(tmp_path / "work").trials[0]
     default = {**to_dict(plan.model_cfg), **to_dict(plan.train_cfg)}
     n_train, _ = plan.prepared.split_extent(0)
-    space = search_space(preset="default", n_train=n_train, n_movies=plan.prepared.n_movies)
-    expected = {p.name: default[p.name] for p in space if p.contains(default[p.name])}  # the rest: outside it
-    assert {"user_history", "negatives", "lr"} <= set(expected)
-    assert {name: first.params[name] for name in expected} == expected
+    space = search_space(preset="default", n_train=n_train, n_movies=plan.prepared.n_movies, holds=default)
+    expected = {p.name: default[p.name] for p in space}
+    assert {"user_history", "negatives", "lr", "batch_size"} <= set(expected)
+    assert first.params == expected and first.user_attrs["preset"] is True  # every searched setting is the default's
+    # ~4,200 training ratings: only batch 128 keeps 50 steps an epoch, so the space holds 256 for the preset alone
+    assert next(p for p in space if p.name == "batch_size").choices == (128, 256)
 
 
 @pytest.mark.slow

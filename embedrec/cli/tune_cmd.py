@@ -23,7 +23,7 @@ from embedrec.cli.common import (
     console,
     handle_errors,
 )
-from embedrec.tune import TrialOutcome, TuneCallbacks  # light: Optuna loads inside the search
+from embedrec.tune import PRESET_MARGIN_Z, TrialOutcome, TuneCallbacks  # light: Optuna loads inside the search
 from embedrec.workdir import resolve_workdir
 
 _SHORT = {
@@ -239,6 +239,8 @@ def tune_cmd(
                     },
                     "trials": {"this_call": result.n_this_call, **result.counts},
                     "rmse_ceiling": result.rmse_ceiling,
+                    "preset_trial": result.preset_number,
+                    "vs_preset": result.vs_preset,
                 }
             )
         )
@@ -254,6 +256,17 @@ def tune_cmd(
         console.print(
             f"[yellow]no finished trial kept val RMSE below {ceiling:.4f} (1% under the bias baseline's); "
             "this one ranks best[/]",
+            highlight=False,
+        )
+    if result.preset_number is not None and result.best_number == result.preset_number:
+        console.print(
+            f"no trial beat the preset (trial {result.preset_number}) on val by {PRESET_MARGIN_Z:g} standard errors: "
+            "its settings are written",
+            highlight=False,
+        )
+    elif result.vs_preset is not None:
+        console.print(
+            f"it beats the preset (trial {result.preset_number}) on val by {result.vs_preset['z']:.1f} standard errors",
             highlight=False,
         )
     console.print(
