@@ -260,21 +260,10 @@ def evaluate_model(
         seed=seed,
     )
 
-    every_movie = scorer.every_movie
-
-    def rank_fn(ranking: Ranking, n_candidates: int | None) -> RankFn:
-        def rank(users: np.ndarray, k: int, seen_sets: ItemSets) -> np.ndarray:
-            emb, bias = scorer.user_rows(users)
-            return scorer.rank(
-                emb, bias, k, seen=seen_sets, allowed=every_movie, ranking=ranking, candidates=n_candidates
-            ).movie_idx
-
-        return rank
-
     result.update(
         evaluate_ranking(
             None,
-            rank_fn=rank_fn(scorer.ranking, candidates),
+            rank_fn=served_rank_fn(scorer, scorer.ranking, candidates),
             on_progress=stage("model"),
             max_users=max_users,
             batch_size=256,
@@ -290,7 +279,7 @@ def evaluate_model(
         result["variants"] = {
             "rating_only": evaluate_ranking(
                 None,
-                rank_fn=rank_fn(Ranking("rating"), None),
+                rank_fn=served_rank_fn(scorer, Ranking("rating"), None),
                 max_users=sample,
                 on_progress=stage("rating only"),
                 batch_size=256,
@@ -298,7 +287,7 @@ def evaluate_model(
             ),
             "watch_only": evaluate_ranking(
                 None,
-                rank_fn=rank_fn(Ranking("blend", 0.0), None),
+                rank_fn=served_rank_fn(scorer, Ranking("blend", 0.0), None),
                 max_users=sample,
                 on_progress=stage("watch only"),
                 batch_size=256,
@@ -610,15 +599,27 @@ def paired_gain(
     )
 
 
+def served_rank_fn(scorer: Scorer, ranking: Ranking | None, candidates: int | None) -> RankFn:
+    """The :data:`RankFn` of ``scorer`` ranking by ``ranking`` (None: its served one) over every movie, two-stage
+    with ``candidates``: how ``evaluate`` ranks a model."""
+    every_movie = scorer.every_movie
+
+    def rank(users: np.ndarray, k: int, seen_sets: ItemSets) -> np.ndarray:
+        emb, bias = scorer.user_rows(users)
+        return scorer.rank(
+            emb, bias, k, seen=seen_sets, allowed=every_movie, ranking=ranking, candidates=candidates
+        ).movie_idx
+
+    return rank
+
+
 def _served_top(scorer: Scorer, seen: ItemSets, users: np.ndarray, k: int, candidates: int | None) -> np.ndarray:
     """(users, k) the served top ``k`` of each user (-1 pads), ranked as ``evaluate`` ranks."""
-    pool = scorer.every_movie
+    rank = served_rank_fn(scorer, None, candidates)
     top = np.empty((users.size, k), np.int64)
     for start in range(0, users.size, 256):
         batch = users[start : start + 256]
-        emb, bias = scorer.user_rows(batch)
-        ranked = scorer.rank(emb, bias, k, seen=seen.take(batch), allowed=pool, candidates=candidates)
-        top[start : start + batch.size] = ranked.movie_idx
+        top[start : start + batch.size] = rank(batch, k, seen.take(batch))
     return top
 
 

@@ -478,8 +478,8 @@ class _Search:
     best_before: int | None
     ceiling: float | None = None  # a trial with val RMSE at or above it is chosen only when every trial is
     several: bool = False  # one of several processes (this one process 0): trials are announced to the others
+    prepared: Any = None  # the data_path folder, as _tune_here loaded it (compare_with_preset ranks its val split)
     _preset_scorer: Any = None  # the preset trial's model, loaded once (compare_with_preset)
-    _prepared: Any = None
 
     def run_dir(self, number: int) -> Path:
         return self.runs_root / f"{TRIAL_PREFIX}{number:04d}"
@@ -549,7 +549,6 @@ class _Search:
         import optuna
 
         from embedrec.artifacts import load_model
-        from embedrec.data.store import load_prepared
         from embedrec.evaluation import paired_gain
         from embedrec.scoring import Scorer
 
@@ -565,10 +564,8 @@ class _Search:
                 return  # it cannot become the best trial: no need to know
         if self._preset_scorer is None:
             self._preset_scorer = Scorer.from_artifact(load_model(self.run_dir(preset)))
-        if self._prepared is None:
-            self._prepared = load_prepared(self.data_path)
         gain = paired_gain(
-            Scorer.from_artifact(load_model(run_dir)), self._preset_scorer, self._prepared, max_users=PAIRED_USERS
+            Scorer.from_artifact(load_model(run_dir)), self._preset_scorer, self.prepared, max_users=PAIRED_USERS
         )
         z = gain_z(self.objective, gain)
         trial.set_user_attr("vs_preset", {**gain.to_dict(), "z": round(z, 3), "significant": z >= PRESET_MARGIN_Z})
@@ -890,6 +887,7 @@ def _tune_here(
         best_before=best_trial_number(study, ceiling),
         ceiling=ceiling,
         several=several,
+        prepared=prepared,
     )
     search.callbacks.on_start(
         {
