@@ -13,7 +13,7 @@ they are deterministic), then trains the default preset once per seed exactly as
 ``embedrec evaluate`` does, on the test split under full ranking. Relevant = a test rating in the top quarter of
 the rating scale (4 of 1..5, 8 of 2..10), as training's own validation uses.
 
-Rows (all real MovieLens-100K from the RecBole wheel, except the three synthetic ones):
+Rows (all real MovieLens-100K from the RecBole wheel, except the four synthetic ones):
 
 * ``ml100k-random``: random 70/10/20 split (the split the first defaults were tuned on);
 * ``ml100k-temporal``: one global time cut-off, the latest 20% of ratings are test (many test users are new);
@@ -37,7 +37,13 @@ Rows (all real MovieLens-100K from the RecBole wheel, except the three synthetic
 * ``ml100k-thin-01``: a seeded random 8% of each user's ratings (at least 3), the stars mapped to 0..1
   (``(stars - 1) / 4``) and read as a generic CSV, random split: ~10 ratings a user and ~7 a movie on a continuous
   scale, sparser than any other row (added 2026-12-07; the shape of the data the project is also judged on, which
-  is sparser than ML-100K and on another scale; an ad-hoc probe of it found the shrinkage fix of 2026-12-01).
+  is sparser than ML-100K and on another scale; an ad-hoc probe of it found the shrinkage fix of 2026-12-01);
+* ``ml100k-long-users``: every rating of a seeded random 40% of the users (another seed than few-users'), on
+  1..5, random split: long histories (~77 training ratings a user) on a sparse catalogue (~20 a movie);
+* ``synthetic-latest-small``: the synthetic generator (seed 7) at 600 users x 9,000 movies x 100,000 ratings on its
+  own 0.5..5 half stars: the shape and scale of MovieLens latest-small (~117 training ratings a user, ~9 a movie).
+  These two were added on 2026-12-07 to check the long-history weight decay (chosen on few-users) on data it was
+  not chosen on.
 
 Targets (issue #11), for every row: NDCG@10 >= 1.1 x most popular and >= 0.9 x EASE; RMSE >= 2% below the bias
 baseline (on the temporal row: below it). The ``ok`` column says which hold for the mean over seeds.
@@ -76,12 +82,20 @@ ROWS = (
     "synthetic-sparse-short",
     "synthetic-sparse-30",
     "ml100k-thin-01",
+    "ml100k-long-users",
+    "synthetic-latest-small",
 )
-SPARSE_SYNTHETIC = {"synthetic-sparse-short": (4_000, 6_000, 80_000), "synthetic-sparse-30": (2_000, 6_000, 85_000)}
+SPARSE_SYNTHETIC = {
+    "synthetic-sparse-short": (4_000, 6_000, 80_000),
+    "synthetic-sparse-30": (2_000, 6_000, 85_000),
+    "synthetic-latest-small": (600, 9_000, 100_000),  # the shape of MovieLens latest-small: ~165 a user, ~11 a movie
+}
+HALF_STAR_SYNTHETIC = ("synthetic-latest-small",)  # kept on the generator's 0.5..5 half stars, as latest-small is
 SPARSE_SYNTHETIC_SEED = 7
 DEFAULT_SEEDS = (42, 1, 2)
 DEFAULT_CACHE = Path.home() / ".cache" / "embedrec" / "quality"  # the prepared rows, kept between runs
 THIN_SEED = 11  # the thinned catalogues are fixed data sets: their own seed, not a training seed
+LONG_USERS_SEED = 12  # ml100k-long-users: a user sample drawn apart from few-users' (THIN_SEED)
 BASELINE_ROWS = ("global_mean", "bias", "popular", "top_rated", "ease")
 
 
@@ -140,6 +154,8 @@ RECIPES = {
     "synthetic-sparse-short": "synthetic seed 7, 4000 x 6000 x 80000, 1..10 (rint(2 x stars)), random split",
     "synthetic-sparse-30": "synthetic seed 7, 2000 x 6000 x 85000, 1..10 (rint(2 x stars)), random split",
     "ml100k-thin-01": "ML-100K, 8% of each user's ratings (at least 3), seed 11, (stars - 1) / 4 on 0..1, random split",
+    "ml100k-long-users": "ML-100K, every rating of 40% of the users, seed 12, 1..5, random split",
+    "synthetic-latest-small": "synthetic seed 7, 600 x 9000 x 100000, 0.5..5 half stars, random split",
 }
 
 
@@ -171,7 +187,9 @@ def _prepare_row(row: str, cache: Path) -> Path:
     raw = cache / f"{row}-raw"
     raw.mkdir(parents=True, exist_ok=True)
     ratings, movies = _sparse_synthetic_frames(row) if row in SPARSE_SYNTHETIC else _ml100k_frames()
-    if row in SPARSE_SYNTHETIC:
+    if row in HALF_STAR_SYNTHETIC:
+        thinned, scale = ratings, (0.5, 5.0)
+    elif row in SPARSE_SYNTHETIC:
         thinned = ratings.assign(rating=np.rint(ratings["rating"] * 2).clip(1, 10))  # half stars -> 1..10
         scale = (1.0, 10.0)
     elif row == "ml100k-sparse":
@@ -183,6 +201,11 @@ def _prepare_row(row: str, cache: Path) -> Path:
         thinned = ratings[ratings["userId"].isin(kept)]
         thinned = thinned.assign(rating=thinned["rating"] * 2)
         scale = (2.0, 10.0)
+    elif row == "ml100k-long-users":  # another sample of long histories than few-users', on the 1..5 scale
+        users = ratings["userId"].unique()
+        kept = np.random.default_rng(LONG_USERS_SEED).choice(users, size=int(0.4 * len(users)), replace=False)
+        thinned = ratings[ratings["userId"].isin(kept)]
+        scale = (1.0, 5.0)
     elif row == "ml100k-sparse-users":
         thinned = _thin(ratings, by="userId", keep=0.15, at_least=5, seed=THIN_SEED)
         scale = (1.0, 5.0)
