@@ -141,6 +141,13 @@ def _thin(ratings: Any, *, by: str, keep: float, at_least: int, seed: int) -> An
     return shuffled[rank < quota].sort_index()
 
 
+def _some_users(ratings: Any, *, share: float, seed: int) -> Any:
+    """Every rating of a seeded random ``share`` of the users (rounded down)."""
+    users = ratings["userId"].unique()
+    kept = np.random.default_rng(seed).choice(users, size=int(share * len(users)), replace=False)
+    return ratings[ratings["userId"].isin(kept)]
+
+
 # what each row's data is: a cached folder prepared by another recipe (an older row of the same name) is redone
 RECIPES = {
     "ml100k-random": "ML-100K, random split",
@@ -196,15 +203,11 @@ def _prepare_row(row: str, cache: Path) -> Path:
         thinned = _thin(ratings, by="movieId", keep=0.25, at_least=1, seed=THIN_SEED)
         scale = (1.0, 5.0)
     elif row == "ml100k-few-users":
-        users = ratings["userId"].unique()
-        kept = np.random.default_rng(THIN_SEED).choice(users, size=len(users) // 3, replace=False)
-        thinned = ratings[ratings["userId"].isin(kept)]
+        thinned = _some_users(ratings, share=1 / 3, seed=THIN_SEED)
         thinned = thinned.assign(rating=thinned["rating"] * 2)
         scale = (2.0, 10.0)
     elif row == "ml100k-long-users":  # another sample of long histories than few-users', on the 1..5 scale
-        users = ratings["userId"].unique()
-        kept = np.random.default_rng(LONG_USERS_SEED).choice(users, size=int(0.4 * len(users)), replace=False)
-        thinned = ratings[ratings["userId"].isin(kept)]
+        thinned = _some_users(ratings, share=0.4, seed=LONG_USERS_SEED)
         scale = (1.0, 5.0)
     elif row == "ml100k-sparse-users":
         thinned = _thin(ratings, by="userId", keep=0.15, at_least=5, seed=THIN_SEED)

@@ -71,6 +71,7 @@ from embedrec.workdir import atomic_write_text, set_latest_run
 if TYPE_CHECKING:
     import optuna
 
+    from embedrec.data.store import PreparedData
     from embedrec.distributed import Cluster
     from embedrec.evaluation import PairedGain
 
@@ -467,6 +468,7 @@ class _Search:
     objective: str
     fixed: dict[str, Any]  # preset, epochs, seed: the same for every trial
     data_path: Path
+    prepared: PreparedData  # the data_path folder, as _tune_here loaded it (compare_with_preset ranks its val split)
     data_dir: Path | None  # as the user gave it (for the printed command)
     workdir: Path
     root: Path
@@ -478,7 +480,6 @@ class _Search:
     best_before: int | None
     ceiling: float | None = None  # a trial with val RMSE at or above it is chosen only when every trial is
     several: bool = False  # one of several processes (this one process 0): trials are announced to the others
-    prepared: Any = None  # the data_path folder, as _tune_here loaded it (compare_with_preset ranks its val split)
     _preset_scorer: Any = None  # the preset trial's model, loaded once (compare_with_preset)
 
     def run_dir(self, number: int) -> Path:
@@ -876,6 +877,7 @@ def _tune_here(
         objective=objective,
         fixed=fixed,
         data_path=data_path,
+        prepared=prepared,
         data_dir=data_dir,
         workdir=workdir,
         root=root,
@@ -887,7 +889,6 @@ def _tune_here(
         best_before=best_trial_number(study, ceiling),
         ceiling=ceiling,
         several=several,
-        prepared=prepared,
     )
     search.callbacks.on_start(
         {
