@@ -44,6 +44,10 @@ Rows (all real MovieLens-100K from the RecBole wheel, except the four synthetic 
   own 0.5..5 half stars: the shape and scale of MovieLens latest-small (~117 training ratings a user, ~9 a movie).
   These two were added on 2026-12-07 to check the long-history weight decay (chosen on few-users) on data it was
   not chosen on.
+* ``ml100k-thin-bare`` and ``ml100k-sparse-users-bare``: ``ml100k-thin-01``'s and ``ml100k-sparse-users``' ratings
+  as a bare ``userId,movieId,rating`` file, with no movies file (so no genres and no release years) and no
+  timestamps: what a user's own data often is, and where the genre and year prior of the blend's bias baseline has
+  nothing to work with (added 2026-12-07, fourth session).
 
 Targets (issue #11), for every row: NDCG@10 >= 1.1 x most popular and >= 0.9 x EASE; RMSE >= 2% below the bias
 baseline (on the temporal row: below it). The ``ok`` column says which hold for the mean over seeds.
@@ -84,7 +88,15 @@ ROWS = (
     "ml100k-thin-01",
     "ml100k-long-users",
     "synthetic-latest-small",
+    "ml100k-thin-bare",
+    "ml100k-sparse-users-bare",
+    "synthetic-sparse-short-bare",
 )
+BARE_OF = {  # a ratings file alone (no movies file: no genres, no years; no timestamps), and the row it strips
+    "ml100k-thin-bare": "ml100k-thin-01",
+    "ml100k-sparse-users-bare": "ml100k-sparse-users",
+    "synthetic-sparse-short-bare": "synthetic-sparse-short",
+}
 SPARSE_SYNTHETIC = {
     "synthetic-sparse-short": (4_000, 6_000, 80_000),
     "synthetic-sparse-30": (2_000, 6_000, 85_000),
@@ -163,6 +175,9 @@ RECIPES = {
     "ml100k-thin-01": "ML-100K, 8% of each user's ratings (at least 3), seed 11, (stars - 1) / 4 on 0..1, random split",
     "ml100k-long-users": "ML-100K, every rating of 40% of the users, seed 12, 1..5, random split",
     "synthetic-latest-small": "synthetic seed 7, 600 x 9000 x 100000, 0.5..5 half stars, random split",
+    "ml100k-thin-bare": "ml100k-thin-01's ratings, userId,movieId,rating only (no movies file), 0..1, random split",
+    "ml100k-sparse-users-bare": "ml100k-sparse-users' ratings, userId,movieId,rating only (no movies file), 1..5",
+    "synthetic-sparse-short-bare": "synthetic-sparse-short's ratings, userId,movieId,rating only (no movies file)",
 }
 
 
@@ -191,12 +206,13 @@ def _prepare_row(row: str, cache: Path) -> Path:
         split = {"ml100k-random": "random", "ml100k-temporal": "temporal", "ml100k-llo": "leave-last-out"}[row]
         prepare(fetch_ml100k(), out=out, config=PrepareConfig(split=split))
         return out
+    source = BARE_OF.get(row, row)  # a bare row thins as the row it strips
     raw = cache / f"{row}-raw"
     raw.mkdir(parents=True, exist_ok=True)
-    ratings, movies = _sparse_synthetic_frames(row) if row in SPARSE_SYNTHETIC else _ml100k_frames()
-    if row in HALF_STAR_SYNTHETIC:
+    ratings, movies = _sparse_synthetic_frames(source) if source in SPARSE_SYNTHETIC else _ml100k_frames()
+    if source in HALF_STAR_SYNTHETIC:
         thinned, scale = ratings, (0.5, 5.0)
-    elif row in SPARSE_SYNTHETIC:
+    elif source in SPARSE_SYNTHETIC:
         thinned = ratings.assign(rating=np.rint(ratings["rating"] * 2).clip(1, 10))  # half stars -> 1..10
         scale = (1.0, 10.0)
     elif row == "ml100k-sparse":
@@ -209,10 +225,10 @@ def _prepare_row(row: str, cache: Path) -> Path:
     elif row == "ml100k-long-users":  # another sample of long histories than few-users', on the 1..5 scale
         thinned = _some_users(ratings, share=0.4, seed=LONG_USERS_SEED)
         scale = (1.0, 5.0)
-    elif row == "ml100k-sparse-users":
+    elif source == "ml100k-sparse-users":
         thinned = _thin(ratings, by="userId", keep=0.15, at_least=5, seed=THIN_SEED)
         scale = (1.0, 5.0)
-    elif row == "ml100k-thin-01":
+    elif source == "ml100k-thin-01":
         thinned = _thin(ratings, by="userId", keep=0.08, at_least=3, seed=THIN_SEED)
         thinned = thinned.assign(rating=(thinned["rating"] - 1.0) / 4.0)
         scale = (0.0, 1.0)
@@ -221,13 +237,18 @@ def _prepare_row(row: str, cache: Path) -> Path:
         scale = (-10.0, 10.0)
     else:
         raise SystemExit(f"--rows: unknown row {row!r}; choose from {', '.join(ROWS)}")
+    movies_file = None
+    if row in BARE_OF:
+        thinned = thinned[["userId", "movieId", "rating"]]
+    else:
+        movies.to_csv(raw / "movies.csv", index=False)
+        movies_file = str(raw / "movies.csv")
     thinned.to_csv(raw / "ratings.csv", index=False)
-    movies.to_csv(raw / "movies.csv", index=False)
     prepare(
         raw / "ratings.csv",
         out=out,
         config=PrepareConfig(
-            format="csv", ratings_file=str(raw / "ratings.csv"), movies_file=str(raw / "movies.csv"), rating_scale=scale
+            format="csv", ratings_file=str(raw / "ratings.csv"), movies_file=movies_file, rating_scale=scale
         ),
     )
     return out
