@@ -13,7 +13,7 @@ they are deterministic), then trains the default preset once per seed exactly as
 ``embedrec evaluate`` does, on the test split under full ranking. Relevant = a test rating in the top quarter of
 the rating scale (4 of 1..5, 8 of 2..10), as training's own validation uses.
 
-Rows (all real MovieLens-100K from the RecBole wheel, except the four synthetic ones):
+Rows (all real MovieLens-100K from the RecBole wheel, except the five synthetic ones):
 
 * ``ml100k-random``: random 70/10/20 split (the split the first defaults were tuned on);
 * ``ml100k-temporal``: one global time cut-off, the latest 20% of ratings are test (many test users are new);
@@ -44,10 +44,11 @@ Rows (all real MovieLens-100K from the RecBole wheel, except the four synthetic 
   own 0.5..5 half stars: the shape and scale of MovieLens latest-small (~117 training ratings a user, ~9 a movie).
   These two were added on 2026-12-07 to check the long-history weight decay (chosen on few-users) on data it was
   not chosen on.
-* ``ml100k-thin-bare`` and ``ml100k-sparse-users-bare``: ``ml100k-thin-01``'s and ``ml100k-sparse-users``' ratings
-  as a bare ``userId,movieId,rating`` file, with no movies file (so no genres and no release years) and no
-  timestamps: what a user's own data often is, and where the genre and year prior of the blend's bias baseline has
-  nothing to work with (added 2026-12-07, fourth session).
+* ``ml100k-thin-bare``, ``ml100k-sparse-users-bare`` and ``synthetic-sparse-short-bare``: the ratings of
+  ``ml100k-thin-01``, ``ml100k-sparse-users`` and ``synthetic-sparse-short`` as a bare ``userId,movieId,rating``
+  file, with no movies file (so no genres and no release years) and no timestamps: what a user's own data often
+  is, and where the genre and year prior of the blend's bias baseline has nothing to work with (added 2026-12-07,
+  fourth session).
 
 Targets (issue #11), for every row: NDCG@10 >= 1.1 x most popular and >= 0.9 x EASE; RMSE >= 2% below the bias
 baseline (on the temporal row: below it). The ``ok`` column says which hold for the mean over seeds.
@@ -206,7 +207,7 @@ def _prepare_row(row: str, cache: Path) -> Path:
         split = {"ml100k-random": "random", "ml100k-temporal": "temporal", "ml100k-llo": "leave-last-out"}[row]
         prepare(fetch_ml100k(), out=out, config=PrepareConfig(split=split))
         return out
-    source = BARE_OF.get(row, row)  # a bare row thins as the row it strips
+    source = BARE_OF.get(row, row)  # the recipe below: a bare row's is the row it strips
     raw = cache / f"{row}-raw"
     raw.mkdir(parents=True, exist_ok=True)
     ratings, movies = _sparse_synthetic_frames(source) if source in SPARSE_SYNTHETIC else _ml100k_frames()
@@ -215,14 +216,14 @@ def _prepare_row(row: str, cache: Path) -> Path:
     elif source in SPARSE_SYNTHETIC:
         thinned = ratings.assign(rating=np.rint(ratings["rating"] * 2).clip(1, 10))  # half stars -> 1..10
         scale = (1.0, 10.0)
-    elif row == "ml100k-sparse":
+    elif source == "ml100k-sparse":
         thinned = _thin(ratings, by="movieId", keep=0.25, at_least=1, seed=THIN_SEED)
         scale = (1.0, 5.0)
-    elif row == "ml100k-few-users":
+    elif source == "ml100k-few-users":
         thinned = _some_users(ratings, share=1 / 3, seed=THIN_SEED)
         thinned = thinned.assign(rating=thinned["rating"] * 2)
         scale = (2.0, 10.0)
-    elif row == "ml100k-long-users":  # another sample of long histories than few-users', on the 1..5 scale
+    elif source == "ml100k-long-users":  # another sample of long histories than few-users', on the 1..5 scale
         thinned = _some_users(ratings, share=0.4, seed=LONG_USERS_SEED)
         scale = (1.0, 5.0)
     elif source == "ml100k-sparse-users":
@@ -232,7 +233,7 @@ def _prepare_row(row: str, cache: Path) -> Path:
         thinned = _thin(ratings, by="userId", keep=0.08, at_least=3, seed=THIN_SEED)
         thinned = thinned.assign(rating=(thinned["rating"] - 1.0) / 4.0)
         scale = (0.0, 1.0)
-    elif row == "ml100k-wide-scale":
+    elif source == "ml100k-wide-scale":
         thinned = ratings.assign(rating=(ratings["rating"] - 3.0) * 5.0)
         scale = (-10.0, 10.0)
     else:
