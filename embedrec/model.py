@@ -54,11 +54,19 @@ class EmbeddingTable(nnx.Param):
 
 @dataclass(frozen=True)
 class GenreInputs:
-    """Per-movie genre slots: (n_movies, G) indices into the genre table and (n_movies, G) weights."""
+    """Per-movie genre slots: (n_movies, G) indices into the genre table and (n_movies, G) weights; ``learned``:
+    the slots are movie clusters learned from the ratings (:mod:`embedrec.movie_clusters`), not the catalogue's."""
 
     idx: np.ndarray
     weight: np.ndarray
     n_genres: int
+    learned: bool = False
+
+    def dense(self) -> np.ndarray:
+        """(n_movies, n_genres) float64: each movie's weight on each genre row."""
+        out = np.zeros((self.idx.shape[0], self.n_genres))
+        np.add.at(out, (np.arange(self.idx.shape[0])[:, None], self.idx), self.weight)
+        return out
 
 
 def genre_inputs(prepared: PreparedData, genre_mode: str) -> GenreInputs:

@@ -111,6 +111,7 @@ def adapt_to_prepared(
         n_users=prepared.users_rated(TRAIN),
         n_val=n_val if isinstance(n_val, int) else None,
         split_method=_split_method(prepared),
+        bare=prepared.n_genres == 0,
         explicit=explicit,
     )
 

@@ -393,17 +393,36 @@ class Initialised:
     used: bool = False  # set by the run that trains it
 
 
+def _genre_input(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig) -> GenreInputs:
+    """The movies' genre input: their genres, or with ``movie_clusters`` the clusters learned from the train split
+    (seeded by the run's seed, so a resumed run recomputes the same ones)."""
+    if not model_cfg.movie_clusters:
+        return genre_inputs(prepared, model_cfg.genre_mode)
+    from embedrec.movie_clusters import movie_clusters
+
+    train_split = Ratings.of_split(prepared, TRAIN, np.float32)
+    found = movie_clusters(
+        train_split.users,
+        train_split.movies,
+        n_users=prepared.n_users,
+        n_movies=prepared.n_movies,
+        k=model_cfg.movie_clusters,
+        seed=train_cfg.seed,
+    )
+    return GenreInputs(found.idx, found.weight, found.n_clusters, learned=True)
+
+
 def initialise(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig) -> Initialised:
     """The freshly initialised model and train state that :func:`train` starts from (a resumed run replaces the
     state with its checkpoint's).
 
-    Needs the prepared folder's summary and movie table, not its ratings: :func:`embedrec.runs.train_run` calls it in
-    a background thread (importing JAX there too) while the ratings are read, and passes the future to
-    :func:`train`. Most of its time is small XLA compilations, one per table shape; the weights are the same
-    whichever thread draws them.
+    Needs the prepared folder's summary and movie table, not its ratings (but for ``movie_clusters``, learned from
+    the train split's pairs in this thread too): :func:`embedrec.runs.train_run` calls it in a background thread
+    (importing JAX there too) while the ratings are read, and passes the future to :func:`train`. Most of its time
+    is small XLA compilations, one per table shape; the weights are the same whichever thread draws them.
     """
     check_settings(model_cfg, train_cfg)
-    genres = genre_inputs(prepared, model_cfg.genre_mode)
+    genres = _genre_input(prepared, model_cfg, train_cfg)
     shape = data_shape(prepared, genres)
     bsz = train_cfg.batch_size
     # a genre table with at most twice as many rows as a step has genre slots (single genres always; the original's
@@ -1005,7 +1024,9 @@ def _blend_with_baseline(run: Run, final: dict[str, Any]) -> tuple[dict[str, Any
     from embedrec.evaluation import in_threads
 
     train_split, val, shape = run.train_split, run.val_scored, run.shape
-    features = movie_prior_features(run.prepared.movie_genre_multi_hot(), run.prepared.movie_year())
+    # the movies' genres, or the clusters learned in their place
+    genres = run.genres.dense() if run.genres.learned else run.prepared.movie_genre_multi_hot()
+    features = movie_prior_features(genres, run.prepared.movie_year())
     baseline = SigmoidBiasBaseline(rating_min=shape.rating_min, rating_max=shape.rating_max).fit(
         train_split.users,
         train_split.movies,

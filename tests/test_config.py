@@ -128,3 +128,34 @@ def test_the_default_preset_adapts_to_a_sparse_catalogue_but_never_overrides_the
         )
         assert by_time.rating_embedding_grad == 0.1 and by_time.baseline_blend and not by_time_model.user_history
         assert why["because"] == f"a {split} split (the model is judged on later ratings)"
+
+
+def test_a_sparse_catalogue_without_genres_learns_movie_clusters_in_their_place() -> None:
+    model_cfg, train_cfg = preset("default")
+    bare_model, _, why = adapt_to_data(
+        "default", model_cfg, train_cfg, n_train=11_000, n_movies_rated=1_280, n_users=943, bare=True
+    )
+    assert bare_model.movie_clusters == 16 and why["movie_clusters"] == 16
+    assert why["because"].endswith(
+        "; no genres, and 92 co-ratings per movie (>= 50: movie clusters learned from the ratings stand in for the"
+        " genres)"
+    )
+    thin = adapt_to_data("default", model_cfg, train_cfg, n_train=6_000, n_movies_rated=1_100, n_users=943, bare=True)
+    assert thin[0].movie_clusters == 0  # 5.5 a movie x 5.4 other ratings of its users: too few to cluster
+    with_genres = adapt_to_data("default", model_cfg, train_cfg, n_train=11_000, n_movies_rated=1_280, n_users=943)
+    assert with_genres[0].movie_clusters == 0 and "movie_clusters" not in with_genres[2]
+    dense_bare = adapt_to_data(
+        "default", model_cfg, train_cfg, n_train=70_000, n_movies_rated=1_650, n_users=943, bare=True
+    )
+    assert dense_bare[0].movie_clusters == 0  # measured on sparse catalogues only
+    for explicit, mine in (({"movie_clusters"}, model_cfg), (set(), model_cfg.replace(movie_clusters=40))):
+        kept = adapt_to_data(
+            "default", mine, train_cfg, n_train=11_000, n_movies_rated=1_280, n_users=943, bare=True, explicit=explicit
+        )
+        assert kept[0].movie_clusters == mine.movie_clusters and "movie_clusters" not in kept[2]
+    no_watch = adapt_to_data(
+        "default", model_cfg.replace(watch_head=False), train_cfg, n_train=11_000, n_movies_rated=1_280, bare=True
+    )
+    assert no_watch[0].movie_clusters == 0
+    with pytest.raises(ConfigError, match="movie_clusters"):
+        ModelConfig(movie_clusters=-1)
