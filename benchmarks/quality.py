@@ -48,7 +48,9 @@ Rows (all real MovieLens-100K from the RecBole wheel, except the five synthetic 
   ``ml100k-thin-01``, ``ml100k-sparse-users`` and ``synthetic-sparse-short`` as a bare ``userId,movieId,rating``
   file, with no movies file (so no genres and no release years) and no timestamps: what a user's own data often
   is, and where the genre and year prior of the blend's bias baseline has nothing to work with (added 2026-12-07,
-  fourth session).
+  fourth session); ``ml100k-sparse-bare``, ``ml100k-few-users-bare`` and ``synthetic-sparse-30-bare`` the same of
+  ``ml100k-sparse``, ``ml100k-few-users`` and ``synthetic-sparse-30``, added the next session as check rows for the
+  movie clusters (chosen on the first three).
 
 Targets (issue #11), for every row: NDCG@10 >= 1.1 x most popular and >= 0.9 x EASE; RMSE >= 2% below the bias
 baseline (on the temporal row: below it). The ``ok`` column says which hold for the mean over seeds.
@@ -92,11 +94,17 @@ ROWS = (
     "ml100k-thin-bare",
     "ml100k-sparse-users-bare",
     "synthetic-sparse-short-bare",
+    "ml100k-sparse-bare",
+    "ml100k-few-users-bare",
+    "synthetic-sparse-30-bare",
 )
 BARE_OF = {  # a ratings file alone (no movies file: no genres, no years; no timestamps), and the row it strips
     "ml100k-thin-bare": "ml100k-thin-01",
     "ml100k-sparse-users-bare": "ml100k-sparse-users",
     "synthetic-sparse-short-bare": "synthetic-sparse-short",
+    "ml100k-sparse-bare": "ml100k-sparse",
+    "ml100k-few-users-bare": "ml100k-few-users",
+    "synthetic-sparse-30-bare": "synthetic-sparse-30",
 }
 SPARSE_SYNTHETIC = {
     "synthetic-sparse-short": (4_000, 6_000, 80_000),
@@ -179,6 +187,9 @@ RECIPES = {
     "ml100k-thin-bare": "ml100k-thin-01's ratings, userId,movieId,rating only (no movies file), 0..1, random split",
     "ml100k-sparse-users-bare": "ml100k-sparse-users' ratings, userId,movieId,rating only (no movies file), 1..5",
     "synthetic-sparse-short-bare": "synthetic-sparse-short's ratings, userId,movieId,rating only (no movies file)",
+    "ml100k-sparse-bare": "ml100k-sparse's ratings, userId,movieId,rating only (no movies file), 1..5",
+    "ml100k-few-users-bare": "ml100k-few-users' ratings, userId,movieId,rating only (no movies file), 2..10",
+    "synthetic-sparse-30-bare": "synthetic-sparse-30's ratings, userId,movieId,rating only (no movies file)",
 }
 
 
