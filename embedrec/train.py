@@ -412,6 +412,18 @@ def _genre_input(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: Trai
     return GenreInputs(found.idx, found.weight, found.n_clusters, learned=True)
 
 
+def _process_0s_clusters(genres: GenreInputs) -> GenreInputs:
+    """Process 0's learned movie clusters, on every process of a distributed run (a collective). Each process learns
+    its own from the same ratings and seed, but another host's BLAS may round the SVD differently and move a movie
+    that lies near a cluster boundary; the run must train one genre input."""
+    from dataclasses import replace
+
+    from jax.experimental import multihost_utils
+
+    idx, weight = multihost_utils.broadcast_one_to_all((genres.idx, genres.weight))
+    return replace(genres, idx=np.asarray(idx, np.int32), weight=np.asarray(weight, np.float32))
+
+
 def initialise(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig) -> Initialised:
     """The freshly initialised model and train state that :func:`train` starts from (a resumed run replaces the
     state with its checkpoint's).
@@ -501,6 +513,8 @@ def _set_up(
             raise ValueError("the initialised model has trained a run already: call initialise again for another")
         init.used = True
         genres, model, layout = init.genres, init.model, init.layout
+        if genres.learned and jax.process_count() > 1:
+            genres = _process_0s_clusters(genres)
         inputs.update({"genre_idx": genres.idx, "genre_w": genres.weight})
         settings = StepSettings(
             batch_size=bsz,

@@ -5,7 +5,9 @@ processes finish the run, and the weights equal one uninterrupted process with t
 One test rather than one per hand-over: each start of a cluster costs a JAX import, a gloo join and a compile on
 every process, which on CI's two cores is most of the time. For the same reason the run has the ``user_history``
 input on: its sampled histories are one more thing every process must draw alike, and everything the default
-model trains is trained with it (the default's own step is held equal on one and two devices in test_train.py)."""
+model trains is trained with it (the default's own step is held equal on one and two devices in test_train.py);
+and learned movie clusters in the genres' place (``movie_clusters``), which every process learns and process 0's
+are trained."""
 
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def test_a_run_stopped_resumed_and_killed_on_other_process_counts_ends_as_one_un
     synthetic_prepared: Path, tmp_path: Path
 ) -> None:
     config = tmp_path / "history.toml"
-    config.write_text("user_history = true\nhistory_samples = 8\n")
+    config.write_text("user_history = true\nhistory_samples = 8\nmovie_clusters = 8\n")
     epochs = ["--epochs", "4", "--config", str(config)]
     reference = train_process(
         ["--data", str(synthetic_prepared), "--out", str(tmp_path / "ref"), "--workdir", str(tmp_path / "ref-work")]
@@ -79,6 +81,7 @@ def test_a_run_stopped_resumed_and_killed_on_other_process_counts_ends_as_one_un
     assert reference.returncode == 0, ref_err
     mine, theirs = weights(run), weights(tmp_path / "ref")
     assert "history_embedding" in mine and np.abs(mine["history_embedding"]).max() > 0
+    assert mine["genre_idx"].shape[1] == 1 and 1 < len(np.unique(mine["genre_idx"])) <= 8  # the clusters, not genres
     assert sorted(mine) == sorted(theirs)
     for name in mine:
         np.testing.assert_allclose(mine[name], theirs[name], rtol=1e-5, atol=1e-6, err_msg=name)
