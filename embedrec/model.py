@@ -285,7 +285,13 @@ class EmbeddingConcat(nnx.Module):
             ("user_embedding (Embedding)", f"(None, 1, {d})", self.shape.n_users * d),
             ("movie_embedding (Embedding)", f"(None, 1, {d})", self.shape.n_movies * d),
             (
-                "genre_embedding (Embedding)" if self.cfg.genre_mode == "string" else "genre_embedding (mean bag)",
+                (
+                    f"genre_embedding ({self.cfg.movie_clusters} movie clusters)"
+                    if self.cfg.movie_clusters
+                    else "genre_embedding (Embedding)"
+                    if self.cfg.genre_mode == "string"
+                    else "genre_embedding (mean bag)"
+                ),
                 f"(None, 1, {d})",
                 self.shape.n_genres * d,
             ),

@@ -426,7 +426,9 @@ def info_cmd(
     m = info["model"]
     t.add_row(
         "network",
-        f"embeddings {m['embedding_dim']}-d (genres: {m['genre_mode']}), hidden "
+        f"embeddings {m['embedding_dim']}-d (genres: "
+        f"{str(m.get('movie_clusters')) + ' learned movie clusters' if m.get('movie_clusters') else m['genre_mode']}), "
+        "hidden "
         f"{','.join(map(str, m['hidden']))}, dropout {m['dropout']}, biases {m['biases']}, "
         f"watch output {m['watch_head']}",
     )
