@@ -95,6 +95,13 @@ def test_on_a_bare_sparse_file_the_default_trains_and_serves_learned_clusters(tm
     recs = json.loads(rec.stdout)
     seen = set((movies[users == 0] + 1).tolist())
     assert len(recs) == 10 and not seen & {r["movieId"] for r in recs}
+    # a new user folded in from their own ratings (five movies of block 0) is scored on the same clusters
+    mine = tmp_path / "mine.csv"
+    mine.write_text("movieId,rating\n" + "".join(f"{m},5\n" for m in (1, 9, 17, 25, 33)))
+    folded = run_cli(["recommend", "--workdir", str(work), "--ratings", str(mine), "--format", "json"], tmp_path)
+    assert folded.returncode == 0, folded.stderr
+    got = [r["movieId"] - 1 for r in json.loads(folded.stdout)]
+    assert len(got) == 10 and sum(m % 8 == 0 for m in got) >= 8  # the block of the five movies they loved
 
 
 def test_genre_inputs_as_a_dense_matrix_are_the_bag_weights_of_each_movie(synthetic_prepared: Path) -> None:
