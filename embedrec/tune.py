@@ -185,9 +185,12 @@ BATCH_SIZES = (128, 256, 512, 1024, 2048, 4096)
 EMBEDDING_DIMS = (32, 64, 128)
 NEGATIVES = (32, 64, 128, 256)  # 16 ranked clearly worse (README sweep)
 PATIENCES = (2, 3, 5)
+MOVIE_CLUSTERS = (0, 8, 16, 32)  # searched on a catalogue without genres (the default: 16 above a co-rating floor)
 
 
-def search_space(*, preset: str, n_train: int, n_movies: int, holds: Mapping[str, Any] | None = None) -> list[Param]:
+def search_space(
+    *, preset: str, n_train: int, n_movies: int, holds: Mapping[str, Any] | None = None, bare: bool = False
+) -> list[Param]:
     """The settings searched for ``preset`` on a data set with ``n_train`` training ratings and ``n_movies`` movies.
 
     Batch sizes keep an epoch between 50 and 20,000 steps (small data gets small batches, big data is not stepped
@@ -195,7 +198,9 @@ def search_space(*, preset: str, n_train: int, n_movies: int, holds: Mapping[str
     negatives are drawn from the movies. The ranges centre on the default preset (learning rate 3x, weight decay
     10x either side), where the README's hand sweeps found the best settings, so a short budget spends its trials
     near them; 16 negatives (measured clearly worse than 64) and 16-d embeddings (below the 32-d that already
-    ranked worse) are left out. With the watch output, ``user_history`` is searched too.
+    ranked worse) are left out. With the watch output, ``user_history`` is searched too, and on a catalogue without
+    genres (``bare``) the number of learned ``movie_clusters`` (0: none), which the default sets by a rule measured
+    on a handful of data sets.
 
     ``holds``: values the space must hold whatever the data's size, the preset's own as ``train`` trains it on this
     data (:func:`preset_point`), so that the study's first trial is exactly the default: a choice list gains the
@@ -220,6 +225,8 @@ def search_space(*, preset: str, n_train: int, n_movies: int, holds: Mapping[str
         # a user's history as an input: the one setting that moved the few-users row of the quality matrix (README),
         # at 2-3x the training time, so it is a choice for the search rather than the default
         space.append(Param("user_history", choices=(False, True)))
+        if bare:
+            space.append(Param("movie_clusters", choices=MOVIE_CLUSTERS))
     return [_holding(p, (holds or {}).get(p.name)) for p in space]
 
 
@@ -843,7 +850,9 @@ def _tune_here(
 
     adapted = adapt_to_prepared(preset, model_cfg, train_cfg, prepared)
     own = {**to_dict(adapted[0]), **to_dict(adapted[1])}  # the preset as train trains it on this data
-    space = search_space(preset=preset, n_train=n_train, n_movies=prepared.n_movies, holds=own)
+    space = search_space(
+        preset=preset, n_train=n_train, n_movies=prepared.n_movies, holds=own, bare=prepared.n_genres == 0
+    )
 
     root = tune_dir(workdir)
     db = root / "study.db"

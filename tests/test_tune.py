@@ -86,6 +86,11 @@ def test_the_search_space_follows_the_data_size_and_holds_the_preset() -> None:
     rating_only = {p.name for p in search_space(preset="seed", n_train=14_000, n_movies=400)}
     assert "negatives" not in rating_only and "watch_weight" not in rating_only and "lr" in rating_only
     assert "user_history" not in rating_only
+    bare = {p.name: p for p in search_space(preset="default", n_train=14_000, n_movies=400, bare=True)}
+    assert bare["movie_clusters"].choices == (0, 8, 16, 32) and "movie_clusters" not in small
+    assert "movie_clusters" not in {
+        p.name for p in search_space(preset="seed", n_train=14_000, n_movies=400, bare=True)
+    }
 
 
 def test_the_best_trial_keeps_val_rmse_below_the_ceiling_when_any_trial_does() -> None:
@@ -379,6 +384,27 @@ def test_on_data_the_default_adapts_to_the_first_trial_is_what_train_trains(tmp_
 
 
 @pytest.mark.slow
+def test_on_a_bare_ratings_file_the_number_of_movie_clusters_is_searched_from_the_default(tmp_path: Path) -> None:
+    """A plain userId,movieId,rating file of a sparse catalogue: the default learns 16 movie clusters (its first
+    trial too), and the search tries other counts, 0 (none) among them; the tuned config names the count."""
+    from embedrec.data import PrepareConfig, prepare
+
+    rng = np.random.default_rng(3)
+    users = np.repeat(np.arange(300), 20)
+    movies = (users % 6 + 6 * rng.integers(0, 100, len(users))).astype(int)  # six taste blocks of 100 movies
+    pairs = np.unique(np.stack([users, movies], axis=1), axis=0)
+    csv = tmp_path / "ratings.csv"
+    stars = rng.integers(1, 6, len(pairs))
+    csv.write_text("userId,movieId,rating\n" + "".join(f"{u},{m},{r}\n" for (u, m), r in zip(pairs, stars)))
+    data = tmp_path / "data"
+    prepare(csv, out=data, config=PrepareConfig(format="csv", ratings_file=str(csv), rating_scale=(1.0, 5.0)))
+    result = tune(data, workdir=tmp_path / "work", n_trials=3, budget_s=None, max_epochs=1, out=tmp_path / "t.toml")
+    trials = _study(tmp_path / "work").trials
+    assert trials[0].params["movie_clusters"] == 16 and trials[0].user_attrs["preset"] is True
+    assert all(t.params["movie_clusters"] in (0, 8, 16, 32) for t in trials)
+    assert load_config_file(result.config_path)["movie_clusters"] == trials[result.best_number].params["movie_clusters"]
+
+
 def test_a_pruned_trial_stops_training_and_leaves_nothing(synthetic_prepared: Path, tmp_path: Path) -> None:
     import optuna
 
