@@ -274,6 +274,10 @@ class EmbeddingConcat(nnx.Module):
             if self.cfg.genre_mode == "string"
             else f"genre_input (B, {self.shape.max_genres_per_movie})"
         )
+        if self.cfg.movie_clusters:
+            genre_layer = f"genre_embedding ({self.cfg.movie_clusters} movie clusters)"
+        else:
+            genre_layer = "genre_embedding " + ("(Embedding)" if self.cfg.genre_mode == "string" else "(mean bag)")
         rows: list[tuple[str, str, int]] = [
             ("user_input (InputLayer)", "(None, 1)", 0),
             ("movie_input (InputLayer)", "(None, 1)", 0),
@@ -284,17 +288,7 @@ class EmbeddingConcat(nnx.Module):
             ),
             ("user_embedding (Embedding)", f"(None, 1, {d})", self.shape.n_users * d),
             ("movie_embedding (Embedding)", f"(None, 1, {d})", self.shape.n_movies * d),
-            (
-                (
-                    f"genre_embedding ({self.cfg.movie_clusters} movie clusters)"
-                    if self.cfg.movie_clusters
-                    else "genre_embedding (Embedding)"
-                    if self.cfg.genre_mode == "string"
-                    else "genre_embedding (mean bag)"
-                ),
-                f"(None, 1, {d})",
-                self.shape.n_genres * d,
-            ),
+            (genre_layer, f"(None, 1, {d})", self.shape.n_genres * d),
             ("concatenate (Concatenate)", f"(None, {3 * d})", 0),
             ("dropout (Dropout)", f"(None, {3 * d})", 0),
         ]

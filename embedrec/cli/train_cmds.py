@@ -424,11 +424,10 @@ def info_cmd(
     t.add_row("preset", str(info["preset"]))
     t.add_row("parameters", f"{info['n_params']:,}")
     m = info["model"]
+    genres = f"{m['movie_clusters']} learned movie clusters" if m.get("movie_clusters") else m["genre_mode"]
     t.add_row(
         "network",
-        f"embeddings {m['embedding_dim']}-d (genres: "
-        f"{str(m.get('movie_clusters')) + ' learned movie clusters' if m.get('movie_clusters') else m['genre_mode']}), "
-        "hidden "
+        f"embeddings {m['embedding_dim']}-d (genres: {genres}), hidden "
         f"{','.join(map(str, m['hidden']))}, dropout {m['dropout']}, biases {m['biases']}, "
         f"watch output {m['watch_head']}",
     )
