@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from embedrec.errors import ConfigError
+from embedrec.errors import ConfigError, SettingError
 
 GenreMode = Literal["string", "bag"]
 OptimizerName = Literal["adam", "lazy_adam", "rowwise_adam"]
@@ -27,9 +27,9 @@ Sampling = Literal["uniform", "popularity"]
 PRESETS = ("seed", "default")
 
 
-def _check(cond: bool, option: str, message: str) -> None:
+def _check(cond: bool, setting: str, message: str) -> None:
     if not cond:
-        raise ConfigError(f"{option}: {message}")
+        raise SettingError(setting, message)
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
@@ -68,16 +68,16 @@ def _check_types(cfg: Any) -> None:
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         coerced = _coerce(f.name, value, f.default)
-        option = f"--{f.name.replace('_', '-')}"
+        option = f.name
         if coerced is None:
             kind = _KINDS.get(type(f.default), type(f.default).__name__)
-            raise ConfigError(f"{option}: expected {kind}, got {value!r}")
+            raise SettingError(option, f"expected {kind}, got {value!r}")
         if isinstance(coerced, float) and not math.isfinite(coerced):
-            raise ConfigError(f"{option}: must be a finite number, got {value!r}")
+            raise SettingError(option, f"must be a finite number, got {value!r}")
         if isinstance(coerced, int) and not isinstance(coerced, bool) and f.name != "seed" and abs(coerced) > INT_LIMIT:
-            raise ConfigError(f"{option}: {value} is out of range (at most {INT_LIMIT:,})")
+            raise SettingError(option, f"{value} is out of range (at most {INT_LIMIT:,})")
         if isinstance(coerced, tuple) and any(abs(v) > INT_LIMIT for v in coerced):
-            raise ConfigError(f"{option}: {list(value)} holds a size out of range (at most {INT_LIMIT:,})")
+            raise SettingError(option, f"{list(value)} holds a size out of range (at most {INT_LIMIT:,})")
         object.__setattr__(cfg, f.name, coerced)
 
 
@@ -113,14 +113,14 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check_types(self)
         _check(self.movie_clusters >= 0, "movie_clusters", f"must be >= 0 (0: off), got {self.movie_clusters}")
-        _check(self.embedding_dim >= 1, "--embedding-dim", f"must be >= 1, got {self.embedding_dim}")
+        _check(self.embedding_dim >= 1, "embedding_dim", f"must be >= 1, got {self.embedding_dim}")
         _check(
             len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden),
-            "--hidden",
+            "hidden",
             f"needs one or more positive layer sizes like 64,10, got {self.hidden}",
         )
-        _check(0.0 <= self.dropout < 1.0, "--dropout", f"must be in [0, 1), got {self.dropout}")
-        _check(self.genre_mode in ("string", "bag"), "--genre-mode", f"must be string or bag, got {self.genre_mode}")
+        _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(self.genre_mode in ("string", "bag"), "genre_mode", f"must be string or bag, got {self.genre_mode}")
         _check(self.init in ("keras", "scaled"), "init", f"must be keras or scaled, got {self.init}")
 
     def replace(self, **changes: Any) -> ModelConfig:
@@ -183,39 +183,39 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
-        _check(self.lr > 0 and math.isfinite(self.lr), "--lr", f"must be a positive number, got {self.lr}")
-        _check(self.batch_size >= 1, "--batch-size", f"must be >= 1, got {self.batch_size}")
-        _check(self.epochs >= 1, "--epochs", f"must be >= 1, got {self.epochs}")
-        _check(self.weight_decay >= 0, "--weight-decay", f"must be >= 0, got {self.weight_decay}")
-        _check(self.row_decay >= 0, "--row-decay", f"must be >= 0, got {self.row_decay}")
-        _check(0 <= self.rmse_slack < 1, "--rmse-slack", f"must be in [0, 1), got {self.rmse_slack}")
+        _check(self.lr > 0 and math.isfinite(self.lr), "lr", f"must be a positive number, got {self.lr}")
+        _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.row_decay >= 0, "row_decay", f"must be >= 0, got {self.row_decay}")
+        _check(0 <= self.rmse_slack < 1, "rmse_slack", f"must be in [0, 1), got {self.rmse_slack}")
         _check(
             0 <= self.rating_embedding_grad <= 1,
-            "--rating-embedding-grad",
+            "rating_embedding_grad",
             f"must be in [0, 1], got {self.rating_embedding_grad}",
         )
         _check(
             self.optimizer in ("adam", "lazy_adam", "rowwise_adam"),
-            "--optimizer",
+            "optimizer",
             f"must be rowwise_adam, lazy_adam or adam, got {self.optimizer}",
         )
-        _check(0 < self.lr_decay <= 1, "--lr-decay", f"must be in (0, 1], got {self.lr_decay}")
-        _check(self.patience >= 0, "--patience", f"must be >= 0, got {self.patience}")
-        _check(self.negatives >= 0, "--negatives", f"must be >= 0, got {self.negatives}")
-        _check(self.watch_weight >= 0, "--watch-weight", f"must be >= 0, got {self.watch_weight}")
-        _check(self.watch_loss in ("bce", "softmax"), "--watch-loss", f"must be bce or softmax, got {self.watch_loss}")
+        _check(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
+        _check(self.patience >= 0, "patience", f"must be >= 0, got {self.patience}")
+        _check(self.negatives >= 0, "negatives", f"must be >= 0, got {self.negatives}")
+        _check(self.watch_weight >= 0, "watch_weight", f"must be >= 0, got {self.watch_weight}")
+        _check(self.watch_loss in ("bce", "softmax"), "watch_loss", f"must be bce or softmax, got {self.watch_loss}")
         _check(
             self.sampling in ("uniform", "popularity"),
-            "--sampling",
+            "sampling",
             f"must be uniform or popularity, got {self.sampling}",
         )
-        _check(self.val_users >= 0, "--val-users", f"must be >= 0, got {self.val_users}")
+        _check(self.val_users >= 0, "val_users", f"must be >= 0, got {self.val_users}")
         _check(
             self.sampling_alpha >= 0,
             "sampling_alpha",
             f"must be >= 0 (0 = uniform, 1 = proportional to popularity), got {self.sampling_alpha}",
         )
-        _check(0 <= self.seed <= SEED_LIMIT, "--seed", f"must be a whole number in 0..{SEED_LIMIT}, got {self.seed}")
+        _check(0 <= self.seed <= SEED_LIMIT, "seed", f"must be a whole number in 0..{SEED_LIMIT}, got {self.seed}")
         _check(self.steps_per_call >= 1, "steps_per_call", f"must be >= 1, got {self.steps_per_call}")
         _check(self.history_samples >= 1, "history_samples", f"must be >= 1, got {self.history_samples}")
 
@@ -259,7 +259,7 @@ def check_settings(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
     """Settings that are valid alone but not together."""
     _check(
         train_cfg.negatives == 0 or model_cfg.watch_head,
-        "--negatives",
+        "negatives",
         "needs a model with the watch output (the default preset); the seed preset is rating-only",
     )
 
@@ -541,6 +541,12 @@ def load_config_file(path: Path) -> dict[str, Any]:
         if _coerce(key, value, defaults[key]) is None:
             kind = _KINDS.get(type(defaults[key]), type(defaults[key]).__name__)
             raise ConfigError(f"--config: {path}: {key} must be {kind}, got {value!r}")
+    model_changes, train_changes = split_overrides(flat)
+    try:  # each value's own domain, before any flag or preset meets it (those are checked where they are combined)
+        ModelConfig(**model_changes)
+        TrainConfig(**train_changes)
+    except SettingError as exc:
+        raise exc.named(f"--config: {path}: {exc.setting}") from None
     return flat
 
 

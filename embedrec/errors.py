@@ -24,6 +24,23 @@ class ConfigError(EmbedrecError):
     """An option or config file value is out of range or inconsistent."""
 
 
+class SettingError(ConfigError):
+    """One setting (a field of the model or train config) has a bad value; the message names it by its key.
+
+    The key is what a config file or the Python API calls it; a command that took the value from a flag or a file
+    names that instead (:meth:`named`), so the user reads the spelling they typed.
+    """
+
+    def __init__(self, setting: str, detail: str) -> None:
+        super().__init__(f"{setting}: {detail}")
+        self.setting = setting
+        self.detail = detail
+
+    def named(self, label: str) -> ConfigError:
+        """The same error under the name the user gave the setting (``--dropout``, ``--config: c.toml: dropout``)."""
+        return ConfigError(f"{label}: {self.detail}")
+
+
 class ArtifactError(EmbedrecError):
     """A prepared data set, model folder or checkpoint is missing, corrupt, or does not match."""
 

@@ -63,7 +63,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from embedrec.config import PRESETS, ModelConfig, TrainConfig, to_dict
+from embedrec.config import PRESETS, SEED_LIMIT, ModelConfig, TrainConfig, to_dict
 from embedrec.config import preset as preset_configs
 from embedrec.errors import ConfigError, EmbedrecError, TrainingDiverged
 from embedrec.workdir import atomic_write_text, set_latest_run
@@ -823,6 +823,8 @@ def _tune_here(
         raise ConfigError(f"--trials: must be >= 1, got {n_trials}")
     if max_epochs is not None and max_epochs < 1:
         raise ConfigError(f"--max-epochs: must be >= 1, got {max_epochs}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_LIMIT:
+        raise ConfigError(f"--seed: must be a whole number in 0..{SEED_LIMIT}, got {seed}")
     model_cfg, train_cfg = preset_configs(preset)
     if _needs_ranking(objective) and not (model_cfg.watch_head and train_cfg.negatives > 0):
         raise ConfigError(
@@ -875,7 +877,9 @@ def _tune_here(
     n_before = len(study.trials)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.sampler = optuna.samplers.TPESampler(seed=seed + n_before, multivariate=True, n_startup_trials=5)
+        study.sampler = optuna.samplers.TPESampler(
+            seed=(seed + n_before) % (SEED_LIMIT + 1), multivariate=True, n_startup_trials=5
+        )
     if all(t.state == optuna.trial.TrialState.FAIL for t in study.trials):  # new, or its first trials were stopped
         study.enqueue_trial(preset_point(preset, space, adapted[:2]), user_attrs={"preset": True})
 

@@ -563,7 +563,7 @@ CASES = [
             lambda c, r: edit_json(r / "model.json", lambda m: _set(m, "model", {**m["model"], "embedding_dim": "64"}))
         ),
         2,
-        r"--embedding-dim: expected a whole number",
+        r"embedding_dim: expected a whole number",
     ),
     Case(
         "weights-wrong-shape",
@@ -608,13 +608,39 @@ CASES = [
         "config-sampling-alpha-nan",
         lambda c: _config(c, {"sampling_alpha": float("nan")}),
         2,
-        r"--sampling-alpha: must be a finite number",
+        r"--config: .*cfg\.json: sampling_alpha: must be a finite number",
     ),
     Case(
         "config-embedding-dim-huge",
         lambda c: _config(c, {"embedding_dim": 10**20}),
         2,
-        r"--embedding-dim: 100000000000000000000 is out of range",
+        r"--config: .*cfg\.json: embedding_dim: 100000000000000000000 is out of range",
+    ),
+    # a setting is named as the user gave it: the flag, or the config file and its key (many keys have no flag)
+    Case(
+        "config-row-decay-negative",
+        lambda c: _config(c, {"row_decay": -1}),
+        2,
+        r"--config: .*cfg\.json: row_decay: must be >= 0, got -1",
+    ),
+    Case(
+        "config-movie-clusters-huge",
+        lambda c: _config(c, {"movie_clusters": 10**11}),
+        2,
+        r"--config: .*cfg\.json: movie_clusters: 100000000000 is out of range",
+    ),
+    Case(
+        "config-negatives-on-the-seed-preset",
+        lambda c: _config(c, {"preset": "seed", "negatives": 8}),
+        2,
+        r"--config: .*cfg\.json: negatives: needs a model with the watch output",
+    ),
+    Case("train-dropout-flag", lambda c: _train_flags(c, "--dropout", "1.5"), 2, r"--dropout: must be in \[0, 1\)"),
+    Case(
+        "tune-seed-negative",
+        lambda c: ["tune", "--data", str(c.data), "--workdir", str(c.tmp / "wd"), "--trials", "1", "--seed", "-1"],
+        2,
+        r"--seed: must be a whole number in 0\.\.4294967295, got -1",
     ),
     Case(
         "synthetic-users-1e20",

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from embedrec.config import DataShape, ModelConfig, preset
-from embedrec.errors import ConfigError
+from embedrec.errors import ConfigError, SettingError
 from embedrec.model import EmbeddingConcat, dropout, gather_rows, rating_from_rows
 
 SEED_SHAPE = DataShape(n_users=20_510, n_movies=25_448, n_genres=1_357, rating_min=0.5, rating_max=5.0)
@@ -156,15 +156,16 @@ def test_compiled_step_computes_each_dropout_mask_once() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "option"),
     [
-        ({"embedding_dim": 0}, "--embedding-dim"),
-        ({"hidden": ()}, "--hidden"),
-        ({"dropout": 1.0}, "--dropout"),
-        ({"genre_mode": "words"}, "--genre-mode"),
+        ({"embedding_dim": 0}, "embedding_dim"),
+        ({"hidden": ()}, "hidden"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"genre_mode": "words"}, "genre_mode"),
     ],
 )
-def test_bad_model_settings_name_the_option(kwargs: dict, option: str) -> None:
-    with pytest.raises(ConfigError, match=option):
+def test_bad_model_settings_name_the_setting(kwargs: dict, option: str) -> None:
+    with pytest.raises(SettingError, match=f"^{option}: ") as caught:
         ModelConfig(**kwargs)
+    assert caught.value.setting == option
 
 
 def test_jit_and_grad_through_the_module() -> None:

@@ -26,7 +26,7 @@ from embedrec.cli.common import (
     err_console,
     handle_errors,
 )
-from embedrec.errors import ConfigError
+from embedrec.errors import ConfigError, SettingError
 from embedrec.workdir import latest_run, resolve_workdir
 
 if TYPE_CHECKING:
@@ -228,6 +228,7 @@ def train_cmd(
 
     wd = resolve_workdir(workdir)
     overrides: dict[str, Any] = load_config_file(config) if config is not None else {}
+    from_file = set(overrides)
     if "preset" in overrides and preset == "default":
         preset = str(overrides["preset"])
     flags = {
@@ -274,6 +275,12 @@ def train_cmd(
             stop_requested=lambda: stop["requested"],
             cluster=cluster,
         )
+    except SettingError as exc:  # named as the user gave it: the flag, else the config file's key
+        if flags.get(exc.setting) is not None:
+            raise exc.named("--" + exc.setting.replace("_", "-")) from None
+        if exc.setting in from_file:
+            raise exc.named(f"--config: {config}: {exc.setting}") from None
+        raise
     finally:
         view.stop()
         signal.signal(signal.SIGINT, previous)
