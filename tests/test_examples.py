@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -114,3 +115,28 @@ def test_movielens_walkthrough(tmp_path: Path, movielens_url: str) -> None:
     similar = out.split("==> 6. ")[1].split("==> 7. ")[0]
     assert "Nearest to Toy Story" in similar and "similarity" in similar and "│ 10 │" in similar, similar
     assert "parameters" in out.split("==> 7. ")[1]
+
+
+def _readme_python_api() -> str:
+    """The README's "Python API" snippet, as a user would copy it."""
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Python API\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.slow
+def test_readme_python_api_snippet_runs_as_written(tmp_path: Path) -> None:
+    """The snippet runs unchanged in a fresh folder, and what its comments promise holds."""
+    snippet = _readme_python_api()
+    columns = snippet.split("# DataFrame: ", 1)[1].split("\n", 1)[0].split(", ")
+    check = (
+        "\nimport json\n"
+        "print(json.dumps({'columns': list(rec.recommend(42, k=10).columns), "
+        "'similar': len(rec.similar(int(rec.movie_ids[0]), k=10)), "
+        "'latest': (Path('work') / 'models' / 'latest').is_file()}))\n"
+    )
+    proc = _run([sys.executable, "-c", snippet + check], _env(), tmp_path)
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["columns"] == columns
+    assert found["similar"] == 10
+    assert found["latest"]

@@ -260,7 +260,9 @@ def download_cmd(
     cache: Annotated[
         Path | None,
         typer.Option(
-            "--cache", help="Download folder \\[default: <workdir>/downloads or $EMBEDREC_CACHE].", show_default=False
+            "--cache",
+            help="Download folder \\[default: $EMBEDREC_CACHE if set, else <workdir>/downloads].",
+            show_default=False,
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Download again even when cached.")] = False,

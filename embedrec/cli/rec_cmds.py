@@ -56,7 +56,7 @@ AnnOpt = Annotated[
     bool,
     typer.Option(
         "--ann",
-        help="Retrieve the candidates from an approximate HNSW index (usearch: pip install 'embedrec[ann]') instead "
+        help="Retrieve the candidates from an approximate HNSW index (usearch: pip install 'embedrec\\[ann]') instead "
         "of the exact product over every movie: for catalogues of millions. The index is built when the command "
         "starts (about 20 s per 100,000 movies), so it pays on large batches.",
     ),

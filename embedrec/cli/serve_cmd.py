@@ -39,8 +39,8 @@ def serve_cmd(
             "--api-key",
             envvar=API_KEY_ENV,
             show_envvar=True,
-            help="Require 'Authorization: Bearer KEY' on every endpoint but /healthz and /docs (prefer the "
-            "environment variable: options show in `ps`).",
+            help="Require 'Authorization: Bearer KEY' (16 characters or more) on every endpoint but /healthz, /docs, "
+            "/redoc and /openapi.json (prefer the environment variable: options show in `ps`).",
         ),
     ] = None,
     cors_origin: Annotated[
@@ -54,15 +54,16 @@ def serve_cmd(
         bool,
         typer.Option(
             "--ann",
-            help="Retrieve candidates from an approximate HNSW index (usearch: pip install 'embedrec[ann]'), built "
+            help="Retrieve candidates from an approximate HNSW index (usearch: pip install 'embedrec\\[ann]'), built "
             "or read from the model folder when the model loads: for catalogues of millions.",
         ),
     ] = False,
 ) -> None:
     """Answer recommendations over HTTP (JSON API, docs at /docs, a small page at /) until SIGTERM or Ctrl-C.
 
-    SIGHUP (or POST /admin/reload with the key) loads the newest run beside the served one and swaps when it is
-    ready; a model that fails validation is refused and the old one keeps serving.
+    SIGHUP (or POST /admin/reload with the key) loads the newest run beside the served one and swaps when ready.
+
+    A model that fails validation is refused, and the old one keeps serving.
     """
     api_key = api_key.strip() if api_key and api_key.strip() else None
     if api_key is not None and len(api_key) < 16:

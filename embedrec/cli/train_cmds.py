@@ -205,7 +205,8 @@ def train_cmd(
         int | None,
         typer.Option(
             "--patience",
-            help="Stop after this many epochs without a better val RMSE and keep the best weights (0 = off).",
+            help="Stop after this many epochs without a better val RMSE (or, where the data turns on rmse_slack, "
+            "without a better val RMSE or NDCG@10) and keep the best epoch's weights (0 = off).",
             rich_help_panel=_HP,
             show_default=False,
         ),
