@@ -148,6 +148,19 @@ def check_table_path(
         raise ConfigError(f"{option} must end in {' or '.join(suffixes)}, got {output.name}")
 
 
+def refuse_overwriting_input(output: Path, input_path: Path, input_option: str, *, option: str = "--output") -> None:
+    """Refuse an output that is the input file itself (writing it would replace the user's file with the result)."""
+    target, source = Path(os.path.realpath(output)), Path(os.path.realpath(input_path))
+    same = target == source
+    if not same and target.exists() and source.exists():
+        same = os.path.samefile(target, source)  # a hard link to the input
+    if same:
+        raise ConfigError(
+            f"{option} {output} is the same file as {input_option} {input_path}: writing it would replace your "
+            "input; name another file"
+        )
+
+
 def write_table(table: pd.DataFrame, output: Path, *, float_format: str | None = None) -> None:
     """Write ``table`` as Parquet (suffix .parquet) or CSV through a temp file + rename: never half a file."""
     check_table_path(output, suffixes=None)
@@ -159,6 +172,10 @@ def write_table(table: pd.DataFrame, output: Path, *, float_format: str | None =
         else:
             table.to_csv(tmp, index=False, float_format=float_format)
         os.replace(tmp, output)
+    except OSError as exc:
+        if exc.filename is not None and Path(exc.filename) == tmp:  # name the user's path, not embedrec's temp file
+            raise OSError(exc.errno, exc.strerror, str(output)) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -228,6 +245,7 @@ def predict_file(rec: Recommender, input_path: Path, output: Path | None = None)
 
     if output is not None:
         check_table_path(output, suffixes=None)
+        refuse_overwriting_input(output, input_path, "--input")
     pairs = read_pairs(input_path)
     ratings, reasons = rec.predict_known(pairs["userId"].to_numpy(object), pairs["movieId"].to_numpy(object))
     pairs["prediction"] = [None if r != r else round(float(r), 4) for r in ratings]

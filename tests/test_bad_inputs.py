@@ -351,6 +351,25 @@ def _read_only_target(c: Ctx) -> list[str]:
     return ["prepare", "--synthetic", "--users", "50", "--movies", "60", "--ratings", "500", "--out", str(ro / "data")]
 
 
+def _predict_into_read_only_folder(c: Ctx) -> list[str]:
+    run = c.copy_run()
+    (c.tmp / "pairs.csv").write_text("userId,movieId\n1,10\n")
+    ro = c.tmp / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    return [
+        "predict",
+        "--model",
+        str(run),
+        "--data",
+        str(c.data),
+        "--input",
+        str(c.tmp / "pairs.csv"),
+        "--output",
+        str(ro / "out.csv"),
+    ]
+
+
 def _workdir_is_file(c: Ctx) -> list[str]:
     (c.tmp / "wd").write_text("not a folder\n")
     return [
@@ -391,6 +410,23 @@ def _config(c: Ctx, settings: dict) -> list[str]:
 
 def _train_flags(c: Ctx, *flags: str) -> list[str]:
     return ["train", "--data", str(c.data), "--workdir", str(c.tmp / "wd"), *flags]
+
+
+def _model_output_onto_input(c: Ctx, command: str, option: str, text: str) -> list[str]:
+    """``command --model RUN option FILE --output FILE``: the output names the input file."""
+    run = c.copy_run()
+    (c.tmp / "pairs.csv").write_text(text)
+    return [
+        command,
+        "--model",
+        str(run),
+        "--data",
+        str(c.data),
+        option,
+        str(c.tmp / "pairs.csv"),
+        "--output",
+        str(c.tmp / "pairs.csv"),
+    ]
 
 
 def _model_case(change: Callable[[Ctx, Path], None]) -> Callable[[Ctx], list[str]]:
@@ -473,6 +509,14 @@ CASES = [
     Case("unreadable-ratings-file", _unreadable_file, 2, r"ratings\.csv: permission denied", needs_perms=True),
     Case("unreadable-source-folder", _unreadable_folder, 2, r"/ml: permission denied", needs_perms=True),
     Case("read-only-target", _read_only_target, 2, r"/ro/data: permission denied", needs_perms=True),
+    # the error names the user's path, not embedrec's temp file beside it
+    Case(
+        "predict-read-only-output",
+        _predict_into_read_only_folder,
+        2,
+        r"/ro/out\.csv: permission denied",
+        needs_perms=True,
+    ),
     Case(
         "prepare-file-size-limit",
         lambda c: [
@@ -615,6 +659,19 @@ CASES = [
         lambda c: _config(c, {"embedding_dim": 10**20}),
         2,
         r"--config: .*cfg\.json: embedding_dim: 100000000000000000000 is out of range",
+    ),
+    # an output that is the input file would replace the user's file with the result: refused, the input unchanged
+    Case(
+        "predict-output-is-the-input",
+        lambda c: _model_output_onto_input(c, "predict", "--input", "userId,movieId\n1,10\n"),
+        2,
+        r"--output .*pairs\.csv is the same file as --input .*pairs\.csv: writing it would replace your input",
+    ),
+    Case(
+        "recommend-output-is-the-users-file",
+        lambda c: _model_output_onto_input(c, "recommend", "--users-file", "userId\n1\n"),
+        2,
+        r"--output .*pairs\.csv is the same file as --users-file .*pairs\.csv",
     ),
     # a setting is named as the user gave it: the flag, or the config file and its key (many keys have no flag)
     Case(

@@ -222,7 +222,7 @@ def recommend_cmd(
     import numpy as np
 
     from embedrec.data.user_files import check_user_ratings, read_user_ids, read_user_ratings
-    from embedrec.serving import check_table_path, open_recommender
+    from embedrec.serving import check_table_path, open_recommender, refuse_overwriting_input
 
     if fmt not in ("table", "json", "csv"):
         raise ConfigError(f"--format must be table, json or csv, got {fmt!r}")
@@ -233,6 +233,8 @@ def recommend_cmd(
         if output is None:
             raise ConfigError("batch mode writes a file: pass --output recs.csv (or .parquet)")
         check_table_path(output)
+        if users_file is not None:
+            refuse_overwriting_input(output, users_file, "--users-file")
     user_ids = read_user_ids(users_file) if users_file is not None else None
     mine = read_user_ratings(ratings_file) if ratings_file is not None else None
     loaded = open_recommender(workdir=workdir, model=model, data=data)
