@@ -29,3 +29,28 @@ def folder_lock(folder: Path, *, exclusive: bool) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+@contextmanager
+def run_folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on a run folder while a process trains into it; a second trainer (``train
+    --resume`` or ``--out`` of a run still training) is refused at once instead of writing checkpoints beside it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    from embedrec.errors import ConfigError
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"{folder} is being trained by another embedrec process: wait for it to finish (or stop it with "
+                "Ctrl-C, then resume), or choose another --out"
+            ) from None
+        yield
+    finally:
+        os.close(fd)

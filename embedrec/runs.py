@@ -12,10 +12,11 @@ see :mod:`embedrec.artifacts`) is written at the end, and only then does the run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,7 @@ from embedrec.config import (
 )
 from embedrec.data.split import TRAIN
 from embedrec.errors import ArtifactError, ConfigError, EmbedrecError
+from embedrec.locks import run_folder_lock
 from embedrec.workdir import data_dir as data_dir_of
 from embedrec.workdir import models_dir, set_latest_run
 
@@ -313,6 +315,35 @@ def train_run(
     writes the run folder, its checkpoints and ``latest``; every process ends with the same outcome. A resumed run
     reads its checkpoint on every process, so the run folder must be on a file system they all see.
     """
+    with ExitStack() as held:  # the run folder's lock, while this process trains into it
+        return _train_run(
+            data_dir,
+            out=out,
+            workdir=workdir,
+            preset=preset,
+            overrides=overrides,
+            callbacks=callbacks,
+            resume=resume,
+            stop_requested=stop_requested,
+            cluster=cluster,
+            held=held,
+        )
+
+
+def _train_run(
+    data_dir: Path | None,
+    *,
+    out: Path | None,
+    workdir: Path | None,
+    preset: str,
+    overrides: dict[str, Any] | None,
+    callbacks: Any,
+    resume: bool,
+    stop_requested: Callable[[], bool] | None,
+    cluster: Cluster | None,
+    held: ExitStack,
+) -> RunResult:
+    """:func:`train_run`'s body; ``held`` keeps the run folder's lock until the run has returned."""
     from embedrec import distributed
 
     if cluster is not None:
@@ -336,6 +367,8 @@ def train_run(
             imported = starting.submit(_import_training) if starting is not None else None
             plan = _plan_run(data_dir, out=out, workdir=workdir, preset=preset, overrides=overrides, resume=resume)
             plan.check_writable(writer)
+            if resume and writer:
+                held.enter_context(run_folder_lock(plan.run_dir))
             if starting is not None:
                 initialised = starting.submit(_initialise, plan.prepared, plan.model_cfg, plan.train_cfg)
             plan.prepared.read_all()  # the ratings (checked), while the model initialises
@@ -360,6 +393,17 @@ def train_run(
         checkpoints = ReadOnlyCheckpoints(checkpoints)
     from embedrec.train import train
 
+    if not resume:
+        locked: dict[str, Any] | EmbedrecError = {}
+        if writer:
+            try:
+                _make_and_lock(run_dir, held, created=created_run_dir)
+            except ConfigError as exc:  # another trainer holds the folder: every process stops with the same line
+                if not several:
+                    raise
+                locked = exc
+        if several:
+            distributed.agree(locked)
     # written in the background; the last checkpoint is waited for while the ranking is chosen (not before)
     saves = BackgroundSaves(checkpoints)
 
@@ -374,7 +418,6 @@ def train_run(
 
     try:
         if not resume and writer:  # inside the try: a signal or a full disk from here on leaves no run folder
-            run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / "run.json", plan.run_meta())
         result = train(
             prepared,
@@ -649,6 +692,21 @@ def _after(first: Future[None], then: Callable[..., None], *args: Any, **kwargs:
     """``then(*args, **kwargs)`` once ``first`` has succeeded (its error, if it failed)."""
     first.result()
     then(*args, **kwargs)
+
+
+def _make_and_lock(run_dir: Path, held: ExitStack, *, created: bool) -> None:
+    """Create a new run's folder and lock it for this process. When another trainer holds it (two ``--out`` of one
+    folder at once) nothing is removed: the folder and whatever is in it are the other run's."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        held.enter_context(run_folder_lock(run_dir))
+    except ConfigError:
+        raise
+    except BaseException:
+        if created:  # this run made it and wrote nothing yet: only an empty folder is removed
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
 
 
 def _drop_unresumable(run_dir: Path, *, created: bool) -> None:

@@ -202,3 +202,28 @@ def test_predict_prints_a_movie_without_a_year(tmp_path: Path) -> None:
     res = run_cli(["predict", "--model", run, "--data", data, "--user", user, "--movie", movie], tmp_path)
     assert res.returncode == 0, res.stderr
     assert f"user {user}, movie {movie}" in res.stdout and "predicted rating" in res.stdout
+
+
+def test_a_run_being_trained_refuses_a_second_trainer_and_keeps_its_files(
+    tmp_path: Path, synthetic_prepared: Path
+) -> None:
+    """While one process trains into a run folder (it holds the folder's lock), ``train --resume`` or a new run with
+    that ``--out`` is refused at once and touches nothing; once the lock is released, the resume goes ahead."""
+    from embedrec.locks import run_folder_lock
+
+    run = tmp_path / "run"
+    first = run_cli(["train", "--data", synthetic_prepared, "--out", run, "--epochs", "1", "-q"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    before, before_fresh = _tree(run), _tree(fresh)
+    with run_folder_lock(run), run_folder_lock(fresh):  # what a training process holds
+        resumed = run_cli(["train", "--resume", "--out", run, "--epochs", "2", "-q"], tmp_path)
+        second = run_cli(["train", "--data", synthetic_prepared, "--out", fresh, "--epochs", "1", "-q"], tmp_path)
+    for res, folder in ((resumed, run), (second, fresh)):
+        assert res.returncode == 2, res.stderr
+        assert f"{folder} is being trained by another embedrec process" in res.stderr
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert _tree(run) == before and fresh.is_dir() and _tree(fresh) == before_fresh
+    again = run_cli(["train", "--resume", "--out", run, "--epochs", "2", "-q"], tmp_path)
+    assert again.returncode == 0, again.stderr
