@@ -255,6 +255,68 @@ class DataShape:
         )
 
 
+TRAINING_BYTES_PER_PARAM = 20
+"""What training holds per parameter, at least: the float32 weights, Adam's two moments, the host copy validation
+reads and the best epoch's copy (4 bytes each)."""
+
+
+def param_count(cfg: ModelConfig, shape: DataShape) -> int:
+    """The network's trainable parameters for ``shape``, without building it (equal to ``EmbeddingConcat.n_params``):
+    the user, movie and genre tables, the biases, the watch bias and history table when on, and the dense head."""
+    d = cfg.embedding_dim
+    tables = (shape.n_users + shape.n_movies + shape.n_genres) * d
+    tables += (shape.n_users + shape.n_movies) if cfg.biases else 0
+    tables += shape.n_movies if cfg.watch_head else 0
+    tables += shape.n_movies * d if cfg.user_history else 0
+    return tables + _head_params(cfg)
+
+
+def _head_params(cfg: ModelConfig) -> int:
+    sizes = (3 * cfg.embedding_dim, *cfg.hidden, 1)
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def check_model_fits(cfg: ModelConfig, shape: DataShape, *, n_movies_rated: int, memory_bytes: int | None) -> None:
+    """Refuse, before anything is allocated, settings this data or machine cannot train: more movie clusters than
+    movies to cluster, or a model whose training state (:data:`TRAINING_BYTES_PER_PARAM` a parameter) exceeds
+    ``memory_bytes`` (the machine's memory; None: not known, not checked). The error names the setting that makes
+    the model large: the dense layers or the embedding size."""
+    _check(
+        cfg.movie_clusters <= max(n_movies_rated, 1),
+        "movie_clusters",
+        f"{cfg.movie_clusters} is more clusters than the {n_movies_rated:,} movies with training ratings: choose at "
+        f"most {n_movies_rated:,} (0: off)",
+    )
+    if memory_bytes is None:
+        return
+    n = param_count(cfg, shape)
+    need = n * TRAINING_BYTES_PER_PARAM
+    if need <= memory_bytes:
+        return
+    head = _head_params(cfg)
+    setting, value, fix = (
+        ("hidden", ",".join(map(str, cfg.hidden)), "choose smaller layers")
+        if head > n - head
+        else ("embedding_dim", f"{cfg.embedding_dim:,}", "choose a smaller embedding size")
+    )
+    raise SettingError(
+        setting,
+        f"{value} makes a model of {n:,} parameters, {need / 2**30:,.1f} GiB to train, more than this machine's "
+        f"{memory_bytes / 2**30:,.1f} GiB of memory: {fix}",
+    )
+
+
+def machine_memory_bytes() -> int | None:
+    """The machine's physical memory, or None where the OS does not say."""
+    import os
+
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
+        return None
+    return int(pages * page_size) if pages > 0 and page_size > 0 else None
+
+
 def check_settings(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
     """Settings that are valid alone but not together."""
     _check(
@@ -442,6 +504,7 @@ def adapt_to_data(
     # what the clusters are learned from: a movie's co-ratings, the other ratings of the users who rated it
     co_ratings = per_movie * max(per_user - 1.0, 0.0)
     clusters = sparse and bare and model_cfg.watch_head and co_ratings >= CLUSTER_MIN_CO_RATINGS
+    clusters = clusters and n_movies_rated > BARE_MOVIE_CLUSTERS  # more movies than clusters to put them in
     if clusters and "movie_clusters" not in explicit and not model_cfg.movie_clusters:
         model_cfg = model_cfg.replace(movie_clusters=BARE_MOVIE_CLUSTERS)
         adapted["movie_clusters"] = BARE_MOVIE_CLUSTERS

@@ -33,10 +33,13 @@ from embedrec.artifacts import (
 )
 from embedrec.checkpoints import RESUME_KEYS, BackgroundSaves, CheckpointDir, ReadOnlyCheckpoints
 from embedrec.config import (
+    DataShape,
     ModelConfig,
     TrainConfig,
     adapt_to_data,
+    check_model_fits,
     check_settings,
+    machine_memory_bytes,
     model_config_from_dict,
     split_overrides,
     to_dict,
@@ -90,6 +93,15 @@ def resolve_configs(preset: str, overrides: dict[str, Any] | None) -> tuple[Mode
     model_cfg, train_cfg = model_cfg.replace(**model_changes), train_cfg.replace(**train_changes)
     check_settings(model_cfg, train_cfg)
     return model_cfg, train_cfg
+
+
+def _check_fits(model_cfg: ModelConfig, prepared: PreparedData) -> None:
+    """:func:`embedrec.config.check_model_fits` on ``prepared``'s sizes and this machine's memory."""
+    n_genres = model_cfg.movie_clusters or max(prepared.n_genres, 1)
+    shape = DataShape(prepared.n_users, prepared.n_movies, n_genres, 0.0, 1.0)  # the rating range counts no weights
+    check_model_fits(
+        model_cfg, shape, n_movies_rated=prepared.split_extent(TRAIN)[1], memory_bytes=machine_memory_bytes()
+    )
 
 
 def adapt_to_prepared(
@@ -571,6 +583,7 @@ def _plan_run(
     model_cfg, train_cfg, adapted = adapt_to_prepared(
         preset, model_cfg, train_cfg, prepared, explicit=set((overrides or {}).keys())
     )
+    _check_fits(model_cfg, prepared)
     return _Plan(
         run_dir=Path(out) if out is not None else new_run_dir(workdir, preset),
         workdir=workdir,

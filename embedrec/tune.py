@@ -189,7 +189,13 @@ MOVIE_CLUSTERS = (0, 8, 16, 32)  # searched on a catalogue without genres (the d
 
 
 def search_space(
-    *, preset: str, n_train: int, n_movies: int, holds: Mapping[str, Any] | None = None, bare: bool = False
+    *,
+    preset: str,
+    n_train: int,
+    n_movies: int,
+    holds: Mapping[str, Any] | None = None,
+    bare: bool = False,
+    n_movies_rated: int | None = None,
 ) -> list[Param]:
     """The settings searched for ``preset`` on a data set with ``n_train`` training ratings and ``n_movies`` movies.
 
@@ -226,7 +232,9 @@ def search_space(
         # at 2-3x the training time, so it is a choice for the search rather than the default
         space.append(Param("user_history", choices=(False, True)))
         if bare:
-            space.append(Param("movie_clusters", choices=MOVIE_CLUSTERS))
+            # no more clusters than movies to cluster (training refuses that)
+            rated = n_movies if n_movies_rated is None else n_movies_rated
+            space.append(Param("movie_clusters", choices=tuple(k for k in MOVIE_CLUSTERS if k <= rated)))
     return [_holding(p, (holds or {}).get(p.name)) for p in space]
 
 
@@ -853,7 +861,12 @@ def _tune_here(
     adapted = adapt_to_prepared(preset, model_cfg, train_cfg, prepared)
     own = {**to_dict(adapted[0]), **to_dict(adapted[1])}  # the preset as train trains it on this data
     space = search_space(
-        preset=preset, n_train=n_train, n_movies=prepared.n_movies, holds=own, bare=prepared.n_genres == 0
+        preset=preset,
+        n_train=n_train,
+        n_movies=prepared.n_movies,
+        holds=own,
+        bare=prepared.n_genres == 0,
+        n_movies_rated=prepared.split_extent(0)[1],
     )
 
     root = tune_dir(workdir)

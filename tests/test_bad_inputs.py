@@ -692,6 +692,19 @@ CASES = [
         2,
         r"--config: .*cfg\.json: negatives: needs a model with the watch output",
     ),
+    # sizes within int32 that this data or machine cannot train: refused before anything is allocated or written
+    Case(
+        "train-embedding-dim-beyond-memory",
+        lambda c: _train_flags(c, "--embedding-dim", "100000000"),
+        2,
+        r"--embedding-dim: 100,000,000 makes a model of [\d,]+ parameters, .* GiB to train, more than this machine",
+    ),
+    Case(
+        "config-movie-clusters-beyond-the-movies",
+        lambda c: _config(c, {"movie_clusters": 1_000_000_000}),
+        2,
+        r"--config: .*cfg\.json: movie_clusters: 1000000000 is more clusters than the [\d,]+ movies with training",
+    ),
     Case("train-dropout-flag", lambda c: _train_flags(c, "--dropout", "1.5"), 2, r"--dropout: must be in \[0, 1\)"),
     Case(
         "tune-seed-negative",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from embedrec.config import DataShape, ModelConfig, preset
+from embedrec.config import TRAINING_BYTES_PER_PARAM, DataShape, ModelConfig, check_model_fits, param_count, preset
 from embedrec.errors import ConfigError, SettingError
 from embedrec.model import EmbeddingConcat, dropout, gather_rows, rating_from_rows
 
@@ -24,6 +24,35 @@ def test_seed_preset_has_the_originals_parameter_count() -> None:
     assert ("dense (Dense)", "(None, 64)", 150 * 64 + 64) in rows
     assert ("dense_1 (Dense)", "(None, 10)", 64 * 10 + 10) in rows
     assert ("dense_2 (Dense)", "(None, 1)", 11) in rows
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"biases": True},
+        {"biases": True, "watch_head": True, "user_history": True, "hidden": (32,), "embedding_dim": 8},
+        {"watch_head": True, "hidden": (16, 8, 4), "embedding_dim": 3},
+    ],
+)
+def test_param_count_without_building_equals_the_built_networks(changes: dict) -> None:
+    """The size check before training counts what the network will hold, exactly."""
+    cfg = preset("seed")[0].replace(**changes)
+    shape = DataShape(n_users=37, n_movies=53, n_genres=7, rating_min=1.0, rating_max=5.0)
+    assert param_count(cfg, shape) == EmbeddingConcat(cfg, shape, rngs=nnx.Rngs(0)).n_params()
+
+
+def test_a_model_too_large_for_the_memory_is_refused_naming_the_setting_that_makes_it_large() -> None:
+    cfg = preset("default")[0]
+    n = param_count(cfg, SEED_SHAPE)
+    check_model_fits(cfg, SEED_SHAPE, n_movies_rated=25_000, memory_bytes=n * TRAINING_BYTES_PER_PARAM)  # just fits
+    with pytest.raises(SettingError, match=r"^embedding_dim: 64 makes a model of [\d,]+ parameters, .* GiB to train"):
+        check_model_fits(cfg, SEED_SHAPE, n_movies_rated=25_000, memory_bytes=n * TRAINING_BYTES_PER_PARAM - 1)
+    wide = cfg.replace(hidden=(10**6,))
+    with pytest.raises(SettingError, match=r"^hidden: 1000000 makes a model of .* choose smaller layers"):
+        check_model_fits(wide, SEED_SHAPE, n_movies_rated=25_000, memory_bytes=2**30)
+    with pytest.raises(SettingError, match=r"^movie_clusters: 17 is more clusters than the 16 movies"):
+        check_model_fits(cfg.replace(movie_clusters=17), SEED_SHAPE, n_movies_rated=16, memory_bytes=None)
 
 
 @pytest.mark.parametrize("in_features,hidden", [(150, (64, 10)), (24, (64, 10)), (384, (256, 128, 32)), (3, ())])

@@ -88,6 +88,10 @@ def test_the_search_space_follows_the_data_size_and_holds_the_preset() -> None:
     assert "user_history" not in rating_only
     bare = {p.name: p for p in search_space(preset="default", n_train=14_000, n_movies=400, bare=True)}
     assert bare["movie_clusters"].choices == (0, 8, 16, 32) and "movie_clusters" not in small
+    few = {
+        p.name: p for p in search_space(preset="default", n_train=14_000, n_movies=400, bare=True, n_movies_rated=20)
+    }
+    assert few["movie_clusters"].choices == (0, 8, 16)  # never more clusters than movies with training ratings
     assert "movie_clusters" not in {
         p.name for p in search_space(preset="seed", n_train=14_000, n_movies=400, bare=True)
     }
