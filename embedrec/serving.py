@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedrec.errors import ArtifactError, ConfigError
+from embedrec.tempfiles import name_target
 
 if TYPE_CHECKING:
     import numpy as np
@@ -173,8 +174,7 @@ def write_table(table: pd.DataFrame, output: Path, *, float_format: str | None =
             table.to_csv(tmp, index=False, float_format=float_format)
         os.replace(tmp, output)
     except OSError as exc:
-        if exc.filename is not None and Path(exc.filename) == tmp:  # name the user's path, not embedrec's temp file
-            raise OSError(exc.errno, exc.strerror, str(output)) from None
+        name_target(exc, tmp, output)  # the user's path, not embedrec's temp file beside it
         raise
     finally:
         tmp.unlink(missing_ok=True)

@@ -389,12 +389,30 @@ def _remove_trial_run(path: Path, root: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _check_writable(db: Path) -> None:
+    """SQLite writes the study file and a journal beside it; where either cannot be written, Optuna fails in the
+    middle of a commit with a traceback, so both are tried first and an OSError names the path (one line)."""
+    from embedrec.tempfiles import name_target, temp_sibling
+
+    with open(db, "ab"):  # an empty file is an empty SQLite database
+        pass
+    probe = temp_sibling(db)
+    try:
+        probe.touch()
+    except OSError as exc:
+        name_target(exc, probe, db.parent)
+        raise
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 def _open_study(
     db: Path, *, name: str, direction: Literal["minimize", "maximize"], sampler: Any, pruner: Any
 ) -> optuna.Study:
     import optuna
 
     db.parent.mkdir(parents=True, exist_ok=True)
+    _check_writable(db)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = optuna.storages.RDBStorage(

@@ -370,6 +370,15 @@ def _predict_into_read_only_folder(c: Ctx) -> list[str]:
     ]
 
 
+def _tune_in_a_read_only_study_folder(c: Ctx) -> list[str]:
+    """The study file may be written, its folder not (SQLite's journal goes beside it)."""
+    tune = c.tmp / "wd" / "tune"
+    tune.mkdir(parents=True)
+    (tune / "study.db").write_bytes(b"")
+    tune.chmod(0o555)
+    return ["tune", "--data", str(c.data), "--workdir", str(c.tmp / "wd"), "--trials", "1", "--max-epochs", "1"]
+
+
 def _workdir_is_file(c: Ctx) -> list[str]:
     (c.tmp / "wd").write_text("not a folder\n")
     return [
@@ -509,6 +518,13 @@ CASES = [
     Case("unreadable-ratings-file", _unreadable_file, 2, r"ratings\.csv: permission denied", needs_perms=True),
     Case("unreadable-source-folder", _unreadable_folder, 2, r"/ml: permission denied", needs_perms=True),
     Case("read-only-target", _read_only_target, 2, r"/ro/data: permission denied", needs_perms=True),
+    Case(
+        "tune-read-only-study-folder",
+        _tune_in_a_read_only_study_folder,
+        2,
+        r"/wd/tune: permission denied",
+        needs_perms=True,
+    ),
     # the error names the user's path, not embedrec's temp file beside it
     Case(
         "predict-read-only-output",
