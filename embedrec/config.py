@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -562,6 +563,16 @@ def _from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
         raise ConfigError(f"{what}: {exc}") from None
 
 
+def _no_repeated_keys(path: Path, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a key written twice (``json`` would keep the last one silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError(f"--config: {path} sets {key!r} twice: keep one of them")
+        out[key] = value
+    return out
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read hyperparameters from a JSON or TOML file: a flat table of option names (``lr``, ``hidden``, ...).
 
@@ -584,18 +595,28 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
             raw = tomllib.loads(text)
         else:
-            raw = json.loads(text)
+            raw = json.loads(text, object_pairs_hook=partial(_no_repeated_keys, path))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--config: {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"--config: {path} must hold one table of settings")
     defaults = {f.name: f.default for cls in (ModelConfig, TrainConfig) for f in dataclasses.fields(cls)}
     flat: dict[str, Any] = {}
+    written: dict[str, str] = {}  # each setting's spelling, so that one given twice is refused, not silently won
+
+    def put(key: str, value: Any, spelled: str) -> None:
+        name = key.replace("-", "_")
+        if name in written:
+            raise ConfigError(f"--config: {path} sets {name!r} twice ({written[name]} and {spelled}): keep one of them")
+        written[name] = spelled
+        flat[name] = value
+
     for key, value in raw.items():
         if isinstance(value, dict) and key in ("model", "train"):
-            flat.update({k.replace("-", "_"): v for k, v in value.items()})
+            for k, v in value.items():
+                put(k, v, f"{key}.{k}")
         else:
-            flat[key.replace("-", "_")] = value
+            put(key, value, key)
     for key, value in flat.items():
         if key == "preset":
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,40 @@ def test_config_files_accept_dashes_sections_and_toml(tmp_path: Path) -> None:
         load_config_file(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config_file(tmp_path / "none.json")
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "dash.toml",
+            "movie_clusters = 4\nmovie-clusters = 8\n",
+            "'movie_clusters' twice (movie_clusters and movie-clusters)",
+        ),
+        ("table.toml", "lr = 0.1\n[train]\nlr = 0.2\n", "'lr' twice (lr and train.lr)"),
+        (
+            "section.json",
+            '{"movie_clusters": 4, "model": {"movie_clusters": 8}}',
+            "(movie_clusters and model.movie_clusters)",
+        ),
+        ("same.json", '{"lr": 0.1, "lr": 0.2}', "'lr' twice: keep one"),
+    ],
+)
+def test_a_setting_written_twice_in_a_config_file_is_refused(
+    tmp_path: Path, name: str, text: str, message: str
+) -> None:
+    """Which of the two would win is not for embedrec to guess: the file and the two spellings are named."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f"--config: {path} sets ") + ".*" + re.escape(message)):
+        load_config_file(path)
+
+
+def test_a_config_files_value_out_of_its_domain_names_the_file_and_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "hp.toml"
+    path.write_text("[train]\nrow_decay = -1\n")
+    with pytest.raises(ConfigError, match=re.escape(f"--config: {path}: row_decay: must be >= 0, got -1")):
+        load_config_file(path)
 
 
 def test_the_default_preset_adapts_to_a_sparse_catalogue_but_never_overrides_the_user() -> None:
