@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embedrec.config import rating_loss_weight
+from embedrec.data.encode import exact_int
 from embedrec.errors import ConfigError, DataError, UnknownIdError
 from embedrec.fold_in import FoldedUser, fold_in
 from embedrec.metrics import ItemSets, top_k
@@ -238,8 +239,8 @@ class Recommender:
         """(ratings with NaN where unknown, reason per row: "" or "unknown user", "unknown movie",
         "unknown user and movie").
 
-        Ids may be integers or integer strings (read exactly: 9007199254740993 is not 9007199254740992); anything
-        that is not an integer id counts as unknown.
+        Ids may be integers or integer strings (read exactly: 9007199254740993 is not 9007199254740992); a value
+        that is not an integer id at all gets the reason "user id 'abc' is not an integer" (or movie).
         """
         u = self.user_vocab.indices(user_ids)
         m = self.movie_vocab.indices(movie_ids)
@@ -252,6 +253,19 @@ class Recommender:
         reasons[(u < 0) & (m >= 0)] = "unknown user"
         reasons[(u >= 0) & (m < 0)] = "unknown movie"
         reasons[(u < 0) & (m < 0)] = "unknown user and movie"
+        raw_users, raw_movies = np.asarray(user_ids, dtype=object).ravel(), np.asarray(movie_ids, dtype=object).ravel()
+        flat = reasons.reshape(-1)
+        for row in np.flatnonzero(~ok.ravel()):  # an id that is no integer at all is a typo, not an unknown id
+            sides = [
+                (what, raw[row], exact_int(raw[row]) is None)
+                for what, raw, idx in (("user", raw_users, u), ("movie", raw_movies, m))
+                if idx.ravel()[row] < 0
+            ]
+            if any(typo for _, _, typo in sides):
+                flat[row] = " and ".join(
+                    f"{what} id {value!r} is not an integer" if typo else f"unknown {what}"
+                    for what, value, typo in sides
+                )
         return out, reasons
 
     # -- filters ----------------------------------------------------------------------------------------------

@@ -26,6 +26,16 @@ def test_pairs_keep_the_ids_as_written(tmp_path: Path) -> None:
         read_pairs(tmp_path / "missing.csv")
 
 
+def test_a_ragged_csv_is_one_line_naming_the_file_the_row_and_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as caught:
+        read_pairs(write(tmp_path / "ragged.csv", "userId,movieId\n1,10\n2,3,x\n"))
+    message = str(caught.value)
+    assert "\n" not in message and "ragged.csv is not a readable CSV" in message
+    assert "Expected 2 fields in line 3, saw 3" in message and message.endswith(
+        "the same number of fields on every row"
+    )
+
+
 def test_user_ratings_are_integer_ids_and_numbers(tmp_path: Path) -> None:
     mine = read_user_ratings(write(tmp_path / "mine.csv", "movie_id,Rating\n1,5\n9007199254740993,3.5\n2.0,4\n"))
     assert mine["movieId"].tolist() == [1, 9007199254740993, 2] and mine["movieId"].dtype == np.int64

@@ -133,7 +133,11 @@ def _read_text_csv(path: Path, option: str) -> pd.DataFrame:
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{option}: {path} is not a readable CSV ({exc})") from None
+        detail = " ".join(str(exc).split())  # pandas' tokenizer messages end in a newline
+        raise DataError(
+            f"{option}: {path} is not a readable CSV ({detail}): save it as comma-separated text with one header "
+            "row and the same number of fields on every row"
+        ) from None
 
 
 def _columns(frame: pd.DataFrame, *wanted: str, path: Path, option: str) -> dict[str, str]:
