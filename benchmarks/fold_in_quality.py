@@ -65,14 +65,16 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="a train setting")
     args = parser.parse_args()
-    from quality import parse_override
+    from quality import check_overrides, parse_override
 
     from embedrec.data.split import TEST
     from embedrec.evaluation import default_relevance
     from embedrec.metrics import ItemSets, ranking_metrics
     from embedrec.recommender import Recommender
 
-    data, run = ensure_model(args.cache, dict(parse_override(o) for o in args.override))
+    overrides = dict(parse_override(o) for o in args.override)
+    check_overrides(overrides)
+    data, run = ensure_model(args.cache, overrides)
     rec = Recommender.load(run, data)
     prepared = rec.prepared
     assert prepared is not None

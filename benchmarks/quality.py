@@ -487,6 +487,19 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), parsed
 
 
+def check_overrides(overrides: dict[str, Any]) -> None:
+    """Every ``--override`` is a known setting with a valid value, before any data is prepared or trained: a bad one
+    ends the script with one line and exit 2, as ``embedrec train --config`` does."""
+    from embedrec.errors import ConfigError
+    from embedrec.runs import resolve_configs
+
+    try:
+        resolve_configs("default", overrides)
+    except ConfigError as exc:
+        print(f"error: --override: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="which rows (default: all)")
@@ -508,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's)")
     args = parser.parse_args(argv)
     overrides = dict(parse_override(o) for o in args.override)
+    check_overrides(overrides)
     args.cache.mkdir(parents=True, exist_ok=True)
     results = each_row(args.rows, partial(run_row, cache=args.cache, seeds=args.seeds, overrides=overrides), args.json)
     print(table(results, markdown=args.markdown))
