@@ -183,11 +183,15 @@ def _first_bad_value(
         nrows=nrows,
     )
     text = table.column(column).to_pandas()
-    num = pd.to_numeric(text, errors="coerce")
-    bad = num.isna().to_numpy() & (text.str.strip() != "").to_numpy()
-    if integer:
-        vals = num.to_numpy(dtype="float64", na_value=np.nan)
-        bad |= np.isfinite(vals) & (vals != np.round(vals))
+    stripped = text.str.strip()
+    if integer:  # what Arrow's int64 reader takes: digits with an optional sign, within 64 bits ("2.0" is not one)
+        digits = stripped.str.fullmatch(r"[+-]?\d+").fillna(False).to_numpy(bool).copy()
+        long = digits & (stripped.str.len().to_numpy() >= 19)
+        for i in np.flatnonzero(long):
+            digits[i] = -(2**63) <= int(stripped.iloc[i]) < 2**63
+        bad = ~digits & (stripped != "").to_numpy()
+    else:
+        bad = pd.to_numeric(text, errors="coerce").isna().to_numpy() & (stripped != "").to_numpy()
     rows = np.flatnonzero(bad)
     if len(rows) == 0:
         return None
@@ -268,6 +272,8 @@ def read_rating_columns(
                 )
                 if hit is not None:
                     row, value = hit
+                    if integer and value.strip().lstrip("+-").isdigit():
+                        kind = "an integer id within 64 bits"
                     raise DataError(
                         f"{path}, line {row + first_line}: column {failed!r} has {value!r}, expected {kind}; {todo}"
                     ) from None
