@@ -147,7 +147,7 @@ def test_predict_single_and_batch(workdir: Path, ids: dict, tmp_path: Path) -> N
     lines = out.read_text().strip().splitlines()
     assert lines[0] == "userId,movieId,prediction,reason"
     assert float(lines[1].split(",")[2]) == pytest.approx(rating, abs=1e-3)
-    assert lines[2].endswith(",,unknown user") and lines[3].endswith(",,unknown movie")
+    assert lines[2].endswith(",,unknown user") and lines[3].endswith(",,movie id 'abc' is not an integer")
 
 
 def test_evaluate_json_and_table(workdir: Path) -> None:

@@ -185,7 +185,7 @@ def predictions(summary: PredictSummary, *, output: Any, json_out: bool) -> None
     err_console.print(
         f"scored {n_ok:,} of {summary.n_pairs:,} pairs"
         + (
-            f"; {summary.n_unknown:,} left empty (unknown user or movie, see the reason column)"
+            f"; {summary.n_unknown:,} left empty (an unknown or non-integer id: see the reason column)"
             if summary.n_unknown
             else ""
         )
