@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 
 @contextmanager
-def folder_lock(folder: Path, *, exclusive: bool) -> Iterator[None]:
-    """Hold a shared or exclusive advisory lock on ``folder`` (which must exist) for the ``with`` block."""
+def folder_lock(folder: Path, *, exclusive: bool, wait: bool = True) -> Iterator[None]:
+    """Hold a shared or exclusive advisory lock on ``folder`` (which must exist) for the ``with`` block; with
+    ``wait`` False, :class:`BlockingIOError` at once when another process holds a conflicting one."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
@@ -25,7 +26,7 @@ def folder_lock(folder: Path, *, exclusive: bool) -> Iterator[None]:
         return
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB))
         yield
     finally:
         os.close(fd)  # closing releases the lock
@@ -35,22 +36,14 @@ def folder_lock(folder: Path, *, exclusive: bool) -> Iterator[None]:
 def run_folder_lock(folder: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock on a run folder while a process trains into it; a second trainer (``train
     --resume`` or ``--out`` of a run still training) is refused at once instead of writing checkpoints beside it."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
     from embedrec.errors import ConfigError
 
-    fd = os.open(folder, os.O_RDONLY)
-    try:
+    with ExitStack() as held:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.enter_context(folder_lock(folder, exclusive=True, wait=False))
         except BlockingIOError:
             raise ConfigError(
                 f"{folder} is being trained by another embedrec process: wait for it to finish (or stop it with "
                 "Ctrl-C, then resume), or choose another --out"
             ) from None
         yield
-    finally:
-        os.close(fd)
