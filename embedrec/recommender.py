@@ -575,7 +575,8 @@ class Recommender:
             values = ratings["rating"].to_numpy(np.float32)
         else:
             pairs = list(ratings)
-            movie_ids = np.array([p[0] for p in pairs], dtype=np.int64)
+            # as given (the lookup reads ids exactly): an id beyond 64 bits is an unknown movie, not an OverflowError
+            movie_ids = np.array([p[0] for p in pairs], dtype=object)
             values = np.array([p[1] for p in pairs], dtype=np.float32)
         idx = self.movie_vocab.indices(movie_ids)
         if (idx < 0).any():

@@ -438,6 +438,18 @@ def _model_output_onto_input(c: Ctx, command: str, option: str, text: str) -> li
     ]
 
 
+def _with_model(c: Ctx, *args: str) -> list[str]:
+    """``args`` run against a copy of the tiny trained model (``{tmp}`` in an argument is the case's folder)."""
+    run = c.copy_run()
+    data = [] if args[0] == "similar" else ["--data", str(c.data)]  # similar reads the model folder alone
+    return [args[0], "--model", str(run), *data, *(a.format(tmp=c.tmp) for a in args[1:])]
+
+
+def _ragged_ratings(c: Ctx) -> list[str]:
+    (c.tmp / "mine.csv").write_text("movieId,rating\n522,4,5\n")  # pandas would take 522 as a row label
+    return _with_model(c, "recommend", "--ratings", "{tmp}/mine.csv")
+
+
 def _model_case(change: Callable[[Ctx, Path], None]) -> Callable[[Ctx], list[str]]:
     def build(c: Ctx) -> list[str]:
         run = c.copy_run()
@@ -688,6 +700,23 @@ CASES = [
         lambda c: _model_output_onto_input(c, "recommend", "--users-file", "userId\n1\n"),
         2,
         r"--output .*pairs\.csv is the same file as --users-file .*pairs\.csv",
+    ),
+    # the user's own text in an error is printed as written, never read as rich markup (a traceback before)
+    Case(
+        "similar-title-markup",
+        lambda c: _with_model(c, "similar", "--movie", "[/]"),
+        2,
+        r"no movie title contains '\[/\]'",
+    ),
+    Case(
+        "recommend-genre-markup",
+        lambda c: _with_model(c, "recommend", "--user", c.first_user(), "--genre", "[red]x[/red]"),
+        2,
+        r"--genre: unknown genre '\[red\]x\[/red\]'",
+    ),
+    # a long first row is not silently read with its columns shifted
+    Case(
+        "fold-in-ragged-row", _ragged_ratings, 2, r"--ratings: .*mine\.csv line 2 has more fields than the header's 2"
     ),
     # a setting is named as the user gave it: the flag, or the config file and its key (many keys have no flag)
     Case(

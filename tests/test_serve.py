@@ -328,6 +328,9 @@ def test_every_bad_request_gets_one_clear_json_line(client: httpx.Client, ids: d
     assert_clean_error(
         client.post("/recommend", json={"ratings": [{"movieId": ids["unknown_movie"], "rating": 4}]}), 404, "not known"
     )
+    for beyond_64_bits in (2**63, 10**23, -(2**63) - 1):  # an unknown movie, not a 500 from an int64 overflow
+        body = {"ratings": [{"movieId": beyond_64_bits, "rating": 4}]}
+        assert_clean_error(client.post("/recommend", json=body), 404, "not known")
     assert_clean_error(client.get("/recommend", params={"user": u, "k": 101}), 422, "k")
     assert_clean_error(client.get("/recommend", params={"user": u, "k": 0}), 422, "k")
     assert_clean_error(client.get("/recommend", params={"user": "abc"}), 422, "user")
@@ -738,3 +741,37 @@ def test_a_model_whose_users_rated_the_whole_catalogue_is_served(tmp_path: Path)
     served = load_served_model(ModelSource(workdir=tmp_path))
     assert served.rec.recommend_many(prepared.user_ids, k=5, min_ratings=0).empty  # every movie was seen
     assert len(served.rec.recommend_many(prepared.user_ids, k=5, min_ratings=0, filter_seen=False)) == 10
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("", "is blank"),  # an empty $SECRET in EMBEDREC_API_KEY=$SECRET: refused, never an open server
+        ("    ", "is blank"),
+        ("ключключключключключ", "must be printable ASCII"),  # headers are Latin-1: it could never match
+        ("short-key", "at least 16 characters"),
+    ],
+)
+def test_an_api_key_that_cannot_guard_the_server_is_refused_before_it_starts(
+    tmp_path: Path, key: str, message: str
+) -> None:
+    proc = subprocess.run(
+        [*EMBEDREC, "serve", "--workdir", str(tmp_path / "none"), "--port", "9"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env=cli_env({"EMBEDREC_API_KEY": key}),
+    )
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and message in line and "EMBEDREC_API_KEY" in line
+
+
+def test_client_errors_name_paths_by_their_last_part_even_with_spaces() -> None:
+    from embedrec.serve.state import redact_paths
+
+    layout = "/srv/secret place/w/models"
+    message = f"{layout}/bad run/weights.safetensors is unreadable; {layout}/latest names {layout}/gone"
+    assert redact_paths(message) == "weights.safetensors is unreadable; latest names gone"
+    assert redact_paths("/data/run1 is damaged: see /var/log/a.log") == "run1 is damaged: see a.log"

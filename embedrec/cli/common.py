@@ -105,7 +105,10 @@ def cluster_of(
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print one red error line and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # the message quotes the user's own text (a title, a genre, a file's cell): printed as written, never as markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -65,7 +65,18 @@ def serve_cmd(
 
     A model that fails validation is refused, and the old one keeps serving.
     """
-    api_key = api_key.strip() if api_key and api_key.strip() else None
+    if api_key is None and API_KEY_ENV in os.environ:  # set but empty: the CLI's parser reads that as unset
+        api_key = os.environ[API_KEY_ENV]
+    if api_key is not None and not api_key.strip():  # an empty $SECRET must not turn the key off without a word
+        raise ConfigError(
+            f"--api-key / {API_KEY_ENV} is blank: set a key of 16 characters or more, or unset it to serve without one"
+        )
+    api_key = api_key.strip() if api_key is not None else None
+    if api_key is not None and not (api_key.isascii() and api_key.isprintable()):
+        raise ConfigError(
+            f"--api-key / {API_KEY_ENV} must be printable ASCII (HTTP headers carry no other text), e.g. `openssl "
+            "rand -hex 16`"
+        )
     if api_key is not None and len(api_key) < 16:
         raise ConfigError(f"--api-key / {API_KEY_ENV} must be at least 16 characters (e.g. `openssl rand -hex 16`)")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # concurrency comes from requests; see Scorer's BLAS note

@@ -131,13 +131,19 @@ def _read_text_csv(path: Path, option: str) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{option}: {path} does not exist")
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (ValueError, UnicodeDecodeError) as exc:
         detail = " ".join(str(exc).split())  # pandas' tokenizer messages end in a newline
         raise DataError(
             f"{option}: {path} is not a readable CSV ({detail}): save it as comma-separated text with one header "
             "row and the same number of fields on every row"
         ) from None
+    if not isinstance(frame.index, pd.RangeIndex):  # pandas took the extra leading fields of a long row as an index
+        raise DataError(
+            f"{option}: {path} line 2 has more fields than the header's {len(frame.columns)}: give every row the "
+            "header's fields (a value holding a comma must be quoted)"
+        )
+    return frame
 
 
 def _columns(frame: pd.DataFrame, *wanted: str, path: Path, option: str) -> dict[str, str]:

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("embedrec.serve")
 
-_ABS_PATH = re.compile(r"(?<![\w.~])/(?:[^\s/:'\"`,;()]+/)*([^\s/:'\"`,;()]+)/?")
+# a folder may hold single spaces between words ("/srv/secret place/w/"): the slash after it tells it from prose
+_ABS_PATH = re.compile(r"(?<![\w.~])/(?:[^\s/:'\"`,;()]+(?: [^\s/:'\"`,;()]+)*/)*([^\s/:'\"`,;()]+)/?")
 
 
 def redact_paths(message: str) -> str:
