@@ -298,6 +298,11 @@ def test_model_healthz_and_docs_describe_the_server(client: httpx.Client, workdi
     assert model["generation"] == 1 and model["n_users"] == 300
     assert str(workdir) not in json.dumps(model)
     assert client.get("/healthz").json() == {"status": "ok", "run": "run-1", "generation": 1}
+    for path in ("/healthz", "/model", "/"):  # HEAD answers as GET does, without the body (health checkers send it)
+        head, get = client.head(path), client.get(path)
+        assert head.status_code == 200 and head.content == b"", path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+    assert client.head("/admin/reload").status_code == 405  # a POST-only path stays POST-only
     assert "access-control-allow-origin" not in client.get("/healthz", headers={"Origin": "http://x.example"}).headers
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/recommend", "/similar", "/predict", "/movies", "/model", "/healthz", "/admin/reload"} <= set(paths)
@@ -328,6 +333,23 @@ def test_every_bad_request_gets_one_clear_json_line(client: httpx.Client, ids: d
     assert_clean_error(
         client.post("/recommend", json={"ratings": [{"movieId": ids["unknown_movie"], "rating": 4}]}), 404, "not known"
     )
+    json_type = {"content-type": "application/json"}
+    for body in (
+        b'{"pairs": [{"userId": 1, "movieId": 2}], "\xff": 1}',
+        b'{"pairs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ):
+        assert_clean_error(client.post("/predict", content=body, headers=json_type), 422, "not valid JSON")
+    form = {"content-type": "application/x-www-form-urlencoded"}  # what `curl -d` sends
+    sent = b'{"pairs": [{"userId": 1, "movieId": 2}]}'
+    assert_clean_error(client.post("/predict", content=sent, headers=form), 422, "Content-Type: application/json")
+    compressed = {**json_type, "content-encoding": "gzip"}
+    assert_clean_error(client.post("/predict", content=b"\x1f\x8b\x08\x00", headers=compressed), 415, "uncompressed")
+    # another JSON type is refused, not coerced: true is not the rating 1, "5" not user 5, "yes" not a yes
+    rated = [{"movieId": m, "rating": 4}]
+    assert_clean_error(client.post("/recommend", json={"ratings": [{"movieId": m, "rating": True}]}), 422, "rating")
+    assert_clean_error(client.post("/recommend", json={"ratings": rated, "k": True}), 422, "k")
+    assert_clean_error(client.post("/recommend", json={"ratings": rated, "include_seen": "yes"}), 422, "include_seen")
+    assert_clean_error(client.post("/predict", json={"pairs": [{"userId": str(u), "movieId": m}]}), 422, "userId")
     for beyond_64_bits in (2**63, 10**23, -(2**63) - 1):  # an unknown movie, not a 500 from an int64 overflow
         body = {"ratings": [{"movieId": beyond_64_bits, "rating": 4}]}
         assert_clean_error(client.post("/recommend", json=body), 404, "not known")

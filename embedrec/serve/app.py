@@ -140,6 +140,26 @@ class BodyLimit:
         return f"request body is larger than {self.max_bytes:,} bytes: split it into smaller requests"
 
 
+class HeadAsGet:
+    """Answer HEAD as GET without the body (RFC 9110: a GET resource supports HEAD), so health checkers that send
+    HEAD /healthz get 200 and the headers, not 405."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 async def _send_json(send: Send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
     await send(
@@ -184,11 +204,24 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body_itself = any(tuple(e.get("loc", ())) == ("body",) for e in exc.errors())
+        if body_itself and request.method == "POST" and kind != "application/json":  # curl -d sends a form
+            return _error(
+                422, f"send the body as JSON with the header Content-Type: application/json (got {kind or 'none'})"
+            )
         return _error(422, _validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's answer to a body its JSON reader gave up on (invalid UTF-8, nesting or a number too deep or
+            # long, a compressed body) before validation: the same 422 and advice as any other body that is not JSON
+            encoding = request.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                return _error(415, f"Content-Encoding {encoding} is not accepted: send the JSON uncompressed")
+            return _error(422, "the request body is not valid JSON (UTF-8 text, plainly nested): send a JSON object")
         return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(UnknownIdError)
@@ -471,6 +504,7 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None) -> Fa
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeadAsGet)
     return app
 
 

@@ -25,9 +25,10 @@ K = Annotated[int, Field(ge=1, le=MAX_K, description=f"How many movies to return
 
 
 class _Strict(BaseModel):
-    """Request bodies reject unknown fields: a misspelt option must not be silently ignored."""
+    """Request bodies reject unknown fields (a misspelt option must not be silently ignored) and values of another
+    JSON type: `true` is not the rating 1, nor `"yes"` a yes (strict mode; an integer still serves as a float)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Movie(BaseModel):
