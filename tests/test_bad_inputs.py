@@ -718,6 +718,20 @@ CASES = [
     Case(
         "fold-in-ragged-row", _ragged_ratings, 2, r"--ratings: .*mine\.csv line 2 has more fields than the header's 2"
     ),
+    # Typer's own parse errors are one line too, naming the option and where the help is (a usage box before)
+    Case(
+        "unknown-option",
+        lambda c: _train_flags(c, "--bogus"),
+        2,
+        r"No such option: --bogus .*\(see `.* train --help`\)",
+    ),
+    Case(
+        "option-below-its-range",
+        lambda c: ["evaluate", "--workdir", str(c.tmp / "wd"), "--max-users", "0"],
+        2,
+        r"Invalid value for '--max-users': .*greater than or equal to 1 \(see `.* evaluate --help`\)",
+    ),
+    Case("missing-option", lambda c: ["similar"], 2, r"Missing option '--movie'"),
     # a setting is named as the user gave it: the flag, or the config file and its key (many keys have no flag)
     Case(
         "config-row-decay-negative",

@@ -17,6 +17,11 @@ from embedrec.cli.common import app
 def main() -> None:
     """Console-script entry point: the command, then the process's end without the interpreter's teardown
     (:func:`exit_without_teardown`)."""
+    import typer.rich_utils
+
+    from embedrec.cli.common import one_line_usage_error
+
+    typer.rich_utils.rich_format_error = one_line_usage_error  # type: ignore[assignment]  # looked up per error
     try:
         app()
     except SystemExit as exc:

@@ -112,6 +112,17 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def one_line_usage_error(exc: Any) -> None:
+    """Typer's own usage errors (an unknown option, a missing or out-of-range value its parser refuses) as one
+    ``error:`` line like every other error, instead of a usage line, a hint and a box; the exit code stays 2.
+    Installed over ``typer.rich_utils.rich_format_error`` by :func:`embedrec.cli.main`."""
+    if exc.__class__.__name__ == "NoArgsIsHelpError":  # `embedrec` alone: the help was printed, as Typer does
+        return
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    fail(" ".join(exc.format_message().split()) + where, exc.exit_code)
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
