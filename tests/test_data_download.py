@@ -135,6 +135,24 @@ def test_interrupted_download_resumes_with_range(server: Server, tmp_path: Path)
     assert (cache / "ml-latest-small.zip").read_bytes() == server.files["/movielens/ml-latest-small.zip"]
 
 
+def test_force_replaces_the_cache_only_with_a_verified_archive(server: Server, tmp_path: Path) -> None:
+    """``--force`` fetches again; while the new archive is not in hand and verified the cached one stays usable."""
+    cache = tmp_path / "cache"
+    first = download("ml-latest-small", cache_dir=cache, url=server.url)
+    archive, ratings = first.zip_path.read_bytes(), (first.folder / "ratings.csv").read_bytes()
+    again = download("ml-latest-small", cache_dir=cache, url=server.url, force=True)
+    assert again.downloaded and again.verified and again.zip_path.read_bytes() == archive
+    del server.files["/movielens/ml-latest-small.zip"]  # the site fails (404) during a forced download
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        download("ml-latest-small", cache_dir=cache, url=server.url, force=True)
+    assert first.zip_path.read_bytes() == archive and (first.folder / "ratings.csv").read_bytes() == ratings
+    server.files["/movielens/ml-latest-small.zip"] = archive + b"tampered"  # now the checksum does not match
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        download("ml-latest-small", cache_dir=cache, url=server.url, force=True)
+    assert first.zip_path.read_bytes() == archive and (first.folder / "ratings.csv").read_bytes() == ratings
+    assert not download("ml-latest-small", cache_dir=cache, url=server.url).downloaded  # the cache serves as before
+
+
 def test_checksum_mismatch_deletes_the_file(server: Server, tmp_path: Path) -> None:
     server.files["/movielens/ml-latest-small.zip.md5"] = b"0123456789abcdef0123456789abcdef  ml-latest-small.zip\n"
     with pytest.raises(DownloadError, match="checksum mismatch"):

@@ -210,16 +210,14 @@ def download(
     zip_path = cache_dir / f"{name}.zip"
     part = cache_dir / f"{name}.zip.part"
     folder = cache_dir / name
-    if force:
-        for p in (zip_path, part):
-            p.unlink(missing_ok=True)
-        shutil.rmtree(folder, ignore_errors=True)
-    if zip_path.is_file() and folder.is_dir():
+    if force:  # a fresh fetch, not a resume; the cached archive and folder stay until the new one is verified
+        part.unlink(missing_ok=True)
+    elif zip_path.is_file() and folder.is_dir():
         return DownloadResult(name, zip_path, folder, downloaded=False, verified=False, url=zip_url)
     verified = False
     downloaded = False
     warning = None
-    if not zip_path.is_file():
+    if force or not zip_path.is_file():
         _fetch(zip_url, part, name=name, timeout=timeout, on_progress=on_progress)
         published = _published_md5(zip_url, timeout=timeout)
         expected = published.md5
