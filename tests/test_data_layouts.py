@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -194,6 +195,31 @@ def test_zip_with_top_folder_and_nested_folder(tmp_path: Path) -> None:
     wrapper = tmp_path / "wrap"
     write_ml100k(wrapper / "ml-100k")
     assert prepare(wrapper, out=tmp_path / "out2", config=NO_SPLIT)["format"] == "ml-100k"
+
+
+def test_two_recbole_data_sets_in_one_folder_are_refused_by_name(tmp_path: Path) -> None:
+    """embedrec never picks one of two data sets silently, RecBole's atomic files included (a.inter was read before)."""
+    src = write_recbole(tmp_path / "src")
+    for f in list(src.iterdir()):
+        shutil.copy(f, src / f.name.replace(f.stem, "other"))
+    with pytest.raises(DataError, match=r"holds 2 data sets \(recbole ml-100k\.inter, recbole other\.inter\)"):
+        prepare(src, out=tmp_path / "out", config=NO_SPLIT)
+    (src / "other.item").unlink()
+    (src / "ml-100k.item").rename(src / "items.item")  # no pairs by name, two .inter files: still two data sets
+    with pytest.raises(DataError, match="holds 2 data sets"):
+        prepare(src, out=tmp_path / "out", config=NO_SPLIT)
+    (src / "other.inter").unlink()  # one .inter beside one .item of another name: that one data set
+    assert prepare(src, out=tmp_path / "out", config=NO_SPLIT)["format"] == "recbole"
+
+
+def test_a_recbole_item_file_may_name_its_genres_genre(tmp_path: Path) -> None:
+    """RecBole's atomic-file docs write ml-1m.item's genres as `genre:token_seq`; they were dropped without a word."""
+    src = write_recbole(tmp_path / "src")
+    with_class = prepare(src, out=tmp_path / "out", config=NO_SPLIT)
+    item = src / "ml-100k.item"
+    item.write_text(item.read_text().replace("class:token_seq", "genre:token_seq", 1))
+    with_genre = prepare(src, out=tmp_path / "out2", config=NO_SPLIT)
+    assert with_genre["n_genres"] == with_class["n_genres"] > 0
 
 
 def test_forced_format_that_does_not_match_is_an_error(tmp_path: Path) -> None:

@@ -112,3 +112,13 @@ def test_time_based_splits_refuse_data_without_timestamps() -> None:
             assign_split(users, np.zeros(4, dtype=np.int64), method=method, test_frac=0.25, val_frac=0.0, seed=0)
     codes = assign_split(users, np.array([1, 2, 3, 4]), method="temporal", test_frac=0.25, val_frac=0.0, seed=0)
     assert codes.tolist() == [0, 0, 0, 2]
+
+
+def test_a_split_that_leaves_nothing_to_train_on_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    """The fractions sum below 1, but 0.99 of 40 ratings rounds to all of them: no prepared set train cannot use."""
+    from embedrec.errors import DataError
+
+    config = PrepareConfig(test_frac=0.99, val_frac=0.0)
+    with pytest.raises(DataError, match=r"the random split of 40 ratings leaves none to train on \(test 40, val 0\)"):
+        prepare_synthetic(out=tmp_path / "out", n_users=20, n_movies=30, n_ratings=40, seed=0, config=config)
+    assert not (tmp_path / "out").exists()

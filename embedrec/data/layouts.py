@@ -112,16 +112,17 @@ def _candidates(folder: Path) -> list[Path]:
     return [folder] + sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _recbole_in(cand: Path) -> tuple[Path, Path] | None:
+def _recbole_in(cand: Path) -> list[tuple[Path, Path]]:
+    """Every RecBole data set in ``cand``: each ``X.inter`` with its ``X.item``; a lone ``.inter`` beside a lone
+    ``.item`` of another name is one data set too. Several are all returned, so the caller can refuse to pick."""
     inters = sorted(cand.glob("*.inter"))
-    for inter in inters:
-        item = inter.with_suffix(".item")
-        if item.is_file():
-            return inter, item
+    paired = [(inter, inter.with_suffix(".item")) for inter in inters if inter.with_suffix(".item").is_file()]
+    if paired:
+        return paired
     items = sorted(cand.glob("*.item"))
-    if inters and items:
-        return inters[0], items[0]
-    return None
+    if len(inters) == 1 and len(items) == 1:
+        return [(inters[0], items[0])]
+    return [(inter, items[0]) for inter in inters] if items else []
 
 
 def _layouts_in(folder: Path, fmt: str) -> list[Layout]:
@@ -141,9 +142,8 @@ def _layouts_in(folder: Path, fmt: str) -> list[Layout]:
                     name = fmt if fmt != "auto" else ("ml-1m" if (cand / "users.dat").is_file() else "ml-10m")
                 found.append(Layout(format=name, ratings=cand / files[0], movies=cand / files[1], folder=cand))
         if fmt in ("auto", "recbole"):
-            rec = _recbole_in(cand)
-            if rec is not None:
-                found.append(Layout(format="recbole", ratings=rec[0], movies=rec[1], folder=cand))
+            for inter, item in _recbole_in(cand):
+                found.append(Layout(format="recbole", ratings=inter, movies=item, folder=cand))
     return found
 
 
@@ -159,7 +159,12 @@ def detect_layout(folder: Path, *, config: PrepareConfig) -> Layout:
     if len(found) == 1:
         return found[0]
     if len(found) > 1:
-        where = ", ".join(f"{lay.format} in {lay.folder.relative_to(folder).as_posix() or '.'}/" for lay in found[:6])
+        where = ", ".join(
+            f"{lay.format} {lay.ratings.relative_to(folder).as_posix()}"
+            if lay.format == "recbole"
+            else f"{lay.format} in {lay.folder.relative_to(folder).as_posix() or '.'}/"
+            for lay in found[:6]
+        )
         raise DataError(
             f"{folder} holds {len(found)} data sets ({where}): pass the folder of the one you want (unzip an archive "
             "first), or choose with --format"
@@ -340,7 +345,8 @@ def read_movies_u_item(path: Path) -> pd.DataFrame:
 
 
 def read_movies_recbole(path: Path) -> pd.DataFrame:
-    """RecBole ``.item``: tab-separated with ``name:type`` headers; ``class`` holds space-separated genres."""
+    """RecBole ``.item``: tab-separated with ``name:type`` headers; ``class`` (or ``genre``) holds space-separated
+    genres."""
     import pandas as pd
 
     text = read_text(path, what="movies", encodings=("utf-8", "latin-1"))
@@ -350,6 +356,8 @@ def read_movies_recbole(path: Path) -> pd.DataFrame:
         if col not in header:
             raise missing_column_error(path, col, header, "\t", None)
     pos = {name: header.index(name) for name in header}
+    # RecBole's ml-100k ships the genres as `class`; its atomic-file docs (ml-1m) name them `genre`
+    genre_col = next((name for name in ("class", "genre", "genres") if name in pos), None)
     ids, titles, years, genres, lines = [], [], [], [], []
     for no, line in enumerate(rows[1:], start=2):
         if not line.strip():
@@ -360,7 +368,7 @@ def read_movies_recbole(path: Path) -> pd.DataFrame:
         ids.append(parts[pos["item_id"]])
         titles.append(parts[pos["movie_title"]])
         years.append(parts[pos["release_year"]] if "release_year" in pos else "")
-        genres.append(parts[pos["class"]] if "class" in pos else "")
+        genres.append(parts[pos[genre_col]] if genre_col is not None else "")
         lines.append(no)
     if not ids:
         raise DataError(f"{path} has a header but no item rows")

@@ -22,7 +22,7 @@ import numpy as np
 from embedrec.data.config import PrepareConfig
 from embedrec.data.layouts import NO_GENRES, RawData, normalise_genres, split_title_year
 from embedrec.data.readers import RatingArrays
-from embedrec.errors import ConfigError
+from embedrec.errors import ConfigError, DataError
 
 ProgressFn = Callable[[str, int, int], None]
 STAGES = ("read", "clean", "split", "write")
@@ -65,6 +65,11 @@ def prepare_raw(
     genre_strings, str_idx, lists, genres = genre_vocab(movies["genres"].tolist(), none=NO_GENRES)
     movies = movies.assign(genre_str_idx=str_idx, genre_list=lists)
     counts = np.bincount(split, minlength=3)
+    if counts[TRAIN] == 0:  # rounding or a time-based split can leave nothing, though the fractions sum below 1
+        raise DataError(
+            f"the {config.split} split of {len(split):,} ratings leaves none to train on (test {counts[TEST]:,}, val "
+            f"{counts[VAL]:,}): lower --test-frac / --val-frac, or prepare more ratings"
+        )
     rating = clean.rating
     summary: dict[str, Any] = {
         "format": fmt,
