@@ -264,3 +264,10 @@ def test_ratings_are_float32_exact_for_half_stars(tmp_path: Path) -> None:
     prepare(src, out=tmp_path / "out", config=PrepareConfig())
     r = load_prepared(tmp_path / "out").rating
     assert r.dtype == np.float32 and sorted(r.tolist()) == [0.5, 3.5, 5.0]
+
+
+def test_dates_where_unix_timestamps_belong_say_what_a_timestamp_is(tmp_path: Path) -> None:
+    src = make(tmp_path / "src", HEADER + "1,1,4,2020-01-31\n2,2,3,2020-02-01\n")
+    msg = run_error(src, tmp_path)
+    assert "no valid ratings left" in msg and "bad_timestamp: 2" in msg
+    assert "timestamps must be Unix times in seconds" in msg and "--time-col ''" in msg

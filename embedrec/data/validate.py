@@ -184,7 +184,13 @@ def clean_ratings(raw: RawData, *, config: PrepareConfig) -> CleanRatings:
     r.rating = r.timestamp = np.zeros(0)
     del keep
     if len(uidx) == 0:
-        raise DataError(f"{r.file}: no valid ratings left after dropping bad rows ({_fmt_counts(dropped)})")
+        hint = ""
+        if dropped.get("bad_timestamp") and max(dropped, key=lambda k: dropped[k]) == "bad_timestamp":
+            hint = (
+                ": timestamps must be Unix times in seconds (a date like 2020-01-31 is not one); convert them, or "
+                "read the file as a generic CSV without them (--format csv --time-col '')"
+            )
+        raise DataError(f"{r.file}: no valid ratings left after dropping bad rows ({_fmt_counts(dropped)}){hint}")
 
     key = uidx.astype(np.int64) * np.int64(len(movie_ids)) + midx
     dup = _latest_duplicates(key, timestamp)
