@@ -4,7 +4,8 @@ Library code raises these; the CLI turns each into one red line and its exit cod
 used, a full disk) and SIGTERM (:class:`Terminated`) get one line too, through :func:`os_error_message`; anything else
 that escapes is a bug and is allowed to show a traceback.
 
-Exit codes: 2 user error, 3 training diverged, 74 machine fault (disk full, I/O), 130 Ctrl-C, 143 SIGTERM.
+Exit codes: 2 user error, 3 training diverged, 74 machine fault (disk full, I/O, a lost process of a distributed
+run), 130 Ctrl-C, 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -51,6 +52,16 @@ class UnknownIdError(EmbedrecError):
 
 class DownloadError(EmbedrecError):
     """A download failed: offline, HTTP error, or checksum mismatch."""
+
+
+class LostPeer(EmbedrecError):
+    """Another process of a distributed run is gone mid-run; the last checkpoint is kept for ``--resume``.
+
+    ``hard_exit``: the CLI ends the process at once after its line, because JAX's shutdown at exit would wait for
+    the lost process at a barrier and then abort (SIGABRT) with a native stack dump."""
+
+    exit_code = 74
+    hard_exit = True
 
 
 class TrainingDiverged(EmbedrecError):

@@ -49,7 +49,7 @@ from embedrec.config import (
     preset as preset_configs,
 )
 from embedrec.data.split import TRAIN
-from embedrec.errors import ArtifactError, ConfigError, EmbedrecError
+from embedrec.errors import ArtifactError, ConfigError, EmbedrecError, LostPeer
 from embedrec.locks import run_folder_lock
 from embedrec.workdir import data_dir as data_dir_of
 from embedrec.workdir import models_dir, set_latest_run
@@ -441,12 +441,17 @@ def _train_run(
             stop_requested=stop_requested,
             initialised=initialised,
         )
-    except BaseException:
+    except BaseException as exc:
         try:
             saves.close()  # the last good checkpoint is on disk before the error is reported
         finally:
             if not resume and writer:
                 _drop_unresumable(run_dir, created=created_run_dir)
+        if several and _is_lost_peer(exc):
+            raise LostPeer(
+                f"another process of the distributed run stopped mid-run ({_first_line(exc)}); the last checkpoint in "
+                f"{run_dir / 'checkpoints'} is kept: start every process again with --resume"
+            ) from None
         raise
     summary_rows = result.model.summary()
     ranking: dict[str, Any] = {}
@@ -705,6 +710,16 @@ def _after(first: Future[None], then: Callable[..., None], *args: Any, **kwargs:
     """``then(*args, **kwargs)`` once ``first`` has succeeded (its error, if it failed)."""
     first.result()
     then(*args, **kwargs)
+
+
+def _is_lost_peer(exc: BaseException) -> bool:
+    """A collective of a distributed run failed because another process is gone (XLA's runtime error from gloo)."""
+    return type(exc).__name__ in ("JaxRuntimeError", "XlaRuntimeError")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _make_and_lock(run_dir: Path, held: ExitStack, *, created: bool) -> None:

@@ -85,3 +85,25 @@ def test_a_run_stopped_resumed_and_killed_on_other_process_counts_ends_as_one_un
     assert sorted(mine) == sorted(theirs)
     for name in mine:
         np.testing.assert_allclose(mine[name], theirs[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_a_process_killed_mid_run_ends_the_other_with_one_line_and_keeps_the_checkpoint(
+    synthetic_prepared: Path, tmp_path: Path
+) -> None:
+    """The survivor's next collective fails (gloo: connection reset): one error line and exit 74 at once, not a
+    traceback and, 90 s later, JAX's abort at the shutdown barrier that waits for the lost process."""
+    run = tmp_path / "run"
+    epochs = ["--epochs", "200"]
+    procs = cluster_processes(synthetic_prepared, [run, tmp_path / "p1"], [tmp_path, tmp_path / "w1"], [epochs] * 2)
+    kept = _wait_for_checkpoint(run, procs[0], after=None)
+    assert kept is not None, procs[0].communicate(timeout=60)[1]
+    procs[1].send_signal(signal.SIGKILL)
+    procs[1].communicate(timeout=60)
+    t0 = time.monotonic()
+    _, err = procs[0].communicate(timeout=120)
+    assert procs[0].returncode == 74, err
+    assert time.monotonic() - t0 < 60, err  # before the coordination service's heartbeat timeout
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: another process of the distributed run stopped mid-run")
+    assert f"{run / 'checkpoints'} is kept: start every process again with --resume" in lines[0]
+    assert latest_checkpoint(run) is not None and not (run / "model.json").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 import threading
@@ -144,6 +145,11 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except EmbedrecError as exc:
+            if getattr(exc, "hard_exit", False):  # nothing more may run in this process (see errors.LostPeer)
+                fail(str(exc), exc.exit_code)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(exc.exit_code)
             raise fail(str(exc), exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
