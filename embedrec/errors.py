@@ -12,9 +12,11 @@ from __future__ import annotations
 
 
 class EmbedrecError(Exception):
-    """A problem the user can fix. ``exit_code`` is what the CLI exits with."""
+    """A problem the user can fix. ``exit_code`` is what the CLI exits with; ``hard_exit``: the CLI ends the process
+    right after the error line, running nothing more (see :class:`LostPeer`)."""
 
     exit_code: int = 2
+    hard_exit: bool = False
 
 
 class DataError(EmbedrecError):

@@ -449,7 +449,7 @@ def _train_run(
                 _drop_unresumable(run_dir, created=created_run_dir)
         if several and _is_lost_peer(exc):
             raise LostPeer(
-                f"another process of the distributed run stopped mid-run ({_first_line(exc)}); the last checkpoint in "
+                f"another process of the distributed run stopped mid-run ({_one_line(exc)}); the last checkpoint in "
                 f"{run_dir / 'checkpoints'} is kept: start every process again with --resume"
             ) from None
         raise
@@ -712,12 +712,17 @@ def _after(first: Future[None], then: Callable[..., None], *args: Any, **kwargs:
     then(*args, **kwargs)
 
 
+_LOST_PEER_SIGNS = ("gloo", "connection reset", "connection closed", "socket closed", "unavailable")
+
+
 def _is_lost_peer(exc: BaseException) -> bool:
-    """A collective of a distributed run failed because another process is gone (XLA's runtime error from gloo)."""
-    return type(exc).__name__ in ("JaxRuntimeError", "XlaRuntimeError")
+    """A collective of a distributed run failed because another process is gone: XLA's runtime error from the
+    transport (gloo: connection reset), not any runtime error (a device out of memory keeps its own message)."""
+    text = str(exc).lower()
+    return type(exc).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and any(s in text for s in _LOST_PEER_SIGNS)
 
 
-def _first_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= 160 else text[:157] + "..."
 

@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from embedrec.config import PRESETS, SEED_LIMIT, ModelConfig, TrainConfig, to_dict
 from embedrec.config import preset as preset_configs
-from embedrec.errors import ConfigError, EmbedrecError, TrainingDiverged
+from embedrec.errors import ConfigError, EmbedrecError, SettingError, TrainingDiverged
 from embedrec.workdir import atomic_write_text, set_latest_run
 
 if TYPE_CHECKING:
@@ -849,8 +849,10 @@ def _tune_here(
         raise ConfigError(f"--trials: must be >= 1, got {n_trials}")
     if max_epochs is not None and max_epochs < 1:
         raise ConfigError(f"--max-epochs: must be >= 1, got {max_epochs}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_LIMIT:
-        raise ConfigError(f"--seed: must be a whole number in 0..{SEED_LIMIT}, got {seed}")
+    try:  # every trial trains with this seed: the train config's own check
+        TrainConfig(seed=seed)
+    except SettingError as exc:
+        raise exc.named("--seed") from None
     model_cfg, train_cfg = preset_configs(preset)
     if _needs_ranking(objective) and not (model_cfg.watch_head and train_cfg.negatives > 0):
         raise ConfigError(
@@ -862,8 +864,10 @@ def _tune_here(
     check_config_target(config_path)
     data_path = Path(data_dir) if data_dir is not None else data_dir_of(workdir)
     prepared = load_prepared(data_path)
-    n_train = int((prepared.split == 0).sum())
-    if not (prepared.split == 1).any():
+    from embedrec.data.split import TRAIN, VAL
+
+    n_train = int((prepared.split == TRAIN).sum())
+    if not (prepared.split == VAL).any():
         val_frac = float(prepared.summary.get("split", {}).get("val_frac", 0) or 0)
         fix = (
             f"its --val-frac {val_frac:g} of {len(prepared.split)} ratings left none: prepare more ratings, or "
@@ -884,7 +888,7 @@ def _tune_here(
         n_movies=prepared.n_movies,
         holds=own,
         bare=prepared.n_genres == 0,
-        n_movies_rated=prepared.split_extent(0)[1],
+        n_movies_rated=prepared.split_extent(TRAIN)[1],
     )
 
     root = tune_dir(workdir)

@@ -145,7 +145,7 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except EmbedrecError as exc:
-            if getattr(exc, "hard_exit", False):  # nothing more may run in this process (see errors.LostPeer)
+            if exc.hard_exit:  # nothing more may run in this process (see errors.LostPeer)
                 fail(str(exc), exc.exit_code)
                 sys.stdout.flush()
                 sys.stderr.flush()
