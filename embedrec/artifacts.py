@@ -52,7 +52,7 @@ from embedrec.config import (
 )
 from embedrec.errors import ArtifactError, ConfigError
 from embedrec.tempfiles import removed_on_failure, sweep_stale, temp_sibling
-from embedrec.workdir import atomic_write_text
+from embedrec.workdir import LATEST_FILE, atomic_write_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -501,11 +501,40 @@ def validate_model_weights(
             raise bad(f"{name} holds NaN or infinite values")
 
 
+_RUN_HINT = "a run folder that `embedrec train` made (under <workdir>/models; train prints its path)"
+
+
+def check_model_folder(path: Path) -> Path:
+    """``path`` if it is a model folder (one holding ``model.json``); else an ArtifactError saying what the path is
+    instead (missing, a file, a work or models folder, another folder) and what to pass. Every command that takes a
+    model folder (``--model``, ``info RUN``) checks it here, so they all say the same."""
+    path = Path(path)
+    try:
+        is_dir, exists = path.is_dir(), os.path.lexists(path)
+    except OSError:  # e.g. a component longer than the file system allows
+        is_dir, exists = False, False
+    if not exists:
+        raise ArtifactError(f"model folder {path} does not exist: pass {_RUN_HINT}, or run `embedrec train`")
+    if not is_dir:
+        if (path.parent / "model.json").is_file():  # run/model.json or run/weights.safetensors
+            raise ArtifactError(f"{path} is a file, not a model folder: pass the folder that holds it, {path.parent}")
+        raise ArtifactError(f"{path} is a file, not a model folder: pass {_RUN_HINT}")
+    if not (path / "model.json").is_file():
+        if (path / "run.json").is_file():
+            instead = f"its training has not finished: resume it with `embedrec train --resume --out {path}`"
+        elif (path / LATEST_FILE).is_file():
+            instead = f"it is a models folder: pass one of its runs, or --workdir {path.parent} for the latest"
+        elif (path / "models" / LATEST_FILE).is_file():
+            instead = f"it looks like a work folder: pass --workdir {path} for its latest run"
+        else:
+            instead = f"pass {_RUN_HINT}"
+        raise ArtifactError(f"{path} is not a model folder (it has no model.json): {instead}")
+    return path
+
+
 def load_model(run_dir: Path) -> ModelArtifact:
     """Read a model folder written by :func:`save_model`; clear ArtifactError when it is missing or damaged."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ArtifactError(f"model folder {run_dir} does not exist: run `embedrec train`, or pass --model DIR")
+    run_dir = check_model_folder(run_dir)
     meta = read_json(run_dir / "model.json")
     model_cfg, train_cfg, shape = validate_model_meta(meta, run_dir / "model.json")
     weights = map_arrays(run_dir / "weights.safetensors")

@@ -450,6 +450,21 @@ def _ragged_ratings(c: Ctx) -> list[str]:
     return _with_model(c, "recommend", "--ratings", "{tmp}/mine.csv")
 
 
+def _users_file(c: Ctx) -> Path:
+    """A regular file that is not a model folder (a common slip: the users file passed as --model)."""
+    path = c.tmp / "users.csv"
+    path.write_text("userId\n1\n")
+    return path
+
+
+def _work_folder(c: Ctx) -> Path:
+    """A work folder with a latest run (passed as --model instead of --workdir)."""
+    run = c.copy_run()
+    (c.tmp / "models").mkdir()
+    (c.tmp / "models" / "latest").write_text(f"{run}\n")
+    return c.tmp
+
+
 def _model_case(change: Callable[[Ctx, Path], None]) -> Callable[[Ctx], list[str]]:
     def build(c: Ctx) -> list[str]:
         run = c.copy_run()
@@ -660,6 +675,51 @@ CASES = [
         _model_case(lambda c, r: edit_weights(r, lambda w: w["genre_idx"].__setitem__((0, 0), 10_000))),
         2,
         r"genre_idx spans .*outside the",
+    ),
+    # a --model (or info's RUN) that is not a model folder says what it is and what to pass, the same in every command
+    Case(
+        "evaluate-model-is-a-file",
+        lambda c: ["evaluate", "--model", str(_users_file(c)), "--data", str(c.data)],
+        2,
+        r"users\.csv is a file, not a model folder: pass a run folder that `embedrec train` made",
+    ),
+    Case(
+        "predict-model-is-a-file",
+        lambda c: ["predict", "--model", str(_users_file(c)), "--user", "1", "--movie", "1"],
+        2,
+        r"users\.csv is a file, not a model folder",
+    ),
+    Case(
+        "recommend-model-is-a-file",
+        lambda c: ["recommend", "--model", str(_users_file(c)), "--user", "1"],
+        2,
+        r"users\.csv is a file, not a model folder",
+    ),
+    Case(
+        "similar-model-is-a-file",
+        lambda c: ["similar", "--model", str(_users_file(c)), "--movie", "x"],
+        2,
+        r"users\.csv is a file, not a model folder",
+    ),
+    Case("serve-model-is-a-file", lambda c: ["serve", "--model", str(_users_file(c))], 2, r"users\.csv is a file, not"),
+    Case("info-model-is-a-file", lambda c: ["info", str(_users_file(c))], 2, r"users\.csv is a file, not a model"),
+    Case(
+        "recommend-model-is-model-json",
+        lambda c: ["recommend", "--model", str(c.copy_run() / "model.json"), "--user", "1"],
+        2,
+        r"run/model\.json is a file, not a model folder: pass the folder that holds it, .*/run$",
+    ),
+    Case(
+        "recommend-model-is-a-work-folder",
+        lambda c: ["recommend", "--model", str(_work_folder(c)), "--user", "1"],
+        2,
+        r"is not a model folder \(it has no model\.json\): it looks like a work folder: pass --workdir ",
+    ),
+    Case(
+        "evaluate-model-missing",
+        lambda c: ["evaluate", "--model", str(c.tmp / "nowhere"), "--data", str(c.data)],
+        2,
+        r"model folder .*/nowhere does not exist: pass a run folder",
     ),
     # 8. out-of-domain values
     Case("train-seed-negative", lambda c: _train_flags(c, "--seed", "-1"), 2, r"--seed: must be a whole number"),

@@ -394,9 +394,9 @@ def info_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a trained model: settings, data, parameter count, final metrics."""
-    from embedrec.artifacts import read_json, validate_model_meta
+    from embedrec.artifacts import check_model_folder, read_json, validate_model_meta
 
-    run = model if model is not None else latest_run(resolve_workdir(workdir))
+    run = check_model_folder(model) if model is not None else latest_run(resolve_workdir(workdir))
     meta = read_json(Path(run) / "model.json")
     validate_model_meta(meta, Path(run) / "model.json")
     history_path = Path(run) / "history.json"
