@@ -535,6 +535,49 @@ def _two_datasets(c: Ctx) -> list[str]:
     return ["prepare", str(zip_of(c.tmp / "two.zip", members)), "--out", str(c.tmp / "out")]
 
 
+def _prepare(c: Ctx, folder: Path, *flags: str) -> list[str]:
+    return ["prepare", str(folder), "--out", str(c.tmp / "out"), *flags]
+
+
+def _ml_csv_with(c: Ctx, ratings: str, *, name: str = "ml") -> Path:
+    folder = ml_csv_folder(c.tmp / name)
+    (folder / "ratings.csv").write_text(ratings)
+    return folder
+
+
+NO_TIMES = "userId,movieId,rating\n" + "".join(f"{i % 7 + 1},{i % 11 + 1},{i % 5 + 1}.0\n" for i in range(40))
+
+
+def _u_data(c: Ctx, rows: str) -> list[str]:
+    folder = c.tmp / "ml-100k"
+    folder.mkdir()
+    (folder / "u.data").write_text(rows)
+    flags = "|".join(["0"] * 8 + ["1"] + ["0"] * 10)
+    (folder / "u.item").write_text("".join(f"{m}|Movie {m} (1999)|01-Jan-1999||http://x|{flags}\n" for m in (1, 2)))
+    return _prepare(c, folder)
+
+
+def _ml_1m(c: Ctx, rows: str) -> list[str]:
+    folder = c.tmp / "ml-1m"
+    folder.mkdir()
+    (folder / "ratings.dat").write_text(rows)
+    (folder / "movies.dat").write_text("1::Movie 1 (1999)::Drama\n2::Movie 2 (1999)::Drama\n")
+    (folder / "users.dat").write_text("1::F::1::10::48067\n")
+    return _prepare(c, folder)
+
+
+def _recbole_rows(c: Ctx, rows: list[str]) -> list[str]:
+    folder = recbole_folder(c.tmp / "rb", times=["900000000"])
+    header = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+    (folder / "x.inter").write_text(header + "".join(r + "\n" for r in rows))
+    return _prepare(c, folder)
+
+
+def _generic_csv(c: Ctx, text: str) -> list[str]:
+    (c.tmp / "r.csv").write_text(text)
+    return _prepare(c, c.tmp / "r.csv", "--format", "csv")
+
+
 def _recbole_huge_times(c: Ctx) -> list[str]:
     folder = recbole_folder(c.tmp / "rb", times=["1e30", "-1e30"] + [str(900_000_000 + i) for i in range(18)])
     return ["prepare", str(folder), "--out", str(c.tmp / "out"), "--strict"]
@@ -605,6 +648,78 @@ CASES = [
         may_change=frozenset({"wd/downloads/ml-latest-small.zip"}),
     ),
     Case("zip-two-datasets", _two_datasets, 2, r"holds 2 data sets \(ml-csv in a/, ml-csv in b/\)"),
+    # 6b. rows and headers a layout cannot read: the line, and a fix that applies to that layout
+    Case(
+        "ml-csv-without-timestamps",
+        lambda c: _prepare(c, _ml_csv_with(c, NO_TIMES)),
+        2,
+        r"ml/ratings\.csv has no column 'timestamp' \(found 'userId', 'movieId', 'rating'\); the ml-csv layout needs "
+        r"one: .* pass the generic CSV layout: --format csv --ratings-file ratings\.csv --movies-file movies\.csv",
+    ),
+    Case(
+        "ml-csv-semicolons",
+        lambda c: _prepare(c, _ml_csv_with(c, "userId;movieId;rating;timestamp\n1;1;4;5\n")),
+        2,
+        r"ratings\.csv has no column 'userId' .*the ml-csv layout is comma-separated: .*--format csv "
+        r"--ratings-file ratings\.csv --movies-file movies\.csv --delimiter ';'$",
+    ),
+    Case(
+        "ml-csv-other-column-names",
+        lambda c: _prepare(c, _ml_csv_with(c, "user,item,rating,timestamp\n1,1,4,5\n")),
+        2,
+        r"no column 'userId' \(found 'user', 'item', .*--format csv .*, with --user-col, --movie-col",
+    ),
+    Case(
+        "ml-csv-short-row",
+        lambda c: _prepare(c, _ml_csv_with(c, "userId,movieId,rating,timestamp\n1,1,4,5\n\n\n2,1,3\n")),
+        2,
+        r"ml/ratings\.csv, line 5: 3 fields where 4 are expected; a row is userId,movieId,rating,timestamp "
+        r"\(the ml-csv layout's ratings\.csv\): fix or remove that line$",
+    ),
+    Case(
+        "u-data-short-row",
+        lambda c: _u_data(c, "1\t1\t4\t880000000\n2\t1\t4\t880000001\n2\t2\t3\n"),
+        2,
+        r"ml-100k/u\.data, line 3: 3 fields where 4 are expected; a row is user id, item id, rating, timestamp, "
+        r"separated by tabs \(ml-100k's u\.data\): fix or remove that line$",
+    ),
+    Case(
+        "u-data-spaces-not-tabs",
+        lambda c: _u_data(c, "1 1 4 880000000\n"),
+        2,
+        r"u\.data, line 1: 1 field where 4 are expected; a row is .*separated by tabs",
+    ),
+    Case(
+        "ratings-dat-long-row",
+        lambda c: _ml_1m(c, "1::1::4::978300760\n1::2::3::978300761::x\n"),
+        2,
+        r"ml-1m/ratings\.dat, line 2: 5 fields where 4 are expected; a row is UserID::MovieID::Rating::Timestamp",
+    ),
+    Case(
+        "recbole-short-row",
+        lambda c: _recbole_rows(c, ["1\t1\t4\t900000000", "2\t1\t4\t900000001", "2\t2"]),
+        2,
+        r"rb/x\.inter, line 4: 2 fields where 4 are expected; a row is the 4 tab-separated fields its header names",
+    ),
+    # the .inter's header is read apart from its rows: a bad value is still named by its line in the file
+    Case(
+        "recbole-bad-user-id",
+        lambda c: _recbole_rows(c, ["1\t1\t4\t900000000", "u2\t1\t4\t900000001"]),
+        2,
+        r"rb/x\.inter, line 3: column 'user_id' has 'u2'",
+    ),
+    Case(
+        "generic-csv-wrong-delimiter",
+        lambda c: ["prepare", "--ratings-file", str(ratings_csv(c.tmp / "r.csv")), "--delimiter", ";"],
+        2,
+        r"r\.csv has no column 'userId' .*pass --delimiter ','",
+    ),
+    Case(
+        "generic-csv-short-row-after-blank-lines",
+        lambda c: _generic_csv(c, "userId,movieId,rating\n1,1,4\n\n2,1\n"),
+        2,
+        r"r\.csv, line 4: 2 fields where 3 are expected; check --delimiter \(the file is read with ','\) or fix",
+    ),
     # 7. tampered model folders
     Case(
         "model-json-is-a-list",
@@ -886,6 +1001,22 @@ def test_bad_input(case: Case, tmp_path: Path, synthetic_prepared: Path, request
     assert_one_error_line(out, case.code, case.pattern)
     assert changed(before, snapshot(tmp_path)) == set(case.may_change)
     assert snapshot(synthetic_prepared) == data_before
+
+
+def test_the_generic_csv_flags_suggested_for_ml_csv_without_timestamps_read_it(tmp_path: Path) -> None:
+    """The advice is a command that works: run with the flags the error suggests, the same folder prepares."""
+    (tmp_path / "systmp").mkdir()
+    folder = ml_csv_folder(tmp_path / "ml")
+    (folder / "ratings.csv").write_text(NO_TIMES)
+    out = run_cli(["prepare", str(folder), "--out", str(tmp_path / "data")], tmp_path)
+    line = assert_one_error_line(out, 2, r"pass the generic CSV layout: (--format csv .*) \(")
+    flags = re.search(r"layout: (--format csv .*?) \(", line).group(1).split()  # type: ignore[union-attr]
+    out = run_cli(["prepare", str(folder), *flags, "--out", str(tmp_path / "data"), "--json"], tmp_path)
+    assert out.code == 0, out.stderr
+    from embedrec.data import load_prepared
+
+    data = load_prepared(tmp_path / "data")
+    assert len(data.rating) == 40 and data.n_movies == 11 and (data.timestamp == 0).all()
 
 
 # ------------------------------------------------------------------------------------- faults with more to check

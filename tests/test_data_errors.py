@@ -109,7 +109,10 @@ def test_empty_id_names_the_line(tmp_path: Path) -> None:
 def test_malformed_row(tmp_path: Path) -> None:
     src = make(tmp_path / "src", HEADER + "1,1,4,100\n1,2\n")
     msg = run_error(src, tmp_path)
-    assert "ratings.csv" in msg and "malformed" in msg
+    assert "ratings.csv, line 3: 2 fields where 4 are expected" in msg and "--delimiter" not in msg
+    # read as a generic CSV, --delimiter is the option that applies
+    msg = run_error(src / "ratings.csv", tmp_path, PrepareConfig(format="csv"))
+    assert "ratings.csv, line 3: 2 fields where 4 are expected; check --delimiter (the file is read with ',')" in msg
 
 
 def test_bad_rows_are_dropped_and_counted(tmp_path: Path) -> None:

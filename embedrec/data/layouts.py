@@ -40,6 +40,7 @@ from embedrec.data.readers import (
     RatingArrays,
     RatingColumns,
     check_text_file,
+    guess_delimiter,
     header_fields,
     missing_column_error,
     read_rating_columns,
@@ -90,6 +91,7 @@ class Layout:
     ratings: Path
     movies: Path | None
     folder: Path
+    root: Path | None = None  # the folder the user named (an archive's unpacked root), for advice on file names
 
 
 @dataclass
@@ -140,10 +142,12 @@ def _layouts_in(folder: Path, fmt: str) -> list[Layout]:
             if all((cand / n).is_file() for n in files):
                 if name == "ml-dat":
                     name = fmt if fmt != "auto" else ("ml-1m" if (cand / "users.dat").is_file() else "ml-10m")
-                found.append(Layout(format=name, ratings=cand / files[0], movies=cand / files[1], folder=cand))
+                found.append(
+                    Layout(format=name, ratings=cand / files[0], movies=cand / files[1], folder=cand, root=folder)
+                )
         if fmt in ("auto", "recbole"):
             for inter, item in _recbole_in(cand):
-                found.append(Layout(format="recbole", ratings=inter, movies=item, folder=cand))
+                found.append(Layout(format="recbole", ratings=inter, movies=item, folder=cand, root=folder))
     return found
 
 
@@ -405,6 +409,7 @@ def read_layout(layout: Layout, *, config: PrepareConfig) -> RawData:
             names=["user", "item", "rating", "time"],
             nrows=nrows,
             quoting=False,
+            row_format="user id, item id, rating, timestamp, separated by tabs (ml-100k's u.data)",
         )
         movies = read_movies_u_item(layout.movies)  # type: ignore[arg-type]
     elif fmt in ("ml-1m", "ml-10m"):
@@ -419,16 +424,19 @@ def read_layout(layout: Layout, *, config: PrepareConfig) -> RawData:
             nrows=nrows,
             data=data,
             quoting=False,
+            row_format=f"UserID::MovieID::Rating::Timestamp ({fmt}'s ratings.dat)",
         )
         del data
         movies = read_movies_dat(layout.movies)  # type: ignore[arg-type]
     elif fmt == "ml-csv":
+        _check_ml_csv_header(layout)
         ratings = read_rating_columns(
             layout.ratings,
             columns=RatingColumns("userId", "movieId", "rating", "timestamp"),
             delimiter=",",
             header=True,
             nrows=nrows,
+            row_format="userId,movieId,rating,timestamp (the ml-csv layout's ratings.csv)",
         )
         movies = read_movies_csv(layout.movies)  # type: ignore[arg-type]
     elif fmt == "recbole":
@@ -449,8 +457,9 @@ def read_layout(layout: Layout, *, config: PrepareConfig) -> RawData:
             data=data,
             quoting=False,
             time_as_float=True,
+            row_format=f"the {len(names)} tab-separated fields its header names",
+            line_offset=1,
         )
-        ratings.first_line = 2
         movies = read_movies_recbole(layout.movies)  # type: ignore[arg-type]
     elif fmt == "csv":
         opts = {"user": "--user-col", "movie": "--movie-col", "rating": "--rating-col", "time": "--time-col"}
@@ -498,6 +507,59 @@ def read_layout(layout: Layout, *, config: PrepareConfig) -> RawData:
         rating_scale=scale,
         scale_source=source,
     )
+
+
+ML_CSV_COLUMNS = ("userId", "movieId", "rating", "timestamp")
+
+
+def _check_ml_csv_header(layout: Layout) -> None:
+    """An ml-csv ``ratings.csv`` has exactly MovieLens' columns, comma-separated; one that differs (no timestamps,
+    other names, another delimiter) is readable as a generic CSV, and the error says how: the ``--delimiter`` and
+    ``--*-col`` options apply to that layout only."""
+    head = check_text_file(layout.ratings, what="ratings")
+    found = header_fields(head, path=layout.ratings, delimiter=",")
+    missing = [col for col in ML_CSV_COLUMNS if col not in found]
+    if not missing:
+        return
+    generic = "--format csv " + " ".join(
+        f"{flag} {_shell_word(_source_relative(path, layout))}"
+        for flag, path in (("--ratings-file", layout.ratings), ("--movies-file", layout.movies))
+        if path is not None
+    )
+    guess = guess_delimiter(found, ",")
+    if guess is not None:
+        hint = (
+            f"; it seems to use {guess!r} as delimiter, and the ml-csv layout is comma-separated: read it as the "
+            f"generic CSV layout, pass {generic} --delimiter {_shell_word(guess)}"
+        )
+    elif missing == ["timestamp"]:
+        hint = (
+            "; the ml-csv layout needs one: to read ratings without timestamps, pass the generic CSV layout: "
+            f"{generic} (its timestamp column is optional)"
+        )
+    else:
+        hint = (
+            f"; the ml-csv layout needs {', '.join(ML_CSV_COLUMNS)}: for other column names pass the generic CSV "
+            f"layout, {generic}, with --user-col, --movie-col, --rating-col and --time-col naming yours"
+        )
+    raise missing_column_error(layout.ratings, missing[0], found, ",", None, hint=hint)
+
+
+def _source_relative(path: Path, layout: Layout) -> str:
+    """``path`` as ``--ratings-file``/``--movies-file`` should name it beside the same SOURCE: relative to the
+    folder (or archive) the user passed, where the generic layout looks first."""
+    if layout.root is not None:
+        try:
+            return path.relative_to(layout.root).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
+def _shell_word(text: str) -> str:
+    import shlex
+
+    return "'\\t'" if text == "\t" else shlex.quote(text)
 
 
 def _movie_id_col(path: Path, config: PrepareConfig) -> str:

@@ -86,16 +86,25 @@ def header_fields(head: bytes, *, path: Path, delimiter: str, encoding: str = "u
     return [f.strip().strip('"').strip() for f in text.split(delimiter)]
 
 
-def missing_column_error(path: Path, missing: str, found: list[str], delimiter: str, option: str | None) -> DataError:
-    """A missing column, with a hint when the real problem is the delimiter."""
+def guess_delimiter(found: list[str], delimiter: str) -> str | None:
+    """The delimiter a header read as one field seems to use instead of ``delimiter`` (None: no better guess)."""
+    if len(found) != 1:
+        return None
+    return next((d for d in (",", ";", "\t", "|", ":") if d != delimiter and d in found[0]), None)
+
+
+def missing_column_error(
+    path: Path, missing: str, found: list[str], delimiter: str, option: str | None, *, hint: str | None = None
+) -> DataError:
+    """A missing column, with a hint when the real problem is the delimiter (``hint``: the caller's own advice)."""
     shown = ", ".join(repr(f) for f in found[:8]) + (", ..." if len(found) > 8 else "")
-    hint = ""
-    if len(found) == 1:
-        guess = next((d for d in (",", ";", "\t", "|", ":") if d != delimiter and d in found[0]), None)
+    if hint is None:
+        hint = ""
+        guess = guess_delimiter(found, delimiter)
         if guess is not None:
             hint = f"; the file seems to use {guess!r} as delimiter: pass --delimiter {guess!r}"
-    elif option:
-        hint = f"; pass {option} to name the right column"
+        elif option and len(found) > 1:
+            hint = f"; pass {option} to name the right column"
     return DataError(f"{path} has no column {missing!r} (found {shown}){hint}")
 
 
@@ -103,9 +112,77 @@ def _arrow_error(path: Path, exc: Exception) -> DataError:
     msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if "invalid UTF8" in msg:
         return DataError(f"{path} is not valid UTF-8 text: re-save it as UTF-8")
-    if "Expected" in msg and "columns" in msg:
-        return DataError(f"{path}: malformed row ({msg.removeprefix('CSV parse error: ')}); check --delimiter")
     return DataError(f"{path}: cannot parse ({msg})")
+
+
+def _is_malformed_row(exc: Exception) -> bool:
+    return bool(re.search(r"Expected \d+ columns, got \d+", str(exc)))
+
+
+def _line_of_row(path: Path, data: bytes | None, number: int) -> int | None:
+    """The 1-based line of pyarrow's row ``number`` (it counts non-empty lines only, the header included)."""
+    import io
+
+    seen = 0
+    with io.BytesIO(data) if data is not None else open(path, "rb") as fh:
+        for no, line in enumerate(fh, start=1):
+            if line not in (b"\n", b"\r\n"):
+                seen += 1
+                if seen == number:
+                    return no
+    return None
+
+
+def _malformed_row_error(
+    path: Path,
+    data: bytes | None,
+    exc: Exception,
+    *,
+    names: list[str] | None,
+    order: list[str],
+    delimiter: str,
+    quoting: bool,
+    line_offset: int,
+    row_format: str | None,
+) -> DataError:
+    """A row with the wrong number of fields, named by its line, with advice that applies to this file's layout:
+    ``row_format`` describes a row of a fixed layout; None (a generic CSV) points at ``--delimiter``.
+
+    pyarrow's multi-threaded reader does not know the row's number, so the file is read again on one thread (only
+    on this error path) with a handler that records the first bad row."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    hits: list[Any] = []
+
+    def record(row: Any) -> str:
+        hits.append(row)
+        return "error"
+
+    try:
+        with pacsv.open_csv(
+            _source(path, data),
+            read_options=pacsv.ReadOptions(column_names=names, use_threads=False, block_size=1 << 22),
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter, quote_char='"' if quoting else False, invalid_row_handler=record
+            ),
+            convert_options=pacsv.ConvertOptions(column_types={order[0]: pa.string()}, include_columns=order[:1]),
+        ) as reader:
+            for _ in reader:
+                pass
+    except (pa.ArrowInvalid, pa.ArrowKeyError):
+        pass
+    line = _line_of_row(path, data, hits[0].number) if hits and hits[0].number is not None else None
+    if row_format is None:
+        advice = f"check --delimiter (the file is read with {delimiter!r}) or fix that line"
+    else:
+        advice = f"a row is {row_format}: fix or remove that line"
+    if line is None:
+        msg = str(exc).splitlines()[0].removeprefix("CSV parse error: ")
+        return DataError(f"{path}: malformed row ({msg}); {advice}")
+    row = hits[0]
+    fields = f"{row.actual_columns} field{'s' if row.actual_columns != 1 else ''}"
+    return DataError(f"{path}, line {line + line_offset}: {fields} where {row.expected_columns} are expected; {advice}")
 
 
 def _failed_column(exc: Exception, order: Sequence[str]) -> str | None:
@@ -210,12 +287,17 @@ def read_rating_columns(
     quoting: bool = True,
     time_as_float: bool = False,
     options: dict[str, str] | None = None,
+    row_format: str | None = None,
+    line_offset: int = 0,
 ) -> RatingArrays:
     """Read the four rating columns of ``path`` (or of ``data``, its already-transformed bytes).
 
     ``header`` False means ``names`` gives the column names. ``options`` maps a role (``user`` ...) to the CLI flag
     that renames it, for the missing-column hint. Non-integer ids and non-numeric ratings raise DataError naming the
     line; a NaN/empty rating becomes NaN (dropped later); a bad timestamp is flagged in ``bad_timestamp``.
+    ``row_format``: what a row of this fixed layout looks like, for the advice on a row with the wrong number of
+    fields (None: a generic CSV, whose advice is ``--delimiter``). ``line_offset``: lines of ``path`` before
+    ``data`` starts (a header cut off), so that errors name the line of the file.
     """
     import pyarrow as pa
 
@@ -230,7 +312,7 @@ def read_rating_columns(
             col = getattr(columns, role)
             if col is not None and col not in found:
                 raise missing_column_error(path, col, found, delimiter, (options or {}).get(role))
-    first_line = 2 if header else 1
+    first_line = (2 if header else 1) + line_offset
     time_type = pa.float64() if time_as_float else pa.int64()
     types: dict[str, Any] = {columns.user: pa.int64(), columns.movie: pa.int64(), columns.rating: pa.float32()}
     if columns.time is not None:
@@ -278,6 +360,18 @@ def read_rating_columns(
                         f"{path}, line {row + first_line}: column {failed!r} has {value!r}, expected {kind}; {todo}"
                     ) from None
                 raise DataError(f"{path}: column {failed!r} has a value that is not {kind}; {todo}") from None
+            if _is_malformed_row(exc):
+                raise _malformed_row_error(
+                    path,
+                    data,
+                    exc,
+                    names=names,
+                    order=order,
+                    delimiter=delimiter,
+                    quoting=quoting,
+                    line_offset=line_offset,
+                    row_format=row_format,
+                ) from None
             raise _arrow_error(path, exc) from None
     n = table.num_rows
     if n == 0:
