@@ -548,6 +548,12 @@ def _ml_csv_with(c: Ctx, ratings: str, *, name: str = "ml") -> Path:
 NO_TIMES = "userId,movieId,rating\n" + "".join(f"{i % 7 + 1},{i % 11 + 1},{i % 5 + 1}.0\n" for i in range(40))
 
 
+def _ml_csv_zip_without_timestamps(c: Ctx) -> list[str]:
+    members = ml_csv_members("ml/")
+    members["ml/ratings.csv"] = NO_TIMES.encode()
+    return _prepare(c, zip_of(c.tmp / "mine.zip", members))
+
+
 def _u_data(c: Ctx, rows: str) -> list[str]:
     folder = c.tmp / "ml-100k"
     folder.mkdir()
@@ -648,6 +654,14 @@ CASES = [
         may_change=frozenset({"wd/downloads/ml-latest-small.zip"}),
     ),
     Case("zip-two-datasets", _two_datasets, 2, r"holds 2 data sets \(ml-csv in a/, ml-csv in b/\)"),
+    # an error about a file in an archive names the archive and the member, not the temporary folder it was read from
+    Case(
+        "zip-member-error-names-the-archive",
+        _ml_csv_zip_without_timestamps,
+        2,
+        r"/mine\.zip/ml/ratings\.csv has no column 'timestamp' .* --ratings-file ml/ratings\.csv "
+        r"--movies-file ml/movies\.csv",
+    ),
     # 6b. rows and headers a layout cannot read: the line, and a fix that applies to that layout
     Case(
         "ml-csv-without-timestamps",

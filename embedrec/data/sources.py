@@ -58,7 +58,12 @@ def _unzipped(path: Path, config: PrepareConfig, *, cached: bool = False) -> Ite
                     f"{path.name.removesuffix('.zip')}` again"
                 ) from None
             raise
-        yield tmp
+        try:
+            yield tmp
+        except DataError as exc:  # name the archive, not the temporary folder it was unpacked into
+            if str(tmp) not in str(exc):
+                raise
+            raise DataError(str(exc).replace(str(tmp), str(path))) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -88,11 +93,7 @@ def open_source(
     if path.exists():
         if path.is_file() and path.suffix.lower() == ".zip":
             with _unzipped(path, config) as folder:
-                try:
-                    layout = detect_layout(folder, config=config)
-                except DataError as exc:  # name the archive, not the temporary folder it was unpacked into
-                    raise DataError(str(exc).replace(str(folder), str(path))) from None
-                yield layout, path.stem
+                yield detect_layout(folder, config=config), path.stem
             return
         if path.is_file():
             if config.format not in ("auto", "csv"):
