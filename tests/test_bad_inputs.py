@@ -579,6 +579,14 @@ def _recbole_rows(c: Ctx, rows: list[str]) -> list[str]:
     return _prepare(c, folder)
 
 
+def _tsv_and_csv(c: Ctx, *flags: str) -> list[str]:
+    """Tab-separated ratings beside a comma-separated movies file."""
+    (c.tmp / "r.tsv").write_text(ratings_csv(c.tmp / "r.csv").read_text().replace(",", "\t"))
+    (c.tmp / "r.csv").unlink()
+    movies = movies_csv(c.tmp / "m.csv")
+    return ["prepare", "--ratings-file", str(c.tmp / "r.tsv"), "--movies-file", str(movies), *flags]
+
+
 def _generic_csv(c: Ctx, text: str) -> list[str]:
     (c.tmp / "r.csv").write_text(text)
     return _prepare(c, c.tmp / "r.csv", "--format", "csv")
@@ -675,7 +683,7 @@ CASES = [
         lambda c: _prepare(c, _ml_csv_with(c, "userId;movieId;rating;timestamp\n1;1;4;5\n")),
         2,
         r"ratings\.csv has no column 'userId' .*the ml-csv layout is comma-separated: .*--format csv "
-        r"--ratings-file ratings\.csv --movies-file movies\.csv --delimiter ';'$",
+        r"--ratings-file ratings\.csv --movies-file movies\.csv --delimiter ';' --movies-delimiter ,$",
     ),
     Case(
         "ml-csv-other-column-names",
@@ -722,11 +730,32 @@ CASES = [
         2,
         r"rb/x\.inter, line 3: column 'user_id' has 'u2'",
     ),
+    # a TSV rating file beside a CSV movies file: each file's delimiter is named, and the flags read both
+    Case(
+        "tsv-ratings-csv-movies",
+        lambda c: _tsv_and_csv(c),
+        2,
+        r"r\.tsv has no column 'userId' .*it seems to use '\\t' as delimiter, and the movies file .*m\.csv ',': "
+        r"pass --delimiter '\\t' --movies-delimiter ,$",
+    ),
+    Case(
+        "tsv-ratings-csv-movies-delimiter-tab",
+        lambda c: _tsv_and_csv(c, "--delimiter", "\\t"),
+        2,
+        r"m\.csv has no column 'movieId' .*it seems to use ',' as delimiter, and the ratings file .*r\.tsv '\\t': "
+        r"pass --movies-delimiter ,$",
+    ),
+    Case(
+        "movies-delimiter-two-characters",
+        lambda c: _tsv_and_csv(c, "--movies-delimiter", "::"),
+        2,
+        r"--movies-delimiter must be one character",
+    ),
     Case(
         "generic-csv-wrong-delimiter",
         lambda c: ["prepare", "--ratings-file", str(ratings_csv(c.tmp / "r.csv")), "--delimiter", ";"],
         2,
-        r"r\.csv has no column 'userId' .*pass --delimiter ','",
+        r"r\.csv has no column 'userId' .*it seems to use ',' as delimiter: pass --delimiter ,$",
     ),
     Case(
         "generic-csv-short-row-after-blank-lines",
@@ -1031,6 +1060,19 @@ def test_the_generic_csv_flags_suggested_for_ml_csv_without_timestamps_read_it(t
 
     data = load_prepared(tmp_path / "data")
     assert len(data.rating) == 40 and data.n_movies == 11 and (data.timestamp == 0).all()
+
+
+def test_the_delimiter_flags_suggested_for_tsv_ratings_beside_csv_movies_read_both(tmp_path: Path) -> None:
+    (tmp_path / "systmp").mkdir()
+    args = _tsv_and_csv(Ctx(tmp_path, tmp_path, lambda: tmp_path)) + ["--out", str(tmp_path / "data")]
+    line = assert_one_error_line(run_cli(args, tmp_path), 2, r"pass (--delimiter .*)$")
+    flags = [{"'\\t'": "\t"}.get(f, f) for f in re.search(r"pass (--delimiter .*)$", line).group(1).split()]  # type: ignore[union-attr]
+    out = run_cli([*args, *flags, "--json"], tmp_path)
+    assert out.code == 0, out.stderr
+    from embedrec.data import load_prepared
+
+    data = load_prepared(tmp_path / "data")
+    assert len(data.rating) == 40 and list(data.movies["title"][:2]) == ["Movie 1", "Movie 2"]
 
 
 # ------------------------------------------------------------------------------------- faults with more to check

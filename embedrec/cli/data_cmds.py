@@ -129,6 +129,15 @@ def prepare_cmd(
     delimiter: Annotated[
         str, typer.Option("--delimiter", help="Field delimiter ('\\t' for tab).", rich_help_panel=_CSV)
     ] = ",",
+    movies_delimiter: Annotated[
+        str | None,
+        typer.Option(
+            "--movies-delimiter",
+            help="Field delimiter of the movies file \\[default: --delimiter].",
+            show_default=False,
+            rich_help_panel=_CSV,
+        ),
+    ] = None,
     user_col: Annotated[str, typer.Option("--user-col", rich_help_panel=_CSV)] = "userId",
     movie_col: Annotated[str, typer.Option("--movie-col", rich_help_panel=_CSV)] = "movieId",
     rating_col: Annotated[str, typer.Option("--rating-col", rich_help_panel=_CSV)] = "rating",
@@ -155,8 +164,8 @@ def prepare_cmd(
 
     wd = resolve_workdir(workdir)
     target = out if out is not None else data_dir(wd)
-    if delimiter in ("\\t", "tab", "TAB"):
-        delimiter = "\t"
+    delimiter = _tab(delimiter)
+    movies_delimiter = _tab(movies_delimiter) if movies_delimiter is not None else None
     generic = ratings_file is not None or fmt == "csv"
     if source is None and ratings_file is not None:
         source = ratings_file
@@ -176,6 +185,7 @@ def prepare_cmd(
         ratings_file=ratings_file,
         movies_file=movies_file,
         delimiter=delimiter,
+        movies_delimiter=movies_delimiter,
         user_col=user_col,
         movie_col=movie_col,
         rating_col=rating_col,
@@ -195,6 +205,11 @@ def prepare_cmd(
     console.print(_summary_table(summary, target))
     if any(summary["dropped"].values()):
         console.print("[yellow]Some rows were dropped (counts above); --strict makes them an error.[/]")
+
+
+def _tab(delimiter: str) -> str:
+    """``'\\t'`` as typed in a shell (or ``tab``) is the tab character."""
+    return "\t" if delimiter in ("\\t", "tab", "TAB") else delimiter
 
 
 def _run_prepare(

@@ -58,6 +58,7 @@ class PrepareConfig:
     ratings_file: str | None = None
     movies_file: str | None = None
     delimiter: str = ","
+    movies_delimiter: str | None = None  # None: the movies file uses ``delimiter`` too
     user_col: str = "userId"
     movie_col: str = "movieId"
     rating_col: str = "rating"
@@ -85,8 +86,9 @@ class PrepareConfig:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         if self.format not in FORMATS:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        if len(self.delimiter) != 1 or self.delimiter in '\r\n"':
-            raise ConfigError(f"--delimiter must be one character (e.g. ',' ';' or a tab), got {self.delimiter!r}")
+        for flag, sep in (("--delimiter", self.delimiter), ("--movies-delimiter", self.movies_delimiter)):
+            if sep is not None and (len(sep) != 1 or sep in '\r\n"'):
+                raise ConfigError(f"{flag} must be one character (e.g. ',' ';' or a tab), got {sep!r}")
         cols = (("--user-col", self.user_col), ("--movie-col", self.movie_col), ("--rating-col", self.rating_col))
         for name, column in cols:
             if not column:

@@ -471,6 +471,7 @@ def read_layout(layout: Layout, *, config: PrepareConfig) -> RawData:
             config.time_col or None,
             time_optional=config.time_col == DEFAULT_TIME_COL,
         )
+        _check_generic_delimiters(layout, config)
         ratings = read_rating_columns(
             layout.ratings,
             columns=columns,
@@ -481,7 +482,7 @@ def read_layout(layout: Layout, *, config: PrepareConfig) -> RawData:
         )
         if layout.movies is not None:
             movies = read_movies_csv(
-                layout.movies, id_col=_movie_id_col(layout.movies, config), delimiter=config.delimiter
+                layout.movies, id_col=_movie_id_col(layout.movies, config), delimiter=_movies_delimiter(config)
             )
         else:
             movies = placeholder_movies(ratings.movie_id)
@@ -519,18 +520,34 @@ def _check_ml_csv_header(layout: Layout) -> None:
     head = check_text_file(layout.ratings, what="ratings")
     found = header_fields(head, path=layout.ratings, delimiter=",")
     missing = [col for col in ML_CSV_COLUMNS if col not in found]
-    if not missing:
+    movies_found: list[str] = []
+    if layout.movies is not None:
+        movies_found = header_fields(check_text_file(layout.movies, what="movies"), path=layout.movies, delimiter=",")
+    movies_guess = guess_delimiter(movies_found, ",") if "movieId" not in movies_found else None
+    if not missing and movies_guess is None:
         return
     generic = "--format csv " + " ".join(
         f"{flag} {_shell_word(_source_relative(path, layout))}"
         for flag, path in (("--ratings-file", layout.ratings), ("--movies-file", layout.movies))
         if path is not None
     )
+    if not missing:
+        assert layout.movies is not None and movies_guess is not None
+        raise missing_column_error(
+            layout.movies,
+            "movieId",
+            movies_found,
+            ",",
+            None,
+            hint=f"; it seems to use {movies_guess!r} as delimiter, and the ml-csv layout is comma-separated: read "
+            f"it as the generic CSV layout, pass {generic} --movies-delimiter {_shell_word(movies_guess)}",
+        )
     guess = guess_delimiter(found, ",")
     if guess is not None:
         hint = (
             f"; it seems to use {guess!r} as delimiter, and the ml-csv layout is comma-separated: read it as the "
             f"generic CSV layout, pass {generic} --delimiter {_shell_word(guess)}"
+            + (" --movies-delimiter ," if "movieId" in movies_found else "")
         )
     elif missing == ["timestamp"]:
         hint = (
@@ -562,7 +579,54 @@ def _shell_word(text: str) -> str:
     return "'\\t'" if text == "\t" else shlex.quote(text)
 
 
+def _movies_delimiter(config: PrepareConfig) -> str:
+    return config.movies_delimiter if config.movies_delimiter is not None else config.delimiter
+
+
 def _movie_id_col(path: Path, config: PrepareConfig) -> str:
     head = check_text_file(path, what="movies")
-    found = header_fields(head, path=path, delimiter=config.delimiter)
+    found = header_fields(head, path=path, delimiter=_movies_delimiter(config))
     return config.movie_col if config.movie_col in found else "movieId"
+
+
+def _check_generic_delimiters(layout: Layout, config: PrepareConfig) -> None:
+    """A header read as one field under its delimiter, that another delimiter would split: the advice names each
+    file's delimiter and the flags that read both, since ``--delimiter`` applies to the movies file too unless
+    ``--movies-delimiter`` is given (a TSV rating file beside a CSV movies file is common)."""
+    r_sep, m_sep = config.delimiter, _movies_delimiter(config)
+    r_found = header_fields(check_text_file(layout.ratings, what="ratings"), path=layout.ratings, delimiter=r_sep)
+    r_guess = guess_delimiter(r_found, r_sep) if config.user_col not in r_found else None
+    m_found: list[str] = []
+    m_guess = None
+    if layout.movies is not None:
+        m_found = header_fields(check_text_file(layout.movies, what="movies"), path=layout.movies, delimiter=m_sep)
+        if not {config.movie_col, "movieId", "title"} & set(m_found):
+            m_guess = guess_delimiter(m_found, m_sep)
+    if r_guess is None and m_guess is None:
+        return
+    r_new, m_new = r_guess or r_sep, m_guess or m_sep
+    flags = []
+    if r_new != r_sep:
+        flags.append(f"--delimiter {_shell_word(r_new)}")
+    if layout.movies is not None and (config.movies_delimiter or r_new) != m_new:
+        flags.append(f"--movies-delimiter {_shell_word(m_new)}")
+    fix = f"pass {' '.join(flags)}"
+    if r_guess is not None:
+        also = f", and the movies file {layout.movies} {m_new!r}" if layout.movies is not None else ""
+        raise missing_column_error(
+            layout.ratings,
+            config.user_col,
+            r_found,
+            r_sep,
+            None,
+            hint=f"; it seems to use {r_new!r} as delimiter{also}: {fix}",
+        )
+    assert layout.movies is not None
+    raise missing_column_error(
+        layout.movies,
+        "movieId",  # what read_movies_csv asks for when the header names neither it nor --movie-col
+        m_found,
+        m_sep,
+        None,
+        hint=f"; it seems to use {m_new!r} as delimiter, and the ratings file {layout.ratings} {r_sep!r}: {fix}",
+    )
