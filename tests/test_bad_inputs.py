@@ -1316,6 +1316,25 @@ def test_bomb_download_extracts_nothing(server: _Server, tmp_path: Path) -> None
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == []
 
 
+def test_download_force_keeps_the_users_files_in_the_extracted_folder(server: _Server, tmp_path: Path) -> None:
+    (tmp_path / "systmp").mkdir()
+    body = zip_of(tmp_path / "src.zip", ml_csv_members()).read_bytes()
+    (tmp_path / "src.zip").unlink()
+    server.files["/ml/ml-latest-small.zip"] = body
+    server.files["/ml/ml-latest-small.zip.md5"] = hashlib.md5(body).hexdigest().encode()
+    assert _download(server, tmp_path).code == 0
+    (tmp_path / "cache" / "ml-latest-small" / "notes.txt").write_text("mine\n")
+    before = snapshot(tmp_path)
+    out = _download(server, tmp_path, "--force")
+    assert_one_error_line(
+        out,
+        2,
+        r"cache/ml-latest-small holds files embedrec did not write \(notes\.txt\): .*move them \(or the folder\) "
+        r"elsewhere, then run `embedrec download ml-latest-small` again \(--force does not delete them either\)$",
+    )
+    assert changed(before, snapshot(tmp_path)) == set()
+
+
 # ------------------------------------------------------------------------------- values that now work correctly
 def test_one_synthetic_movie_gives_finite_ratings(tmp_path: Path) -> None:
     (tmp_path / "systmp").mkdir()

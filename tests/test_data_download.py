@@ -220,3 +220,71 @@ def test_fetch_without_registry_is_a_download_error(tmp_path: Path, monkeypatch:
     with pytest.raises(DownloadError, match="recbole==1.2.1.*is PyPI reachable"):
         fetch_ml100k(tmp_path)
     assert not (tmp_path / "ml-100k").exists()
+
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_extracted_folder_is_replaced_only_while_it_holds_just_what_embedrec_wrote(
+    server: Server, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    first = download("ml-latest-small", cache_dir=cache, url=server.url)
+    assert (first.folder / ".embedrec-download.json").is_file()
+    again = download("ml-latest-small", cache_dir=cache, url=server.url, force=True)  # only embedrec's files: replaced
+    assert again.downloaded and sorted(p.name for p in cache.iterdir()) == ["ml-latest-small", "ml-latest-small.zip"]
+    (first.folder / "notes.txt").write_text("my own notes\n")
+    (first.folder / "extra").mkdir()
+    before, requests = _listing(first.folder), len(server.requests)
+    for force in (True, False):
+        if not force:
+            first.zip_path.unlink()  # an archive to fetch again: the folder would be replaced as well
+        with pytest.raises(
+            DownloadError,
+            match=r"ml-latest-small holds files embedrec did not write \(extra/, notes\.txt\)"
+            r": embedrec replaces only what it extracted; move them .*download ml-latest-small` again",
+        ):
+            download("ml-latest-small", cache_dir=cache, url=server.url, force=force)
+        assert _listing(first.folder) == before and len(server.requests) == requests  # refused before fetching
+
+
+def test_an_edited_file_is_the_users_and_is_not_replaced(server: Server, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = download("ml-latest-small", cache_dir=cache, url=server.url)
+    with open(first.folder / "ratings.csv", "a") as fh:
+        fh.write("9,1,5.0,1000\n")
+    before = _listing(first.folder)
+    with pytest.raises(DownloadError, match=r"did not write \(ratings\.csv \(changed\)\)"):
+        download("ml-latest-small", cache_dir=cache, url=server.url, force=True)
+    assert _listing(first.folder) == before
+
+
+def test_a_folder_embedrec_did_not_extract_is_refused(server: Server, tmp_path: Path) -> None:
+    """The user's own copy of the release in the cache (or one an older embedrec extracted): no manifest, not
+    replaced, nothing fetched."""
+    folder = tmp_path / "cache" / "ml-latest-small"
+    folder.mkdir(parents=True)
+    (folder / "ratings.csv").write_text(RATINGS)
+    with pytest.raises(
+        DownloadError,
+        match=r"ml-latest-small was not extracted by embedrec \(it has no "
+        r"\.embedrec-download\.json\): .*move them \(or the folder\) elsewhere",
+    ):
+        download("ml-latest-small", cache_dir=tmp_path / "cache", url=server.url)
+    assert _listing(folder) == {"ratings.csv": RATINGS.encode()} and not server.requests
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["ml-latest-small"]
+    (folder / ".embedrec-download.json").write_text("[not json")  # a damaged manifest proves nothing either
+    with pytest.raises(DownloadError, match=r"\.embedrec-download\.json is not a manifest embedrec wrote"):
+        download("ml-latest-small", cache_dir=tmp_path / "cache", url=server.url, force=True)
+    assert (folder / "ratings.csv").read_text() == RATINGS
+
+
+def test_a_deleted_archive_is_fetched_again_and_replaces_embedrecs_folder(server: Server, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = download("ml-latest-small", cache_dir=cache, url=server.url)
+    (first.folder / "README.txt").unlink()  # a file embedrec wrote, gone: still only embedrec's files
+    first.zip_path.unlink()
+    again = download("ml-latest-small", cache_dir=cache, url=server.url)
+    assert again.downloaded and (again.folder / "README.txt").read_text() == "test archive"
+    assert sorted(p.name for p in cache.iterdir()) == ["ml-latest-small", "ml-latest-small.zip"]

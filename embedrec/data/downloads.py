@@ -9,7 +9,12 @@ The archive is streamed into ``<name>.zip.part`` and resumed with an HTTP ``Rang
 was interrupted. GroupLens publishes ``<name>.zip.md5`` next to most archives; when it exists the archive is checked
 against it, and a mismatch deletes the archive. When the checksum cannot be fetched or read, verification is not
 silently skipped: the result carries a ``warning`` for the caller to show, and ``strict=True`` refuses the archive.
-An archive that fails to extract (see :mod:`embedrec.data.archives`) is deleted from the cache. The base URL can be
+An archive that fails to extract (see :mod:`embedrec.data.archives`) is deleted from the cache.
+
+The extracted folder holds a manifest, ``.embedrec-download.json``, of every file embedrec wrote there (with its size
+and modification time). embedrec replaces ``<name>/`` (``--force``, or an archive fetched again) only when it holds
+exactly those files, unchanged: a folder without the manifest, or with a file the user added or edited, is refused
+with one line saying what to move, so a download never deletes the user's own files. The base URL can be
 overridden (``$EMBEDREC_DOWNLOAD_URL`` or ``base_url=``), which is how the tests serve a small archive from a local
 HTTP server.
 """
@@ -17,9 +22,9 @@ HTTP server.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,17 +167,91 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
+MANIFEST = ".embedrec-download.json"
+MANIFEST_SCHEMA = 1
+
+
+def _walk(root: Path) -> dict[str, os.stat_result]:
+    """Every path under ``root`` (relative, POSIX) with its lstat; links are not followed."""
+    found: dict[str, os.stat_result] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for entry in dirnames + filenames:
+            path = Path(dirpath, entry)
+            found[path.relative_to(root).as_posix()] = path.lstat()
+    return found
+
+
+def _write_manifest(root: Path, archive: Path) -> None:
+    """Record what extraction wrote under ``root``, so a later replace can tell it from the user's files."""
+    import stat
+
+    files, dirs = {}, []
+    for rel, st in sorted(_walk(root).items()):
+        if stat.S_ISDIR(st.st_mode):
+            dirs.append(rel)
+        else:
+            files[rel] = [st.st_size, st.st_mtime_ns]
+    doc = {"schema_version": MANIFEST_SCHEMA, "archive": archive.name, "files": files, "dirs": dirs}
+    (root / MANIFEST).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+
+
+def not_written_by_embedrec(folder: Path) -> str | None:
+    """Why ``folder`` may not be replaced (it is not what embedrec extracted, or holds more), or None when it holds
+    only files embedrec's manifest lists, unchanged."""
+    import stat
+
+    if folder.is_symlink() or not folder.is_dir():
+        return f"{folder} is not a folder embedrec extracted"
+    try:
+        doc = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        files, dirs = dict(doc["files"]), set(doc["dirs"])
+    except FileNotFoundError:
+        return f"{folder} was not extracted by embedrec (it has no {MANIFEST})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{folder}/{MANIFEST} is not a manifest embedrec wrote"
+    foreign = []
+    for rel, st in sorted(_walk(folder).items()):
+        if rel == MANIFEST:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if rel not in dirs:
+                foreign.append(f"{rel}/")
+        elif not stat.S_ISREG(st.st_mode) or rel not in files:
+            foreign.append(rel)
+        elif list(files[rel]) != [st.st_size, st.st_mtime_ns]:
+            foreign.append(f"{rel} (changed)")
+    if not foreign:
+        return None
+    shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+    return f"{folder} holds files embedrec did not write ({shown})"
+
+
+def _refuse_foreign(folder: Path, name: str) -> None:
+    """Stop before replacing ``folder`` when it holds anything embedrec did not write there."""
+    if not os.path.lexists(folder):
+        return
+    problem = not_written_by_embedrec(folder)
+    if problem is not None:
+        raise DownloadError(
+            f"{problem}: embedrec replaces only what it extracted; move them (or the folder) elsewhere, then run "
+            f"`embedrec download {name}` again (--force does not delete them either)"
+        )
+
+
 def extract(zip_path: Path, folder: Path) -> Path:
     """Unpack ``zip_path`` into ``folder`` atomically; a single top-level folder in the archive is unwrapped.
 
     The archive's declared sizes are checked before anything is written and enforced while extracting (see
-    :mod:`embedrec.data.archives`); a damaged archive is a DownloadError and leaves nothing behind.
+    :mod:`embedrec.data.archives`); a damaged archive is a DownloadError and leaves nothing behind. The caller
+    checks that an existing ``folder`` holds only what embedrec wrote (:func:`not_written_by_embedrec`); it is
+    moved aside while the new one is renamed in, so an interruption never leaves the cache without either.
     """
     from embedrec.data.archives import checked_members, extract_member, open_archive
     from embedrec.tempfiles import remove_path, sweep_stale, temp_sibling
 
     sweep_stale(folder.parent, folder.name)
     tmp = temp_sibling(folder)
+    aside = temp_sibling(folder, "old")
     try:
         tmp.mkdir()
         with open_archive(zip_path) as zf:
@@ -180,13 +259,16 @@ def extract(zip_path: Path, folder: Path) -> Path:
                 extract_member(zf, info, tmp, zip_path)
         entries = [p for p in tmp.iterdir() if not p.name.startswith((".", "__MACOSX"))]
         root = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
-        if folder.exists():
-            shutil.rmtree(folder)
+        _write_manifest(root, zip_path)
+        if os.path.lexists(folder):
+            os.replace(folder, aside)
         os.replace(root, folder)
     except DataError as exc:
         raise DownloadError(f"{exc}") from None
     finally:
         remove_path(tmp)
+        if os.path.lexists(aside) and os.path.lexists(folder):
+            remove_path(aside)
     return folder
 
 
@@ -210,10 +292,11 @@ def download(
     zip_path = cache_dir / f"{name}.zip"
     part = cache_dir / f"{name}.zip.part"
     folder = cache_dir / name
+    if not force and zip_path.is_file() and folder.is_dir():
+        return DownloadResult(name, zip_path, folder, downloaded=False, verified=False, url=zip_url)
+    _refuse_foreign(folder, name)  # before fetching: the folder would be replaced
     if force:  # a fresh fetch, not a resume; the cached archive and folder stay until the new one is verified
         part.unlink(missing_ok=True)
-    elif zip_path.is_file() and folder.is_dir():
-        return DownloadResult(name, zip_path, folder, downloaded=False, verified=False, url=zip_url)
     verified = False
     downloaded = False
     warning = None
@@ -240,6 +323,7 @@ def download(
             verified = True
         os.replace(part, zip_path)
         downloaded = True
+    _refuse_foreign(folder, name)  # again: the user may have put files there while the archive downloaded
     try:
         extract(zip_path, folder)
     except DownloadError as exc:
