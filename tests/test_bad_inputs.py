@@ -751,6 +751,17 @@ CASES = [
         2,
         r"--movies-delimiter must be one character",
     ),
+    # a relative --ratings-file found both in the current folder and beside SOURCE is not guessed at (the current
+    # folder's was read silently)
+    Case(
+        "generic-ratings-file-in-two-places",
+        lambda c: _prepare(
+            c, ml_csv_folder(c.tmp / "ml"), "--ratings-file", str(ratings_csv(c.tmp / "ratings.csv").name)
+        ),
+        2,
+        r"--ratings-file ratings\.csv names two files, .*/ratings\.csv in the current folder and .*ml/ratings\.csv "
+        r"beside SOURCE: pass the path of the one you mean$",
+    ),
     Case(
         "generic-csv-wrong-delimiter",
         lambda c: ["prepare", "--ratings-file", str(ratings_csv(c.tmp / "r.csv")), "--delimiter", ";"],

@@ -27,6 +27,7 @@ without its `` (YEAR)`` suffix, the year in its own nullable column.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,19 +194,30 @@ def detect_layout(folder: Path, *, config: PrepareConfig) -> Layout:
 def _generic_layout(source: Path, config: PrepareConfig) -> Layout:
     base = source if source.is_dir() else source.parent
     if config.ratings_file:
-        ratings = Path(config.ratings_file)
-        if not ratings.is_absolute() and not ratings.exists() and (base / ratings).exists():
-            ratings = base / ratings
+        ratings = _beside(config.ratings_file, base, "--ratings-file")
     elif source.is_file():
         ratings = source
     else:
         raise DataError(f"--format csv needs --ratings-file FILE (or SOURCE as the rating file); got folder {source}")
-    movies = None
-    if config.movies_file:
-        movies = Path(config.movies_file)
-        if not movies.is_absolute() and not movies.exists() and (base / movies).exists():
-            movies = base / movies
+    movies = _beside(config.movies_file, base, "--movies-file") if config.movies_file else None
     return Layout(format="csv", ratings=ratings, movies=movies, folder=ratings.parent)
+
+
+def _beside(given: str, base: Path, option: str) -> Path:
+    """A relative ``--ratings-file``/``--movies-file``: the file in the current folder, else the one in SOURCE's
+    folder ``base``; when both exist and differ, which one was meant is unknown, and embedrec does not guess."""
+    path = Path(given)
+    if path.is_absolute():
+        return path
+    inside = base / path
+    if not path.exists():
+        return inside if inside.exists() else path
+    if inside.exists() and not os.path.samefile(path, inside):
+        raise DataError(
+            f"{option} {given} names two files, {path.resolve()} in the current folder and {inside} beside SOURCE: "
+            "pass the path of the one you mean"
+        )
+    return path
 
 
 # ------------------------------------------------------------------------------------------------------------ helpers
