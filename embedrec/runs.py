@@ -398,24 +398,30 @@ def _train_run(
     if several:
         distributed.agree(plan.facts())
         plan.run_dir = Path(distributed.exchange_text(str(plan.run_dir))[0])  # process 0's folder, for the report
-    created_run_dir = not resume and writer and not plan.run_dir.exists()
-    run_dir, prepared, model_cfg, train_cfg = plan.run_dir, plan.prepared, plan.model_cfg, plan.train_cfg
-    checkpoints: Any = CheckpointDir(run_dir / "checkpoints", required=RESUME_KEYS)
-    if not writer:
-        checkpoints = ReadOnlyCheckpoints(checkpoints)
-    from embedrec.train import train
-
+    # a folder named by the clock is claimed by an exclusive mkdir (two runs started in the same second each get
+    # their own); a distributed run's name was announced above, so it keeps it
+    claim = plan.auto_named and writer and not several
+    created_run_dir = not resume and writer and (claim or not plan.run_dir.exists())
+    prepared, model_cfg, train_cfg = plan.prepared, plan.model_cfg, plan.train_cfg
     if not resume:
         locked: dict[str, Any] | EmbedrecError = {}
         if writer:
             try:
-                _make_and_lock(run_dir, held, created=created_run_dir)
+                plan.run_dir = _make_and_lock(
+                    plan.run_dir, held, created=created_run_dir, renamed=plan.renamed if claim else None
+                )
             except ConfigError as exc:  # another trainer holds the folder: every process stops with the same line
                 if not several:
                     raise
                 locked = exc
         if several:
             distributed.agree(locked)
+    run_dir = plan.run_dir
+    checkpoints: Any = CheckpointDir(run_dir / "checkpoints", required=RESUME_KEYS)
+    if not writer:
+        checkpoints = ReadOnlyCheckpoints(checkpoints)
+    from embedrec.train import train
+
     # written in the background; the last checkpoint is waited for while the ranking is chosen (not before)
     saves = BackgroundSaves(checkpoints)
 
@@ -495,10 +501,15 @@ class _Plan:
     adapted: dict[str, Any]
     resume: bool
     resume_from: dict[str, Any] | None = None  # the checkpoint's position, when resuming
+    auto_named: bool = False  # a new run without --out: a folder named by the clock (new_run_dir)
 
     def check_writable(self, writer: bool) -> None:
-        if writer and not self.resume:
+        if writer and not self.resume and not self.auto_named:  # a name new_run_dir found free is claimed later
             _check_new_run_dir(self.run_dir)
+
+    def renamed(self) -> Path:
+        """Another free name for an automatically named run, when another process took this one first."""
+        return new_run_dir(self.workdir, self.preset)
 
     def run_meta(self) -> dict[str, Any]:
         return {
@@ -599,6 +610,7 @@ def _plan_run(
         train_cfg=train_cfg,
         adapted=adapted,
         resume=False,
+        auto_named=out is None,
     )
 
 
@@ -727,10 +739,20 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def _make_and_lock(run_dir: Path, held: ExitStack, *, created: bool) -> None:
-    """Create a new run's folder and lock it for this process. When another trainer holds it (two ``--out`` of one
-    folder at once) nothing is removed: the folder and whatever is in it are the other run's."""
+def _make_and_lock(run_dir: Path, held: ExitStack, *, created: bool, renamed: Callable[[], Path] | None = None) -> Path:
+    """Create a new run's folder and lock it for this process; returns the folder. When another trainer holds it
+    (two ``--out`` of one folder at once) nothing is removed: the folder and whatever is in it are the other run's.
+
+    With ``renamed`` (a run named by the clock) the folder must be new: when another process created it first (two
+    ``train`` without ``--out`` started in the same second), ``renamed()`` names another one, instead of refusing
+    this run as if the user had chosen that folder."""
     try:
+        for _ in range(1000 if renamed is not None else 0):
+            try:
+                run_dir.mkdir(parents=True)
+                break
+            except FileExistsError:
+                run_dir = renamed()  # type: ignore[misc]
         run_dir.mkdir(parents=True, exist_ok=True)
         held.enter_context(run_folder_lock(run_dir))
     except ConfigError:
@@ -740,6 +762,7 @@ def _make_and_lock(run_dir: Path, held: ExitStack, *, created: bool) -> None:
             with contextlib.suppress(OSError):
                 run_dir.rmdir()
         raise
+    return run_dir
 
 
 def _drop_unresumable(run_dir: Path, *, created: bool) -> None:

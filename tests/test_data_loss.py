@@ -227,3 +227,40 @@ def test_a_run_being_trained_refuses_a_second_trainer_and_keeps_its_files(
     assert _tree(run) == before and fresh.is_dir() and _tree(fresh) == before_fresh
     again = run_cli(["train", "--resume", "--out", run, "--epochs", "2", "-q"], tmp_path)
     assert again.returncode == 0, again.stderr
+
+
+def test_two_trains_without_out_started_in_the_same_second_each_get_their_own_run(
+    tmp_path: Path, synthetic_prepared: Path
+) -> None:
+    """Two ``train`` commands on one work folder, no ``--out``: a run folder is named by the clock, and two started in
+    the same second picked the same name; the one that came second was refused ("is being trained by another
+    embedrec process ... or choose another --out", an option it never had) or told the folder "already holds a run".
+    Both wait here on the data folder's lock (held as a replacing ``prepare`` holds it) and are let go together."""
+    import shutil
+
+    from cli import cli_env
+
+    from embedrec.locks import folder_lock
+
+    work = tmp_path / "work"
+    shutil.copytree(synthetic_prepared, work / "data")
+    with folder_lock(work, exclusive=True):
+        procs = [
+            subprocess.Popen(
+                [*EMBEDREC, "train", "--workdir", str(work), "--epochs", "1", "-q"],
+                cwd=tmp_path,
+                env=cli_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        time.sleep(8)  # both have started and wait for the lock
+        time.sleep(1.05 - time.time() % 1)  # let go early in a second: both name their run in it
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err
+    runs = sorted(p for p in (work / "models").iterdir() if p.is_dir())
+    assert len(runs) == 2 and all((r / "model.json").is_file() for r in runs), runs
+    assert (work / "models" / "latest").read_text().strip() in {r.name for r in runs}
