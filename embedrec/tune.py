@@ -41,7 +41,10 @@ Choices, and why:
   diverged). ``n_trials`` caps the trials of one call.
 * **Storage**: SQLite in ``<workdir>/tune/study.db``, one study per preset and objective; calling again continues
   it. A second call seeds the sampler with (seed, trials so far), so it does not replay the first call's samples.
-  A killed call leaves its running trial behind; the heartbeat marks it failed when the study resumes.
+  A killed call leaves its running trial behind; the next call marks it failed at once when its process is gone
+  (same host), else Optuna's heartbeat does after 90 s. Two calls may search one study at once: neither removes
+  a trial folder the other still trains, and a ``prepare`` that replaces the data stops the search at its next
+  trial (the study's trials compare on one data set).
 * **Trial runs** train through :func:`embedrec.runs.train_run` into ``<workdir>/tune/models/<study>/trial-NNNN``
   (``<workdir>/tune`` is their work folder, so the user's ``latest`` model is untouched). Only the best trial's
   folder is kept; a pruned, stopped or beaten trial's folder is deleted.
@@ -332,6 +335,28 @@ def check_config_target(path: Path) -> None:
             )
 
 
+def _check_config_writable(path: Path) -> None:
+    """Write a probe where the config file will go (its folder, or the nearest folder above it that exists, which is
+    where ``atomic_write_text`` creates the rest), so that a read-only or unwritable ``--out`` is refused before the
+    search, not when its first best trial is written; an OSError names ``path``. Nothing stays behind."""
+    from embedrec.tempfiles import name_target, temp_sibling
+
+    below = path
+    while not below.parent.exists() and below.parent != below.parent.parent:
+        below = below.parent  # the first missing folder on the way to path
+    probe = temp_sibling(below)
+    try:
+        if below == path:
+            probe.touch()
+            probe.unlink()
+        else:
+            probe.mkdir()
+            probe.rmdir()
+    except OSError as exc:
+        name_target(exc, probe, path)
+        raise
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -385,8 +410,48 @@ def _is_trial_run(path: Path, root: Path) -> bool:
 
 
 def _remove_trial_run(path: Path, root: Path) -> None:
-    if path.is_dir() and _is_trial_run(path, root):
-        shutil.rmtree(path, ignore_errors=True)
+    """Remove a trial's folder, unless a process trains into it now (it holds the run folder's lock: a trial of
+    another ``tune`` of the same study)."""
+    from embedrec.locks import folder_lock
+
+    if not (path.is_dir() and _is_trial_run(path, root)):
+        return
+    try:
+        with folder_lock(path, exclusive=True, wait=False):
+            shutil.rmtree(path, ignore_errors=True)
+    except BlockingIOError:
+        pass
+    except OSError:  # gone meanwhile, or unreadable: nothing of ours to remove
+        pass
+
+
+def _process_of_this_run() -> dict[str, Any]:
+    import os
+    import socket
+
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _fail_dead_trials(study: optuna.Study, runs_root: Path) -> None:
+    """Mark failed the running trials whose ``tune`` process is gone (killed: it never finished them), and remove
+    their folders. Optuna's heartbeat would mark them only 90 s after their last beat, and only inside the search:
+    a call started sooner saw the killed call's first trial (the preset) still running, did not queue the preset
+    again, and the study never had a preset trial to hold the search to. A trial of a live process (another
+    ``tune`` of the study), of another host, or without the process recorded is left to the heartbeat."""
+    import optuna
+
+    from embedrec.tempfiles import process_gone
+
+    here = _process_of_this_run()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        owner = t.user_attrs.get("process")
+        if not isinstance(owner, dict) or owner.get("host") != here["host"]:
+            continue
+        pid = owner.get("pid")
+        if not isinstance(pid, int) or isinstance(pid, bool) or not process_gone(pid):
+            continue
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        _remove_trial_run(runs_root / f"{TRIAL_PREFIX}{t.number:04d}", runs_root)
 
 
 def _check_writable(db: Path) -> None:
@@ -473,7 +538,10 @@ class _TrialReport:
         self.trial = trial
         self.search = search
 
-    def on_start(self, info: dict[str, Any]) -> None: ...
+    def on_start(self, info: dict[str, Any]) -> None:
+        if not self.search.several:  # a distributed trial's processes check their data together (train_run)
+            self.search.check_same_data(self.trial.number)
+
     def on_block(self, epoch: int, step: int, steps: int, loss: float, samples_per_s: float) -> None: ...
 
     def on_epoch(self, record: dict[str, Any]) -> None:
@@ -515,8 +583,25 @@ class _Search:
     several: bool = False  # one of several processes (this one process 0): trials are announced to the others
     _preset_scorer: Any = None  # the preset trial's model, loaded once (compare_with_preset)
 
+    ran: int = 0  # trials this call ran (another tune of the same study may add its own meanwhile)
+
     def run_dir(self, number: int) -> Path:
         return self.runs_root / f"{TRIAL_PREFIX}{number:04d}"
+
+    def check_same_data(self, number: int) -> None:
+        """Each trial loads the data folder again: a ``prepare`` that replaced it since the search started would
+        mix trials of two data sets in one study (and compare them with the preset on the old val split). The trial's
+        ``run.json`` holds the fingerprint of the data it is about to train on."""
+        from embedrec.artifacts import read_json
+
+        meta = read_json(self.run_dir(number) / "run.json")
+        got = meta.get("data", {}).get("fingerprint") if isinstance(meta, dict) else None
+        if got != self.prepared.fingerprint:
+            raise ConfigError(
+                f"{self.data_path} was prepared again while tune ran (now {got}, the study's data is "
+                f"{self.prepared.fingerprint}): trial {number} was not trained; its study compares trials on one "
+                f"data set, so delete {self.root} (or use another --workdir) to tune on the new data"
+            )
 
     def run_trial(self, trial: optuna.Trial) -> float:
         """Train one sampled setting on the train split; its value is the saved model's validation metric."""
@@ -530,6 +615,7 @@ class _Search:
         _remove_trial_run(run_dir, self.runs_root)  # left by an earlier study of the same name
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("settings", params)
+        trial.set_user_attr("process", _process_of_this_run())  # a later call can tell that a killed one left it
         self.callbacks.on_trial_start(trial.number, params)
         if self.several:  # the other processes train the same trial with process 0 (see _follow)
             from embedrec import distributed
@@ -613,6 +699,9 @@ class _Search:
             keep = self.run_dir(best)
             preset = preset_trial_number(study)
             kept = {keep} | ({self.run_dir(preset)} if preset is not None else set())  # the preset: to compare
+            # and the trials still running: another tune of this study trains them, or has not yet reported them
+            unfinished = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+            kept |= {self.run_dir(t.number) for t in study.get_trials(deepcopy=False, states=unfinished)}
             for path in self.runs_root.glob(f"{TRIAL_PREFIX}*"):
                 if path not in kept:
                     _remove_trial_run(path, self.runs_root)
@@ -621,6 +710,7 @@ class _Search:
             if best != self.best_before:
                 self.write_config(study)
         self.best_before = best
+        self.ran += 1
         user = frozen.user_attrs
         state = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned"}.get(
             frozen.state, "failed"
@@ -862,6 +952,7 @@ def _tune_here(
     workdir = Path(workdir)
     config_path = Path(out) if out is not None else default_config_path(workdir)
     check_config_target(config_path)
+    _check_config_writable(config_path)
     data_path = Path(data_dir) if data_dir is not None else data_dir_of(workdir)
     prepared = load_prepared(data_path)
     from embedrec.data.split import TRAIN, VAL
@@ -909,6 +1000,7 @@ def _tune_here(
     )
     study = _open_study(db, name=name, direction=direction, sampler=None, pruner=pruner)
     _check_same_study(study, identity, db)
+    _fail_dead_trials(study, runs_root)
     n_before = len(study.trials)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -984,7 +1076,7 @@ def _tune_here(
         best_params=dict(best_trial.user_attrs["settings"]),
         best_run_dir=run_dir if run_dir.is_dir() else None,
         settings={**fixed, **best_trial.user_attrs["settings"]},
-        n_this_call=len(study.trials) - n_before,
+        n_this_call=search.ran,
         counts=counts,
         rmse_ceiling=ceiling,
         preset_number=preset_trial_number(study),

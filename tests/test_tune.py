@@ -9,6 +9,7 @@ import math
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -495,3 +496,146 @@ def test_a_data_set_too_small_for_a_val_split_is_refused_with_what_to_do(tmp_pat
     res = CliRunner().invoke(app, ["tune", "--workdir", str(tmp_path), "--trials", "1", "--max-epochs", "1"])
     assert res.exit_code == 2
     assert "its --val-frac 0.1 of 4 ratings left none: prepare more ratings" in " ".join(res.output.split())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Two commands at once, and a killed call
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_call_after_a_killed_first_trial_still_starts_from_the_preset(
+    synthetic_prepared: Path, tmp_path: Path
+) -> None:
+    """A kill -9 during the study's first trial (the preset) left it running in the study; the next call, started
+    before Optuna's heartbeat marks it failed, did not queue the preset again, so the study never had one: its
+    tuned.toml was the best of the other trials, below the default on val, with nothing saying so."""
+    import signal
+
+    import optuna
+    from cli import cli_env
+
+    args = ["tune", "--data", str(synthetic_prepared), "--workdir", str(tmp_path), "--trials", "1", "--max-epochs", "1"]
+    first = subprocess.Popen([*EMBEDREC, *args], cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL)
+    started = tmp_path / "tune" / "models" / "default-ndcg@10" / "trial-0000" / "run.json"
+    try:
+        for _ in range(1200):
+            if started.exists() or first.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert started.exists() and first.poll() is None
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.wait(timeout=60)
+    again = run_cli([*args, "--json"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    killed, preset_trial = _study(tmp_path).trials
+    assert killed.state == optuna.trial.TrialState.FAIL  # its process is gone: failed at once, not after 90 s
+    assert preset_trial.user_attrs.get("preset") is True and preset_trial.state == optuna.trial.TrialState.COMPLETE
+    assert json.loads(again.stdout)["preset_trial"] == 1
+    assert [p.name for p in (tmp_path / "tune" / "models" / "default-ndcg@10").glob("trial-*")] == ["trial-0001"]
+
+
+@pytest.mark.slow
+def test_a_second_tune_of_the_study_keeps_the_trials_another_one_runs(
+    tuned, synthetic_prepared: Path, tmp_path: Path
+) -> None:
+    """Two ``tune`` of one study at once: each deleted every trial folder but the best and the preset's after its
+    trials, the other's running trial included (rmtree while it trained: its checkpoints and model were written into
+    a folder without run.json, kept forever after). A trial still running in the study, or whose folder a trainer
+    holds, is kept; a running trial whose process is gone is failed and its folder removed. The other call here is
+    this test: its trial is running in the study, with this process as its owner."""
+    import os
+    import socket
+
+    import optuna
+
+    from embedrec.locks import run_folder_lock
+
+    work = tmp_path / "work"
+    shutil.copytree(tuned[0], work)
+    runs = work / "tune" / "models" / "default-ndcg@10"
+    study = _study(work)
+    live, dead = study.ask(), study.ask()  # another tune's running trial, and a killed tune's
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    live.set_user_attr("process", {"host": socket.gethostname(), "pid": os.getpid()})
+    dead.set_user_attr("process", {"host": socket.gethostname(), "pid": gone.pid})
+    held = runs / "trial-0099"  # a folder a trainer holds now
+    for folder in (runs / f"trial-{live.number:04d}", runs / f"trial-{dead.number:04d}", held):
+        folder.mkdir()
+        shutil.copyfile(runs / "trial-0000" / "run.json", folder / "run.json")
+    with run_folder_lock(held):
+        done = run_cli(
+            ["tune", "--data", synthetic_prepared, "--workdir", work, "--trials", "1", "--max-epochs", "2", "--json"],
+            work,
+        )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["trials"]["this_call"] == 1  # its own trials, not the other call's
+    trials = _study(work).trials
+    assert trials[live.number].state == optuna.trial.TrialState.RUNNING
+    assert trials[dead.number].state == optuna.trial.TrialState.FAIL
+    assert trials[-1].state == optuna.trial.TrialState.COMPLETE
+    names = {p.name for p in runs.glob("trial-*")}
+    assert {f"trial-{live.number:04d}", "trial-0099", "trial-0000"} <= names
+    assert f"trial-{dead.number:04d}" not in names
+
+
+def test_a_prepare_that_replaces_the_data_stops_the_search(synthetic_prepared: Path, tmp_path: Path) -> None:
+    """Every trial loads the data folder again: after a ``prepare`` replaced it during the search, the later trials
+    trained on the new data in a study of the old (and were compared with the preset on the old val split). The next
+    trial now stops the search before it trains, with one line; the config holds the trials of the old data."""
+    import optuna
+
+    from embedrec.data import PrepareConfig, prepare_synthetic
+    from embedrec.tune import TuneCallbacks
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_prepared, data)
+
+    class PrepareAfterTheFirstTrial(TuneCallbacks):
+        def on_trial_end(self, outcome) -> None:
+            if outcome.number == 0:  # another command replaces the data set meanwhile
+                prepare_synthetic(out=data, n_users=250, n_movies=300, n_ratings=15_000, seed=1, config=PrepareConfig())
+
+    with pytest.raises(ConfigError, match="was prepared again while tune ran") as err:
+        tune(
+            data,
+            workdir=tmp_path,
+            n_trials=2,
+            budget_s=None,
+            max_epochs=1,
+            preset="seed",
+            objective="rmse",
+            callbacks=PrepareAfterTheFirstTrial(),
+        )
+    assert "delete" in str(err.value) and str(tmp_path / "tune") in str(err.value)
+    first, second = _study(tmp_path, "seed-rmse").trials
+    assert first.state == optuna.trial.TrialState.COMPLETE and second.state == optuna.trial.TrialState.FAIL
+    assert "epochs" not in second.user_attrs  # it never trained an epoch
+    assert not (tmp_path / "tune" / "models" / "seed-rmse" / "trial-0001").exists()
+    assert load_config_file(tmp_path / "tuned.toml")["lr"] == first.user_attrs["settings"]["lr"]
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_any_trial(synthetic_prepared: Path, tmp_path: Path) -> None:
+    """An unwritable ``--out`` was found only when the first best trial was written, after its training (with
+    ``--budget 10m``, up to the whole budget). A read-only file system is a tmpfs mounted read-only (skipped where
+    mounting is not allowed); a missing folder under it is found too, and nothing is created."""
+    import os
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        for out in (ro / "tuned.toml", ro / "a" / "b" / "tuned.toml"):
+            res = run_cli(
+                ["tune", "--data", synthetic_prepared, "--workdir", tmp_path, "--trials", "1", "--out", out], tmp_path
+            )
+            assert res.returncode == 2, res.stderr
+            assert res.stderr.strip() == (
+                f"error: {out}: the file system is read-only: choose a folder on a writable disk"
+            )
+            assert os.listdir(ro) == []
+        assert not (tmp_path / "tune").exists()
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)
