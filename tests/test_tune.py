@@ -224,6 +224,13 @@ def test_bad_options_are_refused_before_any_training(synthetic_prepared: Path, t
     assert not (tmp_path / "tune" / "models").exists()
 
 
+def test_a_refused_option_prints_its_one_line_and_nothing_else(synthetic_prepared: Path, tmp_path: Path) -> None:
+    """The progress view was stopped without having started: a blank line on stdout before every error."""
+    res = run_cli(["tune", "--data", synthetic_prepared, "--workdir", tmp_path, "--trials", "0"], tmp_path)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr == "error: --trials: must be >= 1, got 0\n"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Real searches on the synthetic fixture
 # ---------------------------------------------------------------------------------------------------------------

@@ -144,7 +144,8 @@ class _TuneView(TuneCallbacks):
         self.progress.console.print(f"    [dim]{_params_text(outcome.params)}[/]", highlight=False)
 
     def stop(self) -> None:
-        self.progress.stop()
+        if self.task is not None:  # started: stopping a bar that never started printed a blank line before an error
+            self.progress.stop()
 
 
 @app.command("tune")
