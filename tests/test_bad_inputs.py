@@ -961,6 +961,23 @@ CASES = [
         r"Invalid value for '--max-users': .*greater than or equal to 1 \(see `.* evaluate --help`\)",
     ),
     Case("missing-option", lambda c: ["similar"], 2, r"Missing option '--movie'"),
+    # an id option is plain decimal digits: click's int() took "1_000" for user 1000 and "+5" for 5
+    Case(
+        "recommend-user-with-an-underscore",
+        lambda c: _with_model(c, "recommend", "--user", "1_000"),
+        2,
+        r"Invalid value for '--user': expected a whole number in plain digits, like 42 or -7, got '1_000' "
+        r"\(see `.* recommend --help`\)",
+    ),
+    Case(
+        "predict-movie-with-a-plus",
+        lambda c: _with_model(c, "predict", "--user", c.first_user(), "--movie", "+5"),
+        2,
+        r"Invalid value for '--movie': expected a whole number in plain digits, like 42 or -7, got '\+5'",
+    ),
+    Case(
+        "similar-other-digits", lambda c: _with_model(c, "similar", "--movie", "\u00b2"), 2, r"no movie title contains"
+    ),
     # a setting is named as the user gave it: the flag, or the config file and its key (many keys have no flag)
     Case(
         "config-row-decay-negative",

@@ -150,6 +150,20 @@ def test_predict_single_and_batch(workdir: Path, ids: dict, tmp_path: Path) -> N
     assert lines[2].endswith(",,unknown user") and lines[3].endswith(",,movie id 'abc' is not an integer")
 
 
+@pytest.mark.parametrize("given", ["1_000", "+5", " 5", "5.0", "\u0665", "0x10"])
+def test_an_id_option_is_plain_decimal_digits(workdir: Path, ids: dict, given: str) -> None:
+    """click's int() would take "1_000" for user 1000 and "+5", " 5" or the Arabic-Indic 5 for user 5."""
+    for args in (("recommend", "--user", given), ("predict", "--user", ids["user"], "--movie", given)):
+        res = run(*args, "--workdir", workdir)  # the one-line form of this usage error: test_bad_inputs.py
+        assert res.exit_code == 2 and res.stdout == "", res.output
+        option = "--user" if args[0] == "recommend" else "--movie"
+        said = " ".join(res.stderr.replace("│", " ").split())
+        assert f"Invalid value for '{option}': expected a whole number in plain digits, like 42 or -7" in said, said
+    if given.strip() == given:  # similar's --movie is an id or title words (spaces around it are dropped)
+        res = run("similar", "--movie", given, "--workdir", workdir)  # no title holds these words
+        assert res.exit_code == 2 and res.stderr == f"error: no movie title contains {given!r}\n", res.output
+
+
 def test_evaluate_json_and_table(workdir: Path) -> None:
     res = run("evaluate", "--workdir", workdir, "--json", "--k", "5,10")
     assert res.exit_code == 0, res.output

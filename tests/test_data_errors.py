@@ -94,6 +94,8 @@ def test_non_integer_id_names_the_line(tmp_path: Path) -> None:
     # ids Arrow's integer reader refuses though they look whole: a decimal point, or more than 64 bits
     msg = run_error(make(tmp_path / "s4", HEADER + "1,1,4,100\n2.0,1,4,100\n"), tmp_path / "z")
     assert "ratings.csv, line 3" in msg and "'2.0', expected an integer id" in msg
+    msg = run_error(make(tmp_path / "s6", HEADER + "1,1,4,100\n+2,1,4,100\n"), tmp_path / "v")  # Arrow takes no "+"
+    assert "ratings.csv, line 3" in msg and "'+2', expected an integer id;" in msg
     msg = run_error(make(tmp_path / "s5", HEADER + "1,1,4,100\n1,99999999999999999999,4,100\n"), tmp_path / "w")
     assert "ratings.csv, line 3" in msg and "expected an integer id within 64 bits" in msg
     src = make(tmp_path / "s3", HEADER + "1,1,4,100\n", movies="movieId,title,genres\nabc,X (1990),Drama\n")

@@ -153,6 +153,10 @@ def test_raw_id_lookup_accepts_any_array_like() -> None:
     known = np.array([1, 5, 42, 10**12])  # a huge id must not size a lookup table
     got = lookup_ids(known, [42, "42", 42.0, "abc", 4.5, float("nan"), 10**12, -3])
     assert got.tolist() == [2, 2, 2, -1, -1, -1, 3, -1]
+    # text is an id only in plain decimal digits: int() would read "0_42" and "+42" as 42, Decimal "42.0" and "4.2e1"
+    texts = [" 42 ", "0042", "0_42", "+42", "42.0", "4.2e1", "\u0664\u0662", "0x2a", "42\n0", "-"]
+    assert lookup_ids(known, texts).tolist() == [2, 2, -1, -1, -1, -1, -1, -1, -1, -1]
+    assert lookup_ids(known, ["1" * 5000]).tolist() == [-1]  # longer than int() reads: out of range, no error
     assert lookup_ids(known, np.array([[1, 5], [7, 42]])).tolist() == [[0, 1], [-1, 2]]
     assert lookup_ids(known, []).shape == (0,)
 

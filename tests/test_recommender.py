@@ -73,14 +73,20 @@ def test_unknown_ids_and_cold_start(rec) -> None:
     assert np.isfinite(ratings[0]) and np.isnan(ratings[1:]).all()
     assert list(reasons) == ["", "unknown user", "unknown user and movie"]
     user, movie = str(rec.user_ids[0]), str(rec.movie_ids[0])
-    ratings, reasons = rec.predict_known([user, "abc", f"{user}.0", "1.5"], ["x", movie, movie, "1e12"])
+    ratings, reasons = rec.predict_known(
+        [user, "abc", f"{user}.0", "1.5", f" {user} ", f"+{user}", "1_0"],
+        ["x", movie, movie, str(10**12), movie, movie, movie],
+    )
     assert list(reasons) == [
         "movie id 'x' is not an integer",
         "user id 'abc' is not an integer",
-        "",  # 42.0 is the integer 42
-        "user id '1.5' is not an integer and unknown movie",  # 1e12 is an integer id the model does not know
+        f"user id '{user}.0' is not an integer",  # text is an id only in plain digits (a float 42.0 is 42)
+        "user id '1.5' is not an integer and unknown movie",  # 10**12 is an integer id the model does not know
+        "",  # the spaces around a CSV cell are not part of it
+        f"user id '+{user}' is not an integer",
+        "user id '1_0' is not an integer",  # int() reads it as 10
     ]
-    assert np.isfinite(ratings[2]) and np.isnan(ratings[[0, 1, 3]]).all()
+    assert np.isfinite(ratings[[4]]).all() and np.isnan(ratings[[0, 1, 2, 3, 5, 6]]).all()
     popular = rec.popular(k=5)
     assert len(popular) == 5 and popular["rating"].isna().all()
     assert np.all(np.diff(popular["score"].to_numpy()) <= 0)

@@ -390,6 +390,32 @@ def test_every_bad_request_gets_one_clear_json_line(client: httpx.Client, ids: d
     assert_clean_error(client.post("/admin/reload"), 403, "--api-key")
 
 
+def test_ids_and_counts_in_the_url_are_plain_decimal_digits(client: httpx.Client, ids: dict) -> None:
+    """pydantic's int parsing would read user=1_000 as user 1000 and +5, " 5" or 5.0 as 5: each is a 422 naming the
+    parameter, like any other bad parameter; a negative id is an id (the cold-start list for an unknown one)."""
+    u, m = ids["user"], ids["movie"]
+    for bad in (f"{u:_}" if u >= 1000 else f"{u}_0", f"+{u}", f" {u}", f"{u} ", f"{u}.0", "1e3", "0x10", "\u0665", ""):
+        for path, params, name in (
+            ("/recommend", {"user": bad}, "user"),
+            ("/recommend", {"user": u, "k": bad}, "k"),
+            ("/recommend", {"user": u, "min_ratings": bad}, "min_ratings"),
+            ("/similar", {"movie": bad}, "movie"),
+            ("/predict", {"user": bad, "movie": m}, "user"),
+            ("/predict", {"user": u, "movie": bad}, "movie"),
+            ("/movies", {"q": "a", "limit": bad}, "limit"),
+        ):
+            res = client.get(path, params=params)
+            assert_clean_error(res, 422, f"query {name}: expected a whole number in plain digits")
+            assert repr(bad) in res.json()["detail"]
+    assert_clean_error(client.get(f"/movie/+{m}"), 422, "path movie_id: expected a whole number in plain digits")
+    assert client.get(f"/movie/{m}").status_code == 200
+    page = client.get("/", params={"user": f"{u}_0"})
+    assert page.status_code == 422 and "is not a user id" in page.text
+    assert client.get("/recommend", params={"user": f"00{u}", "k": "03"}).json()["userId"] == u  # still decimal
+    cold = client.get("/recommend", params={"user": "-7", "k": 2}).json()
+    assert cold["userId"] == -7 and cold["coldStart"] is True
+
+
 def test_the_server_process_never_loads_jax(server: Server) -> None:
     maps = Path(f"/proc/{server.proc.pid}/maps")
     if not maps.exists():

@@ -37,7 +37,7 @@ def test_a_ragged_csv_is_one_line_naming_the_file_the_row_and_the_fix(tmp_path: 
 
 
 def test_user_ratings_are_integer_ids_and_numbers(tmp_path: Path) -> None:
-    mine = read_user_ratings(write(tmp_path / "mine.csv", "movie_id,Rating\n1,5\n9007199254740993,3.5\n2.0,4\n"))
+    mine = read_user_ratings(write(tmp_path / "mine.csv", "movie_id,Rating\n1,5\n9007199254740993,3.5\n 2 ,4\n"))
     assert mine["movieId"].tolist() == [1, 9007199254740993, 2] and mine["movieId"].dtype == np.int64
     assert mine["rating"].tolist() == [5.0, 3.5, 4.0]
 
@@ -47,6 +47,12 @@ def test_user_ratings_are_integer_ids_and_numbers(tmp_path: Path) -> None:
     [
         ("movieId,rating\n1,5\n1.5,4\n", r"mine.csv line 3: movieId '1.5' is not an integer"),
         ("movieId,rating\n1,5\nabc,4\n", r"mine.csv line 3: movieId 'abc' is not an integer"),
+        # what Python's int() or Decimal would read as another number: only plain decimal digits are ids
+        ("movieId,rating\n1,5\n2.0,4\n", r"mine.csv line 3: movieId '2.0' is not an integer"),
+        ("movieId,rating\n1_000,5\n", r"mine.csv line 2: movieId '1_000' is not an integer"),
+        ("movieId,rating\n+5,5\n", r"mine.csv line 2: movieId '\+5' is not an integer"),
+        ("movieId,rating\n1e3,5\n", r"mine.csv line 2: movieId '1e3' is not an integer"),
+        ("movieId,rating\n\u0663,5\n", r"mine.csv line 2: movieId '\u0663' is not an integer"),
         ("movieId,rating\n1,great\n", r"mine.csv line 2: rating 'great' is not a number"),
         ("movieId,stars\n1,5\n", r"needs a header with movieId and rating"),
         ("movieId,rating\n", r"mine.csv has no ratings"),
@@ -84,6 +90,11 @@ def test_user_ids_one_per_line_or_a_csv_column(tmp_path: Path) -> None:
         ("1\n" + str(10**23) + "\n", r"u.txt line 2: user id 100000000000000000000000 is out of range"),
         ("1\n\n2.5\n", r"u.txt line 3: user id '2.5' is not an integer"),
         ("userId\n1\nx\n", r"u.txt line 3: user id 'x' is not an integer"),
+        # a first line that is no plain integer is a bad id, not a header: 1_000 is not user 1000, nor +5 user 5
+        ("1_000\n2\n", r"u.txt line 1: user id '1_000' is not an integer"),
+        ("1\n+5\n", r"u.txt line 2: user id '\+5' is not an integer"),
+        ("1\n5.0\n", r"u.txt line 2: user id '5.0' is not an integer"),
+        ("userId\n1\n0x10\n", r"u.txt line 3: user id '0x10' is not an integer"),
         ("name\nbob\n", r"needs a header with userId"),
         ("\n\n", r"u.txt holds no user ids"),
     ],

@@ -27,7 +27,9 @@ def test_ids_beyond_float_precision_are_looked_up_exactly() -> None:
     big = 2**53  # 9007199254740992: float64 cannot tell it from 2**53 + 1
     users = Vocabulary(np.array([1, big]), kind="user", owner="the model")
     assert users.indices([str(big + 1), str(big), big + 1, np.int64(big)]).tolist() == [-1, 1, -1, 1]
-    assert users.indices(np.array([str(big + 1), "1.0", "1e0", " 1 "], dtype=object)).tolist() == [-1, 0, 0, 0]
+    texts = np.array([str(big + 1), " 1 ", "1.0", "1e0", "1_0", "+1"], dtype=object)
+    assert users.indices(texts).tolist() == [-1, 0, -1, -1, -1, -1]  # text is an id in plain decimal digits only
+    assert users.indices([1.0, np.float32(1), "1"]).tolist() == [0, 0, 0]  # a whole float is still its integer
 
 
 def test_unsorted_ids_are_refused() -> None:

@@ -64,6 +64,21 @@ WorkdirOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
+
+def raw_id(text: str) -> int:
+    """An id option's value read by :func:`embedrec.data.encode.parse_id` (click's int type would read "1_000" as
+    1000 and "+5" or " 5" as 5); Typer reports the ValueError as an invalid value of the option, exit 2."""
+    from embedrec.data.encode import parse_id
+
+    number = parse_id(text)
+    if number is None:
+        raise typer.BadParameter(f"expected a whole number in plain digits, like 42 or -7, got {text!r}")
+    return number
+
+
+UserIdOpt = Annotated[int | None, typer.Option("--user", help="Raw user id.", parser=raw_id, metavar="<int>")]
+MovieIdOpt = Annotated[int | None, typer.Option("--movie", help="Raw movie id.", parser=raw_id, metavar="<int>")]
+
 _DIST = "Several processes or hosts"
 DistributedOpt = Annotated[
     bool,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from embedrec.cli import render
-from embedrec.cli.common import JsonOpt, WorkdirOpt, app, handle_errors
+from embedrec.cli.common import JsonOpt, MovieIdOpt, UserIdOpt, WorkdirOpt, app, handle_errors
 from embedrec.cli.progress import progress
 from embedrec.errors import ConfigError, UnknownIdError
 from embedrec.serving import DEFAULT_CANDIDATES, DEFAULT_MIN_RATINGS
@@ -156,8 +156,8 @@ def evaluate_cmd(
 @app.command("predict")
 @handle_errors
 def predict_cmd(
-    user: Annotated[int | None, typer.Option("--user", help="Raw user id.")] = None,
-    movie: Annotated[int | None, typer.Option("--movie", help="Raw movie id.")] = None,
+    user: UserIdOpt = None,
+    movie: MovieIdOpt = None,
     input_file: Annotated[Path | None, typer.Option("--input", help="CSV of userId,movieId pairs to score.")] = None,
     output: Annotated[
         Path | None,
@@ -190,7 +190,7 @@ def predict_cmd(
 @app.command("recommend")
 @handle_errors
 def recommend_cmd(
-    user: Annotated[int | None, typer.Option("--user", help="Raw user id.")] = None,
+    user: UserIdOpt = None,
     k: KOpt = 10,
     include_seen: Annotated[bool, typer.Option("--include-seen", help="Keep movies the user already rated.")] = False,
     genre: Annotated[str | None, typer.Option("--genre", help="Only movies of this genre, e.g. Comedy.")] = None,
@@ -324,6 +324,7 @@ def similar_cmd(
 ) -> None:
     """Movies nearest to one movie by cosine similarity of the learned movie embeddings."""
     from embedrec.artifacts import load_model
+    from embedrec.data.encode import parse_id
     from embedrec.recommender import Recommender
     from embedrec.serving import model_dir
 
@@ -331,9 +332,8 @@ def similar_cmd(
     if not query:
         raise ConfigError("--movie is empty: pass a movie id or words of its title")
     rec = Recommender(load_model(model_dir(workdir, model)))
-    if query.lstrip("-").isdigit():
-        movie_id = int(query)
-    else:
+    movie_id = parse_id(query)
+    if movie_id is None:
         found = rec.find_movies(query)
         if found.empty:
             raise UnknownIdError(f"no movie title contains {query!r}")

@@ -11,12 +11,19 @@ sort-based ``np.unique`` when the id range is small enough; both give identical 
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
 
 LOOKUP_MAX_ID = 1 << 25  # ids below this use a lookup table (at most 128 MB of int32)
+
+PLAIN_INT = r"-?[0-9]+"
+"""What an id written as text must be: ASCII decimal digits with an optional leading minus, what Arrow's int64 CSV
+reader takes when ``prepare`` reads the ratings. Python's ``int()`` takes more ("1_000", "+5", " 7", "\u0663")."""
+_PLAIN_INT = re.compile(PLAIN_INT)
+_INT_STR_DIGITS = 4000  # int() refuses longer digit strings (sys.get_int_max_str_digits); Decimal reads them
 
 
 def dense_index(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +65,10 @@ def lookup_ids(known: np.ndarray, ids: Any) -> np.ndarray:
     movie 42, ``"abc"``, ``4.5`` and NaN find nothing. Strings and Python integers are read exactly, never through
     float64, so ``"9007199254740993"`` is not taken for 9007199254740992.
     """
-    arr = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids) if not np.isscalar(ids) else [ids])
+    values = ids if isinstance(ids, np.ndarray) else list(ids) if not np.isscalar(ids) else [ids]
+    arr = np.asarray(values)
+    if arr.dtype.kind in "US" and not isinstance(ids, np.ndarray):  # numpy wrote a mixed list's 42.0 as "42.0"
+        arr = np.asarray(values, dtype=object)
     if arr.dtype.kind in "iu":
         flat = arr.astype(np.int64, copy=False).ravel()
         return lookup_index(flat, known).reshape(arr.shape)
@@ -74,24 +84,31 @@ def lookup_ids(known: np.ndarray, ids: Any) -> np.ndarray:
     return out
 
 
+def parse_id(text: str) -> int | None:
+    """``text`` as an id when it is a plain decimal integer (:data:`PLAIN_INT`: "42", "-7", "007"), else None.
+
+    The one parser of ids written as text: query strings, path parameters, CLI options, the CSV files of ``predict``
+    and ``recommend``. Nothing is stripped or reinterpreted: "1_000", "+5", " 7", "42.0", "1e3", "0x10" and other
+    scripts' digits are not ids (``int()`` would read several of them as another number). Callers check the range.
+    """
+    if not _PLAIN_INT.fullmatch(text):
+        return None
+    return int(text) if len(text) <= _INT_STR_DIGITS else int(Decimal(text))
+
+
 def exact_int(value: Any) -> int | None:
-    """``value`` as an exact integer id (42, "42", " 42 ", "42.0", 42.0), or None when it is not one."""
+    """``value`` as an exact integer id (42, 42.0, "42", " 42 "), or None when it is not one.
+
+    Numbers are ids when they are whole; text is read by :func:`parse_id` once the whitespace around it is stripped
+    (as a CSV cell's is, and as ``prepare`` reads them), so "42.0" and "1_000" are not ids.
+    """
     if isinstance(value, (bool, np.bool_)):
         return None
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)):
         return int(value) if np.isfinite(value) and float(value).is_integer() else None
-    text = str(value).strip()
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        number = Decimal(text)
-    except InvalidOperation:
-        return None
-    return int(number) if number.is_finite() and number == number.to_integral_value() else None
+    return parse_id(str(value).strip())
 
 
 def compact(idx: np.ndarray, *, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from embedrec.data.encode import PLAIN_INT, parse_id
 from embedrec.errors import DataError
 
 if TYPE_CHECKING:
@@ -261,8 +262,8 @@ def _first_bad_value(
     )
     text = table.column(column).to_pandas()
     stripped = text.str.strip()
-    if integer:  # what Arrow's int64 reader takes: digits with an optional sign, within 64 bits ("2.0" is not one)
-        digits = stripped.str.fullmatch(r"[+-]?\d+").fillna(False).to_numpy(bool).copy()
+    if integer:  # what Arrow's int64 reader takes: digits with an optional minus, within 64 bits ("2.0" is not one)
+        digits = stripped.str.fullmatch(PLAIN_INT).fillna(False).to_numpy(bool).copy()
         long = digits & (stripped.str.len().to_numpy() >= 19)
         for i in np.flatnonzero(long):
             digits[i] = -(2**63) <= int(stripped.iloc[i]) < 2**63
@@ -354,7 +355,7 @@ def read_rating_columns(
                 )
                 if hit is not None:
                     row, value = hit
-                    if integer and value.strip().lstrip("+-").isdigit():
+                    if integer and parse_id(value.strip()) is not None:
                         kind = "an integer id within 64 bits"
                     raise DataError(
                         f"{path}, line {row + first_line}: column {failed!r} has {value!r}, expected {kind}; {todo}"

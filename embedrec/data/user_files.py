@@ -8,7 +8,9 @@ Synopsis::
     users = read_user_ids(Path("users.txt"))       # int64 array: one id a line, or a CSV with a userId column
 
 Headers are matched case-insensitively and without underscores (``movieId``, ``movie_id``, ``MOVIEID``). Ids are read
-as exact integers, never through float64: 9007199254740993 stays itself, and ``1.5`` is not movie 1. Every bad
+as exact integers, never through float64: 9007199254740993 stays itself. An id is a plain decimal integer
+(:func:`~embedrec.data.encode.parse_id`, the spaces around a cell ignored): ``1.5``, ``42.0``, ``1_000`` and ``+5`` are
+not ids. Every bad
 input is a :class:`~embedrec.errors.DataError` naming the option, the file and the line (the header is line 1).
 ``option`` is the flag that named the file, so the message reads in the user's terms.
 """
@@ -103,7 +105,8 @@ def read_user_ids(path: Path, *, option: str = "--users-file") -> np.ndarray:
     except UnicodeDecodeError as exc:
         raise DataError(f"{option}: {path} is not UTF-8 text ({exc})") from None
     first = next((line for line in lines if line.strip()), "")
-    if first and exact_int(first.split(",")[0]) is None:  # a header row
+    # a header names its columns without digits; a first id that is no plain integer ("1_000") is a bad id, not a header
+    if first and not any("0" <= ch <= "9" for ch in first.split(",")[0]):
         frame = _read_text_csv(path, option)
         column = _columns(frame, "userid", path=path, option=option)["userid"]
         values, first_line = frame[column].tolist(), 2

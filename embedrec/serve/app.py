@@ -276,14 +276,18 @@ def movie_records(table: pd.DataFrame, *extra: str) -> list[dict[str, Any]]:
 # JSON API
 # ---------------------------------------------------------------------------------------------------------------
 api = APIRouter(dependencies=[Depends(_require_key)])
-K = Annotated[int, Query(ge=1, le=schemas.MAX_K, description=f"How many movies (1..{schemas.MAX_K}).")]
-MinRatings = Annotated[int, Query(ge=0, description="Skip movies with fewer ratings than this in the data.")]
+K = Annotated[
+    int, Query(ge=1, le=schemas.MAX_K, description=f"How many movies (1..{schemas.MAX_K})."), schemas.PLAIN_DIGITS
+]
+MinRatings = Annotated[
+    int, Query(ge=0, description="Skip movies with fewer ratings than this in the data."), schemas.PLAIN_DIGITS
+]
 
 
 @api.get("/recommend", response_model=schemas.Recommendations, summary="Top-k movies for a user")
 async def recommend(
     served: Served,
-    user: Annotated[int, Query(description="Raw user id.")],
+    user: Annotated[int, Query(description="Raw user id."), schemas.PLAIN_DIGITS],
     k: K = 10,
     genre: Annotated[str | None, Query(max_length=100)] = None,
     min_ratings: MinRatings = 5,
@@ -335,7 +339,7 @@ def recommend_new_user(served: Served, body: schemas.FoldInRequest) -> dict[str,
 
 @api.get("/similar", response_model=schemas.SimilarMovies, summary="Movies nearest to one movie")
 async def similar(
-    served: Served, movie: Annotated[int, Query(description="Raw movie id.")], k: K = 10
+    served: Served, movie: Annotated[int, Query(description="Raw movie id."), schemas.PLAIN_DIGITS], k: K = 10
 ) -> dict[str, Any]:
     """Nearest movies by cosine similarity of the learned movie embeddings (the movie itself excluded)."""
     top, sims = served.rec.rank_similar(movie, k=k)
@@ -347,7 +351,11 @@ async def similar(
 
 
 @api.get("/predict", response_model=schemas.Prediction, summary="Predicted rating of one (user, movie) pair")
-async def predict(served: Served, user: int, movie: int) -> dict[str, Any]:
+async def predict(
+    served: Served,
+    user: Annotated[int, Query(description="Raw user id."), schemas.PLAIN_DIGITS],
+    movie: Annotated[int, Query(description="Raw movie id."), schemas.PLAIN_DIGITS],
+) -> dict[str, Any]:
     rating = float(served.rec.predict([user], [movie])[0])
     return {"userId": user, "movieId": movie, "rating": rating, "reason": ""}
 
@@ -369,7 +377,7 @@ def predict_many(served: Served, body: schemas.PredictRequest) -> dict[str, Any]
 def movies(
     served: Served,
     q: Annotated[str, Query(min_length=1, max_length=200, description="Title words.")],
-    limit: Annotated[int, Query(ge=1, le=schemas.MAX_SEARCH_RESULTS)] = 20,
+    limit: Annotated[int, Query(ge=1, le=schemas.MAX_SEARCH_RESULTS), schemas.PLAIN_DIGITS] = 20,
 ) -> dict[str, Any]:
     """Movies whose title holds every word of ``q`` (case-insensitive); an exact title match wins."""
     if not q.strip():

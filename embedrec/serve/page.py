@@ -20,8 +20,10 @@ from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from embedrec.data.encode import parse_id
 from embedrec.errors import EmbedrecError, UnknownIdError
 from embedrec.serve.app import KEY_COOKIE, ServeSettings, bearer_token, key_matches, movie_records
+from embedrec.serve.schemas import PLAIN_DIGITS
 from embedrec.serve.state import LoadedModel, redact_paths
 
 PAGE_K = 10
@@ -69,10 +71,9 @@ def home(request: Request, user: Annotated[str | None, Query()] = None) -> Respo
     }
     if user is None or not user.strip():
         return _render(request, "index.html", context)
-    try:
-        user_id = int(user.strip())
-    except ValueError:
-        context["error"] = f"{user!r} is not a user id (a whole number)"
+    user_id = parse_id(user.strip())
+    if user_id is None:
+        context["error"] = f"{user.strip()!r} is not a user id (a whole number in plain digits, like 42)"
         return _render(request, "index.html", context, status=422)
     context["user"] = user_id
     if user_id in rec.user_vocab:
@@ -94,7 +95,7 @@ def home(request: Request, user: Annotated[str | None, Query()] = None) -> Respo
 
 
 @page.get("/movie/{movie_id}", response_class=HTMLResponse)
-def movie_page(request: Request, movie_id: Annotated[int, PathParam()]) -> Response:
+def movie_page(request: Request, movie_id: Annotated[int, PathParam(), PLAIN_DIGITS]) -> Response:
     served: LoadedModel = request.app.state.holder.current
     rec = served.rec
     try:
@@ -113,9 +114,10 @@ def rate(request: Request, q: Annotated[str | None, Query(max_length=200)] = Non
     rec = served.rec
     given: dict[int, float] = {}
     for name, value in request.query_params.items():
-        if name.startswith("r") and name[1:].isdigit() and value.strip():
+        movie_id = parse_id(name[1:]) if name.startswith("r") else None
+        if movie_id is not None and value.strip():
             try:
-                given[int(name[1:])] = float(value)
+                given[movie_id] = float(value)
             except ValueError:
                 continue
     candidates = (

@@ -7,9 +7,12 @@ server's too. Request limits live here, beside the fields they bound, so the Ope
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from embedrec.data.encode import parse_id
 
 MAX_K = 100
 """Largest ``k`` any endpoint accepts: a page of results, not a catalogue dump (use ``recommend --all-users``)."""
@@ -20,6 +23,24 @@ MAX_PREDICT_PAIRS = 10_000
 MAX_SEARCH_RESULTS = 100
 MAX_BODY_BYTES = 1_048_576
 """Request bodies above this are refused with 413 before they are read: ample for 10,000 pairs."""
+
+
+def _plain_int(value: Any) -> Any:
+    """A query or path parameter's text read by :func:`~embedrec.data.encode.parse_id`: pydantic's own int parsing
+    would take "1_000" for 1000 and "+5", " 7" or "5.0" for 5."""
+    if not isinstance(value, str):
+        return value
+    number = parse_id(value)
+    if number is None:
+        raise PydanticCustomError(
+            "int_parsing", "expected a whole number in plain digits, like 42 or -7, got {given}", {"given": repr(value)}
+        )
+    return number
+
+
+PLAIN_DIGITS = BeforeValidator(_plain_int)
+"""The reader of an integer query or path parameter (an id, ``k``, a limit): plain decimal digits only, else 422
+naming it. It goes after ``Query(...)`` in the ``Annotated``, so that the OpenAPI schema keeps the bounds."""
 
 K = Annotated[int, Field(ge=1, le=MAX_K, description=f"How many movies to return (1..{MAX_K}).")]
 
