@@ -126,41 +126,15 @@ def test_resume_is_passed_through(calls: list[dict], tmp_path: Path) -> None:
     assert calls[0]["overrides"] == {"epochs": 9}
 
 
-def test_info_reads_a_model_folder(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    run.mkdir()
-    meta = {
-        "schema_version": 1,
-        "kind": "embedrec-model",
-        "preset": "seed",
-        "n_params": 99,
-        "model": {
-            "embedding_dim": 4,
-            "genre_mode": "string",
-            "hidden": [8],
-            "dropout": 0.2,
-            "biases": False,
-            "watch_head": False,
-        },
-        "train": {
-            "optimizer": "adam",
-            "lr": 0.001,
-            "lr_decay": 1.0,
-            "batch_size": 8,
-            "epochs": 2,
-            "weight_decay": 0.0,
-            "negatives": 0,
-            "seed": 1,
-        },
-        "shape": {"n_users": 3, "n_movies": 4, "n_genres": 2, "rating_min": 1.0, "rating_max": 5.0},
-        "data": {"source": "synthetic", "format": "x", "fingerprint": "abc"},
-        "ranking": {"score": "rating"},
-        "best_epoch": 2,
-        "epochs_run": 2,
-        "metrics": {"val_rmse": 0.95},
-        "created": "now",
-    }
-    (run / "model.json").write_text(json.dumps(meta))
+def test_info_reads_a_model_folder(synthetic_prepared: Path, tmp_path: Path) -> None:
+    from planted import write_planted_model
+
+    from embedrec.artifacts import read_json, write_json
+    from embedrec.data import load_prepared
+
+    run = write_planted_model(load_prepared(synthetic_prepared), tmp_path / "run", ranking={"score": "rating"})
+    meta = read_json(run / "model.json")
+    write_json(run / "model.json", {**meta, "n_params": 99, "metrics": {"val_rmse": 0.95}, "epochs_run": 2})
     res = runner.invoke(app, ["info", str(run), "--json"])
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout)
@@ -169,6 +143,60 @@ def test_info_reads_a_model_folder(tmp_path: Path) -> None:
     assert table.exit_code == 0 and "predicted rating" in table.output and "0.9500" in table.output
     missing = runner.invoke(app, ["info", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "Traceback" not in missing.output
+    assert "model folder" in missing.stderr and "nowhere does not exist" in missing.stderr
+
+
+def _damaged_weights(run: Path, damage: str) -> None:
+    import numpy as np
+
+    from embedrec.artifacts import load_arrays, read_json, save_arrays, write_json
+
+    weights = run / "weights.safetensors"
+    if damage == "missing":
+        weights.unlink()
+    elif damage == "truncated":  # a copy cut short: the header promises bytes the file lacks
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif damage == "not-safetensors":
+        weights.write_text("junk")
+    elif damage == "nan":
+        arrays = load_arrays(weights)
+        arrays["movie_embedding"][3, 1] = np.nan
+        save_arrays(weights, arrays)
+    elif damage == "other-shape":  # model.json of a wider model beside these weights
+        meta = read_json(run / "model.json")
+        meta["model"]["embedding_dim"] += 1
+        write_json(run / "model.json", meta)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("missing", r"weights\.safetensors is missing: the model folder is incomplete; retrain"),
+        ("truncated", r"weights\.safetensors is unreadable \(tensor '.*' does not fit its bytes\)"),
+        ("not-safetensors", r"weights\.safetensors is unreadable \(no safetensors header\)"),
+        ("nan", r"weights\.safetensors does not match model\.json \(movie_embedding holds NaN"),
+        ("other-shape", r"weights\.safetensors does not match model\.json \(user_embedding is 300x\d+, expected"),
+    ],
+)
+def test_info_refuses_a_model_whose_weights_are_damaged(
+    synthetic_prepared: Path, tmp_path: Path, damage: str, message: str
+) -> None:
+    """info reads model.json, but a folder the other commands refuse is not shown as a usable model."""
+    import re
+
+    from planted import write_planted_model
+
+    from embedrec.data import load_prepared
+
+    run = write_planted_model(load_prepared(synthetic_prepared), tmp_path / "run")
+    _damaged_weights(run, damage)
+    for args in (["info", str(run)], ["info", str(run), "--json"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and res.stdout == "", res.output
+        assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
+        assert re.search(message, " ".join(res.stderr.split())), res.stderr
+    recommend = runner.invoke(app, ["recommend", "--model", str(run), "--data", str(synthetic_prepared), "--user", "1"])
+    assert recommend.exit_code == 2 and recommend.stderr == res.stderr  # the verdict every command gives
 
 
 def test_a_data_set_too_small_for_a_val_split_trains_and_says_so_instead_of_nan(tmp_path: Path) -> None:

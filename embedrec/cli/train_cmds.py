@@ -26,7 +26,7 @@ from embedrec.cli.common import (
     err_console,
     handle_errors,
 )
-from embedrec.errors import ConfigError, SettingError
+from embedrec.errors import ArtifactError, ConfigError, SettingError
 from embedrec.workdir import latest_run, resolve_workdir
 
 if TYPE_CHECKING:
@@ -394,11 +394,12 @@ def info_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a trained model: settings, data, parameter count, final metrics."""
-    from embedrec.artifacts import check_model_folder, read_json, validate_model_meta
+    from embedrec.artifacts import load_model, read_json
 
-    run = check_model_folder(model) if model is not None else latest_run(resolve_workdir(workdir))
-    meta = read_json(Path(run) / "model.json")
-    validate_model_meta(meta, Path(run) / "model.json")
+    run = model if model is not None else latest_run(resolve_workdir(workdir))
+    # the checks every command that uses the model makes (check_model_folder, then the weights memory-mapped with
+    # numpy): a path that is no model folder, or weights missing, corrupt or unlike model.json, are one error line
+    meta = load_model(Path(run)).meta
     history_path = Path(run) / "history.json"
     history = read_json(history_path) if history_path.is_file() else []
     if not isinstance(history, list):
