@@ -10,6 +10,8 @@ run), 130 Ctrl-C, 143 SIGTERM.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class EmbedrecError(Exception):
     """A problem the user can fix. ``exit_code`` is what the CLI exits with; ``hard_exit``: the CLI ends the process
@@ -42,6 +44,29 @@ class SettingError(ConfigError):
     def named(self, label: str) -> ConfigError:
         """The same error under the name the user gave the setting (``--dropout``, ``--config: c.toml: dropout``)."""
         return ConfigError(f"{label}: {self.detail}")
+
+
+class ResumeChangesSettings(ConfigError):
+    """``--resume`` was given settings other than those the run started with (only ``epochs`` may change).
+
+    Like :class:`SettingError` the message names the settings by key; a command names them as the user gave them
+    (:meth:`named`), so that a setting from a config file is not told to the user as a flag it has not got.
+    """
+
+    def __init__(self, settings: list[str], run_json: str) -> None:
+        self.settings = list(settings)
+        self.run_json = run_json
+        super().__init__(self._text(lambda setting: setting))
+
+    def _text(self, label: Callable[[str], str]) -> str:
+        return (
+            f"--resume continues with the settings in {self.run_json}; drop "
+            f"{', '.join(label(s) for s in self.settings)} (only {label('epochs')} may change)"
+        )
+
+    def named(self, label: Callable[[str], str]) -> ConfigError:
+        """The same error with each setting under the name ``label`` gives it (``--lr``, ``--config: c.toml: lr``)."""
+        return ConfigError(self._text(label))
 
 
 class ArtifactError(EmbedrecError):

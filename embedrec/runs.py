@@ -49,7 +49,7 @@ from embedrec.config import (
     preset as preset_configs,
 )
 from embedrec.data.split import TRAIN
-from embedrec.errors import ArtifactError, ConfigError, EmbedrecError, LostPeer
+from embedrec.errors import ArtifactError, ConfigError, EmbedrecError, LostPeer, ResumeChangesSettings
 from embedrec.locks import run_folder_lock
 from embedrec.workdir import data_dir as data_dir_of
 from embedrec.workdir import models_dir, set_latest_run
@@ -571,10 +571,7 @@ def _plan_run(
         stored = {**to_dict(model_cfg), **to_dict(train_cfg)}
         changed = [k for k, v in extra.items() if k not in stored or _as_json(stored[k]) != _as_json(v)]
         if changed:
-            raise ConfigError(
-                f"--resume continues with the settings in {run_dir / 'run.json'}; drop "
-                f"{', '.join('--' + k.replace('_', '-') for k in changed)} (only --epochs may change)"
-            )
+            raise ResumeChangesSettings(changed, str(run_dir / "run.json"))
         loaded = CheckpointDir(run_dir / "checkpoints", required=RESUME_KEYS).load()
         if loaded is None:  # answered before JAX starts
             raise ArtifactError(

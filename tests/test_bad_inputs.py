@@ -501,6 +501,12 @@ def _resume_case(change: Callable[[Path], None]) -> Callable[[Ctx], list[str]]:
     return build
 
 
+def _resume_with_other_settings(c: Ctx) -> list[str]:
+    """row_decay has no flag and lr comes from the file here: each is named as the user gave it."""
+    (c.tmp / "cfg.toml").write_text("row_decay = 0.5\nlr = 0.5\n")
+    return [*_resume_case(lambda r: None)(c), "--config", str(c.tmp / "cfg.toml"), "--dropout", "0.31"]
+
+
 def _drop_history(run: Path) -> None:
     for meta in (run / "checkpoints").glob("epoch-*/meta.json"):
         edit_json(meta, lambda m: _del(m, "history"))
@@ -1038,6 +1044,13 @@ CASES = [
         r"run\.json is damaged \('data' is missing\)",
     ),
     Case("resume-checkpoint-without-history", _resume_case(_drop_history), 2, r"no complete checkpoint to resume"),
+    Case(
+        "resume-with-other-settings",
+        _resume_with_other_settings,
+        2,
+        r"--resume continues with the settings in .*run\.json; drop --config: .*cfg\.toml: row_decay, "
+        r"--config: .*cfg\.toml: lr, --dropout \(only --epochs may change\)$",
+    ),
     Case(
         "prepared-movie-index-out-of-range",
         _prepared_case(lambda d: edit_ratings(d, "movie_idx", lambda v: np.where(np.arange(len(v)) == 3, 400, v))),

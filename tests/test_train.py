@@ -190,6 +190,21 @@ def test_resume_refuses_re_prepared_data(synthetic_prepared: Path, tmp_path: Pat
     assert len(again.stderr.strip().splitlines()) == 1
 
 
+def test_resume_with_other_settings_names_them_by_key(synthetic_prepared: Path, tmp_path: Path) -> None:
+    """The Python API's names (the CLI names them by flag or --config key: test_bad_inputs.py)."""
+    from embedrec.errors import ResumeChangesSettings
+    from embedrec.runs import train_run
+
+    run = tmp_path / "run"
+    train_run(synthetic_prepared, out=run, preset="seed", overrides={"epochs": 1})
+    with pytest.raises(ResumeChangesSettings) as caught:
+        train_run(synthetic_prepared, out=run, resume=True, overrides={"epochs": 2, "row_decay": 0.5, "lr": 0.5})
+    assert caught.value.settings == ["row_decay", "lr"]
+    assert str(caught.value).endswith("run.json; drop row_decay, lr (only epochs may change)")
+    named = caught.value.named(lambda setting: f"<{setting}>")
+    assert str(named).endswith("drop <row_decay>, <lr> (only <epochs> may change)")
+
+
 def test_two_devices_match_one(synthetic_prepared: Path, tmp_path: Path) -> None:
     script = (
         "import sys, numpy as np, jax\n"

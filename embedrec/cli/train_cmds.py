@@ -26,7 +26,7 @@ from embedrec.cli.common import (
     err_console,
     handle_errors,
 )
-from embedrec.errors import ArtifactError, ConfigError, SettingError
+from embedrec.errors import ArtifactError, ConfigError, ResumeChangesSettings, SettingError
 from embedrec.workdir import latest_run, resolve_workdir
 
 if TYPE_CHECKING:
@@ -248,7 +248,14 @@ def train_cmd(
         "patience": patience,
         "seed": seed,
     }
-    overrides.update({k: v for k, v in flags.items() if v is not None})
+    flags = {k: v for k, v in flags.items() if v is not None}
+    overrides.update(flags)
+
+    def as_given(setting: str) -> str:
+        """A setting's name as the user gave it: its flag, else its key in --config (a flag wins over the file)."""
+        if setting in flags or setting not in from_file:  # a setting not given at all: its flag, where it has one
+            return "--" + setting.replace("_", "-")
+        return f"--config: {config}: {setting}"
 
     cluster = cluster_of(distributed, coordinator, num_processes, process_id, join_timeout)
 
@@ -277,11 +284,11 @@ def train_cmd(
             cluster=cluster,
         )
     except SettingError as exc:  # named as the user gave it: the flag, else the config file's key
-        if flags.get(exc.setting) is not None:
-            raise exc.named("--" + exc.setting.replace("_", "-")) from None
-        if exc.setting in from_file:
-            raise exc.named(f"--config: {config}: {exc.setting}") from None
+        if exc.setting in flags or exc.setting in from_file:
+            raise exc.named(as_given(exc.setting)) from None
         raise
+    except ResumeChangesSettings as exc:
+        raise exc.named(as_given) from None
     finally:
         view.stop()
         signal.signal(signal.SIGINT, previous)
