@@ -257,6 +257,28 @@ def test_split_extent_comes_from_the_summary_or_the_index_without_reading_a_rati
         load_prepared(bad, lazy=True).split_extent(0)
 
 
+def test_planning_a_run_counts_the_train_split_once(
+    synthetic_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settings that follow the data and the check that the model fits both ask for the train split's counts;
+    a folder prepared before summary.json listed them counts them from the index (~0.5 s at full scale), once."""
+    import shutil
+
+    from embedrec.data.user_index import UserIndex
+    from embedrec.runs import _plan_run
+
+    folder = Path(shutil.copytree(synthetic_prepared, tmp_path / "old"))
+    summary = json.loads((folder / "summary.json").read_text())
+    del summary["n_movies_rated"]
+    (folder / "summary.json").write_text(json.dumps(summary))
+    counted: list[int] = []
+    count = UserIndex.split_extent
+    monkeypatch.setattr(UserIndex, "split_extent", lambda index, code: counted.append(code) or count(index, code))
+    plan = _plan_run(folder, out=None, workdir=tmp_path / "wd", preset="default", overrides=None, resume=False)
+    assert counted == [0] and plan.prepared.split_extent(0) == load_prepared(synthetic_prepared).split_extent(0)
+    assert counted == [0]
+
+
 def test_timestamps_are_read_on_first_use_from_the_file_opened_at_load(
     synthetic_prepared: Path, tmp_path: Path
 ) -> None:

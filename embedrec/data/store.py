@@ -313,6 +313,7 @@ class PreparedData:
     users_file: Any = field(default=None, repr=False)  # an open pyarrow ParquetFile until the ids are read
     user_index: UserIndex | None = None
     _read: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _extents: dict[int, tuple[int, int]] = field(default_factory=dict, init=False, repr=False)
     _read_locks: dict[str, threading.Lock] = field(
         default_factory=lambda: {file: threading.Lock() for file in ("ratings", "movies", "users")},
         init=False,
@@ -358,7 +359,13 @@ class PreparedData:
         """(ratings, distinct movies rated) in the split ``split_code``: training chooses its settings from them
         before it reads 27M ratings. From ``summary.json`` (``n_<split>``, ``n_movies_rated``); for a folder prepared
         before ``n_movies_rated`` existed, from the memory-mapped user index while the ratings are unread (a folder
-        loaded with ``lazy=True``: ~0.5 s at full MovieLens scale), else from the rating arrays."""
+        loaded with ``lazy=True``: ~0.5 s at full MovieLens scale), else from the rating arrays. Counted once per
+        split: planning a run asks twice (the settings that follow the data, then whether the model fits)."""
+        if split_code not in self._extents:
+            self._extents[split_code] = self._split_extent(split_code)
+        return self._extents[split_code]
+
+    def _split_extent(self, split_code: int) -> tuple[int, int]:
         name, listed, rated = self._rated_in_split(split_code, "n_movies_rated", of=self.n_movies, what="of {} movies")
         if _is_count(listed) and rated is not None:
             return listed, rated
