@@ -26,7 +26,7 @@ from embedrec.cli.common import (
     err_console,
     handle_errors,
 )
-from embedrec.errors import ArtifactError, ConfigError, ResumeChangesSettings, SettingError
+from embedrec.errors import ConfigError, ResumeChangesSettings, SettingError
 from embedrec.workdir import latest_run, resolve_workdir
 
 if TYPE_CHECKING:
