@@ -619,6 +619,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
             put(key, value, key)
     for key, value in flat.items():
         if key == "preset":
+            if not isinstance(value, str) or value not in PRESETS:
+                raise ConfigError(f"--config: {path}: preset must be one of {', '.join(PRESETS)}, got {value!r}")
             continue
         if key not in defaults:
             raise ConfigError(f"--config: {path} sets unknown {key!r}; known settings: {', '.join(sorted(defaults))}")

@@ -509,6 +509,12 @@ def _check_same_study(study: optuna.Study, identity: dict[str, Any], db: Path) -
         "space": "the search space (another embedrec version)",
     }
     for key, option in names.items():
+        if key == "data_fingerprint" and stored.get(key) != identity[key]:
+            raise ConfigError(  # re-prepared data: the study's data is usually gone, so "pass the same" cannot help
+                f"the study {study.study_name!r} in {db} was run on other data than --data holds now (prepared "
+                f"again since?); delete {db.parent} (or use another --workdir) to tune on this data, or pass the "
+                "--data the study was run on"
+            )
         if stored.get(key) != identity[key]:
             raise ConfigError(
                 f"the study {study.study_name!r} in {db} was run with other {option} "

@@ -998,6 +998,12 @@ CASES = [
         r"--config: .*cfg\.json: movie_clusters: 100000000000 is out of range",
     ),
     Case(
+        "config-unknown-preset",
+        lambda c: _config(c, {"preset": "nope"}),
+        2,
+        r"--config: .*cfg\.json: preset must be one of seed, default, got 'nope'",
+    ),
+    Case(
         "config-negatives-on-the-seed-preset",
         lambda c: _config(c, {"preset": "seed", "negatives": 8}),
         2,

@@ -620,6 +620,10 @@ def test_a_prepare_that_replaces_the_data_stops_the_search(synthetic_prepared: P
     assert "epochs" not in second.user_attrs  # it never trained an epoch
     assert not (tmp_path / "tune" / "models" / "seed-rmse" / "trial-0001").exists()
     assert load_config_file(tmp_path / "tuned.toml")["lr"] == first.user_attrs["settings"]["lr"]
+    # the next call, on the data as it is now: the study's data is gone, so the fix is a new study, not "the same"
+    with pytest.raises(ConfigError, match=r"was run on other data than --data holds now \(prepared again") as err:
+        tune(data, workdir=tmp_path, n_trials=1, budget_s=None, max_epochs=1, preset="seed", objective="rmse")
+    assert f"delete {tmp_path / 'tune'}" in str(err.value) and "pass the same" not in str(err.value)
 
 
 def test_an_out_that_cannot_be_written_is_refused_before_any_trial(synthetic_prepared: Path, tmp_path: Path) -> None:
