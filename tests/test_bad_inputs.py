@@ -450,6 +450,11 @@ def _ragged_ratings(c: Ctx) -> list[str]:
     return _with_model(c, "recommend", "--ratings", "{tmp}/mine.csv")
 
 
+def _fold_in_file(c: Ctx, option: str, text: str, *flags: str) -> list[str]:
+    (c.tmp / "mine.csv").write_text(text)
+    return _with_model(c, "recommend", option, "{tmp}/mine.csv", *flags)
+
+
 def _users_file(c: Ctx) -> Path:
     """A regular file that is not a model folder (a common slip: the users file passed as --model)."""
     path = c.tmp / "users.csv"
@@ -551,6 +556,12 @@ def _ml_csv_with(c: Ctx, ratings: str, *, name: str = "ml") -> Path:
     return folder
 
 
+def _ml_csv_with_movies(c: Ctx, movies: str) -> Path:
+    folder = ml_csv_folder(c.tmp / "ml")
+    (folder / "movies.csv").write_text(movies)
+    return folder
+
+
 NO_TIMES = "userId,movieId,rating\n" + "".join(f"{i % 7 + 1},{i % 11 + 1},{i % 5 + 1}.0\n" for i in range(40))
 
 
@@ -596,6 +607,21 @@ def _tsv_and_csv(c: Ctx, *flags: str) -> list[str]:
 def _generic_csv(c: Ctx, text: str) -> list[str]:
     (c.tmp / "r.csv").write_text(text)
     return _prepare(c, c.tmp / "r.csv", "--format", "csv")
+
+
+def _strict_zip_after_blank_line(c: Ctx) -> list[str]:
+    members = ml_csv_members("ml/")
+    members["ml/ratings.csv"] = b"userId,movieId,rating,timestamp\n1,1,4,5\n\n\n2,1,9,6\n"
+    return _prepare(c, zip_of(c.tmp / "mine.zip", members), "--strict")
+
+
+def _movies_dat(c: Ctx, movies: bytes) -> list[str]:
+    folder = c.tmp / "ml-1m"
+    folder.mkdir()
+    (folder / "ratings.dat").write_text("1::1::4::978300760\n")
+    (folder / "movies.dat").write_bytes(movies)
+    (folder / "users.dat").write_text("1::F::1::10::48067\n")
+    return _prepare(c, folder)
 
 
 def _recbole_huge_times(c: Ctx) -> list[str]:
@@ -780,6 +806,76 @@ CASES = [
         2,
         r"r\.csv, line 4: 2 fields where 3 are expected; check --delimiter \(the file is read with ','\) or fix",
     ),
+    # pyarrow skips blank lines: an error naming a row's line counts them back in (CRLF too), after the header or
+    # not, in a .dat file read as transformed bytes, in a RecBole file read without its header, and with --strict
+    Case(
+        "generic-csv-bad-id-after-blank-lines",
+        lambda c: _generic_csv(c, "userId,movieId,rating\n1,1,4\n\n\n2,abc,3\n"),
+        2,
+        r"r\.csv, line 5: column 'movieId' has 'abc', expected an integer id",
+    ),
+    Case(
+        "generic-csv-crlf-bad-rating-after-blank-line",
+        lambda c: _generic_csv(c, "userId,movieId,rating\r\n1,1,4\r\n\r\n2,1,x\r\n"),
+        2,
+        r"r\.csv, line 4: column 'rating' has 'x', expected a number",
+    ),
+    Case(
+        "generic-csv-empty-id-after-blank-line",
+        lambda c: _generic_csv(c, "userId,movieId,rating\n1,1,4\n\n,1,3\n"),
+        2,
+        r"r\.csv, line 4: empty user id in column 'userId'",
+    ),
+    Case(
+        "ratings-dat-bad-id-after-blank-line",
+        lambda c: _ml_1m(c, "1::1::4::978300760\n\n1::x::3::978300761\n"),
+        2,
+        r"ml-1m/ratings\.dat, line 3: column 'item' has 'x'",
+    ),
+    Case(
+        "recbole-bad-user-id-after-blank-line",
+        lambda c: _recbole_rows(c, ["1\t1\t4\t900000000", "", "u2\t1\t4\t900000001"]),
+        2,
+        r"rb/x\.inter, line 4: column 'user_id' has 'u2'",
+    ),
+    Case(
+        "strict-bad-rating-after-blank-line",
+        lambda c: _prepare(c, _ml_csv_with(c, "userId,movieId,rating,timestamp\n1,1,4,5\n\n2,1,9,6\n"), "--strict"),
+        2,
+        r"ml/ratings\.csv, line 4: a missing, non-finite or out-of-scale rating \(9, scale 0\.5\.\.5\)",
+    ),
+    Case(
+        "strict-u-data-after-leading-blank-lines",
+        lambda c: _u_data(c, "\n\n1\t1\t4\t880000000\n1\t1\t3\t880000001\n") + ["--strict"],
+        2,
+        r"ml-100k/u\.data, line 3: a repeated \(user, movie\) pair",
+    ),
+    Case(
+        "strict-recbole-bad-timestamp-after-blank-line",
+        lambda c: _recbole_rows(c, ["1\t1\t4\t900000000", "", "2\t1\t4\tsoon"]) + ["--strict"],
+        2,
+        r"rb/x\.inter, line 4: an unparsable timestamp",
+    ),
+    # validated while the archive's files are still unpacked: the line, and the archive's name, not the temp folder
+    Case(
+        "zip-strict-error-names-the-archive-and-line",
+        _strict_zip_after_blank_line,
+        2,
+        r"/mine\.zip/ml/ratings\.csv, line 5: a missing, non-finite or out-of-scale rating \(9",
+    ),
+    Case(
+        "movies-csv-bad-id-after-blank-line",
+        lambda c: _prepare(c, _ml_csv_with_movies(c, "movieId,title,genres\n1,A (1999),Drama\n\nx2,B,Drama\n")),
+        2,
+        r"ml/movies\.csv, line 4: movie id 'x2' is not an integer",
+    ),
+    # U+0085 (a Windows-1252 ellipsis read as latin-1) is no line end: str.splitlines split the title there
+    Case(
+        "movies-dat-title-with-x85",
+        lambda c: _movies_dat(c, b"1::Movie\x85 (1999)::Drama\n\nx2::B (1999)::Drama\n"),
+        2,
+        r"ml-1m/movies\.dat, line 3: movie id 'x2' is not an integer",
+    ),
     # 7. tampered model folders
     Case(
         "model-json-is-a-list",
@@ -952,6 +1048,25 @@ CASES = [
     # a long first row is not silently read with its columns shifted
     Case(
         "fold-in-ragged-row", _ragged_ratings, 2, r"--ratings: .*mine\.csv line 2 has more fields than the header's 2"
+    ),
+    # pandas skips blank lines (and lines of spaces) in a user's CSV: the line named is the file's all the same
+    Case(
+        "fold-in-bad-rating-after-blank-lines",
+        lambda c: _fold_in_file(c, "--ratings", "movieId,rating\n1,4\n\n  \n2,great\n"),
+        2,
+        r"--ratings: .*mine\.csv line 5: rating 'great' is not a number",
+    ),
+    Case(
+        "fold-in-ragged-row-after-blank-line",
+        lambda c: _fold_in_file(c, "--ratings", "movieId,rating\n\n522,4,5\n"),
+        2,
+        r"--ratings: .*mine\.csv line 3 has more fields than the header's 2",
+    ),
+    Case(
+        "users-file-bad-id-after-blank-line",
+        lambda c: _fold_in_file(c, "--users-file", "userId\n1\n\nx\n", "--output", "{tmp}/recs.csv"),
+        2,
+        r"--users-file: .*mine\.csv line 4: user id 'x' is not an integer",
     ),
     # Typer's own parse errors are one line too, naming the option and where the help is (a usage box before)
     Case(

@@ -276,3 +276,74 @@ def test_dates_where_unix_timestamps_belong_say_what_a_timestamp_is(tmp_path: Pa
     msg = run_error(src, tmp_path)
     assert "no valid ratings left" in msg and "bad_timestamp: 2" in msg
     assert "timestamps must be Unix times in seconds" in msg and "--time-col ''" in msg
+
+
+@pytest.mark.parametrize("chunk", [3, 7, 1 << 22])
+@pytest.mark.parametrize("seed", range(4))
+def test_row_lines_matches_pyarrow_and_pandas_row_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int, chunk: int
+) -> None:
+    """Each row of a file with blank lines, lines of spaces, and \\n, \\r\\n and lone \\r line ends holds the number
+    of its own line; row_lines must find it for the rows pyarrow (blank: empty) and pandas (blank: spaces too) read,
+    across chunk boundaries that split a \\r\\n."""
+    import io
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from embedrec.data import readers
+
+    monkeypatch.setattr(readers, "LINE_SCAN_BYTES", chunk)
+    rng = np.random.default_rng(seed)
+    parts, kinds = [], []
+    for no in range(1, 200):
+        kind = "header" if no == 1 else str(rng.choice(["row", "row", "row", "empty", "spaces"]))
+        parts.append({"header": "line", "row": f"{no}", "empty": "", "spaces": " \t"}[kind])
+        ends = ["\r\n", "\r"] if kind == "empty" and parts[-2] == "\r" else ["\n", "\r\n", "\r"]  # \r + \n: one end
+        parts.append(str(rng.choice(ends)))
+        kinds.append(kind)
+    if rng.random() < 0.5:
+        parts[-1] = ""  # no line end after the last line
+        if kinds[-1] != "row":
+            parts[-2], kinds[-1] = "199", "row"
+    data = "".join(parts).encode()
+    path = tmp_path / "f.csv"
+    path.write_bytes(data)
+    pandas_rows = pd.read_csv(io.BytesIO(data), dtype=str)["line"].astype(int).tolist()
+    assert readers.row_lines(path, range(len(pandas_rows)), skip=1, spaces_blank=True) == pandas_rows
+    arrow_rows = [
+        int(v) if v.strip() else None
+        for v in pacsv.read_csv(pa.BufferReader(data)).column("line").cast(pa.string()).to_pylist()
+    ]
+    found = readers.row_lines(data, range(len(arrow_rows)), skip=1)
+    assert [line for line, v in zip(found, arrow_rows) if v is not None] == [v for v in arrow_rows if v is not None]
+    assert all(kinds[line - 1] == "spaces" for line, v in zip(found, arrow_rows) if v is None)
+    assert readers.row_lines(data, [len(arrow_rows)], skip=1) == [None]
+    # a first line cut off before parsing (a RecBole header): the rows count from the line after it
+    assert readers.row_lines(path, [0], start=1) == readers.row_lines(path, [0], skip=1)
+
+
+def test_rows_after_blank_lines_are_named_by_their_line(tmp_path: Path) -> None:
+    """pyarrow skips blank lines: every error naming a line of the ratings file counts them back in."""
+    src = make(tmp_path / "a", HEADER + "1,1,4,100\n\n\r\n2,abc,3,101\n")
+    assert run_error(src, tmp_path).startswith(f"{src / 'ratings.csv'}, line 5: column 'movieId' has 'abc'")
+    src = make(tmp_path / "b", HEADER + "1,1,4,100\n\n2,1,9,101\n")
+    msg = run_error(src, tmp_path, PrepareConfig(strict=True))
+    assert msg.startswith(f"{src / 'ratings.csv'}, line 4: a missing, non-finite or out-of-scale rating (9")
+    src = make(tmp_path / "c", HEADER + "\n1,1,4,100\n\n\n2,7,3,101\n")
+    msg = run_error(src, tmp_path, PrepareConfig(strict=True))
+    assert msg.startswith(f"{src / 'ratings.csv'}, line 6: movie id 7 has no row in")
+    src = make(tmp_path / "d", HEADER + "1,1,4,100\n\n1,2,4,100\n1,2,3,101\n")
+    msg = run_error(src, tmp_path, PrepareConfig(strict=True))
+    assert msg.startswith(f"{src / 'ratings.csv'}, line 4: a repeated (user, movie) pair")
+    src = make(tmp_path / "e", HEADER + "1,1,4,100\n\n\n1,2,4,soon\n")
+    msg = run_error(src, tmp_path, PrepareConfig(strict=True))
+    assert msg.startswith(f"{src / 'ratings.csv'}, line 5: an unparsable timestamp")
+    src = make(tmp_path / "f", HEADER + "1,1,4,100\n\n,2,4,100\n")
+    assert run_error(src, tmp_path).startswith(f"{src / 'ratings.csv'}, line 4: empty user id")
+    # without blank lines the numbers are those of row + header, as ever
+    src = make(tmp_path / "g", HEADER + "1,1,4,100\n2,1,9,101\n")
+    assert ", line 3: " in run_error(src, tmp_path, PrepareConfig(strict=True))
+    src = make(tmp_path / "h", HEADER + "1,1,4,100\n", movies=MOVIES.replace("\n3,", "\n\nx3,"))
+    assert run_error(src, tmp_path).startswith(f"{src / 'movies.csv'}, line 5: movie id 'x3' is not an integer")

@@ -57,6 +57,13 @@ def test_user_ratings_are_integer_ids_and_numbers(tmp_path: Path) -> None:
         ("movieId,stars\n1,5\n", r"needs a header with movieId and rating"),
         ("movieId,rating\n", r"mine.csv has no ratings"),
         ("movieId,rating\n1,5\n2,3\n01,2\n", r"mine.csv lines 2 and 4 both rate movie 1: keep one"),
+        # pandas skips blank lines (and lines of only spaces or tabs, before the header too): the errors name the
+        # line of the file all the same
+        ("movieId,rating\n1,5\n\n  \n1.5,4\n", r"mine.csv line 5: movieId '1.5' is not an integer"),
+        ("movieId,rating\r\n1,5\r\n\r\n\t\r\nabc,4\r\n", r"mine.csv line 5: movieId 'abc' is not an integer"),
+        ("\nmovieId,rating\n\n1,great\n", r"mine.csv line 4: rating 'great' is not a number"),
+        ("movieId,rating\n1,5\n\n2,3\n01,2\n", r"mine.csv lines 2 and 5 both rate movie 1: keep one"),
+        ("movieId,rating\n\n522,4,5\n", r"mine.csv line 3 has more fields than the header's 2"),
     ],
 )
 def test_bad_user_ratings_name_the_file_and_line(tmp_path: Path, body: str, message: str) -> None:
@@ -73,6 +80,12 @@ def test_ratings_a_model_cannot_fold_in_name_the_file_and_line(tmp_path: Path) -
     with pytest.raises(DataError, match=r"mine.csv line 4: rating 9 is outside the model's rating scale 1..5"):
         check_user_ratings(mine, path, known=np.ones(3, bool), scale=(1.0, 5.0))
     check_user_ratings(mine, path, known=np.ones(3, bool), scale=(0.5, 10.0))  # all of them fold in
+    spaced = write(tmp_path / "spaced.csv", "movieId,rating\n1,5\n\n7,4\n \n8,9\n")
+    mine = read_user_ratings(spaced)
+    with pytest.raises(DataError, match=r"spaced.csv line 4: movie 7 is not known to the model \(and 1 more\)"):
+        check_user_ratings(mine, spaced, known=np.array([True, False, False]), scale=(1.0, 5.0))
+    with pytest.raises(DataError, match=r"spaced.csv line 6: rating 9 is outside the model's rating scale 1..5"):
+        check_user_ratings(mine, spaced, known=np.ones(3, bool), scale=(1.0, 5.0))
 
 
 def test_user_ids_one_per_line_or_a_csv_column(tmp_path: Path) -> None:
@@ -95,6 +108,7 @@ def test_user_ids_one_per_line_or_a_csv_column(tmp_path: Path) -> None:
         ("1\n+5\n", r"u.txt line 2: user id '\+5' is not an integer"),
         ("1\n5.0\n", r"u.txt line 2: user id '5.0' is not an integer"),
         ("userId\n1\n0x10\n", r"u.txt line 3: user id '0x10' is not an integer"),
+        ("userId\n1\n\n \nx\n", r"u.txt line 5: user id 'x' is not an integer"),
         ("name\nbob\n", r"needs a header with userId"),
         ("\n\n", r"u.txt holds no user ids"),
     ],

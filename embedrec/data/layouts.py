@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +47,7 @@ from embedrec.data.readers import (
     missing_column_error,
     read_rating_columns,
     read_text,
+    row_lines,
 )
 from embedrec.errors import DataError
 
@@ -262,15 +264,27 @@ def _movies_frame(movie_id: np.ndarray, title: pd.Series, year: pd.Series, genre
     ).astype({"title": str, "genres": str})
 
 
-def _int_ids(values: list[str], *, path: Path, first_line: int, lines: list[int] | None = None) -> np.ndarray:
+def _int_ids(values: list[str], *, path: Path, line_of: Callable[[int], int | None]) -> np.ndarray:
+    """``values`` as int64 movie ids; DataError naming the line (``line_of(i)``) of the first that is not one."""
     out = np.empty(len(values), dtype=np.int64)
     for i, v in enumerate(values):
         try:
             out[i] = int(v.strip())
         except ValueError:
-            line = lines[i] if lines is not None else i + first_line
-            raise DataError(f"{path}, line {line}: movie id {v!r} is not an integer") from None
+            line = line_of(i)
+            where = f", line {line}" if line is not None else ""
+            raise DataError(f"{path}{where}: movie id {v!r} is not an integer") from None
     return out
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def _text_lines(text: str) -> list[str]:
+    """``text`` split at line ends only (``str.splitlines`` also splits at U+0085, which a Windows-1252 ellipsis
+    read as latin-1 is, and at form feeds), so the numbers match an editor's lines and pyarrow's."""
+    lines = _LINE_END.split(text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
 
 
 # ------------------------------------------------------------------------------------------------------ movie readers
@@ -302,7 +316,7 @@ def read_movies_csv(path: Path, *, id_col: str = "movieId", delimiter: str = ","
     df = table.to_pandas()
     if df.empty:
         raise DataError(f"{path} has a header but no movie rows")
-    ids = _int_ids(list(df[id_col]), path=path, first_line=2)
+    ids = _int_ids(list(df[id_col]), path=path, line_of=lambda i: row_lines(path, [i], skip=1)[0])
     title, year = split_title_year(df["title"])
     genres = normalise_genres(df["genres"]) if "genres" in df else normalise_genres(df["title"].map(lambda _: ""))
     return _movies_frame(ids, title, year, genres)
@@ -314,7 +328,7 @@ def read_movies_dat(path: Path) -> pd.DataFrame:
 
     text = read_text(path, what="movies", encodings=("utf-8", "latin-1"))
     ids, titles, genres, lines = [], [], [], []
-    for no, line in enumerate(text.splitlines(), start=1):
+    for no, line in enumerate(_text_lines(text), start=1):
         if not line.strip():
             continue
         parts = line.split("::")
@@ -324,7 +338,7 @@ def read_movies_dat(path: Path) -> pd.DataFrame:
         titles.append(parts[1])
         genres.append(parts[2])
         lines.append(no)
-    ids_arr = _int_ids(ids, path=path, first_line=1, lines=lines)
+    ids_arr = _int_ids(ids, path=path, line_of=lines.__getitem__)
     title, year = split_title_year(pd.Series(titles, dtype=object))
     return _movies_frame(ids_arr, title, year, normalise_genres(pd.Series(genres, dtype=object)))
 
@@ -339,7 +353,7 @@ def read_movies_u_item(path: Path) -> pd.DataFrame:
 
     text = read_text(path, what="movies", encodings=("utf-8", "latin-1"))
     ids, titles, dates, genres, lines = [], [], [], [], []
-    for no, line in enumerate(text.splitlines(), start=1):
+    for no, line in enumerate(_text_lines(text), start=1):
         if not line.strip():
             continue
         parts = line.split("|")
@@ -353,7 +367,7 @@ def read_movies_u_item(path: Path) -> pd.DataFrame:
         dates.append(parts[2])
         genres.append("|".join(g for g, f in zip(ML100K_GENRES, flags) if f.strip() == "1" and g != "unknown"))
         lines.append(no)
-    ids_arr = _int_ids(ids, path=path, first_line=1, lines=lines)
+    ids_arr = _int_ids(ids, path=path, line_of=lines.__getitem__)
     title, year = split_title_year(pd.Series(titles, dtype=object))
     release = pd.to_numeric(pd.Series(dates, dtype=object).str.extract(r"(\d{4})\s*$")[0], errors="coerce")
     year = year.fillna(release.astype("Int32"))
@@ -366,7 +380,7 @@ def read_movies_recbole(path: Path) -> pd.DataFrame:
     import pandas as pd
 
     text = read_text(path, what="movies", encodings=("utf-8", "latin-1"))
-    rows = text.splitlines()
+    rows = _text_lines(text)
     header = [h.split(":", 1)[0].strip() for h in rows[0].split("\t")]
     for col in ("item_id", "movie_title"):
         if col not in header:
@@ -388,7 +402,7 @@ def read_movies_recbole(path: Path) -> pd.DataFrame:
         lines.append(no)
     if not ids:
         raise DataError(f"{path} has a header but no item rows")
-    ids_arr = _int_ids(ids, path=path, first_line=2, lines=lines)
+    ids_arr = _int_ids(ids, path=path, line_of=lines.__getitem__)
     title, title_year = split_title_year(pd.Series(titles, dtype=object))
     year = pd.to_numeric(pd.Series(years, dtype=object), errors="coerce").astype("Int32").fillna(title_year)
     return _movies_frame(

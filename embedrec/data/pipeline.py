@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from embedrec.data.config import PrepareConfig
 from embedrec.data.layouts import NO_GENRES, RawData, normalise_genres, split_title_year
 from embedrec.data.readers import RatingArrays
 from embedrec.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from embedrec.data.validate import CleanRatings
 
 ProgressFn = Callable[[str, int, int], None]
 STAGES = ("read", "clean", "split", "write")
@@ -43,15 +46,30 @@ def prepare_raw(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Clean, split and write ``raw`` (already read); returns the summary written to ``summary.json``."""
-    from embedrec.data.encode import genre_vocab
-    from embedrec.data.split import TEST, TRAIN, VAL, assign_split
-    from embedrec.data.store import write_prepared
     from embedrec.data.validate import clean_ratings
 
     _report(on_progress, "clean")
     fmt = raw.format
     clean = clean_ratings(raw, config=config)
     del raw
+    return _prepare_clean(clean, fmt=fmt, out=out, config=config, source=source, on_progress=on_progress, extra=extra)
+
+
+def _prepare_clean(
+    clean: CleanRatings,
+    *,
+    fmt: str,
+    out: Path,
+    config: PrepareConfig,
+    source: str,
+    on_progress: ProgressFn | None,
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Split and write ``clean`` (already validated)."""
+    from embedrec.data.encode import genre_vocab
+    from embedrec.data.split import TEST, TRAIN, VAL, assign_split
+    from embedrec.data.store import write_prepared
+
     _report(on_progress, "split")
     split = assign_split(
         clean.user_idx,
@@ -129,6 +147,7 @@ def prepare(
     """
     from embedrec.data.layouts import read_layout
     from embedrec.data.sources import open_source
+    from embedrec.data.validate import clean_ratings
 
     config = config or PrepareConfig()
     if source is None:
@@ -136,8 +155,14 @@ def prepare(
     _report(on_progress, "read")
     with open_source(source, config=config, cache_dir=cache_dir) as (layout, name):
         raw = read_layout(layout, config=config)
+        # validated while the rating file is still there (an archive's is unpacked only for now): a --strict error
+        # counts its lines again to name the bad row's, and names the archive, not the temporary folder
+        _report(on_progress, "clean")
+        fmt = raw.format
+        clean = clean_ratings(raw, config=config)
+        del raw
     extra = {"source_path": str(Path(source).resolve()) if Path(source).exists() else None}
-    return prepare_raw(raw, out=out, config=config, source=name, on_progress=on_progress, extra=extra)
+    return _prepare_clean(clean, fmt=fmt, out=out, config=config, source=name, on_progress=on_progress, extra=extra)
 
 
 def raw_from_frames(ratings: Any, movies: Any, *, fmt: str, file: str) -> RawData:

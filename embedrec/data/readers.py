@@ -44,7 +44,10 @@ class RatingColumns:
 
 @dataclass
 class RatingArrays:
-    """The rating rows of one file, as read. ``first_line`` is the 1-based line of row 0 (for error messages)."""
+    """The rating rows of one file, as read. ``first_line`` is the 1-based line of row 0 in a file without blank
+    lines; ``source`` (None: no file, the rows are consecutive lines from ``first_line``) is the file they were read
+    from, whose lines :meth:`line_of` counts again on an error path, skipping its first ``cut_lines`` lines (not
+    parsed at all) and then ``header_lines`` non-blank ones (its header)."""
 
     user_id: np.ndarray
     movie_id: np.ndarray
@@ -53,9 +56,22 @@ class RatingArrays:
     bad_timestamp: np.ndarray | None
     file: str
     first_line: int
+    source: Path | None = None
+    cut_lines: int = 0
+    header_lines: int = 0
 
     def __len__(self) -> int:
         return len(self.user_id)
+
+    def line_of(self, row: int) -> int | None:
+        """The 1-based line of ``source`` that holds row ``row`` (None: the file is gone or shorter); for error
+        messages only: it reads the file again."""
+        if self.source is None:
+            return row + self.first_line
+        try:
+            return row_lines(self.source, [row], skip=self.header_lines, start=self.cut_lines)[0]
+        except OSError:
+            return None
 
 
 def check_text_file(path: Path, *, what: str) -> bytes:
@@ -120,18 +136,62 @@ def _is_malformed_row(exc: Exception) -> bool:
     return bool(re.search(r"Expected \d+ columns, got \d+", str(exc)))
 
 
-def _line_of_row(path: Path, data: bytes | None, number: int) -> int | None:
-    """The 1-based line of pyarrow's row ``number`` (it counts non-empty lines only, the header included)."""
+LINE_SCAN_BYTES = 1 << 22
+
+
+def row_lines(
+    source: Path | bytes, rows: Sequence[int], *, skip: int = 0, start: int = 0, spaces_blank: bool = False
+) -> list[int | None]:
+    """The 1-based lines of ``source`` (a file, or bytes as read) that hold data rows ``rows``, as numbered by a
+    reader that skips blank lines (pyarrow and pandas both do): row ``r`` is the ``skip + r + 1``-th non-blank line
+    after the first ``start`` lines (``skip``: a header; ``start``: lines cut off before parsing). A line ends at
+    ``\\n``, ``\\r\\n`` or a lone ``\\r``, as both readers split them; blank means empty (pyarrow) or, with
+    ``spaces_blank``, only spaces and tabs (pandas). None for a row past the end.
+
+    Only for error paths: it reads ``source`` again, in chunks, counting lines with numpy (about 5 s for a 27M-row,
+    750 MB file)."""
     import io
 
-    seen = 0
-    with io.BytesIO(data) if data is not None else open(path, "rb") as fh:
-        for no, line in enumerate(fh, start=1):
-            if line not in (b"\n", b"\r\n"):
-                seen += 1
-                if seen == number:
-                    return no
-    return None
+    want = sorted({skip + int(r) + 1 for r in rows})
+    found: dict[int, int] = {}
+    seen = 0  # non-blank lines counted so far (after ``start``)
+    done = 0  # lines ended so far
+    carry = b""
+    with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as fh:
+        while len(found) < len(want):
+            chunk = fh.read(LINE_SCAN_BYTES)
+            final = not chunk
+            buf = carry + chunk
+            if final:
+                part, carry = buf, b""
+            else:  # up to the last line end known for sure (a final \r may be the first half of \r\n)
+                cut = max(buf.rfind(b"\n"), buf.rfind(b"\r", 0, len(buf) - 1))
+                part, carry = buf[: cut + 1], buf[cut + 1 :]
+            if part:
+                arr = np.frombuffer(part, dtype=np.uint8)
+                lf, cr = arr == 10, arr == 13
+                end = lf.copy()
+                end[:-1] |= cr[:-1] & ~lf[1:]
+                end[-1] |= cr[-1]
+                ends = np.flatnonzero(end)
+                if final and (not ends.size or ends[-1] != len(arr) - 1):
+                    ends = np.append(ends, len(arr) - 1)  # a last line without a line end
+                text = ~(lf | cr)
+                if spaces_blank:
+                    text &= (arr != 32) & (arr != 9)
+                filled = np.concatenate(([0], np.cumsum(text, dtype=np.int64)))
+                starts = np.concatenate(([0], ends[:-1] + 1))
+                numbers = done + 1 + np.arange(len(ends))
+                counted = (filled[ends + 1] > filled[starts]) & (numbers > start)
+                ordinal = seen + np.cumsum(counted)
+                for w in want:
+                    if w not in found and seen < w <= (ordinal[-1] if len(ordinal) else seen):
+                        found[w] = int(numbers[int(np.searchsorted(ordinal, w))])
+                seen = int(ordinal[-1]) if len(ordinal) else seen
+                done += len(ends)
+            if final:
+                break
+    return [found.get(skip + int(r) + 1) for r in rows]
 
 
 def _malformed_row_error(
@@ -173,7 +233,9 @@ def _malformed_row_error(
                 pass
     except (pa.ArrowInvalid, pa.ArrowKeyError):
         pass
-    line = _line_of_row(path, data, hits[0].number) if hits and hits[0].number is not None else None
+    line = None
+    if hits and hits[0].number is not None and hits[0].number > 0:  # pyarrow numbers non-blank lines from 1
+        line = row_lines(path if data is None else data, [hits[0].number - 1])[0]
     if row_format is None:
         advice = f"check --delimiter (the file is read with {delimiter!r}) or fix that line"
     else:
@@ -298,7 +360,8 @@ def read_rating_columns(
     line; a NaN/empty rating becomes NaN (dropped later); a bad timestamp is flagged in ``bad_timestamp``.
     ``row_format``: what a row of this fixed layout looks like, for the advice on a row with the wrong number of
     fields (None: a generic CSV, whose advice is ``--delimiter``). ``line_offset``: lines of ``path`` before
-    ``data`` starts (a header cut off), so that errors name the line of the file.
+    ``data`` starts (a header cut off), so that errors name the line of the file. ``data`` must keep the line ends of
+    ``path`` (from line ``line_offset + 1`` on): validation names a row's line by reading ``path`` again.
     """
     import pyarrow as pa
 
@@ -314,6 +377,12 @@ def read_rating_columns(
             if col is not None and col not in found:
                 raise missing_column_error(path, col, found, delimiter, (options or {}).get(role))
     first_line = (2 if header else 1) + line_offset
+
+    def line_of(row: int) -> str:
+        """``, line N`` for data row ``row`` (counted again on this error path: pyarrow skips blank lines)."""
+        line = row_lines(path if data is None else data, [row], skip=1 if header else 0)[0]
+        return f", line {line + line_offset}" if line is not None else ""
+
     time_type = pa.float64() if time_as_float else pa.int64()
     types: dict[str, Any] = {columns.user: pa.int64(), columns.movie: pa.int64(), columns.rating: pa.float32()}
     if columns.time is not None:
@@ -358,7 +427,7 @@ def read_rating_columns(
                     if integer and parse_id(value.strip()) is not None:
                         kind = "an integer id within 64 bits"
                     raise DataError(
-                        f"{path}, line {row + first_line}: column {failed!r} has {value!r}, expected {kind}; {todo}"
+                        f"{path}{line_of(row)}: column {failed!r} has {value!r}, expected {kind}; {todo}"
                     ) from None
                 raise DataError(f"{path}: column {failed!r} has a value that is not {kind}; {todo}") from None
             if _is_malformed_row(exc):
@@ -383,7 +452,7 @@ def read_rating_columns(
         name = getattr(columns, role)
         if cols[name].null_count:
             row = int(np.flatnonzero(cols[name].is_null().to_numpy(zero_copy_only=False))[0])
-            raise DataError(f"{path}, line {row + first_line}: empty {role} id in column {name!r}")
+            raise DataError(f"{path}{line_of(row)}: empty {role} id in column {name!r}")
     user_id = cols.pop(columns.user).to_numpy()
     movie_id = cols.pop(columns.movie).to_numpy()
     rating_col = cols.pop(columns.rating)
@@ -429,6 +498,9 @@ def read_rating_columns(
         bad_timestamp=bad_ts,
         file=str(path),
         first_line=first_line,
+        source=path,
+        cut_lines=line_offset,
+        header_lines=1 if header else 0,
     )
 
 

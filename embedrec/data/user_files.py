@@ -17,12 +17,14 @@ input is a :class:`~embedrec.errors.DataError` naming the option, the file and t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from embedrec.data.encode import exact_int
+from embedrec.data.readers import row_lines
 from embedrec.errors import DataError
 
 if TYPE_CHECKING:
@@ -49,21 +51,21 @@ def read_user_ratings(path: Path, *, option: str = "--ratings") -> pd.DataFrame:
     cols = _columns(frame, "movieid", "rating", path=path, option=option)
     if frame.empty:
         raise DataError(f"{option}: {path} has no ratings")
-    movie_ids = _integer_ids(frame[cols["movieid"]].tolist(), path=path, option=option, what="movieId", first_line=2)
+    movie_ids = _integer_ids(
+        frame[cols["movieid"]].tolist(), path=path, option=option, what="movieId", line_of=lambda i: _line(path, i)
+    )
     ratings = pd.to_numeric(frame[cols["rating"]].str.strip(), errors="coerce")
     bad = ratings.isna().to_numpy()
     if bad.any():
-        line = int(bad.argmax())
-        raise DataError(
-            f"{option}: {path} line {line + 2}: rating {frame[cols['rating']].iloc[line]!r} is not a number"
-        )
+        row = int(bad.argmax())
+        raise DataError(f"{option}: {path}{_at(path, row)}: rating {frame[cols['rating']].iloc[row]!r} is not a number")
     repeated = pd.Series(movie_ids).duplicated(keep=False).to_numpy()
     if repeated.any():  # two ratings of one movie: which one the user meant is not ours to guess
         twice = movie_ids[int(repeated.argmax())]
-        lines = np.flatnonzero(movie_ids == twice)[:2] + 2
-        raise DataError(
-            f"{option}: {path} lines {lines[0]} and {lines[1]} both rate movie {twice}: keep one of the two rows"
-        )
+        first, second = (int(r) for r in np.flatnonzero(movie_ids == twice)[:2])
+        lines = row_lines(path, [first, second], skip=1, spaces_blank=True)
+        where = f" lines {lines[0]} and {lines[1]}" if None not in lines else ""
+        raise DataError(f"{option}: {path}{where} both rate movie {twice}: keep one of the two rows")
     return pd.DataFrame({"movieId": movie_ids, "rating": ratings.to_numpy(np.float64)})
 
 
@@ -82,7 +84,7 @@ def check_user_ratings(
         row = int(unknown[0])
         more = f" (and {unknown.size - 1} more)" if unknown.size > 1 else ""
         raise DataError(
-            f"{option}: {path} line {row + 2}: movie {int(mine['movieId'].iloc[row])} is not known to the model"
+            f"{option}: {path}{_at(path, row)}: movie {int(mine['movieId'].iloc[row])} is not known to the model"
             f"{more}: it was not in the data the model was trained on; remove the row, or retrain with it"
         )
     lo, hi = scale
@@ -91,7 +93,7 @@ def check_user_ratings(
     if outside.size:
         row = int(outside[0])
         raise DataError(
-            f"{option}: {path} line {row + 2}: rating {values[row]:g} is outside the model's rating scale "
+            f"{option}: {path}{_at(path, row)}: rating {values[row]:g} is outside the model's rating scale "
             f"{lo:g}..{hi:g}"
         )
 
@@ -106,21 +108,20 @@ def read_user_ids(path: Path, *, option: str = "--users-file") -> np.ndarray:
         raise DataError(f"{option}: {path} is not UTF-8 text ({exc})") from None
     first = next((line for line in lines if line.strip()), "")
     # a header names its columns without digits; a first id that is no plain integer ("1_000") is a bad id, not a header
-    if first and not any("0" <= ch <= "9" for ch in first.split(",")[0]):
+    header = bool(first) and not any("0" <= ch <= "9" for ch in first.split(",")[0])
+    if header:
         frame = _read_text_csv(path, option)
         column = _columns(frame, "userid", path=path, option=option)["userid"]
-        values, first_line = frame[column].tolist(), 2
+        values = frame[column].tolist()
     else:
         values = [line.split(",")[0] for line in lines]
-        first_line = 1
     keep = [i for i, v in enumerate(values) if str(v).strip()]
     ids = _integer_ids(
         [values[i] for i in keep],
         path=path,
         option=option,
         what="user id",
-        first_line=first_line,
-        lines=[i + first_line for i in keep],
+        line_of=(lambda i: _line(path, keep[i])) if header else (lambda i: keep[i] + 1),
     )
     if ids.size == 0:
         raise DataError(f"{option}: {path} holds no user ids")
@@ -143,8 +144,8 @@ def _read_text_csv(path: Path, option: str) -> pd.DataFrame:
         ) from None
     if not isinstance(frame.index, pd.RangeIndex):  # pandas took the extra leading fields of a long row as an index
         raise DataError(
-            f"{option}: {path} line 2 has more fields than the header's {len(frame.columns)}: give every row the "
-            "header's fields (a value holding a comma must be quoted)"
+            f"{option}: {path}{_at(path, 0)} has more fields than the header's {len(frame.columns)}: give every row "
+            "the header's fields (a value holding a comma must be quoted)"
         )
     return frame
 
@@ -162,17 +163,33 @@ def _columns(frame: pd.DataFrame, *wanted: str, path: Path, option: str) -> dict
     return {w: found[w] for w in wanted}
 
 
+def _line(path: Path, row: int) -> int | None:
+    """The line of ``path`` holding data row ``row`` of :func:`_read_text_csv`'s frame: pandas skips blank lines
+    (and lines of only spaces), so this counts them again (error paths only). None: the file changed or is gone."""
+    try:
+        return row_lines(path, [row], skip=1, spaces_blank=True)[0]
+    except OSError:
+        return None
+
+
+def _at(path: Path, row: int) -> str:
+    line = _line(path, row)
+    return f" line {line}" if line is not None else ""
+
+
 def _integer_ids(
-    values: list[object], *, path: Path, option: str, what: str, first_line: int, lines: list[int] | None = None
+    values: list[object], *, path: Path, option: str, what: str, line_of: Callable[[int], int | None]
 ) -> np.ndarray:
-    """``values`` as int64 ids; DataError naming the line of the first one that is not an integer or too large."""
+    """``values`` as int64 ids; DataError naming the line (``line_of(i)``) of the first one that is not an integer
+    or too large."""
     out = np.empty(len(values), dtype=np.int64)
     for i, value in enumerate(values):
         number = exact_int(value)
-        line = lines[i] if lines is not None else i + first_line
-        if number is None:
-            raise DataError(f"{option}: {path} line {line}: {what} {str(value).strip()!r} is not an integer")
-        if not INT64_MIN <= number <= INT64_MAX:
-            raise DataError(f"{option}: {path} line {line}: {what} {number} is out of range (ids are 64-bit integers)")
+        if number is None or not INT64_MIN <= number <= INT64_MAX:
+            line = line_of(i)
+            where = f" line {line}" if line is not None else ""
+            if number is None:
+                raise DataError(f"{option}: {path}{where}: {what} {str(value).strip()!r} is not an integer")
+            raise DataError(f"{option}: {path}{where}: {what} {number} is out of range (ids are 64-bit integers)")
         out[i] = number
     return out

@@ -117,9 +117,7 @@ def clean_ratings(raw: RawData, *, config: PrepareConfig) -> CleanRatings:
     if n_dup_movies:
         dropped["duplicate_movie_row"] = n_dup_movies
 
-    def line_of(pos: int) -> int:
-        return pos + r.first_line
-
+    line_of = r.line_of  # counts the file's lines again: only on the error paths below
     bad = ~np.isfinite(r.rating)
     scale: dict[str, Any] | None = None
     if raw.rating_scale is not None:
@@ -162,8 +160,10 @@ def clean_ratings(raw: RawData, *, config: PrepareConfig) -> CleanRatings:
     dropped["unknown_movie"] = int(unknown.sum())
     if dropped["unknown_movie"] and config.strict:
         pos = int(np.argmax(unknown))
+        line = line_of(pos)
         raise DataError(
-            f"{r.file}, line {line_of(pos)}: movie id {int(r.movie_id[pos])} has no row in {raw.movies_file}"
+            f"{r.file}{f', line {line}' if line is not None else ''}: movie id {int(r.movie_id[pos])} has no row in "
+            f"{raw.movies_file}"
             + (f" ({dropped['unknown_movie']} such rows in all)" if dropped["unknown_movie"] > 1 else "")
             + "; fix the data or run without --strict to drop such rows"
         )
