@@ -95,6 +95,9 @@ def test_user_ids_one_per_line_or_a_csv_column(tmp_path: Path) -> None:
         -1,
     ]
     assert read_user_ids(write(tmp_path / "u.csv", "name,user_id\na,7\nb,8\n")).tolist() == [7, 8]
+    # a header whose first name holds a digit is still a header: pandas writes its index column as "Unnamed: 0"
+    assert read_user_ids(write(tmp_path / "p.csv", "Unnamed: 0,userId\n0,42\n1,7\n")).tolist() == [42, 7]
+    assert read_user_ids(write(tmp_path / "v.csv", "user2,userId\nx,5\n")).tolist() == [5]
 
 
 @pytest.mark.parametrize(
@@ -106,6 +109,9 @@ def test_user_ids_one_per_line_or_a_csv_column(tmp_path: Path) -> None:
         # a first line that is no plain integer is a bad id, not a header: 1_000 is not user 1000, nor +5 user 5
         ("1_000\n2\n", r"u.txt line 1: user id '1_000' is not an integer"),
         ("1\n+5\n", r"u.txt line 2: user id '\+5' is not an integer"),
+        ("+5\n1\n", r"u.txt line 1: user id '\+5' is not an integer"),
+        ("1e3\n", r"u.txt line 1: user id '1e3' is not an integer"),
+        ("0x10\n", r"u.txt line 1: user id '0x10' is not an integer"),
         ("1\n5.0\n", r"u.txt line 2: user id '5.0' is not an integer"),
         ("userId\n1\n0x10\n", r"u.txt line 3: user id '0x10' is not an integer"),
         ("userId\n1\n\n \nx\n", r"u.txt line 5: user id 'x' is not an integer"),

@@ -107,8 +107,9 @@ def read_user_ids(path: Path, *, option: str = "--users-file") -> np.ndarray:
     except UnicodeDecodeError as exc:
         raise DataError(f"{option}: {path} is not UTF-8 text ({exc})") from None
     first = next((line for line in lines if line.strip()), "")
-    # a header names its columns without digits; a first id that is no plain integer ("1_000") is a bad id, not a header
-    header = bool(first) and not any("0" <= ch <= "9" for ch in first.split(",")[0])
+    # a header names its columns; a first id that is a number in another notation ("1_000", "+5") is a bad id, not a
+    # header, but a header's name may hold digits (pandas' "Unnamed: 0" index column, "user2")
+    header = bool(first) and not _reads_as_number(first.split(",")[0])
     if header:
         frame = _read_text_csv(path, option)
         column = _columns(frame, "userid", path=path, option=option)["userid"]
@@ -126,6 +127,21 @@ def read_user_ids(path: Path, *, option: str = "--users-file") -> np.ndarray:
     if ids.size == 0:
         raise DataError(f"{option}: {path} holds no user ids")
     return ids
+
+
+def _reads_as_number(text: str) -> bool:
+    """Whether ``text`` is a number in some notation Python reads (42, 1_000, +5, 5.0, 1e3, 0x10): the first line of
+    a users file that starts with one is an id (a bad one unless in plain digits), not a header."""
+    text = text.strip()
+    if not any(ch.isdigit() for ch in text):  # "nan", "inf" are header names here
+        return False
+    for read in (int, float, lambda t: int(t, 0)):
+        try:
+            read(text)
+        except ValueError:
+            continue
+        return True
+    return False
 
 
 def _read_text_csv(path: Path, option: str) -> pd.DataFrame:
