@@ -261,8 +261,8 @@ def test_an_edited_file_is_the_users_and_is_not_replaced(server: Server, tmp_pat
 
 
 def test_a_folder_embedrec_did_not_extract_is_refused(server: Server, tmp_path: Path) -> None:
-    """The user's own copy of the release in the cache (or one an older embedrec extracted): no manifest, not
-    replaced, nothing fetched."""
+    """The user's own copy of the release in the cache (or one an older embedrec extracted, its archive gone): no
+    manifest, not replaced, nothing fetched."""
     folder = tmp_path / "cache" / "ml-latest-small"
     folder.mkdir(parents=True)
     (folder / "ratings.csv").write_text(RATINGS)
@@ -288,3 +288,29 @@ def test_a_deleted_archive_is_fetched_again_and_replaces_embedrecs_folder(server
     again = download("ml-latest-small", cache_dir=cache, url=server.url)
     assert again.downloaded and (again.folder / "README.txt").read_text() == "test archive"
     assert sorted(p.name for p in cache.iterdir()) == ["ml-latest-small", "ml-latest-small.zip"]
+
+
+def test_a_folder_an_earlier_embedrec_extracted_is_refreshed(server: Server, tmp_path: Path) -> None:
+    """A cache extracted before the manifest existed holds exactly what its cached archive extracts to: it is
+    embedrec's, and ``--force`` replaces it (it was refused as the user's, with no way to refresh it but by hand).
+    One that differs from the archive in any file is still the user's."""
+    cache = tmp_path / "cache"
+    first = download("ml-latest-small", cache_dir=cache, url=server.url)
+    (first.folder / ".embedrec-download.json").unlink()  # as an earlier embedrec left it
+    (first.folder / "README.txt").unlink()  # a file of it deleted: still only embedrec's files
+    again = download("ml-latest-small", cache_dir=cache, url=server.url, force=True)
+    assert again.downloaded and (again.folder / "README.txt").read_text() == "test archive"
+    assert (again.folder / ".embedrec-download.json").is_file()
+    assert sorted(p.name for p in cache.iterdir()) == ["ml-latest-small", "ml-latest-small.zip"]
+    for change in ("edit", "add"):
+        (again.folder / ".embedrec-download.json").unlink(missing_ok=True)
+        if change == "edit":  # the same size, other bytes
+            text = (again.folder / "movies.csv").read_text()
+            (again.folder / "movies.csv").write_text(text.replace("Toy", "Boy"))
+        else:
+            (again.folder / "movies.csv").write_text(MOVIES)
+            (again.folder / "notes.txt").write_text("mine\n")
+        before, requests = _listing(again.folder), len(server.requests)
+        with pytest.raises(DownloadError, match=r"was not extracted by embedrec \(it has no \.embedrec-download"):
+            download("ml-latest-small", cache_dir=cache, url=server.url, force=True)
+        assert _listing(again.folder) == before and len(server.requests) == requests

@@ -14,7 +14,9 @@ An archive that fails to extract (see :mod:`embedrec.data.archives`) is deleted 
 The extracted folder holds a manifest, ``.embedrec-download.json``, of every file embedrec wrote there (with its size
 and modification time). embedrec replaces ``<name>/`` (``--force``, or an archive fetched again) only when it holds
 exactly those files, unchanged: a folder without the manifest, or with a file the user added or edited, is refused
-with one line saying what to move, so a download never deletes the user's own files. The base URL can be
+with one line saying what to move, so a download never deletes the user's own files. A folder without the manifest
+that holds exactly what the cached archive extracts to (byte for byte: an embedrec before the manifest extracted it)
+is embedrec's too: it gets its manifest and is replaced like any other. The base URL can be
 overridden (``$EMBEDREC_DOWNLOAD_URL`` or ``base_url=``), which is how the tests serve a small archive from a local
 HTTP server.
 """
@@ -28,6 +30,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from embedrec.errors import ConfigError, DataError, DownloadError
 
@@ -226,6 +229,63 @@ def not_written_by_embedrec(folder: Path) -> str | None:
     return f"{folder} holds files embedrec did not write ({shown})"
 
 
+def _extracted_files(zip_path: Path) -> dict[str, Any]:
+    """What :func:`extract` puts in the folder from ``zip_path``: each file's path in it (relative, POSIX) and its
+    member, after the single top-level folder is unwrapped as extract unwraps it."""
+    from embedrec.data.archives import _safe_parts, checked_members, open_archive
+
+    with open_archive(zip_path) as zf:
+        members = checked_members(zf, zip_path, wanted=lambda _name: True)
+    parts = {info.filename: (info, _safe_parts(info.filename) or ()) for info in members}
+    tops = {p[0] for _, p in parts.values() if p and not p[0].startswith(".")}
+    unwrap = next(iter(tops)) if len(tops) == 1 else None
+    if unwrap is not None and not any(len(p) > 1 and p[0] == unwrap for _, p in parts.values()):
+        unwrap = None  # a single file at the top is not unwrapped
+    files: dict[str, Any] = {}
+    for info, p in parts.values():
+        if unwrap is not None:
+            if p[:1] != (unwrap,):
+                continue  # beside the unwrapped folder (a dot file): not in the extracted folder
+            p = p[1:]
+        if p:
+            files["/".join(p)] = info
+    return files
+
+
+def _crc32(path: Path) -> int:
+    import zlib
+
+    crc = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _adopt_earlier_extraction(folder: Path, zip_path: Path) -> None:
+    """Give a folder without a manifest its manifest when it holds only what the cached ``zip_path`` extracts to,
+    byte for byte (an embedrec before the manifest extracted it; a file of it may have been deleted): it is
+    embedrec's, and ``--force`` or a fetched archive may replace it. Anything else is left as it is (and refused)."""
+    import stat
+
+    if folder.is_symlink() or not folder.is_dir() or os.path.lexists(folder / MANIFEST) or not zip_path.is_file():
+        return
+    try:
+        files = _extracted_files(zip_path)
+        dirs = {"/".join(rel.split("/")[:i]) for rel in files for i in range(1, rel.count("/") + 1)}
+        for rel, st in _walk(folder).items():
+            if stat.S_ISDIR(st.st_mode):
+                if rel not in dirs:
+                    return
+            elif not stat.S_ISREG(st.st_mode) or rel not in files or st.st_size != files[rel].file_size:
+                return
+            elif _crc32(folder / rel) != files[rel].CRC:
+                return
+        _write_manifest(folder, zip_path)
+    except (DataError, OSError):  # an unreadable archive or folder proves nothing: refused as it is
+        return
+
+
 def _refuse_foreign(folder: Path, name: str) -> None:
     """Stop before replacing ``folder`` when it holds anything embedrec did not write there."""
     if not os.path.lexists(folder):
@@ -294,6 +354,7 @@ def download(
     folder = cache_dir / name
     if not force and zip_path.is_file() and folder.is_dir():
         return DownloadResult(name, zip_path, folder, downloaded=False, verified=False, url=zip_url)
+    _adopt_earlier_extraction(folder, zip_path)  # a cache an embedrec before the manifest extracted is embedrec's
     _refuse_foreign(folder, name)  # before fetching: the folder would be replaced
     if force:  # a fresh fetch, not a resume; the cached archive and folder stay until the new one is verified
         part.unlink(missing_ok=True)
