@@ -314,3 +314,25 @@ def test_a_folder_an_earlier_embedrec_extracted_is_refreshed(server: Server, tmp
         with pytest.raises(DownloadError, match=r"was not extracted by embedrec \(it has no \.embedrec-download"):
             download("ml-latest-small", cache_dir=cache, url=server.url, force=True)
         assert _listing(again.folder) == before and len(server.requests) == requests
+
+
+def test_a_file_saved_into_the_folder_while_the_archive_extracts_is_kept(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder was checked before the extraction (seconds for the large releases), then moved aside and deleted: a
+    file the user saved into it meanwhile went with it. It is checked again once moved aside, and put back."""
+    import embedrec.data.archives as archives
+
+    cache = tmp_path / "cache"
+    first = download("ml-latest-small", cache_dir=cache, url=server.url)
+    extract_member = archives.extract_member
+
+    def saving_meanwhile(*args: object) -> Path:
+        (first.folder / "notes.txt").write_text("mine\n")
+        return extract_member(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(archives, "extract_member", saving_meanwhile)
+    with pytest.raises(DownloadError, match=r"cache/ml-latest-small holds files embedrec did not write \(notes\.txt\)"):
+        download("ml-latest-small", cache_dir=cache, url=server.url, force=True)
+    assert (first.folder / "notes.txt").read_text() == "mine\n" and (first.folder / "ratings.csv").is_file()
+    assert sorted(p.name for p in cache.iterdir()) == ["ml-latest-small", "ml-latest-small.zip"]  # the archive stays

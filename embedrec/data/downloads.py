@@ -286,15 +286,21 @@ def _adopt_earlier_extraction(folder: Path, zip_path: Path) -> None:
         return
 
 
-def _refuse_foreign(folder: Path, name: str) -> None:
-    """Stop before replacing ``folder`` when it holds anything embedrec did not write there."""
-    if not os.path.lexists(folder):
+class _NotOurs(DownloadError):
+    """The extracted folder holds files embedrec did not write: it is kept, and the archive is not to blame."""
+
+
+def _refuse_foreign(folder: Path, name: str, *, looked_at: Path | None = None) -> None:
+    """Stop before replacing ``folder`` when it holds anything embedrec did not write there (``looked_at``: where the
+    folder is now, when it has been moved aside)."""
+    where = looked_at if looked_at is not None else folder
+    if not os.path.lexists(where):
         return
-    problem = not_written_by_embedrec(folder)
+    problem = not_written_by_embedrec(where)
     if problem is not None:
-        raise DownloadError(
-            f"{problem}: embedrec replaces only what it extracted; move them (or the folder) elsewhere, then run "
-            f"`embedrec download {name}` again (--force does not delete them either)"
+        raise _NotOurs(
+            f"{problem.replace(str(where), str(folder))}: embedrec replaces only what it extracted; move them (or the "
+            f"folder) elsewhere, then run `embedrec download {name}` again (--force does not delete them either)"
         )
 
 
@@ -304,7 +310,9 @@ def extract(zip_path: Path, folder: Path) -> Path:
     The archive's declared sizes are checked before anything is written and enforced while extracting (see
     :mod:`embedrec.data.archives`); a damaged archive is a DownloadError and leaves nothing behind. The caller
     checks that an existing ``folder`` holds only what embedrec wrote (:func:`not_written_by_embedrec`); it is
-    moved aside while the new one is renamed in, so an interruption never leaves the cache without either.
+    moved aside while the new one is renamed in, so an interruption never leaves the cache without either. Once moved
+    aside, where nothing is saved into it any more, it is checked again: a file the user saved there while the archive
+    extracted (seconds, for the large releases) puts it back and refuses, instead of being deleted with it.
     """
     from embedrec.data.archives import checked_members, extract_member, open_archive
     from embedrec.tempfiles import remove_path, sweep_stale, temp_sibling
@@ -322,6 +330,11 @@ def extract(zip_path: Path, folder: Path) -> Path:
         _write_manifest(root, zip_path)
         if os.path.lexists(folder):
             os.replace(folder, aside)
+            try:
+                _refuse_foreign(folder, folder.name, looked_at=aside)
+            except _NotOurs:
+                os.replace(aside, folder)
+                raise
         os.replace(root, folder)
     except DataError as exc:
         raise DownloadError(f"{exc}") from None
@@ -387,6 +400,8 @@ def download(
     _refuse_foreign(folder, name)  # again: the user may have put files there while the archive downloaded
     try:
         extract(zip_path, folder)
+    except _NotOurs:  # the user's files in the folder: the archive is fine and stays
+        raise
     except DownloadError as exc:
         zip_path.unlink(missing_ok=True)
         raise DownloadError(f"{exc}; the damaged archive was deleted from the cache: run the command again") from None
