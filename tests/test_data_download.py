@@ -336,3 +336,18 @@ def test_a_file_saved_into_the_folder_while_the_archive_extracts_is_kept(
         download("ml-latest-small", cache_dir=cache, url=server.url, force=True)
     assert (first.folder / "notes.txt").read_text() == "mine\n" and (first.folder / "ratings.csv").is_file()
     assert sorted(p.name for p in cache.iterdir()) == ["ml-latest-small", "ml-latest-small.zip"]  # the archive stays
+
+
+def test_a_manifest_damaged_inside_proves_nothing(tmp_path: Path) -> None:
+    """A manifest whose entry is no [size, mtime] pair is read as a changed file, not a TypeError traceback."""
+    import json
+
+    from embedrec.data.downloads import not_written_by_embedrec
+
+    folder = tmp_path / "ml-latest-small"
+    folder.mkdir()
+    (folder / "ratings.csv").write_text(RATINGS)
+    for entry in (5, None, "ab", [1]):
+        doc = {"schema_version": 1, "archive": "x.zip", "files": {"ratings.csv": entry}, "dirs": []}
+        (folder / ".embedrec-download.json").write_text(json.dumps(doc))
+        assert not_written_by_embedrec(folder) == f"{folder} holds files embedrec did not write (ratings.csv (changed))"

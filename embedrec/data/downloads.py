@@ -221,7 +221,7 @@ def not_written_by_embedrec(folder: Path) -> str | None:
                 foreign.append(f"{rel}/")
         elif not stat.S_ISREG(st.st_mode) or rel not in files:
             foreign.append(rel)
-        elif list(files[rel]) != [st.st_size, st.st_mtime_ns]:
+        elif files[rel] != [st.st_size, st.st_mtime_ns]:  # JSON lists; anything else in a damaged manifest differs
             foreign.append(f"{rel} (changed)")
     if not foreign:
         return None
