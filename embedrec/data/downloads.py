@@ -194,8 +194,10 @@ def _write_manifest(root: Path, archive: Path) -> None:
             dirs.append(rel)
         else:
             files[rel] = [st.st_size, st.st_mtime_ns]
+    from embedrec.workdir import atomic_write_text
+
     doc = {"schema_version": MANIFEST_SCHEMA, "archive": archive.name, "files": files, "dirs": dirs}
-    (root / MANIFEST).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(root / MANIFEST, json.dumps(doc, indent=1) + "\n")  # a cut-short one would refuse the folder
 
 
 def not_written_by_embedrec(folder: Path) -> str | None:
