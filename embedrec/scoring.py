@@ -414,13 +414,13 @@ class Scorer:
 
         ``seen`` (row i = user row i) and ``allowed`` ((n_movies,) bool: False is never listed; or a
         :class:`MoviePool` built from it once for many calls) filter the movies.
-        With the blend ranking, ``candidates`` movies per user are retrieved by the watch output alone (a dot
-        product over every allowed movie) and only those go through the full network; ``None`` scores every movie
-        through it (the exhaustive path, for checking), and so does a candidate count above a fifth of the allowed
-        movies, where scoring them all is the cheaper way to the exact answer (:data:`PAIR_COST`). With beta 0 the
-        watch output *is* the ranking, so retrieval alone is exact. The rating ranking has no cheap stage and is
-        always exhaustive, over the allowed movies only. Users are split across ``workers`` threads with one BLAS
-        thread each.
+        With the blend ranking, ``candidates`` movies per user (at least ``k``) are retrieved by the watch output
+        alone (a dot product over every allowed movie) and only those go through the full network; ``None`` scores
+        every movie through it (the exhaustive path, for checking), and so does a candidate count above a fifth of
+        the allowed movies, where scoring them all is the cheaper way to the exact answer (:data:`PAIR_COST`). With
+        beta 0 the watch output *is* the ranking, so retrieval alone is exact. The rating ranking has no cheap stage
+        and is always exhaustive, over the allowed movies only. Users are split across ``workers`` threads with one
+        BLAS thread each.
         """
         ranking = ranking or self.ranking
         emb = np.atleast_2d(np.asarray(emb, np.float32))
@@ -429,6 +429,8 @@ class Scorer:
             raise ConfigError(f"k must be at least 1, got {k}")
         if candidates is not None and candidates < 1:
             raise ConfigError(f"--candidates must be at least 1, got {candidates}")
+        if candidates is not None:  # fewer candidates than k would cut every list short of k movies
+            candidates = max(int(candidates), int(k))
         if isinstance(allowed, MoviePool):
             pool = allowed
         else:

@@ -103,6 +103,28 @@ def test_recommender_lists_are_the_scorer_s_two_stage_and_exhaustive_lists(train
     np.testing.assert_array_equal(ref, _exhaustive_top(rec.scorer, users, 10, seen))
 
 
+def test_fewer_candidates_than_k_still_lists_k_movies(trained: Path, prepared) -> None:
+    """``--candidates 1 -k 5`` listed one movie: the first stage retrieves at least k movies, so a list is never
+    cut short of k by the candidate count (it was, silently, in recommend and in evaluate at a large K)."""
+    from embedrec.artifacts import load_model
+    from embedrec.metrics import top_k
+    from embedrec.scoring import Scorer
+
+    scorer = Scorer.from_artifact(load_model(trained))
+    assert scorer.ranking.score == "blend" and scorer.ranking.beta > 0  # the case with a second stage
+    users = np.arange(0, prepared.n_users, 9)
+    seen = _seen(prepared)
+    emb, bias = scorer.user_rows(users)
+    k = 12  # well under a fifth of the catalogue: candidates = k is a real second stage
+    for candidates in (1, 5):
+        ranked = scorer.rank(emb, bias, k, seen=seen.take(users), candidates=candidates).movie_idx
+        assert (ranked >= 0).all()  # k movies for every user
+        same = scorer.rank(emb, bias, k, seen=seen.take(users), candidates=k).movie_idx
+        np.testing.assert_array_equal(ranked, same)
+        retrieved = top_k(scorer.watch_logits(emb), k, exclude=seen.mask(users))
+        assert all(set(t) == set(c) for t, c in zip(ranked.tolist(), retrieved.tolist()))
+
+
 def test_evaluate_two_stage_ndcg_within_one_percent_of_exhaustive(trained: Path, prepared) -> None:
     from embedrec.artifacts import load_model
     from embedrec.evaluation import evaluate_model
