@@ -75,8 +75,46 @@ def _movie_row(table: Any, movie_idx: int) -> tuple[Any, ...]:
     )
 
 
+def _whole_number(value: Any, option: str) -> int:
+    """``value`` as an int when it is a whole number (an int, a numpy integer, a whole float), else ConfigError naming
+    ``option``: a string, None, NaN, 2.5 or True is a caller's mistake, not a count to truncate."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    raise ConfigError(f"{option} must be a whole number, got {value!r}")
+
+
+def _genre_filter(genre: Any) -> str | None:
+    """``genre`` checked: None (no filter) or a non-empty string; ConfigError otherwise (an empty --genre matched
+    nothing and used to be read as no filter at all)."""
+    if genre is None:
+        return None
+    if not isinstance(genre, str):
+        raise ConfigError(f"--genre must be a genre name such as 'Comedy', got {genre!r}")
+    if not genre.strip():
+        raise ConfigError("--genre is empty: pass a genre such as Comedy, or drop --genre")
+    return genre
+
+
+def _min_ratings(value: Any) -> int:
+    count = _whole_number(value, "--min-ratings")
+    if count < 0:
+        raise ConfigError(f"--min-ratings must be at least 0, got {count}")
+    return count
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        np.float32(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _pool_key(genre: str | None, min_ratings: int) -> tuple[str | None, int]:
-    return (genre.strip().lower() if genre else None, int(min_ratings))
+    genre = _genre_filter(genre)
+    return (genre.strip().lower() if genre else None, _min_ratings(min_ratings))
 
 
 class Recommender:
@@ -271,6 +309,7 @@ class Recommender:
     # -- filters ----------------------------------------------------------------------------------------------
     def genre_mask(self, genre: str) -> np.ndarray:
         """Movies having ``genre`` (case-insensitive); ConfigError listing the genres when there is no such genre."""
+        genre = _genre_filter(genre) or ""
         lists = self.genre_lists
         known = sorted({g for gl in lists for g in gl})
         match = [g for g in known if g.lower() == genre.strip().lower()]
@@ -293,6 +332,7 @@ class Recommender:
 
     def _allowed_movies(self, *, genre: str | None, min_ratings: int) -> np.ndarray:
         """Movies eligible for anyone under the filters (True = may be recommended)."""
+        genre, min_ratings = _genre_filter(genre), _min_ratings(min_ratings)
         ok = np.ones(len(self.movie_vocab), dtype=bool)
         if genre:
             ok &= self.genre_mask(genre)
@@ -316,10 +356,11 @@ class Recommender:
             return pool
 
     def _list_length(self, k: int) -> int:
-        """``k`` checked (at least 1) and clamped to the catalogue size."""
+        """``k`` checked (a whole number, at least 1) and clamped to the catalogue size."""
+        k = _whole_number(k, "-k")
         if k < 1:
             raise ConfigError(f"-k must be at least 1, got {k}")
-        return min(int(k), len(self.movie_vocab))
+        return min(k, len(self.movie_vocab))
 
     # -- recommend --------------------------------------------------------------------------------------------
     def recommend(
@@ -390,6 +431,11 @@ class Recommender:
         min_ratings: int = DEFAULT_MIN_RATINGS,
     ) -> Ranked:
         """:meth:`recommend_for` as arrays, like :meth:`rank_user`."""
+        if not isinstance(user, FoldedUser):
+            raise ConfigError(
+                f"recommend_for takes a FoldedUser from fold_in(), got {type(user).__name__}; a known user's "
+                "list is recommend(user_id)"
+            )
         k = self._list_length(k)
         seen = None
         if filter_seen:
@@ -518,8 +564,11 @@ class Recommender:
         import pandas as pd
 
         k = self._list_length(k)
-        user_ids = np.asarray(user_ids, dtype=np.int64)
+        if np.ndim(user_ids) != 1:
+            raise ConfigError(f"user_ids must be a list or 1-d array of user ids, got {type(user_ids).__name__}")
+        # looked up as given (read exactly): 1.5 or NaN is no user id, not user 1 or an error from numpy
         idx = self.user_vocab.require_all(user_ids)
+        raw_users = self.user_ids[idx]
         allowed = self._pool(genre, min_ratings)
         seen = self._seen_sets() if filter_seen else None
         top = np.empty((len(idx), k), dtype=np.int32)
@@ -552,7 +601,7 @@ class Recommender:
         score, rating = score.ravel()[keep], rating.ravel()[keep]
         out = pd.DataFrame(
             {
-                "user_id": user_ids[rows],
+                "user_id": raw_users[rows],
                 "rank": (np.arange(len(idx) * k) % k + 1)[keep],
                 "movie_id": self.movie_ids[flat],
                 "score": score,
@@ -571,13 +620,25 @@ class Recommender:
         import pandas as pd
 
         if isinstance(ratings, pd.DataFrame):
-            movie_ids = ratings["movieId" if "movieId" in ratings else "movie_id"].to_numpy()
-            values = ratings["rating"].to_numpy(np.float32)
+            id_col = next((c for c in ("movieId", "movie_id") if c in ratings), None)
+            if id_col is None or "rating" not in ratings:
+                raise DataError(
+                    f"fold-in ratings need a movieId (or movie_id) and a rating column, got {list(ratings.columns)}"
+                )
+            movie_ids = ratings[id_col].to_numpy()
+            raw_values: Any = ratings["rating"].to_numpy()
         else:
             pairs = list(ratings)
+            if not all(np.ndim(p) == 1 and len(p) == 2 for p in pairs):
+                raise DataError("fold-in ratings must be (movie_id, rating) pairs, e.g. [(260, 5.0), (1196, 4.5)]")
             # as given (the lookup reads ids exactly): an id beyond 64 bits is an unknown movie, not an OverflowError
             movie_ids = np.array([p[0] for p in pairs], dtype=object)
-            values = np.array([p[1] for p in pairs], dtype=np.float32)
+            raw_values = [p[1] for p in pairs]
+        try:
+            values = np.asarray(raw_values, dtype=np.float32)
+        except (TypeError, ValueError):
+            bad = next(v for v in np.asarray(raw_values, dtype=object).ravel() if not _is_number(v))
+            raise DataError(f"fold-in ratings must be numbers, got {bad!r}") from None
         idx = self.movie_vocab.indices(movie_ids)
         if (idx < 0).any():
             raise UnknownIdError(f"movie {np.asarray(movie_ids)[idx < 0][0]} in the ratings is not known to the model")
@@ -599,6 +660,8 @@ class Recommender:
     # -- similar ----------------------------------------------------------------------------------------------
     def find_movies(self, query: str) -> pd.DataFrame:
         """Movies whose title holds every word of ``query`` (case-insensitive); only the exact title matches if any."""
+        if not isinstance(query, str):
+            raise ConfigError(f"a title search takes words of a title, got {query!r}")
         words = query.lower().split()
         titles = self.movies["title"].astype(str).str.lower()
         hit = np.ones(len(titles), dtype=bool)

@@ -38,8 +38,8 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __contains__(self, raw_id: object) -> bool:
-        return int(self.indices([raw_id])[0]) >= 0
+    def __contains__(self, raw_id: Any) -> bool:
+        return np.ndim(raw_id) == 0 and int(self.indices([raw_id])[0]) >= 0
 
     def __repr__(self) -> str:
         return f"Vocabulary({len(self)} {self.kind}s of {self.owner})"
@@ -49,7 +49,9 @@ class Vocabulary:
         return lookup_ids(self.ids, raw_ids)
 
     def index(self, raw_id: int) -> int:
-        """The index of one raw id; :class:`UnknownIdError` naming it when unknown."""
+        """The index of one raw id; :class:`UnknownIdError` naming it when unknown (or not one id: a list)."""
+        if np.ndim(raw_id) != 0:
+            raise UnknownIdError(f"{self.kind} {raw_id!r} is not one {self.kind} id: pass a single id")
         idx = int(self.indices([raw_id])[0])
         if idx < 0:
             span = f", ids {int(self.ids[0])}..{int(self.ids[-1])}" if len(self) else ""

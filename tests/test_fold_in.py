@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 from planted import planted, prepared, rec, trained_with_history  # noqa: F401  (fixtures)
 
-from embedrec.errors import DataError, UnknownIdError
+from embedrec.errors import ConfigError, DataError, UnknownIdError
 
 
 def test_fold_in_sci_fi_fan_gets_sci_fi(rec, prepared) -> None:
@@ -192,6 +193,28 @@ def test_fold_in_rejects_bad_input(rec) -> None:
     movie = int(rec.movie_ids[0])
     with pytest.raises(DataError, match=f"movie {movie} is rated twice"):
         rec.fold_in([(movie, 4.0), (int(rec.movie_ids[1]), 3.0), (movie, 2.0)])
+    # the documented errors, not numpy's ValueError or pandas' KeyError
+    with pytest.raises(DataError, match="ratings must be numbers, got 'four'"):
+        rec.fold_in([(movie, "four")])
+    with pytest.raises(DataError, match=r"must be \(movie_id, rating\) pairs"):
+        rec.fold_in([movie])
+    with pytest.raises(DataError, match=r"must be \(movie_id, rating\) pairs"):
+        rec.fold_in([(movie, 4.0, 1)])  # a third value (a timestamp?) was dropped without a word
+    with pytest.raises(
+        DataError, match=r"need a movieId \(or movie_id\) and a rating column, got \['movie', 'rating'\]"
+    ):
+        rec.fold_in(pd.DataFrame({"movie": [movie], "rating": [4.0]}))
+    with pytest.raises(DataError, match="and a rating column"):
+        rec.fold_in(pd.DataFrame({"movieId": [movie]}))
+    with pytest.raises(DataError, match="ratings must be numbers, got 'x'"):
+        rec.fold_in(pd.DataFrame({"movieId": [movie], "rating": ["x"]}))
+    with pytest.raises(DataError, match="must lie in the model's range"):
+        rec.fold_in(pd.DataFrame({"movieId": [movie], "rating": [np.nan]}))
+    # numpy rows and numpy scalars are pairs like any other
+    same = rec.fold_in(np.array([[movie, 4.0]]))
+    np.testing.assert_allclose(same.embedding, rec.fold_in([(np.int64(movie), np.float32(4.0))]).embedding)
+    with pytest.raises(ConfigError, match="recommend_for takes a FoldedUser"):
+        rec.recommend_for(int(rec.user_ids[0]))
 
 
 def test_with_a_user_history_a_folded_in_user_gets_the_mean_history_row_of_the_rated_movies(

@@ -103,6 +103,49 @@ def test_k_beyond_the_catalogue_is_clamped_to_it(rec) -> None:
         rec.recommend(int(users[0]), k=0)
 
 
+def test_wrong_argument_types_raise_the_documented_errors(rec) -> None:
+    """A string, None, NaN, 2.5 or True for a count, a bad genre or ids that are no ids: ConfigError or
+    UnknownIdError naming the value, never numpy's ValueError/OverflowError or an AttributeError, and never a count
+    truncated (k=2.5 listed 2) or an id truncated (recommend_many([1.5]) listed user 1's movies)."""
+    user = int(rec.user_ids[0])
+    for bad in ("3", None, float("nan"), 2.5, True):
+        with pytest.raises(ConfigError, match="-k must be a whole number"):
+            rec.recommend(user, k=bad)
+        with pytest.raises(ConfigError, match="--min-ratings must be a whole number"):
+            rec.recommend(user, min_ratings=bad)
+    with pytest.raises(ConfigError, match="--min-ratings must be at least 0"):
+        rec.popular(min_ratings=-1)
+    assert len(rec.recommend(user, k=np.int64(3), min_ratings=np.int32(0))) == 3  # numpy integers are counts
+    assert len(rec.similar(int(rec.movie_ids[0]), k=3.0)) == 3  # and so is a whole float
+    with pytest.raises(ConfigError, match="--genre must be a genre name"):
+        rec.recommend(user, genre=5)
+    for empty in ("", "  "):
+        with pytest.raises(ConfigError, match="--genre is empty"):
+            rec.recommend(user, genre=empty)  # "" was no filter at all
+        with pytest.raises(ConfigError, match="--genre is empty"):
+            rec.popular(genre=empty)
+    with pytest.raises(ConfigError, match="a title search takes words"):
+        rec.find_movies(5)
+    for bad_id in (1.5, float("nan"), None, 2**70, "abc"):
+        with pytest.raises(UnknownIdError, match="1 user id"):
+            rec.recommend_many([user, bad_id], k=2)
+    with pytest.raises(ConfigError, match="a list or 1-d array of user ids"):
+        rec.recommend_many(user, k=2)
+    with pytest.raises(UnknownIdError, match="is not one user id"):
+        rec.recommend([user])
+    assert [user] not in rec.user_vocab
+    # ids of any integer type, text in plain digits, or a pandas Series (its index ignored) name the same users
+    users = rec.user_ids[:3]
+    ref = rec.recommend_many(users, k=2)
+    series = pd.Series(users.astype(np.int32), index=[7, 8, 9])
+    for ids in (series, [str(u) for u in users], users.astype(np.uint32), [float(u) for u in users]):
+        got = rec.recommend_many(ids, k=2)
+        pd.testing.assert_frame_equal(got, ref)
+    np.testing.assert_array_equal(
+        rec.predict(series, pd.Series([int(rec.movie_ids[0])] * 3)), rec.predict(users, [int(rec.movie_ids[0])] * 3)
+    )
+
+
 def test_similar_and_title_search(rec) -> None:
     movie_id = int(rec.movie_ids[10])
     sim = rec.similar(movie_id, k=5)
