@@ -142,9 +142,15 @@ def open_recommender(*, workdir: Path | None = None, model: Path | None = None, 
 def check_table_path(
     output: Path, *, option: str = "--output", suffixes: tuple[str, ...] | None = TABLE_SUFFIXES
 ) -> None:
-    """Refuse, before any work, an output path that is a folder or (given ``suffixes``) has another suffix."""
+    """Refuse, before any work, an output path that is a folder, lies under a file (where its folder should be) or
+    (given ``suffixes``) has another suffix. A missing folder is fine: the writer creates it."""
     if output.is_dir():
         raise ConfigError(f"{option} {output} is a folder: name a file, e.g. {output / 'out.csv'}")
+    for parent in output.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise ConfigError(f"{option} {output}: {parent} is a file, not a folder: choose a path in a folder")
+            break
     if suffixes is not None and output.suffix.lower() not in suffixes:
         raise ConfigError(f"{option} must end in {' or '.join(suffixes)}, got {output.name}")
 

@@ -1045,6 +1045,41 @@ CASES = [
         2,
         r"--genre: unknown genre '\[red\]x\[/red\]'",
     ),
+    # an empty --genre matches no genre: it was read as no filter at all (the whole catalogue, exit 0)
+    Case(
+        "recommend-genre-empty",
+        lambda c: _with_model(c, "recommend", "--user", c.first_user(), "--genre", ""),
+        2,
+        r"--genre is empty: pass a genre such as Comedy, or drop --genre",
+    ),
+    Case(
+        "recommend-cold-start-genre-blank",
+        lambda c: _with_model(c, "recommend", "--user", "999999", "--genre", "  "),
+        2,
+        r"--genre is empty",
+    ),
+    Case(  # the cold-start note came first, a second line before the error
+        "recommend-cold-start-genre-unknown",
+        lambda c: _with_model(c, "recommend", "--user", "999999", "--genre", "Space Opera"),
+        2,
+        r"--genre: unknown genre 'Space Opera'",
+    ),
+    # an --output under a file (where its folder should be) is refused before any work: it was found only when the
+    # table was written, after ranking every user, and told as "already exists"
+    Case(
+        "recommend-batch-output-under-a-file",
+        lambda c: _with_model(c, "recommend", "--all-users", "--output", str(_users_file(c) / "recs.csv")),
+        2,
+        r"--output .*users\.csv/recs\.csv: .*users\.csv is a file, not a folder: choose a path in a folder",
+    ),
+    Case(
+        "predict-output-under-a-file",
+        lambda c: _with_model(
+            c, "predict", "--input", str(_users_file(c)), "--output", str(c.tmp / "users.csv" / "deeper" / "p.csv")
+        ),
+        2,
+        r"--output .*p\.csv: .*users\.csv is a file, not a folder",
+    ),
     # a long first row is not silently read with its columns shifted
     Case(
         "fold-in-ragged-row", _ragged_ratings, 2, r"--ratings: .*mine\.csv line 2 has more fields than the header's 2"

@@ -226,6 +226,8 @@ def recommend_cmd(
 
     if fmt not in ("table", "json", "csv"):
         raise ConfigError(f"--format must be table, json or csv, got {fmt!r}")
+    if genre is not None and not genre.strip():
+        raise ConfigError("--genre is empty: pass a genre such as Comedy, or drop --genre")
     if sum((user is not None, ratings_file is not None, users_file is not None, all_users)) != 1:
         raise ConfigError("pass exactly one of --user U, --ratings FILE, --users-file FILE or --all-users")
     batch = users_file is not None or all_users
@@ -279,6 +281,7 @@ def recommend_cmd(
             filters=filters,
         )
     else:
+        top, score = rec.rank_popular(k=k, genre=genre, min_ratings=min_ratings)  # a bad filter: its error alone
         render.notes(
             [
                 (
@@ -288,7 +291,6 @@ def recommend_cmd(
                 )
             ]
         )
-        top, score = rec.rank_popular(k=k, genre=genre, min_ratings=min_ratings)
         render.recommendations(
             rec.movie_records(top, score=score, rating=np.full(len(top), np.nan)),
             fmt=fmt,
