@@ -235,7 +235,12 @@ def evaluate_model(
     code = SPLIT_CODES[split]
     held = prepared.split == code
     if not held.any():
-        raise DataError(f"the {split} split of {prepared.path} is empty")
+        other = "test" if split == "val" else "val"
+        frac = f"--{split}-frac"
+        raise DataError(
+            f"the {split} split of {prepared.path} is empty: evaluate --split {other}, or prepare the data again "
+            f"with {frac} above 0"
+        )
 
     def stage(name: str) -> ProgressFn | None:
         return None if on_progress is None else (lambda done, total: on_progress(name, done, total))

@@ -213,3 +213,7 @@ def test_a_data_set_too_small_for_a_val_split_trains_and_says_so_instead_of_nan(
     assert "nan" not in text.lower(), text
     assert "epoch 1 loss" in text and "no val " in text
     assert "trained" in text and "no val ratings to score it on (the val split is empty" in text
+    # evaluating that empty split is refused, with what to do instead
+    res = runner.invoke(app, ["evaluate", "--workdir", str(tmp_path), "--split", "val"])
+    assert res.exit_code == 2 and res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.output
+    assert "val split of" in res.stderr and "is empty: evaluate --split test" in " ".join(res.stderr.split())
