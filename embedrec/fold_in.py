@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedrec.errors import DataError
+from embedrec.errors import ConfigError, DataError
 from embedrec.history import history_mean
 from embedrec.scoring import DenseLayers, Scorer, dense_relu_chain, sigmoid
 
@@ -205,6 +205,54 @@ def _watch_loss(p: _FoldProblem, u: np.ndarray, *, watch_loss: str, negatives: i
     return loss, grad
 
 
+FOLD_OPTIONS = (
+    "weight_decay",
+    "watch_weight",
+    "watch_loss",
+    "negatives",
+    "steps",
+    "lr",
+    "seed",
+    "sample",
+    "tol",
+    "patience",
+    "dtype",
+    "rating_loss_weight",
+)
+
+
+def _whole(v: object, lo: int) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and bool(v >= lo)
+
+
+def _number(v: object, lo: float, *, above: bool = False, below: float = math.inf) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+        return False
+    return bool(v > lo if above else v >= lo) and bool(v < below)
+
+
+def _check_options(**given: object) -> None:
+    """A ConfigError naming the first fold-in option outside its domain (a negative ``steps`` fitted nothing and
+    returned the mean user; a negative ``lr`` climbed the loss)."""
+    rules: dict[str, tuple[bool, str]] = {
+        "steps": (_whole(given["steps"], 1), "a whole number >= 1"),
+        "patience": (_whole(given["patience"], 1), "a whole number >= 1"),
+        "sample": (_whole(given["sample"], 1), "a whole number >= 1"),
+        "negatives": (_whole(given["negatives"], 0), "a whole number >= 0"),
+        "seed": (_whole(given["seed"], 0), "a whole number >= 0"),
+        "lr": (_number(given["lr"], 0.0, above=True), "a positive number"),
+        "tol": (_number(given["tol"], 0.0, below=1.0), "a number in [0, 1)"),
+        "weight_decay": (_number(given["weight_decay"], 0.0), "a number >= 0"),
+        "watch_weight": (_number(given["watch_weight"], 0.0), "a number >= 0"),
+        "rating_loss_weight": (_number(given["rating_loss_weight"], 0.0), "a number >= 0"),
+        "watch_loss": (given["watch_loss"] in ("bce", "softmax"), "'bce' or 'softmax'"),
+        "dtype": (given["dtype"] in (np.float32, np.float64), "numpy.float32 or numpy.float64"),
+    }
+    for name, (ok, kind) in rules.items():
+        if not ok:
+            raise ConfigError(f"fold-in option {name} must be {kind}, got {given[name]!r}")
+
+
 def fold_in(
     scorer: Scorer,
     movie_idx: np.ndarray,
@@ -237,6 +285,20 @@ def fold_in(
     With a user history the fitted row is the user's own, and the network sees it plus the mean history row of
     ``movie_idx`` (fixed by the ratings, so a new user gets it for free; the L2 takes the own row only).
     """
+    _check_options(
+        weight_decay=weight_decay,
+        watch_weight=watch_weight,
+        watch_loss=watch_loss,
+        negatives=negatives,
+        steps=steps,
+        lr=lr,
+        seed=seed,
+        sample=sample,
+        tol=tol,
+        patience=patience,
+        dtype=dtype,
+        rating_loss_weight=rating_loss_weight,
+    )
     movie_idx = np.asarray(movie_idx, dtype=np.int64)
     if movie_idx.size == 0:
         raise DataError("fold-in needs at least one rating")

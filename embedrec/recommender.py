@@ -36,7 +36,7 @@ import numpy as np
 from embedrec.config import rating_loss_weight
 from embedrec.data.encode import exact_int
 from embedrec.errors import ConfigError, DataError, UnknownIdError
-from embedrec.fold_in import FoldedUser, fold_in
+from embedrec.fold_in import FOLD_OPTIONS, FoldedUser, fold_in
 from embedrec.metrics import ItemSets, top_k
 from embedrec.scoring import DEFAULT_CANDIDATES, MoviePool, Ranked, Ranking, Scorer
 from embedrec.serving import DEFAULT_MIN_RATINGS
@@ -649,6 +649,9 @@ class Recommender:
         lo, hi = self.scorer.shape.rating_min, self.scorer.shape.rating_max
         if not np.all(np.isfinite(values)) or values.min(initial=lo) < lo or values.max(initial=hi) > hi:
             raise DataError(f"ratings must lie in the model's range {lo:g}..{hi:g}")
+        unknown = sorted(set(options) - set(FOLD_OPTIONS))
+        if unknown:
+            raise ConfigError(f"unknown fold-in option {unknown[0]!r}; the options are {', '.join(FOLD_OPTIONS)}")
         train = self.artifact.train
         options.setdefault("weight_decay", max(train.weight_decay, 0.05))
         options.setdefault("watch_weight", train.watch_weight)

@@ -217,6 +217,31 @@ def test_fold_in_rejects_bad_input(rec) -> None:
         rec.recommend_for(int(rec.user_ids[0]))
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        # steps=-1 fitted nothing and returned the mean user as if fitted; lr=-1 climbed the loss
+        ({"steps": -1}, r"fold-in option steps must be a whole number >= 1, got -1"),
+        ({"steps": 2.5}, r"option steps must be a whole number >= 1, got 2.5"),
+        ({"lr": -0.1}, r"option lr must be a positive number, got -0.1"),
+        ({"lr": float("nan")}, r"option lr must be a positive number, got nan"),
+        ({"tol": 1.0}, r"option tol must be a number in \[0, 1\), got 1.0"),
+        ({"patience": 0}, r"option patience must be a whole number >= 1"),
+        ({"sample": True}, r"option sample must be a whole number >= 1, got True"),
+        ({"weight_decay": -1}, r"option weight_decay must be a number >= 0"),
+        ({"watch_loss": "mse"}, r"option watch_loss must be 'bce' or 'softmax', got 'mse'"),
+        ({"dtype": int}, r"option dtype must be numpy.float32 or numpy.float64"),
+        ({"step": 10}, r"unknown fold-in option 'step'; the options are weight_decay, .*steps"),  # a typo
+    ],
+)
+def test_fold_in_options_outside_their_domain_are_refused_naming_the_option(rec, options, message) -> None:
+    movie = int(rec.movie_ids[0])
+    with pytest.raises(ConfigError, match=message):
+        rec.fold_in([(movie, 4.0)], **options)
+    # the same options inside their domain fit (the check is on the values, not the names)
+    assert rec.fold_in([(movie, 4.0)], steps=3, lr=0.01, tol=0.0, patience=1, sample=64).steps <= 3
+
+
 def test_with_a_user_history_a_folded_in_user_gets_the_mean_history_row_of_the_rated_movies(
     trained_with_history, prepared
 ) -> None:
