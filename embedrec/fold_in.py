@@ -232,10 +232,10 @@ def _number(v: object, lo: float, *, above: bool = False, below: float = math.in
 
 
 def _check_options(**given: object) -> None:
-    """A ConfigError naming the first fold-in option outside its domain (a negative ``steps`` fitted nothing and
-    returned the mean user; a negative ``lr`` climbed the loss)."""
+    """A ConfigError naming the first fold-in option outside its domain (a negative ``steps`` returned the mean user
+    as if fitted; a negative ``lr`` climbed the loss). ``steps=0`` is the mean user on purpose (a baseline)."""
     rules: dict[str, tuple[bool, str]] = {
-        "steps": (_whole(given["steps"], 1), "a whole number >= 1"),
+        "steps": (_whole(given["steps"], 0), "a whole number >= 0 (0: the mean user, unfitted)"),
         "patience": (_whole(given["patience"], 1), "a whole number >= 1"),
         "sample": (_whole(given["sample"], 1), "a whole number >= 1"),
         "negatives": (_whole(given["negatives"], 0), "a whole number >= 0"),

@@ -221,8 +221,8 @@ def test_fold_in_rejects_bad_input(rec) -> None:
     ("options", "message"),
     [
         # steps=-1 fitted nothing and returned the mean user as if fitted; lr=-1 climbed the loss
-        ({"steps": -1}, r"fold-in option steps must be a whole number >= 1, got -1"),
-        ({"steps": 2.5}, r"option steps must be a whole number >= 1, got 2.5"),
+        ({"steps": -1}, r"fold-in option steps must be a whole number >= 0 \(0: the mean user, unfitted\), got -1"),
+        ({"steps": 2.5}, r"option steps must be a whole number >= 0 .*, got 2.5"),
         ({"lr": -0.1}, r"option lr must be a positive number, got -0.1"),
         ({"lr": float("nan")}, r"option lr must be a positive number, got nan"),
         ({"tol": 1.0}, r"option tol must be a number in \[0, 1\), got 1.0"),
@@ -240,6 +240,7 @@ def test_fold_in_options_outside_their_domain_are_refused_naming_the_option(rec,
         rec.fold_in([(movie, 4.0)], **options)
     # the same options inside their domain fit (the check is on the values, not the names)
     assert rec.fold_in([(movie, 4.0)], steps=3, lr=0.01, tol=0.0, patience=1, sample=64).steps <= 3
+    assert rec.fold_in([(movie, 4.0)], steps=0).steps == 0  # the mean user, benchmarks/fold_in_quality.py's baseline
 
 
 def test_with_a_user_history_a_folded_in_user_gets_the_mean_history_row_of_the_rated_movies(
