@@ -15,7 +15,9 @@ Weight names: ``user_embedding``, ``movie_embedding``, ``genre_embedding``, opti
 ``watch_bias`` (each (n, 1)), ``head.layers.{i}.kernel`` / ``.bias`` for the hidden Dense layers, ``head.out.kernel``
 / ``head.out.bias``, and the inputs ``genre_idx`` (n_movies, G) int32 and ``genre_w`` (n_movies, G) float32;
 optionally ``popularity_prior`` (n_movies, 1), the per-movie term of the ranking score (schema 2; see
-:mod:`embedrec.scoring`).
+:mod:`embedrec.scoring`), and ``movie_train_count`` (n_movies, 1), each movie's number of training ratings (a
+movie without any has an embedding that was never trained: ``similar`` neither answers for it nor lists it; folders
+written before it existed load without it, and readers that predate it ignore it).
 
 Schema versions: 2 adds the popularity prior (``"gamma"`` in ``model.json``'s ``"ranking"`` and the
 ``popularity_prior`` weight). Folders of schema 1 still load (gamma 0, no prior); a reader of schema 1 refuses a
@@ -63,7 +65,7 @@ SCHEMA_VERSION = 3
 # schema 1: no popularity prior in the ranking; 2: no user_history (model) / history_samples (train) settings, and
 # so never the history_embedding / user_history_vector weights (they load with user_history off)
 READABLE_SCHEMAS = (1, 2, 3)
-OPTIONAL_WEIGHTS = ("popularity_prior",)
+OPTIONAL_WEIGHTS = ("popularity_prior", "movie_train_count")
 MODEL_KIND = "embedrec-model"
 VOCAB_FILES = ("users.parquet", "movies.parquet", "vocab.json")
 

@@ -685,10 +685,20 @@ class Recommender:
         """:meth:`similar` as arrays: (movie indices, cosine similarities), most similar first."""
         k = self._list_length(k)
         m = self.movie_vocab.index(movie_id)
+        counts = self.artifact.weights.get("movie_train_count")  # absent from folders written before it existed
+        untrained = counts.ravel() == 0 if counts is not None else None
+        if untrained is not None and untrained[m]:
+            raise UnknownIdError(
+                f"movie {movie_id} has no rating in the training split, so its embedding was never trained and no "
+                "movie is similar to it by the model: ask about a movie that has training ratings"
+            )
         emb = self.scorer.movie_embedding
         norms = self._movie_norms
         sims = (emb @ emb[m]) / np.maximum(norms * norms[m], 1e-12)
         sims[m] = -np.inf  # never the movie itself
+        if untrained is not None:
+            sims[untrained] = -np.inf  # an untrained embedding is its random start: its similarity means nothing
         top = top_k(sims[None], k)[0]
         top = top[top >= 0]
+        top = top[np.isfinite(sims[top])]
         return top, sims[top]

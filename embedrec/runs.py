@@ -222,6 +222,13 @@ class RankingChoice:
     weights: dict[str, np.ndarray]
 
 
+def _with_train_counts(weights: dict[str, np.ndarray], counts: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The ranking's extra weights plus ``movie_train_count`` (n_movies, 1): which movies' embeddings were trained."""
+    if counts is None:
+        return weights
+    return {**weights, "movie_train_count": np.asarray(counts, dtype=np.float32).reshape(-1, 1)}
+
+
 def choose_ranking(
     result: TrainResult, prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig
 ) -> RankingChoice:
@@ -653,7 +660,7 @@ def _write_model(result: TrainResult, plan: _Plan, last_checkpoint: Callable[[],
             genre_w=gi.weight,
             prepared=prepared,
             history=result.history,
-            extra_weights=choice.weights,
+            extra_weights=_with_train_counts(choice.weights, result.train_movie_counts),
             vocabulary_written=True,
             histories=result.histories,
             extra_meta={

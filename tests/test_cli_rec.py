@@ -301,3 +301,41 @@ def test_exhaustive_flag_gives_the_same_lists_here(workdir: Path, ids: dict) -> 
     assert json.loads(two.stdout) == json.loads(full.stdout)
     few = run(*base, "--candidates", "20")
     assert few.exit_code == 0 and len(json.loads(few.stdout)) == 10
+
+
+def test_similar_neither_answers_for_nor_lists_a_movie_without_training_ratings(tmp_path: Path) -> None:
+    """A movie rated only in the held-out splits has an embedding that training never moved from its random start:
+    its cosine neighbours looked as confident as any. Training now stores each movie's training-rating count, and
+    ``similar`` refuses such a movie and leaves it out of other movies' lists."""
+    import numpy as np
+    import pandas as pd
+
+    from embedrec.artifacts import load_model
+    from embedrec.data import PrepareConfig, load_prepared, prepare
+    from embedrec.data.split import TRAIN
+    from embedrec.runs import train_run
+
+    rng = np.random.default_rng(3)
+    pairs = {(u, m) for u in range(1, 81) for m in rng.choice(np.arange(1, 61), size=15, replace=False)}
+    ratings = pd.DataFrame(sorted(pairs), columns=["userId", "movieId"])
+    ratings["rating"] = rng.integers(1, 6, len(ratings)).astype(float)
+    ratings["timestamp"] = rng.permutation(len(ratings)) + 1_000
+    late = pd.DataFrame({"userId": [1, 2, 3, 4, 5], "movieId": 999, "rating": 5.0, "timestamp": 10**9})
+    pd.concat([ratings, late]).to_csv(tmp_path / "ratings.csv", index=False)  # movie 999: only the latest ratings
+    config = PrepareConfig(format="csv", ratings_file=str(tmp_path / "ratings.csv"), split="temporal")
+    prepare(tmp_path / "ratings.csv", out=tmp_path / "data", config=config)
+    p = load_prepared(tmp_path / "data")
+    run_dir = train_run(tmp_path / "data", out=tmp_path / "run", overrides={"epochs": 1}).run_dir
+
+    train = p.split == TRAIN
+    counts = load_model(run_dir).weights["movie_train_count"].ravel()
+    np.testing.assert_array_equal(counts, np.bincount(p.movie_idx[train], minlength=p.n_movies))
+    assert counts[list(p.movie_ids).index(999)] == 0
+    res = run("similar", "--movie", 999, "--model", run_dir)
+    assert res.exit_code != 0 and "movie 999 has no rating in the training split" in res.stderr, res.output
+    assert len(res.stderr.strip().splitlines()) == 1
+    res = run("similar", "--movie", 7, "--model", run_dir, "--json", "-k", "100")
+    assert res.exit_code == 0, res.output
+    listed = {row["movieId"] for row in json.loads(res.stdout)["similar"]}
+    assert listed and 999 not in listed and 7 not in listed
+    assert listed == {int(m) for m, c in zip(p.movie_ids, counts) if c > 0} - {7}  # every other trained movie
