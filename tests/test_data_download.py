@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import shutil
 import socket
 import threading
 import zipfile
@@ -314,6 +316,30 @@ def test_a_folder_an_earlier_embedrec_extracted_is_refreshed(server: Server, tmp
         with pytest.raises(DownloadError, match=r"was not extracted by embedrec \(it has no \.embedrec-download"):
             download("ml-latest-small", cache_dir=cache, url=server.url, force=True)
         assert _listing(again.folder) == before and len(server.requests) == requests
+
+
+def test_a_copied_or_touched_cache_is_still_embedrecs(server: Server, tmp_path: Path) -> None:
+    """The manifest records each file's size and time; a cache copied without its times (``cp -r``) or a file
+    touched was refused as "changed" although every byte is embedrec's. The bytes are compared with the cached
+    archive before refusing; a file whose bytes changed is still the user's."""
+    cache = tmp_path / "cache"
+    first = download("ml-latest-small", cache_dir=tmp_path / "old", url=server.url)
+    cache.mkdir()
+    shutil.copy(first.zip_path, cache / first.zip_path.name)
+    shutil.copytree(first.folder, cache / "ml-latest-small", copy_function=shutil.copy)  # new times, as cp -r
+    folder = cache / "ml-latest-small"
+    os.utime(folder / "ratings.csv", ns=(1, 1))
+    requests = len(server.requests)
+    again = download("ml-latest-small", cache_dir=cache, url=server.url, force=True)
+    assert again.downloaded and len(server.requests) == requests + 2  # the archive and its checksum
+    assert sorted(p.name for p in cache.iterdir()) == ["ml-latest-small", "ml-latest-small.zip"]
+    text = (folder / "movies.csv").read_text()
+    (folder / "movies.csv").write_text(text.replace("Toy", "Boy"))  # the same size, other bytes
+    os.utime(folder / "movies.csv", ns=(1, 1))
+    before = _listing(folder)
+    with pytest.raises(DownloadError, match=r"did not write \(movies\.csv \(changed\)\)"):
+        download("ml-latest-small", cache_dir=cache, url=server.url, force=True)
+    assert _listing(folder) == before
 
 
 def test_a_file_saved_into_the_folder_while_the_archive_extracts_is_kept(

@@ -265,17 +265,22 @@ def _crc32(path: Path) -> int:
 
 
 def _adopt_earlier_extraction(folder: Path, zip_path: Path) -> None:
-    """Give a folder without a manifest its manifest when it holds only what the cached ``zip_path`` extracts to,
-    byte for byte (an embedrec before the manifest extracted it; a file of it may have been deleted): it is
-    embedrec's, and ``--force`` or a fetched archive may replace it. Anything else is left as it is (and refused)."""
+    """Give a folder a new manifest when it holds only what the cached ``zip_path`` extracts to, byte for byte, but
+    its manifest does not say so: it has none (an embedrec before the manifest extracted it; a file of it may have
+    been deleted), or its files' times moved (the cache copied with ``cp -r``, a file touched). It is embedrec's, and
+    ``--force`` or a fetched archive may replace it. Anything else is left as it is (and refused)."""
     import stat
 
-    if folder.is_symlink() or not folder.is_dir() or os.path.lexists(folder / MANIFEST) or not zip_path.is_file():
+    if folder.is_symlink() or not folder.is_dir() or not zip_path.is_file():
         return
+    if os.path.lexists(folder / MANIFEST) and not_written_by_embedrec(folder) is None:
+        return  # the manifest vouches for every file: nothing to compare
     try:
         files = _extracted_files(zip_path)
         dirs = {"/".join(rel.split("/")[:i]) for rel in files for i in range(1, rel.count("/") + 1)}
         for rel, st in _walk(folder).items():
+            if rel == MANIFEST:
+                continue  # what it says is being replaced
             if stat.S_ISDIR(st.st_mode):
                 if rel not in dirs:
                     return
@@ -369,7 +374,7 @@ def download(
     folder = cache_dir / name
     if not force and zip_path.is_file() and folder.is_dir():
         return DownloadResult(name, zip_path, folder, downloaded=False, verified=False, url=zip_url)
-    _adopt_earlier_extraction(folder, zip_path)  # a cache an embedrec before the manifest extracted is embedrec's
+    _adopt_earlier_extraction(folder, zip_path)  # embedrec's bytes, with no manifest or one whose times moved
     _refuse_foreign(folder, name)  # before fetching: the folder would be replaced
     if force:  # a fresh fetch, not a resume; the cached archive and folder stay until the new one is verified
         part.unlink(missing_ok=True)
