@@ -193,30 +193,38 @@ RECIPES = {
 }
 
 
-def prepare_row(row: str, cache: Path) -> Path:
-    """The prepared data folder of ``row`` (prepared once into ``cache``, and again when its recipe changed)."""
+def prepare_row(row: str, cache: Path, *, split_seed: int | None = None) -> Path:
+    """The prepared data folder of ``row`` (prepared once into ``cache``, and again when its recipe changed).
+
+    ``split_seed``: the seed of the row's random train / val / test split instead of ``prepare``'s default (the
+    same ratings, another split; kept in ``cache / split-seed-N``), to tell a split's own noise from a method's."""
+    if split_seed is not None:
+        cache = cache / f"split-seed-{split_seed}"
+        cache.mkdir(parents=True, exist_ok=True)
     out = cache / row
     recipe = cache / f"{row}.recipe"
     if (out / "summary.json").is_file() and recipe.is_file() and recipe.read_text() == RECIPES[row]:
         return out
-    out = _prepare_row(row, cache)
+    out = _prepare_row(row, cache, split_seed=split_seed)
     recipe.write_text(RECIPES[row])
     return out
 
 
-def _prepare_row(row: str, cache: Path) -> Path:
+def _prepare_row(row: str, cache: Path, *, split_seed: int | None = None) -> Path:
     """Prepare ``row``'s data into ``cache / row`` (replacing what an earlier run prepared there)."""
     from embedrec.data import PrepareConfig, prepare, prepare_synthetic
 
+    seeded: dict[str, Any] = {} if split_seed is None else {"seed": split_seed}
     out = cache / row
     if row == "synthetic":
-        prepare_synthetic(out=out, config=PrepareConfig())
+        generator = {} if split_seed is None else {"seed": PrepareConfig().seed}  # the same data, another split
+        prepare_synthetic(out=out, config=PrepareConfig(**seeded), **generator)
         return out
     if row in ("ml100k-random", "ml100k-temporal", "ml100k-llo"):
         from embedrec.data.recbole import fetch_ml100k
 
         split = {"ml100k-random": "random", "ml100k-temporal": "temporal", "ml100k-llo": "leave-last-out"}[row]
-        prepare(fetch_ml100k(), out=out, config=PrepareConfig(split=split))
+        prepare(fetch_ml100k(), out=out, config=PrepareConfig(split=split, **seeded))
         return out
     source = BARE_OF.get(row, row)  # the recipe below: a bare row's is the row it strips
     raw = cache / f"{row}-raw"
@@ -260,7 +268,11 @@ def _prepare_row(row: str, cache: Path) -> Path:
         raw / "ratings.csv",
         out=out,
         config=PrepareConfig(
-            format="csv", ratings_file=str(raw / "ratings.csv"), movies_file=movies_file, rating_scale=scale
+            format="csv",
+            ratings_file=str(raw / "ratings.csv"),
+            movies_file=movies_file,
+            rating_scale=scale,
+            **seeded,
         ),
     )
     return out
@@ -349,11 +361,17 @@ def each_row(rows: list[str], run_one: Callable[..., dict[str, Any]], json_path:
 
 
 def run_row(
-    row: str, *, cache: Path, seeds: list[int], overrides: dict[str, Any], log: Callable[[str], None]
+    row: str,
+    *,
+    cache: Path,
+    seeds: list[int],
+    overrides: dict[str, Any],
+    log: Callable[[str], None],
+    split_seed: int | None = None,
 ) -> dict[str, Any]:
     from embedrec.data import load_prepared
 
-    data_dir = prepare_row(row, cache)
+    data_dir = prepare_row(row, cache, split_seed=split_seed)
     prepared = load_prepared(data_dir)
     t0 = time.perf_counter()
     baselines = run_baselines(prepared)
@@ -517,16 +535,26 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_CACHE,
         help="where the prepared data sets are kept",
     )
+    parser.add_argument(
+        "--split-seed",
+        type=int,
+        help="split each row with this seed instead of prepare's default (the same ratings, another split)",
+    )
     parser.add_argument("--json", type=Path, help="also write every run's numbers to this JSON file")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's)")
     args = parser.parse_args(argv)
     overrides = dict(parse_override(o) for o in args.override)
     check_overrides(overrides)
     args.cache.mkdir(parents=True, exist_ok=True)
-    results = each_row(args.rows, partial(run_row, cache=args.cache, seeds=args.seeds, overrides=overrides), args.json)
+    if args.split_seed is not None and not 0 <= args.split_seed < 2**32:
+        parser.error(f"--split-seed must be a whole number in 0..{2**32 - 1}, got {args.split_seed}")
+    run = partial(run_row, cache=args.cache, seeds=args.seeds, overrides=overrides, split_seed=args.split_seed)
+    results = each_row(args.rows, run, args.json)
     print(table(results, markdown=args.markdown))
     if overrides:
         print(f"overrides: {overrides}")
+    if args.split_seed is not None:
+        print(f"split seed: {args.split_seed}")
     print(
         f"seeds: {' '.join(map(str, args.seeds))}; targets = NDCG@10 >= 1.1 x popular, >= 0.9 x EASE, "
         "RMSE 2% below bias (temporal: below it)"
