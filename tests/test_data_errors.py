@@ -101,6 +101,12 @@ def test_non_integer_id_names_the_line(tmp_path: Path) -> None:
     src = make(tmp_path / "s3", HEADER + "1,1,4,100\n", movies="movieId,title,genres\nabc,X (1990),Drama\n")
     msg = run_error(src, tmp_path / "y")
     assert "movies.csv, line 2" in msg and "'abc'" in msg
+    # the movies file's ids are read as the ratings' are: int() took "1_000" for 1000 and "+3" for 3, and an id
+    # beyond 64 bits was an OverflowError traceback
+    for bad, kind in (("1_000", "an integer"), ("+3", "an integer"), ("99999999999999999999", "within 64 bits")):
+        src = make(tmp_path / f"m{len(bad)}", HEADER + "1,1,4,100\n", movies=f"movieId,title,genres\n{bad},X,Drama\n")
+        msg = run_error(src, tmp_path / f"n{len(bad)}")
+        assert msg.startswith(f"{src / 'movies.csv'}, line 2: movie id {bad!r} is not {kind}"), msg
 
 
 def test_empty_id_names_the_line(tmp_path: Path) -> None:

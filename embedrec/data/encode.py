@@ -24,6 +24,12 @@ PLAIN_INT = r"-?[0-9]+"
 reader takes when ``prepare`` reads the ratings. Python's ``int()`` takes more ("1_000", "+5", " 7", "\u0663")."""
 _PLAIN_INT = re.compile(PLAIN_INT)
 _INT_STR_DIGITS = 4000  # int() refuses longer digit strings (sys.get_int_max_str_digits); Decimal reads them
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def fits_int64(number: int) -> bool:
+    """Whether an exact integer id can be stored (ids are int64 everywhere)."""
+    return INT64_MIN <= number <= INT64_MAX
 
 
 def dense_index(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,8 +84,8 @@ def lookup_ids(known: np.ndarray, ids: Any) -> np.ndarray:
         out[valid] = lookup_index(arr[valid].astype(np.int64), known)
         return out
     exact = [exact_int(v) for v in arr.ravel()]
-    valid = np.array([v is not None and -(2**63) <= v < 2**63 for v in exact], dtype=bool).reshape(arr.shape)
-    values = np.array([v for v in exact if v is not None and -(2**63) <= v < 2**63], dtype=np.int64)
+    valid = np.array([v is not None and fits_int64(v) for v in exact], dtype=bool).reshape(arr.shape)
+    values = np.array([v for v in exact if v is not None and fits_int64(v)], dtype=np.int64)
     out[valid] = lookup_index(values, known)
     return out
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embedrec.data.config import DEFAULT_TIME_COL, PrepareConfig
-from embedrec.data.encode import dense_index
+from embedrec.data.encode import dense_index, fits_int64, parse_id
 from embedrec.data.readers import (
     RatingArrays,
     RatingColumns,
@@ -265,15 +265,18 @@ def _movies_frame(movie_id: np.ndarray, title: pd.Series, year: pd.Series, genre
 
 
 def _int_ids(values: list[str], *, path: Path, line_of: Callable[[int], int | None]) -> np.ndarray:
-    """``values`` as int64 movie ids; DataError naming the line (``line_of(i)``) of the first that is not one."""
+    """``values`` as int64 movie ids, read as the ratings' ids are (:func:`~embedrec.data.encode.parse_id`: plain
+    digits, the spaces around them ignored); DataError naming the line (``line_of(i)``) of the first that is not one
+    (``int()`` took "1_000" for 1000, and an id beyond 64 bits was an OverflowError traceback)."""
     out = np.empty(len(values), dtype=np.int64)
     for i, v in enumerate(values):
-        try:
-            out[i] = int(v.strip())
-        except ValueError:
+        number = parse_id(v.strip())
+        if number is None or not fits_int64(number):
             line = line_of(i)
             where = f", line {line}" if line is not None else ""
-            raise DataError(f"{path}{where}: movie id {v!r} is not an integer") from None
+            kind = "an integer" if number is None else "within 64 bits (ids are 64-bit integers)"
+            raise DataError(f"{path}{where}: movie id {v!r} is not {kind}")
+        out[i] = number
     return out
 
 

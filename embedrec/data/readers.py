@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embedrec.data.encode import PLAIN_INT, parse_id
+from embedrec.data.encode import PLAIN_INT, fits_int64, parse_id
 from embedrec.errors import DataError
 
 if TYPE_CHECKING:
@@ -328,7 +328,7 @@ def _first_bad_value(
         digits = stripped.str.fullmatch(PLAIN_INT).fillna(False).to_numpy(bool).copy()
         long = digits & (stripped.str.len().to_numpy() >= 19)
         for i in np.flatnonzero(long):
-            digits[i] = -(2**63) <= int(stripped.iloc[i]) < 2**63
+            digits[i] = fits_int64(int(stripped.iloc[i]))
         bad = ~digits & (stripped != "").to_numpy()
     else:
         bad = pd.to_numeric(text, errors="coerce").isna().to_numpy() & (stripped != "").to_numpy()

@@ -23,14 +23,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embedrec.data.encode import exact_int
+from embedrec.data.encode import exact_int, fits_int64
 from embedrec.data.readers import row_lines
 from embedrec.errors import DataError
 
 if TYPE_CHECKING:
     import pandas as pd
-
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def read_pairs(path: Path, *, option: str = "--input") -> pd.DataFrame:
@@ -201,7 +199,7 @@ def _integer_ids(
     out = np.empty(len(values), dtype=np.int64)
     for i, value in enumerate(values):
         number = exact_int(value)
-        if number is None or not INT64_MIN <= number <= INT64_MAX:
+        if number is None or not fits_int64(number):
             line = line_of(i)
             where = f" line {line}" if line is not None else ""
             if number is None:
