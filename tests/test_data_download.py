@@ -377,3 +377,26 @@ def test_a_manifest_damaged_inside_proves_nothing(tmp_path: Path) -> None:
         doc = {"schema_version": 1, "archive": "x.zip", "files": {"ratings.csv": entry}, "dirs": []}
         (folder / ".embedrec-download.json").write_text(json.dumps(doc))
         assert not_written_by_embedrec(folder) == f"{folder} holds files embedrec did not write (ratings.csv (changed))"
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        ["ml/ratings.csv", "ml/sub/movies.csv", "__MACOSX/ml/._ratings.csv", ".DS_Store"],  # unwrapped: ml/
+        ["ratings.csv", "movies.csv"],  # nothing to unwrap
+        ["ml/ratings.csv", "other/movies.csv"],  # two folders: nothing to unwrap
+        ["ratings.csv"],  # a single file at the top is not unwrapped
+    ],
+)
+def test_the_files_an_archive_extracts_to_are_what_extract_writes(tmp_path: Path, members: list[str]) -> None:
+    """The adoption of a folder without a manifest compares it with what the archive extracts to: that listing and
+    :func:`extract` unwrap a single top-level folder by one rule, and list the same files."""
+    from embedrec.data.downloads import MANIFEST, _extracted_files, _walk, extract
+
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name in members:
+            zf.writestr(name, f"bytes of {name}\n")
+    folder = extract(archive, tmp_path / "out")
+    written = {rel for rel, st in _walk(folder).items() if not (folder / rel).is_dir() and rel != MANIFEST}
+    assert written == set(_extracted_files(archive))

@@ -231,6 +231,13 @@ def not_written_by_embedrec(folder: Path) -> str | None:
     return f"{folder} holds files embedrec did not write ({shown})"
 
 
+def _unwrapped(tops: dict[str, bool]) -> str | None:
+    """The top-level entry :func:`extract` unwraps, given each top-level name and whether it is a folder: the one
+    visible entry when it is a folder (dot files and ``__MACOSX`` beside it do not count), else None."""
+    visible = [name for name in tops if not name.startswith((".", "__MACOSX"))]
+    return visible[0] if len(visible) == 1 and tops[visible[0]] else None
+
+
 def _extracted_files(zip_path: Path) -> dict[str, Any]:
     """What :func:`extract` puts in the folder from ``zip_path``: each file's path in it (relative, POSIX) and its
     member, after the single top-level folder is unwrapped as extract unwraps it."""
@@ -239,10 +246,11 @@ def _extracted_files(zip_path: Path) -> dict[str, Any]:
     with open_archive(zip_path) as zf:
         members = checked_members(zf, zip_path, wanted=lambda _name: True)
     parts = {info.filename: (info, _safe_parts(info.filename) or ()) for info in members}
-    tops = {p[0] for _, p in parts.values() if p and not p[0].startswith(".")}
-    unwrap = next(iter(tops)) if len(tops) == 1 else None
-    if unwrap is not None and not any(len(p) > 1 and p[0] == unwrap for _, p in parts.values()):
-        unwrap = None  # a single file at the top is not unwrapped
+    tops: dict[str, bool] = {}
+    for info, p in parts.values():
+        if p:
+            tops[p[0]] = tops.get(p[0], False) or len(p) > 1 or info.is_dir()
+    unwrap = _unwrapped(tops)
     files: dict[str, Any] = {}
     for info, p in parts.values():
         if unwrap is not None:
@@ -332,8 +340,8 @@ def extract(zip_path: Path, folder: Path) -> Path:
         with open_archive(zip_path) as zf:
             for info in checked_members(zf, zip_path, wanted=lambda _name: True):
                 extract_member(zf, info, tmp, zip_path)
-        entries = [p for p in tmp.iterdir() if not p.name.startswith((".", "__MACOSX"))]
-        root = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
+        top = _unwrapped({p.name: p.is_dir() for p in tmp.iterdir()})
+        root = tmp / top if top is not None else tmp
         _write_manifest(root, zip_path)
         if os.path.lexists(folder):
             os.replace(folder, aside)
