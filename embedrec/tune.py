@@ -335,10 +335,11 @@ def check_config_target(path: Path) -> None:
             )
 
 
-def _check_config_writable(path: Path) -> None:
-    """Write a probe where the config file will go (its folder, or the nearest folder above it that exists, which is
-    where ``atomic_write_text`` creates the rest), so that a read-only or unwritable ``--out`` is refused before the
-    search, not when its first best trial is written; an OSError names ``path``. Nothing stays behind."""
+def _check_writable_at(path: Path, *, named: Path | None = None) -> None:
+    """Write a probe where ``path`` will go (its folder, or the nearest folder above it that exists, which is where
+    ``atomic_write_text`` creates the rest), so that a read-only or unwritable ``--out`` (or study folder) is refused
+    before the search, not when its first best trial is written; an OSError names ``named`` (default ``path``).
+    Nothing stays behind."""
     from embedrec.tempfiles import name_target, temp_sibling
 
     below = path
@@ -353,7 +354,7 @@ def _check_config_writable(path: Path) -> None:
             probe.mkdir()
             probe.rmdir()
     except OSError as exc:
-        name_target(exc, probe, path)
+        name_target(exc, probe, named if named is not None else path)
         raise
 
 
@@ -457,18 +458,9 @@ def _fail_dead_trials(study: optuna.Study, runs_root: Path) -> None:
 def _check_writable(db: Path) -> None:
     """SQLite writes the study file and a journal beside it; where either cannot be written, Optuna fails in the
     middle of a commit with a traceback, so both are tried first and an OSError names the path (one line)."""
-    from embedrec.tempfiles import name_target, temp_sibling
-
     with open(db, "ab"):  # an empty file is an empty SQLite database
         pass
-    probe = temp_sibling(db)
-    try:
-        probe.touch()
-    except OSError as exc:
-        name_target(exc, probe, db.parent)
-        raise
-    finally:
-        probe.unlink(missing_ok=True)
+    _check_writable_at(db, named=db.parent)  # the journal beside it
 
 
 def _open_study(
@@ -958,7 +950,7 @@ def _tune_here(
     workdir = Path(workdir)
     config_path = Path(out) if out is not None else default_config_path(workdir)
     check_config_target(config_path)
-    _check_config_writable(config_path)
+    _check_writable_at(config_path)
     data_path = Path(data_dir) if data_dir is not None else data_dir_of(workdir)
     prepared = load_prepared(data_path)
     from embedrec.data.split import TRAIN, VAL
