@@ -85,7 +85,7 @@ def _whole_number(value: Any, option: str) -> int:
     raise ConfigError(f"{option} must be a whole number, got {value!r}")
 
 
-def _genre_filter(genre: Any) -> str | None:
+def genre_filter(genre: Any) -> str | None:
     """``genre`` checked: None (no filter) or a non-empty string; ConfigError otherwise (an empty --genre matched
     nothing and used to be read as no filter at all)."""
     if genre is None:
@@ -113,7 +113,7 @@ def _is_number(value: Any) -> bool:
 
 
 def _pool_key(genre: str | None, min_ratings: int) -> tuple[str | None, int]:
-    genre = _genre_filter(genre)
+    genre = genre_filter(genre)
     return (genre.strip().lower() if genre else None, _min_ratings(min_ratings))
 
 
@@ -309,7 +309,7 @@ class Recommender:
     # -- filters ----------------------------------------------------------------------------------------------
     def genre_mask(self, genre: str) -> np.ndarray:
         """Movies having ``genre`` (case-insensitive); ConfigError listing the genres when there is no such genre."""
-        genre = _genre_filter(genre) or ""
+        genre = genre_filter(genre) or ""
         lists = self.genre_lists
         known = sorted({g for gl in lists for g in gl})
         match = [g for g in known if g.lower() == genre.strip().lower()]
@@ -332,7 +332,7 @@ class Recommender:
 
     def _allowed_movies(self, *, genre: str | None, min_ratings: int) -> np.ndarray:
         """Movies eligible for anyone under the filters (True = may be recommended)."""
-        genre, min_ratings = _genre_filter(genre), _min_ratings(min_ratings)
+        genre, min_ratings = genre_filter(genre), _min_ratings(min_ratings)
         ok = np.ones(len(self.movie_vocab), dtype=bool)
         if genre:
             ok &= self.genre_mask(genre)

@@ -222,12 +222,12 @@ def recommend_cmd(
     import numpy as np
 
     from embedrec.data.user_files import check_user_ratings, read_user_ids, read_user_ratings
+    from embedrec.recommender import genre_filter
     from embedrec.serving import check_table_path, open_recommender, refuse_overwriting_input
 
     if fmt not in ("table", "json", "csv"):
         raise ConfigError(f"--format must be table, json or csv, got {fmt!r}")
-    if genre is not None and not genre.strip():
-        raise ConfigError("--genre is empty: pass a genre such as Comedy, or drop --genre")
+    genre_filter(genre)  # before the model loads: an empty --genre is refused at once
     if sum((user is not None, ratings_file is not None, users_file is not None, all_users)) != 1:
         raise ConfigError("pass exactly one of --user U, --ratings FILE, --users-file FILE or --all-users")
     batch = users_file is not None or all_users
