@@ -71,6 +71,24 @@ def test_bad_user_ratings_name_the_file_and_line(tmp_path: Path, body: str, mess
         read_user_ratings(write(tmp_path / "mine.csv", body))
 
 
+def test_a_file_that_cannot_be_read_again_for_line_numbers_still_gets_its_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lines are counted by reading the file a second time; if that fails (the file was removed or its
+    permission changed in between), every error still says what is wrong, only without the line."""
+    import embedrec.data.user_files as user_files
+
+    def gone(*args: object, **kwargs: object) -> list[int | None]:
+        raise PermissionError(13, "Permission denied")
+
+    path = write(tmp_path / "mine.csv", "movieId,rating\n1,5\n2,3\n1,2\n")
+    monkeypatch.setattr(user_files, "row_lines", gone)
+    with pytest.raises(DataError, match=r"mine.csv both rate movie 1: keep one of the two rows$"):
+        read_user_ratings(path)
+    with pytest.raises(DataError, match=r"bad.csv: movieId 'x' is not an integer$"):
+        read_user_ratings(write(tmp_path / "bad.csv", "movieId,rating\nx,5\n"))
+
+
 def test_ratings_a_model_cannot_fold_in_name_the_file_and_line(tmp_path: Path) -> None:
     path = write(tmp_path / "mine.csv", "movieId,rating\n1,5\n7,4\n8,9\n")
     mine = read_user_ratings(path)

@@ -61,7 +61,7 @@ def read_user_ratings(path: Path, *, option: str = "--ratings") -> pd.DataFrame:
     if repeated.any():  # two ratings of one movie: which one the user meant is not ours to guess
         twice = movie_ids[int(repeated.argmax())]
         first, second = (int(r) for r in np.flatnonzero(movie_ids == twice)[:2])
-        lines = row_lines(path, [first, second], skip=1, spaces_blank=True)
+        lines = _lines(path, [first, second])
         where = f" lines {lines[0]} and {lines[1]}" if None not in lines else ""
         raise DataError(f"{option}: {path}{where} both rate movie {twice}: keep one of the two rows")
     return pd.DataFrame({"movieId": movie_ids, "rating": ratings.to_numpy(np.float64)})
@@ -177,13 +177,17 @@ def _columns(frame: pd.DataFrame, *wanted: str, path: Path, option: str) -> dict
     return {w: found[w] for w in wanted}
 
 
-def _line(path: Path, row: int) -> int | None:
-    """The line of ``path`` holding data row ``row`` of :func:`_read_text_csv`'s frame: pandas skips blank lines
+def _lines(path: Path, rows: list[int]) -> list[int | None]:
+    """The lines of ``path`` holding data rows ``rows`` of :func:`_read_text_csv`'s frame: pandas skips blank lines
     (and lines of only spaces), so this counts them again (error paths only). None: the file changed or is gone."""
     try:
-        return row_lines(path, [row], skip=1, spaces_blank=True)[0]
+        return row_lines(path, rows, skip=1, spaces_blank=True)
     except OSError:
-        return None
+        return [None] * len(rows)
+
+
+def _line(path: Path, row: int) -> int | None:
+    return _lines(path, [row])[0]
 
 
 def _at(path: Path, row: int) -> str:
