@@ -403,6 +403,54 @@ def run_row(
     }
 
 
+def run_row_splits(
+    row: str,
+    *,
+    cache: Path,
+    seeds: list[int],
+    overrides: dict[str, Any],
+    log: Callable[[str], None],
+    split_seeds: list[int | None],
+) -> dict[str, Any]:
+    """:func:`run_row` under each split seed (None: prepare's default split), merged into one result: every split's
+    runs (each marked with its ``split_seed``), the baselines' metrics averaged over the splits, and each split's
+    own result under ``by_split``. A row's mean over several splits tells a method's effect from the luck of one
+    split, which on the sparse rows moves NDCG@10 by more than any change screened on them (README)."""
+    if len(split_seeds) == 1:
+        return run_row(row, cache=cache, seeds=seeds, overrides=overrides, log=log, split_seed=split_seeds[0])
+    each = []
+    for split_seed in split_seeds:
+        got = run_row(row, cache=cache, seeds=seeds, overrides=overrides, log=log, split_seed=split_seed)
+        got["split_seed"] = split_seed
+        each.append(got)
+        s = summarise(got)
+        log(
+            f"{row} split seed {split_seed}: {s['x_popular']:.2f} x popular, {s['x_ease']:.2f} x EASE, RMSE "
+            f"{100 * s['rmse_vs_bias']:+.1f}% vs bias"
+        )
+    return {
+        "row": row,
+        "seconds": round(sum(r["seconds"] for r in each), 1),
+        "runs": [{**run, "split_seed": r["split_seed"]} for r in each for run in r["runs"]],
+        "baselines": _mean_of(r["baselines"] for r in each),
+        "overrides": overrides,
+        "data": each[0]["data"],
+        "split_seeds": split_seeds,
+        "by_split": each,
+    }
+
+
+def _mean_of(trees: Any) -> Any:
+    """The element-wise mean of nested dicts of the same keys (numbers averaged; anything else: the first's)."""
+    trees = list(trees)
+    first = trees[0]
+    if isinstance(first, dict):
+        return {k: _mean_of(t[k] for t in trees) if all(k in t for t in trees) else first[k] for k in first}
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        return float(np.mean([float(t) for t in trees]))
+    return first
+
+
 # ---------------------------------------------------------------------------------------------------------- report
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
     """Means and spreads over seeds, the baselines, and which targets hold."""
@@ -493,6 +541,20 @@ def table(results: list[dict[str, Any]], *, markdown: bool) -> str:
     return render_table(head, lines, markdown=markdown)
 
 
+def split_table(results: list[dict[str, Any]], *, markdown: bool) -> str:
+    """Each split's x most popular / x EASE / RMSE against bias, row by row (the results of several split seeds)."""
+    seeds = results[0]["split_seeds"]
+    head = ["row", *(f"split {seed}" for seed in seeds), "mean"]
+    lines = []
+    for res in results:
+        cells = [res["row"]]
+        for s in [summarise(r) for r in res["by_split"]] + [summarise(res)]:
+            cells.append(f"{s['x_popular']:.2f} / {s['x_ease']:.2f} / {100 * s['rmse_vs_bias']:+.1f}%")
+        lines.append(cells)
+    note = "each cell: NDCG@10 x most popular / x EASE / RMSE against the bias baseline"
+    return render_table(head, lines, markdown=markdown) + f"\n{note}; mean: the ratios of the means over every split"
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``key=value`` with a JSON value (numbers, true/false, [64,16]) or a bare string; dashes become underscores."""
     if "=" not in text:
@@ -537,8 +599,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--split-seed",
+        nargs="+",
         type=int,
-        help="split each row with this seed instead of prepare's default (the same ratings, another split)",
+        help="split each row with this seed instead of prepare's default (the same ratings, another split); "
+        "several: each row under each split, the table their mean and a second table each split's ratios",
     )
     parser.add_argument("--json", type=Path, help="also write every run's numbers to this JSON file")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's)")
@@ -546,15 +610,22 @@ def main(argv: list[str] | None = None) -> int:
     overrides = dict(parse_override(o) for o in args.override)
     check_overrides(overrides)
     args.cache.mkdir(parents=True, exist_ok=True)
-    if args.split_seed is not None and not 0 <= args.split_seed < 2**32:
-        parser.error(f"--split-seed must be a whole number in 0..{2**32 - 1}, got {args.split_seed}")
-    run = partial(run_row, cache=args.cache, seeds=args.seeds, overrides=overrides, split_seed=args.split_seed)
+    split_seeds: list[int | None] = list(args.split_seed) if args.split_seed else [None]
+    for split_seed in split_seeds:
+        if split_seed is not None and not 0 <= split_seed < 2**32:
+            parser.error(f"--split-seed must be a whole number in 0..{2**32 - 1}, got {split_seed}")
+    if len(set(split_seeds)) < len(split_seeds):
+        parser.error(f"--split-seed: each split seed once, got {' '.join(map(str, args.split_seed))}")
+    run = partial(run_row_splits, cache=args.cache, seeds=args.seeds, overrides=overrides, split_seeds=split_seeds)
     results = each_row(args.rows, run, args.json)
     print(table(results, markdown=args.markdown))
+    if len(split_seeds) > 1:
+        print()
+        print(split_table(results, markdown=args.markdown))
     if overrides:
         print(f"overrides: {overrides}")
-    if args.split_seed is not None:
-        print(f"split seed: {args.split_seed}")
+    if args.split_seed:
+        print(f"split seeds: {' '.join(map(str, args.split_seed))}")
     print(
         f"seeds: {' '.join(map(str, args.seeds))}; targets = NDCG@10 >= 1.1 x popular, >= 0.9 x EASE, "
         "RMSE 2% below bias (temporal: below it)"
