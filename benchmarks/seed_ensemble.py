@@ -10,7 +10,7 @@ NDCG@10 and RMSE is the matrix's figure for those seeds), and the ensemble, whos
 the models' and whose ranking score is the mean of their served ranking scores (:meth:`Scorer.score_users`, the
 blend each model chose on val). Both rank every movie a user has not rated (full ranking), relevant = the top
 quarter of the scale, as the matrix does. The ensemble costs ``len(seeds)`` trainings and ``len(seeds)`` times the
-scoring work: this measures what it would buy (README, "Quality matrix", the measurements of 2026-12-08).
+scoring work: this measures what it would buy (benchmarks/QUALITY.md, the measurements of 2026-12-08).
 """
 
 from __future__ import annotations

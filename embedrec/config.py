@@ -469,7 +469,7 @@ def adapt_to_data(
     ``ml100k-sparse-users-bare`` (91 co-ratings, seeds 42 / 1 .. 9) 0.0517 -> 0.0554 (0.9771 -> 0.9735),
     ``synthetic-sparse-short-bare`` (143, seeds 42 / 1 .. 4) 0.1844 -> 0.1925 (1.7794 -> 1.7558); on
     ``ml100k-thin-bare`` (30 co-ratings) every variant tried lost ranking (16 clusters, 10 seeds: 0.0383 -> 0.0345),
-    hence the floor. Then checked on three bare rows that did not choose it (README, "Quality matrix").
+    hence the floor. Then checked on three bare rows that did not choose it (benchmarks/QUALITY.md).
     Settings named in ``explicit`` (the user's own
     flags) are never changed; only the ``default`` preset adapts.
     """
