@@ -109,6 +109,33 @@ def test_non_integer_id_names_the_line(tmp_path: Path) -> None:
         assert msg.startswith(f"{src / 'movies.csv'}, line 2: movie id {bad!r} is not {kind}"), msg
 
 
+@pytest.mark.parametrize(
+    ("ratings", "movies", "words"),
+    [
+        (HEADER + "1,1,4,100\nu3,1,4,100\n", MOVIES, "'u3'"),  # a bad id
+        (HEADER + "1,1,4,100\n1,2,good,101\n", MOVIES, "'good'"),  # a bad rating
+        (HEADER + "1,1,4,100\n1,2\n", MOVIES, "malformed row"),  # a short row
+        (HEADER + "1,1,4,100\n", "movieId,title,genres\nabc,X (1990),Drama\n", "'abc'"),  # a movies file's id
+    ],
+    ids=["id", "rating", "short-row", "movies-id"],
+)
+def test_a_file_that_cannot_be_read_again_for_its_line_number_still_gets_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ratings: str, movies: str, words: str
+) -> None:
+    """Errors count the file's lines again (pyarrow skips blank lines); when that second read fails (the file was
+    removed or its permission changed since it was parsed), the error names the file and what is wrong, without
+    the line, and is never an OSError traceback."""
+    from embedrec.data import readers
+
+    def unreadable(*args: object, **kwargs: object) -> list[int | None]:
+        raise PermissionError(13, "Permission denied")
+
+    src = make(tmp_path / "src", ratings, movies)
+    monkeypatch.setattr(readers, "row_lines", unreadable)
+    msg = run_error(src, tmp_path)
+    assert words in msg and ", line " not in msg and "csv" in msg, msg
+
+
 def test_empty_id_names_the_line(tmp_path: Path) -> None:
     src = make(tmp_path / "src", HEADER + "1,1,4,100\n,2,4,100\n")
     assert "line 3" in run_error(src, tmp_path)

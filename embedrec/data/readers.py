@@ -68,10 +68,7 @@ class RatingArrays:
         messages only: it reads the file again."""
         if self.source is None:
             return row + self.first_line
-        try:
-            return row_lines(self.source, [row], skip=self.header_lines, start=self.cut_lines)[0]
-        except OSError:
-            return None
+        return line_of_row(self.source, row, skip=self.header_lines, start=self.cut_lines)
 
 
 def check_text_file(path: Path, *, what: str) -> bytes:
@@ -194,6 +191,15 @@ def row_lines(
     return [found.get(skip + int(r) + 1) for r in rows]
 
 
+def line_of_row(source: Path | bytes, row: int, *, skip: int = 0, start: int = 0) -> int | None:
+    """:func:`row_lines` of one row, for an error message: None when the file cannot be read again (removed, or its
+    permission changed, since it was parsed), so that the error is still one line, without the line number."""
+    try:
+        return row_lines(source, [row], skip=skip, start=start)[0]
+    except OSError:
+        return None
+
+
 def _malformed_row_error(
     path: Path,
     data: bytes | None,
@@ -235,7 +241,7 @@ def _malformed_row_error(
         pass
     line = None
     if hits and hits[0].number is not None and hits[0].number > 0:  # pyarrow numbers non-blank lines from 1
-        line = row_lines(path if data is None else data, [hits[0].number - 1])[0]
+        line = line_of_row(path if data is None else data, hits[0].number - 1)
     if row_format is None:
         advice = f"check --delimiter (the file is read with {delimiter!r}) or fix that line"
     else:
@@ -380,7 +386,7 @@ def read_rating_columns(
 
     def line_of(row: int) -> str:
         """``, line N`` for data row ``row`` (counted again on this error path: pyarrow skips blank lines)."""
-        line = row_lines(path if data is None else data, [row], skip=1 if header else 0)[0]
+        line = line_of_row(path if data is None else data, row, skip=1 if header else 0)
         return f", line {line + line_offset}" if line is not None else ""
 
     time_type = pa.float64() if time_as_float else pa.int64()
