@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -33,6 +34,18 @@ def _check(cond: bool, setting: str, message: str) -> None:
         raise SettingError(setting, message)
 
 
+def whole_number(value: object) -> int | None:
+    """``value`` as an int when it is a whole number (an int, a numpy integer, a finite whole float such as 2.0 or
+    numpy's), else None (True, 2.5, NaN, "2", None). The one rule of every count and size the Python API, the
+    config files and fold-in take; text (a CLI option, a query string) is parsed before it gets here."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    whole = float(value)
+    return int(whole) if math.isfinite(whole) and whole.is_integer() else None
+
+
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """``value`` as the type of the field's default (ints accepted for floats), or None when it is not one."""
     if isinstance(default, bool):
@@ -40,14 +53,14 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     if isinstance(value, bool):
         return None
     if isinstance(default, int):
-        return value if isinstance(value, int) else None
+        return whole_number(value)
     if isinstance(default, float):
         return float(value) if isinstance(value, (int, float)) else None
     if isinstance(default, str):
         return value if isinstance(value, str) else None
     if isinstance(default, tuple):
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        return tuple(value) if ok else None
+        sizes = [whole_number(v) for v in value] if isinstance(value, (list, tuple)) else [None]
+        return tuple(sizes) if None not in sizes else None
     return value
 
 

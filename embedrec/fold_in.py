@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from embedrec.config import whole_number
 from embedrec.errors import ConfigError, DataError
 from embedrec.history import history_mean
 from embedrec.scoring import DenseLayers, Scorer, dense_relu_chain, sigmoid
@@ -222,7 +223,8 @@ FOLD_OPTIONS = (
 
 
 def _whole(v: object, lo: int) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and bool(v >= lo)
+    number = whole_number(v)
+    return number is not None and number >= lo
 
 
 def _number(v: object, lo: float, *, above: bool = False, below: float = math.inf) -> bool:
@@ -299,6 +301,7 @@ def fold_in(
         dtype=dtype,
         rating_loss_weight=rating_loss_weight,
     )
+    steps, patience, sample, negatives, seed = (int(v) for v in (steps, patience, sample, negatives, seed))  # 2.0
     movie_idx = np.asarray(movie_idx, dtype=np.int64)
     if movie_idx.size == 0:
         raise DataError("fold-in needs at least one rating")

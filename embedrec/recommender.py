@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embedrec.config import rating_loss_weight
+from embedrec.config import rating_loss_weight, whole_number
 from embedrec.data.encode import exact_int
 from embedrec.errors import ConfigError, DataError, UnknownIdError
 from embedrec.fold_in import FOLD_OPTIONS, FoldedUser, fold_in
@@ -78,11 +78,10 @@ def _movie_row(table: Any, movie_idx: int) -> tuple[Any, ...]:
 def _whole_number(value: Any, option: str) -> int:
     """``value`` as an int when it is a whole number (an int, a numpy integer, a whole float), else ConfigError naming
     ``option``: a string, None, NaN, 2.5 or True is a caller's mistake, not a count to truncate."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
-        return int(value)
-    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
-        return int(value)
-    raise ConfigError(f"{option} must be a whole number, got {value!r}")
+    number = whole_number(value)
+    if number is None:
+        raise ConfigError(f"{option} must be a whole number, got {value!r}")
+    return number
 
 
 def genre_filter(genre: Any) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from embedrec.config import (
@@ -62,6 +63,19 @@ def test_negatives_need_the_watch_output() -> None:
     with pytest.raises(ConfigError, match="^negatives: "):
         check_settings(ModelConfig(watch_head=False), TrainConfig(negatives=8))
     check_settings(ModelConfig(watch_head=True), TrainConfig(negatives=8))
+
+
+def test_a_whole_number_setting_takes_a_whole_float_and_refuses_any_other() -> None:
+    """One rule for counts and sizes (config.whole_number), as the Python API's -k and fold-in take them: a JSON
+    or TOML file may spell 10 as 10.0; 10.5, true and "10" are refused naming the setting."""
+    cfg = TrainConfig(epochs=10.0, batch_size=np.int64(128))  # type: ignore[arg-type]
+    assert (cfg.epochs, cfg.batch_size) == (10, 128) and type(cfg.epochs) is int and type(cfg.batch_size) is int
+    assert ModelConfig(hidden=(32.0, 8)).hidden == (32, 8)  # type: ignore[arg-type]
+    for bad in (10.5, True, "10", float("nan")):
+        with pytest.raises(ConfigError, match=r"epochs: expected a whole number"):
+            TrainConfig(epochs=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="hidden: expected a list of whole numbers"):
+        ModelConfig(hidden=(32.5, 8))  # type: ignore[arg-type]
 
 
 def test_config_files_accept_dashes_sections_and_toml(tmp_path: Path) -> None:

@@ -241,6 +241,12 @@ def test_fold_in_options_outside_their_domain_are_refused_naming_the_option(rec,
     # the same options inside their domain fit (the check is on the values, not the names)
     assert rec.fold_in([(movie, 4.0)], steps=3, lr=0.01, tol=0.0, patience=1, sample=64).steps <= 3
     assert rec.fold_in([(movie, 4.0)], steps=0).steps == 0  # the mean user, benchmarks/fold_in_quality.py's baseline
+    # a whole float or a numpy integer is the count it spells, as -k and the config files take them
+    as_int = rec.fold_in([(movie, 4.0)], steps=3, sample=64, seed=1)
+    for steps, sample in ((3.0, 64.0), (np.int64(3), np.int32(64))):
+        same = rec.fold_in([(movie, 4.0)], steps=steps, sample=sample, seed=1)
+        assert same.steps == as_int.steps
+        np.testing.assert_array_equal(same.embedding, as_int.embedding)
 
 
 def test_with_a_user_history_a_folded_in_user_gets_the_mean_history_row_of_the_rated_movies(
