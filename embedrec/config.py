@@ -46,6 +46,13 @@ def whole_number(value: object) -> int | None:
     return int(whole) if math.isfinite(whole) and whole.is_integer() else None
 
 
+def as_setting_type(value: Any, like: Any) -> Any:
+    """``value`` as the type of the setting value ``like`` when it is one (10.0 as an int setting is 10, 1 as a
+    float setting 1.0), else ``value`` unchanged: for comparing a given setting with a stored one."""
+    coerced = _coerce("", value, tuple(like) if isinstance(like, list) else like)  # a JSON list is a tuple setting
+    return value if coerced is None else coerced
+
+
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """``value`` as the type of the field's default (ints accepted for floats), or None when it is not one."""
     if isinstance(default, bool):
@@ -637,9 +644,12 @@ def load_config_file(path: Path) -> dict[str, Any]:
             continue
         if key not in defaults:
             raise ConfigError(f"--config: {path} sets unknown {key!r}; known settings: {', '.join(sorted(defaults))}")
-        if _coerce(key, value, defaults[key]) is None:
+        coerced = _coerce(key, value, defaults[key])
+        if coerced is None:
             kind = _KINDS.get(type(defaults[key]), type(defaults[key]).__name__)
             raise ConfigError(f"--config: {path}: {key} must be {kind}, got {value!r}")
+        # as the setting's type (10.0 -> 10, 1 -> 1.0), so that the file reads the same as the run.json it writes
+        flat[key] = list(coerced) if isinstance(coerced, tuple) else coerced
     model_changes, train_changes = split_overrides(flat)
     try:  # each value's own domain, before any flag or preset meets it (those are checked where they are combined)
         ModelConfig(**model_changes)

@@ -37,6 +37,7 @@ from embedrec.config import (
     ModelConfig,
     TrainConfig,
     adapt_to_data,
+    as_setting_type,
     check_model_fits,
     check_settings,
     machine_memory_bytes,
@@ -576,7 +577,11 @@ def _plan_run(
             train_cfg = train_cfg.replace(epochs=int(extra.pop("epochs")))
         _check_resumable(run_dir, train_cfg)
         stored = {**to_dict(model_cfg), **to_dict(train_cfg)}
-        changed = [k for k, v in extra.items() if k not in stored or _as_json(stored[k]) != _as_json(v)]
+        changed = [
+            k
+            for k, v in extra.items()
+            if k not in stored or _as_json(stored[k]) != _as_json(as_setting_type(v, stored[k]))
+        ]
         if changed:
             raise ResumeChangesSettings(changed, str(run_dir / "run.json"))
         loaded = CheckpointDir(run_dir / "checkpoints", required=RESUME_KEYS).load()

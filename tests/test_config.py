@@ -78,6 +78,16 @@ def test_a_whole_number_setting_takes_a_whole_float_and_refuses_any_other() -> N
         ModelConfig(hidden=(32.5, 8))  # type: ignore[arg-type]
 
 
+def test_a_config_file_reads_each_setting_as_its_type(tmp_path: Path) -> None:
+    """What the file spells as another number type is read as the setting's type, so that the same file given
+    again (train --resume --config) matches the run.json the first run wrote."""
+    path = tmp_path / "c.json"
+    path.write_text('{"epochs": 10.0, "lr": 1, "hidden": [32.0, 8]}')
+    got = load_config_file(path)
+    assert got == {"epochs": 10, "lr": 1.0, "hidden": [32, 8]}
+    assert type(got["epochs"]) is int and type(got["lr"]) is float and all(type(v) is int for v in got["hidden"])
+
+
 def test_config_files_accept_dashes_sections_and_toml(tmp_path: Path) -> None:
     toml = tmp_path / "hp.toml"
     toml.write_text('preset = "seed"\nbatch-size = 256\n[model]\nhidden = [32, 8]\n')

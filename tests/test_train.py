@@ -203,6 +203,11 @@ def test_resume_with_other_settings_names_them_by_key(synthetic_prepared: Path, 
     assert str(caught.value).endswith("run.json; drop row_decay, lr (only epochs may change)")
     named = caught.value.named(lambda setting: f"<{setting}>")
     assert str(named).endswith("drop <row_decay>, <lr> (only <epochs> may change)")
+    # the run's own settings spelled as another number type (1024.0 for its batch 1024, 0 for its weight decay 0.0)
+    # are the same settings: the run resumes
+    same = {"epochs": 2, "batch_size": 1024.0, "weight_decay": 0, "hidden": [64.0, 10]}
+    resumed = train_run(synthetic_prepared, out=run, resume=True, overrides=same)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
 
 
 def test_two_devices_match_one(synthetic_prepared: Path, tmp_path: Path) -> None:
