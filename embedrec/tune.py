@@ -43,8 +43,9 @@ Choices, and why:
   it. A second call seeds the sampler with (seed, trials so far), so it does not replay the first call's samples.
   A killed call leaves its running trial behind; the next call marks it failed at once when its process is gone
   (same host), else Optuna's heartbeat does after 90 s. Two calls may search one study at once: neither removes
-  a trial folder the other still trains, and a ``prepare`` that replaces the data stops the search at its next
-  trial (the study's trials compare on one data set).
+  a trial folder the other still trains, the config file is written under a lock on the tune folder (so it holds
+  the study's best when last written, not an older best one of them read), and a ``prepare`` that replaces the
+  data stops the search at its next trial (the study's trials compare on one data set).
 * **Trial runs** train through :func:`embedrec.runs.train_run` into ``<workdir>/tune/models/<study>/trial-NNNN``
   (``<workdir>/tune`` is their work folder, so the user's ``latest`` model is untouched). Only the best trial's
   folder is kept; a pruned, stopped or beaten trial's folder is deleted.
@@ -734,7 +735,18 @@ class _Search:
         )
 
     def write_config(self, study: optuna.Study) -> None:
-        """The best trial's settings as TOML for ``train --config`` (atomic; only over a file embedrec wrote)."""
+        """The best trial's settings as TOML for ``train --config`` (atomic; only over a file embedrec wrote).
+
+        Reading the best trial and writing the file is one critical section under an exclusive lock on the tune
+        folder (the study's own, so nothing is created beside ``--out``): two ``tune`` of one study each wrote the
+        best they had read, and the one that read first could write last, leaving the file on an older best than
+        the study's. Now the file holds the study's best at the time of the last write."""
+        from embedrec.locks import folder_lock
+
+        with folder_lock(self.root, exclusive=True):
+            self._write_config(study)
+
+    def _write_config(self, study: optuna.Study) -> None:
         best = best_trial_number(study, self.ceiling)
         if best is None:
             return

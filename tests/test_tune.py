@@ -586,6 +586,78 @@ def test_a_second_tune_of_the_study_keeps_the_trials_another_one_runs(
     assert f"trial-{dead.number:04d}" not in names
 
 
+@pytest.mark.slow
+def test_two_tunes_of_one_study_leave_the_config_on_the_studys_best(tuned, tmp_path: Path, monkeypatch) -> None:
+    """Two ``tune`` of one study each read the best trial and wrote the config file: the one that read first (here
+    the thread "first", held between its read and its write) could write last, leaving the file on an older best
+    than the study's. Reading and writing now happen under one lock on the tune folder, so the second writer waits
+    and then reads the study's new best."""
+    import threading
+
+    import optuna
+
+    from embedrec import tune as tune_module
+    from embedrec.tune import TuneCallbacks, _Search
+
+    work = tmp_path / "work"
+    shutil.copytree(tuned[0], work)
+    config, root = work / "tuned.toml", work / "tune"
+    old_lr = load_config_file(config)["lr"]
+    first_read, let_first_write = threading.Event(), threading.Event()
+    real_text = tune_module.config_text
+
+    def held_between_read_and_write(settings, *, header):
+        if threading.current_thread().name == "first":
+            first_read.set()
+            let_first_write.wait(30)
+        return real_text(settings, header=header)
+
+    monkeypatch.setattr(tune_module, "config_text", held_between_read_and_write)
+    search = _Search(
+        space=[],
+        objective="ndcg@10",
+        fixed={"preset": "default", "epochs": 2, "seed": 42},
+        data_path=work / "data",
+        prepared=None,  # type: ignore[arg-type]  # writing the config reads the study alone
+        data_dir=None,
+        workdir=work,
+        root=root,
+        runs_root=root / "models" / "default-ndcg@10",
+        db=root / "study.db",
+        config_path=config,
+        deadline=0.0,
+        callbacks=TuneCallbacks(),
+        best_before=None,
+    )
+    first = threading.Thread(target=search.write_config, args=(_study(work),), name="first")
+    first.start()
+    assert first_read.wait(60)
+    # meanwhile the other tune finishes a trial that beats every one (the preset's beyond the noise too)
+    study = _study(work)
+    settings = {**study.trials[0].user_attrs["settings"], "lr": 0.00777}
+    study.add_trial(
+        optuna.trial.create_trial(
+            value=1.0,
+            user_attrs={
+                "settings": settings,
+                "metrics": {"val_ndcg@10": 1.0, "val_rmse": 0.1},
+                "vs_preset": {"z": 9.0, "significant": True},
+            },
+        )
+    )
+    second = threading.Thread(target=search.write_config, args=(_study(work),), name="second")
+    second.start()
+    second.join(timeout=2)
+    assert second.is_alive()  # it waits for the first writer
+    let_first_write.set()
+    first.join(timeout=60)
+    second.join(timeout=60)
+    assert not first.is_alive() and not second.is_alive()
+    assert old_lr != 0.00777 and load_config_file(config)["lr"] == 0.00777  # the study's best, not the first's read
+    assert sorted(p.name for p in root.iterdir()) == sorted(p.name for p in (tuned[0] / "tune").iterdir())
+    assert not [p for p in work.iterdir() if p.name.startswith(".")]  # nothing left beside the config
+
+
 def test_a_prepare_that_replaces_the_data_stops_the_search(synthetic_prepared: Path, tmp_path: Path) -> None:
     """Every trial loads the data folder again: after a ``prepare`` replaced it during the search, the later trials
     trained on the new data in a study of the old (and were compared with the preset on the old val split). The next
