@@ -39,3 +39,44 @@ def test_a_distributed_search_trains_every_trial_on_both_processes_and_process_0
     assert reports[0]["trials"]["complete"] == 2
     assert (workdirs[0] / "tuned.toml").is_file() and (workdirs[0] / "tune" / "study.db").is_file()
     assert not workdirs[1].exists()  # process 1 wrote nothing
+
+
+def _tune_processes(data: Path, workdirs: list[Path], extra: list[list[str]], *, script: str | None = None):
+    """Two ``embedrec tune --distributed`` processes (``script``: Python run before the CLI, in each process)."""
+    port = free_port()
+    start = (
+        ["-c", script + "\nfrom embedrec.cli import main\nmain()\n", "tune"]
+        if script
+        else ["-m", "embedrec.cli", "tune"]
+    )
+    return [
+        subprocess.Popen(
+            [EMBEDREC[0], *start, "--data", str(data), "--workdir", str(wd), "--json", "--distributed"]
+            + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)]
+            + ["--join-timeout", "60", *more],
+            env=cluster_env(1, cluster_process=True),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, (wd, more) in enumerate(zip(workdirs, extra))
+    ]
+
+
+def test_restart_given_to_another_process_than_0_is_refused_by_every_process(
+    synthetic_prepared: Path, tmp_path: Path
+) -> None:
+    """Process 0 alone runs the study, so it alone may start it over (before it announces the first trial); a
+    ``--restart`` given to process 1 is refused on both, with one line, before anything is deleted or trained."""
+    work = tmp_path / "w0"
+    procs = _tune_processes(
+        synthetic_prepared, [work, tmp_path / "w1"], [["--trials", "1"], ["--trials", "1", "--restart"]]
+    )
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 2 and out == "", err
+        assert err.strip() == (
+            "error: --restart was given to process 1: give it to process 0 alone (it runs the study and starts it "
+            "over before the first trial), and start the others without it"
+        )
+    assert not (work / "tune").exists()
