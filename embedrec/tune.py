@@ -586,8 +586,21 @@ class _TrialReport:
         self.search = search
 
     def on_start(self, info: dict[str, Any]) -> None:
-        if not self.search.several:  # a distributed trial's processes check their data together (train_run)
+        """Refuse a trial on data prepared again since the search started. In a distributed trial process 0 decides
+        and every process leaves the trial with it (``train_run`` checks only that the processes train the same
+        data as each other, not the study's: after a ``prepare`` that replaced a data folder they all read, they
+        agreed on the new data and trained it in a study of the old)."""
+        refused: Exception | None = None
+        try:
             self.search.check_same_data(self.trial.number)
+        except Exception as exc:  # also an unreadable run.json: raised after the collective, or the others wait
+            refused = exc
+        if self.search.several:  # the others wait for the answer before their first epoch (_FollowerReport)
+            from embedrec import distributed
+
+            distributed.any_process(refused is not None)
+        if refused is not None:
+            raise refused
 
     def on_block(self, epoch: int, step: int, steps: int, loss: float, samples_per_s: float) -> None: ...
 
@@ -956,7 +969,8 @@ def _follow(data_dir: Path | None, *, workdir: Path) -> TuneResult:
 
 
 class _FollowerPruned(Exception):
-    """Process 0's pruner stopped the trial (raised on the other processes at the same epoch)."""
+    """Process 0's pruner stopped the trial (raised on the other processes at the same epoch), or process 0 refused
+    it before its first epoch (the data was prepared again)."""
 
 
 class _FollowerReport:
@@ -965,7 +979,12 @@ class _FollowerReport:
     def __init__(self, objective: str, data_path: Path) -> None:
         self.objective, self.data_path = objective, data_path
 
-    def on_start(self, info: dict[str, Any]) -> None: ...
+    def on_start(self, info: dict[str, Any]) -> None:
+        from embedrec import distributed
+
+        if distributed.any_process(False):  # process 0 found the data prepared again (_TrialReport.on_start)
+            raise _FollowerPruned("the data was prepared again: process 0 refuses the trial")
+
     def on_block(self, epoch: int, step: int, steps: int, loss: float, samples_per_s: float) -> None: ...
 
     def on_epoch(self, record: dict[str, Any]) -> None:
