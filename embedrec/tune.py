@@ -40,11 +40,13 @@ Choices, and why:
   as failed, reason "time budget reached", so the sampler does not learn from it; so is a trial whose loss
   diverged). ``n_trials`` caps the trials of one call.
 * **Storage**: SQLite in ``<workdir>/tune/study.db``, one study per preset and objective; calling again continues
-  it. A second call seeds the sampler with (seed, trials so far), so it does not replay the first call's samples.
+  it (``--restart`` deletes this study and its trial folders first, never the other studies of ``study.db``). A
+  second call seeds the sampler with (seed, trials so far), so it does not replay the first call's samples.
   A killed call leaves its running trial behind; the next call marks it failed at once when its process is gone
   (same host), else Optuna's heartbeat does after 90 s. Two calls may search one study at once: neither removes
-  a trial folder the other still trains, and a ``prepare`` that replaces the data stops the search at its next
-  trial (the study's trials compare on one data set).
+  a trial folder the other still trains, the config file is written under a lock on the tune folder (so it holds
+  the study's best when last written, not an older best one of them read), and a ``prepare`` that replaces the
+  data stops the search at its next trial (the study's trials compare on one data set).
 * **Trial runs** train through :func:`embedrec.runs.train_run` into ``<workdir>/tune/models/<study>/trial-NNNN``
   (``<workdir>/tune`` is their work folder, so the user's ``latest`` model is untouched). Only the best trial's
   folder is kept; a pruned, stopped or beaten trial's folder is deleted.
@@ -463,6 +465,19 @@ def _check_writable(db: Path) -> None:
     _check_writable_at(db, named=db.parent)  # the journal beside it
 
 
+def _storage(db: Path) -> optuna.storages.RDBStorage:
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            f"sqlite:///{db.resolve()}",
+            heartbeat_interval=30,
+            grace_period=90,
+            engine_kwargs={"connect_args": {"timeout": 60}},
+        )
+
+
 def _open_study(
     db: Path, *, name: str, direction: Literal["minimize", "maximize"], sampler: Any, pruner: Any
 ) -> optuna.Study:
@@ -470,17 +485,51 @@ def _open_study(
 
     db.parent.mkdir(parents=True, exist_ok=True)
     _check_writable(db)
+    return optuna.create_study(
+        storage=_storage(db), study_name=name, direction=direction, sampler=sampler, pruner=pruner, load_if_exists=True
+    )
+
+
+def _restart_study(db: Path, *, name: str, runs_root: Path) -> None:
+    """``--restart``: delete the study ``name`` from ``db`` and its trial folders, so that the search starts over.
+
+    Only this study goes: ``db`` holds every study of the work folder (one per preset and objective), and only the
+    trial folders embedrec wrote under ``runs_root`` (``models/<study>``), none that a process trains into now.
+    Refused while a live process runs one of the study's trials (another ``tune`` of it: deleting the study under
+    it would fail its next write); a trial whose process is gone (same host), or whose heartbeat stopped 90 s ago,
+    is failed first, as a resumed search does. No study of that name: nothing to delete."""
+    import optuna
+
+    if not db.is_file():
+        return
+    _check_writable(db)
+    storage = _storage(db)
+    if name not in optuna.get_all_study_names(storage):
+        return
+    study = optuna.load_study(study_name=name, storage=storage)
+    _fail_dead_trials(study, runs_root)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(
-            f"sqlite:///{db.resolve()}",
-            heartbeat_interval=30,
-            grace_period=90,
-            engine_kwargs={"connect_args": {"timeout": 60}},
+        optuna.storages.fail_stale_trials(study)
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    if running:
+        owner = running[0].user_attrs.get("process") or {}
+        by = f" (process {owner['pid']} on {owner['host']})" if {"pid", "host"} <= set(owner) else ""
+        raise ConfigError(
+            f"--restart: another embedrec tune of the study {name!r} in {db} is running trial "
+            f"{running[0].number}{by}; wait for it to finish or stop it, then restart"
         )
-    return optuna.create_study(
-        storage=storage, study_name=name, direction=direction, sampler=sampler, pruner=pruner, load_if_exists=True
-    )
+    optuna.delete_study(study_name=name, storage=storage)
+    for path in sorted(runs_root.glob(f"{TRIAL_PREFIX}*")):
+        _remove_trial_run(path, runs_root)
+    latest = db.parent / "models" / "latest"  # the tune folder's own `latest`: the best trial of the last search
+    try:
+        if latest.is_file():
+            target = (db.parent / "models" / latest.read_text(encoding="utf-8").strip()).resolve()
+            if runs_root.resolve() in target.parents:
+                latest.unlink()
+    except OSError:
+        pass
 
 
 def _check_same_study(study: optuna.Study, identity: dict[str, Any], db: Path) -> None:
@@ -489,8 +538,8 @@ def _check_same_study(study: optuna.Study, identity: dict[str, Any], db: Path) -
     if stored is None:
         if study.trials:
             raise ConfigError(
-                f"{db} holds a study {study.study_name!r} that embedrec tune did not start; delete "
-                f"{db.parent} or use another --workdir"
+                f"{db} holds a study {study.study_name!r} that embedrec tune did not start; pass --restart to "
+                "replace it (the other studies are kept), or use another --workdir"
             )
         study.set_user_attr("embedrec", identity)
         return
@@ -504,14 +553,14 @@ def _check_same_study(study: optuna.Study, identity: dict[str, Any], db: Path) -
         if key == "data_fingerprint" and stored.get(key) != identity[key]:
             raise ConfigError(  # re-prepared data: the study's data is usually gone, so "pass the same" cannot help
                 f"the study {study.study_name!r} in {db} was run on other data than --data holds now (prepared "
-                f"again since?); delete {db.parent} (or use another --workdir) to tune on this data, or pass the "
-                "--data the study was run on"
+                "again since?); pass --restart to start this study over on this data (the other studies are "
+                "kept), or pass the --data the study was run on"
             )
         if stored.get(key) != identity[key]:
             raise ConfigError(
                 f"the study {study.study_name!r} in {db} was run with other {option} "
-                f"({stored.get(key)!r}, now {identity[key]!r}); pass the same, or delete {db.parent} "
-                "(or use another --workdir) to start over"
+                f"({stored.get(key)!r}, now {identity[key]!r}); pass the same, or pass --restart to start this "
+                "study over (the other studies are kept)"
             )
 
 
@@ -537,8 +586,21 @@ class _TrialReport:
         self.search = search
 
     def on_start(self, info: dict[str, Any]) -> None:
-        if not self.search.several:  # a distributed trial's processes check their data together (train_run)
+        """Refuse a trial on data prepared again since the search started. In a distributed trial process 0 decides
+        and every process leaves the trial with it (``train_run`` checks only that the processes train the same
+        data as each other, not the study's: after a ``prepare`` that replaced a data folder they all read, they
+        agreed on the new data and trained it in a study of the old)."""
+        refused: Exception | None = None
+        try:
             self.search.check_same_data(self.trial.number)
+        except Exception as exc:  # also an unreadable run.json: raised after the collective, or the others wait
+            refused = exc
+        if self.search.several:  # the others wait for the answer before their first epoch (_FollowerReport)
+            from embedrec import distributed
+
+            distributed.any_process(refused is not None)
+        if refused is not None:
+            raise refused
 
     def on_block(self, epoch: int, step: int, steps: int, loss: float, samples_per_s: float) -> None: ...
 
@@ -598,7 +660,7 @@ class _Search:
             raise ConfigError(
                 f"{self.data_path} was prepared again while tune ran (now {got}, the study's data is "
                 f"{self.prepared.fingerprint}): trial {number} was not trained; its study compares trials on one "
-                f"data set, so delete {self.root} (or use another --workdir) to tune on the new data"
+                "data set, so run tune again with --restart to start this study over on the new data"
             )
 
     def run_trial(self, trial: optuna.Trial) -> float:
@@ -734,7 +796,18 @@ class _Search:
         )
 
     def write_config(self, study: optuna.Study) -> None:
-        """The best trial's settings as TOML for ``train --config`` (atomic; only over a file embedrec wrote)."""
+        """The best trial's settings as TOML for ``train --config`` (atomic; only over a file embedrec wrote).
+
+        Reading the best trial and writing the file is one critical section under an exclusive lock on the tune
+        folder (the study's own, so nothing is created beside ``--out``): two ``tune`` of one study each wrote the
+        best they had read, and the one that read first could write last, leaving the file on an older best than
+        the study's. Now the file holds the study's best at the time of the last write."""
+        from embedrec.locks import folder_lock
+
+        with folder_lock(self.root, exclusive=True):
+            self._write_config(study)
+
+    def _write_config(self, study: optuna.Study) -> None:
         best = best_trial_number(study, self.ceiling)
         if best is None:
             return
@@ -792,18 +865,23 @@ def tune(
     callbacks: TuneCallbacks | None = None,
     pruner: Any = None,
     cluster: Cluster | None = None,
+    restart: bool = False,
 ) -> TuneResult:
     """Search hyperparameters on the validation split and write the best as a config file; returns the outcome.
 
     ``data_dir`` defaults to ``<workdir>/data``; ``out`` to ``<workdir>/tuned.toml``. The search runs until
     ``budget_s`` seconds have passed or ``n_trials`` trials have run in this call, whichever comes first (at least
     one of them must be given). ``max_epochs`` caps each trial's epochs (default: the preset's). ``pruner`` replaces
-    the median rule (any Optuna pruner). Raises ConfigError when no trial finished.
+    the median rule (any Optuna pruner). ``restart`` deletes this study (``<preset>-<objective>``, the other studies
+    in ``study.db`` are kept) and its trial folders first, so the search starts over (:func:`_restart_study`).
+    Raises ConfigError when no trial finished.
 
     With ``cluster`` (or a JAX cluster the caller joined) every trial trains across the processes: process 0 runs
     the study (its database, sampler, pruner, budget and the config file) and announces each trial; the others train
     it with process 0 (:func:`embedrec.runs.train_run` checks that they train the same thing), stop at the epoch the
-    pruner or the budget stops process 0, write nothing, and end with process 0's outcome.
+    pruner or the budget stops process 0, write nothing, and end with process 0's outcome. Only process 0 may be
+    given ``restart`` (it restarts the study before it announces the first trial); every process refuses it when
+    another one was.
     """
     from embedrec import distributed
 
@@ -824,9 +902,16 @@ def tune(
         seed=seed,
         callbacks=callbacks,
         pruner=pruner,
+        restart=restart,
     )
     if not distributed.joined():
         return search()
+    given = [i for i, text in enumerate(distributed.exchange_text(json.dumps(restart))) if json.loads(text)]
+    if any(i > 0 for i in given):  # every process sees the same list and refuses together: none waits for another
+        raise ConfigError(
+            f"--restart was given to process {', '.join(str(i) for i in given if i > 0)}: give it to process 0 "
+            "alone (it runs the study and starts it over before the first trial), and start the others without it"
+        )
     if not distributed.is_writer():
         return _follow(data_dir, workdir=Path(workdir))
     try:
@@ -884,7 +969,8 @@ def _follow(data_dir: Path | None, *, workdir: Path) -> TuneResult:
 
 
 class _FollowerPruned(Exception):
-    """Process 0's pruner stopped the trial (raised on the other processes at the same epoch)."""
+    """Process 0's pruner stopped the trial (raised on the other processes at the same epoch), or process 0 refused
+    it before its first epoch (the data was prepared again)."""
 
 
 class _FollowerReport:
@@ -893,7 +979,12 @@ class _FollowerReport:
     def __init__(self, objective: str, data_path: Path) -> None:
         self.objective, self.data_path = objective, data_path
 
-    def on_start(self, info: dict[str, Any]) -> None: ...
+    def on_start(self, info: dict[str, Any]) -> None:
+        from embedrec import distributed
+
+        if distributed.any_process(False):  # process 0 found the data prepared again (_TrialReport.on_start)
+            raise _FollowerPruned("the data was prepared again: process 0 refuses the trial")
+
     def on_block(self, epoch: int, step: int, steps: int, loss: float, samples_per_s: float) -> None: ...
 
     def on_epoch(self, record: dict[str, Any]) -> None:
@@ -917,6 +1008,7 @@ def _tune_here(
     seed: int,
     callbacks: TuneCallbacks | None,
     pruner: Any,
+    restart: bool = False,
     several: bool = False,
 ) -> TuneResult:
     """:func:`tune` in this process (process 0 of a distributed search: ``several``)."""
@@ -996,6 +1088,8 @@ def _tune_here(
         if pruner is not None
         else optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=min(3, max(epochs // 4, 1)))
     )
+    if restart:  # before the study is opened: a study refused below (other data, epochs, seed) is what it replaces
+        _restart_study(db, name=name, runs_root=runs_root)
     study = _open_study(db, name=name, direction=direction, sampler=None, pruner=pruner)
     _check_same_study(study, identity, db)
     _fail_dead_trials(study, runs_root)

@@ -586,6 +586,78 @@ def test_a_second_tune_of_the_study_keeps_the_trials_another_one_runs(
     assert f"trial-{dead.number:04d}" not in names
 
 
+@pytest.mark.slow
+def test_two_tunes_of_one_study_leave_the_config_on_the_studys_best(tuned, tmp_path: Path, monkeypatch) -> None:
+    """Two ``tune`` of one study each read the best trial and wrote the config file: the one that read first (here
+    the thread "first", held between its read and its write) could write last, leaving the file on an older best
+    than the study's. Reading and writing now happen under one lock on the tune folder, so the second writer waits
+    and then reads the study's new best."""
+    import threading
+
+    import optuna
+
+    from embedrec import tune as tune_module
+    from embedrec.tune import TuneCallbacks, _Search
+
+    work = tmp_path / "work"
+    shutil.copytree(tuned[0], work)
+    config, root = work / "tuned.toml", work / "tune"
+    old_lr = load_config_file(config)["lr"]
+    first_read, let_first_write = threading.Event(), threading.Event()
+    real_text = tune_module.config_text
+
+    def held_between_read_and_write(settings, *, header):
+        if threading.current_thread().name == "first":
+            first_read.set()
+            let_first_write.wait(30)
+        return real_text(settings, header=header)
+
+    monkeypatch.setattr(tune_module, "config_text", held_between_read_and_write)
+    search = _Search(
+        space=[],
+        objective="ndcg@10",
+        fixed={"preset": "default", "epochs": 2, "seed": 42},
+        data_path=work / "data",
+        prepared=None,  # type: ignore[arg-type]  # writing the config reads the study alone
+        data_dir=None,
+        workdir=work,
+        root=root,
+        runs_root=root / "models" / "default-ndcg@10",
+        db=root / "study.db",
+        config_path=config,
+        deadline=0.0,
+        callbacks=TuneCallbacks(),
+        best_before=None,
+    )
+    first = threading.Thread(target=search.write_config, args=(_study(work),), name="first")
+    first.start()
+    assert first_read.wait(60)
+    # meanwhile the other tune finishes a trial that beats every one (the preset's beyond the noise too)
+    study = _study(work)
+    settings = {**study.trials[0].user_attrs["settings"], "lr": 0.00777}
+    study.add_trial(
+        optuna.trial.create_trial(
+            value=1.0,
+            user_attrs={
+                "settings": settings,
+                "metrics": {"val_ndcg@10": 1.0, "val_rmse": 0.1},
+                "vs_preset": {"z": 9.0, "significant": True},
+            },
+        )
+    )
+    second = threading.Thread(target=search.write_config, args=(_study(work),), name="second")
+    second.start()
+    second.join(timeout=2)
+    assert second.is_alive()  # it waits for the first writer
+    let_first_write.set()
+    first.join(timeout=60)
+    second.join(timeout=60)
+    assert not first.is_alive() and not second.is_alive()
+    assert old_lr != 0.00777 and load_config_file(config)["lr"] == 0.00777  # the study's best, not the first's read
+    assert sorted(p.name for p in root.iterdir()) == sorted(p.name for p in (tuned[0] / "tune").iterdir())
+    assert not [p for p in work.iterdir() if p.name.startswith(".")]  # nothing left beside the config
+
+
 def test_a_prepare_that_replaces_the_data_stops_the_search(synthetic_prepared: Path, tmp_path: Path) -> None:
     """Every trial loads the data folder again: after a ``prepare`` replaced it during the search, the later trials
     trained on the new data in a study of the old (and were compared with the preset on the old val split). The next
@@ -614,7 +686,7 @@ def test_a_prepare_that_replaces_the_data_stops_the_search(synthetic_prepared: P
             objective="rmse",
             callbacks=PrepareAfterTheFirstTrial(),
         )
-    assert "delete" in str(err.value) and str(tmp_path / "tune") in str(err.value)
+    assert "--restart to start this study over on the new data" in str(err.value) and "delete" not in str(err.value)
     first, second = _study(tmp_path, "seed-rmse").trials
     assert first.state == optuna.trial.TrialState.COMPLETE and second.state == optuna.trial.TrialState.FAIL
     assert "epochs" not in second.user_attrs  # it never trained an epoch
@@ -623,7 +695,83 @@ def test_a_prepare_that_replaces_the_data_stops_the_search(synthetic_prepared: P
     # the next call, on the data as it is now: the study's data is gone, so the fix is a new study, not "the same"
     with pytest.raises(ConfigError, match=r"was run on other data than --data holds now \(prepared again") as err:
         tune(data, workdir=tmp_path, n_trials=1, budget_s=None, max_epochs=1, preset="seed", objective="rmse")
-    assert f"delete {tmp_path / 'tune'}" in str(err.value) and "pass the same" not in str(err.value)
+    assert "pass --restart to start this study over" in str(err.value) and "pass the same" not in str(err.value)
+    assert "delete" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_restart_starts_only_this_study_over(tuned, synthetic_prepared: Path, tmp_path: Path) -> None:
+    """On data prepared again, the refusal said to delete the tune folder, which holds every study of the work folder
+    (and their trial models). ``--restart`` deletes only this study and the trial folders embedrec wrote for it (not
+    one a process trains into, nor any other file), then tunes from scratch; it is refused while another tune runs
+    one of the study's trials, and harmless where there is no study."""
+    import os
+    import socket
+
+    import optuna
+
+    from embedrec.data import PrepareConfig, load_prepared, prepare_synthetic
+    from embedrec.locks import run_folder_lock
+
+    work = tmp_path / "work"
+    shutil.copytree(tuned[0], work)
+    runs = work / "tune" / "models" / "default-ndcg@10"
+    other_study = ["--preset", "seed", "--objective", "rmse", "--trials", "1", "--max-epochs", "1"]
+    done = run_cli(["tune", "--data", synthetic_prepared, "--workdir", work, *other_study], work)
+    assert done.returncode == 0, done.stderr
+    seed_trials = len(_study(work, "seed-rmse").trials)
+    seed_runs = sorted(p.name for p in (work / "tune" / "models" / "seed-rmse").iterdir())
+    assert seed_runs
+    new_data = tmp_path / "new-data"  # the data prepared again: another fingerprint
+    prepare_synthetic(out=new_data, n_users=250, n_movies=300, n_ratings=15_000, seed=1, config=PrepareConfig())
+    args = ["tune", "--data", new_data, "--workdir", work, "--trials", "1", "--max-epochs", "1", "--json"]
+
+    refused = run_cli(args, work)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+    assert "pass --restart to start this study over on this data" in refused.stderr
+    assert "delete" not in refused.stderr
+
+    study = _study(work)
+    live = study.ask()  # another tune's trial, running now in this process
+    live.set_user_attr("process", {"host": socket.gethostname(), "pid": os.getpid()})
+    busy = run_cli([*args, "--restart"], work)
+    assert busy.returncode == 2 and len(busy.stderr.strip().splitlines()) == 1, busy.stderr
+    assert f"is running trial {live.number}" in busy.stderr and "Traceback" not in busy.stderr
+    assert len(_study(work).trials) == 3 and (runs / "trial-0000").is_dir()  # nothing deleted
+    study.tell(live, state=optuna.trial.TrialState.FAIL)
+
+    held, mine = runs / "trial-0099", runs / "notes"  # a folder a trainer holds now, and one embedrec did not write
+    held.mkdir()
+    shutil.copyfile(runs / "trial-0000" / "run.json", held / "run.json")
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine\n")
+    with run_folder_lock(held):
+        again = run_cli([*args, "--restart"], work)
+    assert again.returncode == 0, again.stderr
+    report = json.loads(again.stdout)
+    assert report["trials"]["total"] == report["trials"]["this_call"] == 1 and report["best"]["trial"] == 0
+    restarted = _study(work)
+    assert restarted.user_attrs["embedrec"]["data_fingerprint"] == load_prepared(new_data).fingerprint
+    assert json.loads((runs / "trial-0000" / "run.json").read_text())["data"]["fingerprint"] == (
+        load_prepared(new_data).fingerprint
+    )  # the new search's trial, not the old study's
+    assert sorted(p.name for p in runs.iterdir()) == ["notes", "trial-0000", "trial-0099"]
+    assert (mine / "keep.txt").read_text() == "mine\n"
+    # the other study of the work folder, and its trial models, are untouched
+    assert len(_study(work, "seed-rmse").trials) == seed_trials
+    assert sorted(p.name for p in (work / "tune" / "models" / "seed-rmse").iterdir()) == seed_runs
+
+    # no study to restart (no study.db at all, then a study.db without this study): the search just starts
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    done = run_cli(["tune", "--data", synthetic_prepared, "--workdir", fresh, *other_study, "--restart"], fresh)
+    assert done.returncode == 0, done.stderr
+    assert len(_study(fresh, "seed-rmse").trials) == 1
+    rmse_study = ["--objective", "rmse", "--trials", "1", "--max-epochs", "1", "--restart"]
+    done = run_cli(["tune", "--data", synthetic_prepared, "--workdir", fresh, *rmse_study], fresh)
+    assert done.returncode == 0, done.stderr
+    assert len(_study(fresh, "default-rmse").trials) == 1 and len(_study(fresh, "seed-rmse").trials) == 1
 
 
 def test_an_out_that_cannot_be_written_is_refused_before_any_trial(synthetic_prepared: Path, tmp_path: Path) -> None:

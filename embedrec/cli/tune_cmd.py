@@ -187,6 +187,14 @@ def tune_cmd(
         Path | None,
         typer.Option("--out", help="Config file to write \\[default: <workdir>/tuned.toml].", show_default=False),
     ] = None,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart",
+            help="Start this study (--preset and --objective) over: delete its trials and trial folders first; the "
+            "work folder's other studies are kept. In a distributed tune, give it to process 0 alone.",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the closing summary.")] = False,
     distributed: DistributedOpt = False,
     coordinator: CoordinatorOpt = None,
@@ -217,6 +225,7 @@ def tune_cmd(
             seed=seed,
             callbacks=view,
             cluster=cluster,
+            restart=restart,
         )
     finally:
         view.stop()
