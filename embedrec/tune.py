@@ -879,9 +879,9 @@ def tune(
     With ``cluster`` (or a JAX cluster the caller joined) every trial trains across the processes: process 0 runs
     the study (its database, sampler, pruner, budget and the config file) and announces each trial; the others train
     it with process 0 (:func:`embedrec.runs.train_run` checks that they train the same thing), stop at the epoch the
-    pruner or the budget stops process 0, write nothing, and end with process 0's outcome. Only process 0 may be
-    given ``restart`` (it restarts the study before it announces the first trial); every process refuses it when
-    another one was.
+    pruner or the budget stops process 0, write nothing, and end with process 0's outcome. ``restart`` must be
+    given to every process or to none (process 0 restarts the study before it announces the first trial); every
+    process refuses a mix.
     """
     from embedrec import distributed
 
@@ -906,11 +906,12 @@ def tune(
     )
     if not distributed.joined():
         return search()
-    given = [i for i, text in enumerate(distributed.exchange_text(json.dumps(restart))) if json.loads(text)]
-    if any(i > 0 for i in given):  # every process sees the same list and refuses together: none waits for another
+    flags = [bool(json.loads(text)) for text in distributed.exchange_text(json.dumps(restart))]
+    if any(flags) and not all(flags):  # every process sees the same list and refuses together: none waits
+        given = ", ".join(str(i) for i, flag in enumerate(flags) if flag)
         raise ConfigError(
-            f"--restart was given to process {', '.join(str(i) for i in given if i > 0)}: give it to process 0 "
-            "alone (it runs the study and starts it over before the first trial), and start the others without it"
+            f"--restart was given to process {given} only: give every process the same options, --restart to all "
+            "of them or to none (process 0 starts the study over before the first trial)"
         )
     if not distributed.is_writer():
         return _follow(data_dir, workdir=Path(workdir))

@@ -64,11 +64,11 @@ def _tune_processes(data: Path, workdirs: list[Path], extra: list[list[str]], *,
     ]
 
 
-def test_restart_given_to_another_process_than_0_is_refused_by_every_process(
+def test_restart_given_to_some_processes_only_is_refused_by_every_process(
     synthetic_prepared: Path, tmp_path: Path
 ) -> None:
-    """Process 0 alone runs the study, so it alone may start it over (before it announces the first trial); a
-    ``--restart`` given to process 1 is refused on both, with one line, before anything is deleted or trained."""
+    """Every process of a distributed tune takes the same options: ``--restart`` given to process 1 alone is
+    refused on both, with one line, before anything is deleted or trained (given to all, process 0 restarts)."""
     work = tmp_path / "w0"
     procs = _tune_processes(
         synthetic_prepared, [work, tmp_path / "w1"], [["--trials", "1"], ["--trials", "1", "--restart"]]
@@ -77,10 +77,29 @@ def test_restart_given_to_another_process_than_0_is_refused_by_every_process(
     for p, (out, err) in zip(procs, results):
         assert p.returncode == 2 and out == "", err
         assert err.strip() == (
-            "error: --restart was given to process 1: give it to process 0 alone (it runs the study and starts it "
-            "over before the first trial), and start the others without it"
+            "error: --restart was given to process 1 only: give every process the same options, --restart to all "
+            "of them or to none (process 0 starts the study over before the first trial)"
         )
     assert not (work / "tune").exists()
+    # given to every process, as every other option: process 0 starts the study over, and both train its trial
+    first = subprocess.run(
+        EMBEDREC
+        + ["tune", "--data", str(synthetic_prepared), "--workdir", str(work), "--trials", "1", "--max-epochs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert first.returncode == 0, first.stderr
+    again = ["--trials", "1", "--max-epochs", "1", "--restart"]
+    procs = _tune_processes(synthetic_prepared, [work, tmp_path / "w1"], [again, again])
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err
+    import optuna
+
+    study = optuna.load_study(study_name="default-ndcg@10", storage=f"sqlite:///{work / 'tune' / 'study.db'}")
+    assert len(study.trials) == 1  # the first call's trial went with the restart: one trial, the new one
+    assert not (tmp_path / "w1").exists()  # process 1 wrote nothing
 
 
 def test_a_prepare_that_replaces_the_data_stops_a_distributed_search(synthetic_prepared: Path, tmp_path: Path) -> None:

@@ -192,7 +192,7 @@ def tune_cmd(
         typer.Option(
             "--restart",
             help="Start this study (--preset and --objective) over: delete its trials and trial folders first; the "
-            "work folder's other studies are kept. In a distributed tune, give it to process 0 alone.",
+            "work folder's other studies are kept. In a distributed tune, give it to every process.",
         ),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the closing summary.")] = False,
