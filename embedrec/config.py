@@ -349,6 +349,7 @@ def check_settings(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
 
 def preset(name: str) -> tuple[ModelConfig, TrainConfig]:
     """The named preset's configs. ``seed`` is the original network; ``default`` is the measured best."""
+    check_preset(name)
     if name == "seed":
         return (
             ModelConfig(
@@ -364,35 +365,44 @@ def preset(name: str) -> tuple[ModelConfig, TrainConfig]:
             # per epoch within 0.01 of Adam's (measured and tested; README "Benchmarks")
             TrainConfig(lr=1e-3, batch_size=1024, epochs=5, weight_decay=0.0, optimizer="rowwise_adam", negatives=0),
         )
-    if name == "default":
-        # chosen on MovieLens-100K (random 70/10/20 split); the sweep: README "Quality on MovieLens-100K"
-        return (
-            ModelConfig(
-                embedding_dim=64,
-                hidden=(64, 16),
-                dropout=0.2,
-                genre_mode="bag",
-                biases=True,
-                watch_head=True,
-                init="scaled",
-            ),
-            TrainConfig(
-                lr=3e-3,
-                batch_size=256,
-                epochs=40,
-                weight_decay=0.01,
-                optimizer="lazy_adam",
-                # 64 shared negatives: test NDCG@10 0.340 against 0.317 with 16 (mean of four seeds), 13% slower
-                lr_decay=1.0,
-                patience=3,
-                negatives=64,
-                watch_weight=1.0,
-                watch_loss="softmax",
-                sampling="uniform",
-                scale_free_rating_loss=True,
-            ),
-        )
-    raise ConfigError(f"--preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    # the default preset, chosen on MovieLens-100K (random 70/10/20 split); the sweep: README "Quality on
+    # MovieLens-100K"
+    return (
+        ModelConfig(
+            embedding_dim=64,
+            hidden=(64, 16),
+            dropout=0.2,
+            genre_mode="bag",
+            biases=True,
+            watch_head=True,
+            init="scaled",
+        ),
+        TrainConfig(
+            lr=3e-3,
+            batch_size=256,
+            epochs=40,
+            weight_decay=0.01,
+            optimizer="lazy_adam",
+            # 64 shared negatives: test NDCG@10 0.340 against 0.317 with 16 (mean of four seeds), 13% slower
+            lr_decay=1.0,
+            patience=3,
+            negatives=64,
+            watch_weight=1.0,
+            watch_loss="softmax",
+            sampling="uniform",
+            scale_free_rating_loss=True,
+        ),
+    )
+
+
+def check_preset(name: object, *, where: str | None = None) -> str:
+    """``name`` when it names a preset; else ConfigError, from ``--preset`` or from ``where`` (a config file's
+    ``preset`` key). The one check of a preset name (train, tune, config files)."""
+    if isinstance(name, str) and name in PRESETS:
+        return name
+    if where is None:
+        raise ConfigError(f"--preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    raise ConfigError(f"{where}: preset must be one of {', '.join(PRESETS)}, got {name!r}")
 
 
 FIVE_STAR_SPAN = 4.0
@@ -639,8 +649,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
             put(key, value, key)
     for key, value in flat.items():
         if key == "preset":
-            if not isinstance(value, str) or value not in PRESETS:
-                raise ConfigError(f"--config: {path}: preset must be one of {', '.join(PRESETS)}, got {value!r}")
+            check_preset(value, where=f"--config: {path}")
             continue
         if key not in defaults:
             raise ConfigError(f"--config: {path} sets unknown {key!r}; known settings: {', '.join(sorted(defaults))}")

@@ -68,7 +68,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from embedrec.config import PRESETS, SEED_LIMIT, ModelConfig, TrainConfig, to_dict
+from embedrec.config import SEED_LIMIT, ModelConfig, TrainConfig, check_preset, to_dict
 from embedrec.config import preset as preset_configs
 from embedrec.errors import ConfigError, EmbedrecError, SettingError, TrainingDiverged
 from embedrec.workdir import atomic_write_text, set_latest_run
@@ -1020,8 +1020,7 @@ def _tune_here(
 
     if objective not in OBJECTIVES:
         raise ConfigError(f"--objective: choose one of {', '.join(OBJECTIVES)}, got {objective!r}")
-    if preset not in PRESETS:
-        raise ConfigError(f"--preset: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    check_preset(preset)
     if budget_s is None and n_trials is None:
         raise ConfigError("give a time --budget or a number of --trials (or both)")
     if budget_s is not None and budget_s <= 0:
