@@ -357,6 +357,58 @@ def test_row_lines_matches_pyarrow_and_pandas_row_numbers(
     assert readers.row_lines(path, [0], start=1) == readers.row_lines(path, [0], skip=1)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_row_lines_of_a_csv_with_line_ends_inside_quoted_values(tmp_path: Path, seed: int) -> None:
+    """The movies file (pyarrow, newlines_in_values) and the user CSVs (pandas) read a quoted value across line
+    ends: a record is named by the line it starts on, and a blank line inside quotes is part of a value, not a
+    blank line the readers skip. Each record's first field holds its starting line; quotes also appear doubled and
+    inside unquoted values, as in real titles."""
+    import io
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from embedrec.data import readers
+
+    rng = np.random.default_rng(seed)
+    parts, line = ["line,title\n"], 2
+    for _ in range(150):
+        kind = str(rng.choice(["plain", "plain", "quoted", "multiline", "blank-inside", "empty", "literal-quote"]))
+        end = str(rng.choice(["\n", "\r\n"]))
+        if kind == "empty":
+            parts.append(end)
+            line += 1
+            continue
+        title = {
+            "plain": "Heat (1995)",
+            "quoted": '"Heat, The (1995)"',
+            "multiline": f'"Two{end}Lines ""quoted"" (1999)"',
+            "blank-inside": f'"A{end}{end}B"',
+            "literal-quote": "The 5'10\" Man (2001)",
+        }[kind]
+        parts.append(f"{line},{title}{end}")
+        line += 1 + title.count(end)
+    data = "".join(parts).encode()
+    path = tmp_path / "movies.csv"
+    path.write_bytes(data)
+    pandas_rows = pd.read_csv(io.BytesIO(data), dtype=str)["line"].astype(int).tolist()
+    assert readers.row_lines(path, range(len(pandas_rows)), skip=1, spaces_blank=True, quoted=",") == pandas_rows
+    arrow = pacsv.read_csv(pa.BufferReader(data), parse_options=pacsv.ParseOptions(newlines_in_values=True)).column(
+        "line"
+    )
+    arrow_rows = [int(v) for v in arrow.cast(pa.string()).to_pylist()]
+    assert arrow_rows == pandas_rows  # the two readers agree on these records
+    assert readers.row_lines(data, range(len(arrow_rows)), skip=1, quoted=",") == arrow_rows
+    assert readers.row_lines(data, [len(arrow_rows)], skip=1, quoted=",") == [None]
+
+
+def test_a_bad_movie_id_after_a_title_over_two_lines_names_its_own_line(tmp_path: Path) -> None:
+    movies = 'movieId,title,genres\n1,"Two\nLines (1999)",Drama\n2,Heat (1995),Action\nx3,Casino (1995),Drama\n'
+    msg = run_error(make(tmp_path / "src", HEADER + "1,1,4,100\n", movies=movies), tmp_path)
+    assert msg.startswith(f"{tmp_path / 'src' / 'movies.csv'}, line 5: movie id 'x3'"), msg
+
+
 def test_rows_after_blank_lines_are_named_by_their_line(tmp_path: Path) -> None:
     """pyarrow skips blank lines: every error naming a line of the ratings file counts them back in."""
     src = make(tmp_path / "a", HEADER + "1,1,4,100\n\n\r\n2,abc,3,101\n")

@@ -64,6 +64,8 @@ def test_user_ratings_are_integer_ids_and_numbers(tmp_path: Path) -> None:
         ("\nmovieId,rating\n\n1,great\n", r"mine.csv line 4: rating 'great' is not a number"),
         ("movieId,rating\n1,5\n\n2,3\n01,2\n", r"mine.csv lines 2 and 5 both rate movie 1: keep one"),
         ("movieId,rating\n\n522,4,5\n", r"mine.csv line 3 has more fields than the header's 2"),
+        # a quoted value across lines (pandas reads it as one value): the next row is named by its own line
+        ('movieId,rating,note\n1,5,"seen\n\ntwice"\nx,4,ok\n', r"mine.csv line 5: movieId 'x' is not an integer"),
     ],
 )
 def test_bad_user_ratings_name_the_file_and_line(tmp_path: Path, body: str, message: str) -> None:

@@ -319,7 +319,7 @@ def read_movies_csv(path: Path, *, id_col: str = "movieId", delimiter: str = ","
     df = table.to_pandas()
     if df.empty:
         raise DataError(f"{path} has a header but no movie rows")
-    ids = _int_ids(list(df[id_col]), path=path, line_of=lambda i: line_of_row(path, i, skip=1))
+    ids = _int_ids(list(df[id_col]), path=path, line_of=lambda i: line_of_row(path, i, skip=1, quoted=delimiter))
     title, year = split_title_year(df["title"])
     genres = normalise_genres(df["genres"]) if "genres" in df else normalise_genres(df["title"].map(lambda _: ""))
     return _movies_frame(ids, title, year, genres)

@@ -137,7 +137,13 @@ LINE_SCAN_BYTES = 1 << 22
 
 
 def row_lines(
-    source: Path | bytes, rows: Sequence[int], *, skip: int = 0, start: int = 0, spaces_blank: bool = False
+    source: Path | bytes,
+    rows: Sequence[int],
+    *,
+    skip: int = 0,
+    start: int = 0,
+    spaces_blank: bool = False,
+    quoted: str | None = None,
 ) -> list[int | None]:
     """The 1-based lines of ``source`` (a file, or bytes as read) that hold data rows ``rows``, as numbered by a
     reader that skips blank lines (pyarrow and pandas both do): row ``r`` is the ``skip + r + 1``-th non-blank line
@@ -145,10 +151,16 @@ def row_lines(
     ``\\n``, ``\\r\\n`` or a lone ``\\r``, as both readers split them; blank means empty (pyarrow) or, with
     ``spaces_blank``, only spaces and tabs (pandas). None for a row past the end.
 
+    ``quoted`` (a delimiter): the file is a CSV whose quoted values may hold line ends, as the movies file and the
+    user CSVs are read (pyarrow's ``newlines_in_values``, pandas): rows are CSV records, each named by the line it
+    starts on (:func:`_record_lines`). Without it every line end ends a row, as the rating readers split them.
+
     Only for error paths: it reads ``source`` again, in chunks, counting lines with numpy (about 5 s for a 27M-row,
     750 MB file)."""
     import io
 
+    if quoted is not None:
+        return _record_lines(source, rows, skip=skip, start=start, spaces_blank=spaces_blank, delimiter=quoted)
     want = sorted({skip + int(r) + 1 for r in rows})
     found: dict[int, int] = {}
     seen = 0  # non-blank lines counted so far (after ``start``)
@@ -191,11 +203,46 @@ def row_lines(
     return [found.get(skip + int(r) + 1) for r in rows]
 
 
-def line_of_row(source: Path | bytes, row: int, *, skip: int = 0, start: int = 0) -> int | None:
+def _record_lines(
+    source: Path | bytes, rows: Sequence[int], *, skip: int, start: int, spaces_blank: bool, delimiter: str
+) -> list[int | None]:
+    """:func:`row_lines` of a CSV whose quoted values may span lines: the line each record starts on, counting
+    records as the CSV readers do (a blank line between records is skipped; one inside quotes is part of a value).
+    Read as latin-1, which keeps every byte (and so every quote, delimiter and line end of any ASCII-based text) in
+    place; Python's csv module splits the records, the same quoting rules as pandas' and pyarrow's."""
+    import csv
+    import io
+
+    want = {skip + int(r) + 1: None for r in rows}
+    found: dict[int, int] = {}
+    binary = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+    with binary, io.TextIOWrapper(binary, encoding="latin-1", newline="") as text:
+        reader = csv.reader(text, delimiter=delimiter, strict=False)
+        seen = 0  # records counted so far (after ``start`` lines)
+        first = 1  # the line the next record starts on
+        try:
+            for record in reader:
+                line, first = first, reader.line_num + 1
+                blank = not record or (spaces_blank and len(record) == 1 and not record[0].strip(" \t"))
+                if line <= start or blank:
+                    continue
+                seen += 1
+                if seen in want:
+                    found[seen] = line
+                    if len(found) == len(want):
+                        break
+        except csv.Error:  # a record the readers refused too: the rows after it have no line to name
+            pass
+    return [found.get(skip + int(r) + 1) for r in rows]
+
+
+def line_of_row(
+    source: Path | bytes, row: int, *, skip: int = 0, start: int = 0, quoted: str | None = None
+) -> int | None:
     """:func:`row_lines` of one row, for an error message: None when the file cannot be read again (removed, or its
     permission changed, since it was parsed), so that the error is still one line, without the line number."""
     try:
-        return row_lines(source, [row], skip=skip, start=start)[0]
+        return row_lines(source, [row], skip=skip, start=start, quoted=quoted)[0]
     except OSError:
         return None
 

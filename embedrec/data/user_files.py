@@ -181,7 +181,7 @@ def _lines(path: Path, rows: list[int]) -> list[int | None]:
     """The lines of ``path`` holding data rows ``rows`` of :func:`_read_text_csv`'s frame: pandas skips blank lines
     (and lines of only spaces), so this counts them again (error paths only). None: the file changed or is gone."""
     try:
-        return row_lines(path, rows, skip=1, spaces_blank=True)
+        return row_lines(path, rows, skip=1, spaces_blank=True, quoted=",")
     except OSError:
         return [None] * len(rows)
 
