@@ -56,6 +56,7 @@ Choices, and why:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -70,8 +71,8 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from embedrec.config import SEED_LIMIT, ModelConfig, TrainConfig, check_preset, to_dict
 from embedrec.config import preset as preset_configs
-from embedrec.errors import ConfigError, EmbedrecError, SettingError, TrainingDiverged
-from embedrec.workdir import atomic_write_text, set_latest_run
+from embedrec.errors import ArtifactError, ConfigError, EmbedrecError, SettingError, TrainingDiverged
+from embedrec.workdir import LATEST_FILE, atomic_write_text, latest_run, models_dir, set_latest_run
 
 if TYPE_CHECKING:
     import optuna
@@ -519,17 +520,17 @@ def _restart_study(db: Path, *, name: str, runs_root: Path) -> None:
             f"--restart: another embedrec tune of the study {name!r} in {db} is running trial "
             f"{running[0].number}{by}; wait for it to finish or stop it, then restart"
         )
+    # the tune folder is the trials' work folder: its `latest` names the best trial of the last search
+    try:
+        pointed: Path | None = latest_run(db.parent).resolve()
+    except (ArtifactError, OSError):  # none, or not a pointer embedrec wrote: nothing of this study to unlink
+        pointed = None
     optuna.delete_study(study_name=name, storage=storage)
     for path in sorted(runs_root.glob(f"{TRIAL_PREFIX}*")):
         _remove_trial_run(path, runs_root)
-    latest = db.parent / "models" / "latest"  # the tune folder's own `latest`: the best trial of the last search
-    try:
-        if latest.is_file():
-            target = (db.parent / "models" / latest.read_text(encoding="utf-8").strip()).resolve()
-            if runs_root.resolve() in target.parents:
-                latest.unlink()
-    except OSError:
-        pass
+    if pointed is not None and runs_root.resolve() in pointed.parents:
+        with contextlib.suppress(OSError):  # a pointer left behind names no folder: the next search replaces it
+            (models_dir(db.parent) / LATEST_FILE).unlink(missing_ok=True)
 
 
 def _check_same_study(study: optuna.Study, identity: dict[str, Any], db: Path) -> None:

@@ -774,6 +774,30 @@ def test_restart_starts_only_this_study_over(tuned, synthetic_prepared: Path, tm
     assert len(_study(fresh, "default-rmse").trials) == 1 and len(_study(fresh, "seed-rmse").trials) == 1
 
 
+def test_restart_drops_the_tune_folders_latest_only_when_it_names_a_trial_of_that_study(tuned, tmp_path: Path) -> None:
+    """The tune folder's ``latest`` names the best trial of its last search: a restart of that study deletes the
+    trial, so the pointer goes with it; a pointer into another study's trials stays."""
+    import optuna
+
+    from embedrec import tune
+    from embedrec.workdir import latest_run
+
+    work = tmp_path / "work"
+    shutil.copytree(tuned[0], work)
+    root = work / "tune"
+    runs = root / "models" / "default-ndcg@10"
+    assert runs in latest_run(root).parents  # the fixture's search: its best trial is the latest
+    (root / "models" / "seed-rmse" / "trial-0000").mkdir(parents=True)
+    (root / "models" / "latest").write_text("seed-rmse/trial-0000\n")
+    tune._restart_study(root / "study.db", name="default-ndcg@10", runs_root=runs)
+    assert latest_run(root) == root / "models" / "seed-rmse" / "trial-0000"  # another study's: kept
+    shutil.rmtree(work)
+    shutil.copytree(tuned[0], work)
+    tune._restart_study(root / "study.db", name="default-ndcg@10", runs_root=runs)
+    assert not (root / "models" / "latest").exists()
+    assert "default-ndcg@10" not in optuna.get_all_study_names(f"sqlite:///{root / 'study.db'}")
+
+
 def test_an_out_that_cannot_be_written_is_refused_before_any_trial(synthetic_prepared: Path, tmp_path: Path) -> None:
     """An unwritable ``--out`` was found only when the first best trial was written, after its training (with
     ``--budget 10m``, up to the whole budget). A read-only file system is a tmpfs mounted read-only (skipped where
