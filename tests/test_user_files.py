@@ -78,13 +78,13 @@ def test_a_file_that_cannot_be_read_again_for_line_numbers_still_gets_its_one_li
 ) -> None:
     """The lines are counted by reading the file a second time; if that fails (the file was removed or its
     permission changed in between), every error still says what is wrong, only without the line."""
-    import embedrec.data.user_files as user_files
+    from embedrec.data import readers
 
     def gone(*args: object, **kwargs: object) -> list[int | None]:
         raise PermissionError(13, "Permission denied")
 
     path = write(tmp_path / "mine.csv", "movieId,rating\n1,5\n2,3\n1,2\n")
-    monkeypatch.setattr(user_files, "row_lines", gone)
+    monkeypatch.setattr(readers, "row_lines", gone)
     with pytest.raises(DataError, match=r"mine.csv both rate movie 1: keep one of the two rows$"):
         read_user_ratings(path)
     with pytest.raises(DataError, match=r"bad.csv: movieId 'x' is not an integer$"):

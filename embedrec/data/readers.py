@@ -236,15 +236,28 @@ def _record_lines(
     return [found.get(skip + int(r) + 1) for r in rows]
 
 
+def lines_of_rows(
+    source: Path | bytes,
+    rows: Sequence[int],
+    *,
+    skip: int = 0,
+    start: int = 0,
+    spaces_blank: bool = False,
+    quoted: str | None = None,
+) -> list[int | None]:
+    """:func:`row_lines` for an error message: None for every row when the file cannot be read again (removed, or
+    its permission changed, since it was parsed), so that the error is still one line, without the line number."""
+    try:
+        return row_lines(source, rows, skip=skip, start=start, spaces_blank=spaces_blank, quoted=quoted)
+    except OSError:
+        return [None] * len(rows)
+
+
 def line_of_row(
     source: Path | bytes, row: int, *, skip: int = 0, start: int = 0, quoted: str | None = None
 ) -> int | None:
-    """:func:`row_lines` of one row, for an error message: None when the file cannot be read again (removed, or its
-    permission changed, since it was parsed), so that the error is still one line, without the line number."""
-    try:
-        return row_lines(source, [row], skip=skip, start=start, quoted=quoted)[0]
-    except OSError:
-        return None
+    """:func:`lines_of_rows` of one row."""
+    return lines_of_rows(source, [row], skip=skip, start=start, quoted=quoted)[0]
 
 
 def _malformed_row_error(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embedrec.data.encode import exact_int, fits_int64
-from embedrec.data.readers import row_lines
+from embedrec.data.readers import lines_of_rows
 from embedrec.errors import DataError
 
 if TYPE_CHECKING:
@@ -180,10 +180,7 @@ def _columns(frame: pd.DataFrame, *wanted: str, path: Path, option: str) -> dict
 def _lines(path: Path, rows: list[int]) -> list[int | None]:
     """The lines of ``path`` holding data rows ``rows`` of :func:`_read_text_csv`'s frame: pandas skips blank lines
     (and lines of only spaces), so this counts them again (error paths only). None: the file changed or is gone."""
-    try:
-        return row_lines(path, rows, skip=1, spaces_blank=True, quoted=",")
-    except OSError:
-        return [None] * len(rows)
+    return lines_of_rows(path, rows, skip=1, spaces_blank=True, quoted=",")
 
 
 def _line(path: Path, row: int) -> int | None:
