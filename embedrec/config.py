@@ -49,11 +49,11 @@ def whole_number(value: object) -> int | None:
 def as_setting_type(value: Any, like: Any) -> Any:
     """``value`` as the type of the setting value ``like`` when it is one (10.0 as an int setting is 10, 1 as a
     float setting 1.0), else ``value`` unchanged: for comparing a given setting with a stored one."""
-    coerced = _coerce("", value, tuple(like) if isinstance(like, list) else like)  # a JSON list is a tuple setting
+    coerced = _coerce(value, tuple(like) if isinstance(like, list) else like)  # a JSON list is a tuple setting
     return value if coerced is None else coerced
 
 
-def _coerce(name: str, value: Any, default: Any) -> Any:
+def _coerce(value: Any, default: Any) -> Any:
     """``value`` as the type of the field's default (ints accepted for floats), or None when it is not one."""
     if isinstance(default, bool):
         return value if isinstance(value, bool) else None
@@ -88,7 +88,7 @@ def _check_types(cfg: Any) -> None:
     """Types first, then the domain every number shares: floats finite, whole numbers within int32."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        coerced = _coerce(f.name, value, f.default)
+        coerced = _coerce(value, f.default)
         option = f.name
         if coerced is None:
             kind = _KINDS.get(type(f.default), type(f.default).__name__)
@@ -653,7 +653,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
             continue
         if key not in defaults:
             raise ConfigError(f"--config: {path} sets unknown {key!r}; known settings: {', '.join(sorted(defaults))}")
-        coerced = _coerce(key, value, defaults[key])
+        coerced = _coerce(value, defaults[key])
         if coerced is None:
             kind = _KINDS.get(type(defaults[key]), type(defaults[key]).__name__)
             raise ConfigError(f"--config: {path}: {key} must be {kind}, got {value!r}")

@@ -213,7 +213,7 @@ def _record_lines(
     import csv
     import io
 
-    want = {skip + int(r) + 1: None for r in rows}
+    want = {skip + int(r) + 1 for r in rows}  # the ordinals of the wanted records
     found: dict[int, int] = {}
     binary = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
     with binary, io.TextIOWrapper(binary, encoding="latin-1", newline="") as text:
